@@ -1,0 +1,1 @@
+//! Replication service: view-driven primary election over `gcs`, applying commits through `storage`.

@@ -1,0 +1,3 @@
+//! Deterministic simulation of `gcs` daemons: virtual time, a seeded faulty network, checkers.
+
+pub mod history;

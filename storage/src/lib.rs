@@ -1,0 +1,1 @@
+//! Transactional storage adapter (see issue: storage). Filled by the storage work.
