@@ -1,3 +1,12 @@
 //! Deterministic simulation of `gcs` daemons: virtual time, a seeded faulty network, checkers.
+//!
+//! Everything in a run derives from one `u64` seed: the fault mix ([`options::Options::swarm`]),
+//! the scenario ([`cluster::Cluster::plan_swarm`]) and every network decision. The same seed gives
+//! the same history, byte for byte, so any failure replays with `--seed N --trace`.
 
+pub mod checkers;
+pub mod cluster;
 pub mod history;
+pub mod options;
+pub mod prng;
+pub mod run;

@@ -1,0 +1,500 @@
+//! The membership half of Totem: gather, commit, recovery, and the installation of a new
+//! configuration with Extended Virtual Synchrony.
+//!
+//! ```text
+//!              token lost / foreign ring / join from a member or an outsider
+//!   ┌─────────────┐ ───────────────────────────────────────────────► ┌─────────┐
+//!   │ OPERATIONAL │                                                    │ GATHER  │◄──┐
+//!   └─────────────┘ ◄──────────────┐                                   └─────────┘   │
+//!          ▲             installs T, then R          consensus: every member's join  │
+//!          │                       │                 has the same proc and fail sets │
+//!   ┌─────────────┐  commit token  │                                   ┌─────────┐   │
+//!   │  RECOVERY   │ ◄──────────────┴── second rotation ─────────────── │ COMMIT  │   │
+//!   └─────────────┘                                                    └─────────┘   │
+//!          │ token lost / a new member gives up                            │ token lost
+//!          └───────────────────────────────────────────────────────────────┴─────────┘
+//! ```
+//!
+//! Where EVS is enforced:
+//! - Failure atomicity and transitional views: at `install`, each member of the new ring that
+//!   comes from the same old ring (the transitional set) has, thanks to recovery, exactly the same
+//!   old-ring packets, and walks them with the same rule: packets up to the highest seq any of
+//!   them delivered, and agreed packets up to the first hole or the first not-yet-safe safe
+//!   packet, are delivered in the old regular view; then the transitional view; then the rest, in
+//!   order, skipping after a hole the packets of senders outside the transitional set (they may
+//!   depend causally on the missing packet); then the new regular view.
+//! - Safe delivery: a safe packet waits until the token's aru covered it on two consecutive
+//!   visits (everyone has it), or, at a view change, for the transitional view.
+//! - View ids: a new ring's seq is above every seq any member had seen, and the representative is
+//!   part of the id, so ids are unique and each process sees them increase.
+//!
+//! Deviations from the Totem paper: the commit token carries each member's highest delivered
+//! seq (not just its aru), which gives the regular/transitional split above directly; a newer
+//! incarnation of a node makes members fail the older one at once instead of waiting for the
+//! consensus timeout; a process alone waits one join timeout before forming a ring of one.
+
+use crate::node::{Commit, Dest, Gather, Node, Output, Passed, Recovery, State};
+use crate::ring::Ring;
+use crate::timer::Timer;
+use crate::wire::{self, Body, CommitToken, Join, MemberEntry, MergeDetect, Packet, Token};
+use crate::{ProcId, RingId, View, ViewId, ViewKind};
+use bytes::Bytes;
+use std::collections::{BTreeSet, VecDeque};
+
+impl Node {
+    /// Starts (or restarts) a membership round.
+    pub(crate) fn enter_gather(&mut self, reason: &'static str, extra: BTreeSet<ProcId>) {
+        self.stats.gathers += 1;
+        tracing::debug!(me = ?self.me, reason, from = ?self.phase(), "enter gather");
+        self.held_token = None;
+        self.passed = None;
+        self.timers.stop_all();
+        let mut proc_set: BTreeSet<ProcId> = extra;
+        proc_set.insert(self.me);
+        if let Some(r) = &self.installed {
+            proc_set.extend(r.members.iter().copied());
+        }
+        let not_before = if proc_set.len() == 1 {
+            self.now.add(self.cfg.join_timeout)
+        } else {
+            self.now
+        };
+        let mut g = Gather {
+            proc_set,
+            fail_set: BTreeSet::new(),
+            consensus: BTreeSet::from([self.me]),
+            not_before,
+        };
+        fail_superseded(&mut g, self.me);
+        self.state = State::Gather(g);
+        self.send_join();
+        self.timers
+            .set(Timer::Join, self.now.add(self.cfg.join_timeout));
+        self.timers
+            .set(Timer::Consensus, self.now.add(self.cfg.consensus_timeout));
+        self.check_consensus();
+    }
+
+    fn send_join(&mut self) {
+        let State::Gather(g) = &self.state else {
+            return;
+        };
+        let join = Join {
+            proc_set: g.proc_set.iter().copied().collect(),
+            fail_set: g.fail_set.iter().copied().collect(),
+            ring_seq: self.ring_seq_max,
+        };
+        self.send_control(Dest::All, &Packet::Join(join));
+    }
+
+    pub(crate) fn on_join(&mut self, from: ProcId, join: Join) {
+        self.ring_seq_max = self.ring_seq_max.max(join.ring_seq);
+        let enter = match &self.state {
+            State::Operational => {
+                let inst = self.installed.as_ref().expect("operational has a ring");
+                // A join a member sent before our ring formed is stale.
+                !(inst.contains(from) && join.ring_seq < inst.id.seq)
+            }
+            State::Commit(c) => c.members.contains(&from) && join.ring_seq >= c.ring.seq,
+            State::Recovery(r) => r.ring.contains(from) && join.ring_seq >= r.ring.id.seq,
+            State::Gather(_) => false,
+        };
+        if enter {
+            self.enter_gather("join received", BTreeSet::from([from]));
+        }
+        let me = self.me;
+        let State::Gather(g) = &mut self.state else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let mut changed = false;
+        if join.fail_set.contains(&me) {
+            // It gave up on us: we cannot be in one ring with it this round.
+            changed |= g.fail_set.insert(from);
+            changed |= g.proc_set.insert(from);
+        } else if g.fail_set.contains(&from) {
+            return;
+        } else {
+            changed |= g.proc_set.insert(from);
+            for p in &join.proc_set {
+                changed |= g.proc_set.insert(*p);
+            }
+            for p in &join.fail_set {
+                changed |= g.fail_set.insert(*p);
+            }
+        }
+        changed |= fail_superseded(g, me);
+        if changed {
+            g.consensus = BTreeSet::from([me]);
+        }
+        let agrees = join.proc_set.iter().eq(g.proc_set.iter())
+            && join.fail_set.iter().eq(g.fail_set.iter());
+        if agrees {
+            g.consensus.insert(from);
+        }
+        if changed {
+            self.send_join();
+        }
+        self.check_consensus();
+    }
+
+    pub(crate) fn on_join_timeout(&mut self) {
+        if !matches!(self.state, State::Gather(_)) {
+            return;
+        }
+        self.send_join();
+        self.timers
+            .set(Timer::Join, self.now.add(self.cfg.join_timeout));
+        self.check_consensus();
+    }
+
+    pub(crate) fn on_consensus_timeout(&mut self) {
+        let me = self.me;
+        let State::Gather(g) = &mut self.state else {
+            return;
+        };
+        let members: BTreeSet<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
+        let missing: Vec<ProcId> = members.difference(&g.consensus).copied().collect();
+        if missing.is_empty() {
+            // Everyone agreed, yet no commit token came: its representative is gone.
+            if let Some(rep) = members.first().copied().filter(|r| *r != me) {
+                g.fail_set.insert(rep);
+            }
+        } else {
+            g.fail_set.extend(missing);
+        }
+        g.consensus = BTreeSet::from([me]);
+        tracing::debug!(me = ?me, fail = ?g.fail_set, "consensus timeout");
+        self.send_join();
+        self.timers
+            .set(Timer::Consensus, self.now.add(self.cfg.consensus_timeout));
+        self.check_consensus();
+    }
+
+    /// In gather: if every member agrees and we are the smallest, form the ring.
+    fn check_consensus(&mut self) {
+        let State::Gather(g) = &self.state else {
+            return;
+        };
+        if self.now < g.not_before {
+            return;
+        }
+        let members: Vec<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
+        if members.first() != Some(&self.me) || !members.iter().all(|p| g.consensus.contains(p))
+        {
+            return;
+        }
+        let ring = RingId {
+            seq: self.ring_seq_max + 1,
+            rep: self.me,
+        };
+        self.ring_seq_max = ring.seq;
+        let n = members.len();
+        let mut ct = CommitToken {
+            ring,
+            members: members.clone(),
+            entries: vec![None; n],
+            rotation: 0,
+            hop: 0,
+        };
+        ct.entries[0] = Some(self.my_entry());
+        tracing::debug!(me = ?self.me, ring = ?ring, members = ?members, "consensus: forming ring");
+        self.state = State::Commit(Commit {
+            ring,
+            members,
+            last_hop: 0,
+        });
+        self.timers.stop(Timer::Join);
+        self.timers.stop(Timer::Consensus);
+        self.timers
+            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+        self.forward_commit(ct);
+    }
+
+    fn my_entry(&self) -> MemberEntry {
+        match &self.installed {
+            Some(r) => MemberEntry {
+                old_ring: Some(r.id),
+                aru: r.window.aru(),
+                high_delivered: r.delivered,
+                high_seq: r.window.high(),
+            },
+            None => MemberEntry {
+                old_ring: None,
+                aru: 0,
+                high_delivered: 0,
+                high_seq: 0,
+            },
+        }
+    }
+
+    /// Passes the commit token to the next member (to ourselves on a ring of one).
+    fn forward_commit(&mut self, mut ct: CommitToken) {
+        loop {
+            ct.hop += 1;
+            let i = ct.members.binary_search(&self.me).expect("member");
+            let next = ct.members[(i + 1) % ct.members.len()];
+            if next != self.me {
+                let ring = ct.ring;
+                let frame = self.send_control(Dest::Node(next.node), &Packet::Commit(ct));
+                self.passed = Some(Passed {
+                    dest: next.node,
+                    frame,
+                    ring,
+                    seq: u64::MAX,
+                });
+                self.timers.set(
+                    Timer::TokenRetransmit,
+                    self.now.add(self.cfg.token_retransmit_timeout),
+                );
+                return;
+            }
+            match self.commit_step(ct) {
+                Some(again) => ct = again,
+                None => return,
+            }
+        }
+    }
+
+    pub(crate) fn on_commit_token(&mut self, _from: ProcId, ct: CommitToken) {
+        if ct.members.binary_search(&self.me).is_err() {
+            self.stats.ignored += 1;
+            return;
+        }
+        if let Some(ct) = self.commit_step(ct) {
+            self.forward_commit(ct);
+        }
+    }
+
+    /// Handles the commit token at our position; returns it if it must travel on.
+    fn commit_step(&mut self, mut ct: CommitToken) -> Option<CommitToken> {
+        let me = self.me;
+        let my_idx = ct.members.binary_search(&me).ok()?;
+        let is_rep = my_idx == 0;
+        match &mut self.state {
+            State::Gather(g) => {
+                let members: Vec<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
+                let newer = self.installed.as_ref().is_none_or(|r| ct.ring.seq > r.id.seq);
+                if ct.rotation != 0 || is_rep || members != ct.members || !newer {
+                    self.stats.ignored += 1;
+                    return None;
+                }
+                self.ring_seq_max = self.ring_seq_max.max(ct.ring.seq);
+                ct.entries[my_idx] = Some(self.my_entry());
+                self.state = State::Commit(Commit {
+                    ring: ct.ring,
+                    members: ct.members.clone(),
+                    last_hop: ct.hop,
+                });
+                self.timers.stop(Timer::Join);
+                self.timers.stop(Timer::Consensus);
+                self.timers
+                    .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+                Some(ct)
+            }
+            State::Commit(c) if c.ring == ct.ring && ct.hop > c.last_hop => {
+                c.last_hop = ct.hop;
+                let complete = ct.entries.iter().all(Option::is_some);
+                let ok = match (is_rep, ct.rotation) {
+                    (true, 0) => complete,
+                    (false, 1) => complete,
+                    _ => false,
+                };
+                if !ok {
+                    self.stats.ignored += 1;
+                    return None;
+                }
+                ct.rotation = 1;
+                self.enter_recovery(&ct);
+                Some(ct)
+            }
+            State::Recovery(r) if r.ring.id == ct.ring && ct.hop > r.last_hop => {
+                r.last_hop = ct.hop;
+                if !(is_rep && ct.rotation == 1) {
+                    self.stats.ignored += 1;
+                    return None;
+                }
+                // The commit token went round twice: everyone is in recovery. Start the token.
+                self.passed = None;
+                self.timers.stop(Timer::TokenRetransmit);
+                let token = Token {
+                    ring: ct.ring,
+                    token_seq: 1,
+                    seq: 0,
+                    aru: 0,
+                    aru_addr: None,
+                    fcc: 0,
+                    backlog: 0,
+                    rtr: Vec::new(),
+                    recovery_owner: None,
+                    recovered: false,
+                };
+                self.timers
+                    .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+                self.token_visit(token);
+                None
+            }
+            _ => {
+                self.stats.ignored += 1;
+                None
+            }
+        }
+    }
+
+    fn enter_recovery(&mut self, ct: &CommitToken) {
+        let me = self.me;
+        let entries: Vec<MemberEntry> = ct.entries.iter().map(|e| e.expect("complete")).collect();
+        let my_idx = ct.members.binary_search(&me).expect("member");
+        let old = entries[my_idx].old_ring;
+        let trans: Vec<ProcId> = match old {
+            Some(_) => ct
+                .members
+                .iter()
+                .zip(&entries)
+                .filter(|(_, e)| e.old_ring == old)
+                .map(|(p, _)| *p)
+                .collect(),
+            None => vec![me],
+        };
+        let from_old: Vec<&MemberEntry> = entries.iter().filter(|e| e.old_ring == old).collect();
+        let low_aru = from_old.iter().map(|e| e.aru).min().unwrap_or(0);
+        let high_delivered = from_old.iter().map(|e| e.high_delivered).max().unwrap_or(0);
+        let mut queue = VecDeque::new();
+        if let Some(inst) = &self.installed {
+            for st in inst.window.present(low_aru + 1, inst.window.high()) {
+                if matches!(st.data.body, Body::App(_)) {
+                    queue.push_back(st.data.seq);
+                }
+            }
+        }
+        tracing::debug!(me = ?me, ring = ?ct.ring, trans = ?trans, resend = queue.len(), "enter recovery");
+        self.state = State::Recovery(Box::new(Recovery {
+            ring: Ring::new(ct.ring, ct.members.clone()),
+            trans,
+            high_delivered,
+            queue,
+            clean_visits: 0,
+            last_hop: ct.hop,
+        }));
+        self.timers
+            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+    }
+
+    /// The next old-ring packet to re-send through the new ring, wrapped, as packet `seq`.
+    pub(crate) fn next_recovery_frame(&mut self, ring: RingId, seq: u64) -> Option<Bytes> {
+        let State::Recovery(rec) = &mut self.state else {
+            return None;
+        };
+        let inst = self.installed.as_ref()?;
+        while let Some(old_seq) = rec.queue.pop_front() {
+            if let Some(st) = inst.window.get(old_seq) {
+                return Some(wire::encode_recovered(
+                    self.me, ring, seq, &st.data, &st.frame,
+                ));
+            }
+        }
+        None
+    }
+
+    /// Recovery is complete: deliver what remains of the old ring, the transitional view, then
+    /// the new regular view; the new ring becomes the installed one.
+    pub(crate) fn install(&mut self) {
+        let State::Recovery(rec) = std::mem::replace(&mut self.state, State::Operational) else {
+            unreachable!("install from recovery only");
+        };
+        let rec = *rec;
+        if let Some(old) = self.installed.take() {
+            let trans_view = View {
+                id: ViewId {
+                    ring: rec.ring.id,
+                    kind: ViewKind::Transitional,
+                },
+                members: rec.trans.clone(),
+            };
+            let mut in_trans = false;
+            let mut hole = false;
+            for seq in old.delivered + 1..=old.window.high() {
+                match old.window.get(seq) {
+                    None => {
+                        hole = true;
+                        if !in_trans {
+                            self.out.push_back(Output::View(trans_view.clone()));
+                            in_trans = true;
+                        }
+                    }
+                    Some(st) => {
+                        if !in_trans && st.safe() && seq > rec.high_delivered {
+                            self.out.push_back(Output::View(trans_view.clone()));
+                            in_trans = true;
+                        }
+                        let data = st.data.clone();
+                        if hole && rec.trans.binary_search(&data.sender).is_err() {
+                            self.reassembly.drop_sender(data.sender);
+                        } else {
+                            self.deliver_packet(&data);
+                        }
+                    }
+                }
+            }
+            if !in_trans {
+                self.out.push_back(Output::View(trans_view));
+            }
+        }
+        self.reassembly.clear();
+        self.send_queue.restart_partial();
+        let view = Node::regular_view(&rec.ring);
+        tracing::debug!(me = ?self.me, view = ?view.id, members = ?view.members, "install");
+        self.out.push_back(Output::View(view.clone()));
+        self.view = Some(view);
+        self.stats.views += 1;
+        let is_rep = rec.ring.is_rep(self.me);
+        self.installed = Some(rec.ring);
+        if is_rep {
+            self.timers.set(
+                Timer::MergeDetect,
+                self.now.add(self.cfg.merge_detect_interval),
+            );
+        }
+        self.deliver_ready();
+    }
+
+    pub(crate) fn on_merge_detect(&mut self, from: ProcId, m: MergeDetect) {
+        let foreign = matches!(self.state, State::Operational)
+            && self
+                .installed
+                .as_ref()
+                .is_some_and(|r| r.id != m.ring && !r.contains(from));
+        if foreign {
+            self.enter_gather("another ring detected", BTreeSet::from([from]));
+        } else {
+            self.stats.ignored += 1;
+        }
+    }
+
+    pub(crate) fn on_merge_detect_timeout(&mut self) {
+        if !matches!(self.state, State::Operational) {
+            return;
+        }
+        let Some(ring) = self.installed.as_ref().map(|r| r.id) else {
+            return;
+        };
+        self.send_control(Dest::All, &Packet::MergeDetect(MergeDetect { ring }));
+        self.timers.set(
+            Timer::MergeDetect,
+            self.now.add(self.cfg.merge_detect_interval),
+        );
+    }
+}
+
+/// A node seen with a newer incarnation has restarted: its older incarnation is gone.
+fn fail_superseded(g: &mut Gather, me: ProcId) -> bool {
+    let mut changed = false;
+    let procs: Vec<ProcId> = g.proc_set.iter().copied().collect();
+    for w in procs.windows(2) {
+        // Sorted by (node, incarnation): an older incarnation comes right before a newer one.
+        if w[0].node == w[1].node && w[0] != me {
+            changed |= g.fail_set.insert(w[0]);
+        }
+    }
+    changed
+}

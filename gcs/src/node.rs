@@ -1,0 +1,786 @@
+//! `Node`: one daemon's protocol state machine, the only door into the core.
+//!
+//! # Driving a node
+//!
+//! ```text
+//!   driver                         Node
+//!   ──────                         ────
+//!   datagram arrives   ──────►  handle_packet(now, bytes)
+//!   clock ≥ deadline   ──────►  handle_timeout(now)
+//!   app multicasts     ──────►  multicast(now, service, payload)
+//!                                      │
+//!   after every call:  ◄──────  poll_output() until None:
+//!                                  Transmit { dest, bytes }   send it
+//!                                  Deliver(Delivery)          hand to the application
+//!                                  View(View)                 hand to the application
+//!                      ◄──────  poll_deadline(): call handle_timeout then
+//! ```
+//!
+//! Outputs come out in the order the protocol produced them, and deliveries and views must reach
+//! the application in that order (that order *is* the EVS history). Transmits may be sent as soon
+//! as they are polled. The node never reads a clock, sleeps, spawns or draws random numbers: the
+//! same inputs give the same outputs, which is what lets the simulator replay a seed.
+
+use crate::config::{Config, ConfigError};
+use crate::ring::{Reassembly, Ring, SendQueue, Stored};
+use crate::timer::{Timer, TimerTable};
+use crate::wire::{self, Body, Data, DataBuilder, Packet, Token};
+use crate::{NodeId, ProcId, RingId, Service, Time, View, ViewId, ViewKind};
+use bytes::Bytes;
+use std::collections::{BTreeSet, VecDeque};
+use thiserror::Error;
+
+/// Where a datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every daemon of the configuration (multicast, or unicast to each).
+    All,
+    /// One daemon.
+    Node(NodeId),
+}
+
+/// A message delivered to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The process that multicast it.
+    pub sender: ProcId,
+    /// The service level it was sent with.
+    pub service: Service,
+    /// What it carried.
+    pub payload: Bytes,
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a datagram.
+    Transmit {
+        /// To whom.
+        dest: Dest,
+        /// The datagram.
+        bytes: Bytes,
+    },
+    /// Deliver a message to the application.
+    Deliver(Delivery),
+    /// Deliver a configuration change (transitional, then regular) to the application.
+    View(View),
+}
+
+/// An input, for drivers that prefer one entry point (`Node::step`).
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A datagram arrived.
+    Packet(Bytes),
+    /// The deadline from `poll_deadline` has passed.
+    Timeout,
+    /// The application asks for a multicast.
+    Multicast {
+        /// Service level.
+        service: Service,
+        /// Content.
+        payload: Bytes,
+    },
+}
+
+/// Why a multicast was refused. Nothing was queued.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Larger than `Config::max_message_size`.
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The send queue is full; try again once deliveries have drained it (back-pressure).
+    #[error("send queue full ({queued} bytes waiting)")]
+    QueueFull {
+        /// Bytes waiting.
+        queued: usize,
+    },
+}
+
+/// The membership state, for display and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Token circulating, messages ordered and delivered.
+    Operational,
+    /// Finding out who is reachable.
+    Gather,
+    /// The commit token is forming the new ring.
+    Commit,
+    /// The new ring exchanges old messages before it is installed.
+    Recovery,
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that failed to decode.
+    pub malformed: u64,
+    /// Packets ignored as stale or foreign (another ring, an old token...).
+    pub ignored: u64,
+    /// Tokens accepted.
+    pub tokens: u64,
+    /// Packets re-sent on request.
+    pub retransmits: u64,
+    /// Tokens or commit tokens re-sent after a silence.
+    pub token_retransmits: u64,
+    /// Membership rounds started.
+    pub gathers: u64,
+    /// Regular views installed.
+    pub views: u64,
+    /// Application messages delivered.
+    pub delivered: u64,
+    /// Packets too far ahead of the receive window.
+    pub window_overflow: u64,
+}
+
+/// Gather: who we heard of, whom we gave up on, who agrees with us.
+#[derive(Debug)]
+pub(crate) struct Gather {
+    pub(crate) proc_set: BTreeSet<ProcId>,
+    pub(crate) fail_set: BTreeSet<ProcId>,
+    /// Members whose last join had exactly our sets.
+    pub(crate) consensus: BTreeSet<ProcId>,
+    /// Consensus is not acted on before this (lets joins arrive at boot).
+    pub(crate) not_before: Time,
+}
+
+/// Commit: we filled our entry and passed the commit token; waiting for its second rotation.
+#[derive(Debug)]
+pub(crate) struct Commit {
+    pub(crate) ring: RingId,
+    pub(crate) members: Vec<ProcId>,
+    pub(crate) last_hop: u32,
+}
+
+/// Recovery: the new ring runs, carrying old-ring packets until everyone coming from the same
+/// old ring has the same set; then the transitional and regular views are delivered.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) ring: Ring,
+    /// Members of the new ring that come from our old regular ring (the transitional view).
+    pub(crate) trans: Vec<ProcId>,
+    /// Highest seq any of `trans` delivered in the old ring: everything up to here is
+    /// delivered in the old regular view by all of them.
+    pub(crate) high_delivered: u64,
+    /// Old-ring seqs we still have to re-send through the new ring.
+    pub(crate) queue: VecDeque<u64>,
+    /// Consecutive token visits that found recovery complete.
+    pub(crate) clean_visits: u32,
+    pub(crate) last_hop: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    Operational,
+    Gather(Gather),
+    Commit(Commit),
+    Recovery(Box<Recovery>),
+}
+
+/// The last token or commit token we passed on, kept to resend it if it got lost.
+#[derive(Debug)]
+pub(crate) struct Passed {
+    pub(crate) dest: NodeId,
+    pub(crate) frame: Bytes,
+    pub(crate) ring: RingId,
+    /// Data of this ring above this seq proves the token moved on.
+    pub(crate) seq: u64,
+}
+
+/// One daemon's protocol state machine (Totem single ring + EVS). See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) cfg: Config,
+    pub(crate) me: ProcId,
+    pub(crate) now: Time,
+    pub(crate) timers: TimerTable,
+    pub(crate) out: VecDeque<Output>,
+    /// Highest ring sequence number seen anywhere: new rings go above it.
+    pub(crate) ring_seq_max: u64,
+    /// The last regular ring installed: where we deliver when operational, the "old ring" during
+    /// a membership change.
+    pub(crate) installed: Option<Ring>,
+    pub(crate) view: Option<View>,
+    pub(crate) state: State,
+    pub(crate) send_queue: SendQueue,
+    pub(crate) reassembly: Reassembly,
+    /// A token waiting here: held on an idle ring, or passed to ourselves on a ring of one.
+    pub(crate) held_token: Option<Token>,
+    pub(crate) passed: Option<Passed>,
+    pub(crate) stats: Stats,
+}
+
+impl Node {
+    /// A daemon that starts now, alone, looking for the others (gather).
+    ///
+    /// `me.incarnation` must be larger than that of any earlier run of the same node (a boot
+    /// counter or a clock reading): members seeing a newer incarnation drop the older one at once.
+    pub fn new(cfg: Config, me: ProcId, now: Time) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        let mut node = Node {
+            cfg,
+            me,
+            now,
+            timers: TimerTable::default(),
+            out: VecDeque::new(),
+            ring_seq_max: 0,
+            installed: None,
+            view: None,
+            state: State::Operational,
+            send_queue: SendQueue::default(),
+            reassembly: Reassembly::default(),
+            held_token: None,
+            passed: None,
+            stats: Stats::default(),
+        };
+        node.enter_gather("boot", BTreeSet::new());
+        Ok(node)
+    }
+
+    /// This process.
+    pub fn id(&self) -> ProcId {
+        self.me
+    }
+
+    /// The membership phase.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Operational => Phase::Operational,
+            State::Gather(_) => Phase::Gather,
+            State::Commit(_) => Phase::Commit,
+            State::Recovery(_) => Phase::Recovery,
+        }
+    }
+
+    /// The current regular view, once one is installed.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Bytes waiting in the send queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.send_queue.bytes()
+    }
+
+    /// One entry point for every input.
+    pub fn step(&mut self, now: Time, input: Input) -> Result<(), SubmitError> {
+        match input {
+            Input::Packet(b) => self.handle_packet(now, b),
+            Input::Timeout => self.handle_timeout(now),
+            Input::Multicast { service, payload } => self.multicast(now, service, payload)?,
+        }
+        Ok(())
+    }
+
+    /// The next thing to do, in protocol order. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next (None: no timer running).
+    pub fn poll_deadline(&self) -> Option<Time> {
+        self.timers.next_deadline()
+    }
+
+    fn advance(&mut self, now: Time) {
+        // Time never goes backwards inside the core, whatever the driver does.
+        self.now = self.now.max(now);
+    }
+
+    /// The application asks to multicast `payload` to the ring with `service`.
+    ///
+    /// Accepted in every phase: the message waits in the send queue until this daemon holds the
+    /// token of an operational ring. It is delivered to every member of the view in which it is
+    /// ordered, this daemon included.
+    pub fn multicast(
+        &mut self,
+        now: Time,
+        service: Service,
+        payload: Bytes,
+    ) -> Result<(), SubmitError> {
+        self.advance(now);
+        if payload.len() > self.cfg.max_message_size {
+            return Err(SubmitError::TooLarge {
+                size: payload.len(),
+                max: self.cfg.max_message_size,
+            });
+        }
+        let queued = self.send_queue.bytes();
+        if queued > 0 && queued + payload.len() > self.cfg.send_queue_max_bytes {
+            return Err(SubmitError::QueueFull { queued });
+        }
+        self.send_queue.push(service, payload);
+        if self.held_token.is_some() {
+            // Release a token held for idleness now that there is work.
+            self.timers.set(Timer::TokenHold, self.now);
+        }
+        Ok(())
+    }
+
+    /// A datagram arrived. Malformed or foreign datagrams are counted and dropped.
+    pub fn handle_packet(&mut self, now: Time, datagram: Bytes) {
+        self.advance(now);
+        let (from, packet) = match wire::decode(datagram.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.malformed += 1;
+                tracing::debug!(me = ?self.me, error = %e, "dropped malformed datagram");
+                return;
+            }
+        };
+        if from == self.me {
+            // Our own multicast looped back: we stored it when we sent it.
+            return;
+        }
+        match packet {
+            Packet::Data(d) => self.on_data(d, datagram),
+            Packet::Token(t) => self.on_token(from, t),
+            Packet::Join(j) => self.on_join(from, j),
+            Packet::Commit(c) => self.on_commit_token(from, c),
+            Packet::MergeDetect(m) => self.on_merge_detect(from, m),
+        }
+        self.check_invariants();
+    }
+
+    /// The deadline has passed: run every expired timer.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+        while let Some(t) = self.timers.pop_expired(self.now) {
+            match t {
+                Timer::TokenLoss => self.on_token_loss_timeout(),
+                Timer::TokenRetransmit => self.on_token_retransmit_timeout(),
+                Timer::TokenHold => self.on_token_hold_timeout(),
+                Timer::Join => self.on_join_timeout(),
+                Timer::Consensus => self.on_consensus_timeout(),
+                Timer::MergeDetect => self.on_merge_detect_timeout(),
+            }
+        }
+        self.check_invariants();
+    }
+
+    pub(crate) fn transmit(&mut self, dest: Dest, bytes: Bytes) {
+        self.out.push_back(Output::Transmit { dest, bytes });
+    }
+
+    pub(crate) fn send_control(&mut self, dest: Dest, packet: &Packet) -> Bytes {
+        let bytes = wire::encode_control(self.me, packet);
+        self.transmit(dest, bytes.clone());
+        bytes
+    }
+
+    // ---------------------------------------------------------------- data
+
+    fn on_data(&mut self, data: Data, frame: Bytes) {
+        let limit = self.cfg.recv_window_max;
+        if let Some(p) = &self.passed {
+            if p.ring == data.ring && data.seq > p.seq {
+                // Someone after us used the token.
+                self.passed = None;
+                self.timers.stop(Timer::TokenRetransmit);
+            }
+        }
+        match &mut self.state {
+            State::Recovery(rec) if rec.ring.id == data.ring => {
+                let old = match &data.body {
+                    Body::Recovered {
+                        old_ring,
+                        old_seq,
+                        old_sender,
+                        app,
+                    } => Some((*old_ring, *old_seq, *old_sender, app.clone())),
+                    Body::App(_) => None,
+                };
+                if !rec.ring.window.insert(Stored { data, frame }, limit) {
+                    self.stats.ignored += 1;
+                    return;
+                }
+                if let (Some((old_ring, old_seq, old_sender, app)), Some(inst)) =
+                    (old, self.installed.as_mut())
+                {
+                    if inst.id == old_ring && !inst.window.has(old_seq) {
+                        let data = Data {
+                            ring: old_ring,
+                            seq: old_seq,
+                            sender: old_sender,
+                            body: Body::App(app),
+                        };
+                        let frame = wire::encode_app_data(&data);
+                        inst.window.insert(Stored { data, frame }, u64::MAX / 4);
+                    }
+                }
+            }
+            State::Recovery(_) => self.stats.ignored += 1,
+            _ => {
+                let Some(inst) = self.installed.as_mut() else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                if inst.id != data.ring {
+                    let foreign = !inst.contains(data.sender);
+                    self.stats.ignored += 1;
+                    if foreign && matches!(self.state, State::Operational) {
+                        let extra = BTreeSet::from([data.sender]);
+                        self.enter_gather("data from a foreign ring", extra);
+                    }
+                    return;
+                }
+                if !inst.window.insert(Stored { data, frame }, limit) {
+                    self.stats.window_overflow += 1;
+                    return;
+                }
+                if matches!(self.state, State::Operational) {
+                    self.deliver_ready();
+                }
+            }
+        }
+    }
+
+    /// Delivers, in order, every packet of the installed ring that may be delivered now.
+    pub(crate) fn deliver_ready(&mut self) {
+        let Some(mut ring) = self.installed.take() else {
+            return;
+        };
+        loop {
+            let next = ring.delivered + 1;
+            let Some(st) = ring.window.get(next) else {
+                break;
+            };
+            if st.safe() && next > ring.safe_upto {
+                break;
+            }
+            ring.delivered = next;
+            self.deliver_packet(&ring.window.get(next).expect("present").data.clone());
+        }
+        ring.window.collect(ring.delivered.min(ring.safe_upto));
+        self.installed = Some(ring);
+    }
+
+    /// Hands the application messages of one ordered packet to the application.
+    pub(crate) fn deliver_packet(&mut self, data: &Data) {
+        let Body::App(app) = &data.body else {
+            return; // A recovery packet of this ring: its content belonged to the old ring.
+        };
+        let sender = data.sender;
+        let out = &mut self.out;
+        let stats = &mut self.stats;
+        self.reassembly.feed(sender, app, |service, payload| {
+            stats.delivered += 1;
+            out.push_back(Output::Deliver(Delivery {
+                sender,
+                service,
+                payload,
+            }));
+        });
+    }
+
+    // ---------------------------------------------------------------- token
+
+    fn on_token(&mut self, _from: ProcId, token: Token) {
+        let fresh = match &self.state {
+            State::Operational => self
+                .installed
+                .as_ref()
+                .is_some_and(|r| r.id == token.ring && token.token_seq > r.last_token_seq),
+            State::Recovery(rec) => {
+                rec.ring.id == token.ring && token.token_seq > rec.ring.last_token_seq
+            }
+            _ => false,
+        };
+        if !fresh || self.held_token.is_some() {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.tokens += 1;
+        self.timers
+            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+        if matches!(self.state, State::Operational) && self.token_idle(&token) {
+            // Nothing happened for a while: hold the token instead of spinning it.
+            let ring = self.installed.as_mut().expect("operational");
+            ring.last_token_seq = token.token_seq;
+            self.held_token = Some(token);
+            self.passed = None;
+            self.timers.stop(Timer::TokenRetransmit);
+            self.timers
+                .set(Timer::TokenHold, self.now.add(self.cfg.token_hold));
+            return;
+        }
+        self.token_visit(token);
+    }
+
+    /// The representative holds the token after two rotations in which nothing happened.
+    fn token_idle(&mut self, token: &Token) -> bool {
+        let me = self.me;
+        let queue_empty = self.send_queue.is_empty();
+        let ring = self.installed.as_mut().expect("operational");
+        if !ring.is_rep(me) && ring.members.len() > 1 {
+            return false;
+        }
+        let idle = queue_empty
+            && token.rtr.is_empty()
+            && token.aru == token.seq
+            && token.seq == ring.last_pass_seq
+            && token.backlog == 0
+            && ring.delivered == token.seq;
+        if idle {
+            ring.idle_rotations += 1;
+        } else {
+            ring.idle_rotations = 0;
+        }
+        ring.idle_rotations > 2 || (ring.members.len() == 1 && idle)
+    }
+
+    fn on_token_hold_timeout(&mut self) {
+        if let Some(token) = self.held_token.take() {
+            self.token_visit(token);
+        }
+    }
+
+    /// Processes the token at our visit: retransmit, originate, update, pass, deliver.
+    pub(crate) fn token_visit(&mut self, mut token: Token) {
+        if let State::Recovery(rec) = &mut self.state {
+            // Recovery is complete once, on two consecutive visits, nobody had old packets left
+            // to re-send and everything sent so far had reached every member. The first member
+            // to see it marks the token so the others install at their next visit, even though
+            // new messages then keep the ring busy.
+            let ring = &rec.ring;
+            let safe_now = if ring.members.len() == 1 {
+                ring.window.aru()
+            } else {
+                ring.prev_aru_out.min(token.aru)
+            };
+            let clean =
+                token.recovery_owner.is_none() && rec.queue.is_empty() && safe_now >= token.seq;
+            rec.clean_visits = if clean { rec.clean_visits + 1 } else { 0 };
+            if token.recovered || rec.clean_visits >= 2 {
+                token.recovered = true;
+                self.install();
+            }
+        }
+        let me = self.me;
+        let cfg_personal = self.cfg.personal_window;
+        let cfg_global = self.cfg.global_window;
+        let (mut ring, recovering) = match &mut self.state {
+            State::Operational => (self.installed.take().expect("operational"), false),
+            State::Recovery(rec) => (
+                std::mem::replace(&mut rec.ring, Ring::new(RingId::default(), vec![])),
+                true,
+            ),
+            _ => unreachable!("tokens are only visited in operational and recovery"),
+        };
+        ring.last_token_seq = token.token_seq;
+        self.passed = None;
+        self.timers.stop(Timer::TokenRetransmit);
+
+        // Safe delivery: everything at or below the aru seen on two consecutive visits has
+        // reached every member.
+        let safe = if ring.members.len() == 1 {
+            ring.window.aru()
+        } else {
+            ring.prev_aru_out.min(token.aru)
+        };
+        ring.safe_upto = ring.safe_upto.max(safe);
+
+        // Retransmit what others asked for and we have.
+        let mut sent = 0u32;
+        let mut rtr = std::mem::take(&mut token.rtr);
+        rtr.retain(|seq| match ring.window.get(*seq) {
+            Some(st) => {
+                self.out.push_back(Output::Transmit {
+                    dest: Dest::All,
+                    bytes: st.frame.clone(),
+                });
+                sent += 1;
+                false
+            }
+            None => true,
+        });
+        self.stats.retransmits += sent as u64;
+
+        // Flow control: how many new packets may we originate?
+        let fcc_others = token.fcc.saturating_sub(ring.my_fcc);
+        let mut allowed = cfg_personal.min(cfg_global.saturating_sub(fcc_others + sent));
+        let ahead_max = token.aru + self.cfg.recv_window_max / 2;
+        allowed = allowed.min(ahead_max.saturating_sub(token.seq).min(u32::MAX as u64) as u32);
+        let mut frames = Vec::new();
+        while (frames.len() as u32) < allowed {
+            let seq = token.seq + 1;
+            let frame = if recovering {
+                match self.next_recovery_frame(ring.id, seq) {
+                    Some(f) => f,
+                    None => break,
+                }
+            } else {
+                if self.send_queue.is_empty() {
+                    break;
+                }
+                let mut b = DataBuilder::new(me, ring.id, seq, self.cfg.max_packet_size);
+                self.send_queue.fill(&mut b);
+                b.finish()
+            };
+            let Ok((_, Packet::Data(data))) = wire::decode(frame.clone()) else {
+                unreachable!("we just encoded this data packet");
+            };
+            let stored = ring.window.insert(
+                Stored {
+                    data,
+                    frame: frame.clone(),
+                },
+                u64::MAX / 4,
+            );
+            debug_assert!(stored);
+            token.seq = seq;
+            frames.push(frame);
+        }
+        let originated = frames.len() as u32;
+        ring.my_fcc = sent + originated;
+        token.fcc = fcc_others + sent + originated;
+        let payload_room = self.cfg.max_packet_size - wire::HEADER_LEN - 64;
+        let backlog_now = self.send_queue.packets_estimate(payload_room);
+        token.backlog = token.backlog.saturating_sub(ring.my_backlog) + backlog_now;
+        ring.my_backlog = backlog_now;
+
+        // All-received-up-to.
+        let my_aru = ring.window.aru();
+        if my_aru < token.aru || token.aru_addr == Some(me) || token.aru_addr.is_none() {
+            token.aru = my_aru;
+            token.aru_addr = (token.aru != token.seq).then_some(me);
+        }
+        // Ask for what we miss among packets that have certainly been sent.
+        let upto = ring.last_pass_seq.min(token.seq);
+        for seq in ring.window.missing(my_aru + 1, upto) {
+            if rtr.len() >= self.cfg.rtr_max {
+                break;
+            }
+            if !rtr.contains(&seq) {
+                rtr.push(seq);
+            }
+        }
+        token.rtr = rtr;
+        if recovering {
+            let State::Recovery(rec) = &self.state else {
+                unreachable!()
+            };
+            if !rec.queue.is_empty() {
+                token.recovery_owner.get_or_insert(me);
+            } else if token.recovery_owner == Some(me) {
+                token.recovery_owner = None;
+            }
+        }
+        ring.prev_aru_out = token.aru;
+        ring.last_pass_seq = token.seq;
+        token.token_seq += 1;
+
+        // Accelerated Ring: send most new packets, pass the token, then send the rest.
+        let after = (self.cfg.accelerated_window.min(originated)) as usize;
+        let before = frames.len() - after;
+        for f in &frames[..before] {
+            self.transmit(Dest::All, f.clone());
+        }
+        self.pass_token(&ring, token);
+        for f in &frames[before..] {
+            self.transmit(Dest::All, f.clone());
+        }
+
+        match &mut self.state {
+            State::Operational => {
+                self.installed = Some(ring);
+                self.deliver_ready();
+            }
+            State::Recovery(rec) => rec.ring = ring,
+            _ => unreachable!(),
+        }
+    }
+
+    fn pass_token(&mut self, ring: &Ring, token: Token) {
+        let next = ring.next_after(self.me);
+        if next == self.me {
+            // A ring of one: the token comes straight back, after a pause if there is no work.
+            let delay = if self.send_queue.is_empty() {
+                self.cfg.token_hold
+            } else {
+                std::time::Duration::ZERO
+            };
+            self.held_token = Some(token);
+            self.timers.set(Timer::TokenHold, self.now.add(delay));
+            return;
+        }
+        let seq = token.seq;
+        let frame = self.send_control(Dest::Node(next.node), &Packet::Token(token));
+        self.passed = Some(Passed {
+            dest: next.node,
+            frame,
+            ring: ring.id,
+            seq,
+        });
+        self.timers.set(
+            Timer::TokenRetransmit,
+            self.now.add(self.cfg.token_retransmit_timeout),
+        );
+    }
+
+    fn on_token_retransmit_timeout(&mut self) {
+        let Some(p) = &self.passed else {
+            return;
+        };
+        let (dest, frame) = (p.dest, p.frame.clone());
+        self.stats.token_retransmits += 1;
+        self.transmit(Dest::Node(dest), frame);
+        self.timers.set(
+            Timer::TokenRetransmit,
+            self.now.add(self.cfg.token_retransmit_timeout),
+        );
+    }
+
+    fn on_token_loss_timeout(&mut self) {
+        match self.state {
+            State::Operational | State::Commit(_) | State::Recovery(_) => {
+                self.enter_gather("token lost", BTreeSet::new());
+            }
+            State::Gather(_) => {}
+        }
+    }
+
+    /// The view ids of the current regular view, for tests.
+    pub fn view_id(&self) -> Option<ViewId> {
+        self.view.as_ref().map(|v| v.id)
+    }
+
+    pub(crate) fn regular_view(ring: &Ring) -> View {
+        View {
+            id: ViewId {
+                ring: ring.id,
+                kind: ViewKind::Regular,
+            },
+            members: ring.members.clone(),
+        }
+    }
+
+    /// Cheap structural invariants, checked after every input in debug builds.
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        if let Some(r) = &self.installed {
+            assert!(r.delivered <= r.window.aru() || r.delivered <= r.window.high());
+            assert!(r.window.aru() <= r.window.high());
+            assert!(r.contains(self.me), "installed ring without us");
+            assert!(r.members.windows(2).all(|w| w[0] < w[1]));
+        }
+        if let State::Recovery(rec) = &self.state {
+            assert!(rec.trans.contains(&self.me));
+            assert!(rec.ring.id.seq <= self.ring_seq_max);
+        }
+        if let Some(v) = &self.view {
+            assert_eq!(v.id.kind, ViewKind::Regular);
+        }
+    }
+}

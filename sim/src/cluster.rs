@@ -1,0 +1,617 @@
+//! The simulator driver: N production `gcs::Node`s in one thread over virtual time.
+//!
+//! One priority queue ordered by `(time, insertion number)` holds datagram arrivals, node
+//! deadlines, application sends and scenario actions. The loop pops the earliest event, sets the
+//! clock, steps the node and routes its outputs through the faulty network. Nothing here reads a
+//! clock or an OS random source, so a seed replays the same history byte for byte.
+
+use crate::history::{Event as HEvent, History, MsgId};
+use crate::options::{NetParams, Options, PartitionMode};
+use crate::prng::Prng;
+use bytes::{BufMut, Bytes, BytesMut};
+use gcs::{Dest, Node, Output, ProcId, Service, Time};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+/// A scenario step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Change loss, duplication and delay.
+    SetNet(NetParams),
+    /// `links[a][b]`: datagrams from a reach b.
+    SetLinks(Vec<Vec<bool>>),
+    /// The daemon dies (its state is lost).
+    Crash(usize),
+    /// The daemon starts again as a new incarnation.
+    Restart(usize),
+    /// The daemon freezes: no timers, no processing; arriving datagrams wait in its socket.
+    Pause(usize),
+    /// The daemon resumes, with stale timers and a backlog of datagrams.
+    Resume(usize),
+    /// Network whole and calm, every daemon running: the liveness phase starts.
+    Heal,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Arrive { to: usize, bytes: Bytes },
+    Timer { node: usize, gen: u64 },
+    AppSend { node: usize },
+    Action(Action),
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct SimNode {
+    node: Option<Node>,
+    incarnation: u64,
+    paused: bool,
+    /// Datagrams that arrived while paused (a socket buffer: bounded).
+    inbox: VecDeque<Bytes>,
+    timer_gen: u64,
+    timer_at: Option<Time>,
+    next_msg: u64,
+}
+
+const INBOX_MAX: usize = 2000;
+const MSG_HEADER: usize = 25;
+
+/// Totals of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Messages delivered, summed over processes.
+    pub delivered: u64,
+    /// Views (regular and transitional) installed, summed over processes.
+    pub views: u64,
+    /// Datagrams put on the simulated wire.
+    pub datagrams: u64,
+    /// Multicasts requested.
+    pub sent: u64,
+}
+
+/// A simulated cluster.
+pub struct Cluster {
+    opts: Options,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<SimNode>,
+    links: Vec<Vec<bool>>,
+    net: NetParams,
+    net_rng: Prng,
+    app_rng: Prng,
+    history: History,
+    totals: Totals,
+    digest: u64,
+    trace: Option<Box<dyn FnMut(&str)>>,
+}
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+impl Cluster {
+    /// A cluster for `opts`; nothing runs until `run`.
+    pub fn new(opts: Options) -> Cluster {
+        let mut root = Prng::new(opts.seed);
+        let n = opts.nodes;
+        Cluster {
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: (0..n)
+                .map(|_| SimNode {
+                    node: None,
+                    incarnation: 0,
+                    paused: false,
+                    inbox: VecDeque::new(),
+                    timer_gen: 0,
+                    timer_at: None,
+                    next_msg: 0,
+                })
+                .collect(),
+            links: vec![vec![true; n]; n],
+            net: opts.calm_net,
+            net_rng: root.fork(),
+            app_rng: root.fork(),
+            history: History::default(),
+            totals: Totals::default(),
+            digest: 0xcbf2_9ce4_8422_2325,
+            trace: None,
+            opts,
+        }
+    }
+
+    /// Prints (through `f`) one line per event.
+    pub fn set_trace(&mut self, f: Box<dyn FnMut(&str)>) {
+        self.trace = Some(f);
+    }
+
+    fn tr(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            let s = line();
+            t(&s);
+        }
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Adds a scenario action at `at`.
+    pub fn at(&mut self, at: Time, action: Action) {
+        self.schedule(at, Ev::Action(action));
+    }
+
+    /// Builds the seeded scenario: boot, a storm of faults, heal, calm.
+    pub fn plan_swarm(&mut self) {
+        let mut r = Prng::new(self.opts.seed ^ 0xFA_u64.rotate_left(40));
+        let n = self.opts.nodes;
+        for i in 0..n {
+            let t = Time(r.range(0, 50_000));
+            self.at(t, Action::Restart(i));
+        }
+        let storm_end = Time::ZERO.add(self.opts.storm);
+        let mut t = Time(r.range(100_000, 600_000));
+        let mut crashed = vec![false; n];
+        let mut paused = vec![false; n];
+        while t < storm_end {
+            let period = Duration::from_millis(r.range(200, 2000));
+            if r.chance(0.6) {
+                self.at(t, Action::SetNet(self.opts.storm_net));
+                if let Some(links) = self.draw_links(&mut r) {
+                    self.at(t, Action::SetLinks(links));
+                }
+                if self.opts.crashes && r.chance(0.4) {
+                    let i = r.range(0, n as u64 - 1) as usize;
+                    if !crashed[i] {
+                        crashed[i] = true;
+                        self.at(t, Action::Crash(i));
+                        if r.chance(0.7) {
+                            let back = t.add(Duration::from_millis(r.range(50, 2000)));
+                            if back < storm_end {
+                                crashed[i] = false;
+                                self.at(back, Action::Restart(i));
+                            }
+                        }
+                    }
+                }
+                if self.opts.pauses && r.chance(0.4) {
+                    let i = r.range(0, n as u64 - 1) as usize;
+                    if !paused[i] {
+                        self.at(t, Action::Pause(i));
+                        let back = t.add(Duration::from_millis(r.range(100, 3000)));
+                        if back < storm_end {
+                            self.at(back, Action::Resume(i));
+                        } else {
+                            paused[i] = true;
+                        }
+                    }
+                }
+            } else {
+                self.at(t, Action::SetNet(self.opts.calm_net));
+                self.at(t, Action::SetLinks(vec![vec![true; n]; n]));
+            }
+            t = t.add(period);
+        }
+        self.at(storm_end, Action::Heal);
+        self.history.calm_from = Some(storm_end);
+        let end = storm_end.add(self.opts.calm);
+        self.history.end = end;
+        self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
+    }
+
+    fn draw_links(&self, r: &mut Prng) -> Option<Vec<Vec<bool>>> {
+        let n = self.opts.nodes;
+        let mode = match self.opts.partitions {
+            PartitionMode::None => return None,
+            PartitionMode::Mixed => r.pick(&[
+                PartitionMode::Split,
+                PartitionMode::Isolate,
+                PartitionMode::Asymmetric,
+            ]),
+            m => m,
+        };
+        let mut links = vec![vec![true; n]; n];
+        match mode {
+            PartitionMode::Split => {
+                let parts = r.range(2, 3);
+                let side: Vec<u64> = (0..n).map(|_| r.range(0, parts - 1)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        links[a][b] = side[a] == side[b];
+                    }
+                }
+            }
+            PartitionMode::Isolate => {
+                let i = r.range(0, n as u64 - 1) as usize;
+                for j in 0..n {
+                    if j != i {
+                        links[i][j] = false;
+                        links[j][i] = false;
+                    }
+                }
+            }
+            PartitionMode::Asymmetric => {
+                for _ in 0..r.range(1, n as u64) {
+                    let a = r.range(0, n as u64 - 1) as usize;
+                    let b = r.range(0, n as u64 - 1) as usize;
+                    if a != b {
+                        links[a][b] = false;
+                    }
+                }
+            }
+            PartitionMode::None | PartitionMode::Mixed => unreachable!(),
+        }
+        Some(links)
+    }
+
+    /// Runs until the history's end time; returns the history and totals.
+    pub fn run(mut self) -> (History, Totals, u64) {
+        let end = self.history.end;
+        while let Some(Reverse(s)) = self.queue.pop() {
+            if s.at > end {
+                break;
+            }
+            self.now = s.at;
+            self.digest = fnv(self.digest, &s.at.0.to_le_bytes());
+            match s.ev {
+                Ev::Arrive { to, bytes } => self.arrive(to, bytes),
+                Ev::Timer { node, gen } => self.timer(node, gen),
+                Ev::AppSend { node } => self.app_send(node),
+                Ev::Action(a) => self.action(a),
+            }
+        }
+        self.now = end;
+        (self.history, self.totals, self.digest)
+    }
+
+    fn proc_of(&self, i: usize) -> ProcId {
+        ProcId::new(i as u32, self.nodes[i].incarnation)
+    }
+
+    fn action(&mut self, a: Action) {
+        let now = self.now;
+        self.tr(|| format!("{now:?} action {a:?}"));
+        match a {
+            Action::SetNet(p) => self.net = p,
+            Action::SetLinks(l) => self.links = l,
+            Action::Crash(i) => {
+                if self.nodes[i].node.take().is_some() {
+                    let p = self.proc_of(i);
+                    self.log(p, HEvent::Crashed { at: self.now });
+                    self.nodes[i].paused = false;
+                    self.nodes[i].inbox.clear();
+                    self.nodes[i].timer_at = None;
+                    self.nodes[i].timer_gen += 1;
+                }
+            }
+            Action::Restart(i) => {
+                if self.nodes[i].node.is_none() {
+                    self.nodes[i].incarnation += 1;
+                    self.nodes[i].next_msg = 0;
+                    let p = self.proc_of(i);
+                    let node = Node::new(self.opts.gcs.clone(), p, self.now)
+                        .expect("simulator configuration is valid");
+                    self.nodes[i].node = Some(node);
+                    self.history.procs.entry(p).or_default();
+                    self.drain(i);
+                    let first = self.send_delay();
+                    self.schedule(self.now.add(first), Ev::AppSend { node: i });
+                }
+            }
+            Action::Pause(i) => self.nodes[i].paused = self.nodes[i].node.is_some(),
+            Action::Resume(i) => self.resume(i),
+            Action::Heal => {
+                let n = self.opts.nodes;
+                self.net = self.opts.calm_net;
+                self.links = vec![vec![true; n]; n];
+                for i in 0..n {
+                    self.resume(i);
+                    if self.nodes[i].node.is_none() {
+                        self.action(Action::Restart(i));
+                    }
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, i: usize) {
+        if !self.nodes[i].paused {
+            return;
+        }
+        self.nodes[i].paused = false;
+        // Stale timers fire first (the daemon notices the time that passed), then the backlog.
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            node.handle_timeout(self.now);
+        }
+        self.drain(i);
+        while let Some(b) = self.nodes[i].inbox.pop_front() {
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_packet(self.now, b);
+            }
+            self.drain(i);
+        }
+    }
+
+    fn send_delay(&mut self) -> Duration {
+        let mean = self.opts.send_interval.as_micros() as f64;
+        Duration::from_micros(self.app_rng.exp(mean) as u64 + 1)
+    }
+
+    fn app_send(&mut self, i: usize) {
+        if self.nodes[i].node.is_none() {
+            return; // This incarnation's sender dies with it; a restart schedules a new one.
+        }
+        let next = self.send_delay();
+        self.schedule(self.now.add(next), Ev::AppSend { node: i });
+        if self.nodes[i].paused || self.now >= self.history.sends_until {
+            return;
+        }
+        let service = self.app_rng.pick(&Service::ALL);
+        let len = if self.app_rng.chance(self.opts.large_fraction) {
+            self.app_rng.range(2_000, 60_000) as usize
+        } else {
+            self.app_rng.range(MSG_HEADER as u64, 300) as usize
+        };
+        let p = self.proc_of(i);
+        let msg = MsgId {
+            sender: p,
+            n: self.nodes[i].next_msg,
+        };
+        let payload = encode_payload(msg, service, len);
+        let node = self.nodes[i].node.as_mut().expect("running");
+        if node.multicast(self.now, service, payload).is_ok() {
+            self.nodes[i].next_msg += 1;
+            self.totals.sent += 1;
+            self.log(
+                p,
+                HEvent::Sent {
+                    msg,
+                    service,
+                    at: self.now,
+                },
+            );
+            let now = self.now;
+            self.tr(|| format!("{now:?} n{i} send {p:?}#{} {service:?} {len}B", msg.n));
+        }
+        self.drain(i);
+    }
+
+    fn arrive(&mut self, to: usize, bytes: Bytes) {
+        let sn = &mut self.nodes[to];
+        if sn.node.is_none() {
+            return;
+        }
+        if sn.paused {
+            if sn.inbox.len() < INBOX_MAX {
+                sn.inbox.push_back(bytes);
+            }
+            return;
+        }
+        self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
+        if self.trace.is_some() {
+            let d = gcs::wire::describe(&bytes);
+            let now = self.now;
+            self.tr(|| format!("{now:?} n{to} recv {d}"));
+        }
+        let node = self.nodes[to].node.as_mut().expect("running");
+        node.handle_packet(self.now, bytes);
+        self.drain(to);
+    }
+
+    fn timer(&mut self, i: usize, gen: u64) {
+        let sn = &mut self.nodes[i];
+        if sn.timer_gen != gen || sn.paused {
+            return;
+        }
+        sn.timer_at = None;
+        let Some(node) = sn.node.as_mut() else {
+            return;
+        };
+        node.handle_timeout(self.now);
+        self.drain(i);
+    }
+
+    /// Routes everything node `i` produced, and re-arms its deadline.
+    fn drain(&mut self, i: usize) {
+        let from = self.proc_of(i);
+        loop {
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                return;
+            };
+            let Some(out) = node.poll_output() else {
+                break;
+            };
+            match out {
+                Output::Transmit { dest, bytes } => match dest {
+                    Dest::All => {
+                        for j in 0..self.opts.nodes {
+                            if j != i {
+                                self.send(i, j, bytes.clone());
+                            }
+                        }
+                    }
+                    Dest::Node(j) => {
+                        if (j as usize) < self.opts.nodes && j as usize != i {
+                            self.send(i, j as usize, bytes);
+                        }
+                    }
+                },
+                Output::Deliver(d) => {
+                    let (msg, ok) = decode_payload(&d.payload, d.sender);
+                    self.totals.delivered += 1;
+                    let now = self.now;
+                    self.tr(|| {
+                        format!(
+                            "{now:?} n{i} deliver {:?}#{} {:?} {}B",
+                            msg.sender,
+                            msg.n,
+                            d.service,
+                            d.payload.len()
+                        )
+                    });
+                    self.log(
+                        from,
+                        HEvent::Delivered {
+                            msg,
+                            service: d.service,
+                            at: self.now,
+                            payload_ok: ok,
+                        },
+                    );
+                }
+                Output::View(v) => {
+                    self.totals.views += 1;
+                    let now = self.now;
+                    self.tr(|| format!("{now:?} n{i} view {:?} {:?}", v.id, v.members));
+                    self.digest = fnv(self.digest, &v.id.ring.seq.to_le_bytes());
+                    self.log(
+                        from,
+                        HEvent::View {
+                            view: v,
+                            at: self.now,
+                        },
+                    );
+                }
+            }
+        }
+        let deadline = self.nodes[i].node.as_ref().and_then(|n| n.poll_deadline());
+        if deadline != self.nodes[i].timer_at {
+            self.nodes[i].timer_gen += 1;
+            self.nodes[i].timer_at = deadline;
+            if let Some(at) = deadline {
+                let gen = self.nodes[i].timer_gen;
+                self.schedule(at.max(self.now), Ev::Timer { node: i, gen });
+            }
+        }
+    }
+
+    fn log(&mut self, p: ProcId, e: HEvent) {
+        self.history.procs.entry(p).or_default().push(e);
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
+        self.totals.datagrams += 1;
+        if !self.links[from][to] || self.net_rng.chance(self.net.loss) {
+            return;
+        }
+        let copies = if self.net_rng.chance(self.net.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut d = self
+                .net_rng
+                .range(self.net.delay_min_us, self.net.delay_max_us);
+            if self.net_rng.chance(self.net.tail) {
+                d += self.net_rng.range(0, self.net.delay_max_us * 20);
+            }
+            self.schedule(
+                Time(self.now.0 + d),
+                Ev::Arrive {
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// The simulator's payload: the message id, its service and length, then a pattern derived from
+/// the id, so that a receiver can tell a corrupt or misattributed payload.
+pub fn encode_payload(msg: MsgId, service: Service, len: usize) -> Bytes {
+    let len = len.max(MSG_HEADER);
+    let mut b = BytesMut::with_capacity(len);
+    b.put_u32_le(msg.sender.node);
+    b.put_u64_le(msg.sender.incarnation);
+    b.put_u64_le(msg.n);
+    b.put_u8(service.to_u8());
+    b.put_u32_le(len as u32);
+    let seed = pattern_seed(msg);
+    for k in MSG_HEADER..len {
+        b.put_u8(seed.wrapping_add(k as u64) as u8);
+    }
+    b.freeze()
+}
+
+fn pattern_seed(msg: MsgId) -> u64 {
+    fnv(
+        fnv(0x1234, &msg.sender.incarnation.to_le_bytes()),
+        &msg.n.to_le_bytes(),
+    ) ^ msg.sender.node as u64
+}
+
+/// Reads back a simulator payload: the id it names and whether it is intact and was delivered
+/// with the sender the daemon claims.
+pub fn decode_payload(p: &[u8], claimed_sender: ProcId) -> (MsgId, bool) {
+    if p.len() < MSG_HEADER {
+        return (
+            MsgId {
+                sender: claimed_sender,
+                n: u64::MAX,
+            },
+            false,
+        );
+    }
+    let node = u32::from_le_bytes(p[0..4].try_into().expect("4"));
+    let inc = u64::from_le_bytes(p[4..12].try_into().expect("8"));
+    let n = u64::from_le_bytes(p[12..20].try_into().expect("8"));
+    let len = u32::from_le_bytes(p[21..25].try_into().expect("4")) as usize;
+    let msg = MsgId {
+        sender: ProcId::new(node, inc),
+        n,
+    };
+    let seed = pattern_seed(msg);
+    let ok = msg.sender == claimed_sender
+        && len == p.len()
+        && Service::from_u8(p[20]).is_some()
+        && p[MSG_HEADER..]
+            .iter()
+            .enumerate()
+            .all(|(k, b)| *b == seed.wrapping_add((k + MSG_HEADER) as u64) as u8);
+    (msg, ok)
+}
+
+/// Per-process view of a run, for tests that want to look inside.
+pub fn deliveries(h: &History) -> BTreeMap<ProcId, usize> {
+    h.procs
+        .iter()
+        .map(|(p, log)| {
+            (
+                *p,
+                log.iter()
+                    .filter(|e| matches!(e, HEvent::Delivered { .. }))
+                    .count(),
+            )
+        })
+        .collect()
+}

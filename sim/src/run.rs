@@ -1,0 +1,48 @@
+//! One seed, start to finish: plan, run, check.
+
+use crate::checkers::{check_all, Violation};
+use crate::cluster::{Cluster, Totals};
+use crate::history::History;
+use crate::options::Options;
+use gcs::Time;
+
+/// What one seed produced.
+#[derive(Debug)]
+pub struct Report {
+    /// The options the seed drew.
+    pub options: Options,
+    /// Simulated time covered.
+    pub sim_time: Time,
+    /// Counts.
+    pub totals: Totals,
+    /// Every property violated, with the processes and message involved.
+    pub violations: Vec<Violation>,
+    /// A digest of the run's event stream: equal digests for equal runs.
+    pub digest: u64,
+    /// The recorded history.
+    pub history: History,
+}
+
+/// Runs the swarm scenario of `seed` with `nodes` daemons and checks it.
+pub fn run_seed(seed: u64, nodes: usize, trace: Option<Box<dyn FnMut(&str)>>) -> Report {
+    run_options(Options::swarm(seed, nodes), trace)
+}
+
+/// Runs a scenario with explicit options.
+pub fn run_options(options: Options, trace: Option<Box<dyn FnMut(&str)>>) -> Report {
+    let mut c = Cluster::new(options.clone());
+    if let Some(t) = trace {
+        c.set_trace(t);
+    }
+    c.plan_swarm();
+    let (history, totals, digest) = c.run();
+    let violations = check_all(&history);
+    Report {
+        options,
+        sim_time: history.end,
+        totals,
+        violations,
+        digest,
+        history,
+    }
+}
