@@ -21,7 +21,7 @@
 use super::{fmt_msg, Index, Mix, Sink, Violation, NONE};
 use crate::history::History;
 use gcs::{Service, ViewId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// The property's name.
 pub const PROPERTY: &str = "causal_order";
@@ -42,10 +42,12 @@ struct Chain {
 pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
     let mut sink = Sink::new(PROPERTY, out);
     let causal = |s: Service| s >= Service::Causal;
+    // Messages already in one of the current sender's chains.
+    let mut listed = vec![false; ix.msgs.len()];
     for px in &ix.procs {
         let p = px.id;
         let mut chains: BTreeMap<ViewId, Chain> = BTreeMap::new();
-        let mut listed: BTreeSet<Mix> = BTreeSet::new();
+        listed.iter_mut().for_each(|x| *x = false);
         // Merge p's deliveries and sends in log order.
         let (mut di, mut si) = (0, 0);
         while di < px.dels.len() || si < px.sends.len() {
@@ -55,7 +57,7 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 let d = &px.dels[di];
                 if causal(d.service) && px.is_first(di) {
                     if let Some(o) = ix.origin[d.m as usize] {
-                        if listed.insert(d.m) {
+                        if !std::mem::replace(&mut listed[d.m as usize], true) {
                             chains.entry(o).or_default().preds.push(d.m);
                         }
                     }
@@ -67,7 +69,7 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
                     if let Some(o) = ix.origin[s.m as usize] {
                         let chain = chains.entry(o).or_default();
                         chain.checks.push((s.m, chain.preds.len()));
-                        if listed.insert(s.m) {
+                        if !std::mem::replace(&mut listed[s.m as usize], true) {
                             chain.preds.push(s.m);
                         }
                     }

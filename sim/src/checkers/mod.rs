@@ -95,6 +95,35 @@ pub fn fmt_msg(m: MsgId) -> String {
     format!("{}#{}", m.sender, m.n)
 }
 
+/// A checker's standalone entry point.
+pub type Checker = fn(&History, &mut Vec<Violation>);
+
+/// Every property with its standalone checker, in the order of the module table (and of
+/// [`check_all`]'s output).
+pub const CHECKERS: [(&str, Checker); 15] = [
+    (
+        no_duplicate_delivery::PROPERTY,
+        no_duplicate_delivery::check,
+    ),
+    (no_spurious_delivery::PROPERTY, no_spurious_delivery::check),
+    (views_well_formed::PROPERTY, views_well_formed::check),
+    (view_ids_ordered::PROPERTY, view_ids_ordered::check),
+    (view_ids_unique::PROPERTY, view_ids_unique::check),
+    (view_agreement::PROPERTY, view_agreement::check),
+    (
+        transitional_semantics::PROPERTY,
+        transitional_semantics::check,
+    ),
+    (same_view_delivery::PROPERTY, same_view_delivery::check),
+    (failure_atomicity::PROPERTY, failure_atomicity::check),
+    (self_delivery::PROPERTY, self_delivery::check),
+    (agreed_order::PROPERTY, agreed_order::check),
+    (causal_order::PROPERTY, causal_order::check),
+    (fifo_order::PROPERTY, fifo_order::check),
+    (safe_delivery::PROPERTY, safe_delivery::check),
+    (liveness::PROPERTY, liveness::check),
+];
+
 /// Runs every checker on `h`, in the order of the module table; deterministic.
 pub fn check_all(h: &History) -> Vec<Violation> {
     let ix = Index::new(h);
@@ -282,6 +311,53 @@ impl ProcIx<'_> {
     }
 }
 
+/// Dense numbers for message ids: per sender a table indexed by `n` (when `n` is plausible,
+/// which it is unless the history is corrupt), else a map.
+struct Numbering {
+    senders: BTreeMap<ProcId, Vec<Mix>>,
+    other: BTreeMap<MsgId, Mix>,
+    msgs: Vec<MsgId>,
+    limit: u64,
+}
+
+impl Numbering {
+    fn new(limit: u64) -> Self {
+        Numbering {
+            senders: BTreeMap::new(),
+            other: BTreeMap::new(),
+            msgs: Vec::new(),
+            limit,
+        }
+    }
+
+    fn insert(&mut self, m: MsgId) {
+        let next = self.msgs.len() as Mix;
+        let slot = if m.n < self.limit {
+            let table = self.senders.entry(m.sender).or_default();
+            let n = m.n as usize;
+            if table.len() <= n {
+                table.resize(n + 1, NONE);
+            }
+            &mut table[n]
+        } else {
+            self.other.entry(m).or_insert(NONE)
+        };
+        if *slot == NONE {
+            *slot = next;
+            self.msgs.push(m);
+        }
+    }
+
+    /// The number of a message given to `insert`.
+    fn get(&self, m: MsgId) -> Mix {
+        if m.n < self.limit {
+            self.senders[&m.sender][m.n as usize]
+        } else {
+            self.other[&m]
+        }
+    }
+}
+
 /// A shared, precomputed index of a history, built once by [`check_all`].
 pub(crate) struct Index<'h> {
     pub(crate) h: &'h History,
@@ -290,9 +366,9 @@ pub(crate) struct Index<'h> {
     /// Processes in `ProcId` order.
     pub(crate) procs: Vec<ProcIx<'h>>,
     pub(crate) proc_ix: BTreeMap<ProcId, usize>,
-    /// Per message: (index in the sender's `sends`) of the first `Sent` event for it in the log
-    /// of `msg.sender`.
-    pub(crate) sent: Vec<Option<usize>>,
+    /// Per message: (index in `procs`, index in its `sends`) of the first `Sent` event for it in
+    /// the log of `msg.sender`.
+    pub(crate) sent: Vec<Option<(usize, usize)>>,
     /// Per message: the origin at the first process (in `ProcId` order) that delivered it in a
     /// view with an origin.
     pub(crate) origin: Vec<Option<ViewId>>,
@@ -301,25 +377,16 @@ pub(crate) struct Index<'h> {
 impl<'h> Index<'h> {
     pub(crate) fn new(h: &'h History) -> Self {
         // Number the messages.
-        let mut ids: BTreeMap<MsgId, Mix> = BTreeMap::new();
+        let total: usize = h.procs.values().map(Vec::len).sum();
+        let mut ids = Numbering::new(total as u64);
         for log in h.procs.values() {
             for e in log {
                 if let Event::Sent { msg, .. } | Event::Delivered { msg, .. } = e {
-                    let next = ids.len() as Mix;
-                    ids.entry(*msg).or_insert(next);
+                    ids.insert(*msg);
                 }
             }
         }
-        let mut msgs = vec![
-            MsgId {
-                sender: ProcId::default(),
-                n: 0
-            };
-            ids.len()
-        ];
-        for (m, i) in &ids {
-            msgs[*i as usize] = *m;
-        }
+        let msgs = std::mem::take(&mut ids.msgs);
         let nmsgs = msgs.len();
 
         let mut procs = Vec::with_capacity(h.procs.len());
@@ -367,7 +434,7 @@ impl<'h> Index<'h> {
                         at,
                         payload_ok,
                     } => {
-                        let m = ids[msg];
+                        let m = ids.get(*msg);
                         if px.del_pos[m as usize] == NONE {
                             px.del_pos[m as usize] = px.dels.len() as u32;
                         }
@@ -383,7 +450,7 @@ impl<'h> Index<'h> {
                     }
                     Event::Sent { msg, service, at } => {
                         px.sends.push(SendRec {
-                            m: ids[msg],
+                            m: ids.get(*msg),
                             msg: *msg,
                             service: *service,
                             at: *at,
@@ -403,10 +470,10 @@ impl<'h> Index<'h> {
 
         let mut sent = vec![None; nmsgs];
         let mut origin = vec![None; nmsgs];
-        for px in &procs {
+        for (pi, px) in procs.iter().enumerate() {
             for (i, s) in px.sends.iter().enumerate() {
                 if s.msg.sender == px.id && sent[s.m as usize].is_none() {
-                    sent[s.m as usize] = Some(i);
+                    sent[s.m as usize] = Some((pi, i));
                 }
             }
             for (i, d) in px.dels.iter().enumerate() {
@@ -431,9 +498,8 @@ impl<'h> Index<'h> {
 
     /// The `Sent` event of message `m` in its sender's log.
     pub(crate) fn sent_rec(&self, m: Mix) -> Option<&SendRec> {
-        let i = self.sent[m as usize]?;
-        let sender = self.proc(self.msgs[m as usize].sender)?;
-        Some(&sender.sends[i])
+        let (p, i) = self.sent[m as usize]?;
+        Some(&self.procs[p].sends[i])
     }
 
     /// True if `p` crashed (a process without a log never crashed).
@@ -707,6 +773,37 @@ mod tests {
     fn empty_history_is_clean() {
         clean(&History::default());
         clean(&B::new().calm().build());
+    }
+
+    /// A history breaking many properties at once.
+    fn messy() -> History {
+        let mut b = good();
+        b.deliver(5, (1, 9), Safe); // before any view, never sent
+        b.reg(5, 9, &[1, 5]).reg(5, 8, &[5]);
+        b.send(2, 3, Agreed)
+            .send(2, 4, Agreed)
+            .deliver(3, (2, 4), Agreed);
+        b.deliver(3, (2, 3), Agreed).deliver(3, (2, 3), Agreed);
+        b.build()
+    }
+
+    #[test]
+    fn standalone_checks_match_check_all() {
+        for h in [good().build(), messy()] {
+            let all = check_all(&h);
+            let mut joined = Vec::new();
+            for (name, check) in CHECKERS {
+                let mut mine = Vec::new();
+                check(&h, &mut mine);
+                assert!(mine.iter().all(|v| v.property == name));
+                joined.extend(mine);
+            }
+            assert_eq!(joined, all);
+        }
+        let v = check_all(&messy());
+        let props: std::collections::BTreeSet<_> = v.iter().map(|v| v.property).collect();
+        println!("{props:?}");
+        assert!(props.len() >= 6, "{props:?}");
     }
 
     #[test]

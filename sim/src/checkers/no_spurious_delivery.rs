@@ -21,23 +21,31 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
     let mut sink = Sink::new(PROPERTY, out);
     for px in &ix.procs {
         for d in &px.dels {
-            let what = fmt_msg(d.msg);
+            let what = || fmt_msg(d.msg);
             let problem = match ix.sent_rec(d.m) {
                 None => Some(format!(
-                    "{} delivered {what}, which its sender never sent",
-                    px.id
+                    "{} delivered {}, which its sender never sent",
+                    px.id,
+                    what()
                 )),
                 Some(s) if s.at > d.at => Some(format!(
-                    "{} delivered {what} at {:?}, before it was sent at {:?}",
-                    px.id, d.at, s.at
+                    "{} delivered {} at {:?}, before it was sent at {:?}",
+                    px.id,
+                    what(),
+                    d.at,
+                    s.at
                 )),
                 Some(s) if s.service != d.service => Some(format!(
-                    "{} delivered {what} as {:?} but it was sent as {:?}",
-                    px.id, d.service, s.service
+                    "{} delivered {} as {:?} but it was sent as {:?}",
+                    px.id,
+                    what(),
+                    d.service,
+                    s.service
                 )),
                 Some(_) if !d.payload_ok => Some(format!(
-                    "{} delivered {what} with a payload that differs from the one sent",
-                    px.id
+                    "{} delivered {} with a payload that differs from the one sent",
+                    px.id,
+                    what()
                 )),
                 Some(_) => None,
             };

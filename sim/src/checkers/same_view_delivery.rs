@@ -35,13 +35,14 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 continue; // views_well_formed reports deliveries outside any regular view
             };
             let origin = &px.views[o];
-            let what = fmt_msg(d.msg);
+            let what = || fmt_msg(d.msg);
             if !origin.has(d.msg.sender) {
                 sink.report(
                     vec![p],
                     Some(d.msg),
                     format!(
-                        "{p} delivered {what} in {:?} {:?}, which does not contain its sender",
+                        "{p} delivered {} in {:?} {:?}, which does not contain its sender",
+                        what(),
                         origin.id(),
                         origin.view.members
                     ),
@@ -53,7 +54,8 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
                     vec![q, p],
                     Some(d.msg),
                     format!(
-                        "{q} delivered {what} in {theirs:?} but {p} in {:?}",
+                        "{q} delivered {} in {theirs:?} but {p} in {:?}",
+                        what(),
                         origin.id()
                     ),
                 ),
