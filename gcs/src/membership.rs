@@ -180,8 +180,7 @@ impl Node {
             return;
         }
         let members: Vec<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
-        if members.first() != Some(&self.me) || !members.iter().all(|p| g.consensus.contains(p))
-        {
+        if members.first() != Some(&self.me) || !members.iter().all(|p| g.consensus.contains(p)) {
             return;
         }
         let ring = RingId {
@@ -274,7 +273,10 @@ impl Node {
         match &mut self.state {
             State::Gather(g) => {
                 let members: Vec<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
-                let newer = self.installed.as_ref().is_none_or(|r| ct.ring.seq > r.id.seq);
+                let newer = self
+                    .installed
+                    .as_ref()
+                    .is_none_or(|r| ct.ring.seq > r.id.seq);
                 if ct.rotation != 0 || is_rep || members != ct.members || !newer {
                     self.stats.ignored += 1;
                     return None;

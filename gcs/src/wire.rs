@@ -531,7 +531,11 @@ pub fn describe(datagram: &Bytes) -> String {
             t.aru,
             t.fcc,
             t.rtr,
-            if t.recovery_owner.is_some() { " recovering" } else { "" }
+            if t.recovery_owner.is_some() {
+                " recovering"
+            } else {
+                ""
+            }
         ),
         Ok((from, Packet::Join(j))) => format!(
             "join from={from:?} procs={:?} failed={:?} ring_seq={}",

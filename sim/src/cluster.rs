@@ -527,7 +527,11 @@ impl Cluster {
         if !self.links[from][to] || self.net_rng.chance(self.net.loss) {
             return;
         }
-        let copies = if self.net_rng.chance(self.net.dup) { 2 } else { 1 };
+        let copies = if self.net_rng.chance(self.net.dup) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut d = self
                 .net_rng

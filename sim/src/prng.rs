@@ -82,9 +82,21 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream() {
-        let a: Vec<u64> = (0..5).map(|_| 0).scan(Prng::new(7), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..5).map(|_| 0).scan(Prng::new(7), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..5)
+            .map(|_| 0)
+            .scan(Prng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map(|_| 0)
+            .scan(Prng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
         assert_eq!(a, b);
-        assert_ne!(a, (0..5).map(|_| 0).scan(Prng::new(8), |r, _| Some(r.next_u64())).collect::<Vec<_>>());
+        assert_ne!(
+            a,
+            (0..5)
+                .map(|_| 0)
+                .scan(Prng::new(8), |r, _| Some(r.next_u64()))
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -111,7 +111,9 @@ fn main() -> ExitCode {
             for v in r.violations.iter().skip(1).take(4) {
                 println!("    also: {v}");
             }
-            println!("    replay: cargo run -p sim --release -- gcs --seed {s} --nodes {nodes} --trace");
+            println!(
+                "    replay: cargo run -p sim --release -- gcs --seed {s} --nodes {nodes} --trace"
+            );
         }
     };
     let threads = if trace { 1 } else { threads.max(1) };

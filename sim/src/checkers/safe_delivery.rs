@@ -5,6 +5,13 @@
 //! only when it certainly will not deliver it any more: if it installed a view with an id above
 //! V's, or if the run calmed down (`calm_from` is set) so it had every chance to.
 //!
+//! A member of V that never installed V is not bound by it: it gave up on V during V's recovery
+//! (its token was lost before it could see recovery complete), so for V it is a failed member;
+//! `view_agreement` then requires the others to install a later view without it. This is the
+//! one reading of "unless it fails" that a partitionable system can honour: the member that gave
+//! up goes on from its previous regular view with its own transitional view, which does not
+//! contain the process that delivered m.
+//!
 //! EVS paper, specifications 7.1 and 7.2 (paraphrased, "safe delivery"): when a process delivers
 //! a safe message in a regular configuration, every member of that configuration has it and will
 //! deliver it unless it fails; in a transitional configuration the same holds for its members.
@@ -40,6 +47,10 @@ pub(crate) fn check_index(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 }
                 let qx = ix.proc(q);
                 if qx.is_some_and(|qx| qx.delivered(d.m)) {
+                    continue;
+                }
+                let installed_v = qx.is_some_and(|qx| qx.views.iter().any(|w| w.key() == v.key()));
+                if !installed_v {
                     continue;
                 }
                 let moved_on = qx.and_then(|qx| qx.max_view).is_some_and(|w| w > v.id());
@@ -103,6 +114,27 @@ mod tests {
             .reg_all(2, &[1, 2]);
         let v = has(&b.build(), super::PROPERTY);
         names(&v, &[1, 2], Some((1, 0)));
+    }
+
+    #[test]
+    fn a_member_that_never_installed_the_view_is_not_bound() {
+        // 1 and 2 come from ring 1; 1 installs T2 = {1,2} and delivers the safe message there,
+        // but 2 gave up on ring 2 during its recovery and went on alone (T3 = {2}).
+        let mut b = B::new();
+        b.reg_all(1, &[1, 2]).send(1, 0, Safe);
+        b.trans(1, 2, &[1, 2])
+            .deliver(1, (1, 0), Safe)
+            .reg(1, 2, &[1, 2]);
+        b.trans(2, 3, &[2]).reg(2, 3, &[2]);
+        b.trans(1, 4, &[1]).reg(1, 4, &[1]);
+        let h = b.build();
+        assert!(
+            super::super::check_all(&h)
+                .iter()
+                .all(|v| v.property != super::PROPERTY),
+            "{:?}",
+            super::super::check_all(&h)
+        );
     }
 
     #[test]
