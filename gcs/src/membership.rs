@@ -155,14 +155,10 @@ impl Node {
         };
         let members: BTreeSet<ProcId> = g.proc_set.difference(&g.fail_set).copied().collect();
         let missing: Vec<ProcId> = members.difference(&g.consensus).copied().collect();
-        if missing.is_empty() {
-            // Everyone agreed, yet no commit token came: its representative is gone.
-            if let Some(rep) = members.first().copied().filter(|r| *r != me) {
-                g.fail_set.insert(rep);
-            }
-        } else {
-            g.fail_set.extend(missing);
-        }
+        // Members that have not agreed within the timeout are considered failed. If everyone
+        // agreed but no commit token came, the round starts over: a representative that really
+        // is gone will not answer the new round and is failed at the next timeout.
+        g.fail_set.extend(missing);
         g.consensus = BTreeSet::from([me]);
         tracing::debug!(me = ?me, fail = ?g.fail_set, "consensus timeout");
         self.send_join();

@@ -1,0 +1,311 @@
+//! Exact scenarios on a perfect in-process network: what one input does, and the claims of the
+//! Totem and EVS papers that do not need faults (the simulator covers those).
+
+use bytes::Bytes;
+use gcs::{
+    Config, Delivery, Dest, Node, Output, Phase, ProcId, Service, SubmitError, Time, View, ViewKind,
+};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// N nodes, a lossless network with a fixed one-way delay of 100 us, virtual time.
+struct Lan {
+    nodes: Vec<Option<Node>>,
+    now: Time,
+    wire: VecDeque<(Time, usize, Bytes)>,
+    delivered: Vec<Vec<Delivery>>,
+    views: Vec<Vec<View>>,
+    cfg: Config,
+}
+
+impl Lan {
+    fn new(n: usize) -> Lan {
+        let cfg = Config::default();
+        let mut lan = Lan {
+            nodes: Vec::new(),
+            now: Time::ZERO,
+            wire: VecDeque::new(),
+            delivered: vec![Vec::new(); n],
+            views: vec![Vec::new(); n],
+            cfg: cfg.clone(),
+        };
+        for i in 0..n {
+            lan.nodes.push(Some(
+                Node::new(cfg.clone(), ProcId::new(i as u32, 1), Time::ZERO).unwrap(),
+            ));
+            lan.drain(i);
+        }
+        lan
+    }
+
+    fn drain(&mut self, i: usize) {
+        let n = self.nodes.len();
+        while let Some(out) = self.nodes[i].as_mut().and_then(|x| x.poll_output()) {
+            match out {
+                Output::Transmit {
+                    dest: Dest::All,
+                    bytes,
+                } => {
+                    for j in (0..n).filter(|j| *j != i) {
+                        self.wire.push_back((
+                            self.now.add(Duration::from_micros(100)),
+                            j,
+                            bytes.clone(),
+                        ));
+                    }
+                }
+                Output::Transmit {
+                    dest: Dest::Node(j),
+                    bytes,
+                } => {
+                    self.wire.push_back((
+                        self.now.add(Duration::from_micros(100)),
+                        j as usize,
+                        bytes,
+                    ));
+                }
+                Output::Deliver(d) => self.delivered[i].push(d),
+                Output::View(v) => self.views[i].push(v),
+            }
+        }
+    }
+
+    /// Runs until `until` (virtual).
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now.add(d);
+        loop {
+            let next_packet = self.wire.front().map(|w| w.0);
+            let next_timer = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.as_ref().and_then(|n| n.poll_deadline()).map(|t| (t, i)))
+                .min();
+            let pick_packet = match (next_packet, next_timer) {
+                (Some(p), Some((t, _))) => p <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if pick_packet {
+                let (at, to, bytes) = self.wire.pop_front().unwrap();
+                if at > until {
+                    self.wire.push_front((at, to, bytes));
+                    break;
+                }
+                self.now = self.now.max(at);
+                if std::env::var("LAN_TRACE").is_ok() && self.nodes[to].is_some() {
+                    eprintln!("{:?} n{to} {}", self.now, gcs::wire::describe(&bytes));
+                }
+                if let Some(n) = self.nodes[to].as_mut() {
+                    n.handle_packet(self.now, bytes);
+                }
+                self.drain(to);
+            } else {
+                let (t, i) = next_timer.unwrap();
+                if t > until {
+                    break;
+                }
+                self.now = self.now.max(t);
+                self.nodes[i].as_mut().unwrap().handle_timeout(self.now);
+                self.drain(i);
+            }
+        }
+        self.now = until;
+    }
+
+    fn send(&mut self, i: usize, service: Service, payload: Bytes) -> Result<(), SubmitError> {
+        let now = self.now;
+        let r = self.nodes[i]
+            .as_mut()
+            .unwrap()
+            .multicast(now, service, payload);
+        self.drain(i);
+        r
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().unwrap()
+    }
+}
+
+#[test]
+fn nodes_booting_together_form_one_ring_and_first_view_is_regular() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    for i in 0..3 {
+        assert_eq!(lan.node(i).phase(), Phase::Operational);
+        let last = lan.views[i].last().unwrap();
+        assert_eq!(last.members.len(), 3, "node {i}: {:?}", lan.views[i]);
+        assert_eq!(
+            lan.views[i][0].id.kind,
+            ViewKind::Regular,
+            "no transitional view before the first"
+        );
+    }
+    assert_eq!(lan.views[0].last(), lan.views[2].last());
+}
+
+#[test]
+fn every_service_is_delivered_in_one_total_order_including_to_the_sender() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    for k in 0..300u32 {
+        let service = Service::ALL[(k % 6) as usize];
+        lan.send(
+            (k % 3) as usize,
+            service,
+            Bytes::from(k.to_le_bytes().to_vec()),
+        )
+        .unwrap();
+    }
+    lan.run_for(Duration::from_millis(500));
+    let seq = |i: usize| {
+        lan.delivered[i]
+            .iter()
+            .map(|d| d.payload.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seq(0).len(), 300);
+    assert_eq!(seq(0), seq(1));
+    assert_eq!(seq(0), seq(2));
+    // FIFO per sender.
+    for i in 0..3u32 {
+        let mine: Vec<u32> = seq(0)
+            .iter()
+            .map(|p| u32::from_le_bytes(p[..4].try_into().unwrap()))
+            .filter(|k| k % 3 == i)
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]));
+    }
+}
+
+#[test]
+fn a_sixteen_mebibyte_message_is_fragmented_and_reassembled() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let big = Bytes::from(big);
+    lan.send(1, Service::Safe, big.clone()).unwrap();
+    lan.send(2, Service::Agreed, Bytes::from_static(b"small after"))
+        .unwrap();
+    lan.run_for(Duration::from_secs(5));
+    let order = |i: usize| {
+        lan.delivered[i]
+            .iter()
+            .map(|d| d.sender)
+            .collect::<Vec<_>>()
+    };
+    for i in 0..3 {
+        assert_eq!(lan.delivered[i].len(), 2, "node {i}");
+        assert_eq!(order(i), order(0), "same total order everywhere");
+        let got = lan.delivered[i]
+            .iter()
+            .find(|d| d.sender == ProcId::new(1, 1))
+            .unwrap();
+        assert!(got.payload == big, "node {i}: the big message differs");
+        assert_eq!(got.service, Service::Safe);
+    }
+}
+
+#[test]
+fn oversized_messages_and_full_queues_are_refused_with_typed_errors() {
+    let mut lan = Lan::new(1);
+    let max = lan.cfg.max_message_size;
+    let err = lan
+        .send(0, Service::Agreed, Bytes::from(vec![0u8; max + 1]))
+        .unwrap_err();
+    assert_eq!(err, SubmitError::TooLarge { size: max + 1, max });
+    // Nothing is ordered before the ring forms, so the queue fills.
+    let chunk = Bytes::from(vec![0u8; 8 << 20]);
+    let mut refused = false;
+    for _ in 0..16 {
+        if let Err(SubmitError::QueueFull { .. }) = lan.send(0, Service::Agreed, chunk.clone()) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+}
+
+#[test]
+fn garbage_datagrams_are_counted_and_change_nothing() {
+    let mut lan = Lan::new(2);
+    lan.run_for(Duration::from_millis(500));
+    let view = lan.node(0).view().cloned();
+    let now = lan.now;
+    let n = lan.nodes[0].as_mut().unwrap();
+    for junk in [
+        &b""[..],
+        b"hello",
+        &[
+            0x42, 0x53, 1, 2, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 255, 255,
+        ][..],
+    ] {
+        n.handle_packet(now, Bytes::copy_from_slice(junk));
+    }
+    assert_eq!(lan.node(0).stats().malformed, 3);
+    lan.run_for(Duration::from_millis(100));
+    assert_eq!(lan.node(0).view().cloned(), view);
+}
+
+#[test]
+fn a_crashed_member_is_excluded_after_the_token_timeout_with_a_transitional_view() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    lan.send(0, Service::Agreed, Bytes::from_static(b"before"))
+        .unwrap();
+    lan.run_for(Duration::from_millis(50));
+    lan.nodes[2] = None;
+    lan.wire.retain(|w| w.1 != 2);
+    lan.run_for(lan.cfg.token_timeout + lan.cfg.consensus_timeout * 2);
+    for i in 0..2 {
+        let v = &lan.views[i];
+        let n = v.len();
+        assert_eq!(v[n - 2].id.kind, ViewKind::Transitional);
+        assert_eq!(v[n - 2].members, vec![ProcId::new(0, 1), ProcId::new(1, 1)]);
+        assert_eq!(v[n - 1].members, vec![ProcId::new(0, 1), ProcId::new(1, 1)]);
+        assert!(v[n - 1].id > v[n - 3].id, "view ids increase");
+    }
+}
+
+#[test]
+fn a_restarted_daemon_comes_back_as_a_new_incarnation_and_replaces_the_old_one_quickly() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    // Node 2 restarts before the others notice (faster than the token timeout).
+    let now = lan.now;
+    lan.nodes[2] = Some(Node::new(lan.cfg.clone(), ProcId::new(2, 2), now).unwrap());
+    lan.drain(2);
+    lan.run_for(lan.cfg.token_timeout / 2);
+    let expect = vec![ProcId::new(0, 1), ProcId::new(1, 1), ProcId::new(2, 2)];
+    for i in 0..3 {
+        assert_eq!(lan.node(i).view().unwrap().members, expect, "node {i}");
+    }
+    lan.send(2, Service::Safe, Bytes::from_static(b"new incarnation"))
+        .unwrap();
+    lan.run_for(Duration::from_millis(100));
+    assert!(lan.delivered[0]
+        .iter()
+        .any(|d| d.sender == ProcId::new(2, 2)));
+}
+
+#[test]
+fn an_idle_ring_holds_the_token() {
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    let before: u64 = (0..3).map(|i| lan.node(i).stats().tokens).sum();
+    lan.run_for(Duration::from_secs(1));
+    let after: u64 = (0..3).map(|i| lan.node(i).stats().tokens).sum();
+    // Without holding, 1 s at 100 us per hop would be ~10,000 token passes.
+    assert!(
+        after - before < 400,
+        "{} token passes in an idle second",
+        after - before
+    );
+    // And the first message after the quiet spell still goes through promptly.
+    lan.send(1, Service::Agreed, Bytes::from_static(b"wake"))
+        .unwrap();
+    lan.run_for(lan.cfg.token_hold * 3);
+    assert!((0..3).all(|i| lan.delivered[i].len() == 1));
+}
