@@ -54,7 +54,7 @@ fn run(size: usize, secs: f64) -> (f64, f64, u64) {
             nodes[j].handle_packet(now, b);
             route(j, &mut nodes, &mut wire, &mut delivered);
         }
-        now = now.add(Duration::from_millis(1));
+        now = now.saturating_add(Duration::from_millis(1));
         for i in 0..n {
             nodes[i].handle_timeout(now);
             route(i, &mut nodes, &mut wire, &mut delivered);
@@ -85,7 +85,7 @@ fn run(size: usize, secs: f64) -> (f64, f64, u64) {
             steps += 1;
         }
         // Virtual time advances slowly: fast enough for nothing to time out.
-        now = now.add(Duration::from_micros(1));
+        now = now.saturating_add(Duration::from_micros(1));
         if steps % 4096 < 256 && start.elapsed().as_secs_f64() >= secs {
             break;
         }

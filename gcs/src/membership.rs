@@ -55,7 +55,7 @@ impl Node {
             proc_set.extend(r.members.iter().copied());
         }
         let not_before = if proc_set.len() == 1 {
-            self.now.add(self.cfg.join_timeout)
+            self.now.saturating_add(self.cfg.join_timeout)
         } else {
             self.now
         };
@@ -69,9 +69,11 @@ impl Node {
         self.state = State::Gather(g);
         self.send_join();
         self.timers
-            .set(Timer::Join, self.now.add(self.cfg.join_timeout));
-        self.timers
-            .set(Timer::Consensus, self.now.add(self.cfg.consensus_timeout));
+            .set(Timer::Join, self.now.saturating_add(self.cfg.join_timeout));
+        self.timers.set(
+            Timer::Consensus,
+            self.now.saturating_add(self.cfg.consensus_timeout),
+        );
         self.check_consensus();
     }
 
@@ -144,7 +146,7 @@ impl Node {
         }
         self.send_join();
         self.timers
-            .set(Timer::Join, self.now.add(self.cfg.join_timeout));
+            .set(Timer::Join, self.now.saturating_add(self.cfg.join_timeout));
         self.check_consensus();
     }
 
@@ -162,8 +164,10 @@ impl Node {
         g.consensus = BTreeSet::from([me]);
         tracing::debug!(me = ?me, fail = ?g.fail_set, "consensus timeout");
         self.send_join();
-        self.timers
-            .set(Timer::Consensus, self.now.add(self.cfg.consensus_timeout));
+        self.timers.set(
+            Timer::Consensus,
+            self.now.saturating_add(self.cfg.consensus_timeout),
+        );
         self.check_consensus();
     }
 
@@ -201,8 +205,10 @@ impl Node {
         });
         self.timers.stop(Timer::Join);
         self.timers.stop(Timer::Consensus);
-        self.timers
-            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+        self.timers.set(
+            Timer::TokenLoss,
+            self.now.saturating_add(self.cfg.token_timeout),
+        );
         self.forward_commit(ct);
     }
 
@@ -240,7 +246,7 @@ impl Node {
                 });
                 self.timers.set(
                     Timer::TokenRetransmit,
-                    self.now.add(self.cfg.token_retransmit_timeout),
+                    self.now.saturating_add(self.cfg.token_retransmit_timeout),
                 );
                 return;
             }
@@ -286,8 +292,10 @@ impl Node {
                 });
                 self.timers.stop(Timer::Join);
                 self.timers.stop(Timer::Consensus);
-                self.timers
-                    .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+                self.timers.set(
+                    Timer::TokenLoss,
+                    self.now.saturating_add(self.cfg.token_timeout),
+                );
                 Some(ct)
             }
             State::Commit(c) if c.ring == ct.ring && ct.hop > c.last_hop => {
@@ -327,8 +335,10 @@ impl Node {
                     recovery_owner: None,
                     recovered: false,
                 };
-                self.timers
-                    .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+                self.timers.set(
+                    Timer::TokenLoss,
+                    self.now.saturating_add(self.cfg.token_timeout),
+                );
                 self.token_visit(token);
                 None
             }
@@ -374,8 +384,10 @@ impl Node {
             clean_visits: 0,
             last_hop: ct.hop,
         }));
-        self.timers
-            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+        self.timers.set(
+            Timer::TokenLoss,
+            self.now.saturating_add(self.cfg.token_timeout),
+        );
     }
 
     /// The next old-ring packet to re-send through the new ring, wrapped, as packet `seq`.
@@ -450,7 +462,7 @@ impl Node {
         if is_rep {
             self.timers.set(
                 Timer::MergeDetect,
-                self.now.add(self.cfg.merge_detect_interval),
+                self.now.saturating_add(self.cfg.merge_detect_interval),
             );
         }
         self.deliver_ready();
@@ -479,7 +491,7 @@ impl Node {
         self.send_control(Dest::All, &Packet::MergeDetect(MergeDetect { ring }));
         self.timers.set(
             Timer::MergeDetect,
-            self.now.add(self.cfg.merge_detect_interval),
+            self.now.saturating_add(self.cfg.merge_detect_interval),
         );
     }
 }

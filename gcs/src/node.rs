@@ -500,8 +500,10 @@ impl Node {
             return;
         }
         self.stats.tokens += 1;
-        self.timers
-            .set(Timer::TokenLoss, self.now.add(self.cfg.token_timeout));
+        self.timers.set(
+            Timer::TokenLoss,
+            self.now.saturating_add(self.cfg.token_timeout),
+        );
         if matches!(self.state, State::Operational) && self.token_idle(&token) {
             // Nothing happened for a while: hold the token instead of spinning it.
             let ring = self.installed.as_mut().expect("operational");
@@ -509,8 +511,10 @@ impl Node {
             self.held_token = Some(token);
             self.passed = None;
             self.timers.stop(Timer::TokenRetransmit);
-            self.timers
-                .set(Timer::TokenHold, self.now.add(self.cfg.token_hold));
+            self.timers.set(
+                Timer::TokenHold,
+                self.now.saturating_add(self.cfg.token_hold),
+            );
             return;
         }
         self.token_visit(token);
@@ -710,7 +714,8 @@ impl Node {
                 std::time::Duration::ZERO
             };
             self.held_token = Some(token);
-            self.timers.set(Timer::TokenHold, self.now.add(delay));
+            self.timers
+                .set(Timer::TokenHold, self.now.saturating_add(delay));
             return;
         }
         let seq = token.seq;
@@ -723,7 +728,7 @@ impl Node {
         });
         self.timers.set(
             Timer::TokenRetransmit,
-            self.now.add(self.cfg.token_retransmit_timeout),
+            self.now.saturating_add(self.cfg.token_retransmit_timeout),
         );
     }
 
@@ -736,7 +741,7 @@ impl Node {
         self.transmit(Dest::Node(dest), frame);
         self.timers.set(
             Timer::TokenRetransmit,
-            self.now.add(self.cfg.token_retransmit_timeout),
+            self.now.saturating_add(self.cfg.token_retransmit_timeout),
         );
     }
 

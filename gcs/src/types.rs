@@ -161,7 +161,7 @@ impl Time {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: std::time::Duration) -> Time {
+    pub fn saturating_add(self, d: std::time::Duration) -> Time {
         Time(
             self.0
                 .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),

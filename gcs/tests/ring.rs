@@ -48,7 +48,7 @@ impl Lan {
                 } => {
                     for j in (0..n).filter(|j| *j != i) {
                         self.wire.push_back((
-                            self.now.add(Duration::from_micros(100)),
+                            self.now.saturating_add(Duration::from_micros(100)),
                             j,
                             bytes.clone(),
                         ));
@@ -59,7 +59,7 @@ impl Lan {
                     bytes,
                 } => {
                     self.wire.push_back((
-                        self.now.add(Duration::from_micros(100)),
+                        self.now.saturating_add(Duration::from_micros(100)),
                         j as usize,
                         bytes,
                     ));
@@ -72,7 +72,7 @@ impl Lan {
 
     /// Runs until `until` (virtual).
     fn run_for(&mut self, d: Duration) {
-        let until = self.now.add(d);
+        let until = self.now.saturating_add(d);
         loop {
             let next_packet = self.wire.front().map(|w| w.0);
             let next_timer = self

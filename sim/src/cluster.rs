@@ -14,6 +14,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
+/// Receives one trace line per simulated event.
+pub type Tracer = Box<dyn FnMut(&str)>;
+
 /// A scenario step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -105,7 +108,7 @@ pub struct Cluster {
     history: History,
     totals: Totals,
     digest: u64,
-    trace: Option<Box<dyn FnMut(&str)>>,
+    trace: Option<Tracer>,
 }
 
 fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
@@ -149,7 +152,7 @@ impl Cluster {
     }
 
     /// Prints (through `f`) one line per event.
-    pub fn set_trace(&mut self, f: Box<dyn FnMut(&str)>) {
+    pub fn set_trace(&mut self, f: Tracer) {
         self.trace = Some(f);
     }
 
@@ -182,7 +185,7 @@ impl Cluster {
             let t = Time(r.range(0, 50_000));
             self.at(t, Action::Restart(i));
         }
-        let storm_end = Time::ZERO.add(self.opts.storm);
+        let storm_end = Time::ZERO.saturating_add(self.opts.storm);
         let mut t = Time(r.range(100_000, 600_000));
         let mut crashed = vec![false; n];
         let mut paused = vec![false; n];
@@ -199,7 +202,7 @@ impl Cluster {
                         crashed[i] = true;
                         self.at(t, Action::Crash(i));
                         if r.chance(0.7) {
-                            let back = t.add(Duration::from_millis(r.range(50, 2000)));
+                            let back = t.saturating_add(Duration::from_millis(r.range(50, 2000)));
                             if back < storm_end {
                                 crashed[i] = false;
                                 self.at(back, Action::Restart(i));
@@ -211,7 +214,7 @@ impl Cluster {
                     let i = r.range(0, n as u64 - 1) as usize;
                     if !paused[i] {
                         self.at(t, Action::Pause(i));
-                        let back = t.add(Duration::from_millis(r.range(100, 3000)));
+                        let back = t.saturating_add(Duration::from_millis(r.range(100, 3000)));
                         if back < storm_end {
                             self.at(back, Action::Resume(i));
                         } else {
@@ -223,11 +226,11 @@ impl Cluster {
                 self.at(t, Action::SetNet(self.opts.calm_net));
                 self.at(t, Action::SetLinks(vec![vec![true; n]; n]));
             }
-            t = t.add(period);
+            t = t.saturating_add(period);
         }
         self.at(storm_end, Action::Heal);
         self.history.calm_from = Some(storm_end);
-        let end = storm_end.add(self.opts.calm);
+        let end = storm_end.saturating_add(self.opts.calm);
         self.history.end = end;
         self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
     }
@@ -256,12 +259,10 @@ impl Cluster {
             }
             PartitionMode::Isolate => {
                 let i = r.range(0, n as u64 - 1) as usize;
-                for j in 0..n {
-                    if j != i {
-                        links[i][j] = false;
-                        links[j][i] = false;
-                    }
+                for (j, row) in links.iter_mut().enumerate() {
+                    row[i] = j == i;
                 }
+                links[i] = (0..n).map(|j| j == i).collect();
             }
             PartitionMode::Asymmetric => {
                 for _ in 0..r.range(1, n as u64) {
@@ -328,7 +329,7 @@ impl Cluster {
                     self.history.procs.entry(p).or_default();
                     self.drain(i);
                     let first = self.send_delay();
-                    self.schedule(self.now.add(first), Ev::AppSend { node: i });
+                    self.schedule(self.now.saturating_add(first), Ev::AppSend { node: i });
                 }
             }
             Action::Pause(i) => self.nodes[i].paused = self.nodes[i].node.is_some(),
@@ -375,7 +376,7 @@ impl Cluster {
             return; // This incarnation's sender dies with it; a restart schedules a new one.
         }
         let next = self.send_delay();
-        self.schedule(self.now.add(next), Ev::AppSend { node: i });
+        self.schedule(self.now.saturating_add(next), Ev::AppSend { node: i });
         if self.nodes[i].paused || self.now >= self.history.sends_until {
             return;
         }

@@ -81,7 +81,7 @@ pub struct Options {
 impl Options {
     /// The options for `seed` with `nodes` daemons.
     pub fn swarm(seed: u64, nodes: usize) -> Options {
-        let mut r = Prng::new(seed ^ 0x5EED_0F_57A2D);
+        let mut r = Prng::new(seed ^ 0x05EE_D0F5_7A2D);
         let storm_net = NetParams {
             loss: r.pick(&[0.0, 0.001, 0.01, 0.05, 0.15]),
             dup: r.pick(&[0.0, 0.01, 0.1]),

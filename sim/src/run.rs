@@ -1,7 +1,7 @@
 //! One seed, start to finish: plan, run, check.
 
 use crate::checkers::{check_all, Violation};
-use crate::cluster::{Cluster, Totals};
+use crate::cluster::{Cluster, Totals, Tracer};
 use crate::history::History;
 use crate::options::Options;
 use gcs::Time;
@@ -24,12 +24,12 @@ pub struct Report {
 }
 
 /// Runs the swarm scenario of `seed` with `nodes` daemons and checks it.
-pub fn run_seed(seed: u64, nodes: usize, trace: Option<Box<dyn FnMut(&str)>>) -> Report {
+pub fn run_seed(seed: u64, nodes: usize, trace: Option<Tracer>) -> Report {
     run_options(Options::swarm(seed, nodes), trace)
 }
 
 /// Runs a scenario with explicit options.
-pub fn run_options(options: Options, trace: Option<Box<dyn FnMut(&str)>>) -> Report {
+pub fn run_options(options: Options, trace: Option<Tracer>) -> Report {
     let mut c = Cluster::new(options.clone());
     if let Some(t) = trace {
         c.set_trace(t);

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         if s >= hi {
             break;
         }
-        let tracer: Option<Box<dyn FnMut(&str)>> = if trace {
+        let tracer: Option<sim::cluster::Tracer> = if trace {
             Some(Box::new(|line: &str| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
