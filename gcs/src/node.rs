@@ -612,6 +612,22 @@ impl Node {
         // Flow control: how many new packets may we originate?
         let fcc_others = token.fcc.saturating_sub(ring.my_fcc);
         let mut allowed = cfg_personal.min(cfg_global.saturating_sub(fcc_others + sent));
+        // Fair share: when the members together have more waiting than one rotation may carry,
+        // each gets the part of the global window that its backlog is of the total.
+        let payload_room = self.cfg.max_packet_size - wire::HEADER_LEN - 64;
+        let my_backlog = if recovering {
+            match &self.state {
+                State::Recovery(rec) => rec.queue.len().min(u32::MAX as usize) as u32,
+                _ => 0,
+            }
+        } else {
+            self.send_queue.packets_estimate(payload_room)
+        };
+        let backlog_total = token.backlog.saturating_sub(ring.my_backlog) + my_backlog;
+        if backlog_total > cfg_global {
+            let share = (cfg_global as u64 * my_backlog as u64 / backlog_total as u64) as u32;
+            allowed = allowed.min(share.max(1));
+        }
         let ahead_max = token.aru + self.cfg.recv_window_max / 2;
         allowed = allowed.min(ahead_max.saturating_sub(token.seq).min(u32::MAX as u64) as u32);
         let mut frames = Vec::new();
@@ -647,8 +663,14 @@ impl Node {
         let originated = frames.len() as u32;
         ring.my_fcc = sent + originated;
         token.fcc = fcc_others + sent + originated;
-        let payload_room = self.cfg.max_packet_size - wire::HEADER_LEN - 64;
-        let backlog_now = self.send_queue.packets_estimate(payload_room);
+        let backlog_now = if recovering {
+            match &self.state {
+                State::Recovery(rec) => rec.queue.len().min(u32::MAX as usize) as u32,
+                _ => 0,
+            }
+        } else {
+            self.send_queue.packets_estimate(payload_room)
+        };
         token.backlog = token.backlog.saturating_sub(ring.my_backlog) + backlog_now;
         ring.my_backlog = backlog_now;
 

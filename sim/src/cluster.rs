@@ -6,7 +6,7 @@
 //! clock or an OS random source, so a seed replays the same history byte for byte.
 
 use crate::history::{Event as HEvent, History, MsgId};
-use crate::options::{NetParams, Options, PartitionMode};
+use crate::options::{DelayDist, NetParams, Options, PartitionMode};
 use crate::prng::Prng;
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{Dest, Node, Output, ProcId, Service, Time};
@@ -76,6 +76,7 @@ struct SimNode {
     timer_gen: u64,
     timer_at: Option<Time>,
     next_msg: u64,
+    phase: Option<gcs::Phase>,
 }
 
 const INBOX_MAX: usize = 2000;
@@ -137,6 +138,7 @@ impl Cluster {
                     timer_gen: 0,
                     timer_at: None,
                     next_msg: 0,
+                    phase: None,
                 })
                 .collect(),
             links: vec![vec![true; n]; n],
@@ -231,6 +233,17 @@ impl Cluster {
         self.at(storm_end, Action::Heal);
         self.history.calm_from = Some(storm_end);
         let end = storm_end.saturating_add(self.opts.calm);
+        self.history.end = end;
+        self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
+    }
+
+    /// A hand-written scenario instead of the swarm: boots every daemon at time zero, runs
+    /// until `end`, and checks liveness from `calm_from` on. Add faults with [`Cluster::at`].
+    pub fn plan_manual(&mut self, calm_from: Time, end: Time) {
+        for i in 0..self.opts.nodes {
+            self.at(Time(i as u64 * 1000), Action::Restart(i));
+        }
+        self.history.calm_from = Some(calm_from);
         self.history.end = end;
         self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
     }
@@ -438,9 +451,14 @@ impl Cluster {
             return;
         }
         sn.timer_at = None;
-        let Some(node) = sn.node.as_mut() else {
+        if sn.node.is_none() {
             return;
-        };
+        }
+        if self.trace.is_some() {
+            let now = self.now;
+            self.tr(|| format!("{now:?} n{i} timeout"));
+        }
+        let node = self.nodes[i].node.as_mut().expect("running");
         node.handle_timeout(self.now);
         self.drain(i);
     }
@@ -508,6 +526,12 @@ impl Cluster {
                 }
             }
         }
+        let phase = self.nodes[i].node.as_ref().map(|n| n.phase());
+        if phase != self.nodes[i].phase {
+            let (now, was) = (self.now, self.nodes[i].phase);
+            self.tr(|| format!("{now:?} n{i} phase {was:?} -> {phase:?}"));
+            self.nodes[i].phase = phase;
+        }
         let deadline = self.nodes[i].node.as_ref().and_then(|n| n.poll_deadline());
         if deadline != self.nodes[i].timer_at {
             self.nodes[i].timer_gen += 1;
@@ -534,9 +558,14 @@ impl Cluster {
             1
         };
         for _ in 0..copies {
-            let mut d = self
-                .net_rng
-                .range(self.net.delay_min_us, self.net.delay_max_us);
+            let (lo, hi) = (self.net.delay_min_us, self.net.delay_max_us);
+            let mut d = match self.net.dist {
+                DelayDist::Uniform => self.net_rng.range(lo, hi),
+                DelayDist::Exponential => {
+                    let mean = (hi.saturating_sub(lo) as f64 / 4.0).max(1.0);
+                    lo + (self.net_rng.exp(mean) as u64).min(hi - lo.min(hi))
+                }
+            };
             if self.net_rng.chance(self.net.tail) {
                 d += self.net_rng.range(0, self.net.delay_max_us * 20);
             }

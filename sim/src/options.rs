@@ -4,6 +4,16 @@
 use crate::prng::Prng;
 use std::time::Duration;
 
+/// How one-way delays are drawn between `delay_min_us` and `delay_max_us`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelayDist {
+    /// Uniform over the range: heavy reordering.
+    Uniform,
+    /// `delay_min_us` plus an exponential with mean a quarter of the spread, capped at
+    /// `delay_max_us`: mostly quick, sometimes slow, as on a loaded LAN.
+    Exponential,
+}
+
 /// Network behaviour for a period.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NetParams {
@@ -17,6 +27,8 @@ pub struct NetParams {
     pub delay_max_us: u64,
     /// Probability that a datagram takes a much longer path (up to 20x `delay_max_us`).
     pub tail: f64,
+    /// Shape of the ordinary delays.
+    pub dist: DelayDist,
 }
 
 impl NetParams {
@@ -28,6 +40,7 @@ impl NetParams {
             delay_min_us: 100,
             delay_max_us: 400,
             tail: 0.0,
+            dist: DelayDist::Uniform,
         }
     }
 }
@@ -88,6 +101,7 @@ impl Options {
             delay_min_us: r.range(50, 300),
             delay_max_us: r.range(400, 4000),
             tail: r.pick(&[0.0, 0.001, 0.02]),
+            dist: r.pick(&[DelayDist::Uniform, DelayDist::Exponential]),
         };
         let partitions = r.pick(&[
             PartitionMode::None,

@@ -46,3 +46,26 @@ pub fn run_options(options: Options, trace: Option<Tracer>) -> Report {
         history,
     }
 }
+
+/// Runs a hand-written scenario: `script` adds actions to a booted cluster (see
+/// [`Cluster::plan_manual`]); the history is checked like any other.
+pub fn run_script(
+    options: Options,
+    calm_from: Time,
+    end: Time,
+    script: impl FnOnce(&mut Cluster),
+) -> Report {
+    let mut c = Cluster::new(options.clone());
+    c.plan_manual(calm_from, end);
+    script(&mut c);
+    let (history, totals, digest) = c.run();
+    let violations = check_all(&history);
+    Report {
+        options,
+        sim_time: history.end,
+        totals,
+        violations,
+        digest,
+        history,
+    }
+}

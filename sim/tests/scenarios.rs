@@ -1,0 +1,147 @@
+//! Named scenarios that read like the claims they test. Each runs the production core in the
+//! simulator with a scripted fault, under steady multicast load of every service level, and every
+//! EVS checker runs on the history.
+
+use gcs::{ProcId, Time, ViewKind};
+use sim::cluster::Action;
+use sim::history::Event;
+use sim::options::{NetParams, Options};
+use sim::run::{run_script, Report};
+
+fn secs(s: f64) -> Time {
+    Time((s * 1e6) as u64)
+}
+
+fn calm_options(nodes: usize) -> Options {
+    let mut o = Options::swarm(1, nodes);
+    o.storm_net = NetParams::calm();
+    o.large_fraction = 0.02;
+    o.send_interval = std::time::Duration::from_millis(10);
+    o
+}
+
+fn links(n: usize, groups: &[&[usize]]) -> Vec<Vec<bool>> {
+    let mut side = vec![usize::MAX; n];
+    for (g, members) in groups.iter().enumerate() {
+        for m in *members {
+            side[*m] = g;
+        }
+    }
+    (0..n)
+        .map(|a| (0..n).map(|b| side[a] == side[b]).collect())
+        .collect()
+}
+
+fn clean(r: &Report) {
+    assert!(
+        r.violations.is_empty(),
+        "{}",
+        r.violations
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The regular views a process installed, as member counts.
+fn view_sizes(r: &Report, node: u32) -> Vec<usize> {
+    r.history
+        .procs
+        .iter()
+        .filter(|(p, _)| p.node == node)
+        .flat_map(|(_, log)| log.iter())
+        .filter_map(|e| match e {
+            Event::View { view, .. } if view.id.kind == ViewKind::Regular => {
+                Some(view.members.len())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_partition_forms_two_working_rings_that_merge_when_it_heals() {
+    let r = run_script(calm_options(5), secs(4.0), secs(9.0), |c| {
+        c.at(
+            secs(1.0),
+            Action::SetLinks(links(5, &[&[0, 1], &[2, 3, 4]])),
+        );
+        c.at(secs(4.0), Action::Heal);
+    });
+    clean(&r);
+    assert!(view_sizes(&r, 0).contains(&2), "{:?}", view_sizes(&r, 0));
+    assert!(view_sizes(&r, 3).contains(&3), "{:?}", view_sizes(&r, 3));
+    assert_eq!(view_sizes(&r, 0).last(), Some(&5));
+    // Both sides kept delivering during the partition.
+    for node in [0u32, 4] {
+        let during = r
+            .history
+            .procs
+            .iter()
+            .filter(|(p, _)| p.node == node)
+            .flat_map(|(_, l)| l)
+            .filter(
+                |e| matches!(e, Event::Delivered { at, .. } if *at > secs(2.0) && *at < secs(4.0)),
+            );
+        assert!(
+            during.count() > 100,
+            "node {node} stalled during the partition"
+        );
+    }
+}
+
+#[test]
+fn a_one_way_link_failure_is_survived() {
+    let r = run_script(calm_options(4), secs(5.0), secs(10.0), |c| {
+        let mut l = links(4, &[&[0, 1, 2, 3]]);
+        l[0][1] = false; // 1 no longer hears 0; 0 still hears 1
+        c.at(secs(1.0), Action::SetLinks(l));
+        c.at(secs(5.0), Action::Heal);
+    });
+    clean(&r);
+}
+
+#[test]
+fn a_paused_representative_is_excluded_then_rejoins() {
+    let r = run_script(calm_options(3), secs(4.0), secs(9.0), |c| {
+        c.at(secs(1.0), Action::Pause(0));
+        c.at(secs(3.0), Action::Resume(0));
+        c.at(secs(4.0), Action::Heal);
+    });
+    clean(&r);
+    assert!(view_sizes(&r, 1).contains(&2), "{:?}", view_sizes(&r, 1));
+    assert_eq!(view_sizes(&r, 1).last(), Some(&3));
+}
+
+#[test]
+fn a_crashed_daemon_restarts_as_a_new_incarnation() {
+    let r = run_script(calm_options(3), secs(3.0), secs(8.0), |c| {
+        c.at(secs(1.0), Action::Crash(2));
+        c.at(secs(2.0), Action::Restart(2));
+        c.at(secs(3.0), Action::Heal);
+    });
+    clean(&r);
+    assert!(r.history.procs.contains_key(&ProcId::new(2, 2)));
+    assert!(r.history.crashed(ProcId::new(2, 1)));
+}
+
+#[test]
+fn heavy_loss_and_duplication_still_deliver_everything_in_order() {
+    let mut o = calm_options(5);
+    let lossy = NetParams {
+        loss: 0.2,
+        dup: 0.2,
+        delay_min_us: 50,
+        delay_max_us: 3000,
+        tail: 0.01,
+        dist: sim::options::DelayDist::Uniform,
+    };
+    o.storm_net = lossy;
+    let r = run_script(o, secs(4.0), secs(9.0), |c| {
+        c.at(secs(0.5), Action::SetNet(lossy));
+        c.at(secs(4.0), Action::Heal);
+    });
+    clean(&r);
+    assert!(r.totals.delivered > 5_000, "{}", r.totals.delivered);
+}
