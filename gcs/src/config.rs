@@ -24,6 +24,9 @@ pub struct Config {
     /// The representative of an operational ring announces the ring this often, so rings that
     /// can hear each other again merge.
     pub merge_detect_interval: Duration,
+    /// A token-loss or consensus timer that fires more than this late means this daemon was
+    /// frozen: it re-reads its socket before judging the others. Zero disables the check.
+    pub pause_grace: Duration,
     /// Largest datagram the core emits (bytes, headers included).
     pub max_packet_size: usize,
     /// Packets one member may originate per token visit.
@@ -53,6 +56,7 @@ impl Default for Config {
             join_timeout: Duration::from_millis(50),
             consensus_timeout: Duration::from_millis(1200),
             merge_detect_interval: Duration::from_millis(200),
+            pause_grace: Duration::from_millis(500),
             max_packet_size: 8 * 1024,
             personal_window: 64,
             global_window: 256,

@@ -135,6 +135,8 @@ pub struct Stats {
     pub delivered: u64,
     /// Packets too far ahead of the receive window.
     pub window_overflow: u64,
+    /// Times this daemon noticed it had been frozen (its own timers fired far too late).
+    pub pauses: u64,
 }
 
 /// Gather: who we heard of, whom we gave up on, who agrees with us.
@@ -354,6 +356,7 @@ impl Node {
     /// The deadline has passed: run every expired timer.
     pub fn handle_timeout(&mut self, now: Time) {
         self.advance(now);
+        self.detect_pause();
         while let Some(t) = self.timers.pop_expired(self.now) {
             match t {
                 Timer::TokenLoss => self.on_token_loss_timeout(),
@@ -365,6 +368,32 @@ impl Node {
             }
         }
         self.check_invariants();
+    }
+
+    /// A failure timer that fires far later than it was due means this daemon itself was frozen
+    /// (VM stall, SIGSTOP, swapping), not that the others died: the datagrams that arrived
+    /// meanwhile are still unread. Give them a short grace instead of declaring the ring lost.
+    fn detect_pause(&mut self) {
+        let grace = self.cfg.pause_grace;
+        if grace.is_zero() {
+            return;
+        }
+        let retry = self
+            .now
+            .saturating_add(self.cfg.token_retransmit_timeout * 2);
+        let mut paused = false;
+        for t in [Timer::TokenLoss, Timer::Consensus] {
+            if let Some(due) = self.timers.get(t) {
+                if self.now > due.saturating_add(grace) {
+                    self.timers.set(t, retry);
+                    paused = true;
+                }
+            }
+        }
+        if paused {
+            self.stats.pauses += 1;
+            tracing::info!(me = ?self.me, "timers fired late: this daemon was paused; re-reading before judging others");
+        }
     }
 
     pub(crate) fn transmit(&mut self, dest: Dest, bytes: Bytes) {

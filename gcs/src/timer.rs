@@ -40,6 +40,10 @@ impl TimerTable {
         self.slots[timer as usize] = Some(at);
     }
 
+    pub(crate) fn get(&self, timer: Timer) -> Option<Time> {
+        self.slots[timer as usize]
+    }
+
     pub(crate) fn stop(&mut self, timer: Timer) {
         self.slots[timer as usize] = None;
     }

@@ -16,6 +16,11 @@ struct Lan {
     delivered: Vec<Vec<Delivery>>,
     views: Vec<Vec<View>>,
     cfg: Config,
+    /// Frozen nodes: no timers run, datagrams wait in their socket.
+    frozen: Vec<bool>,
+    inbox: Vec<VecDeque<Bytes>>,
+    /// `cut[a][b]`: datagrams from a to b are lost.
+    cut: Vec<Vec<bool>>,
 }
 
 impl Lan {
@@ -28,6 +33,9 @@ impl Lan {
             delivered: vec![Vec::new(); n],
             views: vec![Vec::new(); n],
             cfg: cfg.clone(),
+            frozen: vec![false; n],
+            inbox: vec![VecDeque::new(); n],
+            cut: vec![vec![false; n]; n],
         };
         for i in 0..n {
             lan.nodes.push(Some(
@@ -79,6 +87,7 @@ impl Lan {
                 .nodes
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| !self.frozen[*i])
                 .filter_map(|(i, n)| n.as_ref().and_then(|n| n.poll_deadline()).map(|t| (t, i)))
                 .min();
             let pick_packet = match (next_packet, next_timer) {
@@ -94,6 +103,10 @@ impl Lan {
                     break;
                 }
                 self.now = self.now.max(at);
+                if self.frozen[to] {
+                    self.inbox[to].push_back(bytes);
+                    continue;
+                }
                 if std::env::var("LAN_TRACE").is_ok() && self.nodes[to].is_some() {
                     eprintln!("{:?} n{to} {}", self.now, gcs::wire::describe(&bytes));
                 }
@@ -112,6 +125,18 @@ impl Lan {
             }
         }
         self.now = until;
+    }
+
+    /// The node wakes up: its overdue timers fire, then it reads what waited in its socket.
+    fn thaw(&mut self, i: usize) {
+        self.frozen[i] = false;
+        let now = self.now;
+        self.nodes[i].as_mut().unwrap().handle_timeout(now);
+        self.drain(i);
+        while let Some(b) = self.inbox[i].pop_front() {
+            self.nodes[i].as_mut().unwrap().handle_packet(now, b);
+            self.drain(i);
+        }
     }
 
     fn send(&mut self, i: usize, service: Service, payload: Bytes) -> Result<(), SubmitError> {
@@ -308,4 +333,43 @@ fn an_idle_ring_holds_the_token() {
         .unwrap();
     lan.run_for(lan.cfg.token_hold * 3);
     assert!((0..3).all(|i| lan.delivered[i].len() == 1));
+}
+
+#[test]
+fn daemons_frozen_together_resume_without_a_view_change() {
+    // A whole host stalls (suspend, hypervisor pause) for three token timeouts. When the daemons
+    // wake, their token-loss timers are long overdue, yet nobody failed: they must notice their
+    // own pause, read what waited in their sockets, and carry on in the same view.
+    let mut lan = Lan::new(3);
+    lan.run_for(Duration::from_millis(500));
+    lan.send(
+        1,
+        Service::Agreed,
+        Bytes::from_static(b"keep the token moving"),
+    )
+    .unwrap();
+    lan.run_for(Duration::from_millis(1));
+    let views_before: Vec<usize> = lan.views.iter().map(|v| v.len()).collect();
+    lan.frozen = vec![true; 3];
+    lan.run_for(lan.cfg.token_timeout * 3);
+    for i in 0..3 {
+        lan.thaw(i);
+    }
+    lan.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        assert!(
+            lan.node(i).stats().pauses >= 1,
+            "node {i} did not notice its pause"
+        );
+        assert_eq!(
+            lan.views[i].len(),
+            views_before[i],
+            "node {i} changed view: {:?}",
+            lan.views[i]
+        );
+    }
+    lan.send(2, Service::Safe, Bytes::from_static(b"after"))
+        .unwrap();
+    lan.run_for(Duration::from_millis(100));
+    assert!((0..3).all(|i| lan.delivered[i].len() == 2));
 }

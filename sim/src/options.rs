@@ -118,6 +118,7 @@ impl Options {
             join_timeout: Duration::from_millis(30),
             consensus_timeout: Duration::from_millis(300),
             merge_detect_interval: Duration::from_millis(150),
+            pause_grace: Duration::from_millis(150),
             max_packet_size: 1400,
             personal_window: 16,
             global_window: 64,
