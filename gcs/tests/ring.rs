@@ -19,8 +19,6 @@ struct Lan {
     /// Frozen nodes: no timers run, datagrams wait in their socket.
     frozen: Vec<bool>,
     inbox: Vec<VecDeque<Bytes>>,
-    /// `cut[a][b]`: datagrams from a to b are lost.
-    cut: Vec<Vec<bool>>,
 }
 
 impl Lan {
@@ -35,7 +33,6 @@ impl Lan {
             cfg: cfg.clone(),
             frozen: vec![false; n],
             inbox: vec![VecDeque::new(); n],
-            cut: vec![vec![false; n]; n],
         };
         for i in 0..n {
             lan.nodes.push(Some(
