@@ -17,6 +17,8 @@
 
 mod config;
 mod membership;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod node;
 mod ring;
 mod timer;

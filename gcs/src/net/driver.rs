@@ -1,0 +1,220 @@
+//! The tokio driver: one task per daemon runs the sans-IO core against a UDP socket, real timers
+//! and a request channel. It adds no protocol logic: everything it does is move bytes, read the
+//! clock and hand events over.
+
+use super::config::ClusterConfig;
+use crate::{Dest, NodeId, Time};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// The one place that reads the wall clock: monotonic time since the driver started.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock whose zero is now.
+    #[allow(clippy::disallowed_methods)] // the driver is where time enters the system
+    pub fn new() -> Clock {
+        Clock {
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// The current time for the core.
+    pub fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// The tokio instant for a core deadline.
+    pub fn instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start + std::time::Duration::from_micros(t.0))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// A process-unique incarnation number that grows across restarts: microseconds since the Unix
+/// epoch at start-up (a restart within the same microsecond is not a concern).
+#[allow(clippy::disallowed_methods)] // read once at start-up, never inside the core
+pub fn fresh_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+/// What a driven core emits.
+#[derive(Debug)]
+pub enum CoreOutput<E> {
+    /// A datagram to send.
+    Transmit {
+        /// To whom.
+        dest: Dest,
+        /// The datagram.
+        bytes: Bytes,
+    },
+    /// Something for the application.
+    Event(E),
+}
+
+/// A sans-IO state machine the driver can run (the ring `Node`, or the groups layer on it).
+pub trait Core: Send + 'static {
+    /// A request from the application (carries its own reply channel if it needs one).
+    type Request: Send + 'static;
+    /// An event for the application.
+    type Event: Send + 'static;
+    /// A datagram arrived.
+    fn handle_packet(&mut self, now: Time, bytes: Bytes);
+    /// The deadline passed.
+    fn handle_timeout(&mut self, now: Time);
+    /// Applies a request; gives it back if it must wait (a full send queue), to be retried.
+    fn handle_request(&mut self, now: Time, req: Self::Request) -> Option<Self::Request>;
+    /// The next deadline.
+    fn poll_deadline(&self) -> Option<Time>;
+    /// The next output.
+    fn poll_output(&mut self) -> Option<CoreOutput<Self::Event>>;
+}
+
+/// Sends to the daemons of the cluster other than us.
+struct Peers {
+    all: Vec<SocketAddr>,
+    by_id: Vec<(NodeId, SocketAddr)>,
+}
+
+impl Peers {
+    fn new(cluster: &ClusterConfig, me: NodeId) -> Peers {
+        let by_id: Vec<(NodeId, SocketAddr)> = cluster
+            .daemons
+            .iter()
+            .filter(|d| d.id != me)
+            .map(|d| (d.id, d.addr))
+            .collect();
+        Peers {
+            all: by_id.iter().map(|(_, a)| *a).collect(),
+            by_id,
+        }
+    }
+
+    fn addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.by_id.iter().find(|(i, _)| *i == id).map(|(_, a)| *a)
+    }
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    // A full socket buffer or an unreachable peer is a lost datagram: the protocol recovers.
+    match socket.try_send_to(bytes, to) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let _ = socket.send_to(bytes, to).await;
+        }
+        Err(e) => tracing::trace!(%to, error = %e, "send failed"),
+    }
+}
+
+/// The driver's connections to the application.
+pub struct Channels<C: Core> {
+    /// Requests from the application.
+    pub requests: mpsc::Receiver<C::Request>,
+    /// Events to the application (bounded: an application that does not drain them
+    /// back-pressures this daemon).
+    pub events: mpsc::Sender<C::Event>,
+    /// Fires (or is dropped) to stop the daemon.
+    pub shutdown: oneshot::Receiver<()>,
+}
+
+/// Runs `core` for daemon `me` of `cluster` until shutdown.
+pub async fn run<C: Core>(
+    mut core: C,
+    clock: Clock,
+    socket: UdpSocket,
+    cluster: ClusterConfig,
+    me: NodeId,
+    channels: Channels<C>,
+) -> io::Result<()> {
+    let Channels {
+        mut requests,
+        events,
+        mut shutdown,
+    } = channels;
+    let peers = Peers::new(&cluster, me);
+    let mut buf = vec![0u8; 65_536];
+    let mut waiting: VecDeque<C::Request> = VecDeque::new();
+    let mut requests_open = true;
+    loop {
+        // Outputs first: they are in protocol order; transmits leave at once.
+        while let Some(out) = core.poll_output() {
+            match out {
+                CoreOutput::Transmit { dest, bytes } => match dest {
+                    Dest::All => {
+                        for a in &peers.all {
+                            send(&socket, &bytes, *a).await;
+                        }
+                    }
+                    Dest::Node(id) => {
+                        if let Some(a) = peers.addr(id) {
+                            send(&socket, &bytes, a).await;
+                        }
+                    }
+                },
+                CoreOutput::Event(e) => {
+                    if events.send(e).await.is_err() {
+                        return Ok(()); // the application is gone
+                    }
+                }
+            }
+        }
+        // Requests that had to wait for room in the send queue.
+        while let Some(r) = waiting.pop_front() {
+            if let Some(r) = core.handle_request(clock.now(), r) {
+                waiting.push_front(r);
+                break;
+            }
+        }
+        let deadline = core.poll_deadline();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return Ok(()),
+            r = socket.recv_from(&mut buf) => {
+                match r {
+                    Ok((n, _)) => core.handle_packet(clock.now(), Bytes::copy_from_slice(&buf[..n])),
+                    Err(e) => tracing::trace!(error = %e, "recv failed"),
+                }
+                // Drain what else is queued before timers: a daemon that was paused reads its
+                // backlog first (the core also detects the pause from its overdue timers).
+                for _ in 0..256 {
+                    match socket.try_recv_from(&mut buf) {
+                        Ok((n, _)) => core.handle_packet(clock.now(), Bytes::copy_from_slice(&buf[..n])),
+                        Err(_) => break,
+                    }
+                }
+            }
+            req = requests.recv(), if requests_open && waiting.is_empty() => {
+                match req {
+                    Some(r) => {
+                        if let Some(r) = core.handle_request(clock.now(), r) {
+                            waiting.push_back(r);
+                        }
+                    }
+                    None => requests_open = false,
+                }
+            }
+            _ = sleep => core.handle_timeout(clock.now()),
+        }
+    }
+}

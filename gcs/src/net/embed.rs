@@ -1,0 +1,168 @@
+//! The embeddable async API at daemon level: a `Node` on a real UDP socket inside the host's
+//! tokio runtime. (Named groups and client sessions build on the same driver.)
+
+use super::config::ClusterConfig;
+use super::driver::{self, Clock, Core, CoreOutput};
+use super::udp;
+use crate::{Delivery, Node, NodeId, Output, ProcId, Service, SubmitError, Time, View};
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// What the application receives, in the EVS order the daemon produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message.
+    Message(Delivery),
+    /// A configuration change (transitional, then regular).
+    View(View),
+}
+
+/// A multicast waiting for the daemon.
+#[derive(Debug)]
+pub struct MulticastRequest {
+    service: Service,
+    payload: Bytes,
+    reply: oneshot::Sender<Result<(), SubmitError>>,
+}
+
+impl Core for Node {
+    type Request = MulticastRequest;
+    type Event = Event;
+
+    fn handle_packet(&mut self, now: Time, bytes: Bytes) {
+        Node::handle_packet(self, now, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        Node::handle_timeout(self, now)
+    }
+
+    fn handle_request(&mut self, now: Time, req: MulticastRequest) -> Option<MulticastRequest> {
+        match self.multicast(now, req.service, req.payload.clone()) {
+            Err(SubmitError::QueueFull { .. }) => Some(req),
+            r => {
+                let _ = req.reply.send(r);
+                None
+            }
+        }
+    }
+
+    fn poll_deadline(&self) -> Option<Time> {
+        Node::poll_deadline(self)
+    }
+
+    fn poll_output(&mut self) -> Option<CoreOutput<Event>> {
+        Some(match Node::poll_output(self)? {
+            Output::Transmit { dest, bytes } => CoreOutput::Transmit { dest, bytes },
+            Output::Deliver(d) => CoreOutput::Event(Event::Message(d)),
+            Output::View(v) => CoreOutput::Event(Event::View(v)),
+        })
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// This id is not in the cluster configuration.
+    #[error("daemon id {0} is not in the cluster configuration")]
+    UnknownId(NodeId),
+    /// The protocol parameters are inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    /// The socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a multicast failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SendError {
+    /// Refused by the daemon (too large).
+    #[error(transparent)]
+    Refused(#[from] SubmitError),
+    /// The daemon has stopped.
+    #[error("the daemon has stopped")]
+    Stopped,
+}
+
+/// A running daemon embedded in this process.
+pub struct Gcs {
+    me: ProcId,
+    requests: mpsc::Sender<MulticastRequest>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gcs {
+    /// Starts daemon `id` of `cluster` on the current tokio runtime. Returns the handle and the
+    /// event stream (bounded by `event_capacity`: not draining it back-pressures the daemon).
+    pub async fn start(
+        cluster: ClusterConfig,
+        id: NodeId,
+        event_capacity: usize,
+    ) -> Result<(Gcs, mpsc::Receiver<Event>), StartError> {
+        let addr = cluster.addr_of(id).ok_or(StartError::UnknownId(id))?;
+        let clock = Clock::new();
+        let me = ProcId::new(id, driver::fresh_incarnation());
+        let node = Node::new(cluster.protocol(), me, clock.now())?;
+        let socket = udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let (req_tx, req_rx) = mpsc::channel(1024);
+        let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let channels = driver::Channels {
+            requests: req_rx,
+            events: ev_tx,
+            shutdown: stop_rx,
+        };
+        let task = tokio::spawn(driver::run(node, clock, socket, cluster, id, channels));
+        Ok((
+            Gcs {
+                me,
+                requests: req_tx,
+                shutdown: Some(stop_tx),
+                task,
+            },
+            ev_rx,
+        ))
+    }
+
+    /// This daemon's process id.
+    pub fn id(&self) -> ProcId {
+        self.me
+    }
+
+    /// Multicasts `payload`; waits while the send queue is full (back-pressure).
+    pub async fn multicast(&self, service: Service, payload: Bytes) -> Result<(), SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(MulticastRequest {
+                service,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await
+            .map_err(|_| SendError::Stopped)?
+            .map_err(SendError::from)
+    }
+
+    /// Stops the daemon (the others see it leave after their token timeout).
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}

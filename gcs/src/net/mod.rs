@@ -1,0 +1,10 @@
+//! Real networks (feature `net`): the tokio driver, the UDP transport, the cluster configuration
+//! and the embeddable async API. Protocol logic stays in the sans-IO core.
+
+pub mod config;
+pub mod driver;
+pub mod embed;
+pub mod udp;
+
+pub use config::ClusterConfig;
+pub use embed::{Event, Gcs, SendError, StartError};
