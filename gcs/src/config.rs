@@ -17,6 +17,9 @@ pub struct Config {
     /// On an idle ring the representative holds the token this long before passing it, so an idle
     /// ring costs almost nothing. Bounds the latency of the first message after a quiet spell.
     pub token_hold: Duration,
+    /// The representative starts holding the token only after the ring has been idle this long,
+    /// so a ring under steady load (even light) keeps the token moving and stays low-latency.
+    pub idle_before_hold: Duration,
     /// In gather, a member resends its join this often.
     pub join_timeout: Duration,
     /// In gather, members whose join still disagrees after this long are declared failed.
@@ -53,6 +56,7 @@ impl Default for Config {
             token_timeout: Duration::from_millis(1000),
             token_retransmit_timeout: Duration::from_millis(60),
             token_hold: Duration::from_millis(20),
+            idle_before_hold: Duration::from_millis(100),
             join_timeout: Duration::from_millis(50),
             consensus_timeout: Duration::from_millis(1200),
             merge_detect_interval: Duration::from_millis(200),
@@ -62,7 +66,7 @@ impl Default for Config {
             global_window: 256,
             accelerated_window: 16,
             max_message_size: 32 * 1024 * 1024,
-            send_queue_max_bytes: 64 * 1024 * 1024,
+            send_queue_max_bytes: 8 * 1024 * 1024,
             recv_window_max: 16 * 1024,
             rtr_max: 256,
         }

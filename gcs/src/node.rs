@@ -549,10 +549,14 @@ impl Node {
         self.token_visit(token);
     }
 
-    /// The representative holds the token after two rotations in which nothing happened.
+    /// The representative holds the token once the ring has been idle for `idle_before_hold`
+    /// (nothing sent, nothing missing, everything delivered at every visit). A ring under any
+    /// steady load never holds, so a sender that is not the representative never waits for it.
     fn token_idle(&mut self, token: &Token) -> bool {
         let me = self.me;
+        let now = self.now;
         let queue_empty = self.send_queue.is_empty();
+        let hold_after = self.cfg.idle_before_hold;
         let ring = self.installed.as_mut().expect("operational");
         if !ring.is_rep(me) && ring.members.len() > 1 {
             return false;
@@ -563,12 +567,12 @@ impl Node {
             && token.seq == ring.last_pass_seq
             && token.backlog == 0
             && ring.delivered == token.seq;
-        if idle {
-            ring.idle_rotations += 1;
-        } else {
-            ring.idle_rotations = 0;
+        if !idle {
+            ring.idle_since = None;
+            return false;
         }
-        ring.idle_rotations > 2 || (ring.members.len() == 1 && idle)
+        let since = *ring.idle_since.get_or_insert(now);
+        ring.members.len() == 1 || now.since(since) >= hold_after
     }
 
     fn on_token_hold_timeout(&mut self) {

@@ -271,8 +271,8 @@ pub(crate) struct Ring {
     pub(crate) my_fcc: u32,
     /// This member's contribution to the token's backlog.
     pub(crate) my_backlog: u32,
-    /// Consecutive rotations with nothing to do (the representative then holds the token).
-    pub(crate) idle_rotations: u32,
+    /// Since when every token visit found nothing to do (the representative then holds it).
+    pub(crate) idle_since: Option<crate::Time>,
 }
 
 impl Ring {
@@ -288,7 +288,7 @@ impl Ring {
             last_pass_seq: 0,
             my_fcc: 0,
             my_backlog: 0,
-            idle_rotations: 0,
+            idle_since: None,
         }
     }
 

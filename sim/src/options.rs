@@ -115,6 +115,7 @@ impl Options {
             token_timeout: Duration::from_millis(300),
             token_retransmit_timeout: Duration::from_millis(40),
             token_hold: Duration::from_millis(10),
+            idle_before_hold: Duration::from_millis(r.range(0, 50)),
             join_timeout: Duration::from_millis(30),
             consensus_timeout: Duration::from_millis(300),
             merge_detect_interval: Duration::from_millis(150),

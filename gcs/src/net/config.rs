@@ -13,6 +13,7 @@
 //! token_timeout_ms = 1000
 //! token_retransmit_timeout_ms = 60
 //! token_hold_ms = 20
+//! idle_before_hold_ms = 100
 //! join_timeout_ms = 50
 //! consensus_timeout_ms = 1200
 //! merge_detect_interval_ms = 200
@@ -56,6 +57,8 @@ pub struct ProtocolSection {
     pub token_retransmit_timeout_ms: Option<u64>,
     /// See `Config::token_hold`.
     pub token_hold_ms: Option<u64>,
+    /// See `Config::idle_before_hold`.
+    pub idle_before_hold_ms: Option<u64>,
     /// See `Config::join_timeout`.
     pub join_timeout_ms: Option<u64>,
     /// See `Config::consensus_timeout`.
@@ -200,6 +203,7 @@ impl ClusterConfig {
             token_timeout: ms(p.token_timeout_ms, d.token_timeout),
             token_retransmit_timeout: ms(p.token_retransmit_timeout_ms, d.token_retransmit_timeout),
             token_hold: ms(p.token_hold_ms, d.token_hold),
+            idle_before_hold: ms(p.idle_before_hold_ms, d.idle_before_hold),
             join_timeout: ms(p.join_timeout_ms, d.join_timeout),
             consensus_timeout: ms(p.consensus_timeout_ms, d.consensus_timeout),
             merge_detect_interval: ms(p.merge_detect_interval_ms, d.merge_detect_interval),

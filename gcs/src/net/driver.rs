@@ -150,6 +150,7 @@ pub async fn run<C: Core>(
     let mut buf = vec![0u8; 65_536];
     let mut waiting: VecDeque<C::Request> = VecDeque::new();
     let mut requests_open = true;
+    let mut immediate = 0u32;
     loop {
         // Outputs first: they are in protocol order; transmits leave at once.
         while let Some(out) = core.poll_output() {
@@ -181,6 +182,15 @@ pub async fn run<C: Core>(
             }
         }
         let deadline = core.poll_deadline();
+        if deadline.is_some_and(|t| t <= clock.now()) && immediate < 64 {
+            // Due now (a released token, an overdue timer): tokio's timers have millisecond
+            // granularity, far coarser than a token hop, so do not sleep on it. Bounded, so that
+            // the socket and the shutdown signal are still polled.
+            immediate += 1;
+            core.handle_timeout(clock.now());
+            continue;
+        }
+        immediate = 0;
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
