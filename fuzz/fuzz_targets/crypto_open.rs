@@ -38,11 +38,11 @@ fuzz_target!(|data: &[u8]| {
     for op in data.chunks(3) {
         let [code, a, b] = [op[0], *op.get(1).unwrap_or(&0), *op.get(2).unwrap_or(&0)];
         match code % 6 {
-            // Seal one datagram (or skip ahead `b * 8` counters first, to reach the window's end).
+            // Seal one datagram (or skip ahead `b * 4` counters first, to reach the window's end).
             0 | 1 => {
                 let p = &mut peers[a as usize % 3];
                 if code % 6 == 1 {
-                    for _ in 0..(b as usize) * 8 {
+                    for _ in 0..(b as usize) * 4 {
                         p.seal(Dest::All, b"").unwrap();
                     }
                 }
