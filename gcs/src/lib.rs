@@ -16,6 +16,7 @@
 //! - a process delivers its own messages unless it crashes.
 
 mod config;
+pub mod crypto;
 mod membership;
 #[cfg(feature = "net")]
 pub mod net;
@@ -26,6 +27,7 @@ mod types;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
+pub use crypto::{ClusterKey, CryptoError, CryptoStats, KeyFileError, KeyId, PacketSecurity};
 pub use node::{Delivery, Dest, Input, Node, Output, Phase, Stats, SubmitError};
 pub use types::{NodeId, ProcId, RingId, Service, Time, View, ViewId, ViewKind};
 pub use wire::WireError;

@@ -504,6 +504,12 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
     Ok((from, packet))
 }
 
+/// Decodes a datagram and throws the result away: `Ok` iff the core would accept its encoding.
+/// For fuzzing and diagnostics; the node decodes through the crate-private `decode`.
+pub fn validate(datagram: Bytes) -> Result<(), WireError> {
+    decode(datagram).map(|_| ())
+}
+
 /// One line describing a datagram, for traces and debugging tools.
 pub fn describe(datagram: &Bytes) -> String {
     match decode(datagram.clone()) {
