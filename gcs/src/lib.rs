@@ -16,6 +16,7 @@
 //! - a process delivers its own messages unless it crashes.
 
 mod config;
+pub mod groups;
 mod membership;
 pub mod node;
 mod ring;
@@ -24,6 +25,10 @@ mod types;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
+pub use groups::{
+    Daemon, DaemonOutput, GroupError, GroupStats, GroupView, GroupViewId, Limits, MemberId, Reason,
+    SessionEvent, SessionId,
+};
 pub use node::{Delivery, Dest, Input, Node, Output, Phase, Stats, SubmitError};
 pub use types::{NodeId, ProcId, RingId, Service, Time, View, ViewId, ViewKind};
 pub use wire::WireError;
