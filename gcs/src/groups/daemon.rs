@@ -767,3 +767,117 @@ fn local_range(ms: &BTreeSet<MemberId>, me: ProcId) -> impl Iterator<Item = &Mem
     };
     ms.range(lo..).take_while(move |m| m.daemon == me)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs a lone daemon's timers for `d`, collecting session events.
+    fn run(
+        d: &mut Daemon,
+        now: &mut Time,
+        dur: Duration,
+        events: &mut Vec<(SessionId, SessionEvent)>,
+    ) {
+        let until = now.saturating_add(dur);
+        while let Some(t) = d.poll_deadline().filter(|t| *t <= until) {
+            *now = (*now).max(t);
+            d.handle_timeout(*now);
+            while let Some(o) = d.poll_output() {
+                if let DaemonOutput::Session { sid, event } = o {
+                    events.push((sid, event));
+                }
+            }
+        }
+        *now = until;
+    }
+
+    fn lone() -> (Daemon, Time) {
+        let d = Daemon::new(
+            Config::default(),
+            Limits::default(),
+            ProcId::new(0, 1),
+            Time::ZERO,
+        )
+        .unwrap();
+        (d, Time::ZERO)
+    }
+
+    #[test]
+    fn a_lone_daemon_serves_its_sessions() {
+        let (mut d, mut now) = lone();
+        let mut ev = Vec::new();
+        run(&mut d, &mut now, Duration::from_secs(3), &mut ev);
+        assert!(d.node().view().is_some());
+        let a = d.connect(now, "a").unwrap();
+        d.join(now, a, "g").unwrap();
+        d.multicast(now, a, &["g"], Service::Safe, b"hi").unwrap();
+        run(&mut d, &mut now, Duration::from_millis(100), &mut ev);
+        assert_eq!(ev.len(), 2);
+        let SessionEvent::Membership(v) = &ev[0].1 else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(v.members, vec![d.member(a).unwrap().clone()]);
+        assert_eq!((v.reason, v.kind), (Reason::Join, ViewKind::Regular));
+        assert!(
+            matches!(&ev[1].1, SessionEvent::Message { payload, service: Service::Safe, .. } if &payload[..] == b"hi")
+        );
+        assert_eq!(d.group_members("g").map(|m| m.len()), Some(1));
+    }
+
+    #[test]
+    fn malformed_groups_messages_from_the_ring_are_counted_and_dropped() {
+        let (mut d, mut now) = lone();
+        let mut ev = Vec::new();
+        run(&mut d, &mut now, Duration::from_secs(3), &mut ev);
+        let a = d.connect(now, "a").unwrap();
+        d.join(now, a, "g").unwrap();
+        for junk in [&b""[..], b"\x01", b"\x02\0\0\0\0\x01a\x01#", b"\x09junk"] {
+            d.node
+                .multicast(now, Service::Agreed, Bytes::copy_from_slice(junk))
+                .unwrap();
+        }
+        run(&mut d, &mut now, Duration::from_millis(100), &mut ev);
+        assert_eq!(d.stats().malformed, 4);
+        assert_eq!(ev.len(), 1, "only the join's view: {ev:?}");
+    }
+
+    #[test]
+    fn a_full_send_queue_refuses_sends_but_never_loses_a_disconnect() {
+        let (mut d, mut now) = lone();
+        // Before the first ring nothing is ordered: fill the queue.
+        let a = d.connect(now, "a").unwrap();
+        let b = d.connect(now, "b").unwrap();
+        d.join(now, b, "g").unwrap();
+        // Fill it to the last byte: halve the size at each refusal.
+        let mut size = 8usize << 20;
+        let mut refused = 0;
+        while size > 0 {
+            let chunk = vec![0u8; size];
+            match d.multicast(now, a, &["g"], Service::Agreed, &chunk) {
+                Ok(()) => {}
+                Err(GroupError::QueueFull { .. }) => {
+                    refused += 1;
+                    size /= 2;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 0);
+        d.disconnect(now, a).unwrap();
+        assert!(!d.outbox.is_empty(), "the disconnect waits for room");
+        assert!(matches!(
+            d.join(now, b, "h"),
+            Err(GroupError::QueueFull { .. })
+        ));
+        assert_eq!(d.join(now, a, "h"), Err(GroupError::UnknownSession(a.0)));
+        let mut ev = Vec::new();
+        run(&mut d, &mut now, Duration::from_secs(5), &mut ev);
+        assert!(d.outbox.is_empty());
+        // b saw a's messages, then nothing about a (a was never in g); the disconnect was ordered.
+        assert!(ev.iter().all(|(sid, _)| *sid == b));
+        assert!(d.member_groups.keys().all(|m| m.session != a.0));
+        d.join(now, b, "h").unwrap();
+    }
+}
