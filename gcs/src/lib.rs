@@ -17,6 +17,7 @@
 
 mod config;
 pub mod crypto;
+pub mod groups;
 mod membership;
 #[cfg(feature = "net")]
 pub mod net;
@@ -28,6 +29,10 @@ pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use crypto::{ClusterKey, CryptoError, CryptoStats, KeyFileError, KeyId, PacketSecurity};
+pub use groups::{
+    Daemon, DaemonOutput, GroupError, GroupStats, GroupView, GroupViewId, Limits, MemberId, Reason,
+    SessionEvent, SessionId,
+};
 pub use node::{Delivery, Dest, Input, Node, Output, Phase, Stats, SubmitError};
 pub use types::{NodeId, ProcId, RingId, Service, Time, View, ViewId, ViewKind};
 pub use wire::WireError;
