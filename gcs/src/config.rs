@@ -66,7 +66,7 @@ impl Default for Config {
             global_window: 256,
             accelerated_window: 16,
             max_message_size: 32 * 1024 * 1024,
-            send_queue_max_bytes: 8 * 1024 * 1024,
+            send_queue_max_bytes: 32 * 1024 * 1024,
             recv_window_max: 16 * 1024,
             rtr_max: 256,
         }
@@ -115,6 +115,10 @@ impl Config {
         }
         if self.max_message_size == 0 || self.max_message_size > u32::MAX as usize {
             return bad("max_message_size must be in 1..=u32::MAX");
+        }
+        if self.send_queue_max_bytes < self.max_message_size {
+            // Otherwise a largest message could only ever enter an empty queue.
+            return bad("send_queue_max_bytes must be at least max_message_size");
         }
         if self.rtr_max == 0 || self.rtr_max > crate::wire::RTR_MAX {
             return bad("rtr_max out of range");

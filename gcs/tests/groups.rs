@@ -160,6 +160,15 @@ impl Net {
     }
 
     fn restart(&mut self, i: usize) {
+        // The new incarnation numbers its sessions from scratch: file the old incarnation's
+        // sessions under a key of their own (node + 1000 * incarnation) so the checker never
+        // mistakes a new session for an old one with the same number.
+        let old: Vec<S> = self.events.keys().filter(|k| k.0 == i).copied().collect();
+        for k in old {
+            let evs = self.events.remove(&k).expect("listed");
+            let retired = (i + 1000 * self.incarnations[i] as usize, k.1);
+            self.events.insert(retired, evs);
+        }
         self.incarnations[i] += 1;
         let me = ProcId::new(i as u32, self.incarnations[i]);
         self.daemons[i] =
@@ -749,7 +758,14 @@ fn check_groups(net: &Net) {
                         "{s:?} got a view it is not in"
                     );
                     if let Some((prev, msgs)) = current.remove(&v.group) {
-                        assert!(prev < v.id, "{s:?}: view ids of {} go back", v.group);
+                        assert!(
+                            prev < v.id,
+                            "{s:?}: view ids of {} go back: {prev:?} then {:?} ({:?} {:?})",
+                            v.group,
+                            v.id,
+                            v.kind,
+                            v.members
+                        );
                         let k = (v.group.clone(), prev, v.id);
                         match between.get(&k) {
                             Some((other, m)) => assert!(

@@ -845,7 +845,13 @@ mod tests {
 
     #[test]
     fn a_full_send_queue_refuses_sends_but_never_loses_a_disconnect() {
-        let (mut d, mut now) = lone();
+        // A 64 MiB queue: the halving fill below then leaves less room than a disconnect needs.
+        let cfg = Config {
+            send_queue_max_bytes: 64 << 20,
+            ..Config::default()
+        };
+        let mut d = Daemon::new(cfg, Limits::default(), ProcId::new(0, 1), Time::ZERO).unwrap();
+        let mut now = Time::ZERO;
         // Before the first ring nothing is ordered: fill the queue.
         let a = d.connect(now, "a").unwrap();
         let b = d.connect(now, "b").unwrap();
