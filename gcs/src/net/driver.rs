@@ -3,7 +3,7 @@
 //! clock and hand events over.
 
 use super::config::ClusterConfig;
-use crate::{Dest, NodeId, Time};
+use crate::{Dest, NodeId, PacketSecurity, Time};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io;
@@ -121,6 +121,24 @@ async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
 }
 
+/// Opens (when security is on) and hands a datagram to the core. A datagram that fails to open
+/// is counted by the security layer and never reaches the core's parser.
+fn receive<C: Core>(
+    core: &mut C,
+    security: &mut Option<PacketSecurity>,
+    now: Time,
+    datagram: &[u8],
+) {
+    match security.as_mut() {
+        Some(sec) => {
+            if let Ok(plain) = sec.open(datagram) {
+                core.handle_packet(now, plain);
+            }
+        }
+        None => core.handle_packet(now, Bytes::copy_from_slice(datagram)),
+    }
+}
+
 /// The driver's connections to the application.
 pub struct Channels<C: Core> {
     /// Requests from the application.
@@ -132,15 +150,27 @@ pub struct Channels<C: Core> {
     pub shutdown: oneshot::Receiver<()>,
 }
 
+/// The datagram path: the socket, and the cluster key layer when security is on.
+pub struct Transport {
+    /// The bound UDP socket.
+    pub socket: UdpSocket,
+    /// Seals every outgoing datagram and opens every incoming one (None: plaintext, tests only).
+    pub security: Option<PacketSecurity>,
+}
+
 /// Runs `core` for daemon `me` of `cluster` until shutdown.
 pub async fn run<C: Core>(
     mut core: C,
     clock: Clock,
-    socket: UdpSocket,
+    transport: Transport,
     cluster: ClusterConfig,
     me: NodeId,
     channels: Channels<C>,
 ) -> io::Result<()> {
+    let Transport {
+        socket,
+        mut security,
+    } = transport;
     let Channels {
         mut requests,
         events,
@@ -155,18 +185,31 @@ pub async fn run<C: Core>(
         // Outputs first: they are in protocol order; transmits leave at once.
         while let Some(out) = core.poll_output() {
             match out {
-                CoreOutput::Transmit { dest, bytes } => match dest {
-                    Dest::All => {
-                        for a in &peers.all {
-                            send(&socket, &bytes, *a).await;
+                CoreOutput::Transmit { dest, bytes } => {
+                    let bytes = match security.as_mut() {
+                        Some(sec) => match sec.seal(dest, &bytes) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                // Only a counter exhausted after 2^64 datagrams: stop rather than
+                                // ever reuse a nonce.
+                                return Err(io::Error::other(format!("cannot seal: {e}")));
+                            }
+                        },
+                        None => bytes,
+                    };
+                    match dest {
+                        Dest::All => {
+                            for a in &peers.all {
+                                send(&socket, &bytes, *a).await;
+                            }
+                        }
+                        Dest::Node(id) => {
+                            if let Some(a) = peers.addr(id) {
+                                send(&socket, &bytes, a).await;
+                            }
                         }
                     }
-                    Dest::Node(id) => {
-                        if let Some(a) = peers.addr(id) {
-                            send(&socket, &bytes, a).await;
-                        }
-                    }
-                },
+                }
                 CoreOutput::Event(e) => {
                     if events.send(e).await.is_err() {
                         return Ok(()); // the application is gone
@@ -202,14 +245,14 @@ pub async fn run<C: Core>(
             _ = &mut shutdown => return Ok(()),
             r = socket.recv_from(&mut buf) => {
                 match r {
-                    Ok((n, _)) => core.handle_packet(clock.now(), Bytes::copy_from_slice(&buf[..n])),
+                    Ok((n, _)) => receive(&mut core, &mut security, clock.now(), &buf[..n]),
                     Err(e) => tracing::trace!(error = %e, "recv failed"),
                 }
                 // Drain what else is queued before timers: a daemon that was paused reads its
                 // backlog first (the core also detects the pause from its overdue timers).
                 for _ in 0..256 {
                     match socket.try_recv_from(&mut buf) {
-                        Ok((n, _)) => core.handle_packet(clock.now(), Bytes::copy_from_slice(&buf[..n])),
+                        Ok((n, _)) => receive(&mut core, &mut security, clock.now(), &buf[..n]),
                         Err(_) => break,
                     }
                 }

@@ -71,6 +71,9 @@ pub enum StartError {
     /// The protocol parameters are inconsistent.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
+    /// The group layer refused its configuration.
+    #[error("group layer: {0}")]
+    Groups(String),
     /// The socket could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
@@ -122,7 +125,11 @@ impl Gcs {
             events: ev_tx,
             shutdown: stop_rx,
         };
-        let task = tokio::spawn(driver::run(node, clock, socket, cluster, id, channels));
+        let transport = driver::Transport {
+            socket,
+            security: None,
+        };
+        let task = tokio::spawn(driver::run(node, clock, transport, cluster, id, channels));
         Ok((
             Gcs {
                 me,

@@ -2,9 +2,14 @@
 //! and the embeddable async API. Protocol logic stays in the sans-IO core.
 
 pub mod config;
+pub mod daemon;
 pub mod driver;
 pub mod embed;
+pub mod group_core;
+pub mod session;
 pub mod udp;
 
 pub use config::ClusterConfig;
+pub use daemon::{DaemonOptions, GroupDaemon, Security};
 pub use embed::{Event, Gcs, SendError, StartError};
+pub use session::{Session, SessionError, SessionRequest};

@@ -1,0 +1,181 @@
+//! The group daemon on a real network: `groups::Daemon` under the tokio driver, with the
+//! cluster key layer. Embedded in a host server it is used directly (`connect` gives a
+//! `Session`); `gcsd` wraps it with a session server for client processes.
+
+use super::config::ClusterConfig;
+use super::driver::{self, Clock};
+use super::embed::StartError;
+use super::group_core::{GroupCore, GroupRequest};
+use super::session::{Session, SessionError};
+use super::udp;
+use crate::crypto::{ClusterKey, KeyId, PacketSecurity};
+use crate::groups::{Daemon, Limits};
+use crate::{NodeId, ProcId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How a daemon protects its datagrams.
+#[derive(Clone)]
+pub enum Security {
+    /// Authenticated encryption with the cluster key (the default for real deployments).
+    Key {
+        /// Key id (carried in each datagram, for rotation).
+        id: KeyId,
+        /// The key.
+        key: ClusterKey,
+    },
+    /// No protection: only for tests and benchmarks on a trusted loopback.
+    Plaintext,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::Key { id, .. } => write!(f, "Key {{ id: {id}, .. }}"),
+            Security::Plaintext => write!(f, "Plaintext"),
+        }
+    }
+}
+
+/// Everything needed to start a daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// The cluster.
+    pub cluster: ClusterConfig,
+    /// This daemon's id in it.
+    pub id: NodeId,
+    /// Datagram protection.
+    pub security: Security,
+    /// Session and group limits.
+    pub limits: Limits,
+    /// Bytes of unread events a session may accumulate before it is disconnected.
+    pub session_backlog_max: usize,
+    /// Capacity (events) of each session's channel before its backlog starts.
+    pub session_channel: usize,
+}
+
+impl DaemonOptions {
+    /// Defaults for daemon `id` of `cluster` with `security`.
+    pub fn new(cluster: ClusterConfig, id: NodeId, security: Security) -> DaemonOptions {
+        DaemonOptions {
+            cluster,
+            id,
+            security,
+            limits: Limits::default(),
+            session_backlog_max: 64 << 20,
+            session_channel: 4096,
+        }
+    }
+}
+
+/// A running group daemon.
+pub struct GroupDaemon {
+    me: ProcId,
+    requests: mpsc::Sender<GroupRequest>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    session_channel: usize,
+}
+
+impl GroupDaemon {
+    /// Starts the daemon on the current tokio runtime.
+    pub async fn start(opts: DaemonOptions) -> Result<GroupDaemon, StartError> {
+        let addr = opts
+            .cluster
+            .addr_of(opts.id)
+            .ok_or(StartError::UnknownId(opts.id))?;
+        let clock = Clock::new();
+        let me = ProcId::new(opts.id, driver::fresh_incarnation());
+        let daemon = Daemon::new(
+            opts.cluster.protocol(),
+            opts.limits.clone(),
+            me,
+            clock.now(),
+        )
+        .map_err(|e| StartError::Groups(e.to_string()))?;
+        let socket = udp::bind(
+            addr,
+            opts.cluster.socket.recv_buffer,
+            opts.cluster.socket.send_buffer,
+        )
+        .map_err(|source| StartError::Bind { addr, source })?;
+        let security = match &opts.security {
+            Security::Key { id, key } => Some(PacketSecurity::new(me, *id, key)),
+            Security::Plaintext => None,
+        };
+        let (req_tx, req_rx) = mpsc::channel(4096);
+        let (ev_tx, _ev_rx) = mpsc::channel(1);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let channels = driver::Channels {
+            requests: req_rx,
+            events: ev_tx,
+            shutdown: stop_rx,
+        };
+        let core = GroupCore::new(daemon, opts.session_backlog_max);
+        let transport = driver::Transport { socket, security };
+        let task = tokio::spawn(driver::run(
+            core,
+            clock,
+            transport,
+            opts.cluster.clone(),
+            opts.id,
+            channels,
+        ));
+        Ok(GroupDaemon {
+            me,
+            requests: req_tx,
+            shutdown: Some(stop_tx),
+            task,
+            session_channel: opts.session_channel,
+        })
+    }
+
+    /// This daemon's process id.
+    pub fn id(&self) -> ProcId {
+        self.me
+    }
+
+    /// Opens a session named `name` on this daemon.
+    pub async fn connect(&self, name: &str) -> Result<Session, SessionError> {
+        let (events_tx, events) = mpsc::channel(self.session_channel.max(1));
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(GroupRequest::Connect {
+                name: name.to_string(),
+                events: events_tx,
+                reply,
+            })
+            .await
+            .map_err(|_| SessionError::Closed("daemon stopped".into()))?;
+        let (sid, member) = rx
+            .await
+            .map_err(|_| SessionError::Closed("daemon stopped".into()))??;
+        Ok(Session {
+            member,
+            sid,
+            requests: self.requests.clone(),
+            events,
+        })
+    }
+
+    /// A sender for requests (used by the session server).
+    pub fn requests(&self) -> mpsc::Sender<GroupRequest> {
+        self.requests.clone()
+    }
+
+    /// Session channel capacity.
+    pub fn session_channel(&self) -> usize {
+        self.session_channel
+    }
+
+    /// Stops the daemon.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
