@@ -72,3 +72,80 @@ impl Recorder {
             .push(HEvent::Crashed { at });
     }
 }
+
+/// Rebuilds a process's log from the lines a `gcs-probe` printed. `crashed_at`: when the test
+/// killed it (the log then ends with a crash).
+pub fn parse_probe_log(text: &str, crashed_at: Option<Time>) -> Option<(ProcId, Vec<HEvent>)> {
+    let mut me = None;
+    let mut log = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
+        match f.first().copied() {
+            Some("START") => me = Some(ProcId::new(num(1)? as u32, num(2)?)),
+            Some("SENT") => {
+                let p = me?;
+                log.push(HEvent::Sent {
+                    msg: MsgId {
+                        sender: p,
+                        n: num(1)?,
+                    },
+                    service: Service::from_u8(num(2)? as u8)?,
+                    at: Time(num(3)?),
+                });
+            }
+            Some("VIEW") => {
+                let kind = if f[1] == "R" {
+                    gcs::ViewKind::Regular
+                } else {
+                    gcs::ViewKind::Transitional
+                };
+                let ring = gcs::RingId {
+                    seq: num(2)?,
+                    rep: ProcId::new(num(3)? as u32, num(4)?),
+                };
+                let members = f
+                    .get(6)
+                    .map(|m| {
+                        m.split(',')
+                            .filter_map(|x| {
+                                let (a, b) = x.split_once('.')?;
+                                Some(ProcId::new(a.parse().ok()?, b.parse().ok()?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                log.push(HEvent::View {
+                    view: gcs::View {
+                        id: gcs::ViewId { ring, kind },
+                        members,
+                    },
+                    at: Time(num(5)?),
+                });
+            }
+            Some("DELIV") => log.push(HEvent::Delivered {
+                msg: MsgId {
+                    sender: ProcId::new(num(1)? as u32, num(2)?),
+                    n: num(3)?,
+                },
+                service: Service::from_u8(num(4)? as u8)?,
+                payload_ok: num(5)? == 1,
+                at: Time(num(6)?),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(at) = crashed_at {
+        log.push(HEvent::Crashed { at });
+    }
+    Some((me?, log))
+}
+
+/// Wall-clock microseconds since the Unix epoch (processes on one machine share it).
+#[allow(clippy::disallowed_methods)] // multi-process tests compare timestamps across processes
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

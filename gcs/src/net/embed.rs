@@ -104,11 +104,22 @@ pub struct Gcs {
 }
 
 impl Gcs {
-    /// Starts daemon `id` of `cluster` on the current tokio runtime. Returns the handle and the
-    /// event stream (bounded by `event_capacity`: not draining it back-pressures the daemon).
+    /// Starts daemon `id` of `cluster` on the current tokio runtime, without datagram protection
+    /// (tests and benchmarks on a trusted loopback). Returns the handle and the event stream
+    /// (bounded by `event_capacity`: not draining it back-pressures the daemon).
     pub async fn start(
         cluster: ClusterConfig,
         id: NodeId,
+        event_capacity: usize,
+    ) -> Result<(Gcs, mpsc::Receiver<Event>), StartError> {
+        Self::start_with(cluster, id, super::Security::Plaintext, event_capacity).await
+    }
+
+    /// Like `start`, with datagram protection (`Security::Key` for real deployments).
+    pub async fn start_with(
+        cluster: ClusterConfig,
+        id: NodeId,
+        security: super::Security,
         event_capacity: usize,
     ) -> Result<(Gcs, mpsc::Receiver<Event>), StartError> {
         let addr = cluster.addr_of(id).ok_or(StartError::UnknownId(id))?;
@@ -125,10 +136,11 @@ impl Gcs {
             events: ev_tx,
             shutdown: stop_rx,
         };
-        let transport = driver::Transport {
-            socket,
-            security: None,
+        let security = match security {
+            super::Security::Key { id, key } => Some(crate::PacketSecurity::new(me, id, &key)),
+            super::Security::Plaintext => None,
         };
+        let transport = driver::Transport { socket, security };
         let task = tokio::spawn(driver::run(node, clock, transport, cluster, id, channels));
         Ok((
             Gcs {
