@@ -72,7 +72,7 @@ async fn main() {
         tokio::select! {
             _ = tick.tick(), if now < send_until => {
                 let service = Service::ALL[(n % 6) as usize];
-                let len = if n % 97 == 0 { 20_000 } else { 100 };
+                let len = if n.is_multiple_of(97) { 20_000 } else { 100 };
                 let payload = encode_payload(MsgId { sender: me, n }, service, len);
                 // Log the send before handing it over: a delivery can never precede its SENT.
                 // Flushed at once: a kill -9 may lose the tail of the log, never a SENT whose
