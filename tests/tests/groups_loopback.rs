@@ -231,3 +231,60 @@ async fn a_daemon_with_another_key_never_joins() {
         d.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_rotates_at_runtime_without_a_view_change() {
+    let cluster = fast(3);
+    let mut daemons = Vec::new();
+    for id in 0..3 {
+        daemons.push(
+            GroupDaemon::start(DaemonOptions::new(cluster.clone(), id, key(3)))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut a = daemons[0].connect("a").await.unwrap();
+    let b = daemons[1].connect("b").await.unwrap();
+    let c = daemons[2].connect("c").await.unwrap();
+    for s in [&a, &b, &c] {
+        s.join("g").await.unwrap();
+    }
+    wait_for(&mut a, "a view of 3", |e| is_view_of(e, 3)).await;
+    let new_key = ClusterKey::from_bytes([4; 32]);
+    let sender = tokio::spawn(async move {
+        for k in 0..300u32 {
+            b.multicast(
+                &["g"],
+                Service::Agreed,
+                Bytes::from(k.to_le_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        b
+    });
+    for d in &daemons {
+        d.add_key(2, new_key.clone()).await.unwrap();
+    }
+    for d in &daemons {
+        d.set_send_key(2).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for d in &daemons {
+        d.remove_key(1).await.unwrap();
+    }
+    let mut got = 0;
+    while got < 300 {
+        match wait_for(&mut a, "messages during rotation", |_| true).await {
+            SessionEvent::Message { .. } => got += 1,
+            SessionEvent::Membership(v) => panic!("a view changed during key rotation: {v:?}"),
+            _ => {}
+        }
+    }
+    let _b = sender.await.unwrap();
+    drop(c);
+    for d in daemons {
+        d.shutdown().await.unwrap();
+    }
+}

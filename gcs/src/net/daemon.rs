@@ -8,7 +8,7 @@ use super::embed::StartError;
 use super::group_core::{GroupCore, GroupRequest};
 use super::session::{Session, SessionError};
 use super::udp;
-use crate::crypto::{ClusterKey, KeyId, PacketSecurity};
+use crate::crypto::{ClusterKey, CryptoError, KeyId, PacketSecurity};
 use crate::groups::{Daemon, Limits};
 use crate::{NodeId, ProcId};
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +75,7 @@ pub struct GroupDaemon {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     session_channel: usize,
+    keys: mpsc::Sender<driver::KeyControl>,
 }
 
 impl GroupDaemon {
@@ -106,10 +107,12 @@ impl GroupDaemon {
         let (req_tx, req_rx) = mpsc::channel(4096);
         let (ev_tx, _ev_rx) = mpsc::channel(1);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (keys_tx, keys_rx) = mpsc::channel(16);
         let channels = driver::Channels {
             requests: req_rx,
             events: ev_tx,
             shutdown: stop_rx,
+            keys: keys_rx,
         };
         let core = GroupCore::new(daemon, opts.session_backlog_max);
         let transport = driver::Transport { socket, security };
@@ -127,6 +130,7 @@ impl GroupDaemon {
             shutdown: Some(stop_tx),
             task,
             session_channel: opts.session_channel,
+            keys: keys_tx,
         })
     }
 
@@ -156,6 +160,37 @@ impl GroupDaemon {
             requests: self.requests.clone(),
             events,
         })
+    }
+
+    async fn key_call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), CryptoError>>) -> driver::KeyControl,
+    ) -> Result<(), CryptoError> {
+        let (tx, rx) = oneshot::channel();
+        self.keys
+            .send(make(tx))
+            .await
+            .map_err(|_| CryptoError::NoSuchKey(0))?;
+        rx.await.map_err(|_| CryptoError::NoSuchKey(0))?
+    }
+
+    /// Key rotation, step 1 (on every daemon): also accept datagrams sealed with `key`.
+    pub async fn add_key(&self, id: KeyId, key: ClusterKey) -> Result<(), CryptoError> {
+        self.key_call(|reply| driver::KeyControl::Add { id, key, reply })
+            .await
+    }
+
+    /// Key rotation, step 2 (on every daemon, once step 1 is done everywhere): seal with `id`.
+    pub async fn set_send_key(&self, id: KeyId) -> Result<(), CryptoError> {
+        self.key_call(|reply| driver::KeyControl::SetSendKey { id, reply })
+            .await
+    }
+
+    /// Key rotation, step 3 (once step 2 is done everywhere and in-flight datagrams are gone):
+    /// stop accepting `id`.
+    pub async fn remove_key(&self, id: KeyId) -> Result<(), CryptoError> {
+        self.key_call(|reply| driver::KeyControl::Remove { id, reply })
+            .await
     }
 
     /// A sender for requests (used by the session server).

@@ -139,6 +139,49 @@ fn receive<C: Core>(
     }
 }
 
+/// A change to the cluster keys of a running daemon (rotation without a view change: add the new
+/// key everywhere, then make it the send key everywhere, then remove the old one).
+#[derive(Debug)]
+pub enum KeyControl {
+    /// Accept datagrams sealed with this key too.
+    Add {
+        /// Its id.
+        id: crate::KeyId,
+        /// The key.
+        key: crate::ClusterKey,
+        /// Result.
+        reply: oneshot::Sender<Result<(), crate::CryptoError>>,
+    },
+    /// Seal with this (already added) key from now on.
+    SetSendKey {
+        /// Its id.
+        id: crate::KeyId,
+        /// Result.
+        reply: oneshot::Sender<Result<(), crate::CryptoError>>,
+    },
+    /// Stop accepting this key.
+    Remove {
+        /// Its id.
+        id: crate::KeyId,
+        /// Result.
+        reply: oneshot::Sender<Result<(), crate::CryptoError>>,
+    },
+}
+
+fn key_control(security: &mut Option<PacketSecurity>, c: KeyControl) {
+    let (r, reply) = match (security.as_mut(), c) {
+        (Some(s), KeyControl::Add { id, key, reply }) => (s.add_key(id, &key), reply),
+        (Some(s), KeyControl::SetSendKey { id, reply }) => (s.set_send_key(id), reply),
+        (Some(s), KeyControl::Remove { id, reply }) => (s.remove_key(id), reply),
+        (None, KeyControl::Add { id, reply, .. })
+        | (None, KeyControl::SetSendKey { id, reply })
+        | (None, KeyControl::Remove { id, reply }) => {
+            (Err(crate::CryptoError::NoSuchKey(id)), reply)
+        }
+    };
+    let _ = reply.send(r);
+}
+
 /// The driver's connections to the application.
 pub struct Channels<C: Core> {
     /// Requests from the application.
@@ -148,6 +191,8 @@ pub struct Channels<C: Core> {
     pub events: mpsc::Sender<C::Event>,
     /// Fires (or is dropped) to stop the daemon.
     pub shutdown: oneshot::Receiver<()>,
+    /// Key rotation.
+    pub keys: mpsc::Receiver<KeyControl>,
 }
 
 /// The datagram path: the socket, and the cluster key layer when security is on.
@@ -175,6 +220,7 @@ pub async fn run<C: Core>(
         mut requests,
         events,
         mut shutdown,
+        mut keys,
     } = channels;
     let peers = Peers::new(&cluster, me);
     let mut buf = vec![0u8; 65_536];
@@ -267,6 +313,7 @@ pub async fn run<C: Core>(
                     None => requests_open = false,
                 }
             }
+            Some(k) = keys.recv() => key_control(&mut security, k),
             _ = sleep => core.handle_timeout(clock.now()),
         }
     }

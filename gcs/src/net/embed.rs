@@ -101,6 +101,9 @@ pub struct Gcs {
     requests: mpsc::Sender<MulticastRequest>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// Key rotation for the daemon-level API is not exposed yet; holding the sender keeps the
+    /// driver's control channel open.
+    _keys: mpsc::Sender<driver::KeyControl>,
 }
 
 impl Gcs {
@@ -131,10 +134,12 @@ impl Gcs {
         let (req_tx, req_rx) = mpsc::channel(1024);
         let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (keys_tx, keys_rx) = mpsc::channel(16);
         let channels = driver::Channels {
             requests: req_rx,
             events: ev_tx,
             shutdown: stop_rx,
+            keys: keys_rx,
         };
         let security = match security {
             super::Security::Key { id, key } => Some(crate::PacketSecurity::new(me, id, &key)),
@@ -148,6 +153,7 @@ impl Gcs {
                 requests: req_tx,
                 shutdown: Some(stop_tx),
                 task,
+                _keys: keys_tx,
             },
             ev_rx,
         ))

@@ -224,9 +224,7 @@ mod tests {
     #[test]
     fn catches_a_view_of_another_ring_between_transitional_and_regular_view() {
         let mut b = B::new();
-        b.reg_all(1, &[1])
-            .trans(1, 2, &[1])
-            .reg(1, 3, &[1]);
+        b.reg_all(1, &[1]).trans(1, 2, &[1]).reg(1, 3, &[1]);
         let v = has(&b.build(), super::PROPERTY);
         names(&v, &[1], None);
     }
