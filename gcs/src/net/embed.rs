@@ -24,7 +24,6 @@ pub enum Event {
 pub struct MulticastRequest {
     service: Service,
     payload: Bytes,
-    reply: oneshot::Sender<Result<(), SubmitError>>,
 }
 
 impl Core for Node {
@@ -42,10 +41,8 @@ impl Core for Node {
     fn handle_request(&mut self, now: Time, req: MulticastRequest) -> Option<MulticastRequest> {
         match self.multicast(now, req.service, req.payload.clone()) {
             Err(SubmitError::QueueFull { .. }) => Some(req),
-            r => {
-                let _ = req.reply.send(r);
-                None
-            }
+            // Too large is refused before the request is sent; nothing else can fail.
+            _ => None,
         }
     }
 
@@ -104,6 +101,7 @@ pub struct Gcs {
     /// Key rotation for the daemon-level API is not exposed yet; holding the sender keeps the
     /// driver's control channel open.
     _keys: mpsc::Sender<driver::KeyControl>,
+    max_message_size: usize,
 }
 
 impl Gcs {
@@ -129,9 +127,10 @@ impl Gcs {
         let clock = Clock::new();
         let me = ProcId::new(id, driver::fresh_incarnation());
         let node = Node::new(cluster.protocol(), me, clock.now())?;
+        let max_message_size = cluster.protocol().max_message_size;
         let socket = udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
             .map_err(|source| StartError::Bind { addr, source })?;
-        let (req_tx, req_rx) = mpsc::channel(1024);
+        let (req_tx, req_rx) = mpsc::channel(4096);
         let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
         let (keys_tx, keys_rx) = mpsc::channel(16);
@@ -154,6 +153,7 @@ impl Gcs {
                 shutdown: Some(stop_tx),
                 task,
                 _keys: keys_tx,
+                max_message_size,
             },
             ev_rx,
         ))
@@ -164,20 +164,19 @@ impl Gcs {
         self.me
     }
 
-    /// Multicasts `payload`; waits while the send queue is full (back-pressure).
+    /// Multicasts `payload`. Returns once the daemon has queued it (the request channel and the
+    /// daemon's send queue are bounded: a sender faster than the ring waits here).
     pub async fn multicast(&self, service: Service, payload: Bytes) -> Result<(), SendError> {
-        let (reply, rx) = oneshot::channel();
+        if payload.len() > self.max_message_size {
+            return Err(SendError::Refused(SubmitError::TooLarge {
+                size: payload.len(),
+                max: self.max_message_size,
+            }));
+        }
         self.requests
-            .send(MulticastRequest {
-                service,
-                payload,
-                reply,
-            })
+            .send(MulticastRequest { service, payload })
             .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await
-            .map_err(|_| SendError::Stopped)?
-            .map_err(SendError::from)
+            .map_err(|_| SendError::Stopped)
     }
 
     /// Stops the daemon (the others see it leave after their token timeout).
