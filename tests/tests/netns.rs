@@ -10,6 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 use tests::{parse_probe_log, wall_us};
 
+/// The tests share one harness cluster name: they take turns.
+static HARNESS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Harness {
     bin: PathBuf,
 }
@@ -99,6 +102,7 @@ fn five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs() {
         );
         return;
     }
+    let _turn = HARNESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let h = Harness { bin: harness };
     let _ = h.run(&["down", "--force"]);
     h.run(&["up", "5"]);
@@ -170,6 +174,72 @@ fn five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs() {
         .count();
     assert!(
         delivered > 5_000,
+        "only {delivered} deliveries (logs in {})",
+        dir.display()
+    );
+    let v = sim::checkers::check_all(&hist);
+    assert!(
+        v.is_empty(),
+        "logs in {}:\n{}",
+        dir.display(),
+        v.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn three_hosts_with_ip_multicast_form_a_ring_and_deliver() {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness/netns-cluster");
+    if !is_root() || !harness.exists() {
+        eprintln!(
+            "SKIPPED three_hosts_with_ip_multicast_form_a_ring_and_deliver: needs root and {}",
+            harness.display()
+        );
+        return;
+    }
+    let _turn = HARNESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let h = Harness { bin: harness };
+    let _ = h.run(&["down", "--force"]);
+    h.run(&["up", "3"]);
+    let dir = std::env::temp_dir().join(format!("gcs-netns-mc-{}", wall_us()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = String::new();
+    for i in 1..=3 {
+        toml += &format!("[[daemon]]\nid = {}\naddr = \"10.90.0.{i}:7400\"\n", i - 1);
+    }
+    toml += "[protocol]\ntoken_timeout_ms = 400\ntoken_retransmit_timeout_ms = 60\ntoken_hold_ms = 10\njoin_timeout_ms = 40\nconsensus_timeout_ms = 400\nmerge_detect_interval_ms = 150\n[socket]\nmulticast = \"239.192.77.1:7500\"\n";
+    std::fs::write(dir.join("cluster.toml"), toml).unwrap();
+    std::fs::write(dir.join("key"), gcs::crypto::keygen([8u8; 32])).unwrap();
+    let s = 1_000_000u64;
+    let t0 = wall_us() + s;
+    let (send_until, until) = (t0 + 4 * s, t0 + 6 * s);
+    let procs: Vec<(u32, PathBuf)> = (1..=3)
+        .map(|n| start(&h, &dir, n, "a", send_until, until))
+        .collect();
+    sleep_until_us(until + 2 * s);
+    let mut hist = History::default();
+    for (pid, log) in &procs {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let (id, events) = parse_probe_log(&text, None).expect("probe log");
+        hist.procs.insert(id, events);
+    }
+    hist.calm_from = Some(Time(t0));
+    hist.sends_until = Time(send_until);
+    hist.end = Time(until);
+    let delivered: usize = hist
+        .procs
+        .values()
+        .flatten()
+        .filter(|e| matches!(e, sim::history::Event::Delivered { .. }))
+        .count();
+    assert!(
+        delivered > 2_000,
         "only {delivered} deliveries (logs in {})",
         dir.display()
     );

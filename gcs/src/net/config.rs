@@ -28,6 +28,7 @@
 //! [socket]                # optional
 //! recv_buffer = 8388608   # SO_RCVBUF bytes
 //! send_buffer = 8388608   # SO_SNDBUF bytes
+//! # multicast = "239.192.0.1:7500"   # send to-all datagrams once, to this IPv4 group
 //! ```
 
 use crate::{Config, NodeId};
@@ -91,6 +92,10 @@ pub struct SocketSection {
     /// Send buffer (SO_SNDBUF), bytes.
     #[serde(default = "default_buffer")]
     pub send_buffer: usize,
+    /// IP multicast group (IPv4 `group:port`) for datagrams to every daemon, instead of one
+    /// unicast copy per daemon. Tokens always go unicast.
+    #[serde(default)]
+    pub multicast: Option<std::net::SocketAddrV4>,
 }
 
 fn default_buffer() -> usize {
@@ -102,6 +107,7 @@ impl Default for SocketSection {
         SocketSection {
             recv_buffer: default_buffer(),
             send_buffer: default_buffer(),
+            multicast: None,
         }
     }
 }

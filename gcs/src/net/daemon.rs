@@ -115,7 +115,15 @@ impl GroupDaemon {
             keys: keys_rx,
         };
         let core = GroupCore::new(daemon, opts.session_backlog_max);
-        let transport = driver::Transport { socket, security };
+        let multicast = match udp::multicast_for(&opts.cluster, addr, &socket) {
+            Ok(m) => m,
+            Err(source) => return Err(StartError::Bind { addr, source }),
+        };
+        let transport = driver::Transport {
+            socket,
+            multicast,
+            security,
+        };
         let task = tokio::spawn(driver::run(
             core,
             clock,

@@ -121,6 +121,13 @@ async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
 }
 
+async fn recv_multicast(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<usize> {
+    match s {
+        Some(s) => s.recv_from(buf).await.map(|(n, _)| n),
+        None => std::future::pending().await,
+    }
+}
+
 /// Opens (when security is on) and hands a datagram to the core. A datagram that fails to open
 /// is counted by the security layer and never reaches the core's parser.
 fn receive<C: Core>(
@@ -199,6 +206,8 @@ pub struct Channels<C: Core> {
 pub struct Transport {
     /// The bound UDP socket.
     pub socket: UdpSocket,
+    /// With IP multicast: the socket joined to the group, and the group address.
+    pub multicast: Option<(UdpSocket, SocketAddr)>,
     /// Seals every outgoing datagram and opens every incoming one (None: plaintext, tests only).
     pub security: Option<PacketSecurity>,
 }
@@ -214,8 +223,14 @@ pub async fn run<C: Core>(
 ) -> io::Result<()> {
     let Transport {
         socket,
+        multicast,
         mut security,
     } = transport;
+    let (mcast_socket, mcast_group) = match multicast {
+        Some((s, g)) => (Some(s), Some(g)),
+        None => (None, None),
+    };
+    let mut mbuf = vec![0u8; 65_536];
     let Channels {
         mut requests,
         events,
@@ -244,11 +259,14 @@ pub async fn run<C: Core>(
                         None => bytes,
                     };
                     match dest {
-                        Dest::All => {
-                            for a in &peers.all {
-                                send(&socket, &bytes, *a).await;
+                        Dest::All => match mcast_group {
+                            Some(g) => send(&socket, &bytes, g).await,
+                            None => {
+                                for a in &peers.all {
+                                    send(&socket, &bytes, *a).await;
+                                }
                             }
-                        }
+                        },
                         Dest::Node(id) => {
                             if let Some(a) = peers.addr(id) {
                                 send(&socket, &bytes, a).await;
@@ -311,6 +329,11 @@ pub async fn run<C: Core>(
                         }
                     }
                     None => requests_open = false,
+                }
+            }
+            r = recv_multicast(&mcast_socket, &mut mbuf) => {
+                if let Ok(n) = r {
+                    receive(&mut core, &mut security, clock.now(), &mbuf[..n]);
                 }
             }
             Some(k) = keys.recv() => key_control(&mut security, k),

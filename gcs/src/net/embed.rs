@@ -144,7 +144,15 @@ impl Gcs {
             super::Security::Key { id, key } => Some(crate::PacketSecurity::new(me, id, &key)),
             super::Security::Plaintext => None,
         };
-        let transport = driver::Transport { socket, security };
+        let multicast = match udp::multicast_for(&cluster, addr, &socket) {
+            Ok(m) => m,
+            Err(source) => return Err(StartError::Bind { addr, source }),
+        };
+        let transport = driver::Transport {
+            socket,
+            multicast,
+            security,
+        };
         let task = tokio::spawn(driver::run(node, clock, transport, cluster, id, channels));
         Ok((
             Gcs {
