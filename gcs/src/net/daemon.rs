@@ -150,12 +150,7 @@ impl GroupDaemon {
         let (sid, member) = rx
             .await
             .map_err(|_| SessionError::Closed("daemon stopped".into()))??;
-        Ok(Session {
-            member,
-            sid,
-            requests: self.requests.clone(),
-            events,
-        })
+        Ok(Session::new(member, sid, self.requests.clone(), events))
     }
 
     /// A sender for requests (used by the session server).
