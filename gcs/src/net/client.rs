@@ -7,11 +7,12 @@
 //! - the *reader* turns the daemon's frames back into [`SessionEvent`]s (identical to the
 //!   embedded ones: members, view ids, reasons) and answers pending requests.
 //!
-//! Flow control is end to end: the event channel is bounded, so a program that stops reading
-//! events stops the reader, the socket fills, and the daemon eventually cuts the session off
-//! (its reason is then [`Session::close_reason`]). Replies travel behind the events that precede
-//! them: a program that awaits a call while never reading events of a busy group can only get
-//! that call answered by the cut-off (same outcome as embedded, sooner).
+//! Flow control: the reader always drains the socket, so replies are never stuck behind events
+//! the program has not read (a program may multicast to a busy group it never reads, as with an
+//! embedded session). Unread events are held in this process up to
+//! [`ClientOptions::event_buffer_bytes`]; past it the client ends the session with a "too slow"
+//! reason ([`Session::close_reason`]), as the daemon does past its own bound for a client
+//! process that stops reading its socket altogether.
 //!
 //! Errors the daemon reports come back as the same `SessionError::Refused(GroupError)` as
 //! embedded; authentication and version failures as `SessionError::Remote`.
@@ -24,6 +25,7 @@ use super::session::{Session, SessionError, SessionRequest};
 use crate::groups::{GroupError, MemberId, SessionEvent, SessionId};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -33,8 +35,13 @@ use tokio::sync::{mpsc, oneshot};
 /// Client-side knobs.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Events buffered in this process before the daemon is back-pressured.
+    /// Capacity (events) of the session's event channel.
     pub event_channel: usize,
+    /// Bytes of events this process buffers beyond the channel while the program does not read
+    /// them. Replies keep flowing meanwhile (as for an embedded session); past this bound the
+    /// client ends the session itself, with a "too slow" reason. (A client process that stops
+    /// altogether is cut off by the daemon's own bound.)
+    pub event_buffer_bytes: usize,
     /// Time allowed for connecting and the handshake.
     pub connect_timeout: Duration,
 }
@@ -43,6 +50,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             event_channel: 1024,
+            event_buffer_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -160,9 +168,50 @@ where
         closed: None,
         reason: session.close_reason.clone(),
     }));
-    tokio::spawn(reader(rd, events_tx, shared.clone(), max_frame));
-    tokio::spawn(writer(wr, requests, shared, max_message));
+    let (buffer_tx, buffer_rx) = mpsc::unbounded_channel();
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let (kill_tx, kill_rx) = oneshot::channel();
+    tokio::spawn(mover(buffer_rx, events_tx, buffered.clone()));
+    let buffer = Buffer {
+        tx: buffer_tx,
+        bytes: buffered,
+        max: opts.event_buffer_bytes,
+        kill: kill_tx,
+    };
+    tokio::spawn(reader(rd, buffer, shared.clone(), max_frame));
+    tokio::spawn(writer(wr, requests, kill_rx, shared, max_message));
     Ok(session)
+}
+
+fn event_bytes(e: &SessionEvent) -> usize {
+    match e {
+        SessionEvent::Message { payload, .. } => payload.len() + 64,
+        _ => 256,
+    }
+}
+
+/// Events read from the socket, waiting for the program (bounded in bytes by the reader).
+struct Buffer {
+    tx: mpsc::UnboundedSender<SessionEvent>,
+    bytes: Arc<AtomicUsize>,
+    max: usize,
+    /// Tells the writer to say Bye (the client cut the session off).
+    kill: oneshot::Sender<()>,
+}
+
+/// Moves buffered events into the session's channel as the program reads them.
+async fn mover(
+    mut rx: mpsc::UnboundedReceiver<SessionEvent>,
+    events: mpsc::Sender<SessionEvent>,
+    bytes: Arc<AtomicUsize>,
+) {
+    while let Some(e) = rx.recv().await {
+        let n = event_bytes(&e);
+        if events.send(e).await.is_err() {
+            return;
+        }
+        bytes.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 type Reply = oneshot::Sender<Result<(), SessionError>>;
@@ -191,7 +240,7 @@ fn close(shared: &Mutex<Pending>, why: String) {
 
 async fn reader<R: AsyncRead + Unpin>(
     mut rd: R,
-    events: mpsc::Sender<SessionEvent>,
+    events: Buffer,
     shared: Arc<Mutex<Pending>>,
     max_frame: usize,
 ) {
@@ -214,8 +263,17 @@ async fn reader<R: AsyncRead + Unpin>(
             ServerFrame::Closed { reason } => break reason,
             other => match other.into_event() {
                 Ok(Some(e)) => {
-                    if events.send(e).await.is_err() {
+                    let n = event_bytes(&e);
+                    let held = events.bytes.fetch_add(n, Ordering::Relaxed) + n;
+                    if events.tx.send(e).is_err() {
                         break "session dropped".to_string();
+                    }
+                    if held > events.max {
+                        let _ = events.kill.send(());
+                        break format!(
+                            "too slow: more than {} bytes of unread events in this client",
+                            events.max
+                        );
                     }
                 }
                 Ok(None) => break "protocol error: unexpected frame from the daemon".to_string(),
@@ -224,7 +282,8 @@ async fn reader<R: AsyncRead + Unpin>(
         }
     };
     close(&shared, why);
-    // Dropping `events` now ends the session's stream, after its reason is set.
+    // Dropping `events` now ends the session's stream (once the program has read what is
+    // buffered), after its reason is set.
 }
 
 fn to_frame(
@@ -263,13 +322,28 @@ fn to_frame(
 async fn writer<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut requests: mpsc::Receiver<GroupRequest>,
+    mut kill: oneshot::Receiver<()>,
     shared: Arc<Mutex<Pending>>,
     max_message: usize,
 ) {
     let mut next_id = 1u64;
     let mut buf = Vec::new();
     let mut bye = false;
-    while let Some(req) = requests.recv().await {
+    let mut kill_open = true;
+    loop {
+        let req = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            k = &mut kill, if kill_open => {
+                kill_open = false;
+                match k {
+                    Ok(()) => GroupRequest::Session(SessionId(0), SessionRequest::Disconnect),
+                    Err(_) => continue,
+                }
+            }
+        };
         let mut next = Some(req);
         // Batch what is ready.
         while let Some(req) = next.take() {

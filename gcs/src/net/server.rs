@@ -390,19 +390,21 @@ where
         .opts
         .max_message
         .saturating_add(proto::FRAME_OVERHEAD);
-    tokio::select! {
+    let writer_done = tokio::select! {
         why = reader(rd, &shared.requests, sid, replies_tx, max_frame) => {
             tracing::info!(?member, why, "session closed by the client");
+            false
         }
-        _ = &mut writer => {}
-    }
+        _ = &mut writer => true,
+    };
     let _ = shared
         .requests
         .send(GroupRequest::Session(sid, SessionRequest::Disconnect))
         .await;
-    if tokio::time::timeout(shared.opts.linger, &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(shared.opts.linger, &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }
