@@ -248,8 +248,9 @@ async fn clients_that_do_not_read_are_cut_off_with_a_reason_and_the_others_keep_
     let dir = scratch("slow");
     let cluster = fast(2);
     let mut o0 = DaemonOptions::new(cluster.clone(), 0, key());
-    o0.session_channel = 64;
-    o0.session_backlog_max = 1 << 20;
+    // Room for the reader that keeps up, even on a loaded machine; far less than the stream.
+    o0.session_channel = 256;
+    o0.session_backlog_max = 4 << 20;
     let n0 = start(o0, dir.join("0.sock")).await;
     let n1 = start(DaemonOptions::new(cluster, 1, key()), dir.join("1.sock")).await;
     // A process that stops reading its socket: the daemon's bound cuts it off.
@@ -274,7 +275,7 @@ async fn clients_that_do_not_read_are_cut_off_with_a_reason_and_the_others_keep_
         s.join("feed").await.unwrap();
     }
     wait_for(&mut fast_reader, "a view of 4", |e| is_view_of(e, 4)).await;
-    let n = 3000;
+    let n = 4000; // 32 MiB
     let payload = Bytes::from(vec![0u8; 8192]);
     let w = tokio::spawn(async move {
         for _ in 0..n {
