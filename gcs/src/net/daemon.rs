@@ -162,12 +162,7 @@ impl GroupDaemon {
         let (sid, member) = rx
             .await
             .map_err(|_| SessionError::Closed("daemon stopped".into()))??;
-        Ok(Session {
-            member,
-            sid,
-            requests: self.requests.clone(),
-            events,
-        })
+        Ok(Session::new(member, sid, self.requests.clone(), events))
     }
 
     async fn key_call(

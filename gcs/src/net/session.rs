@@ -9,6 +9,7 @@ use super::group_core::GroupRequest;
 use crate::groups::{GroupError, MemberId, SessionEvent, SessionId};
 use crate::Service;
 use bytes::Bytes;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +25,10 @@ pub enum SessionError {
     /// The daemon answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A remote daemon (`gcsd`) refused it for a reason this client cannot rebuild as a
+    /// [`GroupError`] (a bad token, a protocol version, another build's rule): its message.
+    #[error("refused by the daemon: {0}")]
+    Remote(String),
 }
 
 /// What a session asks of its daemon.
@@ -64,9 +69,33 @@ pub struct Session {
     pub(crate) sid: SessionId,
     pub(crate) requests: mpsc::Sender<GroupRequest>,
     pub(crate) events: mpsc::Receiver<SessionEvent>,
+    /// Why the daemon ended the session, when it said (sessions of a `gcsd`).
+    pub(crate) close_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Session {
+    pub(crate) fn new(
+        member: MemberId,
+        sid: SessionId,
+        requests: mpsc::Sender<GroupRequest>,
+        events: mpsc::Receiver<SessionEvent>,
+    ) -> Session {
+        Session {
+            member,
+            sid,
+            requests,
+            events,
+            close_reason: Arc::default(),
+        }
+    }
+
+    /// Why the session was closed by the other side, once [`next_event`](Session::next_event)
+    /// returned `None`: for a session of a `gcsd`, the daemon's reason (e.g. "too slow: ...")
+    /// or a lost connection. `None` for embedded sessions and while the session is open.
+    pub fn close_reason(&self) -> Option<String> {
+        self.close_reason.lock().ok().and_then(|r| r.clone())
+    }
+
     /// This session's identity (daemon, number, name); its private group is
     /// `member().private_group()`.
     pub fn member(&self) -> &MemberId {
