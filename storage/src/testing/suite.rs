@@ -595,7 +595,10 @@ pub fn concurrent_commits<H: Harness>(h: &mut H) {
                 for i in 0..25u64 {
                     loop {
                         let tid = next.fetch_add(1, Ordering::SeqCst);
-                        let t = txn(tid, &[(th * 1000 + i, Some("v")), (100_000 + th, Some("w"))]);
+                        let t = txn(
+                            tid,
+                            &[(th * 1000 + i, Some("v")), (100_000 + th, Some("w"))],
+                        );
                         match s.commit(&t) {
                             Ok(()) => {
                                 ok.lock().unwrap().push(tid);
@@ -612,9 +615,6 @@ pub fn concurrent_commits<H: Harness>(h: &mut H) {
     let mut ok = ok.into_inner().unwrap();
     ok.sort_unstable();
     assert_eq!(ok.len(), 200);
-    assert_eq!(
-        tids(&s, TidRange::ALL, Direction::Forward),
-        ok.iter().copied().collect::<Vec<_>>()
-    );
+    assert_eq!(tids(&s, TidRange::ALL, Direction::Forward), ok.to_vec());
     assert_eq!(s.last_transaction().unwrap(), Tid(*ok.last().unwrap()));
 }
