@@ -1,1 +1,151 @@
-//! Transactional storage adapter (see issue: storage). Filled by the storage work.
+//! Transactional storage adapter: the layer every replica applies commits through and
+//! recovers from. The Rust heir of the ZODB storage API the replication design needs.
+//!
+//! One synchronous trait, [`Storage`], two backends:
+//! - [`MemStorage`] (always built): `BTreeMap`s, with crash semantics for the simulator
+//!   ([`MemStorage::crash`] loses exactly what was not made durable);
+//! - `RocksStorage` (feature `rocksdb`): durable, group commit, checksummed values.
+//!
+//! # Model
+//! Objects are named by an [`Oid`] (at most [`OID_LEN_MAX`] bytes). A [`Transaction`] has a
+//! [`Tid`] (strictly increasing, assigned by the writer, never 0), metadata and records
+//! (oid → new state, or delete). Every object keeps its revisions `(tid, state)` until
+//! [`Storage::pack`] removes the old ones.
+//!
+//! # History horizon
+//! A store reproduces every state at or after its *horizon* (`Tid::ZERO` for a store with
+//! its whole history). `pack(before)` moves the horizon to `before - 1`; a fast-recovery
+//! fill finished at `t` moves it to `t`. Questions about older states
+//! (`load_before(oid, tid)` with `tid <= horizon`, `iter` starting at or before the horizon,
+//! `truncate_after` below it) fail with [`StorageError::HistoryTruncated`] instead of
+//! answering wrongly. Transactions after the horizon are always complete.
+//!
+//! See `DESIGN.md` beside this crate for the on-disk layout and the invariants.
+
+mod codec;
+mod error;
+mod mem;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+pub mod testing;
+mod types;
+
+use std::path::Path;
+
+pub use error::{Result, StorageError};
+pub use mem::{MemOptions, MemStorage};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksOptions, RocksStorage};
+pub use types::{
+    ApplyOutcome, Direction, FillProgress, LostTransaction, Oid, PackStats, Record, Revision, Tid,
+    TidRange, Transaction, TxnMeta, DATA_LEN_MAX, META_LEN_MAX, OID_LEN_MAX, RECORDS_MAX,
+};
+
+/// A stream of transactions, read lazily.
+pub type TxnIter<'a> = Box<dyn Iterator<Item = Result<Transaction>> + Send + 'a>;
+/// A stream of revisions, read lazily.
+pub type RevisionIter<'a> = Box<dyn Iterator<Item = Result<Revision>> + Send + 'a>;
+/// A stream of archived lost transactions, read lazily.
+pub type LostIter<'a> = Box<dyn Iterator<Item = Result<LostTransaction>> + Send + 'a>;
+
+/// The answer of [`Storage::fast_recovery`].
+pub struct FastRecovery<'a> {
+    /// The sender's last transaction when the stream was opened: the stream is the newest
+    /// revision, as of this tid, of every object it covers.
+    pub consistent_at: Tid,
+    /// The revisions, in oid byte order. Deletions come as revisions with `data: None`.
+    pub revisions: RevisionIter<'a>,
+}
+
+/// The storage seam. Synchronous: RocksDB blocks anyway, and the simulator calls it
+/// directly. Every method may be called from several threads at once.
+///
+/// Writes (`commit`, `apply`, `fill`, `fill_finish`, `truncate_after`, `pack`) are atomic:
+/// when one fails, the store is unchanged. When the store syncs (the default), `commit` and
+/// `apply` return after the write is durable.
+pub trait Storage: Send + Sync {
+    /// The last transaction, or the point a fast-recovery fill was finished at;
+    /// `Tid::ZERO` for an empty store.
+    fn last_transaction(&self) -> Result<Tid>;
+
+    /// The history horizon (see the crate docs); `Tid::ZERO` when the whole history is kept.
+    fn horizon(&self) -> Result<Tid>;
+
+    /// The current revision of `oid`: `None` if it never existed, `data: None` if its newest
+    /// revision deletes it.
+    fn load(&self, oid: &Oid) -> Result<Option<Revision>>;
+
+    /// The newest revision of `oid` with a tid `< tid` (ZODB's `loadBefore`).
+    /// [`StorageError::HistoryTruncated`] if `tid <= horizon` (and the horizon is not zero).
+    fn load_before(&self, oid: &Oid, tid: Tid) -> Result<Option<Revision>>;
+
+    /// Up to `n` stored revisions of `oid`, newest first. Packed revisions are absent.
+    fn history(&self, oid: &Oid, n: usize) -> Result<Vec<Revision>>;
+
+    /// Transactions with a tid in `range` (inclusive bounds), streamed in `direction`.
+    /// Each item holds one whole transaction; memory does not grow with the range.
+    /// [`StorageError::HistoryTruncated`] if the range starts at or before a non-zero horizon.
+    /// Records come with `expected_serial: None`.
+    fn iter(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>>;
+
+    /// Commits a new transaction. Fails with [`StorageError::NonIncreasingTid`] unless
+    /// `txn.tid` is greater than [`Self::last_transaction`], and with
+    /// [`StorageError::Conflict`] (naming the first such record's oid) if a record's
+    /// `expected_serial` is not the object's current serial. Nothing is written on failure.
+    fn commit(&self, txn: &Transaction) -> Result<()>;
+
+    /// The replica path: applies a transaction the primary already committed, whose
+    /// predecessor on the primary is `prev`. Serials are not checked.
+    /// - `txn.tid > last`: applied if `prev == last`, else [`StorageError::Gap`];
+    /// - `txn.tid <= last` and stored with the same content: [`ApplyOutcome::AlreadyPresent`];
+    /// - stored with other content: [`StorageError::DivergentApply`];
+    /// - not stored: [`StorageError::NonIncreasingTid`].
+    fn apply(&self, prev: Tid, txn: &Transaction) -> Result<ApplyOutcome>;
+
+    /// Sender side of fast recovery: the newest revision of every object changed after
+    /// `since` (`Tid::ZERO`: every object), with oid greater than `after` if given, in oid
+    /// order, consistent at the returned tid.
+    ///
+    /// Resuming a broken stream: fill what was received, reopen with `after` = the last oid
+    /// filled (see [`Self::fill_progress`]), then, once that stream is filled, run one more
+    /// `fast_recovery(t1)` where `t1` is the `consistent_at` of the first stream (objects at
+    /// or before the resume oid may have changed since), and finish at the last stream's
+    /// `consistent_at`.
+    fn fast_recovery(&self, since: Tid, after: Option<&Oid>) -> Result<FastRecovery<'_>>;
+
+    /// Receiver side of fast recovery: stores revisions received from
+    /// [`Self::fast_recovery`]. Each must be newer than this store's last transaction. A
+    /// revision replaces the current one only if it is at least as new. Commits, applies,
+    /// truncates, packs and fast-recovery reads are refused until [`Self::fill_finish`].
+    fn fill(&self, revisions: &[Revision]) -> Result<()>;
+
+    /// The progress of an unfinished fill, or `None`.
+    fn fill_progress(&self) -> Result<Option<FillProgress>>;
+
+    /// Ends a fill: the store is now consistent at `consistent_at`, which becomes its last
+    /// transaction. If that is newer than the previous last transaction, the transactions
+    /// in between are absent: the horizon moves up to `consistent_at`.
+    fn fill_finish(&self, consistent_at: Tid) -> Result<()>;
+
+    /// Removes every transaction after `tid` and moves it to the lost archive (see
+    /// [`Self::lost_transactions`]); the current revisions go back to their state at `tid`.
+    /// Returns the removed tids, in increasing order. No-op if `tid >= last`.
+    /// [`StorageError::HistoryTruncated`] if `tid` is below the horizon.
+    fn truncate_after(&self, tid: Tid) -> Result<Vec<Tid>>;
+
+    /// The lost archive, in archive order: every transaction ever removed by
+    /// [`Self::truncate_after`], for an operator to list and export.
+    fn lost_transactions(&self) -> Result<LostIter<'_>>;
+
+    /// Drops every revision older than the newest one before `before` (capped at
+    /// `last + 1`), so the state at `before - 1` and after stays exact. The horizon moves
+    /// up to `before - 1`. Transactions keep their headers and their remaining records.
+    fn pack(&self, before: Tid) -> Result<PackStats>;
+
+    /// Writes a consistent copy of the store into the new directory `dir` and returns the
+    /// last transaction it holds. The backend's `open` on `dir` gives a store in that state.
+    fn checkpoint(&self, dir: &Path) -> Result<Tid>;
+
+    /// Makes every write that returned durable (a no-op when the store syncs each write).
+    fn sync(&self) -> Result<()>;
+}

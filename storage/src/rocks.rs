@@ -1,0 +1,1106 @@
+//! The durable backend, on RocksDB. Layout, group commit and crash semantics are described
+//! in `DESIGN.md`; in short:
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `txn` | `tid (8) ++ idx (4)`; idx 0 = header, idx i+1 = record i | `TxnHeader` / record |
+//! | `current` | oid | `tid ++ state` (the newest revision) |
+//! | `history` | `len (2) ++ oid ++ tid (8)` | `Ref(idx)` into `txn`, or an inline state |
+//! | `lost` | archive seq (8) | truncated-after tid ++ whole transaction |
+//! | `meta` | `format`, `state` | format marker; `MetaState` |
+//!
+//! Every write goes through one `WriteBatch` that also rewrites `meta/state`, so data and
+//! `last_transaction` change atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBRawIteratorWithThreadMode,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use crate::codec::{
+    check_format, decode_current, decode_lost, decode_record, encode_current, encode_format,
+    encode_lost, encode_record, keys, HistoryValue, MetaState, TxnHeader,
+};
+use crate::error::{Result, StorageError};
+use crate::mem::{
+    check_fill_finish, check_fill_revision, check_horizon, check_load_before, finish_meta,
+    iter_is_truncated, pack_bound,
+};
+use crate::types::{
+    same_content, validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid,
+    PackStats, Record, Revision, Tid, TidRange, Transaction,
+};
+use crate::{FastRecovery, LostIter, Storage, TxnIter};
+
+const CF_TXN: &str = "txn";
+const CF_CURRENT: &str = "current";
+const CF_HISTORY: &str = "history";
+const CF_LOST: &str = "lost";
+const CF_META: &str = "meta";
+const CFS: [&str; 5] = [CF_TXN, CF_CURRENT, CF_HISTORY, CF_LOST, CF_META];
+
+/// Deletes per write batch when packing.
+const PACK_BATCH_OPS: usize = 16 * 1024;
+/// Read-ahead for scans (`iter`, `fast_recovery`, `pack`).
+const SCAN_READAHEAD: usize = 4 << 20;
+
+/// Options of [`RocksStorage`].
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// `commit`/`apply` return after an fsync of the write-ahead log (shared by concurrent
+    /// committers). Off (tests, benchmarks): writes survive a process crash, not an OS crash.
+    pub sync: bool,
+    /// Block cache size in bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            sync: true,
+            block_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+fn rocks_err(e: rocksdb::Error) -> StorageError {
+    StorageError::Rocks(e.into_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every mutation of the guarded state happens after the fallible work, so a panic
+    // elsewhere cannot leave it half-updated.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Request {
+    Commit(Transaction),
+    Apply(Tid, Transaction),
+}
+
+impl Request {
+    fn txn(&self) -> &Transaction {
+        match self {
+            Request::Commit(t) | Request::Apply(_, t) => t,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    next_id: u64,
+    pending: Vec<(u64, Request)>,
+    done: BTreeMap<u64, Result<ApplyOutcome>>,
+    leader: bool,
+}
+
+struct WriterState {
+    meta: MetaState,
+    poisoned: Option<String>,
+}
+
+/// The RocksDB backend.
+pub struct RocksStorage {
+    db: DB,
+    path: PathBuf,
+    sync: bool,
+    writer: Mutex<WriterState>,
+    queue: Mutex<Queue>,
+    queue_cv: Condvar,
+}
+
+impl std::fmt::Debug for RocksStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStorage")
+            .field("path", &self.path)
+            .field("sync", &self.sync)
+            .finish()
+    }
+}
+
+/// Resets the leader flag if the leader unwinds, so followers are not stuck forever.
+struct LeaderGuard<'a> {
+    store: &'a RocksStorage,
+    armed: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut q = lock(&self.store.queue);
+            q.leader = false;
+            self.store.queue_cv.notify_all();
+        }
+    }
+}
+
+impl RocksStorage {
+    /// Opens (creating if needed) the store in `path`. A checkpoint directory opens the
+    /// same way.
+    pub fn open(path: impl AsRef<Path>, opts: RocksOptions) -> Result<RocksStorage> {
+        let path = path.as_ref().to_path_buf();
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_block_size(32 << 10);
+        let cfs = CFS.map(|name| {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(64 << 20);
+            if name == CF_TXN || name == CF_CURRENT {
+                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(name, o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(rocks_err)?;
+        let mut store = RocksStorage {
+            db,
+            path,
+            sync: opts.sync,
+            writer: Mutex::new(WriterState {
+                meta: MetaState::default(),
+                poisoned: None,
+            }),
+            queue: Mutex::new(Queue::default()),
+            queue_cv: Condvar::new(),
+        };
+        let meta = store.open_meta()?;
+        store
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .meta = meta;
+        Ok(store)
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_meta(&self) -> Result<MetaState> {
+        let meta_cf = self.cf(CF_META)?;
+        let format = self
+            .db
+            .get_pinned_cf(meta_cf, keys::META_FORMAT)
+            .map_err(rocks_err)?;
+        match format {
+            Some(f) => {
+                check_format(&f)?;
+                self.read_meta()
+            }
+            None => {
+                // A new store, unless something is already there.
+                for name in CFS {
+                    let mut it = self.db.raw_iterator_cf(self.cf(name)?);
+                    it.seek_to_first();
+                    if it.valid() {
+                        return Err(StorageError::corrupt(format!(
+                            "column family {name} holds data but the format marker is missing"
+                        )));
+                    }
+                    it.status().map_err(rocks_err)?;
+                }
+                let meta = MetaState::default();
+                let mut b = WriteBatch::default();
+                b.put_cf(meta_cf, keys::META_FORMAT, encode_format());
+                b.put_cf(meta_cf, keys::META_STATE, meta.encode());
+                self.db
+                    .write_opt(b, &self.write_opts(true))
+                    .map_err(rocks_err)?;
+                Ok(meta)
+            }
+        }
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::corrupt(format!("column family {name} is missing")))
+    }
+
+    fn write_opts(&self, sync: bool) -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(sync);
+        w
+    }
+
+    fn scan_opts() -> ReadOptions {
+        let mut r = ReadOptions::default();
+        r.set_readahead_size(SCAN_READAHEAD);
+        r
+    }
+
+    fn read_meta(&self) -> Result<MetaState> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META)?, keys::META_STATE)
+            .map_err(rocks_err)?
+            .ok_or_else(|| StorageError::corrupt("meta state is missing"))?;
+        MetaState::decode(&v)
+    }
+
+    fn current_of(&self, oid: &Oid) -> Result<Option<(Tid, Option<Bytes>)>> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_CURRENT)?, oid.as_bytes())
+            .map_err(rocks_err)?;
+        match v {
+            None => Ok(None),
+            Some(v) => decode_current(&v, &|| format!("current revision of {oid}")).map(Some),
+        }
+    }
+
+    fn write_batch(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        self.db
+            .write_opt(batch, &self.write_opts(sync))
+            .map_err(rocks_err)
+    }
+
+    /// Runs `f` with the writer lock, refusing if an earlier write failed.
+    fn with_writer<T>(&self, f: impl FnOnce(&mut WriterState) -> Result<T>) -> Result<T> {
+        let mut w = lock(&self.writer);
+        if let Some(p) = &w.poisoned {
+            return Err(StorageError::Poisoned(p.clone()));
+        }
+        f(&mut w)
+    }
+
+    /// Writes `batch` (which must include the new meta state) and installs `meta`; a failed
+    /// write poisons the store.
+    fn commit_batch(&self, w: &mut WriterState, batch: WriteBatch, meta: MetaState) -> Result<()> {
+        match self.write_batch(batch, self.sync) {
+            Ok(()) => {
+                w.meta = meta;
+                Ok(())
+            }
+            Err(e) => {
+                w.poisoned = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    // ---- group commit ----------------------------------------------------------------
+
+    /// Queues a commit or apply and waits for its result. The first waiter that finds no
+    /// leader becomes the leader: it takes the whole queue, writes it as one batch with one
+    /// fsync, hands every request its result, and wakes the others.
+    fn submit(&self, req: Request) -> Result<ApplyOutcome> {
+        let mut q = lock(&self.queue);
+        let id = q.next_id;
+        q.next_id += 1;
+        q.pending.push((id, req));
+        loop {
+            if let Some(r) = q.done.remove(&id) {
+                return r;
+            }
+            if !q.leader {
+                q.leader = true;
+                let batch = std::mem::take(&mut q.pending);
+                drop(q);
+                let mut guard = LeaderGuard {
+                    store: self,
+                    armed: true,
+                };
+                let results = self.run_group(batch);
+                q = lock(&self.queue);
+                q.done.extend(results);
+                q.leader = false;
+                guard.armed = false;
+                self.queue_cv.notify_all();
+                continue;
+            }
+            q = self
+                .queue_cv
+                .wait(q)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn run_group(&self, mut reqs: Vec<(u64, Request)>) -> Vec<(u64, Result<ApplyOutcome>)> {
+        // Tid order inside the group, so that concurrent committers that drew increasing
+        // tids do not fail because they queued in another order.
+        reqs.sort_by_key(|(_, r)| r.txn().tid);
+        let mut w = lock(&self.writer);
+        if let Some(p) = &w.poisoned {
+            let p = p.clone();
+            return reqs
+                .into_iter()
+                .map(|(id, _)| (id, Err(StorageError::Poisoned(p.clone()))))
+                .collect();
+        }
+        let mut group = Group {
+            meta: w.meta.clone(),
+            batch: WriteBatch::default(),
+            serials: BTreeMap::new(),
+            txns: BTreeMap::new(),
+        };
+        let mut results = Vec::with_capacity(reqs.len());
+        let mut applied = Vec::new();
+        for (id, req) in &reqs {
+            let r = self.group_one(&mut group, req);
+            if matches!(r, Ok(ApplyOutcome::Applied)) {
+                applied.push(results.len());
+            }
+            results.push((*id, r));
+        }
+        if !applied.is_empty() {
+            let meta_cf = match self.cf(CF_META) {
+                Ok(cf) => cf,
+                Err(e) => {
+                    for i in applied {
+                        results[i].1 = Err(e.clone());
+                    }
+                    return results;
+                }
+            };
+            group
+                .batch
+                .put_cf(meta_cf, keys::META_STATE, group.meta.encode());
+            if let Err(e) = self.commit_batch(&mut w, group.batch, group.meta) {
+                for i in applied {
+                    results[i].1 = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+
+    fn group_one(&self, g: &mut Group, req: &Request) -> Result<ApplyOutcome> {
+        let txn = req.txn();
+        validate_txn(txn)?;
+        check_no_fill(&g.meta)?;
+        match req {
+            Request::Commit(_) => {
+                if txn.tid <= g.meta.last {
+                    return Err(StorageError::NonIncreasingTid {
+                        tid: txn.tid,
+                        last: g.meta.last,
+                    });
+                }
+                for r in &txn.records {
+                    if let Some(expected) = r.expected_serial {
+                        let actual = match g.serials.get(&r.oid) {
+                            Some(t) => *t,
+                            None => self.current_of(&r.oid)?.map_or(Tid::ZERO, |(t, _)| t),
+                        };
+                        if actual != expected {
+                            return Err(StorageError::Conflict {
+                                oid: r.oid.clone(),
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                }
+            }
+            Request::Apply(prev, _) => {
+                if txn.tid <= g.meta.last {
+                    return match g.txns.get(&txn.tid) {
+                        Some(other) if same_content(other, txn) => Ok(ApplyOutcome::AlreadyPresent),
+                        Some(_) => Err(StorageError::DivergentApply { tid: txn.tid }),
+                        None => self.stored_duplicate(txn, g.meta.last),
+                    };
+                }
+                if *prev != g.meta.last {
+                    return Err(StorageError::Gap {
+                        tid: txn.tid,
+                        prev: *prev,
+                        last: g.meta.last,
+                    });
+                }
+            }
+        }
+        self.put_txn(&mut g.batch, txn)?;
+        for r in &txn.records {
+            g.serials.insert(r.oid.clone(), txn.tid);
+        }
+        g.txns.insert(txn.tid, txn.clone());
+        g.meta.last = txn.tid;
+        Ok(ApplyOutcome::Applied)
+    }
+
+    fn put_txn(&self, b: &mut WriteBatch, txn: &Transaction) -> Result<()> {
+        let (txn_cf, cur_cf, hist_cf) =
+            (self.cf(CF_TXN)?, self.cf(CF_CURRENT)?, self.cf(CF_HISTORY)?);
+        b.put_cf(
+            txn_cf,
+            keys::txn(txn.tid, keys::HEADER_IDX),
+            TxnHeader::of(txn).encode(),
+        );
+        for (i, r) in txn.records.iter().enumerate() {
+            let idx = i as u32 + 1;
+            b.put_cf(
+                txn_cf,
+                keys::txn(txn.tid, idx),
+                encode_record(&r.oid, &r.data),
+            );
+            b.put_cf(cur_cf, r.oid.as_bytes(), encode_current(txn.tid, &r.data));
+            b.put_cf(
+                hist_cf,
+                keys::history(&r.oid, txn.tid),
+                HistoryValue::Ref(idx).encode(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `apply` of a tid at or before the last one: is it stored with the same content?
+    fn stored_duplicate(&self, txn: &Transaction, last: Tid) -> Result<ApplyOutcome> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_TXN)?);
+        it.seek(keys::txn(txn.tid, keys::HEADER_IDX));
+        let present = match it.key() {
+            Some(k) => keys::parse_txn(k)?.0 == txn.tid,
+            None => false,
+        };
+        it.status().map_err(rocks_err)?;
+        if !present {
+            return Err(StorageError::NonIncreasingTid { tid: txn.tid, last });
+        }
+        let (header, stored) = read_txn_at(&mut it, txn.tid)?;
+        let same = header.meta == txn.meta
+            && header.record_count as usize == txn.records.len()
+            && header.digest == crate::codec::txn_digest(txn)
+            && stored.iter().all(|(idx, r)| {
+                txn.records
+                    .get(*idx as usize - 1)
+                    .is_some_and(|t| t.oid == r.oid && t.data == r.data)
+            });
+        if same {
+            Ok(ApplyOutcome::AlreadyPresent)
+        } else {
+            Err(StorageError::DivergentApply { tid: txn.tid })
+        }
+    }
+
+    /// The state a history entry points to.
+    fn resolve(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        oid: &Oid,
+        tid: Tid,
+        value: &[u8],
+    ) -> Result<Option<Bytes>> {
+        let what = || format!("history entry of {oid} at {tid}");
+        match HistoryValue::decode(value, &what)? {
+            HistoryValue::Inline(d) => Ok(d),
+            HistoryValue::Ref(idx) => {
+                let v = snap
+                    .get_pinned_cf(self.cf(CF_TXN)?, keys::txn(tid, idx))
+                    .map_err(rocks_err)?
+                    .ok_or_else(|| {
+                        StorageError::corrupt(format!(
+                            "{}: record {idx} of transaction {tid} is missing",
+                            what()
+                        ))
+                    })?;
+                let rec = decode_record(&v, &|| format!("record {idx} of transaction {tid}"))?;
+                if &rec.oid != oid {
+                    return Err(StorageError::corrupt(format!(
+                        "{}: record {idx} of transaction {tid} is for {}",
+                        what(),
+                        rec.oid
+                    )));
+                }
+                Ok(rec.data)
+            }
+        }
+    }
+
+    /// The newest revision of `oid` with tid `<= at`, from `history`.
+    fn revision_at_or_before(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        oid: &Oid,
+        at: Tid,
+    ) -> Result<Option<Revision>> {
+        let prefix = keys::history_prefix(oid);
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_HISTORY)?, ReadOptions::default());
+        it.seek_for_prev(keys::history(oid, at));
+        let found = match it.item() {
+            Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
+                let (_, tid) = keys::parse_history(k)?;
+                let data = self.resolve(snap, oid, tid, v)?;
+                Some(Revision {
+                    oid: oid.clone(),
+                    tid,
+                    data,
+                })
+            }
+            _ => None,
+        };
+        it.status().map_err(rocks_err)?;
+        Ok(found)
+    }
+}
+
+fn check_no_fill(meta: &MetaState) -> Result<()> {
+    match &meta.fill {
+        None => Ok(()),
+        Some(_) => Err(StorageError::InvalidFill {
+            reason: "a fast-recovery fill is in progress: finish it first".into(),
+        }),
+    }
+}
+
+/// The write batch of one group commit, with what earlier members of the group changed.
+struct Group {
+    meta: MetaState,
+    batch: WriteBatch,
+    /// Serials set by earlier transactions of the group.
+    serials: BTreeMap<Oid, Tid>,
+    /// Transactions accepted earlier in the group (for duplicate applies).
+    txns: BTreeMap<Tid, Transaction>,
+}
+
+/// Reads the transaction whose header is under the iterator; leaves the iterator after its
+/// last record. Returns the header and the remaining records by index.
+fn read_txn_at(
+    it: &mut DBRawIteratorWithThreadMode<'_, DB>,
+    tid: Tid,
+) -> Result<(TxnHeader, Vec<(u32, Record)>)> {
+    let header = match it.item() {
+        Some((k, v)) => {
+            let (t, idx) = keys::parse_txn(k)?;
+            if t != tid || idx != keys::HEADER_IDX {
+                return Err(StorageError::corrupt(format!(
+                    "transaction {t}: record {idx} without a header"
+                )));
+            }
+            TxnHeader::decode(v, &|| format!("header of transaction {tid}"))?
+        }
+        None => {
+            it.status().map_err(rocks_err)?;
+            return Err(StorageError::corrupt(format!(
+                "header of transaction {tid} vanished"
+            )));
+        }
+    };
+    let mut records = Vec::new();
+    it.next();
+    while let Some((k, v)) = it.item() {
+        let (t, idx) = keys::parse_txn(k)?;
+        if t != tid {
+            break;
+        }
+        if idx == keys::HEADER_IDX || idx > header.record_count {
+            return Err(StorageError::corrupt(format!(
+                "transaction {tid}: record index {idx} out of 1..={}",
+                header.record_count
+            )));
+        }
+        records.push((
+            idx,
+            decode_record(v, &|| format!("record {idx} of transaction {tid}"))?,
+        ));
+        it.next();
+    }
+    it.status().map_err(rocks_err)?;
+    Ok((header, records))
+}
+
+/// Streams transactions from the `txn` column family. Holds one transaction at a time.
+struct RocksTxnIter<'a> {
+    it: DBRawIteratorWithThreadMode<'a, DB>,
+    lo: Tid,
+    hi: Tid,
+    direction: Direction,
+    done: bool,
+}
+
+impl RocksTxnIter<'_> {
+    fn step(&mut self) -> Result<Option<Transaction>> {
+        let Some(k) = self.it.key() else {
+            self.it.status().map_err(rocks_err)?;
+            return Ok(None);
+        };
+        let (tid, _) = keys::parse_txn(k)?;
+        if tid < self.lo || tid > self.hi {
+            return Ok(None);
+        }
+        if self.direction == Direction::Reverse {
+            self.it.seek(keys::txn(tid, keys::HEADER_IDX));
+        }
+        let (header, records) = read_txn_at(&mut self.it, tid)?;
+        if self.direction == Direction::Reverse {
+            match tid.0.checked_sub(1) {
+                Some(p) if Tid(p) >= self.lo => self.it.seek_for_prev(keys::txn(Tid(p), u32::MAX)),
+                _ => self.done = true,
+            }
+        }
+        Ok(Some(Transaction {
+            tid,
+            meta: header.meta,
+            records: records.into_iter().map(|(_, r)| r).collect(),
+        }))
+    }
+}
+
+impl Iterator for RocksTxnIter<'_> {
+    type Item = Result<Transaction>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Streams current revisions changed after `since`, in oid order.
+struct RocksFastIter<'a> {
+    it: DBRawIteratorWithThreadMode<'a, DB>,
+    since: Tid,
+    done: bool,
+}
+
+impl RocksFastIter<'_> {
+    fn step(&mut self) -> Result<Option<Revision>> {
+        while let Some((k, v)) = self.it.item() {
+            let oid = Oid::new(Bytes::copy_from_slice(k))
+                .map_err(|_| StorageError::corrupt(format!("current key of {} bytes", k.len())))?;
+            // Peek at the tid before decoding the whole value: unchanged objects are
+            // skipped without copying their state (the checksum is checked when yielded).
+            if v.len() >= 10
+                && u64::from_be_bytes(v[2..10].try_into().unwrap_or([0; 8])) <= self.since.0
+            {
+                self.it.next();
+                continue;
+            }
+            let (tid, data) = decode_current(v, &|| format!("current revision of {oid}"))?;
+            self.it.next();
+            if tid > self.since {
+                return Ok(Some(Revision { oid, tid, data }));
+            }
+        }
+        self.it.status().map_err(rocks_err)?;
+        Ok(None)
+    }
+}
+
+impl Iterator for RocksFastIter<'_> {
+    type Item = Result<Revision>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+struct RocksLostIter<'a> {
+    it: DBRawIteratorWithThreadMode<'a, DB>,
+    done: bool,
+}
+
+impl RocksLostIter<'_> {
+    fn step(&mut self) -> Result<Option<LostTransaction>> {
+        let Some((k, v)) = self.it.item() else {
+            self.it.status().map_err(rocks_err)?;
+            return Ok(None);
+        };
+        let seq = u64::from_be_bytes(
+            k.try_into()
+                .map_err(|_| StorageError::corrupt(format!("lost key of {} bytes", k.len())))?,
+        );
+        let (truncated_after, txn) = decode_lost(v, &|| format!("lost transaction #{seq}"))?;
+        self.it.next();
+        Ok(Some(LostTransaction {
+            seq,
+            truncated_after,
+            txn,
+        }))
+    }
+}
+
+impl Iterator for RocksLostIter<'_> {
+    type Item = Result<LostTransaction>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Storage for RocksStorage {
+    fn last_transaction(&self) -> Result<Tid> {
+        Ok(self.read_meta()?.last)
+    }
+
+    fn horizon(&self) -> Result<Tid> {
+        Ok(self.read_meta()?.horizon)
+    }
+
+    fn load(&self, oid: &Oid) -> Result<Option<Revision>> {
+        Ok(self.current_of(oid)?.map(|(tid, data)| Revision {
+            oid: oid.clone(),
+            tid,
+            data,
+        }))
+    }
+
+    fn load_before(&self, oid: &Oid, tid: Tid) -> Result<Option<Revision>> {
+        let snap = self.db.snapshot();
+        let meta_v = snap
+            .get_pinned_cf(self.cf(CF_META)?, keys::META_STATE)
+            .map_err(rocks_err)?
+            .ok_or_else(|| StorageError::corrupt("meta state is missing"))?;
+        let meta = MetaState::decode(&meta_v)?;
+        check_load_before(meta.horizon, tid)?;
+        match tid.0.checked_sub(1) {
+            None => Ok(None),
+            Some(at) => self.revision_at_or_before(&snap, oid, Tid(at)),
+        }
+    }
+
+    fn history(&self, oid: &Oid, n: usize) -> Result<Vec<Revision>> {
+        let snap = self.db.snapshot();
+        let prefix = keys::history_prefix(oid);
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_HISTORY)?, ReadOptions::default());
+        it.seek_for_prev(keys::history(oid, Tid::MAX));
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some((k, v)) = it.item() else { break };
+            if !(k.starts_with(&prefix) && k.len() == prefix.len() + 8) {
+                break;
+            }
+            let (_, tid) = keys::parse_history(k)?;
+            let data = self.resolve(&snap, oid, tid, v)?;
+            out.push(Revision {
+                oid: oid.clone(),
+                tid,
+                data,
+            });
+            it.prev();
+        }
+        it.status().map_err(rocks_err)?;
+        Ok(out)
+    }
+
+    fn iter(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>> {
+        // The iterator is created under the writer lock, so the horizon it was checked
+        // against and its implicit snapshot agree.
+        let w = lock(&self.writer);
+        iter_is_truncated(w.meta.horizon, &range)?;
+        let (lo, hi) = range.bounds();
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_TXN)?, Self::scan_opts());
+        drop(w);
+        match direction {
+            Direction::Forward => it.seek(keys::txn(lo, keys::HEADER_IDX)),
+            Direction::Reverse => it.seek_for_prev(keys::txn(hi, u32::MAX)),
+        }
+        Ok(Box::new(RocksTxnIter {
+            it,
+            lo,
+            hi,
+            direction,
+            done: lo > hi,
+        }))
+    }
+
+    fn commit(&self, txn: &Transaction) -> Result<()> {
+        self.submit(Request::Commit(txn.clone())).map(|_| ())
+    }
+
+    fn apply(&self, prev: Tid, txn: &Transaction) -> Result<ApplyOutcome> {
+        self.submit(Request::Apply(prev, txn.clone()))
+    }
+
+    fn fast_recovery(&self, since: Tid, after: Option<&Oid>) -> Result<FastRecovery<'_>> {
+        let w = lock(&self.writer);
+        check_no_fill(&w.meta)?;
+        let consistent_at = w.meta.last;
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_CURRENT)?, Self::scan_opts());
+        drop(w);
+        match after {
+            None => it.seek_to_first(),
+            Some(a) => {
+                it.seek(a.as_bytes());
+                if it.key() == Some(a.as_bytes()) {
+                    it.next();
+                }
+            }
+        }
+        Ok(FastRecovery {
+            consistent_at,
+            revisions: Box::new(RocksFastIter {
+                it,
+                since,
+                done: false,
+            }),
+        })
+    }
+
+    fn fill(&self, revisions: &[Revision]) -> Result<()> {
+        self.with_writer(|w| {
+            for r in revisions {
+                check_fill_revision(r, w.meta.last)?;
+            }
+            let (cur_cf, hist_cf, meta_cf) = (
+                self.cf(CF_CURRENT)?,
+                self.cf(CF_HISTORY)?,
+                self.cf(CF_META)?,
+            );
+            let mut meta = w.meta.clone();
+            let (mut last_oid, mut tid_max) = meta.fill.clone().unwrap_or_default();
+            let mut serials: BTreeMap<&Oid, Tid> = BTreeMap::new();
+            let mut b = WriteBatch::default();
+            for r in revisions {
+                let cur = match serials.get(&r.oid) {
+                    Some(t) => *t,
+                    None => self.current_of(&r.oid)?.map_or(Tid::ZERO, |(t, _)| t),
+                };
+                if r.tid >= cur {
+                    b.put_cf(cur_cf, r.oid.as_bytes(), encode_current(r.tid, &r.data));
+                    serials.insert(&r.oid, r.tid);
+                }
+                b.put_cf(
+                    hist_cf,
+                    keys::history(&r.oid, r.tid),
+                    HistoryValue::Inline(r.data.clone()).encode(),
+                );
+                last_oid = last_oid.max(r.oid.clone());
+                tid_max = tid_max.max(r.tid);
+            }
+            if revisions.is_empty() && meta.fill.is_none() {
+                return Ok(());
+            }
+            meta.fill = Some((last_oid, tid_max));
+            b.put_cf(meta_cf, keys::META_STATE, meta.encode());
+            self.commit_batch(w, b, meta)
+        })
+    }
+
+    fn fill_progress(&self) -> Result<Option<FillProgress>> {
+        Ok(self
+            .read_meta()?
+            .fill
+            .map(|(last_oid, tid_max)| FillProgress { last_oid, tid_max }))
+    }
+
+    fn fill_finish(&self, consistent_at: Tid) -> Result<()> {
+        self.with_writer(|w| {
+            check_fill_finish(&w.meta, consistent_at)?;
+            let mut meta = w.meta.clone();
+            finish_meta(&mut meta, consistent_at);
+            let mut b = WriteBatch::default();
+            b.put_cf(self.cf(CF_META)?, keys::META_STATE, meta.encode());
+            self.commit_batch(w, b, meta)
+        })
+    }
+
+    fn truncate_after(&self, tid: Tid) -> Result<Vec<Tid>> {
+        self.with_writer(|w| {
+            check_no_fill(&w.meta)?;
+            if tid >= w.meta.last {
+                return Ok(Vec::new());
+            }
+            check_horizon(w.meta.horizon, tid)?;
+            let (txn_cf, cur_cf, hist_cf, lost_cf, meta_cf) = (
+                self.cf(CF_TXN)?,
+                self.cf(CF_CURRENT)?,
+                self.cf(CF_HISTORY)?,
+                self.cf(CF_LOST)?,
+                self.cf(CF_META)?,
+            );
+            let mut meta = w.meta.clone();
+            let mut b = WriteBatch::default();
+            let mut removed = Vec::new();
+            let mut touched = BTreeSet::new();
+            let mut it = self.db.raw_iterator_cf_opt(txn_cf, Self::scan_opts());
+            let first = Tid(tid.0 + 1);
+            it.seek(keys::txn(first, keys::HEADER_IDX));
+            while let Some(k) = it.key() {
+                let (t, _) = keys::parse_txn(k)?;
+                let (header, records) = read_txn_at(&mut it, t)?;
+                b.delete_cf(txn_cf, keys::txn(t, keys::HEADER_IDX));
+                for (idx, r) in &records {
+                    b.delete_cf(txn_cf, keys::txn(t, *idx));
+                    b.delete_cf(hist_cf, keys::history(&r.oid, t));
+                    touched.insert(r.oid.clone());
+                }
+                let txn = Transaction {
+                    tid: t,
+                    meta: header.meta,
+                    records: records.into_iter().map(|(_, r)| r).collect(),
+                };
+                b.put_cf(
+                    lost_cf,
+                    keys::lost(meta.lost_seq_next),
+                    encode_lost(tid, &txn),
+                );
+                meta.lost_seq_next += 1;
+                removed.push(t);
+            }
+            it.status().map_err(rocks_err)?;
+            // The current revision of every touched object goes back to its newest
+            // revision at or before `tid` (read from the state before this batch).
+            let snap = self.db.snapshot();
+            for oid in &touched {
+                match self.revision_at_or_before(&snap, oid, tid)? {
+                    Some(r) => b.put_cf(cur_cf, oid.as_bytes(), encode_current(r.tid, &r.data)),
+                    None => b.delete_cf(cur_cf, oid.as_bytes()),
+                }
+            }
+            drop(snap);
+            let mut it = self.db.raw_iterator_cf(txn_cf);
+            it.seek_for_prev(keys::txn(tid, u32::MAX));
+            let newest = match it.key() {
+                Some(k) => keys::parse_txn(k)?.0,
+                None => Tid::ZERO,
+            };
+            it.status().map_err(rocks_err)?;
+            meta.last = newest.max(meta.fill_tid);
+            b.put_cf(meta_cf, keys::META_STATE, meta.encode());
+            self.commit_batch(w, b, meta)?;
+            Ok(removed)
+        })
+    }
+
+    fn lost_transactions(&self) -> Result<LostIter<'_>> {
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_LOST)?, Self::scan_opts());
+        it.seek_to_first();
+        Ok(Box::new(RocksLostIter { it, done: false }))
+    }
+
+    fn pack(&self, before: Tid) -> Result<PackStats> {
+        self.with_writer(|w| {
+            check_no_fill(&w.meta)?;
+            let b_tid = pack_bound(before, w.meta.last);
+            if b_tid == Tid::ZERO {
+                return Ok(PackStats {
+                    revisions_removed: 0,
+                    horizon: w.meta.horizon,
+                });
+            }
+            let (txn_cf, hist_cf, meta_cf) =
+                (self.cf(CF_TXN)?, self.cf(CF_HISTORY)?, self.cf(CF_META)?);
+            // The horizon moves first (it only makes answers stricter), then the deletes
+            // follow in bounded batches: a crash in between leaves a consistent store.
+            let new_horizon = w.meta.horizon.max(Tid(b_tid.0 - 1));
+            if new_horizon != w.meta.horizon {
+                let mut meta = w.meta.clone();
+                meta.horizon = new_horizon;
+                let mut b = WriteBatch::default();
+                b.put_cf(meta_cf, keys::META_STATE, meta.encode());
+                self.commit_batch(w, b, meta)?;
+            }
+            let mut removed = 0u64;
+            let mut batch = WriteBatch::default();
+            let mut it = self.db.raw_iterator_cf_opt(hist_cf, Self::scan_opts());
+            it.seek_to_first();
+            // Revisions older than `b_tid` of the oid being scanned: (tid, key, value).
+            let mut group: Vec<(Tid, Vec<u8>, HistoryValue)> = Vec::new();
+            let mut group_oid: Option<Oid> = None;
+            loop {
+                let item = match it.item() {
+                    Some((k, v)) => {
+                        let (oid, tid) = keys::parse_history(k)?;
+                        Some((oid, tid, k.to_vec(), v))
+                    }
+                    None => None,
+                };
+                let next_oid = item.as_ref().map(|(o, ..)| o.clone());
+                if next_oid != group_oid {
+                    // Keep the newest revision before the bound; drop the older ones.
+                    if group.len() > 1 {
+                        group.pop();
+                        for (tid, key, hv) in group.drain(..) {
+                            batch.delete_cf(hist_cf, key);
+                            if let HistoryValue::Ref(idx) = hv {
+                                batch.delete_cf(txn_cf, keys::txn(tid, idx));
+                            }
+                            removed += 1;
+                        }
+                        if batch.len() >= PACK_BATCH_OPS {
+                            let full = std::mem::take(&mut batch);
+                            self.write_batch(full, self.sync)?;
+                        }
+                    }
+                    group.clear();
+                    group_oid = next_oid;
+                }
+                let Some((oid, tid, key, v)) = item else {
+                    break;
+                };
+                if tid < b_tid {
+                    let hv =
+                        HistoryValue::decode(v, &|| format!("history entry of {oid} at {tid}"))?;
+                    group.push((tid, key, hv));
+                }
+                it.next();
+            }
+            it.status().map_err(rocks_err)?;
+            if !batch.is_empty() {
+                self.write_batch(batch, self.sync)?;
+            }
+            Ok(PackStats {
+                revisions_removed: removed,
+                horizon: new_horizon,
+            })
+        })
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<Tid> {
+        self.with_writer(|w| {
+            let cp = Checkpoint::new(&self.db).map_err(rocks_err)?;
+            cp.create_checkpoint(dir).map_err(rocks_err)?;
+            Ok(w.meta.last)
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(rocks_err)
+    }
+}

@@ -1,0 +1,311 @@
+//! RocksDB-only tests: corruption, checkpoints, and the SIGKILL crash test.
+#![cfg(feature = "rocksdb")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use storage::testing::suite::{oid, txn};
+use storage::{
+    Direction, Record, RocksOptions, RocksStorage, Storage, StorageError, Tid, TidRange,
+    Transaction, TxnMeta,
+};
+
+fn opts(sync: bool) -> RocksOptions {
+    RocksOptions {
+        sync,
+        block_cache_bytes: 4 << 20,
+    }
+}
+
+fn raw_db(path: &std::path::Path) -> rocksdb::DB {
+    let cfs = ["txn", "current", "history", "lost", "meta"];
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), path, cfs).unwrap()
+}
+
+#[test]
+fn corrupt_values_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+    s.commit(&txn(1, &[(1, Some("hello")), (2, Some("world"))]))
+        .unwrap();
+    s.commit(&txn(2, &[(1, Some("again"))])).unwrap();
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        // Flip a byte of oid 1's current revision.
+        let cur = db.cf_handle("current").unwrap();
+        let mut v = db.get_cf(cur, oid(1).as_bytes()).unwrap().unwrap();
+        let n = v.len();
+        v[n - 6] ^= 0x40;
+        db.put_cf(cur, oid(1).as_bytes(), v).unwrap();
+        // Truncate oid 2's current revision.
+        let v = db.get_cf(cur, oid(2).as_bytes()).unwrap().unwrap();
+        db.put_cf(cur, oid(2).as_bytes(), &v[..v.len() - 3])
+            .unwrap();
+        // Replace record 1 of transaction 1 with a value of another format version.
+        let txn_cf = db.cf_handle("txn").unwrap();
+        let mut key = 1u64.to_be_bytes().to_vec();
+        key.extend_from_slice(&1u32.to_be_bytes());
+        let mut v = db.get_cf(txn_cf, &key).unwrap().unwrap();
+        v[0] = 42;
+        let n = v.len();
+        let crc = crc32fast::hash(&v[..n - 4]);
+        v[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        db.put_cf(txn_cf, &key, v).unwrap();
+    }
+    let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+    let e = s.load(&oid(1)).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt { what } if what.contains("checksum")),
+        "{e}"
+    );
+    let e = s.load(&oid(2)).unwrap_err();
+    assert!(matches!(&e, StorageError::Corrupt { .. }), "{e}");
+    let e = s.load_before(&oid(1), Tid(2)).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt { what } if what.contains("format version 42")),
+        "{e}"
+    );
+    let r: Result<Vec<_>, _> = s.iter(TidRange::ALL, Direction::Forward).unwrap().collect();
+    assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    let r: Result<Vec<_>, _> = s.iter(TidRange::ALL, Direction::Reverse).unwrap().collect();
+    assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    let r: Result<Vec<_>, _> = s
+        .fast_recovery(Tid::ZERO, None)
+        .unwrap()
+        .revisions
+        .collect();
+    assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    // Readable data stays readable.
+    assert_eq!(s.history(&oid(1), 1).unwrap()[0].tid, Tid(2));
+}
+
+#[test]
+fn foreign_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(
+            &o,
+            dir.path(),
+            ["txn", "current", "history", "lost", "meta"],
+        )
+        .unwrap();
+        db.put_cf(db.cf_handle("current").unwrap(), b"x", b"not ours")
+            .unwrap();
+    }
+    let e = RocksStorage::open(dir.path(), opts(true)).unwrap_err();
+    assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+    // A database with other column families does not open either.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        rocksdb::DB::open_cf(&o, dir.path(), ["other"]).unwrap();
+    }
+    assert!(RocksStorage::open(dir.path(), opts(true)).is_err());
+}
+
+#[test]
+fn checkpoint_opens_as_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path().join("a"), opts(true)).unwrap();
+    for t in 1..=50u64 {
+        s.commit(&txn(t, &[(t % 5, Some("v")), (100 + t, Some("w"))]))
+            .unwrap();
+    }
+    let cp = dir.path().join("cp");
+    assert_eq!(s.checkpoint(&cp).unwrap(), Tid(50));
+    s.commit(&txn(51, &[(1, Some("after"))])).unwrap();
+    let c = RocksStorage::open(&cp, opts(true)).unwrap();
+    assert_eq!(c.last_transaction().unwrap(), Tid(50));
+    assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(46));
+    let a: Vec<Transaction> = s
+        .iter(TidRange::new(None, Some(Tid(50))), Direction::Forward)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let b: Vec<Transaction> = c
+        .iter(TidRange::ALL, Direction::Forward)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(a, b);
+    // The checkpoint is a store of its own: it follows the primary with apply.
+    let t51 = s
+        .iter(TidRange::after(Tid(50)), Direction::Forward)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    c.apply(Tid(50), &t51).unwrap();
+    assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(51));
+}
+
+// ---- crash test ----------------------------------------------------------------------
+
+const CHILD_ENV: &str = "STORAGE_CRASH_CHILD_DIR";
+const RECORDS: u64 = 10;
+
+fn crash_txn(tid: u64) -> Transaction {
+    Transaction {
+        tid: Tid(tid),
+        meta: TxnMeta {
+            user: Bytes::from_static(b"crash"),
+            description: Bytes::from(format!("commit {tid}")),
+            extension: Bytes::new(),
+            time: tid,
+        },
+        records: (0..RECORDS)
+            .map(|i| Record {
+                // Objects are shared between transactions so current revisions move.
+                oid: oid((tid * 7 + i) % 64),
+                data: Some(Bytes::from(vec![
+                    (tid + i) as u8;
+                    200 + (tid % 300) as usize
+                ])),
+                expected_serial: None,
+            })
+            .collect(),
+    }
+}
+
+/// The child: commits consecutive tids with sync on, printing each one after it returned.
+/// Does nothing unless started by `sigkill_never_loses_a_returned_commit`.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let s = RocksStorage::open(&dir, opts(true)).unwrap();
+    let tid = s.last_transaction().unwrap().0;
+    // Concurrent committers, so that the kill also lands inside group commits.
+    let next = std::sync::atomic::AtomicU64::new(tid + 1);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| loop {
+                let t = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match s.commit(&crash_txn(t)) {
+                    Ok(()) => println!("COMMITTED {t}"),
+                    Err(StorageError::NonIncreasingTid { .. }) => println!("SKIPPED {t}"),
+                    Err(e) => panic!("commit {t}: {e}"),
+                }
+            });
+        }
+    });
+}
+
+fn rng_next(state: &mut u64) -> u64 {
+    // SplitMix64.
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn sigkill_never_loses_a_returned_commit() {
+    let seed: u64 = std::env::var("STORAGE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut rng = seed;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut reported_all = std::collections::BTreeSet::new();
+    for round in 0..6 {
+        // Kill after a random number of returned commits: the kill lands at a random point
+        // of the commit loop without any sleeping.
+        let kill_after = 1 + rng_next(&mut rng) % 150;
+        let mut child = Command::new(&exe)
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(t) = line.strip_prefix("COMMITTED ") {
+                    if let Ok(t) = t.trim().parse::<u64>() {
+                        if tx.send(t).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let mut reported = Vec::new();
+        while (reported.len() as u64) < kill_after {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(t) => reported.push(t),
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!(
+                        "round {round}: child stalled after {} commits: {e}",
+                        reported.len()
+                    );
+                }
+            }
+        }
+        // SIGKILL by pid (std's Child::kill sends SIGKILL on Unix).
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        reported.extend(rx.try_iter());
+        reported_all.extend(reported.iter().copied());
+
+        let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+        let last = s.last_transaction().unwrap();
+        let stored: Vec<Transaction> = s
+            .iter(TidRange::ALL, Direction::Forward)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let stored_tids: std::collections::BTreeSet<u64> = stored.iter().map(|t| t.tid.0).collect();
+        for t in &reported_all {
+            assert!(
+                stored_tids.contains(t),
+                "round {round} (seed {seed}): commit {t} returned but is gone"
+            );
+        }
+        // Nothing half there: every stored transaction is whole and correct, and the
+        // current revisions are those of the newest stored transactions.
+        let mut expect_current = std::collections::BTreeMap::new();
+        for t in &stored {
+            assert_eq!(
+                t,
+                &crash_txn(t.tid.0),
+                "round {round}: transaction {} differs",
+                t.tid
+            );
+            for r in &t.records {
+                expect_current.insert(r.oid.clone(), (t.tid, r.data.clone()));
+            }
+        }
+        assert_eq!(last, stored.last().map_or(Tid::ZERO, |t| t.tid));
+        for (o, (tid, data)) in &expect_current {
+            let cur = s.load(o).unwrap().unwrap();
+            assert_eq!(
+                (&cur.tid, &cur.data),
+                (tid, data),
+                "round {round}: current of {o}"
+            );
+        }
+        eprintln!(
+            "round {round}: killed after {} reported commits; {} stored, last {last}",
+            reported.len(),
+            stored.len()
+        );
+    }
+}
