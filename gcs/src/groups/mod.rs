@@ -197,3 +197,9 @@ pub enum DaemonOutput {
     /// The ring installed a daemon view (for logs and monitoring; sessions see group views).
     DaemonView(View),
 }
+
+/// Checks that a delivered ring payload is a well-formed group-layer message (for fuzzing and
+/// diagnostics); the daemon itself counts and drops malformed ones.
+pub fn validate_payload(payload: &bytes::Bytes) -> Result<(), DecodeError> {
+    codec::decode(payload).map(|_| ())
+}
