@@ -1,7 +1,7 @@
 //! One daemon of a throughput / latency benchmark. Run one per host (or network namespace):
 //!
 //! ```text
-//! gcs-bench --config cluster.toml --id 0 --size 1024 --senders 0,1,2 --duration 5 --service agreed
+//! gcs-bench --config cluster.toml --id 0 --size 1024 --senders 0,1,2 --duration 5 --service agreed [--key FILE]
 //! ```
 //!
 //! Every process waits for a view holding all `--expect` daemons, the senders multicast as fast as
@@ -10,8 +10,8 @@
 //! in the payload; processes on one machine share its clock). Prints one `RESULT` line.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use gcs::net::{ClusterConfig, Event, Gcs};
-use gcs::{Service, ViewKind};
+use gcs::net::{ClusterConfig, Event, Gcs, Security};
+use gcs::{ClusterKey, Service, ViewKind};
 use std::time::Duration;
 
 struct Args {
@@ -24,6 +24,7 @@ struct Args {
     rate: u64,
     service: Service,
     expect: usize,
+    key: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -37,6 +38,7 @@ fn parse() -> Result<Args, String> {
         rate: 0,
         service: Service::Agreed,
         expect: 0,
+        key: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,6 +62,7 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = v.parse().map_err(|e| bad(&e))?,
             "--rate" => a.rate = v.parse().map_err(|e| bad(&e))?,
             "--expect" => a.expect = v.parse().map_err(|e| bad(&e))?,
+            "--key" => a.key = Some(v),
             "--service" => {
                 a.service = match v.as_str() {
                     "agreed" => Service::Agreed,
@@ -117,7 +120,22 @@ async fn main() {
     } else {
         a.expect
     };
-    let (gcs, mut events) = match Gcs::start(cluster, a.id, 1 << 16).await {
+    let security = match &a.key {
+        Some(f) => {
+            let key = std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| ClusterKey::from_key_file(&t).map_err(|e| e.to_string()));
+            match key {
+                Ok(key) => Security::Key { id: 1, key },
+                Err(e) => {
+                    eprintln!("gcs-bench: key {f}: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        None => Security::Plaintext,
+    };
+    let (gcs, mut events) = match Gcs::start_with(cluster, a.id, security, 1 << 16).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("gcs-bench: {e}");
