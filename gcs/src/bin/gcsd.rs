@@ -8,7 +8,8 @@
 //!      [--backlog-bytes N] [--max-sessions N] [--insecure]
 //! ```
 //!
-//! - `--key` is a cluster key made by `gcs-keygen` (the same file on every daemon); `--insecure`
+//! - `--key` is a cluster key made by `gcs-keygen` (the same file on every daemon; or `key_file`
+//!   in the cluster configuration); `--insecure`
 //!   instead sends plaintext datagrams (tests on a trusted loopback only).
 //! - The Unix socket's permissions are its authentication (default 0600; `--unix-mode 660` lets
 //!   the owner's group in). TCP clients must present the token of `--token-file` (one line).
@@ -96,8 +97,8 @@ fn parse() -> Result<Args, String> {
     if a.id == u32::MAX {
         return Err("--id is required".into());
     }
-    if a.key.is_some() == a.insecure {
-        return Err("give exactly one of --key FILE and --insecure".into());
+    if a.key.is_some() && a.insecure {
+        return Err("give at most one of --key FILE and --insecure".into());
     }
     if a.unix.is_none() && a.tcp.is_none() {
         return Err("give --unix PATH and/or --tcp ADDR".into());
@@ -160,7 +161,14 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let cluster = ClusterConfig::from_file(&args.config).map_err(|e| e.to_string())?;
-    let security = match &args.key {
+    let key_file = args.key.clone().or_else(|| cluster.key_file.clone());
+    if key_file.is_none() && !args.insecure {
+        return Err(
+            "no cluster key: give --key FILE, set key_file in the configuration, or --insecure"
+                .into(),
+        );
+    }
+    let security = match &key_file {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -1,6 +1,8 @@
 //! Cluster configuration for real networks, from a TOML file or from code.
 //!
 //! ```toml
+//! key_file = "cluster.key"    # optional: the cluster key (gcs-keygen), relative to this file
+//!
 //! # Every daemon of the cluster: its id (stable across restarts) and UDP address.
 //! [[daemon]]
 //! id = 0
@@ -116,6 +118,10 @@ impl Default for SocketSection {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// The cluster key file (made by `gcs-keygen`), relative to the configuration file's
+    /// directory unless absolute. `gcsd --key` overrides it.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
     /// Every daemon, by id.
     #[serde(rename = "daemon")]
     pub daemons: Vec<DaemonAddr>,
@@ -153,7 +159,13 @@ impl ClusterConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut c = Self::from_toml(&text)?;
+        if let (Some(k), Some(dir)) = (c.key_file.as_mut(), path.parent()) {
+            if k.is_relative() {
+                *k = dir.join(&*k);
+            }
+        }
+        Ok(c)
     }
 
     /// Parses and validates TOML text.
@@ -167,6 +179,7 @@ impl ClusterConfig {
     /// A cluster of `addrs`, ids 0.., default parameters.
     pub fn from_addrs(addrs: &[SocketAddr]) -> ClusterConfig {
         ClusterConfig {
+            key_file: None,
             daemons: addrs
                 .iter()
                 .enumerate()
@@ -242,6 +255,21 @@ mod tests {
         let c = ClusterConfig::from_toml(&toml).unwrap();
         assert_eq!(c.daemons.len(), 2);
         assert_eq!(c.protocol().token_timeout, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn a_relative_key_file_is_found_beside_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("gcs-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(
+            &path,
+            "key_file = \"cluster.key\"\n[[daemon]]\nid = 0\naddr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let c = ClusterConfig::from_file(&path).unwrap();
+        assert_eq!(c.key_file, Some(dir.join("cluster.key")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
