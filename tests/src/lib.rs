@@ -149,3 +149,51 @@ pub fn wall_us() -> u64 {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
+
+/// Rebuilds a run from the logs of `gcs-probe` processes (`(log file, killed at)`) and judges it
+/// with the simulator's checkers: panics naming the violations, or if fewer than
+/// `min_deliveries` messages were delivered in all (a run that did nothing proves nothing).
+pub fn check_probe_logs(
+    logs: &[(std::path::PathBuf, Option<Time>)],
+    calm_from: Time,
+    sends_until: Time,
+    end: Time,
+    min_deliveries: usize,
+) {
+    let mut h = History {
+        calm_from: Some(calm_from),
+        sends_until,
+        end,
+        ..History::default()
+    };
+    for (path, killed) in logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (id, events) = parse_probe_log(&text, *killed)
+            .unwrap_or_else(|| panic!("{} is not a probe log", path.display()));
+        h.procs.insert(id, events);
+    }
+    let delivered = h
+        .procs
+        .values()
+        .flatten()
+        .filter(|e| matches!(e, HEvent::Delivered { .. }))
+        .count();
+    let dir = logs
+        .first()
+        .and_then(|(p, _)| p.parent())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    assert!(
+        delivered >= min_deliveries,
+        "only {delivered} deliveries (logs in {dir})"
+    );
+    let v = sim::checkers::check_all(&h);
+    assert!(
+        v.is_empty(),
+        "logs in {dir}:\n{}",
+        v.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

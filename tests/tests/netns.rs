@@ -4,11 +4,10 @@
 //! says so and is counted as skipped by its message (it does not pretend to have run).
 
 use gcs::Time;
-use sim::history::History;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tests::{parse_probe_log, wall_us};
+use tests::{check_probe_logs, wall_us};
 
 /// The tests share one harness cluster name: they take turns.
 static HARNESS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -157,36 +156,11 @@ fn five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs() {
             .args(["-KILL", &pid.to_string()])
             .status();
     }
-    let mut hist = History::default();
-    for (_, log, killed) in &procs {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let (id, events) = parse_probe_log(&text, *killed).expect("probe log");
-        hist.procs.insert(id, events);
-    }
-    hist.calm_from = Some(calm_from);
-    hist.sends_until = Time(send_until);
-    hist.end = Time(until);
-    let delivered: usize = hist
-        .procs
-        .values()
-        .flatten()
-        .filter(|e| matches!(e, sim::history::Event::Delivered { .. }))
-        .count();
-    assert!(
-        delivered > 5_000,
-        "only {delivered} deliveries (logs in {})",
-        dir.display()
-    );
-    let v = sim::checkers::check_all(&hist);
-    assert!(
-        v.is_empty(),
-        "logs in {}:\n{}",
-        dir.display(),
-        v.iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let logs: Vec<_> = procs
+        .iter()
+        .map(|(_, log, killed)| (log.clone(), *killed))
+        .collect();
+    check_probe_logs(&logs, calm_from, Time(send_until), Time(until), 5_000);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -220,38 +194,12 @@ fn three_hosts_with_ip_multicast_form_a_ring_and_deliver() {
         .map(|n| start(&h, &dir, n, "a", send_until, until))
         .collect();
     sleep_until_us(until + 2 * s);
-    let mut hist = History::default();
-    for (pid, log) in &procs {
+    for (pid, _) in &procs {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let (id, events) = parse_probe_log(&text, None).expect("probe log");
-        hist.procs.insert(id, events);
     }
-    hist.calm_from = Some(Time(t0));
-    hist.sends_until = Time(send_until);
-    hist.end = Time(until);
-    let delivered: usize = hist
-        .procs
-        .values()
-        .flatten()
-        .filter(|e| matches!(e, sim::history::Event::Delivered { .. }))
-        .count();
-    assert!(
-        delivered > 2_000,
-        "only {delivered} deliveries (logs in {})",
-        dir.display()
-    );
-    let v = sim::checkers::check_all(&hist);
-    assert!(
-        v.is_empty(),
-        "logs in {}:\n{}",
-        dir.display(),
-        v.iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let logs: Vec<_> = procs.iter().map(|(_, log)| (log.clone(), None)).collect();
+    check_probe_logs(&logs, Time(t0), Time(send_until), Time(until), 2_000);
     let _ = std::fs::remove_dir_all(&dir);
 }

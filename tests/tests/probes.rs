@@ -3,10 +3,9 @@
 //! processes logged.
 
 use gcs::Time;
-use sim::history::History;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tests::{parse_probe_log, wall_us};
+use tests::{check_probe_logs, wall_us};
 
 struct Probe {
     child: Child,
@@ -91,32 +90,11 @@ fn five_daemon_processes_survive_kill_pause_and_restart_with_evs_intact() {
         }
         let _ = p.child.wait();
     }
-    let mut h = History::default();
-    for p in &probes {
-        let text = std::fs::read_to_string(&p.log).unwrap();
-        let (id, log) = parse_probe_log(&text, p.killed_at).expect("probe log");
-        h.procs.insert(id, log);
-    }
-    h.calm_from = Some(calm_from);
-    h.sends_until = Time(send_until);
-    h.end = Time(until);
-    let delivered: usize = h
-        .procs
-        .values()
-        .flatten()
-        .filter(|e| matches!(e, sim::history::Event::Delivered { .. }))
-        .count();
-    assert!(delivered > 5_000, "only {delivered} deliveries");
-    let v = sim::checkers::check_all(&h);
-    assert!(
-        v.is_empty(),
-        "logs in {}:\n{}",
-        dir.display(),
-        v.iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let logs: Vec<_> = probes
+        .iter()
+        .map(|p| (p.log.clone(), p.killed_at))
+        .collect();
+    check_probe_logs(&logs, calm_from, Time(send_until), Time(until), 5_000);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
