@@ -11,7 +11,7 @@ use crate::prng::Prng;
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{Dest, Node, Output, ProcId, Service, Time};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
 /// Receives one trace line per simulated event.
@@ -633,19 +633,4 @@ pub fn decode_payload(p: &[u8], claimed_sender: ProcId) -> (MsgId, bool) {
             .enumerate()
             .all(|(k, b)| *b == seed.wrapping_add((k + MSG_HEADER) as u64) as u8);
     (msg, ok)
-}
-
-/// Per-process view of a run, for tests that want to look inside.
-pub fn deliveries(h: &History) -> BTreeMap<ProcId, usize> {
-    h.procs
-        .iter()
-        .map(|(p, log)| {
-            (
-                *p,
-                log.iter()
-                    .filter(|e| matches!(e, HEvent::Delivered { .. }))
-                    .count(),
-            )
-        })
-        .collect()
 }

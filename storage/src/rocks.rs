@@ -655,16 +655,22 @@ impl Iterator for RocksTxnIter<'_> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(t)) => Some(Ok(t)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
+        let r = self.step();
+        fuse(&mut self.done, r)
+    }
+}
+
+/// One step of a streaming iterator: an item, the end, or an error that also ends the stream.
+fn fuse<T>(done: &mut bool, step: Result<Option<T>>) -> Option<Result<T>> {
+    match step {
+        Ok(Some(item)) => Some(Ok(item)),
+        Ok(None) => {
+            *done = true;
+            None
+        }
+        Err(e) => {
+            *done = true;
+            Some(Err(e))
         }
     }
 }
@@ -707,17 +713,8 @@ impl Iterator for RocksFastIter<'_> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let r = self.step();
+        fuse(&mut self.done, r)
     }
 }
 
@@ -753,17 +750,8 @@ impl Iterator for RocksLostIter<'_> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let r = self.step();
+        fuse(&mut self.done, r)
     }
 }
 

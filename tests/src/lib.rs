@@ -197,3 +197,44 @@ pub fn check_probe_logs(
             .join("\n")
     );
 }
+
+/// A cluster of `n` daemons on free loopback ports with timeouts scaled for loopback tests
+/// (failures noticed in a few hundred milliseconds).
+pub fn fast_cluster(n: usize) -> gcs::net::ClusterConfig {
+    let mut c = gcs::net::ClusterConfig::from_addrs(&free_udp_addrs(n));
+    c.protocol.token_timeout_ms = Some(300);
+    c.protocol.token_retransmit_timeout_ms = Some(30);
+    c.protocol.token_hold_ms = Some(5);
+    c.protocol.join_timeout_ms = Some(30);
+    c.protocol.consensus_timeout_ms = Some(300);
+    c.protocol.merge_detect_interval_ms = Some(100);
+    c.protocol.pause_grace_ms = Some(200);
+    c
+}
+
+/// Waits (at most 10 s) for a session event matching `f` and returns it; panics naming `what`
+/// if the session closes or time runs out.
+pub async fn wait_for(
+    s: &mut gcs::net::Session,
+    what: &str,
+    mut f: impl FnMut(&gcs::groups::SessionEvent) -> bool,
+) -> gcs::groups::SessionEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let Some(e) = s.next_event().await else {
+                panic!("session closed waiting for {what}: {:?}", s.close_reason())
+            };
+            if f(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// True for a regular group view with `n` members.
+pub fn is_view_of(e: &gcs::groups::SessionEvent, n: usize) -> bool {
+    matches!(e, gcs::groups::SessionEvent::Membership(v)
+        if v.kind == gcs::ViewKind::Regular && v.members.len() == n)
+}

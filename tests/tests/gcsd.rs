@@ -7,26 +7,14 @@ use bytes::Bytes;
 use gcs::groups::{GroupError, Reason, SessionEvent};
 use gcs::net::client::{self, ClientOptions};
 use gcs::net::server::{Server, ServerOptions};
-use gcs::net::{ClusterConfig, DaemonOptions, GroupDaemon, Security, Session, SessionError};
-use gcs::{ClusterKey, Service, ViewKind};
+use gcs::net::{DaemonOptions, GroupDaemon, Security, SessionError};
+use gcs::{ClusterKey, Service};
 use std::path::PathBuf;
 use std::time::Duration;
-use tests::free_udp_addrs;
+use tests::{fast_cluster, is_view_of, wait_for};
 use tokio::time::timeout;
 
 const TOKEN: &str = "a-client-token";
-
-fn fast(n: usize) -> ClusterConfig {
-    let mut c = ClusterConfig::from_addrs(&free_udp_addrs(n));
-    c.protocol.token_timeout_ms = Some(300);
-    c.protocol.token_retransmit_timeout_ms = Some(30);
-    c.protocol.token_hold_ms = Some(5);
-    c.protocol.join_timeout_ms = Some(30);
-    c.protocol.consensus_timeout_ms = Some(300);
-    c.protocol.merge_detect_interval_ms = Some(100);
-    c.protocol.pause_grace_ms = Some(200);
-    c
-}
 
 fn key() -> Security {
     Security::Key {
@@ -64,33 +52,10 @@ impl Node {
     }
 }
 
-async fn wait_for(
-    s: &mut Session,
-    what: &str,
-    mut f: impl FnMut(&SessionEvent) -> bool,
-) -> SessionEvent {
-    timeout(Duration::from_secs(10), async {
-        loop {
-            let Some(e) = s.next_event().await else {
-                panic!("session closed waiting for {what}: {:?}", s.close_reason())
-            };
-            if f(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-fn is_view_of(e: &SessionEvent, n: usize) -> bool {
-    matches!(e, SessionEvent::Membership(v) if v.kind == ViewKind::Regular && v.members.len() == n)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_sessions_over_unix_and_tcp_behave_like_embedded_ones() {
     let dir = scratch("api");
-    let cluster = fast(3);
+    let cluster = fast_cluster(3);
     let mut nodes = Vec::new();
     for id in 0..3 {
         let opts = DaemonOptions::new(cluster.clone(), id, key());
@@ -246,7 +211,7 @@ async fn stuck_client(path: &std::path::Path, name: &str, group: &str) -> tokio:
 async fn clients_that_do_not_read_are_cut_off_with_a_reason_and_the_others_keep_receiving() {
     use gcs::net::proto::{read_frame, ServerFrame};
     let dir = scratch("slow");
-    let cluster = fast(2);
+    let cluster = fast_cluster(2);
     let mut o0 = DaemonOptions::new(cluster.clone(), 0, key());
     // Room for the reader that keeps up, even on a loaded machine; far less than the stream.
     o0.session_channel = 256;

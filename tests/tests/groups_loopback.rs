@@ -3,23 +3,10 @@
 
 use bytes::Bytes;
 use gcs::groups::{Reason, SessionEvent};
-use gcs::net::{ClusterConfig, DaemonOptions, GroupDaemon, Security, Session};
-use gcs::{ClusterKey, Service, ViewKind};
+use gcs::net::{DaemonOptions, GroupDaemon, Security};
+use gcs::{ClusterKey, Service};
 use std::time::Duration;
-use tests::free_udp_addrs;
-use tokio::time::timeout;
-
-fn fast(n: usize) -> ClusterConfig {
-    let mut c = ClusterConfig::from_addrs(&free_udp_addrs(n));
-    c.protocol.token_timeout_ms = Some(300);
-    c.protocol.token_retransmit_timeout_ms = Some(30);
-    c.protocol.token_hold_ms = Some(5);
-    c.protocol.join_timeout_ms = Some(30);
-    c.protocol.consensus_timeout_ms = Some(300);
-    c.protocol.merge_detect_interval_ms = Some(100);
-    c.protocol.pause_grace_ms = Some(200);
-    c
-}
+use tests::{fast_cluster, is_view_of, wait_for};
 
 fn key(b: u8) -> Security {
     Security::Key {
@@ -28,31 +15,9 @@ fn key(b: u8) -> Security {
     }
 }
 
-/// Waits (bounded) for an event matching `f`, returning it.
-async fn wait_for(
-    s: &mut Session,
-    what: &str,
-    mut f: impl FnMut(&SessionEvent) -> bool,
-) -> SessionEvent {
-    timeout(Duration::from_secs(10), async {
-        loop {
-            let e = s.next_event().await.expect("session closed");
-            if f(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-fn is_view_of(e: &SessionEvent, n: usize) -> bool {
-    matches!(e, SessionEvent::Membership(v) if v.kind == ViewKind::Regular && v.members.len() == n)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_on_three_keyed_daemons_share_group_views_and_messages() {
-    let cluster = fast(3);
+    let cluster = fast_cluster(3);
     let mut daemons = Vec::new();
     for id in 0..3 {
         daemons.push(
@@ -147,7 +112,7 @@ async fn sessions_on_three_keyed_daemons_share_group_views_and_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_never_reads_is_disconnected_and_the_ring_keeps_going() {
-    let cluster = fast(2);
+    let cluster = fast_cluster(2);
     let mut opts0 = DaemonOptions::new(cluster.clone(), 0, key(9));
     opts0.session_channel = 256;
     opts0.session_backlog_max = 1 << 20;
@@ -191,7 +156,7 @@ async fn a_session_that_never_reads_is_disconnected_and_the_ring_keeps_going() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_with_another_key_never_joins() {
-    let cluster = fast(3);
+    let cluster = fast_cluster(3);
     let d0 = GroupDaemon::start(DaemonOptions::new(cluster.clone(), 0, key(1)))
         .await
         .unwrap();
@@ -234,7 +199,7 @@ async fn a_daemon_with_another_key_never_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_key_rotates_at_runtime_without_a_view_change() {
-    let cluster = fast(3);
+    let cluster = fast_cluster(3);
     let mut daemons = Vec::new();
     for id in 0..3 {
         daemons.push(

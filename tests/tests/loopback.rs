@@ -1,24 +1,12 @@
 //! Three embedded daemons on loopback UDP: real sockets, real timers. What their applications
 //! saw is checked with the simulator's EVS checkers.
 
-use gcs::net::{ClusterConfig, Event, Gcs};
+use gcs::net::{Event, Gcs};
 use gcs::{ProcId, Service, Time};
 use std::time::Duration;
-use tests::{free_udp_addrs, Recorder};
+use tests::{fast_cluster, Recorder};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::{timeout, Instant};
-
-fn fast_cluster(n: usize) -> ClusterConfig {
-    let mut c = ClusterConfig::from_addrs(&free_udp_addrs(n));
-    c.protocol.token_timeout_ms = Some(300);
-    c.protocol.token_retransmit_timeout_ms = Some(30);
-    c.protocol.token_hold_ms = Some(5);
-    c.protocol.join_timeout_ms = Some(30);
-    c.protocol.consensus_timeout_ms = Some(300);
-    c.protocol.merge_detect_interval_ms = Some(100);
-    c.protocol.pause_grace_ms = Some(200);
-    c
-}
 
 struct Member {
     gcs: Option<Gcs>,
