@@ -33,6 +33,7 @@ pub(crate) enum Kind {
     Lost = 5,
     MetaState = 6,
     Format = 7,
+    Replication = 8,
 }
 
 pub(crate) struct Writer {
@@ -445,6 +446,21 @@ impl MetaState {
     }
 }
 
+/// The replication state (`meta/replication`): opaque bytes, at most `META_LEN_MAX`.
+pub(crate) fn encode_replication(state: &[u8]) -> Vec<u8> {
+    let mut w = Writer::new(Kind::Replication, state.len() + 4);
+    w.bytes(state);
+    w.finish()
+}
+
+pub(crate) fn decode_replication(v: &[u8]) -> Result<Bytes> {
+    let what = || "replication state".to_string();
+    let mut r = Reader::open(Kind::Replication, v, &what)?;
+    let state = r.bytes()?;
+    r.finish()?;
+    Ok(state)
+}
+
 pub(crate) fn encode_format() -> Vec<u8> {
     let mut w = Writer::new(Kind::Format, MAGIC.len() + 4);
     w.bytes(MAGIC);
@@ -536,6 +552,7 @@ pub(crate) mod keys {
     /// `meta` column family keys.
     pub(crate) const META_FORMAT: &[u8] = b"format";
     pub(crate) const META_STATE: &[u8] = b"state";
+    pub(crate) const META_REPLICATION: &[u8] = b"replication";
 }
 
 #[cfg(test)]
@@ -582,6 +599,27 @@ mod tests {
         v[n - 4..].copy_from_slice(&crc.to_be_bytes());
         let err = decode_current(&v, &|| "x".into()).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn replication_state_round_trip() {
+        for state in [&b""[..], b"epoch 7"] {
+            let v = encode_replication(state);
+            assert_eq!(
+                decode_replication(&v).unwrap(),
+                Bytes::copy_from_slice(state)
+            );
+            let mut w = v.clone();
+            w[3] ^= 1;
+            assert!(matches!(
+                decode_replication(&w),
+                Err(StorageError::Corrupt { .. })
+            ));
+        }
+        assert!(matches!(
+            decode_replication(&encode_format()),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 
     #[test]

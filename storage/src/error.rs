@@ -6,8 +6,8 @@ use crate::types::{Oid, Tid};
 /// Errors of every [`crate::Storage`] method.
 ///
 /// Caller errors (`Conflict`, `NonIncreasingTid`, `Gap`, `DivergentApply`, `OidTooLarge`,
-/// `DataTooLarge`, `InvalidTransaction`, `HistoryTruncated`, `InvalidFill`) leave the store
-/// unchanged. The others (`Corrupt`, `Io`, `Rocks`, `Poisoned`) are fatal to the replica that
+/// `DataTooLarge`, `StateTooLarge`, `InvalidTransaction`, `HistoryTruncated`, `InvalidFill`)
+/// leave the store unchanged. The others (`Corrupt`, `Io`, `Rocks`, `Poisoned`) are fatal to the replica that
 /// sees them: it should leave its groups.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -70,6 +70,15 @@ pub enum StorageError {
     DataTooLarge {
         /// The object.
         oid: Oid,
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A replication state (see [`crate::Storage::set_replication_state`]) longer than
+    /// [`crate::META_LEN_MAX`]; nothing was written.
+    #[error("replication state of {len} bytes is longer than the maximum {max}")]
+    StateTooLarge {
         /// Its length.
         len: usize,
         /// The maximum.

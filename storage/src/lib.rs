@@ -20,6 +20,11 @@
 //! `truncate_after` below it) fail with [`StorageError::HistoryTruncated`] instead of
 //! answering wrongly. Transactions after the horizon are always complete.
 //!
+//! # Replication state
+//! Beside the data, each store keeps one small opaque slot
+//! ([`Storage::set_replication_state`]) where the replication layer keeps its promised epoch.
+//! It is durable like a commit but outside the transactional history.
+//!
 //! See `DESIGN.md` beside this crate for the on-disk layout and the invariants.
 
 mod codec;
@@ -31,6 +36,8 @@ pub mod testing;
 mod types;
 
 use std::path::Path;
+
+use bytes::Bytes;
 
 pub use error::{Result, StorageError};
 pub use mem::{MemOptions, MemStorage};
@@ -60,9 +67,10 @@ pub struct FastRecovery<'a> {
 /// The storage seam. Synchronous: RocksDB blocks anyway, and the simulator calls it
 /// directly. Every method may be called from several threads at once.
 ///
-/// Writes (`commit`, `apply`, `fill`, `fill_finish`, `truncate_after`, `pack`) are atomic:
-/// when one fails, the store is unchanged. When the store syncs (the default), `commit` and
-/// `apply` return after the write is durable.
+/// Writes (`commit`, `apply`, `fill`, `fill_finish`, `truncate_after`, `pack`,
+/// `set_replication_state`) are atomic: when one fails, the store is unchanged. When the
+/// store syncs (the default), `commit`, `apply` and `set_replication_state` return after the
+/// write is durable.
 pub trait Storage: Send + Sync {
     /// The last transaction, or the point a fast-recovery fill was finished at;
     /// `Tid::ZERO` for an empty store.
@@ -142,8 +150,29 @@ pub trait Storage: Send + Sync {
     /// up to `before - 1`. Transactions keep their headers and their remaining records.
     fn pack(&self, before: Tid) -> Result<PackStats>;
 
-    /// Writes a consistent copy of the store into the new directory `dir` and returns the
-    /// last transaction it holds. The backend's `open` on `dir` gives a store in that state.
+    /// The replication state: the bytes last written by [`Self::set_replication_state`], or
+    /// `None` if it was never set.
+    fn replication_state(&self) -> Result<Option<Bytes>>;
+
+    /// Replaces the replication state: one small durable slot beside the data, where the
+    /// replication layer keeps its promised epoch. Opaque to the store.
+    ///
+    /// The write is atomic and has the same durability as [`Self::commit`]: durable when it
+    /// returns if the store syncs, else after [`Self::sync`] (a crash before that may revert
+    /// it, like any other write).
+    ///
+    /// It is not part of the transactional history: [`Self::truncate_after`], [`Self::fill`],
+    /// [`Self::fill_finish`] and [`Self::pack`] leave it alone, and it is allowed while a
+    /// fill is open (it is not a data write). [`Self::checkpoint`] copies it (a checkpoint
+    /// is the whole store).
+    ///
+    /// [`StorageError::StateTooLarge`] if `state` is longer than [`META_LEN_MAX`]; nothing
+    /// is written then.
+    fn set_replication_state(&self, state: &[u8]) -> Result<()>;
+
+    /// Writes a consistent copy of the store (data, history, lost archive and replication
+    /// state) into the new directory `dir` and returns the last transaction it holds. The
+    /// backend's `open` on `dir` gives a store in that state.
     fn checkpoint(&self, dir: &Path) -> Result<Tid>;
 
     /// Makes every write that returned durable (a no-op when the store syncs each write).

@@ -4,7 +4,11 @@
 //! and [`MemStorage::crash`] loses nothing. With `sync: false`, writes are durable only
 //! after [`Storage::sync`]; [`MemStorage::crash`] reverts the store to the last durable
 //! state, and [`MemStorage::crash_keeping`] keeps a prefix of the un-synced writes (the
-//! part of a write-ahead log that happened to reach the disk).
+//! part of a write-ahead log that happened to reach the disk). The replication state is
+//! written like any other write, so a crash can lose an un-synced one too.
+//!
+//! The simulator copies a store with [`MemStorage::snapshot`], its stand-in for
+//! [`Storage::checkpoint`] followed by an open.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +20,7 @@ use crate::codec::{txn_digest, MetaState, TxnHeader};
 use crate::error::{Result, StorageError};
 use crate::types::{
     validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid, PackStats, Record,
-    Revision, Tid, TidRange, Transaction, DATA_LEN_MAX, OID_LEN_MAX,
+    Revision, Tid, TidRange, Transaction, DATA_LEN_MAX, META_LEN_MAX, OID_LEN_MAX,
 };
 use crate::{FastRecovery, LostIter, Storage, TxnIter};
 
@@ -54,6 +58,8 @@ struct MemState {
     history: BTreeMap<Oid, BTreeMap<Tid, HistEntry>>,
     lost: BTreeMap<u64, LostTransaction>,
     meta: MetaState,
+    /// See [`Storage::replication_state`]; outside the transactional history.
+    replication: Option<Bytes>,
 }
 
 /// A write, kept until it is durable (only when the store does not sync).
@@ -65,6 +71,7 @@ enum MemOp {
     FillFinish(Tid),
     Truncate(Tid),
     Pack(Tid),
+    SetReplicationState(Bytes),
 }
 
 #[derive(Debug)]
@@ -307,6 +314,12 @@ impl MemState {
         })
     }
 
+    fn set_replication_state(&mut self, state: Bytes) -> Result<()> {
+        check_replication_state(&state)?;
+        self.replication = Some(state);
+        Ok(())
+    }
+
     fn exec(&mut self, op: &MemOp) -> Result<()> {
         match op {
             MemOp::Commit(t) => self.commit(t),
@@ -315,6 +328,7 @@ impl MemState {
             MemOp::FillFinish(t) => self.fill_finish(*t),
             MemOp::Truncate(t) => self.truncate(*t).map(|_| ()),
             MemOp::Pack(t) => self.pack(*t).map(|_| ()),
+            MemOp::SetReplicationState(st) => self.set_replication_state(st.clone()),
         }
     }
 
@@ -335,6 +349,17 @@ pub(crate) fn pack_bound(before: Tid, last: Tid) -> Tid {
 pub(crate) fn check_horizon(horizon: Tid, tid: Tid) -> Result<()> {
     if horizon > Tid::ZERO && tid < horizon {
         return Err(StorageError::HistoryTruncated { horizon });
+    }
+    Ok(())
+}
+
+/// Refuses a replication state longer than [`META_LEN_MAX`].
+pub(crate) fn check_replication_state(state: &[u8]) -> Result<()> {
+    if state.len() > META_LEN_MAX {
+        return Err(StorageError::StateTooLarge {
+            len: state.len(),
+            max: META_LEN_MAX,
+        });
     }
     Ok(())
 }
@@ -448,6 +473,26 @@ impl MemStorage {
             }
             inner.pending.clear();
             inner.live = durable.clone();
+        }
+    }
+
+    /// A new store holding a copy of this store's durable state (what [`Self::crash`] would
+    /// keep), replication state included, with the same options. Writes not yet durable
+    /// are not copied. The two stores are independent afterwards.
+    ///
+    /// The simulator's stand-in for [`Storage::checkpoint`] followed by an open (the
+    /// in-memory store has no directory to checkpoint into).
+    pub fn snapshot(&self) -> MemStorage {
+        let g = lock(&self.inner);
+        // Object states are shared `Bytes`: the copy clones maps, not payloads.
+        let state = g.durable.as_ref().unwrap_or(&g.live).clone();
+        let sync = g.durable.is_none();
+        MemStorage {
+            inner: Mutex::new(Inner {
+                durable: if sync { None } else { Some(state.clone()) },
+                live: state,
+                pending: Vec::new(),
+            }),
         }
     }
 
@@ -604,9 +649,21 @@ impl Storage for MemStorage {
         self.write(MemOp::Pack(before), |s| s.pack(before))
     }
 
+    fn replication_state(&self) -> Result<Option<Bytes>> {
+        Ok(lock(&self.inner).live.replication.clone())
+    }
+
+    fn set_replication_state(&self, state: &[u8]) -> Result<()> {
+        check_replication_state(state)?;
+        let state = Bytes::copy_from_slice(state);
+        self.write(MemOp::SetReplicationState(state.clone()), |s| {
+            s.set_replication_state(state)
+        })
+    }
+
     fn checkpoint(&self, _dir: &Path) -> Result<Tid> {
         Err(StorageError::Unsupported(
-            "checkpoint: the in-memory store has no files; recover with fast_recovery",
+            "checkpoint: the in-memory store has no files; copy it with MemStorage::snapshot",
         ))
     }
 
@@ -667,5 +724,131 @@ impl Iterator for MemLostIter<'_> {
         let (seq, lt) = g.live.lost.range(self.next..).next()?;
         self.next = seq + 1;
         Some(Ok(lt.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::suite::{oid, txn};
+
+    fn state(s: &MemStorage) -> Option<Bytes> {
+        s.replication_state().unwrap()
+    }
+
+    fn b(v: &[u8]) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(v))
+    }
+
+    fn all(s: &MemStorage) -> Vec<Transaction> {
+        s.iter(TidRange::ALL, Direction::Forward)
+            .unwrap()
+            .map(|t| t.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_is_an_independent_copy() {
+        let s = MemStorage::default();
+        s.commit(&txn(1, &[(1, Some("a1")), (2, Some("b1"))]))
+            .unwrap();
+        s.commit(&txn(2, &[(1, Some("a2"))])).unwrap();
+        s.truncate_after(Tid(1)).unwrap();
+        s.set_replication_state(b"epoch 1").unwrap();
+        let c = s.snapshot();
+        assert_eq!(c.last_transaction().unwrap(), Tid(1));
+        assert_eq!(all(&c), all(&s));
+        assert_eq!(c.load(&oid(1)).unwrap(), s.load(&oid(1)).unwrap());
+        assert_eq!(c.lost_transactions().unwrap().count(), 1);
+        assert_eq!(state(&c), b(b"epoch 1"));
+
+        // Writes to either side do not reach the other.
+        s.commit(&txn(3, &[(1, Some("s3"))])).unwrap();
+        s.set_replication_state(b"epoch 2").unwrap();
+        assert_eq!(c.last_transaction().unwrap(), Tid(1));
+        assert_eq!(state(&c), b(b"epoch 1"));
+        c.commit(&txn(4, &[(2, Some("c4"))])).unwrap();
+        c.set_replication_state(b"copy").unwrap();
+        assert_eq!(s.last_transaction().unwrap(), Tid(3));
+        assert_eq!(s.load(&oid(2)).unwrap().unwrap().tid, Tid(1));
+        assert_eq!(state(&s), b(b"epoch 2"));
+        assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(1));
+
+        // Same options: the copy of a syncing store syncs too.
+        assert_eq!(c.pending_writes(), 0);
+        c.crash();
+        assert_eq!(c.last_transaction().unwrap(), Tid(4));
+        assert_eq!(state(&c), b(b"copy"));
+    }
+
+    #[test]
+    fn snapshot_of_an_unsynced_store_leaves_out_unsynced_writes() {
+        let s = MemStorage::new(MemOptions { sync: false });
+        s.commit(&txn(1, &[(1, Some("a1"))])).unwrap();
+        s.set_replication_state(b"epoch 1").unwrap();
+        s.sync().unwrap();
+        s.commit(&txn(2, &[(1, Some("a2"))])).unwrap();
+        s.set_replication_state(b"epoch 2").unwrap();
+        let c = s.snapshot();
+        assert_eq!(c.last_transaction().unwrap(), Tid(1));
+        assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(1));
+        assert_eq!(state(&c), b(b"epoch 1"));
+        assert_eq!(c.pending_writes(), 0);
+        // The original is untouched, un-synced writes included.
+        assert_eq!(s.last_transaction().unwrap(), Tid(2));
+        assert_eq!(state(&s), b(b"epoch 2"));
+        assert_eq!(s.pending_writes(), 2);
+
+        // Same options: the copy does not sync either.
+        c.commit(&txn(5, &[(3, Some("c5"))])).unwrap();
+        c.set_replication_state(b"copy").unwrap();
+        assert_eq!(c.pending_writes(), 2);
+        c.crash();
+        assert_eq!(c.last_transaction().unwrap(), Tid(1));
+        assert_eq!(state(&c), b(b"epoch 1"));
+        // The original still holds its un-synced writes and can make them durable.
+        s.sync().unwrap();
+        s.crash();
+        assert_eq!(s.last_transaction().unwrap(), Tid(2));
+        assert_eq!(state(&s), b(b"epoch 2"));
+        assert_eq!(s.load(&oid(3)).unwrap(), None);
+    }
+
+    #[test]
+    fn crash_loses_an_unsynced_replication_state() {
+        let s = MemStorage::new(MemOptions { sync: false });
+        s.set_replication_state(b"never synced").unwrap();
+        s.crash();
+        assert_eq!(state(&s), None);
+
+        s.set_replication_state(b"epoch 1").unwrap();
+        s.sync().unwrap();
+        s.set_replication_state(b"epoch 2").unwrap();
+        assert_eq!(s.pending_writes(), 1);
+        assert_eq!(state(&s), b(b"epoch 2"));
+        s.crash();
+        assert_eq!(state(&s), b(b"epoch 1"), "the un-synced set is lost");
+
+        // A crash keeping a prefix of the pending writes keeps the sets in it, in order.
+        s.set_replication_state(b"epoch 3").unwrap();
+        s.commit(&txn(1, &[(1, Some("a"))])).unwrap();
+        s.set_replication_state(b"epoch 4").unwrap();
+        s.crash_keeping(2);
+        assert_eq!(state(&s), b(b"epoch 3"));
+        assert_eq!(s.last_transaction().unwrap(), Tid(1));
+
+        // A refused state is not a pending write.
+        let big = vec![0u8; META_LEN_MAX + 1];
+        assert!(matches!(
+            s.set_replication_state(&big),
+            Err(StorageError::StateTooLarge { .. })
+        ));
+        assert_eq!(s.pending_writes(), 0);
+
+        // A syncing store loses nothing.
+        let d = MemStorage::default();
+        d.set_replication_state(b"kept").unwrap();
+        d.crash();
+        assert_eq!(state(&d), b(b"kept"));
     }
 }

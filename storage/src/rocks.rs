@@ -7,10 +7,11 @@
 //! | `current` | oid | `tid ++ state` (the newest revision) |
 //! | `history` | `len (2) ++ oid ++ tid (8)` | `Ref(idx)` into `txn`, or an inline state |
 //! | `lost` | archive seq (8) | truncated-after tid ++ whole transaction |
-//! | `meta` | `format`, `state` | format marker; `MetaState` |
+//! | `meta` | `format`, `state`, `replication` | format marker; `MetaState`; replication state |
 //!
-//! Every write goes through one `WriteBatch` that also rewrites `meta/state`, so data and
-//! `last_transaction` change atomically.
+//! Every data write goes through one `WriteBatch` that also rewrites `meta/state`, so data
+//! and `last_transaction` change atomically. The replication state is one key of its own,
+//! outside the transactional history.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,13 +25,14 @@ use rocksdb::{
 };
 
 use crate::codec::{
-    check_format, decode_current, decode_lost, decode_record, encode_current, encode_format,
-    encode_lost, encode_record, keys, HistoryValue, MetaState, TxnHeader,
+    check_format, decode_current, decode_lost, decode_record, decode_replication, encode_current,
+    encode_format, encode_lost, encode_record, encode_replication, keys, HistoryValue, MetaState,
+    TxnHeader,
 };
 use crate::error::{Result, StorageError};
 use crate::mem::{
-    check_fill_finish, check_fill_revision, check_horizon, check_load_before, finish_meta,
-    iter_is_truncated, pack_bound,
+    check_fill_finish, check_fill_revision, check_horizon, check_load_before,
+    check_replication_state, finish_meta, iter_is_truncated, pack_bound,
 };
 use crate::types::{
     same_content, validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid,
@@ -277,8 +279,8 @@ impl RocksStorage {
         f(&mut w)
     }
 
-    /// Writes `batch` (which must include the new meta state) and installs `meta`; a failed
-    /// write poisons the store.
+    /// Writes `batch` (which must include the new meta state, if it changed) and installs
+    /// `meta`; a failed write poisons the store.
     fn commit_batch(&self, w: &mut WriterState, batch: WriteBatch, meta: MetaState) -> Result<()> {
         match self.write_batch(batch, self.sync) {
             Ok(()) => {
@@ -1077,6 +1079,30 @@ impl Storage for RocksStorage {
                 revisions_removed: removed,
                 horizon: new_horizon,
             })
+        })
+    }
+
+    fn replication_state(&self) -> Result<Option<Bytes>> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_META)?, keys::META_REPLICATION)
+            .map_err(rocks_err)?;
+        v.map(|v| decode_replication(&v)).transpose()
+    }
+
+    fn set_replication_state(&self, state: &[u8]) -> Result<()> {
+        self.with_writer(|w| {
+            check_replication_state(state)?;
+            let mut b = WriteBatch::default();
+            b.put_cf(
+                self.cf(CF_META)?,
+                keys::META_REPLICATION,
+                encode_replication(state),
+            );
+            // `meta/state` is unchanged: the slot is outside the transactional history (an
+            // open fill does not block it either).
+            let meta = w.meta.clone();
+            self.commit_batch(w, b, meta)
         })
     }
 

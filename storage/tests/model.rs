@@ -63,7 +63,12 @@ enum Op {
     Pack {
         back: u8,
     },
+    SetReplicationState {
+        v: u8,
+        too_large: bool,
+    },
     Restart,
+    Copy,
     Sync,
 }
 
@@ -86,7 +91,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|dt| Op::FillFinish { dt }),
         1 => (0u8..6).prop_map(|back| Op::Truncate { back }),
         1 => (0u8..6).prop_map(|back| Op::Pack { back }),
+        1 => (any::<u8>(), prop::bool::weighted(0.1))
+            .prop_map(|(v, too_large)| Op::SetReplicationState { v, too_large }),
         1 => Just(Op::Restart),
+        1 => Just(Op::Copy),
         1 => Just(Op::Sync),
     ]
 }
@@ -123,6 +131,9 @@ trait Backend {
     fn store(&self) -> &dyn Storage;
     /// Crash and restart; returns whether un-synced writes are lost.
     fn restart(&mut self) -> bool;
+    /// Replaces the store with a copy of it (checkpoint + open, or `MemStorage::snapshot`);
+    /// returns whether un-synced writes are left out of the copy.
+    fn copy(&mut self) -> bool;
 }
 
 struct Mem(MemStorage, bool);
@@ -135,10 +146,14 @@ impl Backend for Mem {
         self.0.crash();
         !self.1
     }
+    fn copy(&mut self) -> bool {
+        self.0 = self.0.snapshot();
+        !self.1
+    }
 }
 
 #[cfg(feature = "rocksdb")]
-struct Rocks(Option<storage::RocksStorage>, tempfile::TempDir);
+struct Rocks(Option<storage::RocksStorage>, tempfile::TempDir, u32);
 
 #[cfg(feature = "rocksdb")]
 impl Backend for Rocks {
@@ -147,8 +162,16 @@ impl Backend for Rocks {
     }
     fn restart(&mut self) -> bool {
         // A process crash (drop without any shutdown work) keeps what the WAL has.
-        self.0 = None;
-        self.0 = Some(storage::RocksStorage::open(self.1.path(), rocks_opts()).unwrap());
+        let path = self.0.take().unwrap().path().to_path_buf();
+        self.0 = Some(storage::RocksStorage::open(path, rocks_opts()).unwrap());
+        false
+    }
+    fn copy(&mut self) -> bool {
+        // A checkpoint holds every write that returned, synced or not.
+        self.2 += 1;
+        let cp = self.1.path().join(format!("checkpoint-{}", self.2));
+        self.0.take().unwrap().checkpoint(&cp).unwrap();
+        self.0 = Some(storage::RocksStorage::open(cp, rocks_opts()).unwrap());
         false
     }
 }
@@ -169,6 +192,7 @@ fn check_state(s: &dyn Storage, m: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(s.last_transaction().unwrap(), m.last_transaction());
     prop_assert_eq!(s.horizon().unwrap(), m.horizon());
     prop_assert_eq!(s.fill_progress().unwrap(), m.fill_progress());
+    prop_assert_eq!(s.replication_state().unwrap(), m.replication_state());
     for o in 0..OIDS {
         prop_assert_eq!(s.load(&oid(o)).unwrap(), m.load(&oid(o)), "load {}", o);
     }
@@ -290,8 +314,25 @@ fn run(b: &mut dyn Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let t = Tid((last.0 + 1).saturating_sub(back as u64));
                 prop_assert_eq!(b.store().pack(t), m.pack(t));
             }
+            Op::SetReplicationState { v, too_large } => {
+                let len = if too_large {
+                    storage::META_LEN_MAX + 1
+                } else {
+                    v as usize % 9
+                };
+                let st = vec![v; len];
+                prop_assert_eq!(
+                    b.store().set_replication_state(&st),
+                    m.set_replication_state(&st)
+                );
+            }
             Op::Restart => {
                 if b.restart() {
+                    m = durable.clone();
+                }
+            }
+            Op::Copy => {
+                if b.copy() {
                     m = durable.clone();
                 }
             }
@@ -327,6 +368,6 @@ proptest! {
     fn rocks_matches_model(ops in prop::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
         let s = storage::RocksStorage::open(dir.path(), rocks_opts()).unwrap();
-        run(&mut Rocks(Some(s), dir), ops)?;
+        run(&mut Rocks(Some(s), dir, 0), ops)?;
     }
 }

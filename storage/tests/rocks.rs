@@ -32,9 +32,15 @@ fn corrupt_values_give_clear_errors() {
     s.commit(&txn(1, &[(1, Some("hello")), (2, Some("world"))]))
         .unwrap();
     s.commit(&txn(2, &[(1, Some("again"))])).unwrap();
+    s.set_replication_state(b"epoch 3").unwrap();
     drop(s);
     {
         let db = raw_db(dir.path());
+        // Flip a byte of the replication state.
+        let meta = db.cf_handle("meta").unwrap();
+        let mut v = db.get_cf(meta, b"replication").unwrap().unwrap();
+        v[4] ^= 0x01;
+        db.put_cf(meta, b"replication", v).unwrap();
         // Flip a byte of oid 1's current revision.
         let cur = db.cf_handle("current").unwrap();
         let mut v = db.get_cf(cur, oid(1).as_bytes()).unwrap().unwrap();
@@ -79,8 +85,19 @@ fn corrupt_values_give_clear_errors() {
         .revisions
         .collect();
     assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    let e = s.replication_state().unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt { what } if what.contains("replication state")),
+        "{e}"
+    );
     // Readable data stays readable.
     assert_eq!(s.history(&oid(1), 1).unwrap()[0].tid, Tid(2));
+    // A new replication state replaces the corrupt one.
+    s.set_replication_state(b"epoch 4").unwrap();
+    assert_eq!(
+        s.replication_state().unwrap(),
+        Some(Bytes::from_static(b"epoch 4"))
+    );
 }
 
 #[test]
@@ -120,11 +137,18 @@ fn checkpoint_opens_as_a_store() {
         s.commit(&txn(t, &[(t % 5, Some("v")), (100 + t, Some("w"))]))
             .unwrap();
     }
+    s.set_replication_state(b"epoch 5").unwrap();
     let cp = dir.path().join("cp");
     assert_eq!(s.checkpoint(&cp).unwrap(), Tid(50));
     s.commit(&txn(51, &[(1, Some("after"))])).unwrap();
+    s.set_replication_state(b"epoch 6").unwrap();
     let c = RocksStorage::open(&cp, opts(true)).unwrap();
     assert_eq!(c.last_transaction().unwrap(), Tid(50));
+    assert_eq!(
+        c.replication_state().unwrap(),
+        Some(Bytes::from_static(b"epoch 5")),
+        "a checkpoint copies the replication state as of the checkpoint"
+    );
     assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(46));
     let a: Vec<Transaction> = s
         .iter(TidRange::new(None, Some(Tid(50))), Direction::Forward)

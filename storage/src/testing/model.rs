@@ -8,7 +8,8 @@ use bytes::Bytes;
 use crate::error::{Result, StorageError};
 use crate::types::{
     same_content, validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid,
-    PackStats, Record, Revision, Tid, TidRange, Transaction, DATA_LEN_MAX, OID_LEN_MAX,
+    PackStats, Record, Revision, Tid, TidRange, Transaction, DATA_LEN_MAX, META_LEN_MAX,
+    OID_LEN_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -29,6 +30,7 @@ pub struct Model {
     fill_tid: Tid,
     fill: Option<(Oid, Tid)>,
     lost: Vec<LostTransaction>,
+    replication: Option<Bytes>,
 }
 
 fn fill_in_progress() -> StorageError {
@@ -351,6 +353,24 @@ impl Model {
     /// See [`crate::Storage::lost_transactions`] (collected).
     pub fn lost_transactions(&self) -> Vec<LostTransaction> {
         self.lost.clone()
+    }
+
+    /// See [`crate::Storage::replication_state`].
+    pub fn replication_state(&self) -> Option<Bytes> {
+        self.replication.clone()
+    }
+
+    /// See [`crate::Storage::set_replication_state`]. Outside the history: nothing else
+    /// in the model reads or changes it.
+    pub fn set_replication_state(&mut self, state: &[u8]) -> Result<()> {
+        if state.len() > META_LEN_MAX {
+            return Err(StorageError::StateTooLarge {
+                len: state.len(),
+                max: META_LEN_MAX,
+            });
+        }
+        self.replication = Some(Bytes::copy_from_slice(state));
+        Ok(())
     }
 
     /// See [`crate::Storage::pack`].

@@ -87,6 +87,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     truncate_and_lost_archive(h);
     pack_keeps_newest_before(h);
     restart_keeps_durable_writes(h);
+    replication_state_slot(h);
     concurrent_commits(h);
 }
 
@@ -580,6 +581,84 @@ pub fn restart_keeps_durable_writes<H: Harness>(h: &mut H) {
     assert_eq!(before, after);
     s.commit(&txn(21, &[(1, Some("z"))])).unwrap();
     assert_eq!(s.load(&oid(1)).unwrap(), Some(rev(1, 21, Some("z"))));
+}
+
+/// The replication state: one durable slot beside the data, outside the transactional
+/// history (truncate, pack and fills leave it alone; it may be set during a fill).
+pub fn replication_state_slot<H: Harness>(h: &mut H) {
+    let state = |s: &H::S| s.replication_state().unwrap();
+    let b = |v: &[u8]| Some(Bytes::copy_from_slice(v));
+    let s = h.fresh();
+    assert_eq!(state(&s), None, "a new store has none");
+    s.set_replication_state(b"epoch 1").unwrap();
+    assert_eq!(state(&s), b(b"epoch 1"));
+    s.set_replication_state(b"epoch 2, longer").unwrap();
+    assert_eq!(state(&s), b(b"epoch 2, longer"), "replaced");
+    s.set_replication_state(b"").unwrap();
+    assert_eq!(state(&s), b(b""), "an empty state is a state");
+    s.set_replication_state(b"epoch 3").unwrap();
+    assert_eq!(
+        s.last_transaction().unwrap(),
+        Tid::ZERO,
+        "not a transaction"
+    );
+    let s = h.restart(s);
+    assert_eq!(state(&s), b(b"epoch 3"), "survives a restart");
+
+    // Commits, truncate_after and pack leave it alone.
+    s.commit(&txn(1, &[(1, Some("a1"))])).unwrap();
+    s.commit(&txn(2, &[(1, Some("a2"))])).unwrap();
+    s.commit(&txn(3, &[(1, Some("a3"))])).unwrap();
+    assert_eq!(state(&s), b(b"epoch 3"));
+    assert_eq!(s.truncate_after(Tid(2)).unwrap(), vec![Tid(3)]);
+    assert_eq!(state(&s), b(b"epoch 3"), "untouched by truncate_after");
+    s.pack(Tid(3)).unwrap();
+    assert_eq!(state(&s), b(b"epoch 3"), "untouched by pack");
+
+    // A fill leaves it alone, and it may be set while the fill is open.
+    s.fill(&[rev(2, 5, Some("b5"))]).unwrap();
+    assert_eq!(state(&s), b(b"epoch 3"), "untouched by fill");
+    let progress = s.fill_progress().unwrap();
+    assert!(progress.is_some());
+    s.set_replication_state(b"epoch 4").unwrap();
+    assert_eq!(
+        s.fill_progress().unwrap(),
+        progress,
+        "the fill is unchanged"
+    );
+    let s = h.restart(s);
+    assert_eq!(state(&s), b(b"epoch 4"));
+    assert_eq!(s.fill_progress().unwrap(), progress);
+    s.fill_finish(Tid(5)).unwrap();
+    assert_eq!(state(&s), b(b"epoch 4"), "untouched by fill_finish");
+    assert_eq!(s.last_transaction().unwrap(), Tid(5));
+
+    // Too large: refused, nothing changed.
+    let big = vec![7u8; crate::META_LEN_MAX + 1];
+    assert_eq!(
+        s.set_replication_state(&big),
+        Err(StorageError::StateTooLarge {
+            len: crate::META_LEN_MAX + 1,
+            max: crate::META_LEN_MAX
+        })
+    );
+    assert_eq!(state(&s), b(b"epoch 4"));
+    let s = h.restart(s);
+    assert_eq!(
+        state(&s),
+        b(b"epoch 4"),
+        "the refused state was not written"
+    );
+    assert_eq!(s.last_transaction().unwrap(), Tid(5));
+    assert_eq!(s.load(&oid(2)).unwrap(), Some(rev(2, 5, Some("b5"))));
+    // At the maximum it is accepted.
+    s.set_replication_state(&big[1..]).unwrap();
+    let s = h.restart(s);
+    assert_eq!(state(&s), b(&big[1..]));
+    // And the data path goes on as before.
+    s.commit(&txn(6, &[(1, Some("a6"))])).unwrap();
+    assert_eq!(s.load(&oid(1)).unwrap(), Some(rev(1, 6, Some("a6"))));
+    assert_eq!(state(&s), b(&big[1..]));
 }
 
 /// Many threads committing at once: each commit either succeeds or fails cleanly, and the
