@@ -1,1 +1,31 @@
-//! Replication service: view-driven primary election over `gcs`, applying commits through `storage`.
+//! Replication service: view-driven primary election over `gcs`, applying commits through
+//! `storage`.
+//!
+//! [`Replica`] is a sans-IO state machine (see `replica.rs` for its states): the shell feeds
+//! it gcs views and deliveries and client requests and carries out its [`Output`]s. The
+//! simulator (`sim`, command `replica`) and the server binary are its two shells.
+//!
+//! Rules, each enforced in one place:
+//! - primary component = a strict majority of the failover vote weight, or exactly half with
+//!   the lowest voter ([`ReplicaConfig::is_primary_component`]);
+//! - the primary is the most up-to-date eligible member, sitting primary on ties
+//!   ([`election::choose_primary`]), with an epoch above every promise
+//!   ([`election::next_epoch`]), and acts only once every member durably promised it;
+//! - commits carry the epoch; older epochs and other senders are refused;
+//! - sync mode answers once servers with a majority of the vote hold the commit durably.
+
+pub mod config;
+pub mod election;
+mod replica;
+mod types;
+pub mod wire;
+
+pub use config::{
+    CommitMode, ConfigError, GroupKind, RecoveryPolicy, ReplicaConfig, ServerId, ServerSpec,
+};
+pub use election::{Epoch, EpochStart, MemberState};
+pub use replica::{client_oid, lineage_oid, Replica, ReplicaStats, SwapError, RESERVED_OID_PREFIX};
+pub use types::{
+    CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
+    Staleness,
+};

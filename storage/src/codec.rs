@@ -1,3 +1,5 @@
+// The value formats serve the RocksDB backend; the in-memory one uses only a few of them.
+#![cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 //! Value and key encodings (shared by the RocksDB backend and the in-memory checksums).
 //!
 //! Every stored value is framed as

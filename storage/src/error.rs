@@ -120,7 +120,8 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn corrupt(what: impl Into<String>) -> StorageError {
+    /// A `Corrupt` error about `what`.
+    pub fn corrupt(what: impl Into<String>) -> StorageError {
         StorageError::Corrupt { what: what.into() }
     }
 }

@@ -44,8 +44,9 @@ pub use mem::{MemOptions, MemStorage};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksOptions, RocksStorage};
 pub use types::{
-    ApplyOutcome, Direction, FillProgress, LostTransaction, Oid, PackStats, Record, Revision, Tid,
-    TidRange, Transaction, TxnMeta, DATA_LEN_MAX, META_LEN_MAX, OID_LEN_MAX, RECORDS_MAX,
+    validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid, PackStats, Record,
+    Revision, Tid, TidRange, Transaction, TxnMeta, DATA_LEN_MAX, META_LEN_MAX, OID_LEN_MAX,
+    RECORDS_MAX,
 };
 
 /// A stream of transactions, read lazily.

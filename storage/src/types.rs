@@ -230,7 +230,7 @@ pub struct FillProgress {
 
 /// Checks a transaction's shape (sizes, duplicate oids, tid non-zero). Does not look at
 /// the store.
-pub(crate) fn validate_txn(txn: &Transaction) -> Result<(), StorageError> {
+pub fn validate_txn(txn: &Transaction) -> Result<(), StorageError> {
     if txn.tid == Tid::ZERO {
         return Err(StorageError::InvalidTransaction {
             reason: "tid 0 is reserved for \"no transaction\"".into(),

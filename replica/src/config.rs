@@ -1,0 +1,267 @@
+//! The replication configuration: which storage servers exist, which may become primary, and
+//! how commits are acknowledged. Every server of a cluster must hold the same configuration:
+//! the primary-component rule and the election are computed from it independently by each.
+
+use gcs::NodeId;
+
+/// A storage server's identity: the id of the gcs daemon it runs (one server per daemon).
+pub type ServerId = NodeId;
+
+/// What a replica group may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Servers that vote for the primary component and may become primary.
+    Failover,
+    /// Servers that receive every commit and serve reads but never vote nor become primary
+    /// (another site, a reporting copy).
+    Remote,
+}
+
+/// One storage server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Its gcs daemon id.
+    pub id: ServerId,
+    /// A name for humans (logs, status).
+    pub name: String,
+    /// The replica group it belongs to.
+    pub group: String,
+    /// What its group may do.
+    pub kind: GroupKind,
+    /// Its vote in the primary-component rule (failover servers only; 0 = no vote).
+    pub weight: u32,
+}
+
+/// When a commit is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Answered once the transaction is SAFE-delivered in the primary's regular view, durable
+    /// on the primary, and reported durable by servers holding a majority of the vote weight.
+    /// An acknowledged commit then survives every later election.
+    Sync,
+    /// Answered after the primary's local durable commit. At most `window` acknowledged
+    /// transactions may lack a majority's durable copy at any time: that is the bound on what
+    /// a failover can lose. Lost transactions are archived and reported.
+    Async {
+        /// The loss bound, in transactions.
+        window: u64,
+    },
+}
+
+/// How far behind a replica must be before it recovers by objects or by checkpoint instead of
+/// by transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryPolicy {
+    /// Behind by more than this many tids: fast recovery (newest revision of each object)
+    /// rather than every transaction.
+    pub fast_after: u64,
+    /// An empty store behind by more than this many tids asks its shell for a checkpoint.
+    pub checkpoint_after: u64,
+    /// Target size of one recovery chunk, in bytes.
+    pub chunk_bytes: usize,
+    /// Chunks a donor sends per request: the recipient's window (back-pressure).
+    pub chunks_per_request: u32,
+}
+
+impl Default for RecoveryPolicy {
+    fn default() -> Self {
+        RecoveryPolicy {
+            fast_after: 100_000,
+            checkpoint_after: 1_000_000,
+            chunk_bytes: 256 * 1024,
+            chunks_per_request: 8,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Every storage server of the cluster.
+    pub servers: Vec<ServerSpec>,
+    /// When commits are answered.
+    pub mode: CommitMode,
+    /// Recovery thresholds and stream sizes.
+    pub recovery: RecoveryPolicy,
+    /// Requests held while no primary is known (elections, swaps) before new ones are refused.
+    pub held_max: usize,
+    /// The largest transaction accepted, in bytes of data and metadata (it travels as one
+    /// gcs message, whose limit must be larger).
+    pub commit_bytes_max: usize,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No server may become primary.
+    #[error("no failover server with a non-zero weight: no component could ever be primary")]
+    NoVoters,
+    /// Two servers share an id.
+    #[error("server id {0} is listed twice")]
+    DuplicateId(ServerId),
+    /// A remote server was given a vote.
+    #[error("remote server {0} has a weight: remote groups never vote")]
+    RemoteWeight(ServerId),
+}
+
+impl ReplicaConfig {
+    /// A configuration with default policies.
+    pub fn new(servers: Vec<ServerSpec>, mode: CommitMode) -> ReplicaConfig {
+        ReplicaConfig {
+            servers,
+            mode,
+            recovery: RecoveryPolicy::default(),
+            held_max: 10_000,
+            commit_bytes_max: 16 << 20,
+        }
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.servers.iter().enumerate() {
+            if self.servers[..i].iter().any(|o| o.id == s.id) {
+                return Err(ConfigError::DuplicateId(s.id));
+            }
+            if s.kind == GroupKind::Remote && s.weight != 0 {
+                return Err(ConfigError::RemoteWeight(s.id));
+            }
+        }
+        if self.weight_total() == 0 {
+            return Err(ConfigError::NoVoters);
+        }
+        Ok(())
+    }
+
+    /// The server `id`, if configured.
+    pub fn server(&self, id: ServerId) -> Option<&ServerSpec> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// Whether `id` may become primary.
+    pub fn eligible(&self, id: ServerId) -> bool {
+        self.server(id)
+            .is_some_and(|s| s.kind == GroupKind::Failover && s.weight > 0)
+    }
+
+    fn weight_total(&self) -> u64 {
+        self.servers.iter().map(|s| voting_weight(s) as u64).sum()
+    }
+
+    /// The vote weight of `members` (unknown or remote servers weigh nothing; each server
+    /// counts once).
+    pub fn weight_of(&self, members: &[ServerId]) -> u64 {
+        self.servers
+            .iter()
+            .filter(|s| members.contains(&s.id))
+            .map(|s| voting_weight(s) as u64)
+            .sum()
+    }
+
+    /// Whether `weight` is a strict majority of the total vote weight.
+    pub fn is_majority(&self, weight: u64) -> bool {
+        2 * weight > self.weight_total()
+    }
+
+    /// The primary-component rule. A set of servers forms the primary component iff
+    /// - it holds more than half of the total vote weight, or
+    /// - it holds exactly half and contains the tie-breaker: the voter with the lowest id.
+    ///
+    /// Two disjoint sets can never both qualify, so concurrent partitions never both accept
+    /// writes; over time, any two primary components share at least one voter, which is what
+    /// carries epochs and acknowledged commits from one to the next.
+    pub fn is_primary_component(&self, members: &[ServerId]) -> bool {
+        let w = self.weight_of(members);
+        let total = self.weight_total();
+        if total == 0 {
+            return false;
+        }
+        if 2 * w > total {
+            return true;
+        }
+        2 * w == total && self.tie_breaker().is_some_and(|t| members.contains(&t))
+    }
+
+    fn tie_breaker(&self) -> Option<ServerId> {
+        self.servers
+            .iter()
+            .filter(|s| voting_weight(s) > 0)
+            .map(|s| s.id)
+            .min()
+    }
+}
+
+fn voting_weight(s: &ServerSpec) -> u32 {
+    match s.kind {
+        GroupKind::Failover => s.weight,
+        GroupKind::Remote => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec(id: ServerId, kind: GroupKind, weight: u32) -> ServerSpec {
+        ServerSpec {
+            id,
+            name: format!("s{id}"),
+            group: match kind {
+                GroupKind::Failover => "main".into(),
+                GroupKind::Remote => "remote".into(),
+            },
+            kind,
+            weight,
+        }
+    }
+
+    fn cfg(weights: &[u32]) -> ReplicaConfig {
+        let servers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| spec(i as ServerId, GroupKind::Failover, *w))
+            .collect();
+        ReplicaConfig::new(servers, CommitMode::Sync)
+    }
+
+    #[test]
+    fn majority_and_tie_breaker() {
+        let c = cfg(&[1, 1, 1, 1]);
+        assert!(c.is_primary_component(&[0, 1, 2]));
+        assert!(
+            c.is_primary_component(&[0, 3]),
+            "half with the lowest voter"
+        );
+        assert!(!c.is_primary_component(&[1, 2]), "half without it");
+        assert!(!c.is_primary_component(&[]));
+        let w = cfg(&[3, 1, 1]);
+        assert!(w.is_primary_component(&[0]));
+        assert!(!w.is_primary_component(&[1, 2]));
+    }
+
+    #[test]
+    fn remote_servers_never_count() {
+        let mut c = cfg(&[1, 1, 1]);
+        c.servers.push(spec(9, GroupKind::Remote, 0));
+        assert!(!c.is_primary_component(&[0, 9]));
+        assert!(!c.eligible(9));
+        assert!(c.validate().is_ok());
+        c.servers[3].weight = 1;
+        assert_eq!(c.validate(), Err(ConfigError::RemoteWeight(9)));
+        assert_eq!(cfg(&[0, 0]).validate(), Err(ConfigError::NoVoters));
+    }
+
+    proptest::proptest! {
+        /// Two disjoint sets of servers are never both primary components.
+        #[test]
+        fn disjoint_sets_never_both_primary(
+            weights in proptest::collection::vec(0u32..4, 1..8),
+            side in proptest::collection::vec(0u8..3, 8),
+        ) {
+            let c = cfg(&weights);
+            let n = weights.len();
+            let a: Vec<ServerId> = (0..n).filter(|i| side[*i] == 0).map(|i| i as ServerId).collect();
+            let b: Vec<ServerId> = (0..n).filter(|i| side[*i] == 1).map(|i| i as ServerId).collect();
+            proptest::prop_assert!(!(c.is_primary_component(&a) && c.is_primary_component(&b)));
+        }
+    }
+}

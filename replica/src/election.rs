@@ -1,0 +1,297 @@
+//! Pure election rules: who becomes primary, with which epoch, and how far two servers'
+//! histories agree. Every member of a view runs these on the same inputs (the states
+//! delivered in agreed order), so every member reaches the same answer without a vote.
+
+use crate::config::{ReplicaConfig, ServerId};
+use std::cmp::Reverse;
+use storage::Tid;
+
+/// A primary's term. Each primary has its own epoch, strictly greater than every epoch any
+/// earlier primary had; commits carry it and servers refuse older ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+/// One step of a lineage: the primary of `epoch` wrote its first transaction right after
+/// `base`. A store's lineage (the list of these, oldest first) says which primary wrote each
+/// of its transactions, which is how two stores find where their histories part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The primary's epoch.
+    pub epoch: Epoch,
+    /// The last transaction before its first one.
+    pub base: Tid,
+}
+
+/// How many lineage entries a store keeps (older ones are dropped; a server whose history
+/// parted from the primary's before the oldest kept entry recovers by objects).
+pub const LINEAGE_MAX: usize = 64;
+
+/// What a member tells the others at the start of every regular view of a primary component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    /// Who.
+    pub server: ServerId,
+    /// The highest epoch it durably promised to support.
+    pub promised: Epoch,
+    /// Its last transaction.
+    pub last_tid: Tid,
+    /// Its lineage (oldest first, at most [`LINEAGE_MAX`] entries).
+    pub lineage: Vec<EpochStart>,
+    /// The epoch it was the working primary of in its previous view, if any.
+    pub primary_in: Option<Epoch>,
+    /// False while a recovery fill is open: its store is not consistent at any tid yet.
+    pub consistent: bool,
+}
+
+impl MemberState {
+    /// The epoch of its last transaction (`Epoch(0)` for an empty store).
+    pub fn last_epoch(&self) -> Epoch {
+        self.lineage.last().map(|e| e.epoch).unwrap_or_default()
+    }
+}
+
+/// The new primary: among the members that may become primary (failover group, consistent
+/// store), the most up-to-date one, by (epoch of its last transaction, last tid); the sitting
+/// primary wins a tie, then the lowest server id. `None` if no member qualifies.
+///
+/// Independent of the order of `states`, and always a member of them.
+pub fn choose_primary(cfg: &ReplicaConfig, states: &[MemberState]) -> Option<ServerId> {
+    states
+        .iter()
+        .filter(|s| s.consistent && cfg.eligible(s.server))
+        .max_by_key(|s| {
+            let sitting = s.primary_in == Some(s.last_epoch());
+            (s.last_epoch(), s.last_tid, sitting, Reverse(s.server))
+        })
+        .map(|s| s.server)
+}
+
+/// The epoch the next primary takes: above every epoch any member promised or wrote in.
+pub fn next_epoch(states: &[MemberState]) -> Epoch {
+    let top = states
+        .iter()
+        .map(|s| s.promised.max(s.last_epoch()))
+        .max()
+        .unwrap_or_default();
+    Epoch(top.0 + 1)
+}
+
+/// The last tid up to which history `mine` (lineage, last tid) equals history `theirs`:
+/// `Some(my_last)` if mine is a prefix of theirs, a smaller tid if mine parted from theirs
+/// there, `None` if the lineages kept are too short to tell.
+///
+/// Why lineages decide it: a store only accepts epoch `e`'s transactions after its history up
+/// to `e`'s base was made equal to that primary's (recovery truncates and catches up first),
+/// so two stores holding epoch `e` with the same base agree up to the base, and within `e`
+/// (one primary, one sequence) up to the shorter of their two ends.
+pub fn common_prefix(
+    mine: &[EpochStart],
+    my_last: Tid,
+    theirs: &[EpochStart],
+    their_last: Tid,
+) -> Option<Tid> {
+    if my_last == Tid::ZERO {
+        return Some(Tid::ZERO);
+    }
+    for i in (0..mine.len()).rev() {
+        let my_end = mine.get(i + 1).map(|n| n.base).unwrap_or(my_last);
+        if let Some(j) = theirs
+            .iter()
+            .position(|t| t.epoch == mine[i].epoch && t.base == mine[i].base)
+        {
+            let their_end = theirs.get(j + 1).map(|n| n.base).unwrap_or(their_last);
+            return Some(my_end.min(their_end));
+        }
+    }
+    // No shared epoch: they agree on nothing after the oldest base we know, and on everything
+    // before it only if that base is the beginning.
+    match mine.first() {
+        Some(first) if first.base == Tid::ZERO => Some(Tid::ZERO),
+        Some(_) => None,
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CommitMode, GroupKind, ServerSpec};
+    use proptest::prelude::*;
+
+    fn cfg(n: u32, remote: &[u32]) -> ReplicaConfig {
+        let servers = (0..n)
+            .map(|id| {
+                let r = remote.contains(&id);
+                ServerSpec {
+                    id,
+                    name: format!("s{id}"),
+                    group: if r { "dr" } else { "main" }.into(),
+                    kind: if r {
+                        GroupKind::Remote
+                    } else {
+                        GroupKind::Failover
+                    },
+                    weight: if r { 0 } else { 1 },
+                }
+            })
+            .collect();
+        ReplicaConfig::new(servers, CommitMode::Sync)
+    }
+
+    fn st(server: u32, epochs: &[(u64, u64)], last: u64) -> MemberState {
+        MemberState {
+            server,
+            promised: Epoch(epochs.last().map(|e| e.0).unwrap_or(0)),
+            last_tid: Tid(last),
+            lineage: epochs
+                .iter()
+                .map(|(e, b)| EpochStart {
+                    epoch: Epoch(*e),
+                    base: Tid(*b),
+                })
+                .collect(),
+            primary_in: None,
+            consistent: true,
+        }
+    }
+
+    #[test]
+    fn newest_epoch_beats_longer_history() {
+        let c = cfg(3, &[]);
+        let old = st(0, &[(1, 0), (2, 50)], 200); // a former primary with an unreplicated tail
+        let new = st(1, &[(1, 0), (2, 50), (3, 120)], 130);
+        assert_eq!(choose_primary(&c, &[old.clone(), new.clone()]), Some(1));
+        assert_eq!(choose_primary(&c, &[new, old]), Some(1));
+    }
+
+    #[test]
+    fn sitting_primary_wins_ties_then_lowest_id() {
+        let c = cfg(3, &[]);
+        let a = st(0, &[(4, 0)], 9);
+        let mut b = st(2, &[(4, 0)], 9);
+        assert_eq!(choose_primary(&c, &[a.clone(), b.clone()]), Some(0));
+        b.primary_in = Some(Epoch(4));
+        assert_eq!(choose_primary(&c, &[a, b]), Some(2));
+    }
+
+    #[test]
+    fn remote_and_inconsistent_members_never_chosen() {
+        let c = cfg(3, &[2]);
+        let mut a = st(0, &[(1, 0)], 5);
+        let b = st(1, &[(1, 0)], 4);
+        let r = st(2, &[(1, 0)], 9);
+        assert_eq!(
+            choose_primary(&c, &[a.clone(), b.clone(), r.clone()]),
+            Some(0)
+        );
+        a.consistent = false;
+        assert_eq!(choose_primary(&c, &[a.clone(), b, r.clone()]), Some(1));
+        assert_eq!(choose_primary(&c, &[a, r]), None);
+    }
+
+    #[test]
+    fn next_epoch_is_above_promises_and_histories() {
+        let mut a = st(0, &[(3, 0)], 5);
+        a.promised = Epoch(7);
+        let b = st(1, &[(3, 0), (5, 4)], 6);
+        assert_eq!(next_epoch(&[a, b]), Epoch(8));
+        assert_eq!(next_epoch(&[]), Epoch(1));
+    }
+
+    fn l(v: &[(u64, u64)]) -> Vec<EpochStart> {
+        v.iter()
+            .map(|(e, b)| EpochStart {
+                epoch: Epoch(*e),
+                base: Tid(*b),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn common_prefix_cases() {
+        let primary = l(&[(1, 0), (2, 50), (4, 90)]);
+        // A prefix: behind in the same epoch.
+        assert_eq!(
+            common_prefix(&l(&[(1, 0), (2, 50)]), Tid(70), &primary, Tid(120)),
+            Some(Tid(70))
+        );
+        // Parted: wrote past epoch 2's end in epoch 2 (an async tail), then epoch 3 never
+        // made it into the primary's lineage.
+        assert_eq!(
+            common_prefix(&l(&[(1, 0), (2, 50), (3, 95)]), Tid(99), &primary, Tid(120)),
+            Some(Tid(90))
+        );
+        assert_eq!(common_prefix(&[], Tid(0), &primary, Tid(120)), Some(Tid(0)));
+        assert_eq!(
+            common_prefix(&l(&[(9, 0)]), Tid(5), &primary, Tid(120)),
+            Some(Tid(0))
+        );
+        assert_eq!(
+            common_prefix(&l(&[(9, 40)]), Tid(45), &primary, Tid(120)),
+            None
+        );
+        // Ahead of them in the same epoch: agree up to their end.
+        assert_eq!(
+            common_prefix(&primary, Tid(130), &primary, Tid(120)),
+            Some(Tid(120))
+        );
+    }
+
+    fn arb_state() -> impl Strategy<Value = MemberState> {
+        (
+            0u32..6,
+            0u64..5,
+            0u64..5,
+            0u64..100,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(server, promised, e, last, sitting, consistent)| MemberState {
+                    server,
+                    promised: Epoch(promised),
+                    last_tid: Tid(last),
+                    lineage: if e == 0 {
+                        vec![]
+                    } else {
+                        vec![EpochStart {
+                            epoch: Epoch(e),
+                            base: Tid(0),
+                        }]
+                    },
+                    primary_in: sitting.then_some(Epoch(e)),
+                    consistent,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn choice_is_a_member_and_order_independent(
+            mut states in proptest::collection::vec(arb_state(), 0..6),
+            rot in 0usize..6,
+        ) {
+            // One state per server, as in a view.
+            states.sort_by_key(|s| s.server);
+            states.dedup_by_key(|s| s.server);
+            let c = cfg(6, &[5]);
+            let a = choose_primary(&c, &states);
+            if let Some(p) = a {
+                prop_assert!(states.iter().any(|s| s.server == p && s.consistent));
+                prop_assert!(c.eligible(p));
+            }
+            let n = states.len().max(1);
+            states.rotate_left(rot % n);
+            states.reverse();
+            prop_assert_eq!(choose_primary(&c, &states), a);
+            let e = next_epoch(&states);
+            prop_assert!(states.iter().all(|s| s.promised < e && s.last_epoch() < e));
+        }
+    }
+}

@@ -1,0 +1,1653 @@
+//! The replica state machine: one storage server's side of replication.
+//!
+//! Sans-IO, like the gcs core: the shell feeds it gcs views and deliveries and client
+//! requests, with the current time, and drains [`Output`]s. It sets no timers: gcs
+//! membership is its only failure detector.
+//!
+//! ```text
+//!  regular view ──► not a primary component ──────────────► ReadOnly
+//!       │
+//!       ▼ primary component
+//!  Syncing: every member multicasts State (agreed order)
+//!       │ all states delivered: choose_primary + next_epoch, same answer everywhere
+//!       ▼
+//!  every member durably promises the epoch, multicasts Promise
+//!       │ all promises delivered
+//!       ├─► the chosen one: Primary; first commit = epoch marker (lineage entry)
+//!       └─► the others: truncate what the lineage never had (Lost), recover what they
+//!           lack from the donor (transactions, objects, or a checkpoint), apply buffered
+//!           commits, report Applied, Backup
+//! ```
+//!
+//! A planned swap runs the promise round again without a view change: the primary stops
+//! assigning tids, multicasts Handover (ordered after its last commit), every member
+//! promises epoch + 1, and the target becomes primary once all promises are delivered.
+
+use crate::config::{CommitMode, ReplicaConfig, ServerId};
+use crate::election::LINEAGE_MAX;
+use crate::election::{choose_primary, common_prefix, next_epoch, Epoch, EpochStart, MemberState};
+use crate::types::{
+    CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
+    Staleness,
+};
+use crate::wire::{ChunkBody, FetchReq, Msg};
+use bytes::{BufMut, Bytes, BytesMut};
+use gcs::{ProcId, Service, Time, View, ViewKind};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use storage::{
+    ApplyOutcome, Direction, Oid, Record, Revision, Storage, StorageError, Tid, TidRange,
+    Transaction, TxnMeta,
+};
+
+/// Oids starting with this byte belong to the replication layer (lineage, client records);
+/// clients cannot write them.
+pub const RESERVED_OID_PREFIX: u8 = 0xFF;
+
+/// The object holding a store's lineage (written by each primary's first transaction).
+pub fn lineage_oid() -> Oid {
+    Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'e'])).expect("short oid")
+}
+
+/// The object recording a client's last committed request number (written in the same
+/// transaction as the request's writes: the idempotency record).
+pub fn client_oid(client: u64) -> Oid {
+    let mut b = BytesMut::with_capacity(10);
+    b.put_u8(RESERVED_OID_PREFIX);
+    b.put_u8(b'c');
+    b.put_u64(client);
+    Oid::new(b.freeze()).expect("short oid")
+}
+
+fn is_reserved(oid: &Oid) -> bool {
+    oid.as_bytes().first() == Some(&RESERVED_OID_PREFIX)
+}
+
+fn encode_lineage(l: &[EpochStart]) -> Bytes {
+    let mut b = BytesMut::with_capacity(l.len() * 16);
+    for e in l {
+        b.put_u64(e.epoch.0);
+        b.put_u64(e.base.0);
+    }
+    b.freeze()
+}
+
+fn decode_lineage(b: &[u8]) -> Option<Vec<EpochStart>> {
+    if !b.len().is_multiple_of(16) {
+        return None;
+    }
+    Some(
+        b.chunks_exact(16)
+            .map(|c| EpochStart {
+                epoch: Epoch(u64::from_be_bytes(c[..8].try_into().expect("8"))),
+                base: Tid(u64::from_be_bytes(c[8..].try_into().expect("8"))),
+            })
+            .collect(),
+    )
+}
+
+/// What the replica keeps in the store's replication-state slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Durable {
+    /// The highest epoch promised.
+    promised: Epoch,
+    /// While an object fill is open: the `consistent_at` of its first chunk (changes after it
+    /// must be re-sent before the fill can finish).
+    fill_since: Option<Tid>,
+}
+
+impl Durable {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![1u8];
+        v.extend_from_slice(&self.promised.0.to_be_bytes());
+        match self.fill_since {
+            None => v.push(0),
+            Some(t) => {
+                v.push(1);
+                v.extend_from_slice(&t.0.to_be_bytes());
+            }
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Durable, StorageError> {
+        let bad = || StorageError::corrupt("replication state");
+        if b.len() < 10 || b[0] != 1 {
+            return Err(bad());
+        }
+        let promised = Epoch(u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad())?));
+        let fill_since = match (b[9], b.len()) {
+            (0, 10) => None,
+            (1, 18) => Some(Tid(u64::from_be_bytes(
+                b[10..18].try_into().map_err(|_| bad())?,
+            ))),
+            _ => return Err(bad()),
+        };
+        Ok(Durable {
+            promised,
+            fill_since,
+        })
+    }
+}
+
+/// The election running in the current view (or the handover promise round).
+#[derive(Clone, Debug)]
+struct Election {
+    primary: ServerId,
+    epoch: Epoch,
+    /// The primary's history at election time: where everyone catches up to.
+    base: Tid,
+    base_lineage: Vec<EpochStart>,
+    /// Who serves recovery.
+    donor: ServerId,
+    /// The first tid the new primary may assign (above every tid any member holds).
+    tid_floor: Tid,
+    promises: BTreeSet<ServerId>,
+}
+
+/// A commit the primary sent and has not answered.
+#[derive(Clone, Debug)]
+struct Pending {
+    reqs: Vec<ReqId>,
+    epoch: Epoch,
+    key: (u64, u64),
+    oids: Vec<Oid>,
+    /// Delivered (SAFE) in the regular view: may be acknowledged once a majority holds it.
+    delivered_regular: bool,
+    /// Already answered (async mode).
+    answered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RecoveryStep {
+    /// Transactions after our last (until `until`, or the donor's end).
+    Txns { until: Option<Tid> },
+    /// Newest revisions of objects changed after our last.
+    Objects { after_oid: Option<Oid> },
+    /// The transactions in `(fill_since, until]`, filled as revisions, then `fill_finish(until)`.
+    FillTxns { until: Tid },
+}
+
+#[derive(Clone, Debug)]
+struct Recovery {
+    donor: ServerId,
+    fetch_id: u64,
+    step: RecoveryStep,
+    /// Chunks still expected for the current request.
+    outstanding: u32,
+}
+
+#[derive(Clone, Debug)]
+struct CurrentView {
+    members: Vec<ServerId>,
+    regular: bool,
+    primary_component: bool,
+}
+
+/// Counters for status pages and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Transactions applied (own and others').
+    pub applied: u64,
+    /// Commits acknowledged to clients by this server as primary.
+    pub acked: u64,
+    /// Elections completed in this server's views.
+    pub elections: u64,
+    /// Messages refused: stale epoch, not from the primary, malformed.
+    pub fenced: u64,
+    /// Recovery chunks applied.
+    pub recovery_chunks: u64,
+    /// Transactions moved to the lost archive.
+    pub lost: u64,
+}
+
+/// One storage server's replication state machine over its store `S`.
+pub struct Replica<S: Storage> {
+    cfg: ReplicaConfig,
+    me: ServerId,
+    store: S,
+    durable: Durable,
+    lineage: Vec<EpochStart>,
+    last: Tid,
+    view: Option<CurrentView>,
+    states: BTreeMap<ServerId, MemberState>,
+    election: Option<Election>,
+    /// The working primary (after its promise round).
+    primary: Option<(ServerId, Epoch)>,
+    role: Role,
+    was_primary_in: Option<Epoch>,
+    // Primary side.
+    last_assigned: Tid,
+    stopping: bool,
+    pending: BTreeMap<Tid, Pending>,
+    pending_serial: BTreeMap<Oid, Tid>,
+    pending_keys: BTreeMap<(u64, u64), Tid>,
+    dup_waiting: Vec<(Tid, ReqId)>,
+    held: VecDeque<(ReqId, CommitRequest)>,
+    /// Durable positions reported in this view (`Applied`), by server.
+    applied: BTreeMap<ServerId, Tid>,
+    // Backup side.
+    recovery: Option<Recovery>,
+    backlog: VecDeque<(Tid, Transaction)>,
+    backlog_overflowed: bool,
+    applied_dirty: bool,
+    last_commit_at: Option<Time>,
+    primary_last_known: Tid,
+    next_fetch_id: u64,
+    out: VecDeque<Output>,
+    stats: ReplicaStats,
+}
+
+const BACKLOG_MAX: usize = 100_000;
+
+impl<S: Storage> Replica<S> {
+    /// A server over `store` (which may hold data from an earlier run).
+    pub fn new(cfg: ReplicaConfig, me: ServerId, store: S) -> Result<Replica<S>, StorageError> {
+        let mut r = Replica {
+            cfg,
+            me,
+            store,
+            durable: Durable::default(),
+            lineage: Vec::new(),
+            last: Tid::ZERO,
+            view: None,
+            states: BTreeMap::new(),
+            election: None,
+            primary: None,
+            role: Role::ReadOnly,
+            was_primary_in: None,
+            last_assigned: Tid::ZERO,
+            stopping: false,
+            pending: BTreeMap::new(),
+            pending_serial: BTreeMap::new(),
+            pending_keys: BTreeMap::new(),
+            dup_waiting: Vec::new(),
+            held: VecDeque::new(),
+            applied: BTreeMap::new(),
+            recovery: None,
+            backlog: VecDeque::new(),
+            backlog_overflowed: false,
+            applied_dirty: false,
+            last_commit_at: None,
+            primary_last_known: Tid::ZERO,
+            next_fetch_id: 1,
+            out: VecDeque::new(),
+            stats: ReplicaStats::default(),
+        };
+        r.reload()?;
+        Ok(r)
+    }
+
+    fn reload(&mut self) -> Result<(), StorageError> {
+        self.durable = match self.store.replication_state()? {
+            None => Durable::default(),
+            Some(b) => Durable::decode(&b)?,
+        };
+        self.last = self.store.last_transaction()?;
+        self.primary_last_known = self.primary_last_known.max(self.last);
+        self.reload_lineage()
+    }
+
+    fn reload_lineage(&mut self) -> Result<(), StorageError> {
+        self.lineage = match self.store.load(&lineage_oid())? {
+            Some(Revision { data: Some(d), .. }) => {
+                decode_lineage(&d).ok_or_else(|| StorageError::corrupt("lineage object"))?
+            }
+            _ => Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// Gives the store back (the shell keeps it across a simulated crash).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.me
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The working primary and its epoch, if known.
+    pub fn primary(&self) -> Option<(ServerId, Epoch)> {
+        self.primary
+    }
+
+    /// The highest epoch this server promised.
+    pub fn promised(&self) -> Epoch {
+        self.durable.promised
+    }
+
+    /// Its last transaction.
+    pub fn last_tid(&self) -> Tid {
+        self.last
+    }
+
+    /// Its lineage.
+    pub fn lineage(&self) -> &[EpochStart] {
+        &self.lineage
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// How stale this server's reads are.
+    pub fn staleness(&self) -> Staleness {
+        Staleness {
+            role: self.role,
+            last_tid: self.last,
+            primary_last_known: self.primary_last_known.max(self.last),
+            last_commit_at: self.last_commit_at,
+            in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
+        }
+    }
+
+    /// Whether reads are served: not while an object fill leaves the store inconsistent, nor
+    /// after a storage failure.
+    pub fn readable(&self) -> bool {
+        self.role != Role::Down && self.durable.fill_since.is_none()
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if self.applied_dirty {
+            self.applied_dirty = false;
+            if let Some((p, epoch)) = self.primary {
+                if p != self.me && self.recovery.is_none() && self.role == Role::Backup {
+                    self.multicast(
+                        Service::Agreed,
+                        Msg::Applied {
+                            server: self.me,
+                            epoch,
+                            tid: self.last,
+                        },
+                    );
+                }
+            }
+        }
+        self.out.pop_front()
+    }
+
+    fn multicast(&mut self, service: Service, m: Msg) {
+        self.out.push_back(Output::Multicast {
+            service,
+            payload: m.encode(),
+        });
+    }
+
+    fn set_role(&mut self, role: Role) {
+        let info = RoleInfo {
+            role,
+            primary: self.primary,
+        };
+        if self.role != role || role == Role::Primary || role == Role::Backup {
+            tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");
+        }
+        self.role = role;
+        self.out.push_back(Output::Role(info));
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) {
+        if self.role == Role::Down {
+            return;
+        }
+        tracing::error!(server = self.me, error = %e, "storage failure: stopping");
+        let why = e.to_string();
+        self.primary = None;
+        self.set_role(Role::Down);
+        for (req, _) in std::mem::take(&mut self.held) {
+            self.reply(req, Err(CommitError::Down(why.clone())));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending.into_values().filter(|p| !p.answered) {
+            for r in p.reqs {
+                self.reply(r, Err(CommitError::Down(why.clone())));
+            }
+        }
+    }
+
+    fn reply(&mut self, req: ReqId, result: Result<Committed, CommitError>) {
+        if result.is_ok() {
+            self.stats.acked += 1;
+        }
+        self.out.push_back(Output::Reply { req, result });
+    }
+
+    fn persist(&mut self) -> Result<(), StorageError> {
+        self.store.set_replication_state(&self.durable.encode())
+    }
+
+    // ---- views -----------------------------------------------------------------------
+
+    /// A gcs view was installed.
+    pub fn handle_view(&mut self, _now: Time, view: &View) {
+        if self.role == Role::Down {
+            return;
+        }
+        let mut members: Vec<ServerId> = view
+            .members
+            .iter()
+            .map(|p: &ProcId| p.node)
+            .filter(|n| self.cfg.server(*n).is_some())
+            .collect();
+        members.dedup();
+        let regular = view.kind() == ViewKind::Regular;
+        if !regular {
+            // The old view ends: commits still arrive (the transitional set's), but nothing
+            // new is accepted until the next regular view elects.
+            if let Some(v) = self.view.as_mut() {
+                v.regular = false;
+            }
+            if self.role == Role::Primary {
+                self.stopping = true;
+            }
+            return;
+        }
+        let primary_component = self.cfg.is_primary_component(&members);
+        self.was_primary_in = match (self.role, self.primary) {
+            (Role::Primary, Some((_, e))) => Some(e),
+            _ => None,
+        };
+        // Everything in flight from the previous view has an unknown outcome now.
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending.into_values().filter(|p| !p.answered) {
+            for r in p.reqs {
+                self.reply(r, Err(CommitError::Retry));
+            }
+        }
+        for (_, r) in std::mem::take(&mut self.dup_waiting) {
+            self.reply(r, Err(CommitError::Retry));
+        }
+        self.pending_serial.clear();
+        self.pending_keys.clear();
+        self.applied.clear();
+        self.states.clear();
+        self.election = None;
+        self.primary = None;
+        self.stopping = false;
+        self.recovery = None;
+        self.backlog.clear();
+        self.backlog_overflowed = false;
+        self.view = Some(CurrentView {
+            members,
+            regular: true,
+            primary_component,
+        });
+        if primary_component {
+            self.set_role(Role::Syncing);
+            let fill_open = self.durable.fill_since.is_some();
+            let state = MemberState {
+                server: self.me,
+                promised: self.durable.promised,
+                last_tid: self.last,
+                lineage: self.lineage.clone(),
+                primary_in: self.was_primary_in,
+                consistent: !fill_open,
+            };
+            self.multicast(Service::Agreed, Msg::State(state));
+        } else {
+            self.set_role(Role::ReadOnly);
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            }
+        }
+    }
+
+    // ---- deliveries ------------------------------------------------------------------
+
+    /// A gcs delivery. Messages that are not replication messages, or come from a server
+    /// not in the configuration, are counted and dropped.
+    pub fn handle_delivery(&mut self, now: Time, sender: ProcId, payload: &[u8]) {
+        if self.role == Role::Down {
+            return;
+        }
+        let from = sender.node;
+        let Ok(msg) = Msg::decode(payload) else {
+            self.stats.fenced += 1;
+            return;
+        };
+        if self.cfg.server(from).is_none() {
+            self.stats.fenced += 1;
+            return;
+        }
+        let r = match msg {
+            Msg::State(s) => self.on_state(from, s),
+            Msg::Promise { server, epoch } => self.on_promise(from, server, epoch),
+            Msg::Commit { epoch, prev, txn } => self.on_commit(now, from, epoch, prev, txn),
+            Msg::Applied { server, epoch, tid } => {
+                self.on_applied(from, server, epoch, tid);
+                Ok(())
+            }
+            Msg::SwapRequest { epoch, to } => self.on_swap_request(epoch, to),
+            Msg::Handover { epoch, to, last } => self.on_handover(from, epoch, to, last),
+            Msg::Fetch {
+                from: who,
+                donor,
+                fetch_id,
+                chunks,
+                req,
+            } => self.on_fetch(who, donor, fetch_id, chunks, req),
+            Msg::Chunk { to, fetch_id, body } => self.on_chunk(now, to, fetch_id, body),
+            Msg::Lost {
+                server,
+                truncated_after,
+                tids,
+                oids,
+            } => {
+                self.out.push_back(Output::Lost(LostReport {
+                    server,
+                    truncated_after,
+                    tids,
+                    oids,
+                }));
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+
+    fn in_view(&self, s: ServerId) -> bool {
+        self.view.as_ref().is_some_and(|v| v.members.contains(&s))
+    }
+
+    fn on_state(&mut self, from: ServerId, s: MemberState) -> Result<(), StorageError> {
+        let Some(v) = self.view.as_ref() else {
+            return Ok(());
+        };
+        if !v.primary_component || s.server != from || !v.members.contains(&from) {
+            return Ok(());
+        }
+        if self.election.is_some() {
+            return Ok(());
+        }
+        self.states.insert(from, s);
+        if !v.members.iter().all(|m| self.states.contains_key(m)) {
+            return Ok(());
+        }
+        let states: Vec<MemberState> = self.states.values().cloned().collect();
+        let Some(p) = choose_primary(&self.cfg, &states) else {
+            tracing::warn!(
+                server = self.me,
+                "primary component without an eligible member"
+            );
+            return Ok(());
+        };
+        let epoch = next_epoch(&states);
+        let ps = &self.states[&p];
+        let tid_floor = Tid(states.iter().map(|s| s.last_tid.0).max().unwrap_or(0) + 1);
+        let election = Election {
+            primary: p,
+            epoch,
+            base: ps.last_tid,
+            base_lineage: ps.lineage.clone(),
+            donor: p,
+            tid_floor,
+            promises: BTreeSet::new(),
+        };
+        // Servers already holding the primary's history count as durable up to its end.
+        for s in &states {
+            if common_prefix(&s.lineage, s.last_tid, &ps.lineage, ps.last_tid) == Some(ps.last_tid)
+                && s.last_tid == ps.last_tid
+            {
+                self.applied.insert(s.server, ps.last_tid);
+            }
+        }
+        self.primary_last_known = self.primary_last_known.max(ps.last_tid);
+        self.stats.elections += 1;
+        tracing::info!(server = self.me, primary = p, %epoch, base = %election.base, "elected");
+        self.election = Some(election);
+        self.promise(epoch)
+    }
+
+    fn promise(&mut self, epoch: Epoch) -> Result<(), StorageError> {
+        if epoch > self.durable.promised {
+            self.durable.promised = epoch;
+            self.persist()?;
+        }
+        self.multicast(
+            Service::Agreed,
+            Msg::Promise {
+                server: self.me,
+                epoch,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_promise(
+        &mut self,
+        from: ServerId,
+        server: ServerId,
+        epoch: Epoch,
+    ) -> Result<(), StorageError> {
+        if from != server || !self.in_view(from) {
+            return Ok(());
+        }
+        let members = self
+            .view
+            .as_ref()
+            .map(|v| v.members.clone())
+            .unwrap_or_default();
+        // A primary starts only in the regular view its promises were made in: once the view
+        // is transitional, members may already have moved on.
+        if !self.view.as_ref().is_some_and(|v| v.regular) {
+            return Ok(());
+        }
+        let Some(el) = self.election.as_mut() else {
+            return Ok(());
+        };
+        if el.epoch != epoch {
+            return Ok(());
+        }
+        el.promises.insert(server);
+        if !members.iter().all(|m| el.promises.contains(m)) {
+            return Ok(());
+        }
+        let el = el.clone();
+        self.primary = Some((el.primary, el.epoch));
+        if el.primary == self.me {
+            self.start_recovery(&el)?;
+            self.maybe_become_primary()
+        } else {
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(
+                    req,
+                    Err(CommitError::NotPrimary {
+                        primary: Some(el.primary),
+                    }),
+                );
+            }
+            self.set_role(Role::Syncing);
+            self.start_recovery(&el)
+        }
+    }
+
+    /// The chosen primary starts once it holds the base (after a handover it may still be
+    /// applying the old primary's last commits or catching up).
+    fn maybe_become_primary(&mut self) -> Result<(), StorageError> {
+        let Some(el) = self.election.clone() else {
+            return Ok(());
+        };
+        if el.primary != self.me
+            || self.primary != Some((self.me, el.epoch))
+            || self.role == Role::Primary
+            || self.recovery.is_some()
+            || self.last < el.base
+        {
+            return Ok(());
+        }
+        let mut lineage = self.lineage.clone();
+        lineage.push(EpochStart {
+            epoch: el.epoch,
+            base: self.last,
+        });
+        if lineage.len() > LINEAGE_MAX {
+            lineage.drain(..lineage.len() - LINEAGE_MAX);
+        }
+        self.last_assigned = self.last;
+        self.stopping = false;
+        let tid = el.tid_floor.max(Tid(self.last.0 + 1));
+        let marker = Transaction {
+            tid,
+            meta: TxnMeta {
+                user: Bytes::from_static(b"standby"),
+                description: Bytes::from(format!("epoch {} starts", el.epoch.0)),
+                extension: Bytes::new(),
+                time: 0,
+            },
+            records: vec![Record {
+                oid: lineage_oid(),
+                data: Some(encode_lineage(&lineage)),
+                expected_serial: None,
+            }],
+        };
+        self.applied.insert(self.me, self.last);
+        self.set_role(Role::Primary);
+        self.primary_send(marker, None)?;
+        while let Some((req, c)) = self.held.pop_front() {
+            self.on_commit_request(req, c);
+            if self.stopping || self.role != Role::Primary {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_recovery(&mut self, el: &Election) -> Result<(), StorageError> {
+        if el.primary == self.me && self.last >= el.base {
+            return Ok(());
+        }
+        if self.durable.fill_since.is_none() {
+            match common_prefix(&self.lineage, self.last, &el.base_lineage, el.base) {
+                Some(c) if c < self.last => {
+                    if !self.truncate(c)? {
+                        return self.need_checkpoint(el.donor);
+                    }
+                }
+                Some(_) => {}
+                None => return self.need_checkpoint(el.donor),
+            }
+        }
+        if self.durable.fill_since.is_none() && self.last >= el.base {
+            self.caught_up();
+            return Ok(());
+        }
+        let behind = el.base.0.saturating_sub(self.last.0);
+        let step = if let Some(p) = self.store.fill_progress()? {
+            RecoveryStep::Objects {
+                after_oid: Some(p.last_oid),
+            }
+        } else if self.durable.fill_since.is_some() {
+            RecoveryStep::Objects { after_oid: None }
+        } else if self.last == Tid::ZERO && behind > self.cfg.recovery.checkpoint_after {
+            return self.need_checkpoint(el.donor);
+        } else if behind > self.cfg.recovery.fast_after {
+            RecoveryStep::Objects { after_oid: None }
+        } else {
+            RecoveryStep::Txns { until: None }
+        };
+        tracing::info!(
+            server = self.me,
+            donor = el.donor,
+            ?step,
+            behind,
+            "recovery starts"
+        );
+        self.recovery = Some(Recovery {
+            donor: el.donor,
+            fetch_id: 0,
+            step,
+            outstanding: 0,
+        });
+        self.fetch();
+        Ok(())
+    }
+
+    fn need_checkpoint(&mut self, donor: ServerId) -> Result<(), StorageError> {
+        tracing::warn!(
+            server = self.me,
+            donor,
+            "history cannot be reconciled: checkpoint"
+        );
+        self.recovery = Some(Recovery {
+            donor,
+            fetch_id: u64::MAX,
+            step: RecoveryStep::Txns { until: None },
+            outstanding: 0,
+        });
+        self.out.push_back(Output::NeedCheckpoint { donor });
+        Ok(())
+    }
+
+    /// The shell installed a checkpoint copied from the donor (see
+    /// [`Output::NeedCheckpoint`]): the replica continues on `store`, catching up from there.
+    pub fn install_checkpoint(&mut self, store: S) -> Result<(), StorageError> {
+        self.store = store;
+        let promised = self.durable.promised;
+        self.reload()?;
+        if promised > self.durable.promised {
+            self.durable.promised = promised;
+            self.persist()?;
+        }
+        let Some(rec) = self.recovery.take() else {
+            return Ok(());
+        };
+        if self.view.as_ref().is_some_and(|v| v.regular) && self.primary.is_some() {
+            self.recovery = Some(Recovery {
+                donor: rec.donor,
+                fetch_id: 0,
+                step: RecoveryStep::Txns { until: None },
+                outstanding: 0,
+            });
+            self.fetch();
+        }
+        Ok(())
+    }
+
+    /// Truncates after `tid`, reporting what was lost; false if the store's history does not
+    /// reach back that far.
+    fn truncate(&mut self, tid: Tid) -> Result<bool, StorageError> {
+        let mut oids = BTreeSet::new();
+        let lost: Vec<Transaction> = match self.store.iter(TidRange::after(tid), Direction::Forward)
+        {
+            Ok(it) => it.collect::<Result<_, _>>()?,
+            Err(StorageError::HistoryTruncated { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for t in &lost {
+            oids.extend(
+                t.records
+                    .iter()
+                    .map(|r| r.oid.clone())
+                    .filter(|o| !is_reserved(o)),
+            );
+        }
+        let tids = match self.store.truncate_after(tid) {
+            Ok(t) => t,
+            Err(StorageError::HistoryTruncated { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(server = self.me, after = %tid, n = tids.len(), "lost transactions archived");
+        self.stats.lost += tids.len() as u64;
+        self.last = self.store.last_transaction()?;
+        self.reload_lineage()?;
+        self.multicast(
+            Service::Agreed,
+            Msg::Lost {
+                server: self.me,
+                truncated_after: tid,
+                tids,
+                oids: oids.into_iter().collect(),
+            },
+        );
+        Ok(true)
+    }
+
+    fn fetch(&mut self) {
+        let Some(rec) = self.recovery.as_mut() else {
+            return;
+        };
+        rec.fetch_id = self.next_fetch_id;
+        self.next_fetch_id += 1;
+        rec.outstanding = self.cfg.recovery.chunks_per_request.max(1);
+        let req = match &rec.step {
+            RecoveryStep::Txns { until } => FetchReq::Txns {
+                after: self.last,
+                until: *until,
+            },
+            RecoveryStep::Objects { after_oid } => FetchReq::Objects {
+                since: self.last,
+                after_oid: after_oid.clone(),
+            },
+            RecoveryStep::FillTxns { until } => FetchReq::Txns {
+                after: self.durable.fill_since.unwrap_or(self.last),
+                until: Some(*until),
+            },
+        };
+        let m = Msg::Fetch {
+            from: self.me,
+            donor: rec.donor,
+            fetch_id: rec.fetch_id,
+            chunks: rec.outstanding,
+            req,
+        };
+        self.multicast(Service::Agreed, m);
+    }
+
+    fn caught_up(&mut self) {
+        self.recovery = None;
+        if self.primary.is_some_and(|(p, _)| p == self.me) {
+            return;
+        }
+        if self.view.as_ref().is_some_and(|v| v.regular) && self.primary.is_some() {
+            self.set_role(Role::Backup);
+            self.applied_dirty = true;
+        }
+    }
+
+    // ---- commits -----------------------------------------------------------------------
+
+    fn on_commit(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        epoch: Epoch,
+        prev: Tid,
+        txn: Transaction,
+    ) -> Result<(), StorageError> {
+        if self.primary != Some((from, epoch)) || epoch < self.durable.promised {
+            self.stats.fenced += 1;
+            return Ok(());
+        }
+        self.primary_last_known = self.primary_last_known.max(txn.tid);
+        if self.recovery.is_some() || !self.backlog.is_empty() {
+            if self.backlog.len() >= BACKLOG_MAX {
+                self.backlog.clear();
+                self.backlog_overflowed = true;
+            }
+            self.backlog.push_back((prev, txn));
+            return Ok(());
+        }
+        let regular = self.view.as_ref().is_some_and(|v| v.regular);
+        self.apply(now, prev, &txn)?;
+        if from == self.me {
+            if let Some(p) = self.pending.get_mut(&txn.tid) {
+                p.delivered_regular = regular;
+                if !regular && !p.answered {
+                    p.answered = true;
+                    for r in std::mem::take(&mut p.reqs) {
+                        self.reply(r, Err(CommitError::Retry));
+                    }
+                }
+            }
+            self.applied.insert(self.me, self.last);
+            self.release_acks();
+        }
+        Ok(())
+    }
+
+    /// Applies one transaction of the primary lineage; a gap starts recovery.
+    fn apply(&mut self, now: Time, prev: Tid, txn: &Transaction) -> Result<(), StorageError> {
+        match self.store.apply(prev, txn) {
+            Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
+            Err(StorageError::Gap { .. }) if txn.tid > self.last => {
+                // We missed transactions: recover them from the primary, keep this one.
+                self.backlog.push_back((prev, txn.clone()));
+                if let Some((p, _)) = self.primary {
+                    self.recovery = Some(Recovery {
+                        donor: p,
+                        fetch_id: 0,
+                        step: RecoveryStep::Txns { until: None },
+                        outstanding: 0,
+                    });
+                    self.set_role(Role::Syncing);
+                    self.fetch();
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        if txn.tid > self.last {
+            self.last = txn.tid;
+        }
+        self.after_apply(now, txn)
+    }
+
+    fn after_apply(&mut self, now: Time, txn: &Transaction) -> Result<(), StorageError> {
+        self.stats.applied += 1;
+        self.last_commit_at = Some(now);
+        self.applied_dirty = true;
+        if txn.records.iter().any(|r| r.oid == lineage_oid()) {
+            self.reload_lineage()?;
+        }
+        let oids: Vec<Oid> = txn
+            .records
+            .iter()
+            .map(|r| r.oid.clone())
+            .filter(|o| !is_reserved(o))
+            .collect();
+        self.out
+            .push_back(Output::Invalidate(Invalidation { tid: txn.tid, oids }));
+        Ok(())
+    }
+
+    /// Reports count for the whole view: within one view every primary (the elected one,
+    /// then each swap target) continues the same lineage, and a server only reports once it
+    /// holds that lineage.
+    fn on_applied(&mut self, from: ServerId, server: ServerId, _epoch: Epoch, tid: Tid) {
+        if from != server || !self.in_view(from) {
+            return;
+        }
+        let e = self.applied.entry(server).or_default();
+        *e = (*e).max(tid);
+        self.release_acks();
+    }
+
+    /// The highest tid held durably by servers with a majority of the vote weight.
+    fn majority_applied(&self) -> Tid {
+        let mut tids: Vec<Tid> = self.applied.values().copied().collect();
+        tids.sort_unstable();
+        tids.dedup();
+        for t in tids.into_iter().rev() {
+            let holders: Vec<ServerId> = self
+                .applied
+                .iter()
+                .filter(|(_, a)| **a >= t)
+                .map(|(s, _)| *s)
+                .collect();
+            if self.cfg.is_majority(self.cfg.weight_of(&holders)) {
+                return t;
+            }
+        }
+        Tid::ZERO
+    }
+
+    fn release_acks(&mut self) {
+        if self.pending.is_empty() && self.dup_waiting.is_empty() {
+            return;
+        }
+        let durable = self.majority_applied();
+        let epoch = self.durable.promised;
+        let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
+        for tid in done {
+            let p = self.pending.remove(&tid).expect("listed");
+            self.pending_keys.remove(&p.key);
+            for o in &p.oids {
+                if self.pending_serial.get(o) == Some(&tid) {
+                    self.pending_serial.remove(o);
+                }
+            }
+            if p.answered {
+                continue;
+            }
+            let result = if p.delivered_regular {
+                Ok(Committed {
+                    tid,
+                    epoch: p.epoch,
+                    duplicate: false,
+                })
+            } else {
+                Err(CommitError::Retry)
+            };
+            let mut first = true;
+            for r in p.reqs {
+                let res = result.clone().map(|mut c| {
+                    c.duplicate = !first;
+                    c
+                });
+                first = false;
+                self.reply(r, res);
+            }
+        }
+        let waiting = std::mem::take(&mut self.dup_waiting);
+        for (tid, r) in waiting {
+            if tid <= durable {
+                self.reply(
+                    r,
+                    Ok(Committed {
+                        tid,
+                        epoch,
+                        duplicate: true,
+                    }),
+                );
+            } else {
+                self.dup_waiting.push((tid, r));
+            }
+        }
+        // Async mode: requests held for the loss window may go now.
+        if matches!(self.cfg.mode, CommitMode::Async { .. }) && self.role == Role::Primary {
+            while !self.held.is_empty() && self.async_window_open() && !self.stopping {
+                let (req, c) = self.held.pop_front().expect("non-empty");
+                self.on_commit_request(req, c);
+            }
+        }
+    }
+
+    fn async_window_open(&self) -> bool {
+        match self.cfg.mode {
+            CommitMode::Async { window } => (self.pending.len() as u64) < window.max(1),
+            CommitMode::Sync => true,
+        }
+    }
+
+    /// A client asks for a commit; the answer comes later as [`Output::Reply`].
+    pub fn handle_commit(&mut self, _now: Time, req: ReqId, c: CommitRequest) {
+        self.on_commit_request(req, c);
+    }
+
+    fn hold(&mut self, req: ReqId, c: CommitRequest) {
+        if self.held.len() >= self.cfg.held_max {
+            self.reply(req, Err(CommitError::Busy));
+        } else {
+            self.held.push_back((req, c));
+        }
+    }
+
+    fn on_commit_request(&mut self, req: ReqId, c: CommitRequest) {
+        match self.role {
+            Role::Down => {
+                return self.reply(req, Err(CommitError::Down("stopped".into())));
+            }
+            Role::Primary if !self.stopping => {}
+            Role::Primary => return self.hold(req, c),
+            _ => {
+                let component = self.view.as_ref().is_some_and(|v| v.primary_component);
+                return match self.primary {
+                    Some((p, _)) if p != self.me => {
+                        self.reply(req, Err(CommitError::NotPrimary { primary: Some(p) }))
+                    }
+                    // Ours, starting (catching up after a swap).
+                    Some(_) => self.hold(req, c),
+                    // An election or a swap is under way: hold until it settles.
+                    None if component => self.hold(req, c),
+                    None => self.reply(req, Err(CommitError::NotPrimary { primary: None })),
+                };
+            }
+        }
+        if !self.async_window_open() {
+            return self.hold(req, c);
+        }
+        if let Err(e) = self.primary_commit(req, c) {
+            self.fail(e);
+        }
+    }
+
+    fn primary_commit(&mut self, req: ReqId, c: CommitRequest) -> Result<(), StorageError> {
+        let key = (c.client, c.request);
+        if let Some(tid) = self.pending_keys.get(&key) {
+            if let Some(p) = self.pending.get_mut(tid) {
+                if !p.answered {
+                    p.reqs.push(req);
+                    return Ok(());
+                }
+            }
+        }
+        let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
+        if let Some(rev) = self.store.load(&client_oid(c.client))? {
+            let last = rev
+                .data
+                .as_deref()
+                .and_then(|d| d.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if last == c.request {
+                if rev.tid <= self.majority_applied()
+                    || matches!(self.cfg.mode, CommitMode::Async { .. })
+                {
+                    self.reply(
+                        req,
+                        Ok(Committed {
+                            tid: rev.tid,
+                            epoch,
+                            duplicate: true,
+                        }),
+                    );
+                } else {
+                    self.dup_waiting.push((rev.tid, req));
+                }
+                return Ok(());
+            }
+            if last > c.request {
+                self.reply(
+                    req,
+                    Err(CommitError::Stale {
+                        request: c.request,
+                        last,
+                    }),
+                );
+                return Ok(());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for r in &c.records {
+            if is_reserved(&r.oid) {
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!("reserved oid {}", r.oid))),
+                );
+                return Ok(());
+            }
+            if !seen.insert(r.oid.clone()) {
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!("oid {} twice", r.oid))),
+                );
+                return Ok(());
+            }
+            if let Some(expected) = r.expected_serial {
+                let actual = match self.pending_serial.get(&r.oid) {
+                    Some(t) => *t,
+                    None => self.store.load(&r.oid)?.map(|v| v.tid).unwrap_or(Tid::ZERO),
+                };
+                if actual != expected {
+                    self.reply(
+                        req,
+                        Err(CommitError::Conflict {
+                            oid: r.oid.clone(),
+                            expected,
+                            actual,
+                        }),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let tid = Tid(self.last_assigned.0 + 1);
+        // Every replica must be able to apply what the primary sends: refuse here what a
+        // store would refuse there.
+        let size: usize = c.meta.user.len()
+            + c.meta.description.len()
+            + c.meta.extension.len()
+            + c.records
+                .iter()
+                .map(|r| 16 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len()))
+                .sum::<usize>();
+        if size > self.cfg.commit_bytes_max {
+            let max = self.cfg.commit_bytes_max;
+            self.reply(
+                req,
+                Err(CommitError::Invalid(format!(
+                    "transaction of {size} bytes, max {max}"
+                ))),
+            );
+            return Ok(());
+        }
+        let mut records: Vec<Record> = c
+            .records
+            .into_iter()
+            .map(|r| Record {
+                expected_serial: None,
+                ..r
+            })
+            .collect();
+        let oids: Vec<Oid> = records.iter().map(|r| r.oid.clone()).collect();
+        records.push(Record {
+            oid: client_oid(c.client),
+            data: Some(Bytes::copy_from_slice(&c.request.to_be_bytes())),
+            expected_serial: None,
+        });
+        let txn = Transaction {
+            tid,
+            meta: c.meta,
+            records,
+        };
+        if let Err(e) = storage::validate_txn(&txn) {
+            self.reply(req, Err(CommitError::Invalid(e.to_string())));
+            return Ok(());
+        }
+        for o in &oids {
+            self.pending_serial.insert(o.clone(), tid);
+        }
+        self.pending_keys.insert(key, tid);
+        self.pending.insert(
+            tid,
+            Pending {
+                reqs: vec![req],
+                epoch: self.primary.map(|(_, e)| e).unwrap_or_default(),
+                key,
+                oids,
+                delivered_regular: false,
+                answered: false,
+            },
+        );
+        self.primary_send(txn, Some(req))
+    }
+
+    /// Sends a transaction as primary: async mode commits it locally first and answers.
+    fn primary_send(&mut self, txn: Transaction, req: Option<ReqId>) -> Result<(), StorageError> {
+        let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
+        if let CommitMode::Async { .. } = self.cfg.mode {
+            self.store.commit(&txn)?;
+            self.last = txn.tid;
+            if let Some(req) = req {
+                if let Some(p) = self.pending.get_mut(&txn.tid) {
+                    p.answered = true;
+                }
+                self.reply(
+                    req,
+                    Ok(Committed {
+                        tid: txn.tid,
+                        epoch,
+                        duplicate: false,
+                    }),
+                );
+            }
+        }
+        let prev = self.last_assigned;
+        self.last_assigned = txn.tid;
+        self.primary_last_known = self.primary_last_known.max(txn.tid);
+        self.multicast(Service::Safe, Msg::Commit { epoch, prev, txn });
+        Ok(())
+    }
+
+    // ---- swap ----------------------------------------------------------------------------
+
+    /// An operator asks for `to` to become primary. Any server may be asked; it forwards the
+    /// request through the ring. Fails if there is no working primary in view or `to` may
+    /// not become primary.
+    pub fn request_swap(&mut self, _now: Time, to: ServerId) -> Result<(), SwapError> {
+        let Some((_, epoch)) = self.primary else {
+            return Err(SwapError::NoPrimary);
+        };
+        if !self.cfg.eligible(to) {
+            return Err(SwapError::NotEligible(to));
+        }
+        if !self.in_view(to) {
+            return Err(SwapError::NotInView(to));
+        }
+        self.multicast(Service::Agreed, Msg::SwapRequest { epoch, to });
+        Ok(())
+    }
+
+    fn on_swap_request(&mut self, epoch: Epoch, to: ServerId) -> Result<(), StorageError> {
+        let Some((p, cur)) = self.primary else {
+            return Ok(());
+        };
+        if cur != epoch || p == to || !self.in_view(to) || !self.cfg.eligible(to) {
+            return Ok(());
+        }
+        if !self.view.as_ref().is_some_and(|v| v.regular) {
+            return Ok(());
+        }
+        if p == self.me && self.role == Role::Primary && !self.stopping {
+            // Stop assigning tids; the handover is ordered after every commit already sent.
+            self.stopping = true;
+            tracing::info!(server = self.me, to, last = %self.last_assigned, "swap: handing over");
+            self.multicast(
+                Service::Agreed,
+                Msg::Handover {
+                    epoch,
+                    to,
+                    last: self.last_assigned,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn on_handover(
+        &mut self,
+        from: ServerId,
+        epoch: Epoch,
+        to: ServerId,
+        last: Tid,
+    ) -> Result<(), StorageError> {
+        if self.primary != Some((from, epoch)) || !self.in_view(to) {
+            return Ok(());
+        }
+        let new_epoch = Epoch(epoch.0 + 1);
+        // The old primary's lineage: the one it was elected on, plus its own epoch.
+        let Some(prev) = self.election.clone() else {
+            return Ok(());
+        };
+        let mut base_lineage = prev.base_lineage;
+        base_lineage.push(EpochStart {
+            epoch,
+            base: prev.base,
+        });
+        if base_lineage.len() > LINEAGE_MAX {
+            base_lineage.drain(..base_lineage.len() - LINEAGE_MAX);
+        }
+        let held: Vec<(ReqId, CommitRequest)> = if from == self.me {
+            self.held.drain(..).collect()
+        } else {
+            Vec::new()
+        };
+        self.primary = None;
+        self.election = Some(Election {
+            primary: to,
+            epoch: new_epoch,
+            base: last,
+            base_lineage,
+            donor: from,
+            tid_floor: Tid(last.0 + 1),
+            promises: BTreeSet::new(),
+        });
+        if from == self.me {
+            self.stopping = false;
+            self.set_role(Role::Backup);
+        }
+        for (req, _) in held {
+            self.reply(req, Err(CommitError::NotPrimary { primary: Some(to) }));
+        }
+        self.promise(new_epoch)
+    }
+
+    // ---- recovery: donor side ------------------------------------------------------------
+
+    fn on_fetch(
+        &mut self,
+        who: ServerId,
+        donor: ServerId,
+        fetch_id: u64,
+        chunks: u32,
+        req: FetchReq,
+    ) -> Result<(), StorageError> {
+        if donor != self.me || !self.in_view(who) {
+            return Ok(());
+        }
+        let chunk_bytes = self.cfg.recovery.chunk_bytes.max(1);
+        let chunks = chunks.clamp(1, 64);
+        let mut bodies = Vec::new();
+        match req {
+            FetchReq::Txns { after, until } => {
+                let range = TidRange::new(Some(Tid(after.0 + 1)), until);
+                let it = match self.store.iter(range, Direction::Forward) {
+                    Ok(it) => it,
+                    Err(StorageError::HistoryTruncated { horizon }) => {
+                        bodies.push(ChunkBody::Unavailable { horizon });
+                        Box::new(std::iter::empty())
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut it = it.peekable();
+                let mut prev = after;
+                while bodies.len() < chunks as usize
+                    && !matches!(bodies.last(), Some(ChunkBody::Unavailable { .. }))
+                {
+                    let mut txns = Vec::new();
+                    let mut size = 0;
+                    while size < chunk_bytes {
+                        let Some(t) = it.next() else { break };
+                        let t = t?;
+                        size += 64
+                            + t.records
+                                .iter()
+                                .map(|r| {
+                                    r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len())
+                                })
+                                .sum::<usize>();
+                        let p = prev;
+                        prev = t.tid;
+                        txns.push((p, t));
+                    }
+                    let done = it.peek().is_none();
+                    bodies.push(ChunkBody::Txns { txns, done });
+                    if done {
+                        break;
+                    }
+                }
+            }
+            FetchReq::Objects { since, after_oid } => {
+                let fr = self.store.fast_recovery(since, after_oid.as_ref())?;
+                let consistent_at = fr.consistent_at;
+                let mut it = fr.revisions.peekable();
+                while bodies.len() < chunks as usize {
+                    let mut revisions = Vec::new();
+                    let mut size = 0;
+                    while size < chunk_bytes {
+                        let Some(r) = it.next() else { break };
+                        let r = r?;
+                        size +=
+                            32 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len());
+                        revisions.push(r);
+                    }
+                    let done = it.peek().is_none();
+                    bodies.push(ChunkBody::Objects {
+                        consistent_at,
+                        revisions,
+                        done,
+                    });
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        for body in bodies {
+            self.multicast(
+                Service::Agreed,
+                Msg::Chunk {
+                    to: who,
+                    fetch_id,
+                    body,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    // ---- recovery: recipient side ---------------------------------------------------------
+
+    fn on_chunk(
+        &mut self,
+        now: Time,
+        to: ServerId,
+        fetch_id: u64,
+        body: ChunkBody,
+    ) -> Result<(), StorageError> {
+        if to != self.me {
+            return Ok(());
+        }
+        let Some(rec) = self.recovery.clone() else {
+            return Ok(());
+        };
+        if rec.fetch_id != fetch_id {
+            return Ok(());
+        }
+        self.stats.recovery_chunks += 1;
+        let mut done = false;
+        match (body, &rec.step) {
+            (ChunkBody::Unavailable { .. }, RecoveryStep::Txns { .. }) => {
+                // The donor packed that history away: recover by objects instead.
+                self.set_step(RecoveryStep::Objects { after_oid: None });
+                self.fetch();
+                return Ok(());
+            }
+            (ChunkBody::Unavailable { .. }, _) => return self.need_checkpoint(rec.donor),
+            (ChunkBody::Txns { txns, done: d }, RecoveryStep::Txns { .. }) => {
+                for (prev, t) in txns {
+                    if t.tid <= self.last {
+                        continue;
+                    }
+                    match self.store.apply(prev, &t)? {
+                        ApplyOutcome::Applied | ApplyOutcome::AlreadyPresent => {}
+                    }
+                    self.last = t.tid;
+                    self.after_apply(now, &t)?;
+                }
+                done = d;
+            }
+            (ChunkBody::Txns { txns, done: d }, RecoveryStep::FillTxns { until }) => {
+                let until = *until;
+                let mut revs = Vec::new();
+                for (_, t) in txns {
+                    for r in t.records {
+                        revs.push(Revision {
+                            oid: r.oid,
+                            tid: t.tid,
+                            data: r.data,
+                        });
+                    }
+                }
+                if !revs.is_empty() {
+                    self.store.fill(&revs)?;
+                }
+                if d {
+                    self.finish_fill(until)?;
+                    self.set_step(RecoveryStep::Txns { until: None });
+                    self.fetch();
+                    return Ok(());
+                }
+            }
+            (
+                ChunkBody::Objects {
+                    consistent_at,
+                    revisions,
+                    done: d,
+                },
+                RecoveryStep::Objects { .. },
+            ) => {
+                if self.durable.fill_since.is_none() {
+                    self.durable.fill_since = Some(consistent_at);
+                    self.persist()?;
+                }
+                let last_oid = revisions.last().map(|r| r.oid.clone());
+                if !revisions.is_empty() {
+                    self.store.fill(&revisions)?;
+                }
+                if let Some(o) = last_oid {
+                    self.set_step(RecoveryStep::Objects { after_oid: Some(o) });
+                }
+                if d {
+                    let since = self.durable.fill_since.unwrap_or(consistent_at);
+                    if since >= consistent_at {
+                        self.finish_fill(consistent_at)?;
+                        self.set_step(RecoveryStep::Txns { until: None });
+                    } else {
+                        self.set_step(RecoveryStep::FillTxns {
+                            until: consistent_at,
+                        });
+                    }
+                    self.fetch();
+                    return Ok(());
+                }
+            }
+            _ => {
+                self.stats.fenced += 1;
+                return Ok(());
+            }
+        }
+        if done {
+            return self.drain_backlog(now);
+        }
+        if let Some(r) = self.recovery.as_mut() {
+            r.outstanding = r.outstanding.saturating_sub(1);
+            if r.outstanding == 0 {
+                self.fetch();
+            }
+        }
+        Ok(())
+    }
+
+    fn set_step(&mut self, step: RecoveryStep) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.step = step;
+        }
+    }
+
+    fn finish_fill(&mut self, at: Tid) -> Result<(), StorageError> {
+        let at = at.max(self.last);
+        self.store.fill_finish(at)?;
+        self.durable.fill_since = None;
+        self.persist()?;
+        self.last = self.store.last_transaction()?;
+        self.reload_lineage()?;
+        tracing::info!(server = self.me, at = %self.last, "object recovery finished");
+        Ok(())
+    }
+
+    /// The transaction stream reached the donor's end: apply the commits buffered meanwhile.
+    fn drain_backlog(&mut self, now: Time) -> Result<(), StorageError> {
+        if self.backlog_overflowed {
+            self.backlog_overflowed = false;
+            self.fetch();
+            return Ok(());
+        }
+        while let Some((prev, t)) = self.backlog.front().cloned() {
+            if t.tid <= self.last {
+                self.backlog.pop_front();
+                continue;
+            }
+            if prev != self.last {
+                // Still a gap (the donor was behind what we buffered): fetch again.
+                self.fetch();
+                return Ok(());
+            }
+            self.backlog.pop_front();
+            self.store.apply(prev, &t)?;
+            self.last = t.tid;
+            self.after_apply(now, &t)?;
+        }
+        tracing::info!(server = self.me, last = %self.last, "caught up");
+        self.caught_up();
+        self.maybe_become_primary()
+    }
+}
+
+/// Why a swap request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SwapError {
+    /// No working primary in this server's view.
+    #[error("no primary in view")]
+    NoPrimary,
+    /// The target may not become primary (remote group, no weight, unknown).
+    #[error("server {0} may not become primary")]
+    NotEligible(ServerId),
+    /// The target is not in this server's view.
+    #[error("server {0} is not in the view")]
+    NotInView(ServerId),
+}

@@ -1,0 +1,730 @@
+//! The messages storage servers multicast to each other through the ring, and their encoding.
+//! Decoding never panics: a malformed message is a [`WireError`] and is dropped by the caller.
+
+use crate::config::ServerId;
+use crate::election::{Epoch, EpochStart, MemberState, LINEAGE_MAX};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// It ends before a field does.
+    #[error("truncated message")]
+    Truncated,
+    /// An unknown message kind or enum value.
+    #[error("unknown tag {0}")]
+    BadTag(u8),
+    /// A field that breaks a rule (an oid too long, too many entries).
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+    /// Bytes left after the message.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// What a recovering server asks its donor for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchReq {
+    /// Whole transactions with a tid in `(after, until]` (`until: None`: to the donor's end).
+    Txns {
+        /// Exclusive start.
+        after: Tid,
+        /// Inclusive stop.
+        until: Option<Tid>,
+    },
+    /// The newest revision of each object changed after `since`, oids after `after_oid`.
+    Objects {
+        /// The recipient's last transaction.
+        since: Tid,
+        /// Where the previous chunk stopped.
+        after_oid: Option<Oid>,
+    },
+}
+
+/// One piece of a recovery stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkBody {
+    /// Transactions in order, each with its predecessor in the donor's history.
+    Txns {
+        /// `(prev, txn)` pairs.
+        txns: Vec<(Tid, Transaction)>,
+        /// Nothing more in the requested range (as of the donor's last transaction).
+        done: bool,
+    },
+    /// Revisions in oid order, consistent at `consistent_at`.
+    Objects {
+        /// The donor's last transaction when it read them.
+        consistent_at: Tid,
+        /// The revisions.
+        revisions: Vec<Revision>,
+        /// The object stream is exhausted.
+        done: bool,
+    },
+    /// The donor cannot serve the range: its history starts after `horizon`.
+    Unavailable {
+        /// The donor's horizon.
+        horizon: Tid,
+    },
+}
+
+/// A message between storage servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// A member's state, at the start of every regular view of a primary component.
+    State(MemberState),
+    /// `server` durably promised `epoch`: it will refuse commits of older epochs.
+    Promise {
+        /// Who.
+        server: ServerId,
+        /// What.
+        epoch: Epoch,
+    },
+    /// A transaction from the primary of `epoch`, following `prev` in its history.
+    Commit {
+        /// The primary's epoch (fencing).
+        epoch: Epoch,
+        /// The previous transaction in the lineage.
+        prev: Tid,
+        /// The transaction.
+        txn: Transaction,
+    },
+    /// `server` holds the lineage of the primary of `epoch` durably up to `tid`.
+    Applied {
+        /// Who.
+        server: ServerId,
+        /// The primary whose lineage it follows.
+        epoch: Epoch,
+        /// Up to where.
+        tid: Tid,
+    },
+    /// An operator asks that `to` become primary (planned swap).
+    SwapRequest {
+        /// The epoch the request is about; ignored once another primary took over.
+        epoch: Epoch,
+        /// The new primary.
+        to: ServerId,
+    },
+    /// The primary of `epoch` has stopped writing after `last` and hands over to `to`.
+    Handover {
+        /// The old primary's epoch.
+        epoch: Epoch,
+        /// The new primary.
+        to: ServerId,
+        /// The old primary's last assigned tid.
+        last: Tid,
+    },
+    /// Recovery request from `from` to `donor`.
+    Fetch {
+        /// The recipient.
+        from: ServerId,
+        /// The server asked.
+        donor: ServerId,
+        /// Echoed in the chunks, so that a stale stream is told from the current one.
+        fetch_id: u64,
+        /// Chunks the donor may send before the next request (the window).
+        chunks: u32,
+        /// What.
+        req: FetchReq,
+    },
+    /// Recovery data for `to`.
+    Chunk {
+        /// The recipient.
+        to: ServerId,
+        /// The request it answers.
+        fetch_id: u64,
+        /// The data.
+        body: ChunkBody,
+    },
+    /// `server` moved transactions the primary lineage never had into its lost archive.
+    Lost {
+        /// Who.
+        server: ServerId,
+        /// Where its history parted from the primary's.
+        truncated_after: Tid,
+        /// The tids moved.
+        tids: Vec<Tid>,
+        /// The objects they wrote (caches must drop them).
+        oids: Vec<Oid>,
+    },
+}
+
+const T_STATE: u8 = 1;
+const T_PROMISE: u8 = 2;
+const T_COMMIT: u8 = 3;
+const T_APPLIED: u8 = 4;
+const T_SWAP: u8 = 5;
+const T_HANDOVER: u8 = 6;
+const T_FETCH: u8 = 7;
+const T_CHUNK: u8 = 8;
+const T_LOST: u8 = 9;
+
+/// Format version, first byte of every message: a server refuses messages of another format.
+pub const WIRE_VERSION: u8 = 1;
+
+impl Msg {
+    /// Encodes the message.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u8(WIRE_VERSION);
+        match self {
+            Msg::State(s) => {
+                b.put_u8(T_STATE);
+                b.put_u32(s.server);
+                b.put_u64(s.promised.0);
+                b.put_u64(s.last_tid.0);
+                b.put_u32(s.lineage.len() as u32);
+                for e in &s.lineage {
+                    b.put_u64(e.epoch.0);
+                    b.put_u64(e.base.0);
+                }
+                put_opt_u64(&mut b, s.primary_in.map(|e| e.0));
+                b.put_u8(s.consistent as u8);
+            }
+            Msg::Promise { server, epoch } => {
+                b.put_u8(T_PROMISE);
+                b.put_u32(*server);
+                b.put_u64(epoch.0);
+            }
+            Msg::Commit { epoch, prev, txn } => {
+                b.put_u8(T_COMMIT);
+                b.put_u64(epoch.0);
+                b.put_u64(prev.0);
+                put_txn(&mut b, txn);
+            }
+            Msg::Applied { server, epoch, tid } => {
+                b.put_u8(T_APPLIED);
+                b.put_u32(*server);
+                b.put_u64(epoch.0);
+                b.put_u64(tid.0);
+            }
+            Msg::SwapRequest { epoch, to } => {
+                b.put_u8(T_SWAP);
+                b.put_u64(epoch.0);
+                b.put_u32(*to);
+            }
+            Msg::Handover { epoch, to, last } => {
+                b.put_u8(T_HANDOVER);
+                b.put_u64(epoch.0);
+                b.put_u32(*to);
+                b.put_u64(last.0);
+            }
+            Msg::Fetch {
+                from,
+                donor,
+                fetch_id,
+                chunks,
+                req,
+            } => {
+                b.put_u8(T_FETCH);
+                b.put_u32(*from);
+                b.put_u32(*donor);
+                b.put_u64(*fetch_id);
+                b.put_u32(*chunks);
+                match req {
+                    FetchReq::Txns { after, until } => {
+                        b.put_u8(0);
+                        b.put_u64(after.0);
+                        put_opt_u64(&mut b, until.map(|t| t.0));
+                    }
+                    FetchReq::Objects { since, after_oid } => {
+                        b.put_u8(1);
+                        b.put_u64(since.0);
+                        match after_oid {
+                            None => b.put_u8(0),
+                            Some(o) => {
+                                b.put_u8(1);
+                                put_bytes(&mut b, o.as_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Chunk { to, fetch_id, body } => {
+                b.put_u8(T_CHUNK);
+                b.put_u32(*to);
+                b.put_u64(*fetch_id);
+                match body {
+                    ChunkBody::Txns { txns, done } => {
+                        b.put_u8(0);
+                        b.put_u8(*done as u8);
+                        b.put_u32(txns.len() as u32);
+                        for (prev, t) in txns {
+                            b.put_u64(prev.0);
+                            put_txn(&mut b, t);
+                        }
+                    }
+                    ChunkBody::Objects {
+                        consistent_at,
+                        revisions,
+                        done,
+                    } => {
+                        b.put_u8(1);
+                        b.put_u8(*done as u8);
+                        b.put_u64(consistent_at.0);
+                        b.put_u32(revisions.len() as u32);
+                        for r in revisions {
+                            put_bytes(&mut b, r.oid.as_bytes());
+                            b.put_u64(r.tid.0);
+                            put_opt_bytes(&mut b, r.data.as_deref());
+                        }
+                    }
+                    ChunkBody::Unavailable { horizon } => {
+                        b.put_u8(2);
+                        b.put_u64(horizon.0);
+                    }
+                }
+            }
+            Msg::Lost {
+                server,
+                truncated_after,
+                tids,
+                oids,
+            } => {
+                b.put_u8(T_LOST);
+                b.put_u32(*server);
+                b.put_u64(truncated_after.0);
+                b.put_u32(tids.len() as u32);
+                for t in tids {
+                    b.put_u64(t.0);
+                }
+                b.put_u32(oids.len() as u32);
+                for o in oids {
+                    put_bytes(&mut b, o.as_bytes());
+                }
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a message.
+    pub fn decode(mut p: &[u8]) -> Result<Msg, WireError> {
+        let r = &mut p;
+        let v = get_u8(r)?;
+        if v != WIRE_VERSION {
+            return Err(WireError::Invalid("unknown format version"));
+        }
+        let m = match get_u8(r)? {
+            T_STATE => {
+                let server = get_u32(r)?;
+                let promised = Epoch(get_u64(r)?);
+                let last_tid = Tid(get_u64(r)?);
+                let n = get_count(r, 16)?;
+                if n > LINEAGE_MAX {
+                    return Err(WireError::Invalid("lineage too long"));
+                }
+                let mut lineage = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lineage.push(EpochStart {
+                        epoch: Epoch(get_u64(r)?),
+                        base: Tid(get_u64(r)?),
+                    });
+                }
+                let primary_in = get_opt_u64(r)?.map(Epoch);
+                let consistent = get_bool(r)?;
+                Msg::State(MemberState {
+                    server,
+                    promised,
+                    last_tid,
+                    lineage,
+                    primary_in,
+                    consistent,
+                })
+            }
+            T_PROMISE => Msg::Promise {
+                server: get_u32(r)?,
+                epoch: Epoch(get_u64(r)?),
+            },
+            T_COMMIT => Msg::Commit {
+                epoch: Epoch(get_u64(r)?),
+                prev: Tid(get_u64(r)?),
+                txn: get_txn(r)?,
+            },
+            T_APPLIED => Msg::Applied {
+                server: get_u32(r)?,
+                epoch: Epoch(get_u64(r)?),
+                tid: Tid(get_u64(r)?),
+            },
+            T_SWAP => Msg::SwapRequest {
+                epoch: Epoch(get_u64(r)?),
+                to: get_u32(r)?,
+            },
+            T_HANDOVER => Msg::Handover {
+                epoch: Epoch(get_u64(r)?),
+                to: get_u32(r)?,
+                last: Tid(get_u64(r)?),
+            },
+            T_FETCH => {
+                let from = get_u32(r)?;
+                let donor = get_u32(r)?;
+                let fetch_id = get_u64(r)?;
+                let chunks = get_u32(r)?;
+                let req = match get_u8(r)? {
+                    0 => FetchReq::Txns {
+                        after: Tid(get_u64(r)?),
+                        until: get_opt_u64(r)?.map(Tid),
+                    },
+                    1 => FetchReq::Objects {
+                        since: Tid(get_u64(r)?),
+                        after_oid: match get_u8(r)? {
+                            0 => None,
+                            1 => Some(get_oid(r)?),
+                            t => return Err(WireError::BadTag(t)),
+                        },
+                    },
+                    t => return Err(WireError::BadTag(t)),
+                };
+                Msg::Fetch {
+                    from,
+                    donor,
+                    fetch_id,
+                    chunks,
+                    req,
+                }
+            }
+            T_CHUNK => {
+                let to = get_u32(r)?;
+                let fetch_id = get_u64(r)?;
+                let body = match get_u8(r)? {
+                    0 => {
+                        let done = get_bool(r)?;
+                        let n = get_count(r, 8 + 30)?;
+                        let mut txns = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let prev = Tid(get_u64(r)?);
+                            txns.push((prev, get_txn(r)?));
+                        }
+                        ChunkBody::Txns { txns, done }
+                    }
+                    1 => {
+                        let done = get_bool(r)?;
+                        let consistent_at = Tid(get_u64(r)?);
+                        let n = get_count(r, 13)?;
+                        let mut revisions = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            revisions.push(Revision {
+                                oid: get_oid(r)?,
+                                tid: Tid(get_u64(r)?),
+                                data: get_opt_bytes(r)?,
+                            });
+                        }
+                        ChunkBody::Objects {
+                            consistent_at,
+                            revisions,
+                            done,
+                        }
+                    }
+                    2 => ChunkBody::Unavailable {
+                        horizon: Tid(get_u64(r)?),
+                    },
+                    t => return Err(WireError::BadTag(t)),
+                };
+                Msg::Chunk { to, fetch_id, body }
+            }
+            T_LOST => {
+                let server = get_u32(r)?;
+                let truncated_after = Tid(get_u64(r)?);
+                let n = get_count(r, 8)?;
+                let mut tids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    tids.push(Tid(get_u64(r)?));
+                }
+                let n = get_count(r, 4)?;
+                let mut oids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    oids.push(get_oid(r)?);
+                }
+                Msg::Lost {
+                    server,
+                    truncated_after,
+                    tids,
+                    oids,
+                }
+            }
+            t => return Err(WireError::BadTag(t)),
+        };
+        if !r.is_empty() {
+            return Err(WireError::Trailing(r.len()));
+        }
+        Ok(m)
+    }
+}
+
+fn put_opt_u64(b: &mut BytesMut, v: Option<u64>) {
+    match v {
+        None => b.put_u8(0),
+        Some(v) => {
+            b.put_u8(1);
+            b.put_u64(v);
+        }
+    }
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_u32(v.len() as u32);
+    b.put_slice(v);
+}
+
+fn put_opt_bytes(b: &mut BytesMut, v: Option<&[u8]>) {
+    match v {
+        None => b.put_u8(0),
+        Some(v) => {
+            b.put_u8(1);
+            put_bytes(b, v);
+        }
+    }
+}
+
+/// Encodes a transaction (serials are not sent: replicas apply without checking them).
+pub(crate) fn put_txn(b: &mut BytesMut, t: &Transaction) {
+    b.put_u64(t.tid.0);
+    put_bytes(b, &t.meta.user);
+    put_bytes(b, &t.meta.description);
+    put_bytes(b, &t.meta.extension);
+    b.put_u64(t.meta.time);
+    b.put_u32(t.records.len() as u32);
+    for r in &t.records {
+        put_bytes(b, r.oid.as_bytes());
+        put_opt_bytes(b, r.data.as_deref());
+    }
+}
+
+fn need(r: &[u8], n: usize) -> Result<(), WireError> {
+    if r.len() < n {
+        Err(WireError::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(r: &mut &[u8]) -> Result<u8, WireError> {
+    need(r, 1)?;
+    Ok(r.get_u8())
+}
+
+fn get_bool(r: &mut &[u8]) -> Result<bool, WireError> {
+    match get_u8(r)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        t => Err(WireError::BadTag(t)),
+    }
+}
+
+fn get_u32(r: &mut &[u8]) -> Result<u32, WireError> {
+    need(r, 4)?;
+    Ok(r.get_u32())
+}
+
+fn get_u64(r: &mut &[u8]) -> Result<u64, WireError> {
+    need(r, 8)?;
+    Ok(r.get_u64())
+}
+
+/// A count of items of at least `min_item` bytes each: refuses counts the rest of the message
+/// cannot hold, so a forged count never makes us allocate.
+fn get_count(r: &mut &[u8], min_item: usize) -> Result<usize, WireError> {
+    let n = get_u32(r)? as usize;
+    if n.saturating_mul(min_item) > r.len() {
+        return Err(WireError::Truncated);
+    }
+    Ok(n)
+}
+
+fn get_opt_u64(r: &mut &[u8]) -> Result<Option<u64>, WireError> {
+    Ok(if get_bool(r)? {
+        Some(get_u64(r)?)
+    } else {
+        None
+    })
+}
+
+fn get_bytes(r: &mut &[u8]) -> Result<Bytes, WireError> {
+    let n = get_u32(r)? as usize;
+    need(r, n)?;
+    let v = Bytes::copy_from_slice(&r[..n]);
+    r.advance(n);
+    Ok(v)
+}
+
+fn get_opt_bytes(r: &mut &[u8]) -> Result<Option<Bytes>, WireError> {
+    Ok(if get_bool(r)? {
+        Some(get_bytes(r)?)
+    } else {
+        None
+    })
+}
+
+fn get_oid(r: &mut &[u8]) -> Result<Oid, WireError> {
+    Oid::new(get_bytes(r)?).map_err(|_| WireError::Invalid("oid too long"))
+}
+
+pub(crate) fn get_txn(r: &mut &[u8]) -> Result<Transaction, WireError> {
+    let tid = Tid(get_u64(r)?);
+    let meta = TxnMeta {
+        user: get_bytes(r)?,
+        description: get_bytes(r)?,
+        extension: get_bytes(r)?,
+        time: get_u64(r)?,
+    };
+    let n = get_count(r, 5)?;
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        records.push(Record {
+            oid: get_oid(r)?,
+            data: get_opt_bytes(r)?,
+            expected_serial: None,
+        });
+    }
+    Ok(Transaction { tid, meta, records })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn txn(tid: u64) -> Transaction {
+        Transaction {
+            tid: Tid(tid),
+            meta: TxnMeta {
+                user: Bytes::from_static(b"u"),
+                description: Bytes::new(),
+                extension: Bytes::from_static(b"x"),
+                time: 7,
+            },
+            records: vec![
+                Record {
+                    oid: Oid::from_u64(1),
+                    data: Some(Bytes::from_static(b"v")),
+                    expected_serial: None,
+                },
+                Record {
+                    oid: Oid::from_u64(2),
+                    data: None,
+                    expected_serial: None,
+                },
+            ],
+        }
+    }
+
+    fn samples() -> Vec<Msg> {
+        vec![
+            Msg::State(MemberState {
+                server: 3,
+                promised: Epoch(4),
+                last_tid: Tid(9),
+                lineage: vec![EpochStart {
+                    epoch: Epoch(2),
+                    base: Tid(1),
+                }],
+                primary_in: Some(Epoch(2)),
+                consistent: true,
+            }),
+            Msg::Promise {
+                server: 1,
+                epoch: Epoch(5),
+            },
+            Msg::Commit {
+                epoch: Epoch(5),
+                prev: Tid(9),
+                txn: txn(10),
+            },
+            Msg::Applied {
+                server: 2,
+                epoch: Epoch(5),
+                tid: Tid(10),
+            },
+            Msg::SwapRequest {
+                epoch: Epoch(5),
+                to: 2,
+            },
+            Msg::Handover {
+                epoch: Epoch(5),
+                to: 2,
+                last: Tid(10),
+            },
+            Msg::Fetch {
+                from: 1,
+                donor: 0,
+                fetch_id: 3,
+                chunks: 8,
+                req: FetchReq::Objects {
+                    since: Tid(2),
+                    after_oid: Some(Oid::from_u64(4)),
+                },
+            },
+            Msg::Fetch {
+                from: 1,
+                donor: 0,
+                fetch_id: 4,
+                chunks: 8,
+                req: FetchReq::Txns {
+                    after: Tid(2),
+                    until: None,
+                },
+            },
+            Msg::Chunk {
+                to: 1,
+                fetch_id: 3,
+                body: ChunkBody::Txns {
+                    txns: vec![(Tid(9), txn(10))],
+                    done: true,
+                },
+            },
+            Msg::Chunk {
+                to: 1,
+                fetch_id: 3,
+                body: ChunkBody::Objects {
+                    consistent_at: Tid(10),
+                    revisions: vec![Revision {
+                        oid: Oid::from_u64(1),
+                        tid: Tid(10),
+                        data: None,
+                    }],
+                    done: false,
+                },
+            },
+            Msg::Chunk {
+                to: 1,
+                fetch_id: 3,
+                body: ChunkBody::Unavailable { horizon: Tid(5) },
+            },
+            Msg::Lost {
+                server: 1,
+                truncated_after: Tid(4),
+                tids: vec![Tid(5)],
+                oids: vec![Oid::from_u64(1)],
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_and_every_truncation_refused() {
+        for m in samples() {
+            let b = m.encode();
+            assert_eq!(Msg::decode(&b), Ok(m.clone()));
+            for cut in 0..b.len() {
+                assert!(Msg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut long = b.to_vec();
+            long.push(0);
+            assert_eq!(Msg::decode(&long), Err(WireError::Trailing(1)));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Msg::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_of_mutated_messages_never_panics(i in 0usize..12, pos in any::<usize>(), v in any::<u8>()) {
+            let s = samples();
+            let mut b = s[i % s.len()].encode().to_vec();
+            let p = pos % b.len();
+            b[p] = v;
+            let _ = Msg::decode(&b);
+        }
+    }
+}
