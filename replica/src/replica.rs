@@ -163,8 +163,9 @@ enum RecoveryStep {
     Txns { until: Option<Tid> },
     /// Newest revisions of objects changed after our last.
     Objects { after_oid: Option<Oid> },
-    /// The transactions in `(fill_since, until]`, filled as revisions, then `fill_finish(until)`.
-    FillTxns { until: Tid },
+    /// The transactions in `(fill_since, until]`, filled as revisions, then `fill_finish(until)`;
+    /// `after` is where the last chunk stopped.
+    FillTxns { after: Tid, until: Tid },
 }
 
 #[derive(Clone, Debug)]
@@ -544,7 +545,7 @@ impl<S: Storage> Replica<S> {
                 truncated_after,
                 tids,
                 oids,
-            } => {
+            } if server != self.me => {
                 self.out.push_back(Output::Lost(LostReport {
                     server,
                     truncated_after,
@@ -553,6 +554,7 @@ impl<S: Storage> Replica<S> {
                 }));
                 Ok(())
             }
+            Msg::Lost { .. } => Ok(()),
         };
         if let Err(e) = r {
             self.fail(e);
@@ -717,12 +719,7 @@ impl<S: Storage> Replica<S> {
         self.applied.insert(self.me, self.last);
         self.set_role(Role::Primary);
         self.primary_send(marker, None)?;
-        while let Some((req, c)) = self.held.pop_front() {
-            self.on_commit_request(req, c);
-            if self.stopping || self.role != Role::Primary {
-                break;
-            }
-        }
+        self.release_held();
         Ok(())
     }
 
@@ -844,13 +841,22 @@ impl<S: Storage> Replica<S> {
         self.stats.lost += tids.len() as u64;
         self.last = self.store.last_transaction()?;
         self.reload_lineage()?;
+        let report = LostReport {
+            server: self.me,
+            truncated_after: tid,
+            tids,
+            oids: oids.into_iter().collect(),
+        };
+        // Our own clients hear at once (reads after this point see the truncated store);
+        // the others when the report is delivered to their servers.
+        self.out.push_back(Output::Lost(report.clone()));
         self.multicast(
             Service::Agreed,
             Msg::Lost {
-                server: self.me,
-                truncated_after: tid,
-                tids,
-                oids: oids.into_iter().collect(),
+                server: report.server,
+                truncated_after: report.truncated_after,
+                tids: report.tids,
+                oids: report.oids,
             },
         );
         Ok(true)
@@ -872,8 +878,8 @@ impl<S: Storage> Replica<S> {
                 since: self.last,
                 after_oid: after_oid.clone(),
             },
-            RecoveryStep::FillTxns { until } => FetchReq::Txns {
-                after: self.durable.fill_since.unwrap_or(self.last),
+            RecoveryStep::FillTxns { after, until } => FetchReq::Txns {
+                after: *after,
                 until: Some(*until),
             },
         };
@@ -1068,11 +1074,16 @@ impl<S: Storage> Replica<S> {
             }
         }
         // Async mode: requests held for the loss window may go now.
-        if matches!(self.cfg.mode, CommitMode::Async { .. }) && self.role == Role::Primary {
-            while !self.held.is_empty() && self.async_window_open() && !self.stopping {
-                let (req, c) = self.held.pop_front().expect("non-empty");
-                self.on_commit_request(req, c);
-            }
+        self.release_held();
+    }
+
+    /// Serves held requests while this server is a working primary with room in its window.
+    fn release_held(&mut self) {
+        while self.role == Role::Primary && !self.stopping && self.async_window_open() {
+            let Some((req, c)) = self.held.pop_front() else {
+                break;
+            };
+            self.on_commit_request(req, c);
         }
     }
 
@@ -1272,6 +1283,10 @@ impl<S: Storage> Replica<S> {
         if let CommitMode::Async { .. } = self.cfg.mode {
             self.store.commit(&txn)?;
             self.last = txn.tid;
+            if txn.records.iter().any(|r| r.oid == lineage_oid()) {
+                // The epoch marker: the store's lineage now names this epoch.
+                self.reload_lineage()?;
+            }
             if let Some(req) = req {
                 if let Some(p) = self.pending.get_mut(&txn.tid) {
                     p.answered = true;
@@ -1521,8 +1536,12 @@ impl<S: Storage> Replica<S> {
                 }
                 done = d;
             }
-            (ChunkBody::Txns { txns, done: d }, RecoveryStep::FillTxns { until }) => {
+            (ChunkBody::Txns { txns, done: d }, RecoveryStep::FillTxns { until, .. }) => {
                 let until = *until;
+                if let Some((_, t)) = txns.last() {
+                    let after = t.tid;
+                    self.set_step(RecoveryStep::FillTxns { after, until });
+                }
                 let mut revs = Vec::new();
                 for (_, t) in txns {
                     for r in t.records {
@@ -1569,6 +1588,7 @@ impl<S: Storage> Replica<S> {
                         self.set_step(RecoveryStep::Txns { until: None });
                     } else {
                         self.set_step(RecoveryStep::FillTxns {
+                            after: since,
                             until: consistent_at,
                         });
                     }

@@ -6,7 +6,9 @@
 //! clock or an OS random source, so a seed replays the same history byte for byte.
 
 use crate::history::{Event as HEvent, History, MsgId};
-use crate::options::{DelayDist, NetParams, Options, PartitionMode};
+use crate::faults::{self, Net, Plan};
+pub use crate::faults::Action;
+use crate::options::Options;
 use crate::prng::Prng;
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{Dest, Node, Output, ProcId, Service, Time};
@@ -16,25 +18,6 @@ use std::time::Duration;
 
 /// Receives one trace line per simulated event.
 pub type Tracer = Box<dyn FnMut(&str)>;
-
-/// A scenario step.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Change loss, duplication and delay.
-    SetNet(NetParams),
-    /// `links[a][b]`: datagrams from a reach b.
-    SetLinks(Vec<Vec<bool>>),
-    /// The daemon dies (its state is lost).
-    Crash(usize),
-    /// The daemon starts again as a new incarnation.
-    Restart(usize),
-    /// The daemon freezes: no timers, no processing; arriving datagrams wait in its socket.
-    Pause(usize),
-    /// The daemon resumes, with stale timers and a backlog of datagrams.
-    Resume(usize),
-    /// Network whole and calm, every daemon running: the liveness phase starts.
-    Heal,
-}
 
 #[derive(Debug)]
 enum Ev {
@@ -102,9 +85,7 @@ pub struct Cluster {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<SimNode>,
-    links: Vec<Vec<bool>>,
-    net: NetParams,
-    net_rng: Prng,
+    net: Net,
     app_rng: Prng,
     history: History,
     totals: Totals,
@@ -141,9 +122,7 @@ impl Cluster {
                     phase: None,
                 })
                 .collect(),
-            links: vec![vec![true; n]; n],
-            net: opts.calm_net,
-            net_rng: root.fork(),
+            net: Net::new(n, opts.calm_net, root.fork()),
             app_rng: root.fork(),
             history: History::default(),
             totals: Totals::default(),
@@ -181,114 +160,24 @@ impl Cluster {
 
     /// Builds the seeded scenario: boot, a storm of faults, heal, calm.
     pub fn plan_swarm(&mut self) {
-        let mut r = Prng::new(self.opts.seed ^ 0xFA_u64.rotate_left(40));
-        let n = self.opts.nodes;
-        for i in 0..n {
-            let t = Time(r.range(0, 50_000));
-            self.at(t, Action::Restart(i));
-        }
-        let storm_end = Time::ZERO.saturating_add(self.opts.storm);
-        let mut t = Time(r.range(100_000, 600_000));
-        let mut crashed = vec![false; n];
-        let mut paused = vec![false; n];
-        while t < storm_end {
-            let period = Duration::from_millis(r.range(200, 2000));
-            if r.chance(0.6) {
-                self.at(t, Action::SetNet(self.opts.storm_net));
-                if let Some(links) = self.draw_links(&mut r) {
-                    self.at(t, Action::SetLinks(links));
-                }
-                if self.opts.crashes && r.chance(0.4) {
-                    let i = r.range(0, n as u64 - 1) as usize;
-                    if !crashed[i] {
-                        crashed[i] = true;
-                        self.at(t, Action::Crash(i));
-                        if r.chance(0.7) {
-                            let back = t.saturating_add(Duration::from_millis(r.range(50, 2000)));
-                            if back < storm_end {
-                                crashed[i] = false;
-                                self.at(back, Action::Restart(i));
-                            }
-                        }
-                    }
-                }
-                if self.opts.pauses && r.chance(0.4) {
-                    let i = r.range(0, n as u64 - 1) as usize;
-                    if !paused[i] {
-                        self.at(t, Action::Pause(i));
-                        let back = t.saturating_add(Duration::from_millis(r.range(100, 3000)));
-                        if back < storm_end {
-                            self.at(back, Action::Resume(i));
-                        } else {
-                            paused[i] = true;
-                        }
-                    }
-                }
-            } else {
-                self.at(t, Action::SetNet(self.opts.calm_net));
-                self.at(t, Action::SetLinks(vec![vec![true; n]; n]));
-            }
-            t = t.saturating_add(period);
-        }
-        self.at(storm_end, Action::Heal);
-        self.history.calm_from = Some(storm_end);
-        let end = storm_end.saturating_add(self.opts.calm);
-        self.history.end = end;
-        self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
+        let plan = faults::plan_swarm(&self.opts, false);
+        self.install(plan);
     }
 
     /// A hand-written scenario instead of the swarm: boots every daemon at time zero, runs
     /// until `end`, and checks liveness from `calm_from` on. Add faults with [`Cluster::at`].
     pub fn plan_manual(&mut self, calm_from: Time, end: Time) {
-        for i in 0..self.opts.nodes {
-            self.at(Time(i as u64 * 1000), Action::Restart(i));
-        }
-        self.history.calm_from = Some(calm_from);
-        self.history.end = end;
-        self.history.sends_until = Time(end.0.saturating_sub(self.opts.drain.as_micros() as u64));
+        let plan = faults::plan_manual(&self.opts, calm_from, end);
+        self.install(plan);
     }
 
-    fn draw_links(&self, r: &mut Prng) -> Option<Vec<Vec<bool>>> {
-        let n = self.opts.nodes;
-        let mode = match self.opts.partitions {
-            PartitionMode::None => return None,
-            PartitionMode::Mixed => r.pick(&[
-                PartitionMode::Split,
-                PartitionMode::Isolate,
-                PartitionMode::Asymmetric,
-            ]),
-            m => m,
-        };
-        let mut links = vec![vec![true; n]; n];
-        match mode {
-            PartitionMode::Split => {
-                let parts = r.range(2, 3);
-                let side: Vec<u64> = (0..n).map(|_| r.range(0, parts - 1)).collect();
-                for a in 0..n {
-                    for b in 0..n {
-                        links[a][b] = side[a] == side[b];
-                    }
-                }
-            }
-            PartitionMode::Isolate => {
-                let i = r.range(0, n as u64 - 1) as usize;
-                for (j, row) in links.iter_mut().enumerate() {
-                    row[i] = j == i;
-                }
-                links[i] = (0..n).map(|j| j == i).collect();
-            }
-            PartitionMode::Asymmetric => {
-                for _ in 0..r.range(1, n as u64) {
-                    let a = r.range(0, n as u64 - 1) as usize;
-                    let b = r.range(0, n as u64 - 1) as usize;
-                    if a != b {
-                        links[a][b] = false;
-                    }
-                }
-            }
-            PartitionMode::None | PartitionMode::Mixed => unreachable!(),
+    fn install(&mut self, plan: Plan) {
+        for (t, a) in plan.actions {
+            self.at(t, a);
         }
-        Some(links)
+        self.history.calm_from = Some(plan.calm_from);
+        self.history.end = plan.end;
+        self.history.sends_until = plan.sends_until;
     }
 
     /// Runs until the history's end time; returns the history and totals.
@@ -319,8 +208,9 @@ impl Cluster {
         let now = self.now;
         self.tr(|| format!("{now:?} action {a:?}"));
         match a {
-            Action::SetNet(p) => self.net = p,
-            Action::SetLinks(l) => self.links = l,
+            Action::SetNet(p) => self.net.params = p,
+            Action::SetLinks(l) => self.net.links = l,
+            Action::Swap { .. } => {}
             Action::Crash(i) => {
                 if self.nodes[i].node.take().is_some() {
                     let p = self.proc_of(i);
@@ -349,8 +239,8 @@ impl Cluster {
             Action::Resume(i) => self.resume(i),
             Action::Heal => {
                 let n = self.opts.nodes;
-                self.net = self.opts.calm_net;
-                self.links = vec![vec![true; n]; n];
+                self.net.params = self.opts.calm_net;
+                self.net.links = vec![vec![true; n]; n];
                 for i in 0..n {
                     self.resume(i);
                     if self.nodes[i].node.is_none() {
@@ -549,26 +439,7 @@ impl Cluster {
 
     fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
         self.totals.datagrams += 1;
-        if !self.links[from][to] || self.net_rng.chance(self.net.loss) {
-            return;
-        }
-        let copies = if self.net_rng.chance(self.net.dup) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let (lo, hi) = (self.net.delay_min_us, self.net.delay_max_us);
-            let mut d = match self.net.dist {
-                DelayDist::Uniform => self.net_rng.range(lo, hi),
-                DelayDist::Exponential => {
-                    let mean = (hi.saturating_sub(lo) as f64 / 4.0).max(1.0);
-                    lo + (self.net_rng.exp(mean) as u64).min(hi - lo.min(hi))
-                }
-            };
-            if self.net_rng.chance(self.net.tail) {
-                d += self.net_rng.range(0, self.net.delay_max_us * 20);
-            }
+        for d in self.net.delays(from, to) {
             self.schedule(
                 Time(self.now.0 + d),
                 Ev::Arrive {

@@ -6,7 +6,9 @@
 
 pub mod checkers;
 pub mod cluster;
+pub mod faults;
 pub mod history;
 pub mod options;
 pub mod prng;
+pub mod replica;
 pub mod run;

@@ -1,11 +1,12 @@
 //! `cargo run -p sim --release -- gcs --seeds 0..1000 --nodes 5`
+//! `cargo run -p sim --release -- replica --seeds 0..1000 --nodes 5`
 //!
 //! Runs seeds, prints one line per failing seed with the command that replays it, then a summary.
 //! Exits non-zero if any property was violated. `--seed N --trace` replays one seed with a
 //! readable event log (one line per event: virtual time, node, what happened).
 
-use clap::{Parser, Subcommand};
-use sim::run::{run_seed, Report};
+use clap::{Args, Parser, Subcommand};
+use sim::checkers::Violation;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,23 +22,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Group communication: N daemons under seeded faults, EVS checkers on every history.
-    Gcs {
-        /// A range of seeds, `A..B` (B excluded).
-        #[arg(long, default_value = "0..100")]
-        seeds: String,
-        /// One seed (overrides --seeds).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Number of daemons.
-        #[arg(long, default_value_t = 5)]
-        nodes: usize,
-        /// Print every event of the run (use with --seed).
-        #[arg(long)]
-        trace: bool,
-        /// Worker threads (seeds are independent; each run is single-threaded).
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-    },
+    Gcs(Sweep),
+    /// Replication: N storage servers (gcs + replica + in-memory store) and retrying clients
+    /// under seeded faults and swaps, replica checkers on every history.
+    Replica(Sweep),
+}
+
+#[derive(Args)]
+struct Sweep {
+    /// A range of seeds, `A..B` (B excluded).
+    #[arg(long, default_value = "0..100")]
+    seeds: String,
+    /// One seed (overrides --seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of daemons (servers).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Print every event of the run (use with --seed).
+    #[arg(long)]
+    trace: bool,
+    /// Worker threads (seeds are independent; each run is single-threaded).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 fn parse_range(s: &str) -> Option<(u64, u64)> {
@@ -46,24 +53,78 @@ fn parse_range(s: &str) -> Option<(u64, u64)> {
     (a <= b).then_some((a, b))
 }
 
+/// What one seed reports to the sweep: its violations and counters to sum.
+struct SeedResult {
+    violations: Vec<Violation>,
+    sim_us: u64,
+    counters: Vec<u64>,
+}
+
+type Tracer = Box<dyn FnMut(&str)>;
+
 fn main() -> ExitCode {
-    let Cli {
-        cmd:
-            Cmd::Gcs {
-                seeds,
-                seed,
-                nodes,
-                trace,
-                threads,
-            },
-    } = Cli::parse();
-    if !(2..=32).contains(&nodes) {
+    let (name, sweep) = match Cli::parse().cmd {
+        Cmd::Gcs(s) => ("gcs", s),
+        Cmd::Replica(s) => ("replica", s),
+    };
+    if !(2..=32).contains(&sweep.nodes) {
         eprintln!("--nodes must be between 2 and 32");
         return ExitCode::from(2);
     }
-    let (lo, hi) = match seed {
+    let nodes = sweep.nodes;
+    let run = move |seed: u64, tracer: Option<Tracer>| -> SeedResult {
+        if name == "gcs" {
+            let r = sim::run::run_seed(seed, nodes, tracer);
+            SeedResult {
+                violations: r.violations,
+                sim_us: r.sim_time.as_micros(),
+                counters: vec![r.totals.sent, r.totals.delivered, r.totals.views],
+            }
+        } else {
+            let r = sim::replica::run_replica_seed(seed, nodes, tracer);
+            let t = &r.totals;
+            SeedResult {
+                violations: r.violations,
+                sim_us: r.history.end.as_micros(),
+                counters: vec![
+                    t.acked,
+                    t.attempts,
+                    t.reads,
+                    t.applied,
+                    t.elections,
+                    t.swaps,
+                    t.lost,
+                    t.checkpoints,
+                ],
+            }
+        }
+    };
+    let labels: &[&str] = if name == "gcs" {
+        &["multicasts", "deliveries", "views installed"]
+    } else {
+        &[
+            "commits acknowledged",
+            "client attempts",
+            "reads",
+            "transactions applied",
+            "elections",
+            "swaps asked",
+            "transactions lost (reported)",
+            "checkpoints",
+        ]
+    };
+    sweep_seeds(name, &sweep, labels, run)
+}
+
+fn sweep_seeds(
+    name: &str,
+    sweep: &Sweep,
+    labels: &[&str],
+    run: impl Fn(u64, Option<Tracer>) -> SeedResult + Sync,
+) -> ExitCode {
+    let (lo, hi) = match sweep.seed {
         Some(s) => (s, s + 1),
-        None => match parse_range(&seeds) {
+        None => match parse_range(&sweep.seeds) {
             Some(r) => r,
             None => {
                 eprintln!("--seeds must look like 0..1000");
@@ -71,17 +132,20 @@ fn main() -> ExitCode {
             }
         },
     };
+    let nodes = sweep.nodes;
+    let trace = sweep.trace;
     #[allow(clippy::disallowed_methods)] // wall time of the whole sweep, for the summary only
     let started = std::time::Instant::now();
     let next = AtomicU64::new(lo);
-    let summary = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, 0u64)); // seeds, failed, sim us, delivered, views, sent
+    // seeds, failed, simulated us, counters
+    let summary = Mutex::new((0u64, 0u64, 0u64, vec![0u64; labels.len()]));
     let print = Mutex::new(());
     let worker = || loop {
         let s = next.fetch_add(1, Ordering::Relaxed);
         if s >= hi {
             break;
         }
-        let tracer: Option<sim::cluster::Tracer> = if trace {
+        let tracer: Option<Tracer> = if trace {
             Some(Box::new(|line: &str| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
@@ -89,14 +153,14 @@ fn main() -> ExitCode {
         } else {
             None
         };
-        let r: Report = run_seed(s, nodes, tracer);
+        let r = run(s, tracer);
         {
             let mut t = summary.lock().expect("no panics hold this lock");
             t.0 += 1;
-            t.2 += r.sim_time.as_micros();
-            t.3 += r.totals.delivered;
-            t.4 += r.totals.views;
-            t.5 += r.totals.sent;
+            t.2 += r.sim_us;
+            for (a, b) in t.3.iter_mut().zip(&r.counters) {
+                *a += b;
+            }
             if !r.violations.is_empty() {
                 t.1 += 1;
             }
@@ -112,21 +176,26 @@ fn main() -> ExitCode {
                 println!("    also: {v}");
             }
             println!(
-                "    replay: cargo run -p sim --release -- gcs --seed {s} --nodes {nodes} --trace"
+                "    replay: cargo run -p sim --release -- {name} --seed {s} --nodes {nodes} --trace"
             );
         }
     };
-    let threads = if trace { 1 } else { threads.max(1) };
+    let threads = if trace { 1 } else { sweep.threads.max(1) };
     std::thread::scope(|sc| {
         for _ in 0..threads {
             sc.spawn(worker);
         }
     });
-    let (n, failed, sim_us, delivered, views, sent) =
-        *summary.lock().expect("no panics hold this lock");
+    let (n, failed, sim_us, counters) = summary.lock().expect("no panics hold this lock").clone();
+    let totals: Vec<String> = labels
+        .iter()
+        .zip(&counters)
+        .map(|(l, c)| format!("{c} {l}"))
+        .collect();
     println!(
-        "gcs: {n} seeds, {nodes} nodes: {failed} failed; simulated {:.1} s; {sent} multicasts, {delivered} deliveries, {views} views installed; wall {:.1} s",
+        "{name}: {n} seeds, {nodes} nodes: {failed} failed; simulated {:.1} s; {}; wall {:.1} s",
         sim_us as f64 / 1e6,
+        totals.join(", "),
         started.elapsed().as_secs_f64()
     );
     if failed > 0 {

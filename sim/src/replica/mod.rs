@@ -1,0 +1,937 @@
+//! The storage-server simulator: N servers, each a production `gcs::Node` plus a production
+//! `replica::Replica` over an in-memory store, and a set of clients with retries, in one
+//! thread over virtual time, on the same seeded faulty network and fault schedule as the gcs
+//! simulator. A crash drops the node and the replica (memory) and keeps the store (disk).
+
+pub mod checkers;
+pub mod history;
+
+use crate::faults::{self, Action, Net, Plan};
+use crate::options::Options;
+use crate::prng::Prng;
+use bytes::Bytes;
+use gcs::{Dest, Node, ProcId, Time};
+use history::{FinalStore, REvent, RHistory};
+use replica::{
+    client_oid, CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy,
+    ReplicaConfig, ReqId, Role, ServerSpec,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
+
+type Replica = replica::Replica<MemStorage>;
+
+/// Receives one trace line per simulated event.
+pub type Tracer = Box<dyn FnMut(&str)>;
+
+/// The options of one replica run.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// Network, faults and gcs configuration (shared with the gcs simulator).
+    pub base: Options,
+    /// How many of the servers (the last ones) form a remote group.
+    pub remote: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct objects the clients write.
+    pub keyspace: u64,
+    /// Mean pause between a client's requests.
+    pub think: Duration,
+    /// A client's patience before retrying elsewhere.
+    pub client_timeout: Duration,
+    /// Commit mode.
+    pub mode: CommitMode,
+    /// Recovery thresholds (small, so every path runs).
+    pub recovery: RecoveryPolicy,
+    /// Planned swaps in the storm, and one in calm weather.
+    pub swaps: bool,
+}
+
+impl ReplicaOptions {
+    /// The options for `seed` with `servers` storage servers.
+    pub fn swarm(seed: u64, servers: usize) -> ReplicaOptions {
+        let mut base = Options::swarm(seed, servers);
+        let mut r = Prng::new(seed ^ 0x4E9_11CA);
+        base.gcs.max_message_size = 1 << 20;
+        let remote = if servers >= 4 && r.chance(0.3) { 1 } else { 0 };
+        let mode = if r.chance(0.25) {
+            CommitMode::Async {
+                window: r.pick(&[1, 8, 64]),
+            }
+        } else {
+            CommitMode::Sync
+        };
+        ReplicaOptions {
+            base,
+            remote,
+            clients: r.range(1, 8) as usize,
+            keyspace: r.pick(&[4, 32, 500]),
+            think: Duration::from_millis(r.range(1, 40)),
+            client_timeout: Duration::from_millis(800),
+            mode,
+            recovery: RecoveryPolicy {
+                fast_after: r.pick(&[5, 50, 100_000]),
+                checkpoint_after: r.pick(&[20, 1_000_000]),
+                chunk_bytes: r.pick(&[512, 16 * 1024]),
+                chunks_per_request: r.pick(&[1, 4]),
+            },
+            swaps: true,
+        }
+    }
+
+    /// The replication configuration every server holds.
+    pub fn config(&self) -> ReplicaConfig {
+        let n = self.base.nodes;
+        let servers = (0..n)
+            .map(|i| {
+                let remote = i >= n - self.remote;
+                ServerSpec {
+                    id: i as u32,
+                    name: format!("s{i}"),
+                    group: if remote { "remote" } else { "main" }.into(),
+                    kind: if remote {
+                        GroupKind::Remote
+                    } else {
+                        GroupKind::Failover
+                    },
+                    weight: if remote { 0 } else { 1 },
+                }
+            })
+            .collect();
+        let mut c = ReplicaConfig::new(servers, self.mode);
+        c.recovery = self.recovery;
+        c.commit_bytes_max = 64 * 1024;
+        c.held_max = 1000;
+        c
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Arrive { to: usize, bytes: Bytes },
+    Timer { node: usize, gen: u64 },
+    Action(Action),
+    ClientTick { client: usize },
+    ClientTimeout { client: usize, attempt: u64 },
+    /// A request reaches a server.
+    Request { server: usize, req: ReqId, c: CommitRequest },
+    /// An answer reaches a client.
+    Answer { req: ReqId, result: Result<replica::Committed, CommitError> },
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Server {
+    node: Option<Node>,
+    replica: Option<Replica>,
+    /// The store while the server is down (its disk).
+    disk: Option<MemStorage>,
+    incarnation: u64,
+    paused: bool,
+    inbox: VecDeque<Bytes>,
+    timer_gen: u64,
+    timer_at: Option<Time>,
+}
+
+struct Inflight {
+    c: CommitRequest,
+    attempt: u64,
+}
+
+struct Client {
+    id: u64,
+    next_request: u64,
+    inflight: Option<Inflight>,
+    primary_hint: Option<usize>,
+    serials: BTreeMap<u64, Tid>,
+}
+
+/// Totals of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RTotals {
+    /// Commits acknowledged to clients.
+    pub acked: u64,
+    /// Client attempts (first tries and retries).
+    pub attempts: u64,
+    /// Reads served.
+    pub reads: u64,
+    /// Transactions applied, summed over servers.
+    pub applied: u64,
+    /// Elections completed, summed over servers.
+    pub elections: u64,
+    /// Swaps asked.
+    pub swaps: u64,
+    /// Checkpoints installed.
+    pub checkpoints: u64,
+    /// Transactions moved to lost archives.
+    pub lost: u64,
+}
+
+/// A simulated storage cluster.
+pub struct ReplicaCluster {
+    opts: ReplicaOptions,
+    cfg: ReplicaConfig,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    servers: Vec<Server>,
+    clients: Vec<Client>,
+    net: Net,
+    client_rng: Prng,
+    next_req: u64,
+    /// Which client attempt a request id belongs to.
+    req_owner: BTreeMap<ReqId, (usize, u64, u64)>,
+    history: RHistory,
+    totals: RTotals,
+    digest: u64,
+    trace: Option<Tracer>,
+}
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The digest of a transaction's content (tid, records).
+pub fn txn_digest(t: &storage::Transaction) -> u64 {
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, &t.tid.0.to_le_bytes());
+    for r in &t.records {
+        h = fnv(h, r.oid.as_bytes());
+        h = fnv(h, &[r.data.is_some() as u8]);
+        if let Some(d) = &r.data {
+            h = fnv(h, d);
+        }
+    }
+    h
+}
+
+/// The idempotency key a transaction carries, if any.
+pub fn txn_key(t: &storage::Transaction) -> Option<(u64, u64)> {
+    t.records.iter().find_map(|r| {
+        let b = r.oid.as_bytes();
+        if b.len() == 10 && b[0] == replica::RESERVED_OID_PREFIX && b[1] == b'c' {
+            let client = u64::from_be_bytes(b[2..10].try_into().ok()?);
+            let req = u64::from_be_bytes(r.data.as_deref()?.try_into().ok()?);
+            Some((client, req))
+        } else {
+            None
+        }
+    })
+}
+
+impl ReplicaCluster {
+    /// A cluster for `opts`; nothing runs until `run`.
+    pub fn new(opts: ReplicaOptions) -> ReplicaCluster {
+        let cfg = opts.config();
+        cfg.validate().expect("simulator configuration is valid");
+        let mut root = Prng::new(opts.base.seed ^ 0x5E_7A_11CA);
+        let n = opts.base.nodes;
+        let mut history = RHistory::new(opts.mode);
+        history.eligible = (0..n as u32).filter(|i| cfg.eligible(*i)).collect();
+        ReplicaCluster {
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            servers: (0..n)
+                .map(|_| Server {
+                    node: None,
+                    replica: None,
+                    disk: Some(MemStorage::new(MemOptions { sync: true })),
+                    incarnation: 0,
+                    paused: false,
+                    inbox: VecDeque::new(),
+                    timer_gen: 0,
+                    timer_at: None,
+                })
+                .collect(),
+            clients: (0..opts.clients)
+                .map(|i| Client {
+                    id: 1000 + i as u64,
+                    next_request: 1,
+                    inflight: None,
+                    primary_hint: None,
+                    serials: BTreeMap::new(),
+                })
+                .collect(),
+            net: Net::new(n, opts.base.calm_net, root.fork()),
+            client_rng: root.fork(),
+            next_req: 1,
+            req_owner: BTreeMap::new(),
+            history,
+            totals: RTotals::default(),
+            digest: 0xcbf2_9ce4_8422_2325,
+            trace: None,
+            cfg,
+            opts,
+        }
+    }
+
+    /// Prints (through `f`) one line per event.
+    pub fn set_trace(&mut self, f: Tracer) {
+        self.trace = Some(f);
+    }
+
+    fn tr(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            let s = line();
+            t(&s);
+        }
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Adds a scenario action at `at`.
+    pub fn at(&mut self, at: Time, action: Action) {
+        self.schedule(at, Ev::Action(action));
+    }
+
+    /// The seeded scenario: boot, storm (with swaps), heal, calm (with one swap).
+    pub fn plan_swarm(&mut self) {
+        let plan = faults::plan_swarm(&self.opts.base, self.opts.swaps);
+        self.install(plan);
+    }
+
+    /// A hand-written scenario: every server boots at once; add actions with [`Self::at`].
+    pub fn plan_manual(&mut self, calm_from: Time, end: Time) {
+        let plan = faults::plan_manual(&self.opts.base, calm_from, end);
+        self.install(plan);
+    }
+
+    fn install(&mut self, plan: Plan) {
+        for (t, a) in plan.actions {
+            self.at(t, a);
+        }
+        self.history.calm_from = plan.calm_from;
+        self.history.end = plan.end;
+        self.history.sends_until = plan.sends_until;
+        for c in 0..self.clients.len() {
+            let t = Time(100_000 + c as u64 * 1000);
+            self.schedule(t, Ev::ClientTick { client: c });
+        }
+    }
+
+    /// Runs to the end; returns the history, the totals and the run's digest.
+    pub fn run(mut self) -> (RHistory, RTotals, u64) {
+        let end = self.history.end;
+        while let Some(Reverse(s)) = self.queue.pop() {
+            if s.at > end {
+                break;
+            }
+            self.now = s.at;
+            self.digest = fnv(self.digest, &s.at.0.to_le_bytes());
+            match s.ev {
+                Ev::Arrive { to, bytes } => self.arrive(to, bytes),
+                Ev::Timer { node, gen } => self.timer(node, gen),
+                Ev::Action(a) => self.action(a),
+                Ev::ClientTick { client } => self.client_tick(client),
+                Ev::ClientTimeout { client, attempt } => self.client_timeout(client, attempt),
+                Ev::Request { server, req, c } => self.request(server, req, c),
+                Ev::Answer { req, result } => self.answer(req, result),
+            }
+        }
+        self.now = end;
+        self.finish();
+        (self.history, self.totals, self.digest)
+    }
+
+    fn finish(&mut self) {
+        for (i, s) in self.servers.iter().enumerate() {
+            let store: &MemStorage = match (&s.replica, &s.disk) {
+                (Some(r), _) => r.store(),
+                (None, Some(d)) => d,
+                (None, None) => continue,
+            };
+            let mut f = FinalStore {
+                running: s.replica.is_some(),
+                role: s.replica.as_ref().map(|r| r.role()),
+                last: store.last_transaction().unwrap_or_default(),
+                horizon: store.horizon().unwrap_or_default(),
+                ..FinalStore::default()
+            };
+            let range = if f.horizon == Tid::ZERO {
+                TidRange::new(None, None)
+            } else {
+                TidRange::after(f.horizon)
+            };
+            if let Ok(it) = store.iter(range, Direction::Forward) {
+                for t in it.flatten() {
+                    f.txns.insert(t.tid, (txn_digest(&t), txn_key(&t)));
+                }
+            }
+            let mut h = 0xcbf2_9ce4_8422_2325;
+            if let Ok(fr) = store.fast_recovery(Tid::ZERO, None) {
+                for r in fr.revisions.flatten() {
+                    h = fnv(h, r.oid.as_bytes());
+                    h = fnv(h, &r.tid.0.to_le_bytes());
+                    if let Some(d) = &r.data {
+                        h = fnv(h, d);
+                    }
+                }
+            }
+            f.state_digest = h;
+            self.history.finals.insert(i as u32, f);
+        }
+        for s in &self.servers {
+            if let Some(r) = &s.replica {
+                self.totals.elections += r.stats().elections;
+            }
+        }
+    }
+
+    fn action(&mut self, a: Action) {
+        let now = self.now;
+        self.tr(|| format!("{now:?} action {a:?}"));
+        match a {
+            Action::SetNet(p) => self.net.params = p,
+            Action::SetLinks(l) => self.net.links = l,
+            Action::Crash(i) => {
+                if let Some(r) = self.servers[i].replica.take() {
+                    self.servers[i].node = None;
+                    let store = r.into_store();
+                    store.crash();
+                    self.servers[i].disk = Some(store);
+                    self.servers[i].paused = false;
+                    self.servers[i].inbox.clear();
+                    self.servers[i].timer_at = None;
+                    self.servers[i].timer_gen += 1;
+                }
+            }
+            Action::Restart(i) => {
+                if self.servers[i].replica.is_none() {
+                    let store = self.servers[i].disk.take().expect("a stopped server has its disk");
+                    self.servers[i].incarnation += 1;
+                    let p = ProcId::new(i as u32, self.servers[i].incarnation);
+                    let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
+                        .expect("simulator configuration is valid");
+                    match Replica::new(self.cfg.clone(), i as u32, store) {
+                        Ok(r) => {
+                            self.servers[i].replica = Some(r);
+                            self.servers[i].node = Some(node);
+                            self.drain(i);
+                        }
+                        Err(e) => panic!("server {i} cannot reopen its store: {e}"),
+                    }
+                }
+            }
+            Action::Pause(i) => self.servers[i].paused = self.servers[i].replica.is_some(),
+            Action::Resume(i) => self.resume(i),
+            Action::Heal => {
+                let n = self.servers.len();
+                self.net.params = self.opts.base.calm_net;
+                self.net.links = vec![vec![true; n]; n];
+                for i in 0..n {
+                    self.resume(i);
+                    if self.servers[i].replica.is_none() {
+                        self.action(Action::Restart(i));
+                    }
+                }
+            }
+            Action::Swap { via, to } => {
+                self.totals.swaps += 1;
+                let now = self.now;
+                let paused = self.servers[via].paused;
+                if let Some(r) = self.servers[via].replica.as_mut().filter(|_| !paused) {
+                    let res = r.request_swap(now, to as u32);
+                    self.tr(|| format!("{now:?} s{via} swap to s{to}: {res:?}"));
+                    self.drain(via);
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, i: usize) {
+        if !self.servers[i].paused {
+            return;
+        }
+        self.servers[i].paused = false;
+        if let Some(node) = self.servers[i].node.as_mut() {
+            node.handle_timeout(self.now);
+        }
+        self.drain(i);
+        while let Some(b) = self.servers[i].inbox.pop_front() {
+            if let Some(node) = self.servers[i].node.as_mut() {
+                node.handle_packet(self.now, b);
+            }
+            self.drain(i);
+        }
+    }
+
+    fn arrive(&mut self, to: usize, bytes: Bytes) {
+        let s = &mut self.servers[to];
+        if s.node.is_none() {
+            return;
+        }
+        if s.paused {
+            if s.inbox.len() < 2000 {
+                s.inbox.push_back(bytes);
+            }
+            return;
+        }
+        self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
+        let node = self.servers[to].node.as_mut().expect("running");
+        node.handle_packet(self.now, bytes);
+        self.drain(to);
+    }
+
+    fn timer(&mut self, i: usize, gen: u64) {
+        let s = &mut self.servers[i];
+        if s.timer_gen != gen || s.paused {
+            return;
+        }
+        s.timer_at = None;
+        let Some(node) = s.node.as_mut() else {
+            return;
+        };
+        node.handle_timeout(self.now);
+        self.drain(i);
+    }
+
+    /// Moves everything between server `i`'s gcs node and replica until both are quiet.
+    fn drain(&mut self, i: usize) {
+        // The replica's outputs are handled right after each node output, so that what the
+        // history records about them (roles, views) is the state they were produced in.
+        loop {
+            while let Some(out) = self.servers[i].replica.as_mut().and_then(|r| r.poll_output()) {
+                self.replica_output(i, out);
+            }
+            match self.servers[i].node.as_mut().and_then(|n| n.poll_output()) {
+                Some(out) => self.node_output(i, out),
+                None => break,
+            }
+        }
+        let deadline = self.servers[i].node.as_ref().and_then(|n| n.poll_deadline());
+        if deadline != self.servers[i].timer_at {
+            self.servers[i].timer_gen += 1;
+            self.servers[i].timer_at = deadline;
+            if let Some(at) = deadline {
+                let gen = self.servers[i].timer_gen;
+                self.schedule(at.max(self.now), Ev::Timer { node: i, gen });
+            }
+        }
+    }
+
+    fn node_output(&mut self, i: usize, out: gcs::Output) {
+        let now = self.now;
+        match out {
+            gcs::Output::Transmit { dest, bytes } => match dest {
+                Dest::All => {
+                    for j in 0..self.servers.len() {
+                        if j != i {
+                            self.send(i, j, bytes.clone());
+                        }
+                    }
+                }
+                Dest::Node(j) => {
+                    if (j as usize) < self.servers.len() && j as usize != i {
+                        self.send(i, j as usize, bytes);
+                    }
+                }
+            },
+            gcs::Output::Deliver(d) => {
+                if let Some(r) = self.servers[i].replica.as_mut() {
+                    r.handle_delivery(now, d.sender, &d.payload);
+                }
+            }
+            gcs::Output::View(v) => {
+                self.tr(|| format!("{now:?} s{i} view {:?} {:?}", v.id, v.members));
+                self.digest = fnv(self.digest, &v.id.ring.seq.to_le_bytes());
+                if let Some(r) = self.servers[i].replica.as_mut() {
+                    r.handle_view(now, &v);
+                }
+            }
+        }
+    }
+
+    fn replica_output(&mut self, i: usize, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Multicast { service, payload } => {
+                if let Some(node) = self.servers[i].node.as_mut() {
+                    if let Err(e) = node.multicast(now, service, payload) {
+                        // A full send queue: the replica's message is lost to a view change
+                        // anyway (the node is not operational) or must be retried; record it.
+                        self.tr(|| format!("{now:?} s{i} multicast refused: {e}"));
+                    }
+                }
+            }
+            Output::Reply { req, result } => {
+                if let Ok(c) = &result {
+                    if let Some((client, _, request)) = self.req_owner.get(&req) {
+                        let cl = &self.clients[*client];
+                        self.history.events.push(REvent::Ack {
+                            at: now,
+                            server: i as u32,
+                            client: cl.id,
+                            request: *request,
+                            tid: c.tid,
+                            epoch: c.epoch,
+                        });
+                    }
+                }
+                let d = self.client_delay();
+                self.schedule(now.saturating_add(d), Ev::Answer { req, result });
+            }
+            Output::Role(info) => {
+                let r = self.servers[i].replica.as_ref().expect("running");
+                let st = r.staleness();
+                let promised = r.promised();
+                self.tr(|| format!("{now:?} s{i} role {:?} primary {:?} promised {promised}", info.role, info.primary));
+                self.history.events.push(REvent::Role {
+                    at: now,
+                    server: i as u32,
+                    role: info.role,
+                    primary: info.primary,
+                    promised,
+                    in_primary_component: st.in_primary_component,
+                });
+            }
+            Output::Invalidate(inv) => {
+                let r = self.servers[i].replica.as_ref().expect("running");
+                let t = r
+                    .store()
+                    .iter(TidRange::new(Some(inv.tid), Some(inv.tid)), Direction::Forward)
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .and_then(|t| t.ok());
+                if let Some(t) = t {
+                    self.totals.applied += 1;
+                    self.history.events.push(REvent::Applied {
+                        at: now,
+                        server: i as u32,
+                        tid: t.tid,
+                        digest: txn_digest(&t),
+                    });
+                }
+            }
+            Output::Lost(l) => {
+                if l.server == i as u32 {
+                    self.totals.lost += l.tids.len() as u64;
+                    self.tr(|| format!("{now:?} s{i} lost {:?}", l.tids));
+                    self.history.events.push(REvent::Lost {
+                        at: now,
+                        server: i as u32,
+                        tids: l.tids,
+                    });
+                }
+            }
+            Output::NeedCheckpoint { donor } => {
+                let d = donor as usize;
+                let snap = self.servers.get(d).and_then(|s| s.replica.as_ref()).map(|r| r.store().snapshot());
+                self.tr(|| format!("{now:?} s{i} checkpoint from s{d}: {}", snap.is_some()));
+                if let Some(snap) = snap {
+                    self.totals.checkpoints += 1;
+                    let r = self.servers[i].replica.as_mut().expect("running");
+                    if let Err(e) = r.install_checkpoint(snap) {
+                        panic!("checkpoint install failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
+        for d in self.net.delays(from, to) {
+            self.schedule(
+                Time(self.now.0 + d),
+                Ev::Arrive {
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    // ---- clients ---------------------------------------------------------------------
+
+    fn client_delay(&mut self) -> Duration {
+        Duration::from_micros(self.client_rng.range(50, 400))
+    }
+
+    fn client_tick(&mut self, c: usize) {
+        if self.now >= self.history.sends_until || self.clients[c].inflight.is_some() {
+            return;
+        }
+        if self.client_rng.chance(0.3) {
+            self.client_read(c);
+            let think = self.think();
+            self.schedule(self.now.saturating_add(think), Ev::ClientTick { client: c });
+            return;
+        }
+        let n = self.client_rng.range(1, 3);
+        let mut records = Vec::new();
+        let cl_id = self.clients[c].id;
+        let request = self.clients[c].next_request;
+        self.clients[c].next_request += 1;
+        let mut used = Vec::new();
+        for _ in 0..n {
+            let k = self.client_rng.range(0, self.opts.keyspace - 1);
+            if used.contains(&k) {
+                continue;
+            }
+            used.push(k);
+            let expected = if self.client_rng.chance(0.3) {
+                Some(self.clients[c].serials.get(&k).copied().unwrap_or(Tid::ZERO))
+            } else {
+                None
+            };
+            let data = if self.client_rng.chance(0.05) {
+                None
+            } else {
+                Some(Bytes::from(format!("c{cl_id}r{request}k{k}")))
+            };
+            records.push(Record {
+                oid: Oid::from_u64(k),
+                data,
+                expected_serial: expected,
+            });
+        }
+        let cr = CommitRequest {
+            client: cl_id,
+            request,
+            meta: TxnMeta::default(),
+            records,
+        };
+        self.send_attempt(c, cr, 0);
+    }
+
+    fn think(&mut self) -> Duration {
+        let mean = self.opts.think.as_micros() as f64;
+        Duration::from_micros(self.client_rng.exp(mean) as u64 + 1)
+    }
+
+    fn client_read(&mut self, c: usize) {
+        let i = self.client_rng.range(0, self.servers.len() as u64 - 1) as usize;
+        if self.servers[i].paused {
+            return;
+        }
+        let Some(r) = self.servers[i].replica.as_ref() else {
+            return;
+        };
+        if !r.readable() {
+            return;
+        }
+        let k = self.client_rng.range(0, self.opts.keyspace - 1);
+        let tid = r.last_tid();
+        let rev = r.store().load(&Oid::from_u64(k)).ok().flatten();
+        self.totals.reads += 1;
+        self.history.events.push(REvent::Read {
+            at: self.now,
+            server: i as u32,
+            tid,
+        });
+        if let Some(rev) = rev {
+            self.clients[c].serials.insert(k, rev.tid);
+        }
+    }
+
+    fn send_attempt(&mut self, c: usize, cr: CommitRequest, attempt: u64) {
+        let n = self.servers.len();
+        let server = match self.clients[c].primary_hint {
+            Some(p) if attempt % 3 != 2 => p,
+            _ => self.client_rng.range(0, n as u64 - 1) as usize,
+        };
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.req_owner.insert(req, (c, attempt, cr.request));
+        self.clients[c].inflight = Some(Inflight {
+            c: cr.clone(),
+            attempt,
+        });
+        self.totals.attempts += 1;
+        let d = self.client_delay();
+        self.schedule(self.now.saturating_add(d), Ev::Request { server, req, c: cr });
+        let t = self.opts.client_timeout;
+        self.schedule(
+            self.now.saturating_add(t),
+            Ev::ClientTimeout { client: c, attempt },
+        );
+    }
+
+    fn client_timeout(&mut self, c: usize, attempt: u64) {
+        let Some(f) = self.clients[c].inflight.as_ref() else {
+            return;
+        };
+        if f.attempt != attempt {
+            return;
+        }
+        let cr = f.c.clone();
+        self.clients[c].primary_hint = None;
+        self.send_attempt(c, cr, attempt + 1);
+    }
+
+    fn request(&mut self, server: usize, req: ReqId, c: CommitRequest) {
+        let s = &mut self.servers[server];
+        if s.paused {
+            return;
+        }
+        let Some(r) = s.replica.as_mut() else {
+            return;
+        };
+        r.handle_commit(self.now, req, c);
+        self.drain(server);
+    }
+
+    fn answer(&mut self, req: ReqId, result: Result<replica::Committed, CommitError>) {
+        let Some((c, attempt, _)) = self.req_owner.remove(&req) else {
+            return;
+        };
+        let Some(f) = self.clients[c].inflight.as_ref() else {
+            return;
+        };
+        if f.attempt != attempt {
+            return;
+        }
+        let cr = f.c.clone();
+        let now = self.now;
+        let retry_in = |ms: u64| now.saturating_add(Duration::from_millis(ms));
+        match result {
+            Ok(done) => {
+                self.totals.acked += 1;
+                for r in &cr.records {
+                    let k = u64::from_be_bytes(r.oid.as_bytes().try_into().unwrap_or([0; 8]));
+                    self.clients[c].serials.insert(k, done.tid);
+                }
+                self.clients[c].inflight = None;
+                let think = self.think();
+                self.schedule(now.saturating_add(think), Ev::ClientTick { client: c });
+            }
+            Err(CommitError::NotPrimary { primary: Some(p) }) => {
+                self.clients[c].primary_hint = Some(p as usize);
+                self.clients[c].inflight = None;
+                self.resend_at(c, cr, attempt + 1, retry_in(1));
+            }
+            Err(CommitError::NotPrimary { primary: None })
+            | Err(CommitError::Retry)
+            | Err(CommitError::Busy)
+            | Err(CommitError::Down(_)) => {
+                self.clients[c].primary_hint = None;
+                self.clients[c].inflight = None;
+                self.resend_at(c, cr, attempt + 1, retry_in(20));
+            }
+            Err(e) => {
+                if let CommitError::Conflict { oid, actual, .. } = &e {
+                    let k = u64::from_be_bytes(oid.as_bytes().try_into().unwrap_or([0; 8]));
+                    self.clients[c].serials.insert(k, *actual);
+                }
+                self.history.events.push(REvent::Failed {
+                    at: now,
+                    client: self.clients[c].id,
+                    request: cr.request,
+                    error: e.to_string(),
+                });
+                self.clients[c].inflight = None;
+                let think = self.think();
+                self.schedule(now.saturating_add(think), Ev::ClientTick { client: c });
+            }
+        }
+    }
+
+    fn resend_at(&mut self, c: usize, cr: CommitRequest, attempt: u64, at: Time) {
+        // Keep the request in flight (with a fresh attempt number) until the resend fires.
+        self.clients[c].inflight = Some(Inflight { c: cr, attempt });
+        self.schedule(at, Ev::ClientTimeout { client: c, attempt });
+    }
+}
+
+/// The object a client record names (for checkers reading final stores).
+pub fn client_record_oid(client: u64) -> Oid {
+    client_oid(client)
+}
+
+impl ReplicaCluster {
+    /// The roles of running servers (for scenario tests).
+    pub fn roles(&self) -> Vec<Option<Role>> {
+        self.servers
+            .iter()
+            .map(|s| s.replica.as_ref().map(|r| r.role()))
+            .collect()
+    }
+}
+
+/// What one replica seed produced.
+#[derive(Debug)]
+pub struct ReplicaReport {
+    /// The options the seed drew.
+    pub options: ReplicaOptions,
+    /// Counts.
+    pub totals: RTotals,
+    /// Every property violated.
+    pub violations: Vec<crate::checkers::Violation>,
+    /// A digest of the run: equal for equal runs.
+    pub digest: u64,
+    /// The recorded history.
+    pub history: RHistory,
+}
+
+/// Runs the swarm scenario of `seed` with `servers` storage servers and checks it.
+pub fn run_replica_seed(seed: u64, servers: usize, trace: Option<Tracer>) -> ReplicaReport {
+    run_replica_options(ReplicaOptions::swarm(seed, servers), trace)
+}
+
+/// Runs the swarm scenario of explicit options.
+pub fn run_replica_options(options: ReplicaOptions, trace: Option<Tracer>) -> ReplicaReport {
+    let mut c = ReplicaCluster::new(options.clone());
+    if let Some(t) = trace {
+        c.set_trace(t);
+    }
+    c.plan_swarm();
+    finish_run(options, c)
+}
+
+/// Runs a hand-written scenario: `script` adds actions to a booted cluster.
+pub fn run_replica_script(
+    options: ReplicaOptions,
+    calm_from: Time,
+    end: Time,
+    script: impl FnOnce(&mut ReplicaCluster),
+) -> ReplicaReport {
+    let mut c = ReplicaCluster::new(options.clone());
+    c.plan_manual(calm_from, end);
+    script(&mut c);
+    finish_run(options, c)
+}
+
+fn finish_run(options: ReplicaOptions, c: ReplicaCluster) -> ReplicaReport {
+    let (history, totals, digest) = c.run();
+    let violations = checkers::check_all(&history);
+    ReplicaReport {
+        options,
+        totals,
+        violations,
+        digest,
+        history,
+    }
+}
