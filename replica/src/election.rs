@@ -47,6 +47,9 @@ pub struct MemberState {
     pub primary_in: Option<Epoch>,
     /// False while a recovery fill is open: its store is not consistent at any tid yet.
     pub consistent: bool,
+    /// False for a server that restarted after losing its disk, until it has caught up
+    /// again: what it promised before is gone, so its vote could elect a second primary.
+    pub voter: bool,
 }
 
 impl MemberState {
@@ -64,7 +67,7 @@ impl MemberState {
 pub fn choose_primary(cfg: &ReplicaConfig, states: &[MemberState]) -> Option<ServerId> {
     states
         .iter()
-        .filter(|s| s.consistent && cfg.eligible(s.server))
+        .filter(|s| s.consistent && s.voter && cfg.eligible(s.server))
         .max_by_key(|s| {
             let sitting = s.primary_in == Some(s.last_epoch());
             (s.last_epoch(), s.last_tid, sitting, Reverse(s.server))
@@ -158,6 +161,7 @@ mod tests {
                 .collect(),
             primary_in: None,
             consistent: true,
+            voter: true,
         }
     }
 
@@ -251,9 +255,10 @@ mod tests {
             0u64..100,
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(
-                |(server, promised, e, last, sitting, consistent)| MemberState {
+            .prop_map(|(server, promised, e, last, sitting, consistent, voter)| {
+                MemberState {
                     server,
                     promised: Epoch(promised),
                     last_tid: Tid(last),
@@ -267,8 +272,9 @@ mod tests {
                     },
                     primary_in: sitting.then_some(Epoch(e)),
                     consistent,
-                },
-            )
+                    voter,
+                }
+            })
     }
 
     proptest! {
@@ -283,7 +289,7 @@ mod tests {
             let c = cfg(6, &[5]);
             let a = choose_primary(&c, &states);
             if let Some(p) = a {
-                prop_assert!(states.iter().any(|s| s.server == p && s.consistent));
+                prop_assert!(states.iter().any(|s| s.server == p && s.consistent && s.voter));
                 prop_assert!(c.eligible(p));
             }
             let n = states.len().max(1);

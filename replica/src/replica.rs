@@ -86,18 +86,30 @@ fn decode_lineage(b: &[u8]) -> Option<Vec<EpochStart>> {
 }
 
 /// What the replica keeps in the store's replication-state slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Durable {
     /// The highest epoch promised.
     promised: Epoch,
     /// While an object fill is open: the `consistent_at` of its first chunk (changes after it
     /// must be re-sent before the fill can finish).
     fill_since: Option<Tid>,
+    /// Whether this server votes (false after a disk loss, until it caught up again).
+    voter: bool,
+}
+
+impl Default for Durable {
+    fn default() -> Self {
+        Durable {
+            promised: Epoch(0),
+            fill_since: None,
+            voter: true,
+        }
+    }
 }
 
 impl Durable {
     fn encode(&self) -> Vec<u8> {
-        let mut v = vec![1u8];
+        let mut v = vec![1u8, self.voter as u8];
         v.extend_from_slice(&self.promised.0.to_be_bytes());
         match self.fill_since {
             None => v.push(0),
@@ -111,20 +123,22 @@ impl Durable {
 
     fn decode(b: &[u8]) -> Result<Durable, StorageError> {
         let bad = || StorageError::corrupt("replication state");
-        if b.len() < 10 || b[0] != 1 {
+        if b.len() < 11 || b[0] != 1 || b[1] > 1 {
             return Err(bad());
         }
-        let promised = Epoch(u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad())?));
-        let fill_since = match (b[9], b.len()) {
-            (0, 10) => None,
-            (1, 18) => Some(Tid(u64::from_be_bytes(
-                b[10..18].try_into().map_err(|_| bad())?,
+        let voter = b[1] == 1;
+        let promised = Epoch(u64::from_be_bytes(b[2..10].try_into().map_err(|_| bad())?));
+        let fill_since = match (b[10], b.len()) {
+            (0, 11) => None,
+            (1, 19) => Some(Tid(u64::from_be_bytes(
+                b[11..19].try_into().map_err(|_| bad())?,
             ))),
             _ => return Err(bad()),
         };
         Ok(Durable {
             promised,
             fill_since,
+            voter,
         })
     }
 }
@@ -296,6 +310,22 @@ impl<S: Storage> Replica<S> {
             _ => Vec::new(),
         };
         Ok(())
+    }
+
+    /// A server restarting on an empty store after losing its disk. It does not vote until
+    /// it has caught up under a primary elected by servers that kept theirs: whatever it
+    /// promised before is gone, and counting its vote could let a second primary of an old
+    /// epoch, or a primary missing acknowledged commits, be elected. (An empty store at the
+    /// first start of a cluster votes: it never promised anything.)
+    pub fn after_disk_loss(
+        cfg: ReplicaConfig,
+        me: ServerId,
+        store: S,
+    ) -> Result<Replica<S>, StorageError> {
+        let mut r = Replica::new(cfg, me, store)?;
+        r.durable.voter = false;
+        r.persist()?;
+        Ok(r)
     }
 
     /// Gives the store back (the shell keeps it across a simulated crash).
@@ -495,6 +525,7 @@ impl<S: Storage> Replica<S> {
                 lineage: self.lineage.clone(),
                 primary_in: self.was_primary_in,
                 consistent: !fill_open,
+                voter: self.durable.voter,
             };
             self.multicast(Service::Agreed, Msg::State(state));
         } else {
@@ -539,7 +570,22 @@ impl<S: Storage> Replica<S> {
                 chunks,
                 req,
             } => self.on_fetch(who, donor, fetch_id, chunks, req),
-            Msg::Chunk { to, fetch_id, body } => self.on_chunk(now, to, fetch_id, body),
+            Msg::Chunk { to, fetch_id, body } => {
+                match self.on_chunk(now, to, fetch_id, body) {
+                    // The stream does not fit this store (it parted from the donor's history
+                    // mid-recovery): start over from a checkpoint rather than stop.
+                    Err(
+                        StorageError::InvalidFill { .. }
+                        | StorageError::Gap { .. }
+                        | StorageError::DivergentApply { .. }
+                        | StorageError::NonIncreasingTid { .. },
+                    ) => match self.recovery.as_ref().map(|r| r.donor) {
+                        Some(d) => self.need_checkpoint(d),
+                        None => Ok(()),
+                    },
+                    r => r,
+                }
+            }
             Msg::Lost {
                 server,
                 truncated_after,
@@ -580,6 +626,28 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         let states: Vec<MemberState> = self.states.values().cloned().collect();
+        // A server that lost its disk lost its promises: it does not vote until it has
+        // caught up under a primary elected without it.
+        let voters: Vec<ServerId> = states
+            .iter()
+            .filter(|s| s.voter)
+            .map(|s| s.server)
+            .collect();
+        if !self.cfg.is_primary_component(&voters) {
+            tracing::warn!(
+                server = self.me,
+                ?voters,
+                "not enough servers with their disks to elect"
+            );
+            if let Some(v) = self.view.as_mut() {
+                v.primary_component = false;
+            }
+            self.set_role(Role::ReadOnly);
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            }
+            return Ok(());
+        }
         let Some(p) = choose_primary(&self.cfg, &states) else {
             tracing::warn!(
                 server = self.me,
@@ -743,7 +811,13 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         let behind = el.base.0.saturating_sub(self.last.0);
-        let step = if let Some(p) = self.store.fill_progress()? {
+        let progress = self.store.fill_progress()?;
+        if progress.as_ref().is_some_and(|p| p.tid_max > el.base) {
+            // The open fill came from a history this primary does not continue (an async
+            // tail that was lost): it cannot be finished consistently.
+            return self.need_checkpoint(el.donor);
+        }
+        let step = if let Some(p) = progress {
             RecoveryStep::Objects {
                 after_oid: Some(p.last_oid),
             }
@@ -792,6 +866,56 @@ impl<S: Storage> Replica<S> {
     /// The shell installed a checkpoint copied from the donor (see
     /// [`Output::NeedCheckpoint`]): the replica continues on `store`, catching up from there.
     pub fn install_checkpoint(&mut self, store: S) -> Result<(), StorageError> {
+        // What the old store holds beyond the history it shares with the checkpoint is
+        // discarded with it: report it lost like a truncation would.
+        let new_last = store.last_transaction()?;
+        let new_lineage = match store.load(&lineage_oid())? {
+            Some(Revision { data: Some(d), .. }) => decode_lineage(&d).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let keep = common_prefix(&self.lineage, self.last, &new_lineage, new_last)
+            .unwrap_or(Tid::ZERO)
+            .max(self.store.horizon()?);
+        if keep < self.last {
+            let mut tids = Vec::new();
+            let mut oids = BTreeSet::new();
+            if let Ok(it) = self.store.iter(TidRange::after(keep), Direction::Forward) {
+                for t in it {
+                    let t = t?;
+                    tids.push(t.tid);
+                    oids.extend(
+                        t.records
+                            .into_iter()
+                            .map(|r| r.oid)
+                            .filter(|o| !is_reserved(o)),
+                    );
+                }
+            }
+            if !tids.is_empty() {
+                tracing::warn!(
+                    server = self.me,
+                    n = tids.len(),
+                    "checkpoint replaces transactions the lineage never had"
+                );
+                self.stats.lost += tids.len() as u64;
+                let report = LostReport {
+                    server: self.me,
+                    truncated_after: keep,
+                    tids,
+                    oids: oids.into_iter().collect(),
+                };
+                self.out.push_back(Output::Lost(report.clone()));
+                self.multicast(
+                    Service::Agreed,
+                    Msg::Lost {
+                        server: report.server,
+                        truncated_after: report.truncated_after,
+                        tids: report.tids,
+                        oids: report.oids,
+                    },
+                );
+            }
+        }
         self.store = store;
         let promised = self.durable.promised;
         self.reload()?;
@@ -895,6 +1019,13 @@ impl<S: Storage> Replica<S> {
 
     fn caught_up(&mut self) {
         self.recovery = None;
+        if !self.durable.voter && self.primary.is_some() {
+            self.durable.voter = true;
+            if let Err(e) = self.persist() {
+                return self.fail(e);
+            }
+            tracing::info!(server = self.me, "caught up after a disk loss: votes again");
+        }
         if self.primary.is_some_and(|(p, _)| p == self.me) {
             return;
         }

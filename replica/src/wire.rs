@@ -180,6 +180,7 @@ impl Msg {
                 }
                 put_opt_u64(&mut b, s.primary_in.map(|e| e.0));
                 b.put_u8(s.consistent as u8);
+                b.put_u8(s.voter as u8);
             }
             Msg::Promise { server, epoch } => {
                 b.put_u8(T_PROMISE);
@@ -322,6 +323,7 @@ impl Msg {
                 }
                 let primary_in = get_opt_u64(r)?.map(Epoch);
                 let consistent = get_bool(r)?;
+                let voter = get_bool(r)?;
                 Msg::State(MemberState {
                     server,
                     promised,
@@ -329,6 +331,7 @@ impl Msg {
                     lineage,
                     primary_in,
                     consistent,
+                    voter,
                 })
             }
             T_PROMISE => Msg::Promise {
@@ -619,6 +622,7 @@ mod tests {
                 }],
                 primary_in: Some(Epoch(2)),
                 consistent: true,
+                voter: false,
             }),
             Msg::Promise {
                 server: 1,

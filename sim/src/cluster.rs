@@ -5,9 +5,9 @@
 //! clock, steps the node and routes its outputs through the faulty network. Nothing here reads a
 //! clock or an OS random source, so a seed replays the same history byte for byte.
 
-use crate::history::{Event as HEvent, History, MsgId};
-use crate::faults::{self, Net, Plan};
 pub use crate::faults::Action;
+use crate::faults::{self, Net, Plan};
+use crate::history::{Event as HEvent, History, MsgId};
 use crate::options::Options;
 use crate::prng::Prng;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -211,7 +211,7 @@ impl Cluster {
             Action::SetNet(p) => self.net.params = p,
             Action::SetLinks(l) => self.net.links = l,
             Action::Swap { .. } => {}
-            Action::Crash(i) => {
+            Action::Crash(i) | Action::Wipe(i) => {
                 if self.nodes[i].node.take().is_some() {
                     let p = self.proc_of(i);
                     self.log(p, HEvent::Crashed { at: self.now });

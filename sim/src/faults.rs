@@ -17,6 +17,8 @@ pub enum Action {
     Crash(usize),
     /// The node starts again as a new incarnation.
     Restart(usize),
+    /// The node dies and loses its disk too (a storage server comes back empty).
+    Wipe(usize),
     /// The node freezes: no timers, no processing; arriving datagrams wait in its socket.
     Pause(usize),
     /// The node resumes, with stale timers and a backlog of datagrams.
@@ -45,9 +47,10 @@ pub struct Plan {
     pub sends_until: Time,
 }
 
-/// The swarm scenario of `opts`: boot, a storm of faults, heal, calm. With `swaps`, the
-/// storm also holds planned swaps (storage servers).
-pub fn plan_swarm(opts: &Options, swaps: bool) -> Plan {
+/// The swarm scenario of `opts`: boot, a storm of faults, heal, calm. With `storage`, the
+/// storm also holds planned swaps and disk losses, and the calm phase one swap.
+pub fn plan_swarm(opts: &Options, storage: bool) -> Plan {
+    let swaps = storage;
     let mut r = Prng::new(opts.seed ^ 0xFA_u64.rotate_left(40));
     let n = opts.nodes;
     let mut actions = Vec::new();
@@ -58,6 +61,8 @@ pub fn plan_swarm(opts: &Options, swaps: bool) -> Plan {
     let storm_end = Time::ZERO.saturating_add(opts.storm);
     let mut t = Time(r.range(100_000, 600_000));
     let mut crashed = vec![false; n];
+    // Losing a majority of disks loses data by definition: at most one disk per run.
+    let mut wipes = 0;
     let mut paused = vec![false; n];
     while t < storm_end {
         let period = Duration::from_millis(r.range(200, 2000));
@@ -70,7 +75,12 @@ pub fn plan_swarm(opts: &Options, swaps: bool) -> Plan {
                 let i = r.range(0, n as u64 - 1) as usize;
                 if !crashed[i] {
                     crashed[i] = true;
-                    actions.push((t, Action::Crash(i)));
+                    if storage && wipes == 0 && r.chance(0.2) {
+                        wipes += 1;
+                        actions.push((t, Action::Wipe(i)));
+                    } else {
+                        actions.push((t, Action::Crash(i)));
+                    }
                     if r.chance(0.7) {
                         let back = t.saturating_add(Duration::from_millis(r.range(50, 2000)));
                         if back < storm_end {
@@ -110,7 +120,13 @@ pub fn plan_swarm(opts: &Options, swaps: bool) -> Plan {
         // One swap in calm weather, which must succeed without a failed request.
         let at = storm_end.saturating_add(opts.calm / 3);
         let to = r.range(0, n as u64 - 1) as usize;
-        actions.push((at, Action::Swap { via: (to + 1) % n, to }));
+        actions.push((
+            at,
+            Action::Swap {
+                via: (to + 1) % n,
+                to,
+            },
+        ));
     }
     Plan {
         actions,

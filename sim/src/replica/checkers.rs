@@ -91,7 +91,12 @@ pub fn single_primary(h: &RHistory, out: &mut Vec<Violation>) {
     for (e, servers) in by_epoch {
         if servers.len() > 1 {
             let v: Vec<ServerId> = servers.into_iter().collect();
-            push(out, "single_primary", &v, format!("{} primaries of {e}", v.len()));
+            push(
+                out,
+                "single_primary",
+                &v,
+                format!("{} primaries of {e}", v.len()),
+            );
         }
     }
 }
@@ -131,6 +136,10 @@ pub fn epochs_grow(h: &RHistory, out: &mut Vec<Violation>) {
     let mut promised: BTreeMap<ServerId, Epoch> = BTreeMap::new();
     let mut led: BTreeMap<ServerId, Epoch> = BTreeMap::new();
     for e in &h.events {
+        if let REvent::Wiped { server, .. } = e {
+            // Its promises went with its disk (it does not vote until it promises again).
+            promised.remove(server);
+        }
         if let REvent::Role {
             at,
             server,
@@ -158,7 +167,9 @@ pub fn epochs_grow(h: &RHistory, out: &mut Vec<Violation>) {
                             out,
                             "epochs_grow",
                             &[*server],
-                            format!("s{server} primary of {ep} at {at:?} after being primary of {prev}"),
+                            format!(
+                                "s{server} primary of {ep} at {at:?} after being primary of {prev}"
+                            ),
                         );
                     }
                 }
@@ -199,6 +210,9 @@ fn applied_by_server(h: &RHistory) -> BTreeMap<ServerId, BTreeMap<Tid, u64>> {
                     a.remove(t);
                 }
             }
+            REvent::Wiped { server, .. } => {
+                m.remove(server);
+            }
             _ => {}
         }
     }
@@ -218,7 +232,10 @@ pub fn prefix_agreement(h: &RHistory, out: &mut Vec<Violation>) {
                         out,
                         "prefix_agreement",
                         &[s, p],
-                        format!("s{s} applied {tid} beyond the final primary s{p}'s last {}", l.last),
+                        format!(
+                            "s{s} applied {tid} beyond the final primary s{p}'s last {}",
+                            l.last
+                        ),
                     );
                 }
                 continue;
@@ -285,7 +302,12 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
                     ),
                 ),
                 CommitMode::Async { .. } => {
-                    if !reported.contains(tid) {
+                    // An async primary that lost its disk took its unreplicated tail with
+                    // it: nobody is left to report it (it still counts against the bound).
+                    let wiped_after = h.events.iter().any(|w| {
+                        matches!(w, REvent::Wiped { at: wat, server: ws } if ws == server && wat > at)
+                    });
+                    if !reported.contains(tid) && !wiped_after {
                         push(
                             out,
                             "acked_durable",
@@ -382,7 +404,7 @@ pub fn reads_monotone(h: &RHistory, out: &mut Vec<Violation>) {
                 }
                 *prev = (*prev).max(*tid);
             }
-            REvent::Lost { server, .. } => {
+            REvent::Lost { server, .. } | REvent::Wiped { server, .. } => {
                 last.remove(server);
             }
             _ => {}
@@ -426,7 +448,14 @@ pub fn convergence(h: &RHistory, out: &mut Vec<Violation>) {
             out,
             "convergence",
             &prim,
-            format!("{} primaries at the end (roles: {:?})", prim.len(), running.iter().map(|(s, f)| (**s, f.role)).collect::<Vec<_>>()),
+            format!(
+                "{} primaries at the end (roles: {:?})",
+                prim.len(),
+                running
+                    .iter()
+                    .map(|(s, f)| (**s, f.role))
+                    .collect::<Vec<_>>()
+            ),
         );
         return;
     }
@@ -443,20 +472,37 @@ pub fn convergence(h: &RHistory, out: &mut Vec<Violation>) {
                     f.role,
                     prim[0],
                     p.last,
-                    if f.last == p.last { " with other objects" } else { "" }
+                    if f.last == p.last {
+                        " with other objects"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
     }
     if h.finals.values().any(|f| !f.running) {
-        push(out, "convergence", &[], "a server is not running at the end".into());
+        push(
+            out,
+            "convergence",
+            &[],
+            "a server is not running at the end".into(),
+        );
     }
     let acks_after_calm = h
         .events
         .iter()
         .any(|e| matches!(e, REvent::Ack { at, .. } if *at > h.calm_from));
-    let any_client = h.events.iter().any(|e| matches!(e, REvent::Ack { .. } | REvent::Failed { .. }));
+    let any_client = h
+        .events
+        .iter()
+        .any(|e| matches!(e, REvent::Ack { .. } | REvent::Failed { .. }));
     if any_client && !acks_after_calm && h.sends_until > h.calm_from {
-        push(out, "convergence", &[], "no commit acknowledged after the network healed".into());
+        push(
+            out,
+            "convergence",
+            &[],
+            "no commit acknowledged after the network healed".into(),
+        );
     }
 }

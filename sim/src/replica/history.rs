@@ -68,6 +68,13 @@ pub enum REvent {
         /// Its last transaction at the read.
         tid: Tid,
     },
+    /// A server lost its disk (it comes back empty).
+    Wiped {
+        /// When.
+        at: Time,
+        /// Which server.
+        server: ServerId,
+    },
     /// A client got a final error (not a redirect or a retry).
     Failed {
         /// When.

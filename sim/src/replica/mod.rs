@@ -110,15 +110,33 @@ impl ReplicaOptions {
 
 #[derive(Debug)]
 enum Ev {
-    Arrive { to: usize, bytes: Bytes },
-    Timer { node: usize, gen: u64 },
+    Arrive {
+        to: usize,
+        bytes: Bytes,
+    },
+    Timer {
+        node: usize,
+        gen: u64,
+    },
     Action(Action),
-    ClientTick { client: usize },
-    ClientTimeout { client: usize, attempt: u64 },
+    ClientTick {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u64,
+    },
     /// A request reaches a server.
-    Request { server: usize, req: ReqId, c: CommitRequest },
+    Request {
+        server: usize,
+        req: ReqId,
+        c: CommitRequest,
+    },
     /// An answer reaches a client.
-    Answer { req: ReqId, result: Result<replica::Committed, CommitError> },
+    Answer {
+        req: ReqId,
+        result: Result<replica::Committed, CommitError>,
+    },
 }
 
 struct Scheduled {
@@ -149,6 +167,8 @@ struct Server {
     replica: Option<Replica>,
     /// The store while the server is down (its disk).
     disk: Option<MemStorage>,
+    /// The disk was lost while the server was down.
+    disk_lost: bool,
     incarnation: u64,
     paused: bool,
     inbox: VecDeque<Bytes>,
@@ -250,7 +270,7 @@ impl ReplicaCluster {
     pub fn new(opts: ReplicaOptions) -> ReplicaCluster {
         let cfg = opts.config();
         cfg.validate().expect("simulator configuration is valid");
-        let mut root = Prng::new(opts.base.seed ^ 0x5E_7A_11CA);
+        let mut root = Prng::new(opts.base.seed ^ 0x5E7A_11CA);
         let n = opts.base.nodes;
         let mut history = RHistory::new(opts.mode);
         history.eligible = (0..n as u32).filter(|i| cfg.eligible(*i)).collect();
@@ -263,6 +283,7 @@ impl ReplicaCluster {
                     node: None,
                     replica: None,
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
+                    disk_lost: false,
                     incarnation: 0,
                     paused: false,
                     inbox: VecDeque::new(),
@@ -417,12 +438,23 @@ impl ReplicaCluster {
         match a {
             Action::SetNet(p) => self.net.params = p,
             Action::SetLinks(l) => self.net.links = l,
-            Action::Crash(i) => {
+            Action::Crash(i) | Action::Wipe(i) => {
                 if let Some(r) = self.servers[i].replica.take() {
                     self.servers[i].node = None;
                     let store = r.into_store();
                     store.crash();
-                    self.servers[i].disk = Some(store);
+                    if matches!(a, Action::Wipe(_)) {
+                        self.servers[i].disk_lost = true;
+                        self.history.events.push(REvent::Wiped {
+                            at: self.now,
+                            server: i as u32,
+                        });
+                    }
+                    self.servers[i].disk = Some(if matches!(a, Action::Wipe(_)) {
+                        MemStorage::new(MemOptions { sync: true })
+                    } else {
+                        store
+                    });
                     self.servers[i].paused = false;
                     self.servers[i].inbox.clear();
                     self.servers[i].timer_at = None;
@@ -431,12 +463,21 @@ impl ReplicaCluster {
             }
             Action::Restart(i) => {
                 if self.servers[i].replica.is_none() {
-                    let store = self.servers[i].disk.take().expect("a stopped server has its disk");
+                    let store = self.servers[i]
+                        .disk
+                        .take()
+                        .expect("a stopped server has its disk");
                     self.servers[i].incarnation += 1;
                     let p = ProcId::new(i as u32, self.servers[i].incarnation);
                     let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
                         .expect("simulator configuration is valid");
-                    match Replica::new(self.cfg.clone(), i as u32, store) {
+                    let cfg = self.cfg.clone();
+                    let opened = if std::mem::take(&mut self.servers[i].disk_lost) {
+                        Replica::after_disk_loss(cfg, i as u32, store)
+                    } else {
+                        Replica::new(cfg, i as u32, store)
+                    };
+                    match opened {
                         Ok(r) => {
                             self.servers[i].replica = Some(r);
                             self.servers[i].node = Some(node);
@@ -524,7 +565,11 @@ impl ReplicaCluster {
         // The replica's outputs are handled right after each node output, so that what the
         // history records about them (roles, views) is the state they were produced in.
         loop {
-            while let Some(out) = self.servers[i].replica.as_mut().and_then(|r| r.poll_output()) {
+            while let Some(out) = self.servers[i]
+                .replica
+                .as_mut()
+                .and_then(|r| r.poll_output())
+            {
                 self.replica_output(i, out);
             }
             match self.servers[i].node.as_mut().and_then(|n| n.poll_output()) {
@@ -532,7 +577,10 @@ impl ReplicaCluster {
                 None => break,
             }
         }
-        let deadline = self.servers[i].node.as_ref().and_then(|n| n.poll_deadline());
+        let deadline = self.servers[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.poll_deadline());
         if deadline != self.servers[i].timer_at {
             self.servers[i].timer_gen += 1;
             self.servers[i].timer_at = deadline;
@@ -608,7 +656,12 @@ impl ReplicaCluster {
                 let r = self.servers[i].replica.as_ref().expect("running");
                 let st = r.staleness();
                 let promised = r.promised();
-                self.tr(|| format!("{now:?} s{i} role {:?} primary {:?} promised {promised}", info.role, info.primary));
+                self.tr(|| {
+                    format!(
+                        "{now:?} s{i} role {:?} primary {:?} promised {promised}",
+                        info.role, info.primary
+                    )
+                });
                 self.history.events.push(REvent::Role {
                     at: now,
                     server: i as u32,
@@ -622,7 +675,10 @@ impl ReplicaCluster {
                 let r = self.servers[i].replica.as_ref().expect("running");
                 let t = r
                     .store()
-                    .iter(TidRange::new(Some(inv.tid), Some(inv.tid)), Direction::Forward)
+                    .iter(
+                        TidRange::new(Some(inv.tid), Some(inv.tid)),
+                        Direction::Forward,
+                    )
                     .ok()
                     .and_then(|mut it| it.next())
                     .and_then(|t| t.ok());
@@ -649,7 +705,11 @@ impl ReplicaCluster {
             }
             Output::NeedCheckpoint { donor } => {
                 let d = donor as usize;
-                let snap = self.servers.get(d).and_then(|s| s.replica.as_ref()).map(|r| r.store().snapshot());
+                let snap = self
+                    .servers
+                    .get(d)
+                    .and_then(|s| s.replica.as_ref())
+                    .map(|r| r.store().snapshot());
                 self.tr(|| format!("{now:?} s{i} checkpoint from s{d}: {}", snap.is_some()));
                 if let Some(snap) = snap {
                     self.totals.checkpoints += 1;
@@ -703,7 +763,13 @@ impl ReplicaCluster {
             }
             used.push(k);
             let expected = if self.client_rng.chance(0.3) {
-                Some(self.clients[c].serials.get(&k).copied().unwrap_or(Tid::ZERO))
+                Some(
+                    self.clients[c]
+                        .serials
+                        .get(&k)
+                        .copied()
+                        .unwrap_or(Tid::ZERO),
+                )
             } else {
                 None
             };
@@ -772,7 +838,10 @@ impl ReplicaCluster {
         });
         self.totals.attempts += 1;
         let d = self.client_delay();
-        self.schedule(self.now.saturating_add(d), Ev::Request { server, req, c: cr });
+        self.schedule(
+            self.now.saturating_add(d),
+            Ev::Request { server, req, c: cr },
+        );
         let t = self.opts.client_timeout;
         self.schedule(
             self.now.saturating_add(t),
