@@ -211,6 +211,12 @@ pub struct ReplicaStats {
     pub fenced: u64,
     /// Recovery chunks applied.
     pub recovery_chunks: u64,
+    /// Recoveries started by transactions (full).
+    pub recoveries_full: u64,
+    /// Recoveries started by objects (fast).
+    pub recoveries_fast: u64,
+    /// Checkpoints asked of the shell.
+    pub checkpoints: u64,
     /// Transactions moved to the lost archive.
     pub lost: u64,
 }
@@ -236,7 +242,9 @@ pub struct Replica<S: Storage> {
     pending: BTreeMap<Tid, Pending>,
     pending_serial: BTreeMap<Oid, Tid>,
     pending_keys: BTreeMap<(u64, u64), Tid>,
-    dup_waiting: Vec<(Tid, ReqId)>,
+    /// Retries of applied commits waiting for a majority to hold them: (tid, request, the
+    /// epoch this server was primary of when it took the retry).
+    dup_waiting: Vec<(Tid, ReqId, Epoch)>,
     held: VecDeque<(ReqId, CommitRequest)>,
     /// Durable positions reported in this view (`Applied`), by server.
     applied: BTreeMap<ServerId, Tid>,
@@ -497,7 +505,7 @@ impl<S: Storage> Replica<S> {
                 self.reply(r, Err(CommitError::Retry));
             }
         }
-        for (_, r) in std::mem::take(&mut self.dup_waiting) {
+        for (_, r, _) in std::mem::take(&mut self.dup_waiting) {
             self.reply(r, Err(CommitError::Retry));
         }
         self.pending_serial.clear();
@@ -837,6 +845,10 @@ impl<S: Storage> Replica<S> {
             behind,
             "recovery starts"
         );
+        match step {
+            RecoveryStep::Txns { .. } => self.stats.recoveries_full += 1,
+            _ => self.stats.recoveries_fast += 1,
+        }
         self.recovery = Some(Recovery {
             donor: el.donor,
             fetch_id: 0,
@@ -853,6 +865,7 @@ impl<S: Storage> Replica<S> {
             donor,
             "history cannot be reconciled: checkpoint"
         );
+        self.stats.checkpoints += 1;
         self.recovery = Some(Recovery {
             donor,
             fetch_id: u64::MAX,
@@ -1157,7 +1170,6 @@ impl<S: Storage> Replica<S> {
             return;
         }
         let durable = self.majority_applied();
-        let epoch = self.durable.promised;
         let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
         for tid in done {
             let p = self.pending.remove(&tid).expect("listed");
@@ -1190,7 +1202,7 @@ impl<S: Storage> Replica<S> {
             }
         }
         let waiting = std::mem::take(&mut self.dup_waiting);
-        for (tid, r) in waiting {
+        for (tid, r, epoch) in waiting {
             if tid <= durable {
                 self.reply(
                     r,
@@ -1201,7 +1213,7 @@ impl<S: Storage> Replica<S> {
                     }),
                 );
             } else {
-                self.dup_waiting.push((tid, r));
+                self.dup_waiting.push((tid, r, epoch));
             }
         }
         // Async mode: requests held for the loss window may go now.
@@ -1298,7 +1310,7 @@ impl<S: Storage> Replica<S> {
                         }),
                     );
                 } else {
-                    self.dup_waiting.push((rev.tid, req));
+                    self.dup_waiting.push((rev.tid, req, epoch));
                 }
                 return Ok(());
             }

@@ -2,7 +2,7 @@
 //!
 //! | property              | what must hold                                                       |
 //! |-----------------------|----------------------------------------------------------------------|
-//! | `single_primary`      | at most one server is primary per epoch, and only in a primary component |
+//! | `single_primary`      | at most one server is primary per epoch, only in a primary component, never a remote server |
 //! | `acks_from_primary`   | every acknowledged commit came from a server that was primary of its epoch in a primary component |
 //! | `epochs_grow`         | a server's promise never goes down; its own primary epochs strictly grow |
 //! | `prefix_agreement`    | what each server applied (less what it reported lost) is in the final primary lineage, with the same content |
@@ -79,6 +79,14 @@ pub fn single_primary(h: &RHistory, out: &mut Vec<Violation>) {
     let mut by_epoch: BTreeMap<Epoch, BTreeSet<ServerId>> = BTreeMap::new();
     for (at, s, e, pc) in primaries(h) {
         by_epoch.entry(e).or_default().insert(s);
+        if !h.eligible.contains(&s) {
+            push(
+                out,
+                "single_primary",
+                &[s],
+                format!("s{s}, which may not become primary (remote group), became primary of {e} at {at:?}"),
+            );
+        }
         if !pc {
             push(
                 out,
@@ -506,3 +514,7 @@ pub fn convergence(h: &RHistory, out: &mut Vec<Violation>) {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "checkers_test.rs"]
+mod checkers_test;

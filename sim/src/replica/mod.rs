@@ -50,6 +50,21 @@ pub struct ReplicaOptions {
 }
 
 impl ReplicaOptions {
+    /// A calm cluster for hand-written scenarios: no faults unless the script adds them,
+    /// sync mode, four clients, no swaps.
+    pub fn calm(seed: u64, servers: usize) -> ReplicaOptions {
+        let mut o = ReplicaOptions::swarm(seed, servers);
+        o.base.storm_net = o.base.calm_net;
+        o.remote = 0;
+        o.clients = 4;
+        o.keyspace = 100;
+        o.think = Duration::from_millis(5);
+        o.mode = CommitMode::Sync;
+        o.recovery = RecoveryPolicy::default();
+        o.swaps = false;
+        o
+    }
+
     /// The options for `seed` with `servers` storage servers.
     pub fn swarm(seed: u64, servers: usize) -> ReplicaOptions {
         let mut base = Options::swarm(seed, servers);
@@ -69,7 +84,7 @@ impl ReplicaOptions {
             clients: r.range(1, 8) as usize,
             keyspace: r.pick(&[4, 32, 500]),
             think: Duration::from_millis(r.range(1, 40)),
-            client_timeout: Duration::from_millis(800),
+            client_timeout: Duration::from_millis(300),
             mode,
             recovery: RecoveryPolicy {
                 fast_after: r.pick(&[5, 50, 100_000]),
@@ -122,8 +137,16 @@ enum Ev {
     ClientTick {
         client: usize,
     },
+    /// A client gives up waiting for attempt `attempt` and tries the next server.
     ClientTimeout {
         client: usize,
+        request: u64,
+        attempt: u64,
+    },
+    /// A client sends attempt `attempt` (after a redirect or a back-off).
+    ClientSend {
+        client: usize,
+        request: u64,
         attempt: u64,
     },
     /// A request reaches a server.
@@ -179,6 +202,8 @@ struct Server {
 struct Inflight {
     c: CommitRequest,
     attempt: u64,
+    /// Where the attempt goes.
+    target: usize,
 }
 
 struct Client {
@@ -206,6 +231,10 @@ pub struct RTotals {
     pub swaps: u64,
     /// Checkpoints installed.
     pub checkpoints: u64,
+    /// Recoveries by transactions started (servers running at the end).
+    pub recoveries_full: u64,
+    /// Recoveries by objects started (servers running at the end).
+    pub recoveries_fast: u64,
     /// Transactions moved to lost archives.
     pub lost: u64,
 }
@@ -378,7 +407,16 @@ impl ReplicaCluster {
                 Ev::Timer { node, gen } => self.timer(node, gen),
                 Ev::Action(a) => self.action(a),
                 Ev::ClientTick { client } => self.client_tick(client),
-                Ev::ClientTimeout { client, attempt } => self.client_timeout(client, attempt),
+                Ev::ClientTimeout {
+                    client,
+                    request,
+                    attempt,
+                } => self.client_timeout(client, request, attempt),
+                Ev::ClientSend {
+                    client,
+                    request,
+                    attempt,
+                } => self.client_send(client, request, attempt),
                 Ev::Request { server, req, c } => self.request(server, req, c),
                 Ev::Answer { req, result } => self.answer(req, result),
             }
@@ -427,7 +465,10 @@ impl ReplicaCluster {
         }
         for s in &self.servers {
             if let Some(r) = &s.replica {
-                self.totals.elections += r.stats().elections;
+                let st = r.stats();
+                self.totals.elections += st.elections;
+                self.totals.recoveries_full += st.recoveries_full;
+                self.totals.recoveries_fast += st.recoveries_fast;
             }
         }
     }
@@ -636,6 +677,7 @@ impl ReplicaCluster {
                 }
             }
             Output::Reply { req, result } => {
+                self.tr(|| format!("{now:?} s{i} reply {req:?} {result:?}"));
                 if let Ok(c) = &result {
                     if let Some((client, _, request)) = self.req_owner.get(&req) {
                         let cl = &self.clients[*client];
@@ -823,45 +865,84 @@ impl ReplicaCluster {
         }
     }
 
+    /// The client library's routing: the primary it was told of, else the servers in turn.
     fn send_attempt(&mut self, c: usize, cr: CommitRequest, attempt: u64) {
         let n = self.servers.len();
-        let server = match self.clients[c].primary_hint {
-            Some(p) if attempt % 3 != 2 => p,
-            _ => self.client_rng.range(0, n as u64 - 1) as usize,
+        let target = match self.clients[c].primary_hint {
+            Some(p) => p,
+            None => (c + attempt as usize) % n,
         };
+        self.clients[c].inflight = Some(Inflight {
+            c: cr,
+            attempt,
+            target,
+        });
+        let request = self.clients[c].inflight.as_ref().map_or(0, |f| f.c.request);
+        self.client_send(c, request, attempt);
+    }
+
+    /// Whether `(request, attempt)` is the client's current attempt (timers and answers of
+    /// earlier ones are ignored).
+    fn current(&self, c: usize, request: u64, attempt: u64) -> bool {
+        self.clients[c]
+            .inflight
+            .as_ref()
+            .is_some_and(|f| f.attempt == attempt && f.c.request == request)
+    }
+
+    fn client_send(&mut self, c: usize, request: u64, attempt: u64) {
+        if !self.current(c, request, attempt) {
+            return;
+        }
+        let f = self.clients[c].inflight.as_ref().expect("current");
+        let (cr, server) = (f.c.clone(), f.target);
+        let cr_request = cr.request;
         let req = ReqId(self.next_req);
         self.next_req += 1;
         self.req_owner.insert(req, (c, attempt, cr.request));
-        self.clients[c].inflight = Some(Inflight {
-            c: cr.clone(),
-            attempt,
-        });
         self.totals.attempts += 1;
+        let now = self.now;
+        self.tr(|| {
+            format!(
+                "{now:?} c{c} request {} attempt {attempt} to s{server}",
+                cr.request
+            )
+        });
         let d = self.client_delay();
-        self.schedule(
-            self.now.saturating_add(d),
-            Ev::Request { server, req, c: cr },
-        );
+        self.schedule(now.saturating_add(d), Ev::Request { server, req, c: cr });
         let t = self.opts.client_timeout;
         self.schedule(
-            self.now.saturating_add(t),
-            Ev::ClientTimeout { client: c, attempt },
+            now.saturating_add(t),
+            Ev::ClientTimeout {
+                client: c,
+                request: cr_request,
+                attempt,
+            },
         );
     }
 
-    fn client_timeout(&mut self, c: usize, attempt: u64) {
-        let Some(f) = self.clients[c].inflight.as_ref() else {
-            return;
-        };
-        if f.attempt != attempt {
+    fn client_timeout(&mut self, c: usize, request: u64, attempt: u64) {
+        if !self.current(c, request, attempt) {
             return;
         }
-        let cr = f.c.clone();
+        let cr = self.clients[c]
+            .inflight
+            .as_ref()
+            .expect("current")
+            .c
+            .clone();
         self.clients[c].primary_hint = None;
         self.send_attempt(c, cr, attempt + 1);
     }
 
     fn request(&mut self, server: usize, req: ReqId, c: CommitRequest) {
+        let now = self.now;
+        self.tr(|| {
+            format!(
+                "{now:?} s{server} gets {req:?} c{} r{}",
+                c.client, c.request
+            )
+        });
         let s = &mut self.servers[server];
         if s.paused {
             return;
@@ -874,21 +955,27 @@ impl ReplicaCluster {
     }
 
     fn answer(&mut self, req: ReqId, result: Result<replica::Committed, CommitError>) {
-        let Some((c, attempt, _)) = self.req_owner.remove(&req) else {
+        let Some((c, attempt, request)) = self.req_owner.remove(&req) else {
             return;
         };
-        let Some(f) = self.clients[c].inflight.as_ref() else {
-            return;
-        };
-        if f.attempt != attempt {
+        if !self.current(c, request, attempt) {
             return;
         }
+        let f = self.clients[c].inflight.as_ref().expect("current");
         let cr = f.c.clone();
+        let target = f.target;
         let now = self.now;
+        self.tr(|| {
+            format!(
+                "{now:?} c{c} request {} attempt {attempt}: {result:?}",
+                cr.request
+            )
+        });
         let retry_in = |ms: u64| now.saturating_add(Duration::from_millis(ms));
         match result {
             Ok(done) => {
                 self.totals.acked += 1;
+                self.clients[c].primary_hint = Some(target);
                 for r in &cr.records {
                     let k = u64::from_be_bytes(r.oid.as_bytes().try_into().unwrap_or([0; 8]));
                     self.clients[c].serials.insert(k, done.tid);
@@ -928,10 +1015,27 @@ impl ReplicaCluster {
         }
     }
 
+    /// The next attempt, to the primary it was told of (or the next server), at `at`.
     fn resend_at(&mut self, c: usize, cr: CommitRequest, attempt: u64, at: Time) {
-        // Keep the request in flight (with a fresh attempt number) until the resend fires.
-        self.clients[c].inflight = Some(Inflight { c: cr, attempt });
-        self.schedule(at, Ev::ClientTimeout { client: c, attempt });
+        let n = self.servers.len();
+        let target = match self.clients[c].primary_hint {
+            Some(p) => p,
+            None => (c + attempt as usize) % n,
+        };
+        let request = cr.request;
+        self.clients[c].inflight = Some(Inflight {
+            c: cr,
+            attempt,
+            target,
+        });
+        self.schedule(
+            at,
+            Ev::ClientSend {
+                client: c,
+                request,
+                attempt,
+            },
+        );
     }
 }
 

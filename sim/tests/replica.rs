@@ -1,0 +1,264 @@
+//! The replication service in the simulator: seed sweeps, determinism, and named scenarios
+//! for each promise of issue 5 (failover, swap, partitions, remote groups, recovery paths).
+//! Every run is judged by all replica checkers.
+
+use gcs::Time;
+use replica::{CommitMode, Role};
+use sim::faults::Action;
+use sim::replica::history::REvent;
+use sim::replica::{
+    run_replica_script, run_replica_seed, ReplicaCluster, ReplicaOptions, ReplicaReport,
+};
+
+fn secs(s: f64) -> Time {
+    Time((s * 1e6) as u64)
+}
+
+fn clean(r: &ReplicaReport) {
+    assert!(
+        r.violations.is_empty(),
+        "{}",
+        r.violations
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn sweep(seeds: std::ops::Range<u64>, servers: usize) {
+    let mut failed = Vec::new();
+    let mut acked = 0;
+    for s in seeds.clone() {
+        let r = run_replica_seed(s, servers, None);
+        acked += r.totals.acked;
+        if !r.violations.is_empty() {
+            failed.push(format!(
+                "seed {s}: {} (replay: cargo run -p sim --release -- replica --seed {s} --nodes {servers} --trace)",
+                r.violations[0]
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(
+        acked > 100 * (seeds.end - seeds.start),
+        "the workload ran: {acked} acks"
+    );
+}
+
+#[test]
+fn seeds_with_three_servers_hold_every_property() {
+    sweep(0..150, 3);
+}
+
+#[test]
+fn seeds_with_five_servers_hold_every_property() {
+    sweep(1000..1060, 5);
+}
+
+#[test]
+fn a_seed_replays_identically() {
+    let a = run_replica_seed(7, 3, None);
+    let b = run_replica_seed(7, 3, None);
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.totals, b.totals);
+    assert_eq!(a.history.events, b.history.events);
+    let c = run_replica_seed(8, 3, None);
+    assert_ne!(a.digest, c.digest, "different seeds should differ");
+}
+
+fn primary_at(r: &ReplicaReport, after: Time) -> Option<(Time, u32)> {
+    r.history.events.iter().find_map(|e| match e {
+        REvent::Role {
+            at,
+            server,
+            role: Role::Primary,
+            ..
+        } if *at >= after => Some((*at, *server)),
+        _ => None,
+    })
+}
+
+fn acks_between(r: &ReplicaReport, from: Time, to: Time) -> Vec<Time> {
+    r.history
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            REvent::Ack { at, .. } if *at >= from && *at < to => Some(*at),
+            _ => None,
+        })
+        .collect()
+}
+
+fn largest_gap(acks: &[Time]) -> u64 {
+    acks.windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or(u64::MAX)
+}
+
+fn no_failed_requests(r: &ReplicaReport) {
+    let failed: Vec<&REvent> = r
+        .history
+        .events
+        .iter()
+        .filter(|e| matches!(e, REvent::Failed { error, .. } if !error.starts_with("conflict")))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[test]
+fn primary_crash_fails_over_within_one_view_change() {
+    let r = run_replica_script(ReplicaOptions::calm(1, 3), secs(4.0), secs(8.0), |c| {
+        c.at(secs(2.0), Action::Crash(0));
+        c.at(secs(4.0), Action::Restart(0));
+    });
+    clean(&r);
+    no_failed_requests(&r);
+    let (first_at, first) = primary_at(&r, Time::ZERO).expect("a primary at boot");
+    assert_eq!(first, 0, "the lowest id wins the first election");
+    assert!(first_at < secs(0.2));
+    let (at, p) = primary_at(&r, secs(2.0)).expect("a new primary after the crash");
+    assert_ne!(p, 0);
+    // One view change: the new primary's first regular view after the crash elected it.
+    let views_before = r
+        .history
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(e, REvent::Role { at: t, server, role: Role::Syncing, primary: None, .. }
+                if *server == p && *t > secs(2.0) && *t < at)
+        })
+        .count();
+    assert_eq!(views_before, 1, "elected in the first view after the crash");
+    let resumed = acks_between(&r, secs(2.0), secs(8.0))[0];
+    println!(
+        "failover: new primary s{p} {:.1} ms after the crash, first commit acknowledged after {:.1} ms (virtual time)",
+        (at.0 - secs(2.0).0) as f64 / 1e3,
+        (resumed.0 - secs(2.0).0) as f64 / 1e3
+    );
+    assert!(at < secs(3.0), "failover took {at:?}");
+}
+
+#[test]
+fn planned_swap_has_no_failed_request_and_a_short_pause() {
+    let r = run_replica_script(ReplicaOptions::calm(2, 3), secs(0.5), secs(6.0), |c| {
+        c.at(secs(3.0), Action::Swap { via: 1, to: 2 });
+    });
+    clean(&r);
+    no_failed_requests(&r);
+    let (at, p) = primary_at(&r, secs(3.0)).expect("the swap target took over");
+    assert_eq!(p, 2);
+    let gap = largest_gap(&acks_between(&r, secs(2.9), secs(3.2)));
+    println!(
+        "swap: s2 primary {:.2} ms after the request; longest pause between acknowledged commits {:.2} ms (virtual time)",
+        (at.0 - secs(3.0).0) as f64 / 1e3,
+        gap as f64 / 1e3
+    );
+    assert!(gap < 20_000, "write pause {gap} us");
+}
+
+#[test]
+fn partitioned_replica_serves_reads_then_rejoins_by_itself() {
+    let isolate: Vec<Vec<bool>> = (0..3)
+        .map(|a| (0..3).map(|b| (a == 2) == (b == 2)).collect())
+        .collect();
+    let r = run_replica_script(ReplicaOptions::calm(3, 3), secs(5.0), secs(9.0), |c| {
+        c.at(secs(2.0), Action::SetLinks(isolate));
+        c.at(secs(5.0), Action::SetLinks(vec![vec![true; 3]; 3]));
+    });
+    clean(&r);
+    no_failed_requests(&r);
+    let read_only = r.history.events.iter().any(|e| {
+        matches!(e, REvent::Role { at, server: 2, role: Role::ReadOnly, .. } if *at > secs(2.0) && *at < secs(5.0))
+    });
+    assert!(read_only, "s2 went read-only while cut off");
+    let reads_there = r
+        .history
+        .events
+        .iter()
+        .filter(|e| matches!(e, REvent::Read { at, server: 2, .. } if *at > secs(2.8) && *at < secs(5.0)))
+        .count();
+    assert!(reads_there > 0, "s2 kept serving reads while cut off");
+    // The convergence checker (clean above) has s2 at the primary's last tid at the end.
+    assert_eq!(r.history.finals[&2].last, r.history.finals[&0].last);
+}
+
+#[test]
+fn remote_group_never_becomes_primary() {
+    let mut o = ReplicaOptions::calm(4, 4);
+    o.remote = 1;
+    let r = run_replica_script(o, secs(5.0), secs(9.0), |c| {
+        // Only s2 (failover) and s3 (remote) remain: no majority of the failover vote.
+        c.at(secs(2.0), Action::Crash(0));
+        c.at(secs(2.0), Action::Crash(1));
+        c.at(secs(5.0), Action::Restart(0));
+        c.at(secs(5.0), Action::Restart(1));
+    });
+    clean(&r);
+    assert!(
+        primary_at(&r, secs(2.1)).is_none_or(|(at, _)| at > secs(5.0)),
+        "no primary while only a minority of failover servers is up"
+    );
+    assert!(acks_between(&r, secs(2.5), secs(5.0)).is_empty());
+    let s3_read_only = r.history.events.iter().any(|e| {
+        matches!(e, REvent::Role { server: 3, role: Role::ReadOnly, at, .. } if *at > secs(2.0))
+    });
+    assert!(s3_read_only);
+}
+
+fn lagging_run(seed: u64, tweak: impl FnOnce(&mut ReplicaOptions), wipe: bool) -> ReplicaReport {
+    let mut o = ReplicaOptions::calm(seed, 3);
+    tweak(&mut o);
+    let r = run_replica_script(o, secs(4.0), secs(8.0), |c: &mut ReplicaCluster| {
+        c.at(
+            secs(1.0),
+            if wipe {
+                Action::Wipe(2)
+            } else {
+                Action::Crash(2)
+            },
+        );
+        c.at(secs(3.0), Action::Restart(2));
+    });
+    clean(&r);
+    no_failed_requests(&r);
+    r
+}
+
+#[test]
+fn lagging_replica_recovers_by_transactions() {
+    let r = lagging_run(5, |_| {}, false);
+    assert!(r.totals.recoveries_full >= 1, "{:?}", r.totals);
+    assert_eq!(r.totals.recoveries_fast, 0);
+}
+
+#[test]
+fn far_behind_replica_recovers_by_objects() {
+    let r = lagging_run(6, |o| o.recovery.fast_after = 10, false);
+    assert!(r.totals.recoveries_fast >= 1, "{:?}", r.totals);
+}
+
+#[test]
+fn wiped_replica_recovers_from_a_checkpoint() {
+    let r = lagging_run(
+        7,
+        |o| {
+            o.recovery.checkpoint_after = 10;
+        },
+        true,
+    );
+    assert!(r.totals.checkpoints >= 1, "{:?}", r.totals);
+}
+
+#[test]
+fn async_mode_holds_its_properties_under_failover() {
+    let mut o = ReplicaOptions::calm(8, 3);
+    o.mode = CommitMode::Async { window: 8 };
+    let r = run_replica_script(o, secs(4.0), secs(8.0), |c| {
+        c.at(secs(2.0), Action::Crash(0));
+        c.at(secs(4.0), Action::Restart(0));
+    });
+    clean(&r);
+    assert!(r.totals.acked > 100);
+}
