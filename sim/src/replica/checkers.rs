@@ -281,7 +281,8 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
         })
         .flatten()
         .collect();
-    let mut lost = 0u64;
+    // Distinct lost tids: a duplicate answer names the same transaction again.
+    let mut lost: BTreeSet<Tid> = BTreeSet::new();
     for e in &h.events {
         if let REvent::Ack {
             at,
@@ -299,7 +300,7 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
             if held {
                 continue;
             }
-            lost += 1;
+            lost.insert(*tid);
             match h.mode {
                 CommitMode::Sync => push(
                     out,
@@ -310,12 +311,7 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
                     ),
                 ),
                 CommitMode::Async { .. } => {
-                    // An async primary that lost its disk took its unreplicated tail with
-                    // it: nobody is left to report it (it still counts against the bound).
-                    let wiped_after = h.events.iter().any(|w| {
-                        matches!(w, REvent::Wiped { at: wat, server: ws } if ws == server && wat > at)
-                    });
-                    if !reported.contains(tid) && !wiped_after {
+                    if !reported.contains(tid) && !wiped_after(h, *server, *at) {
                         push(
                             out,
                             "acked_durable",
@@ -328,8 +324,10 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
         }
     }
     if let CommitMode::Async { window } = h.mode {
-        let changes = primaries(h).len() as u64;
-        if lost > window * changes.max(1) {
+        // Only a change of primary can lose an async tail: the first start loses nothing.
+        let changes = (primaries(h).len() as u64).saturating_sub(1);
+        let lost = lost.len() as u64;
+        if lost > window * changes {
             push(
                 out,
                 "acked_durable",
@@ -338,6 +336,14 @@ pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
             );
         }
     }
+}
+
+/// An async primary that lost its disk after acknowledging took its unreplicated tail with
+/// it: nobody is left to report that loss (it still counts against the bound).
+fn wiped_after(h: &RHistory, server: ServerId, at: Time) -> bool {
+    h.events
+        .iter()
+        .any(|w| matches!(w, REvent::Wiped { at: wat, server: ws } if *ws == server && *wat > at))
 }
 
 /// Each idempotency key is applied at most once, at the tid its acks named.
@@ -371,13 +377,17 @@ pub fn idempotent_once(h: &RHistory, out: &mut Vec<Violation>) {
         .collect();
     for e in &h.events {
         if let REvent::Ack {
+            at,
+            server,
             client,
             request,
             tid,
             ..
         } = e
         {
-            if reported.contains(tid) && matches!(h.mode, CommitMode::Async { .. }) {
+            if matches!(h.mode, CommitMode::Async { .. })
+                && (reported.contains(tid) || wiped_after(h, *server, *at))
+            {
                 continue;
             }
             if let Some(t) = seen.get(&(*client, *request)) {
