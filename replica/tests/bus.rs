@@ -1,0 +1,391 @@
+//! Exact-behaviour tests of the replica state machine over a perfect "ring": every multicast is
+//! delivered to every member in one total order, at once. Each test puts servers in a state,
+//! steps one input, and checks what came out.
+
+use bytes::Bytes;
+use gcs::{ProcId, RingId, Service, Time, View, ViewId, ViewKind};
+use replica::{
+    client_oid, CommitError, CommitMode, CommitRequest, Committed, GroupKind, Output, Replica,
+    ReplicaConfig, ReqId, Role, ServerSpec,
+};
+use std::collections::VecDeque;
+use storage::{MemStorage, Oid, Record, Storage, Tid, TxnMeta};
+
+struct Bus {
+    servers: Vec<Option<Replica<MemStorage>>>,
+    /// Members of the current view (server ids).
+    members: Vec<u32>,
+    ring_seq: u64,
+    /// Multicasts not yet delivered: (sender, payload).
+    wire: VecDeque<(u32, Bytes)>,
+    replies: Vec<(u32, ReqId, Result<Committed, CommitError>)>,
+    lost: Vec<(u32, Vec<Tid>)>,
+    invalidations: Vec<(u32, Tid)>,
+    /// Senders whose multicasts are dropped (to build diverging histories).
+    muted: Vec<u32>,
+}
+
+fn cfg(n: u32, mode: CommitMode) -> ReplicaConfig {
+    let servers = (0..n)
+        .map(|id| ServerSpec {
+            id,
+            name: format!("s{id}"),
+            group: "main".into(),
+            kind: GroupKind::Failover,
+            weight: 1,
+        })
+        .collect();
+    ReplicaConfig::new(servers, mode)
+}
+
+fn now() -> Time {
+    Time(1)
+}
+
+impl Bus {
+    fn new(n: u32, mode: CommitMode) -> Bus {
+        let c = cfg(n, mode);
+        Bus {
+            servers: (0..n)
+                .map(|i| Some(Replica::new(c.clone(), i, MemStorage::default()).expect("open")))
+                .collect(),
+            members: Vec::new(),
+            ring_seq: 0,
+            wire: VecDeque::new(),
+            replies: Vec::new(),
+            lost: Vec::new(),
+            invalidations: Vec::new(),
+            muted: Vec::new(),
+        }
+    }
+
+    fn r(&self, i: u32) -> &Replica<MemStorage> {
+        self.servers[i as usize].as_ref().expect("running")
+    }
+
+    /// Installs a transitional then a regular view of `members` at each of them, and runs
+    /// until quiet.
+    fn view(&mut self, members: &[u32]) {
+        self.ring_seq += 4;
+        let procs: Vec<ProcId> = members.iter().map(|m| ProcId::new(*m, 1)).collect();
+        let rep = procs[0];
+        for kind in [ViewKind::Transitional, ViewKind::Regular] {
+            let v = View {
+                id: ViewId {
+                    ring: RingId {
+                        seq: self.ring_seq,
+                        rep,
+                    },
+                    kind,
+                },
+                members: procs.clone(),
+            };
+            for m in members {
+                if let Some(r) = self.servers[*m as usize].as_mut() {
+                    r.handle_view(now(), &v);
+                }
+            }
+        }
+        self.members = members.to_vec();
+        self.run();
+    }
+
+    /// Delivers until nothing is left to deliver.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            for i in 0..self.servers.len() {
+                self.drain(i as u32);
+            }
+            let Some((from, payload)) = self.wire.pop_front() else {
+                return;
+            };
+            for m in self.members.clone() {
+                if let Some(r) = self.servers[m as usize].as_mut() {
+                    r.handle_delivery(now(), ProcId::new(from, 1), &payload);
+                }
+            }
+        }
+        panic!("the bus did not go quiet");
+    }
+
+    fn drain(&mut self, i: u32) {
+        let Some(r) = self.servers[i as usize].as_mut() else {
+            return;
+        };
+        while let Some(o) = r.poll_output() {
+            match o {
+                Output::Multicast { payload, service } => {
+                    assert!(matches!(service, Service::Agreed | Service::Safe));
+                    if self.members.contains(&i) && !self.muted.contains(&i) {
+                        self.wire.push_back((i, payload));
+                    }
+                }
+                Output::Reply { req, result } => self.replies.push((i, req, result)),
+                Output::Lost(l) => self.lost.push((i, l.tids)),
+                Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
+                Output::Role(_) | Output::NeedCheckpoint { .. } => {}
+            }
+        }
+    }
+
+    fn commit(&mut self, at: u32, req: u64, c: CommitRequest) {
+        self.servers[at as usize]
+            .as_mut()
+            .expect("running")
+            .handle_commit(now(), ReqId(req), c);
+        self.run();
+    }
+
+    fn reply(&self, req: u64) -> &Result<Committed, CommitError> {
+        &self
+            .replies
+            .iter()
+            .find(|(_, r, _)| *r == ReqId(req))
+            .unwrap_or_else(|| panic!("no reply to {req}: {:?}", self.replies))
+            .2
+    }
+}
+
+fn put(client: u64, request: u64, oid: u64, value: &str, expected: Option<Tid>) -> CommitRequest {
+    CommitRequest {
+        client,
+        request,
+        meta: TxnMeta::default(),
+        records: vec![Record {
+            oid: Oid::from_u64(oid),
+            data: Some(Bytes::from(value.to_string())),
+            expected_serial: expected,
+        }],
+    }
+}
+
+#[test]
+fn a_full_view_elects_the_lowest_id_and_everyone_backs_it() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+    assert_eq!(b.r(1).role(), Role::Backup);
+    assert_eq!(b.r(2).role(), Role::Backup);
+    let (p, e) = b.r(1).primary().expect("known");
+    assert_eq!(p, 0);
+    assert_eq!(b.r(2).promised(), e);
+    // The epoch marker is everyone's first transaction.
+    assert_eq!(b.r(1).last_tid(), b.r(0).last_tid());
+    assert_eq!(b.r(0).lineage().len(), 1);
+}
+
+#[test]
+fn a_minority_view_has_no_primary_and_redirects_nowhere() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[2]);
+    assert_eq!(b.r(2).role(), Role::ReadOnly);
+    b.commit(2, 1, put(7, 1, 1, "a", None));
+    assert_eq!(b.reply(1), &Err(CommitError::NotPrimary { primary: None }));
+}
+
+#[test]
+fn a_commit_is_applied_everywhere_and_acknowledged_once() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(7, 1, 1, "a", Some(Tid::ZERO)));
+    let c = b.reply(1).clone().expect("committed");
+    assert!(!c.duplicate);
+    for s in 0..3 {
+        let rev = b.r(s).store().load(&Oid::from_u64(1)).unwrap().unwrap();
+        assert_eq!(rev.tid, c.tid);
+        assert!(b.invalidations.contains(&(s, c.tid)));
+    }
+    assert_eq!(
+        b.replies.iter().filter(|(_, r, _)| *r == ReqId(1)).count(),
+        1
+    );
+}
+
+#[test]
+fn a_backup_redirects_to_the_primary() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.commit(1, 1, put(7, 1, 1, "a", None));
+    assert_eq!(
+        b.reply(1),
+        &Err(CommitError::NotPrimary { primary: Some(0) })
+    );
+}
+
+#[test]
+fn a_retry_gets_the_first_outcome_and_is_applied_once() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    let first = b.reply(1).clone().expect("committed");
+    let last = b.r(0).last_tid();
+    b.commit(0, 2, put(7, 1, 1, "a", None));
+    let again = b.reply(2).clone().expect("answered");
+    assert_eq!(again.tid, first.tid);
+    assert!(again.duplicate);
+    assert_eq!(b.r(0).last_tid(), last, "nothing new was applied");
+    // An older request of the same client is refused, not applied.
+    b.commit(0, 3, put(7, 2, 1, "b", None));
+    b.commit(0, 4, put(7, 1, 1, "c", None));
+    assert!(matches!(
+        b.reply(4),
+        Err(CommitError::Stale {
+            request: 1,
+            last: 2
+        })
+    ));
+}
+
+#[test]
+fn conflicts_and_reserved_oids_are_refused_before_anything_is_sent() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    let t1 = b.reply(1).clone().unwrap().tid;
+    let last = b.r(1).last_tid();
+    b.commit(0, 2, put(7, 2, 1, "b", Some(Tid(1))));
+    assert_eq!(
+        b.reply(2),
+        &Err(CommitError::Conflict {
+            oid: Oid::from_u64(1),
+            expected: Tid(1),
+            actual: t1
+        })
+    );
+    let mut bad = put(7, 3, 1, "x", None);
+    bad.records[0].oid = client_oid(9);
+    b.commit(0, 3, bad);
+    assert!(matches!(b.reply(3), Err(CommitError::Invalid(_))));
+    assert_eq!(b.r(1).last_tid(), last, "replicas saw nothing");
+}
+
+#[test]
+fn sync_commits_wait_for_a_majority_on_disk() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    // s1 and s2 stop reporting (their Applied messages are lost): no majority, no answer.
+    b.muted = vec![1, 2];
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
+    b.muted.clear();
+    // One more apply report from s1 (it applies the next commit) releases both.
+    b.commit(0, 2, put(8, 1, 2, "b", None));
+    assert!(b.reply(1).is_ok());
+    assert!(b.reply(2).is_ok());
+}
+
+#[test]
+fn a_planned_swap_hands_over_without_failing_a_request() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    let e1 = b.r(0).primary().unwrap().1;
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    b.servers[1]
+        .as_mut()
+        .unwrap()
+        .request_swap(now(), 2)
+        .expect("accepted");
+    b.run();
+    assert_eq!(b.r(2).role(), Role::Primary);
+    assert_eq!(b.r(0).role(), Role::Backup);
+    let (p, e2) = b.r(0).primary().unwrap();
+    assert_eq!((p, e2), (2, gcs_epoch_after(e1)));
+    b.commit(0, 2, put(7, 2, 1, "b", None));
+    assert_eq!(
+        b.reply(2),
+        &Err(CommitError::NotPrimary { primary: Some(2) })
+    );
+    b.commit(2, 3, put(7, 2, 1, "b", None));
+    assert!(b.reply(3).is_ok());
+    assert!(b
+        .replies
+        .iter()
+        .all(|(_, _, r)| r.is_ok() || matches!(r, Err(CommitError::NotPrimary { .. }))));
+}
+
+fn gcs_epoch_after(e: replica::Epoch) -> replica::Epoch {
+    replica::Epoch(e.0 + 1)
+}
+
+#[test]
+fn an_async_tail_the_new_primary_never_had_is_archived_and_reported() {
+    let mut b = Bus::new(3, CommitMode::Async { window: 10 });
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    assert!(b.reply(1).is_ok());
+    // s0's next commits never reach the others (its multicasts are lost), but async mode
+    // answers at once.
+    b.muted = vec![0];
+    b.commit(0, 2, put(7, 2, 1, "b", None));
+    b.commit(0, 3, put(7, 3, 2, "c", None));
+    let tail = [
+        b.reply(2).clone().unwrap().tid,
+        b.reply(3).clone().unwrap().tid,
+    ];
+    b.muted.clear();
+    // s0 is cut off; s1 and s2 elect s1, which writes on.
+    b.view(&[1, 2]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    b.commit(1, 4, put(8, 1, 3, "d", None));
+    assert!(b.reply(4).is_ok());
+    // s0 comes back: the newer epoch wins, s0's tail goes to the lost archive.
+    b.view(&[0, 1, 2]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    let (who, lost) = b.lost.iter().find(|(s, _)| *s == 0).expect("s0 reported");
+    assert_eq!(*who, 0);
+    assert_eq!(lost, &tail.to_vec());
+    assert_eq!(b.r(0).last_tid(), b.r(1).last_tid());
+    let archived: Vec<Tid> = b
+        .r(0)
+        .store()
+        .lost_transactions()
+        .unwrap()
+        .map(|l| l.unwrap().txn.tid)
+        .collect();
+    assert_eq!(archived, tail.to_vec());
+}
+
+#[test]
+fn commits_of_an_older_epoch_are_refused() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    let (_, e) = b.r(1).primary().unwrap();
+    let stale = replica::wire::Msg::Commit {
+        epoch: replica::Epoch(e.0 - 1),
+        prev: b.r(1).last_tid(),
+        txn: storage::Transaction {
+            tid: Tid(1000),
+            meta: TxnMeta::default(),
+            records: vec![],
+        },
+    }
+    .encode();
+    let before = b.r(1).last_tid();
+    let fenced = b.r(1).stats().fenced;
+    b.servers[1]
+        .as_mut()
+        .unwrap()
+        .handle_delivery(now(), ProcId::new(0, 1), &stale);
+    assert_eq!(b.r(1).last_tid(), before);
+    assert_eq!(b.r(1).stats().fenced, fenced + 1);
+    // Garbage is counted and dropped too, never a panic.
+    b.servers[1]
+        .as_mut()
+        .unwrap()
+        .handle_delivery(now(), ProcId::new(0, 1), b"\x01\x03garbage");
+    assert_eq!(b.r(1).stats().fenced, fenced + 2);
+}
+
+#[test]
+fn a_restarted_server_keeps_its_promise_and_data() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    let r2 = b.servers[2].take().unwrap();
+    let (promised, last) = (r2.promised(), r2.last_tid());
+    let store = r2.into_store();
+    let back = Replica::new(cfg(3, CommitMode::Sync), 2, store).unwrap();
+    assert_eq!(back.promised(), promised);
+    assert_eq!(back.last_tid(), last);
+    assert!(back.store().load(&Oid::from_u64(1)).unwrap().is_some());
+}
