@@ -1,0 +1,176 @@
+//! The storage server: a gcs node, the replica state machine and a store, run by the gcs tokio
+//! driver on a real UDP socket, with an async handle for the client-facing side.
+//!
+//! [`ServerCore`] is the whole server as one sans-IO state machine (node + replica); the driver
+//! and the simulator wire the same two cores the same way.
+
+pub mod client;
+mod core;
+
+pub use crate::core::{ReadError, ServerCore, ServerEvent, ServerRequest, ServerStatus};
+
+use gcs::net::driver::{self, Clock};
+use gcs::net::{udp, ClusterConfig, Security, StartError};
+use gcs::{Node, ProcId};
+use replica::{CommitError, CommitRequest, Committed, Replica, ReplicaConfig, ServerId, SwapError};
+use storage::{Oid, Revision, Storage};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerStartError {
+    /// The gcs side.
+    #[error(transparent)]
+    Gcs(#[from] StartError),
+    /// The replication configuration.
+    #[error(transparent)]
+    Config(#[from] replica::ConfigError),
+    /// The store.
+    #[error("store: {0}")]
+    Storage(#[from] storage::StorageError),
+}
+
+/// The server stopped before answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the storage server has stopped")]
+pub struct Stopped;
+
+/// How to start a server.
+pub struct ServerOptions {
+    /// The gcs cluster (every storage server is one daemon of it).
+    pub cluster: ClusterConfig,
+    /// This server's id (its daemon id).
+    pub id: ServerId,
+    /// The replication configuration (the same on every server).
+    pub replica: ReplicaConfig,
+    /// Datagram protection.
+    pub security: Security,
+    /// The store lost its disk since it last ran (it must not vote until caught up).
+    pub after_disk_loss: bool,
+}
+
+/// A running storage server.
+pub struct StorageServer {
+    id: ServerId,
+    requests: mpsc::Sender<ServerRequest>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    _keys: mpsc::Sender<driver::KeyControl>,
+}
+
+impl StorageServer {
+    /// Starts a server over `store` on the current tokio runtime. Returns the handle and the
+    /// event stream (roles, invalidations, losses; bounded by `event_capacity`: not draining
+    /// it back-pressures the server).
+    pub async fn start<S: Storage + 'static>(
+        opts: ServerOptions,
+        store: S,
+        event_capacity: usize,
+    ) -> Result<(StorageServer, mpsc::Receiver<ServerEvent>), ServerStartError> {
+        opts.replica.validate()?;
+        let cluster = opts.cluster;
+        let id = opts.id;
+        let addr = cluster.addr_of(id).ok_or(StartError::UnknownId(id))?;
+        let clock = Clock::new();
+        let me = ProcId::new(id, driver::fresh_incarnation());
+        let node = Node::new(cluster.protocol(), me, clock.now()).map_err(StartError::from)?;
+        let replica = if opts.after_disk_loss {
+            Replica::after_disk_loss(opts.replica, id, store)?
+        } else {
+            Replica::new(opts.replica, id, store)?
+        };
+        let socket = udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let multicast = udp::multicast_for(&cluster, addr, &socket)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let security = match opts.security {
+            Security::Key { id, key } => Some(gcs::PacketSecurity::new(me, id, &key)),
+            Security::Plaintext => None,
+        };
+        let (req_tx, req_rx) = mpsc::channel(4096);
+        let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (keys_tx, keys_rx) = mpsc::channel(16);
+        let channels = driver::Channels {
+            requests: req_rx,
+            events: ev_tx,
+            shutdown: stop_rx,
+            keys: keys_rx,
+        };
+        let transport = driver::Transport {
+            socket,
+            multicast,
+            security,
+        };
+        let core = ServerCore::new(node, replica);
+        let task = tokio::spawn(driver::run(core, clock, transport, cluster, id, channels));
+        Ok((
+            StorageServer {
+                id,
+                requests: req_tx,
+                shutdown: Some(stop_tx),
+                task,
+                _keys: keys_tx,
+            },
+            ev_rx,
+        ))
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> ServerRequest,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Commits through this server (its answer may be a redirect to the primary).
+    pub async fn commit(
+        &self,
+        c: CommitRequest,
+    ) -> Result<Result<Committed, CommitError>, Stopped> {
+        self.ask(|reply| ServerRequest::Commit { c, reply }).await
+    }
+
+    /// Asks for a planned swap to `to`.
+    pub async fn swap(&self, to: ServerId) -> Result<Result<(), SwapError>, Stopped> {
+        self.ask(|reply| ServerRequest::Swap { to, reply }).await
+    }
+
+    /// Reads the current revision of `oid` here, with this server's staleness.
+    pub async fn load(
+        &self,
+        oid: Oid,
+    ) -> Result<Result<(Option<Revision>, replica::Staleness), ReadError>, Stopped> {
+        self.ask(|reply| ServerRequest::Load { oid, reply }).await
+    }
+
+    /// This server's status.
+    pub async fn status(&self) -> Result<ServerStatus, Stopped> {
+        self.ask(|reply| ServerRequest::Status { reply }).await
+    }
+
+    /// Stops the server (the others see it leave after their token timeout).
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Stops the server at once, as a crash would: the task is aborted, its socket closes,
+    /// nothing is said to the others (they notice by token loss).
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
