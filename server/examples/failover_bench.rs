@@ -74,20 +74,23 @@ async fn start(
     match rocks {
         #[cfg(feature = "rocksdb")]
         Some(dir) => {
-            let store = storage::RocksStorage::open(
-                dir.join(format!("s{id}")),
-                storage::RocksOptions::default(),
-            )
-            .expect("open store");
-            StorageServer::start(opts, store, 1 << 16)
+            let source = server::StoreSource::DataDir {
+                data: dir.join(format!("s{id}")),
+                open: Box::new(|p: &std::path::Path| {
+                    storage::RocksStorage::open(p, storage::RocksOptions::default())
+                }),
+            };
+            let (s, mut ev) = StorageServer::start(opts, source, 1 << 16)
                 .await
-                .expect("start")
-                .0
+                .expect("start");
+            tokio::spawn(async move { while ev.recv().await.is_some() {} });
+            s
         }
         #[cfg(not(feature = "rocksdb"))]
         Some(_) => panic!("--rocksdb needs --features rocksdb"),
         None => {
-            let (s, mut ev) = StorageServer::start(opts, storage::MemStorage::default(), 1 << 16)
+            let source = server::StoreSource::Open(storage::MemStorage::default());
+            let (s, mut ev) = StorageServer::start(opts, source, 1 << 16)
                 .await
                 .expect("start");
             tokio::spawn(async move { while ev.recv().await.is_some() {} });

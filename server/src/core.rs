@@ -4,6 +4,7 @@
 //! replica's outputs, so the replica sees views and deliveries in the order the node produced
 //! them, and its multicasts enter the node's send queue at once.
 
+use crate::checkpoint::{self, CkptMsg, Incoming, Outgoing};
 use bytes::Bytes;
 use gcs::net::driver::{Core, CoreOutput};
 use gcs::{Node, Output, Service, SubmitError, Time};
@@ -12,7 +13,8 @@ use replica::{
     RoleInfo, ServerId, Staleness, SwapError,
 };
 use std::collections::{BTreeMap, VecDeque};
-use storage::{Oid, Revision, Storage};
+use std::path::{Path, PathBuf};
+use storage::{Oid, Revision, Storage, StorageError};
 use tokio::sync::oneshot;
 
 /// What the application (the client-facing side of the server) asks.
@@ -91,8 +93,24 @@ pub enum ServerEvent {
     },
 }
 
+/// Opens a store directory (checkpoints are opened with it).
+pub type OpenStore<S> = Box<dyn Fn(&Path) -> Result<S, StorageError> + Send>;
+
+/// What a server needs to send and receive checkpoints: its data directory (see
+/// [`checkpoint::current_store_dir`]) and how to open a store.
+pub struct CheckpointSupport<S> {
+    /// The data directory.
+    pub data: PathBuf,
+    /// Opens a store directory.
+    pub open: OpenStore<S>,
+}
+
 /// One storage server: a gcs node and a replica over store `S`.
 pub struct ServerCore<S: Storage + 'static> {
+    ckpt: Option<CheckpointSupport<S>>,
+    outgoing: Option<(Outgoing, Option<CkptMsg>)>,
+    incoming: Option<Incoming>,
+    next_ckpt_id: u64,
     node: Node,
     replica: Replica<S>,
     waiting: BTreeMap<ReqId, oneshot::Sender<Result<Committed, CommitError>>>,
@@ -105,8 +123,18 @@ pub struct ServerCore<S: Storage + 'static> {
 
 impl<S: Storage + 'static> ServerCore<S> {
     /// Wires `node` and `replica` together.
-    pub fn new(node: Node, replica: Replica<S>) -> ServerCore<S> {
+    pub fn new(
+        node: Node,
+        replica: Replica<S>,
+        ckpt: Option<CheckpointSupport<S>>,
+    ) -> ServerCore<S> {
+        // Transfer ids unique across this server's runs: its incarnation, then a counter.
+        let next_ckpt_id = node.id().incarnation << 8;
         ServerCore {
+            ckpt,
+            outgoing: None,
+            incoming: None,
+            next_ckpt_id,
             node,
             replica,
             waiting: BTreeMap::new(),
@@ -141,10 +169,17 @@ impl<S: Storage + 'static> ServerCore<S> {
                 Some(Output::Transmit { dest, bytes }) => {
                     self.out.push_back(CoreOutput::Transmit { dest, bytes })
                 }
-                Some(Output::Deliver(d)) => self.replica.handle_delivery(now, d.sender, &d.payload),
+                Some(Output::Deliver(d)) => {
+                    if d.payload.first() == Some(&checkpoint::TAG) {
+                        self.on_checkpoint_msg(now, &d.payload);
+                    } else {
+                        self.replica.handle_delivery(now, d.sender, &d.payload)
+                    }
+                }
                 Some(Output::View(v)) => {
                     if v.kind() == gcs::ViewKind::Regular {
                         self.view = v.members.iter().map(|p| p.node).collect();
+                        self.abandon_transfers_outside_view();
                         tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
                     }
                     self.replica.handle_view(now, &v);
@@ -201,11 +236,224 @@ impl<S: Storage + 'static> ServerCore<S> {
                 replica::Output::Lost(l) => {
                     self.out.push_back(CoreOutput::Event(ServerEvent::Lost(l)))
                 }
-                replica::Output::NeedCheckpoint { donor } => self
-                    .out
-                    .push_back(CoreOutput::Event(ServerEvent::NeedCheckpoint { donor })),
+                replica::Output::NeedCheckpoint { donor } => {
+                    self.out
+                        .push_back(CoreOutput::Event(ServerEvent::NeedCheckpoint { donor }));
+                    self.ask_checkpoint(now, donor);
+                }
             }
         }
+        self.feed_outgoing(now);
+    }
+
+    // ---- checkpoint transfer (see `checkpoint.rs`) ----------------------------------------
+
+    fn ask_checkpoint(&mut self, now: Time, donor: ServerId) {
+        let Some(ck) = self.ckpt.as_ref() else {
+            tracing::error!(
+                server = self.replica.id(),
+                "a checkpoint is needed but this server has no data directory"
+            );
+            return;
+        };
+        if self.incoming.is_some() {
+            return;
+        }
+        let id = self.next_ckpt_id;
+        self.next_ckpt_id += 1;
+        match Incoming::start(&ck.data, donor, id) {
+            Ok(inc) => {
+                tracing::info!(
+                    server = self.replica.id(),
+                    donor,
+                    id,
+                    "asking for a checkpoint"
+                );
+                self.incoming = Some(inc);
+                let m = CkptMsg::Request {
+                    from: self.replica.id(),
+                    donor,
+                    id,
+                };
+                self.send(now, Service::Agreed, m.encode());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create the checkpoint side directory"),
+        }
+    }
+
+    fn abandon_transfers_outside_view(&mut self) {
+        if self
+            .outgoing
+            .as_ref()
+            .is_some_and(|(o, _)| !self.view.contains(&o.to))
+        {
+            if let Some((o, _)) = self.outgoing.take() {
+                tracing::warn!(to = o.to, "checkpoint recipient left: transfer abandoned");
+                o.finish();
+            }
+        }
+        if self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| !self.view.contains(&i.donor))
+        {
+            tracing::warn!("checkpoint donor left: transfer abandoned");
+            self.incoming = None;
+        }
+    }
+
+    /// Queues checkpoint chunks while the node's send queue has room: one chunk is read ahead
+    /// at most, so a large checkpoint never sits in memory.
+    fn feed_outgoing(&mut self, now: Time) {
+        loop {
+            let Some((job, pending)) = self.outgoing.as_mut() else {
+                return;
+            };
+            let msg = match pending.take() {
+                Some(m) => m,
+                None => match job.next_msg() {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        let (to, id) = (job.to, job.id);
+                        tracing::error!(error = %e, "checkpoint read failed");
+                        if let Some((o, _)) = self.outgoing.take() {
+                            o.finish();
+                        }
+                        let f = CkptMsg::Failed { to, id, reason: e };
+                        self.send(now, Service::Agreed, f.encode());
+                        return;
+                    }
+                    None => {
+                        if let Some((o, _)) = self.outgoing.take() {
+                            tracing::info!(to = o.to, "checkpoint sent");
+                            o.finish();
+                        }
+                        return;
+                    }
+                },
+            };
+            if !self.unsent.is_empty() {
+                if let Some((_, p)) = self.outgoing.as_mut() {
+                    *p = Some(msg);
+                }
+                return;
+            }
+            match self.node.multicast(now, Service::Agreed, msg.encode()) {
+                Ok(()) => {}
+                Err(SubmitError::QueueFull { .. }) => {
+                    if let Some((_, p)) = self.outgoing.as_mut() {
+                        *p = Some(msg);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint chunk refused");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_checkpoint_msg(&mut self, now: Time, payload: &[u8]) {
+        let me = self.replica.id();
+        let Some(m) = CkptMsg::decode(payload) else {
+            tracing::debug!("malformed checkpoint message dropped");
+            return;
+        };
+        match m {
+            CkptMsg::Request { from, donor, id } if donor == me => {
+                let r = match (self.ckpt.as_ref(), self.outgoing.is_some()) {
+                    (_, true) => Err("a transfer is already under way".to_string()),
+                    (None, _) => Err("the donor has no data directory".to_string()),
+                    (Some(ck), false) => Outgoing::start(
+                        self.replica.store(),
+                        ck.data.join(format!("outgoing-{id}")),
+                        from,
+                        id,
+                    ),
+                };
+                match r {
+                    Ok(job) => {
+                        tracing::info!(to = from, id, "sending a checkpoint");
+                        self.outgoing = Some((job, None));
+                        self.feed_outgoing(now);
+                    }
+                    Err(reason) => {
+                        let f = CkptMsg::Failed {
+                            to: from,
+                            id,
+                            reason,
+                        };
+                        self.send(now, Service::Agreed, f.encode());
+                    }
+                }
+            }
+            CkptMsg::Chunk {
+                to,
+                id,
+                name,
+                offset,
+                data,
+            } if to == me => {
+                let Some(inc) = self.incoming.as_mut().filter(|i| i.id == id) else {
+                    return;
+                };
+                if let Err(e) = inc.chunk(&name, offset, &data) {
+                    tracing::error!(error = %e, "cannot write checkpoint chunk: abandoned");
+                    self.incoming = None;
+                }
+            }
+            CkptMsg::Done { to, id, tid, files }
+                if to == me && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
+            {
+                let inc = self.incoming.take().expect("checked");
+                if let Err(e) = self.install(inc, tid, &files) {
+                    tracing::error!(error = %e, "checkpoint refused");
+                }
+            }
+            CkptMsg::Failed { to, id, reason }
+                if to == me && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
+            {
+                tracing::error!(%reason, "the donor could not send a checkpoint");
+                self.incoming = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Verifies the side directory, moves it into place, opens it and hands it to the replica.
+    fn install(
+        &mut self,
+        inc: Incoming,
+        tid: storage::Tid,
+        files: &[(String, u64, u32)],
+    ) -> Result<(), String> {
+        let ck = self.ckpt.as_ref().ok_or("no data directory")?;
+        inc.verify(files)?;
+        {
+            // Opened in the side directory only to check it, then closed again.
+            let probe = (ck.open)(&inc.dir).map_err(|e| e.to_string())?;
+            let last = probe.last_transaction().map_err(|e| e.to_string())?;
+            if last != tid {
+                return Err(format!("checkpoint holds {last}, announced {tid}"));
+            }
+        }
+        let (new_dir, old_dir) =
+            checkpoint::promote(&ck.data, &inc.dir).map_err(|e| e.to_string())?;
+        let store = (ck.open)(&new_dir).map_err(|e| e.to_string())?;
+        tracing::info!(
+            server = self.replica.id(),
+            %tid,
+            dir = %new_dir.display(),
+            bytes = inc.received,
+            "checkpoint installed"
+        );
+        // The replica drops (closes) the old store here; only then is its directory moved.
+        self.replica
+            .install_checkpoint(store)
+            .map_err(|e| e.to_string())?;
+        checkpoint::retire(&ck.data, &old_dir);
+        Ok(())
     }
 }
 

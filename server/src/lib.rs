@@ -4,10 +4,13 @@
 //! [`ServerCore`] is the whole server as one sans-IO state machine (node + replica); the driver
 //! and the simulator wire the same two cores the same way.
 
+pub mod checkpoint;
 pub mod client;
 mod core;
 
-pub use crate::core::{ReadError, ServerCore, ServerEvent, ServerRequest, ServerStatus};
+pub use crate::core::{
+    CheckpointSupport, OpenStore, ReadError, ServerCore, ServerEvent, ServerRequest, ServerStatus,
+};
 
 use gcs::net::driver::{self, Clock};
 use gcs::net::{udp, ClusterConfig, Security, StartError};
@@ -50,6 +53,20 @@ pub struct ServerOptions {
     pub after_disk_loss: bool,
 }
 
+/// How a server's store is provided.
+pub enum StoreSource<S> {
+    /// A store opened by the caller (it cannot receive or send checkpoints).
+    Open(S),
+    /// A data directory (layout in [`checkpoint`]): the live store is opened with `open`, and
+    /// checkpoints are received into and sent from it.
+    DataDir {
+        /// The data directory.
+        data: std::path::PathBuf,
+        /// Opens a store directory.
+        open: OpenStore<S>,
+    },
+}
+
 /// A running storage server.
 pub struct StorageServer {
     id: ServerId,
@@ -65,9 +82,18 @@ impl StorageServer {
     /// it back-pressures the server).
     pub async fn start<S: Storage + 'static>(
         opts: ServerOptions,
-        store: S,
+        source: StoreSource<S>,
         event_capacity: usize,
     ) -> Result<(StorageServer, mpsc::Receiver<ServerEvent>), ServerStartError> {
+        let (store, ckpt) = match source {
+            StoreSource::Open(s) => (s, None),
+            StoreSource::DataDir { data, open } => {
+                let dir =
+                    checkpoint::current_store_dir(&data).map_err(storage::StorageError::from)?;
+                let store = open(&dir)?;
+                (store, Some(CheckpointSupport { data, open }))
+            }
+        };
         opts.replica.validate()?;
         let cluster = opts.cluster;
         let id = opts.id;
@@ -103,7 +129,7 @@ impl StorageServer {
             multicast,
             security,
         };
-        let core = ServerCore::new(node, replica);
+        let core = ServerCore::new(node, replica, ckpt);
         let task = tokio::spawn(driver::run(core, clock, transport, cluster, id, channels));
         Ok((
             StorageServer {
