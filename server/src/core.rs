@@ -15,6 +15,7 @@ use replica::{
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use storage::{Oid, Revision, Storage, StorageError};
+
 use tokio::sync::oneshot;
 
 /// What the application (the client-facing side of the server) asks.
@@ -34,19 +35,96 @@ pub enum ServerRequest {
         /// Accepted (forwarded through the ring) or refused.
         reply: oneshot::Sender<Result<(), SwapError>>,
     },
-    /// A read of the current revision of an object, with the server's staleness.
-    Load {
-        /// The object.
-        oid: Oid,
-        /// The revision (`None`: never written) and how stale this server is; an error if the
-        /// store is not readable (recovering, stopped).
-        reply: oneshot::Sender<Result<(Option<Revision>, Staleness), ReadError>>,
+    /// A read, answered with the server's staleness; an error if the store is not readable
+    /// (recovering, stopped).
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// The answer.
+        reply: oneshot::Sender<Result<(ReadAnswer, Staleness), ReadError>>,
     },
     /// The server's status.
     Status {
         /// Where it goes.
         reply: oneshot::Sender<ServerStatus>,
     },
+}
+
+/// A read of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    /// The current revision of an object.
+    Load(Oid),
+    /// The newest revision older than a tid.
+    LoadBefore(Oid, storage::Tid),
+    /// Up to `n` revisions, newest first.
+    History(Oid, u32),
+    /// Only the staleness (last transaction).
+    Last,
+    /// Transactions in `[start, stop]`, at most `max`.
+    Iterate {
+        /// First tid.
+        start: storage::Tid,
+        /// Last tid.
+        stop: storage::Tid,
+        /// Page size.
+        max: u32,
+    },
+    /// The lost archive, at most `max` entries from the start.
+    Lost {
+        /// Page size.
+        max: u32,
+    },
+}
+
+/// What a read found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    /// A revision, or none.
+    Revision(Option<Revision>),
+    /// Revisions.
+    Revisions(Vec<Revision>),
+    /// Nothing but the staleness.
+    Last,
+    /// Transactions, and whether the range holds more.
+    Transactions(Vec<storage::Transaction>, bool),
+    /// Archived lost transactions.
+    Lost(Vec<storage::LostTransaction>),
+}
+
+fn read_store<S: Storage>(store: &S, op: ReadOp) -> Result<ReadAnswer, StorageError> {
+    Ok(match op {
+        ReadOp::Load(oid) => ReadAnswer::Revision(store.load(&oid)?),
+        ReadOp::LoadBefore(oid, tid) => ReadAnswer::Revision(store.load_before(&oid, tid)?),
+        ReadOp::History(oid, n) => {
+            ReadAnswer::Revisions(store.history(&oid, n.min(10_000) as usize)?)
+        }
+        ReadOp::Last => ReadAnswer::Last,
+        ReadOp::Iterate { start, stop, max } => {
+            let max = max.clamp(1, 10_000) as usize;
+            let mut txns = Vec::new();
+            let mut more = false;
+            let range = storage::TidRange::new(Some(start), Some(stop));
+            for t in store.iter(range, storage::Direction::Forward)? {
+                if txns.len() == max {
+                    more = true;
+                    break;
+                }
+                txns.push(t?);
+            }
+            ReadAnswer::Transactions(txns, more)
+        }
+        ReadOp::Lost { max } => {
+            let mut v = Vec::new();
+            for l in store.lost_transactions()? {
+                if v.len() >= max.clamp(1, 10_000) as usize {
+                    break;
+                }
+                v.push(l?);
+            }
+            ReadAnswer::Lost(v)
+        }
+    })
 }
 
 /// Why a read was refused.
@@ -75,6 +153,8 @@ pub struct ServerStatus {
     pub stats: replica::ReplicaStats,
     /// Members of its current gcs view.
     pub view: Vec<ServerId>,
+    /// Its gcs daemon's counters (retransmissions, refused datagrams, ...).
+    pub gcs: gcs::Stats,
 }
 
 /// What the server tells its application.
@@ -158,6 +238,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             promised: self.replica.promised(),
             stats: self.replica.stats(),
             view: self.view.clone(),
+            gcs: self.node.stats().clone(),
         }
     }
 
@@ -482,12 +563,10 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
             ServerRequest::Swap { to, reply } => {
                 let _ = reply.send(self.replica.request_swap(now, to));
             }
-            ServerRequest::Load { oid, reply } => {
+            ServerRequest::Read { op, reply } => {
                 let r = if self.replica.readable() {
-                    self.replica
-                        .store()
-                        .load(&oid)
-                        .map(|rev| (rev, self.replica.staleness()))
+                    read_store(self.replica.store(), op)
+                        .map(|a| (a, self.replica.staleness()))
                         .map_err(|e| ReadError::Storage(e.to_string()))
                 } else {
                     Err(ReadError::Recovering)

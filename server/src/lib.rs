@@ -4,12 +4,18 @@
 //! [`ServerCore`] is the whole server as one sans-IO state machine (node + replica); the driver
 //! and the simulator wire the same two cores the same way.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod client;
+pub mod config;
 mod core;
+pub mod front;
+pub mod netclient;
+pub mod proto;
 
 pub use crate::core::{
-    CheckpointSupport, OpenStore, ReadError, ServerCore, ServerEvent, ServerRequest, ServerStatus,
+    CheckpointSupport, OpenStore, ReadAnswer, ReadError, ReadOp, ServerCore, ServerEvent,
+    ServerRequest, ServerStatus,
 };
 
 use gcs::net::driver::{self, Clock};
@@ -175,7 +181,18 @@ impl StorageServer {
         &self,
         oid: Oid,
     ) -> Result<Result<(Option<Revision>, replica::Staleness), ReadError>, Stopped> {
-        self.ask(|reply| ServerRequest::Load { oid, reply }).await
+        Ok(self.read(ReadOp::Load(oid)).await?.map(|(a, s)| match a {
+            ReadAnswer::Revision(r) => (r, s),
+            _ => (None, s),
+        }))
+    }
+
+    /// Any read here, with this server's staleness.
+    pub async fn read(
+        &self,
+        op: ReadOp,
+    ) -> Result<Result<(ReadAnswer, replica::Staleness), ReadError>, Stopped> {
+        self.ask(|reply| ServerRequest::Read { op, reply }).await
     }
 
     /// This server's status.

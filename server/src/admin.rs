@@ -1,0 +1,242 @@
+//! The HTTP admin endpoint: health probes by role (as Patroni's), status as JSON, Prometheus
+//! metrics.
+//!
+//! | path | 200 when | use |
+//! |---|---|---|
+//! | `/health` | the server runs and its store works | liveness probe |
+//! | `/primary` | it is the working primary | readiness probe of a Service that selects the primary |
+//! | `/replica` | it is a backup of a primary component, caught up | readiness probe of a read Service |
+//! | `/status` | always (JSON) | operators, the CLI |
+//! | `/metrics` | always (Prometheus text) | scraping |
+//!
+//! Otherwise 503, with the status JSON as body.
+
+use crate::{ServerStatus, StorageServer};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use replica::Role;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Serves the admin endpoint on `listener` until the server stops.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<StorageServer>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/primary", get(primary))
+        .route("/replica", get(replica_probe))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(server);
+    axum::serve(listener, app).await
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Backup => "backup",
+        Role::Syncing => "syncing",
+        Role::ReadOnly => "read-only",
+        Role::Down => "down",
+    }
+}
+
+/// The status as JSON (what `/status` returns).
+pub fn status_json(st: &ServerStatus) -> serde_json::Value {
+    let s = &st.staleness;
+    serde_json::json!({
+        "id": st.id,
+        "role": role_name(s.role),
+        "primary": st.primary.map(|p| p.0),
+        "epoch": st.primary.map(|p| p.1 .0),
+        "promised_epoch": st.promised.0,
+        "last_tid": s.last_tid.0,
+        "newest_tid_known": s.primary_last_known.0,
+        "lag_transactions": s.primary_last_known.0.saturating_sub(s.last_tid.0),
+        "in_primary_component": s.in_primary_component,
+        "view": st.view,
+        "replica": {
+            "applied": st.stats.applied,
+            "acked": st.stats.acked,
+            "elections": st.stats.elections,
+            "fenced": st.stats.fenced,
+            "recovery_chunks": st.stats.recovery_chunks,
+            "recoveries_full": st.stats.recoveries_full,
+            "recoveries_fast": st.stats.recoveries_fast,
+            "checkpoints": st.stats.checkpoints,
+            "lost": st.stats.lost,
+        },
+        "gcs": {
+            "views": st.gcs.views,
+            "retransmits": st.gcs.retransmits,
+            "token_retransmits": st.gcs.token_retransmits,
+            "malformed": st.gcs.malformed,
+            "ignored": st.gcs.ignored,
+            "pauses": st.gcs.pauses,
+        },
+    })
+}
+
+async fn with_status(server: &StorageServer, ok: impl Fn(&ServerStatus) -> bool) -> Response {
+    match server.status().await {
+        Ok(st) => {
+            let code = if ok(&st) {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                code,
+                [(header::CONTENT_TYPE, "application/json")],
+                status_json(&st).to_string(),
+            )
+                .into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response(),
+    }
+}
+
+async fn health(State(s): State<Arc<StorageServer>>) -> Response {
+    with_status(&s, |st| st.staleness.role != Role::Down).await
+}
+
+async fn primary(State(s): State<Arc<StorageServer>>) -> Response {
+    with_status(&s, |st| st.staleness.role == Role::Primary).await
+}
+
+async fn replica_probe(State(s): State<Arc<StorageServer>>) -> Response {
+    with_status(&s, |st| st.staleness.role == Role::Backup).await
+}
+
+async fn status(State(s): State<Arc<StorageServer>>) -> Response {
+    with_status(&s, |_| true).await
+}
+
+/// The Prometheus exposition text of a status.
+pub fn metrics_text(st: &ServerStatus) -> String {
+    let s = &st.staleness;
+    let mut o = String::new();
+    let mut m = |name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP standby_{name} {help}\n# TYPE standby_{name} {kind}\nstandby_{name}{{server=\"{}\"}} {v}", st.id);
+    };
+    m(
+        "is_primary",
+        "gauge",
+        "1 if this server is the working primary.",
+        (s.role == Role::Primary) as u64,
+    );
+    m(
+        "role",
+        "gauge",
+        "0 primary, 1 backup, 2 syncing, 3 read-only, 4 down.",
+        match s.role {
+            Role::Primary => 0,
+            Role::Backup => 1,
+            Role::Syncing => 2,
+            Role::ReadOnly => 3,
+            Role::Down => 4,
+        },
+    );
+    m(
+        "epoch",
+        "gauge",
+        "Epoch of the working primary.",
+        st.primary.map(|p| p.1 .0).unwrap_or(0),
+    );
+    m(
+        "last_tid",
+        "gauge",
+        "Last transaction in this store.",
+        s.last_tid.0,
+    );
+    m(
+        "lag_transactions",
+        "gauge",
+        "Transactions behind the newest one this server knows of.",
+        s.primary_last_known.0.saturating_sub(s.last_tid.0),
+    );
+    m(
+        "view_members",
+        "gauge",
+        "Servers in this server's current view.",
+        st.view.len() as u64,
+    );
+    m(
+        "commits_applied_total",
+        "counter",
+        "Transactions applied.",
+        st.stats.applied,
+    );
+    m(
+        "commits_acknowledged_total",
+        "counter",
+        "Commits acknowledged to clients as primary.",
+        st.stats.acked,
+    );
+    m(
+        "elections_total",
+        "counter",
+        "Elections completed.",
+        st.stats.elections,
+    );
+    m(
+        "fenced_total",
+        "counter",
+        "Messages refused (old epoch, not from the primary, malformed).",
+        st.stats.fenced,
+    );
+    m(
+        "checkpoints_total",
+        "counter",
+        "Checkpoints asked for.",
+        st.stats.checkpoints,
+    );
+    m(
+        "lost_transactions_total",
+        "counter",
+        "Transactions moved to the lost archive.",
+        st.stats.lost,
+    );
+    m(
+        "view_changes_total",
+        "counter",
+        "Regular views installed by the gcs daemon.",
+        st.gcs.views,
+    );
+    m(
+        "retransmissions_total",
+        "counter",
+        "Packets retransmitted on request.",
+        st.gcs.retransmits,
+    );
+    m(
+        "token_retransmissions_total",
+        "counter",
+        "Tokens re-sent after a silence.",
+        st.gcs.token_retransmits,
+    );
+    m(
+        "dropped_packets_total",
+        "counter",
+        "Datagrams dropped as malformed or foreign.",
+        st.gcs.malformed + st.gcs.ignored,
+    );
+    o
+}
+
+async fn metrics(State(s): State<Arc<StorageServer>>) -> Response {
+    match s.status().await {
+        Ok(st) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics_text(&st),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response(),
+    }
+}

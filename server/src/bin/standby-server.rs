@@ -1,0 +1,177 @@
+//! `standby-server --config standby.toml --id 0 --data data/s0 [--insecure]`
+//!
+//! Runs one storage server: its gcs daemon (UDP, sealed with the cluster key), its RocksDB
+//! store under `--data` (layout: `CURRENT` -> `store-N`), the client port (TCP) and the admin
+//! endpoint (HTTP), at the addresses the configuration gives for `--id`. Stops on SIGINT or
+//! SIGTERM. Logs (`RUST_LOG`, default `info`) have one line for every view change, election,
+//! role change, swap, recovery and checkpoint.
+
+use clap::Parser;
+use gcs::net::Security;
+use gcs::ClusterKey;
+use server::config::StandbyConfig;
+use server::front::{self, Front};
+use server::{ServerEvent, ServerOptions, StorageServer, StoreSource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use storage::{RocksOptions, RocksStorage};
+
+#[derive(Parser)]
+#[command(about = "Run one standby storage server")]
+struct Args {
+    /// The cluster configuration (the same file on every host).
+    #[arg(long)]
+    config: PathBuf,
+    /// This server's id in the configuration.
+    #[arg(long)]
+    id: u32,
+    /// Data directory of this server.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run without the cluster key (traffic between servers neither authenticated nor
+    /// encrypted): only for a throwaway cluster on loopback.
+    #[arg(long)]
+    insecure: bool,
+    /// This server lost its data directory since it last ran: do not vote until caught up.
+    #[arg(long)]
+    after_disk_loss: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("standby-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("standby-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cfg = StandbyConfig::from_file(&args.config).map_err(|e| e.to_string())?;
+    let me = cfg
+        .server(args.id)
+        .ok_or_else(|| format!("server {} is not in {}", args.id, args.config.display()))?
+        .clone();
+    let security =
+        match (&cfg.key_file, args.insecure) {
+            (_, true) => {
+                tracing::warn!(
+                    "--insecure: traffic between servers is neither authenticated nor encrypted"
+                );
+                Security::Plaintext
+            }
+            (Some(k), false) => {
+                let path = cfg.resolve(k);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let key = ClusterKey::from_key_file(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Security::Key { id: 1, key }
+            }
+            (None, false) => return Err(
+                "no key_file in the configuration (make one with `standby keygen`), or --insecure"
+                    .into(),
+            ),
+        };
+    let token = match &cfg.client_token_file {
+        Some(p) => {
+            let path = cfg.resolve(p);
+            let t =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(bytes::Bytes::from(t.trim().to_string()))
+        }
+        None => None,
+    };
+    let opts = ServerOptions {
+        cluster: cfg.cluster(),
+        id: args.id,
+        replica: cfg.replica()?,
+        security,
+        after_disk_loss: args.after_disk_loss,
+    };
+    let source = StoreSource::DataDir {
+        data: args.data.clone(),
+        open: Box::new(|p: &std::path::Path| RocksStorage::open(p, RocksOptions::default())),
+    };
+    let (server, mut events) = StorageServer::start(opts, source, 1 << 16)
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = Arc::new(server);
+    let (tx, _) = tokio::sync::broadcast::channel(1 << 14);
+    let fan = tx.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match &e {
+                ServerEvent::Role(r) => {
+                    tracing::info!(role = ?r.role, primary = ?r.primary, "role changed")
+                }
+                ServerEvent::Lost(l) => {
+                    tracing::warn!(server = l.server, tids = ?l.tids, "transactions moved to the lost archive")
+                }
+                ServerEvent::NeedCheckpoint { donor } => {
+                    tracing::info!(donor, "recovering from a checkpoint")
+                }
+                ServerEvent::Invalidate(_) => {}
+            }
+            let _ = fan.send(e);
+        }
+    });
+    let front = Arc::new(Front {
+        server: server.clone(),
+        token,
+        topology: cfg
+            .servers
+            .iter()
+            .map(|s| (s.id, s.name.clone(), s.client.to_string()))
+            .collect(),
+        events: tx,
+    });
+    let clients = tokio::net::TcpListener::bind(me.client)
+        .await
+        .map_err(|e| format!("client port {}: {e}", me.client))?;
+    let admin = tokio::net::TcpListener::bind(me.admin)
+        .await
+        .map_err(|e| format!("admin port {}: {e}", me.admin))?;
+    tracing::info!(id = args.id, gcs = %me.gcs, client = %me.client, admin = %me.admin, data = %args.data.display(), "storage server running");
+    tokio::spawn(front::serve(clients, front));
+    let adm = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = server::admin::serve(admin, adm).await {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    match Arc::try_unwrap(server) {
+        Ok(s) => s.shutdown().await.map_err(|e| e.to_string()),
+        Err(s) => {
+            s.kill();
+            Ok(())
+        }
+    }
+}

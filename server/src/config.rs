@@ -1,0 +1,263 @@
+//! The storage cluster's configuration file (the same file on every host).
+//!
+//! ```toml
+//! mode = "sync"                  # or "async"
+//! async_window = 64              # async: most acknowledged commits a failover may lose
+//! key_file = "cluster.key"       # gcs datagram key (gcs-keygen / standby keygen), relative to this file
+//! client_token_file = "client.token"   # optional: clients must present this token
+//! fast_recovery_after = 100000   # recover by objects when further behind (tids)
+//! checkpoint_after = 1000000     # an empty store further behind gets a checkpoint
+//!
+//! [[server]]
+//! id = 0                         # stable; also its gcs daemon id
+//! name = "s0"
+//! gcs = "127.0.0.1:7400"         # UDP, between servers
+//! client = "127.0.0.1:7600"      # TCP, for clients
+//! admin = "127.0.0.1:7700"       # HTTP: /health /primary /replica /status /metrics
+//! group = "main"                 # replica group
+//! kind = "failover"              # or "remote" (never primary, never votes)
+//! weight = 1                     # vote weight (failover only)
+//!
+//! [protocol]                     # optional: gcs timing, as in gcs cluster files
+//! token_timeout_ms = 200
+//! ```
+
+use gcs::net::config::{ProtocolSection, SocketSection};
+use gcs::net::ClusterConfig;
+use replica::{CommitMode, GroupKind, RecoveryPolicy, ReplicaConfig, ServerId, ServerSpec};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One server of the file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// Stable id (its gcs daemon id).
+    pub id: ServerId,
+    /// Name for humans.
+    pub name: String,
+    /// UDP address of its gcs daemon.
+    pub gcs: SocketAddr,
+    /// TCP address for clients.
+    pub client: SocketAddr,
+    /// HTTP admin address.
+    pub admin: SocketAddr,
+    /// Replica group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// "failover" or "remote".
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Vote weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_group() -> String {
+    "main".into()
+}
+fn default_kind() -> String {
+    "failover".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_mode() -> String {
+    "sync".into()
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// "sync" or "async".
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Async loss bound.
+    #[serde(default)]
+    pub async_window: Option<u64>,
+    /// The gcs datagram key file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The client token file.
+    #[serde(default)]
+    pub client_token_file: Option<PathBuf>,
+    /// Recovery threshold: by objects beyond this many tids.
+    #[serde(default)]
+    pub fast_recovery_after: Option<u64>,
+    /// Recovery threshold: checkpoint for an empty store beyond this many tids.
+    #[serde(default)]
+    pub checkpoint_after: Option<u64>,
+    /// The servers.
+    #[serde(rename = "server")]
+    pub servers: Vec<ServerEntry>,
+    /// gcs timing.
+    #[serde(default)]
+    pub protocol: ProtocolSection,
+    /// gcs sockets.
+    #[serde(default)]
+    pub socket: SocketSection,
+    /// Where the file was read from (relative paths are resolved against it).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// Unreadable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema.
+    #[error("{0}")]
+    Parse(String),
+    /// Valid TOML, impossible cluster.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StandbyConfig {
+    /// Reads and checks a file.
+    pub fn from_file(path: &Path) -> Result<StandbyConfig, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut c = StandbyConfig::from_toml(&text)?;
+        c.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(c)
+    }
+
+    /// Parses and checks a text.
+    pub fn from_toml(text: &str) -> Result<StandbyConfig, ConfigFileError> {
+        let c: StandbyConfig =
+            toml::from_str(text).map_err(|e| ConfigFileError::Parse(e.to_string()))?;
+        c.replica().map_err(ConfigFileError::Invalid)?;
+        c.cluster()
+            .validate()
+            .map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+        Ok(c)
+    }
+
+    /// A path of the file, resolved against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// The gcs cluster formed by the servers' daemons.
+    pub fn cluster(&self) -> ClusterConfig {
+        let mut c = ClusterConfig::from_addrs(&[]);
+        c.daemons = self
+            .servers
+            .iter()
+            .map(|s| gcs::net::config::DaemonAddr {
+                id: s.id,
+                addr: s.gcs,
+            })
+            .collect();
+        c.protocol = self.protocol.clone();
+        c.socket = self.socket.clone();
+        c
+    }
+
+    /// The replication configuration.
+    pub fn replica(&self) -> Result<ReplicaConfig, String> {
+        let mode = match self.mode.as_str() {
+            "sync" => CommitMode::Sync,
+            "async" => CommitMode::Async {
+                window: self.async_window.unwrap_or(64),
+            },
+            m => return Err(format!("mode must be \"sync\" or \"async\", not {m:?}")),
+        };
+        let mut servers = Vec::new();
+        for s in &self.servers {
+            let kind = match s.kind.as_str() {
+                "failover" => GroupKind::Failover,
+                "remote" => GroupKind::Remote,
+                k => {
+                    return Err(format!(
+                        "server {}: kind must be \"failover\" or \"remote\", not {k:?}",
+                        s.id
+                    ))
+                }
+            };
+            servers.push(ServerSpec {
+                id: s.id,
+                name: s.name.clone(),
+                group: s.group.clone(),
+                kind,
+                weight: if kind == GroupKind::Remote {
+                    0
+                } else {
+                    s.weight
+                },
+            });
+        }
+        let mut r = ReplicaConfig::new(servers, mode);
+        let d = RecoveryPolicy::default();
+        r.recovery.fast_after = self.fast_recovery_after.unwrap_or(d.fast_after);
+        r.recovery.checkpoint_after = self.checkpoint_after.unwrap_or(d.checkpoint_after);
+        r.validate().map_err(|e| e.to_string())?;
+        Ok(r)
+    }
+
+    /// The entry of server `id`.
+    pub fn server(&self, id: ServerId) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+mode = "sync"
+[[server]]
+id = 0
+name = "a"
+gcs = "127.0.0.1:7400"
+client = "127.0.0.1:7600"
+admin = "127.0.0.1:7700"
+[[server]]
+id = 1
+name = "b"
+gcs = "127.0.0.1:7401"
+client = "127.0.0.1:7601"
+admin = "127.0.0.1:7701"
+kind = "remote"
+weight = 0
+"#;
+
+    #[test]
+    fn a_good_file_gives_both_configurations() {
+        let c = StandbyConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.cluster().daemons.len(), 2);
+        let r = c.replica().unwrap();
+        assert!(r.eligible(0));
+        assert!(!r.eligible(1));
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let e = StandbyConfig::from_toml(&GOOD.replace("\"sync\"", "\"maybe\"")).unwrap_err();
+        assert!(e.to_string().contains("mode must be"), "{e}");
+        let e = StandbyConfig::from_toml(&GOOD.replace("kind = \"remote\"", "kind = \"x\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("kind must be"), "{e}");
+        let e = StandbyConfig::from_toml("mode = \"sync\"\nserver = []").unwrap_err();
+        assert!(!e.to_string().is_empty());
+        let e = StandbyConfig::from_toml(&format!("{GOOD}\nbogus = 1")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

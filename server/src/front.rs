@@ -1,0 +1,265 @@
+//! The client port: one task per TCP connection speaking [`crate::proto`]. Bad input gets an
+//! `Error` frame (and, when the framing itself is broken, the connection is closed); it never
+//! affects other connections or the server.
+
+use crate::proto::{
+    read_frame, ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo, StatusInfo,
+};
+use crate::{ReadAnswer, ReadOp, ServerEvent, StorageServer};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// What every connection shares.
+pub struct Front {
+    /// The server.
+    pub server: Arc<StorageServer>,
+    /// The token clients must present (`None`: any).
+    pub token: Option<Bytes>,
+    /// The configured servers (id, name, client address), for topology answers.
+    pub topology: Vec<(u32, String, String)>,
+    /// Invalidations and loss reports, for subscribers.
+    pub events: broadcast::Sender<ServerEvent>,
+}
+
+/// Accepts clients until the listener fails.
+pub async fn serve(listener: TcpListener, front: Arc<Front>) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let f = front.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(sock, f).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let (mut rd, mut wr) = sock.into_split();
+    // One writer task: answers and pushed events share the socket.
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut hello = false;
+    let result = loop {
+        let body = match read_frame(&mut rd).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break Ok(()),
+            Err(FrameError::Io(e)) => break Err(e),
+            Err(FrameError::Proto(e)) => {
+                // The length itself is unusable: say why and close.
+                let _ = tx
+                    .send(err(ErrorKind::BadRequest, e.to_string()).encode(0))
+                    .await;
+                break Ok(());
+            }
+        };
+        let (id, req) = match Request::decode(&body) {
+            Ok(x) => x,
+            Err(ProtoError::Version(v)) => {
+                let m = format!(
+                    "protocol version {v} is not supported (this server speaks {})",
+                    crate::proto::VERSION
+                );
+                let _ = tx.send(err(ErrorKind::Version, m).encode(0)).await;
+                break Ok(());
+            }
+            Err(e) => {
+                // The frame was delimited correctly: answer and keep the connection.
+                let id = if body.len() >= 10 {
+                    u64::from_be_bytes(body[2..10].try_into().unwrap_or([0; 8]))
+                } else {
+                    0
+                };
+                if tx
+                    .send(err(ErrorKind::BadRequest, e.to_string()).encode(id))
+                    .await
+                    .is_err()
+                {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        if !hello {
+            let ok = match (&req, &front.token) {
+                (Request::Hello { .. }, None) => true,
+                (Request::Hello { token }, Some(t)) => constant_time_eq(token, t),
+                _ => false,
+            };
+            if !ok {
+                let _ = tx
+                    .send(
+                        err(
+                            ErrorKind::Unauthorized,
+                            "a Hello with the cluster's client token must come first",
+                        )
+                        .encode(id),
+                    )
+                    .await;
+                break Ok(());
+            }
+            hello = true;
+            let _ = tx
+                .send(
+                    Response::Welcome {
+                        server: front.server.id(),
+                    }
+                    .encode(id),
+                )
+                .await;
+            continue;
+        }
+        let answer = handle(&front, req, &tx).await;
+        if tx.send(answer.encode(id)).await.is_err() {
+            break Ok(());
+        }
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Response {
+    let stopped = || err(ErrorKind::Internal, "the server has stopped");
+    match req {
+        Request::Hello { .. } => err(ErrorKind::BadRequest, "already said hello"),
+        Request::Commit {
+            client,
+            request,
+            meta,
+            records,
+        } => {
+            let c = replica::CommitRequest {
+                client,
+                request,
+                meta,
+                records,
+            };
+            match front.server.commit(c).await {
+                Ok(r) => Response::Commit(r),
+                Err(_) => stopped(),
+            }
+        }
+        Request::Load { oid } => read(front, ReadOp::Load(oid)).await,
+        Request::LoadBefore { oid, tid } => read(front, ReadOp::LoadBefore(oid, tid)).await,
+        Request::History { oid, n } => read(front, ReadOp::History(oid, n)).await,
+        Request::LastTransaction => read(front, ReadOp::Last).await,
+        Request::Iterate { start, stop, max } => {
+            read(front, ReadOp::Iterate { start, stop, max }).await
+        }
+        Request::Status => match front.server.status().await {
+            Ok(st) => Response::Status(status_info(front, &st)),
+            Err(_) => stopped(),
+        },
+        Request::Subscribe => {
+            let mut events = front.events.subscribe();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let frame = match events.recv().await {
+                        Ok(ServerEvent::Invalidate(i)) => Response::Invalidation {
+                            tid: i.tid,
+                            oids: i.oids,
+                        },
+                        Ok(ServerEvent::Lost(l)) => Response::Lost {
+                            server: l.server,
+                            tids: l.tids,
+                            oids: l.oids,
+                        },
+                        Ok(_) => continue,
+                        // A subscriber that fell behind must drop its whole cache: say so with
+                        // an invalidation of everything (no oids, tid 0).
+                        Err(broadcast::error::RecvError::Lagged(_)) => Response::Invalidation {
+                            tid: storage::Tid::ZERO,
+                            oids: Vec::new(),
+                        },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if tx.send(frame.encode(0)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::Ok
+        }
+        Request::Switchover { to } => match front.server.swap(to).await {
+            Ok(Ok(())) => Response::Ok,
+            Ok(Err(e)) => err(ErrorKind::Unavailable, e.to_string()),
+            Err(_) => stopped(),
+        },
+    }
+}
+
+async fn read(front: &Front, op: ReadOp) -> Response {
+    match front.server.read(op).await {
+        Ok(Ok((a, st))) => match a {
+            ReadAnswer::Revision(rev) => Response::Revision {
+                rev,
+                last_tid: st.last_tid,
+            },
+            ReadAnswer::Revisions(v) => Response::Revisions(v),
+            ReadAnswer::Last => Response::Last {
+                tid: st.last_tid,
+                role: st.role,
+                primary_last_known: st.primary_last_known,
+            },
+            ReadAnswer::Transactions(txns, more) => Response::Transactions { txns, more },
+            ReadAnswer::Lost(v) => Response::Transactions {
+                txns: v.into_iter().map(|l| l.txn).collect(),
+                more: false,
+            },
+        },
+        Ok(Err(e)) => err(ErrorKind::Unavailable, e.to_string()),
+        Err(_) => err(ErrorKind::Internal, "the server has stopped"),
+    }
+}
+
+/// The status frame: this server, and the configured topology with who is in its view.
+pub fn status_info(front: &Front, st: &crate::ServerStatus) -> StatusInfo {
+    StatusInfo {
+        id: st.id,
+        role: st.staleness.role,
+        last_tid: st.staleness.last_tid,
+        primary_last_known: st.staleness.primary_last_known,
+        since_last_commit_us: None,
+        primary: st.primary,
+        servers: front
+            .topology
+            .iter()
+            .map(|(id, name, addr)| ServerInfo {
+                id: *id,
+                name: name.clone(),
+                client_addr: addr.clone(),
+                in_view: st.view.contains(id),
+            })
+            .collect(),
+    }
+}

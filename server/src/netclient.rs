@@ -1,0 +1,447 @@
+//! The client library over TCP.
+//!
+//! Give it any list of server addresses: it asks one for the topology (every server's client
+//! address, who is primary), sends writes to the primary, follows redirects, and on a failover
+//! or swap reconnects and retries with the same idempotency key (client id, request number), so
+//! the application sees neither. Reads go to the primary, or to any server whose lag behind the
+//! newest transaction it knows of is within the caller's bound.
+
+use crate::proto::{read_frame, ErrorKind, Request, Response, StatusInfo};
+use bytes::Bytes;
+use replica::{CommitError, Committed, ServerId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Why a call failed for the application.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A final answer to a commit (conflict, invalid, stale request number).
+    #[error(transparent)]
+    Commit(CommitError),
+    /// The server refused the request (bad request, unauthorized, version, unavailable).
+    #[error("{kind:?}: {message}")]
+    Refused {
+        /// What kind.
+        kind: ErrorKind,
+        /// Why.
+        message: String,
+    },
+    /// No server gave an outcome before the deadline.
+    #[error("no server answered within {0:?}")]
+    Timeout(Duration),
+    /// No address could be reached.
+    #[error("cannot reach any server: {0}")]
+    Unreachable(String),
+}
+
+/// A connection that said hello.
+struct Conn {
+    stream: TcpStream,
+    next_id: u64,
+    server: ServerId,
+}
+
+impl Conn {
+    async fn open(addr: &str, token: &Bytes) -> Result<Conn, String> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("{addr}: connect timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut c = Conn {
+            stream,
+            next_id: 1,
+            server: 0,
+        };
+        match c
+            .call(Request::Hello {
+                token: token.clone(),
+            })
+            .await?
+        {
+            Response::Welcome { server } => {
+                c.server = server;
+                Ok(c)
+            }
+            Response::Error { message, .. } => Err(format!("{addr}: {message}")),
+            other => Err(format!("{addr}: unexpected answer {other:?}")),
+        }
+    }
+
+    async fn call(&mut self, req: Request) -> Result<Response, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(&req.encode(id))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let body =
+                match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut self.stream))
+                    .await
+                {
+                    Err(_) => return Err("no answer within 5 s".into()),
+                    Ok(Ok(Some(b))) => b,
+                    Ok(Ok(None)) => return Err("connection closed".into()),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                };
+            let (rid, resp) = Response::decode(&body).map_err(|e| e.to_string())?;
+            if rid == id || rid == 0 && matches!(resp, Response::Error { .. }) {
+                return Ok(resp);
+            }
+        }
+    }
+}
+
+/// Where reads may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The primary only (always current).
+    Primary,
+    /// Any server at most this many transactions behind the newest it knows of.
+    Replica {
+        /// The bound, in transactions.
+        max_lag: u64,
+    },
+}
+
+/// A transaction being built: `begin`, `store`, then [`Client::commit`].
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    /// Metadata.
+    pub meta: TxnMeta,
+    /// The writes.
+    pub records: Vec<Record>,
+}
+
+impl Txn {
+    /// Writes `data` (None: delete) to `oid`, based on the revision `serial` the caller read
+    /// (None: a blind write). The commit fails with a conflict if `oid` changed since.
+    pub fn store(&mut self, oid: Oid, data: Option<Bytes>, serial: Option<Tid>) -> &mut Txn {
+        self.records.push(Record {
+            oid,
+            data,
+            expected_serial: serial,
+        });
+        self
+    }
+}
+
+/// A client of a storage cluster.
+pub struct Client {
+    seeds: Vec<String>,
+    token: Bytes,
+    client: u64,
+    next_request: u64,
+    /// server id -> client address.
+    topology: BTreeMap<ServerId, String>,
+    conns: BTreeMap<ServerId, Conn>,
+    primary: Option<ServerId>,
+    /// Attempts beyond the first (redirects and retries), over this client's life.
+    pub retries: u64,
+}
+
+impl Client {
+    /// Connects to any of `addrs` and learns the topology. `client` must be unique in the
+    /// cluster and stable for this client's idempotency keys.
+    pub async fn connect(
+        addrs: &[String],
+        token: Bytes,
+        client: u64,
+    ) -> Result<Client, ClientError> {
+        let mut c = Client {
+            seeds: addrs.to_vec(),
+            token,
+            client,
+            next_request: 1,
+            topology: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            primary: None,
+            retries: 0,
+        };
+        c.refresh().await?;
+        Ok(c)
+    }
+
+    /// The topology last learned: server id -> client address.
+    pub fn topology(&self) -> &BTreeMap<ServerId, String> {
+        &self.topology
+    }
+
+    /// The primary last learned.
+    pub fn primary(&self) -> Option<ServerId> {
+        self.primary
+    }
+
+    /// Asks the servers (known ones first, then the seeds) for the topology and the primary.
+    pub async fn refresh(&mut self) -> Result<StatusInfo, ClientError> {
+        let mut addrs: Vec<String> = self.topology.values().cloned().collect();
+        addrs.extend(self.seeds.iter().cloned());
+        let mut last_err = String::from("no address");
+        for a in addrs {
+            let mut conn = match Conn::open(&a, &self.token).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
+            match conn.call(Request::Status).await {
+                Ok(Response::Status(st)) => {
+                    self.topology = st
+                        .servers
+                        .iter()
+                        .map(|s| (s.id, s.client_addr.clone()))
+                        .collect();
+                    self.primary = st.primary.map(|p| p.0);
+                    self.conns.insert(conn.server, conn);
+                    return Ok(st);
+                }
+                Ok(Response::Error { kind, message }) => {
+                    return Err(ClientError::Refused { kind, message })
+                }
+                Ok(other) => last_err = format!("unexpected {other:?}"),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(ClientError::Unreachable(last_err))
+    }
+
+    async fn call_on(&mut self, server: ServerId, req: Request) -> Result<Response, String> {
+        if !self.conns.contains_key(&server) {
+            let addr = self
+                .topology
+                .get(&server)
+                .cloned()
+                .ok_or_else(|| format!("server {server} unknown"))?;
+            let c = Conn::open(&addr, &self.token).await?;
+            self.conns.insert(server, c);
+        }
+        let conn = self.conns.get_mut(&server).expect("inserted");
+        match conn.call(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.conns.remove(&server);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&self) -> Txn {
+        Txn::default()
+    }
+
+    /// Commits `txn` on the primary, through redirects, failovers and swaps, until `deadline`.
+    pub async fn commit(&mut self, txn: Txn, deadline: Duration) -> Result<Committed, ClientError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        let req = Request::Commit {
+            client: self.client,
+            request,
+            meta: txn.meta,
+            records: txn.records,
+        };
+        let started = tokio::time::Instant::now();
+        let mut first = true;
+        let mut turn = 0usize;
+        loop {
+            if started.elapsed() > deadline {
+                return Err(ClientError::Timeout(deadline));
+            }
+            if !first {
+                self.retries += 1;
+            }
+            first = false;
+            let target = match self.primary {
+                Some(p) => p,
+                None => {
+                    // No primary known: ask around, then try servers in turn.
+                    let _ = self.refresh().await;
+                    match self.primary {
+                        Some(p) => p,
+                        None => {
+                            let ids: Vec<ServerId> = self.topology.keys().copied().collect();
+                            if ids.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                            turn += 1;
+                            ids[turn % ids.len()]
+                        }
+                    }
+                }
+            };
+            match self.call_on(target, req.clone()).await {
+                Ok(Response::Commit(Ok(c))) => {
+                    self.primary = Some(target);
+                    return Ok(c);
+                }
+                Ok(Response::Commit(Err(CommitError::NotPrimary { primary }))) => {
+                    self.primary = primary;
+                    if primary.is_none() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Ok(Response::Commit(Err(
+                    e @ (CommitError::Conflict { .. }
+                    | CommitError::Invalid(_)
+                    | CommitError::Stale { .. }),
+                ))) => {
+                    return Err(ClientError::Commit(e));
+                }
+                Ok(Response::Error {
+                    kind:
+                        kind @ (ErrorKind::Unauthorized | ErrorKind::Version | ErrorKind::BadRequest),
+                    message,
+                }) => return Err(ClientError::Refused { kind, message }),
+                Ok(_) | Err(_) => {
+                    // Retry, Busy, Down, a closed connection, a silent server: the outcome is
+                    // unknown; the same request number makes the retry safe.
+                    self.primary = None;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn read(&mut self, from: ReadFrom, req: Request) -> Result<Response, ClientError> {
+        let mut order: Vec<ServerId> = Vec::new();
+        if let ReadFrom::Replica { .. } = from {
+            // Prefer a replica other than the primary, in id order (spreads readers by id).
+            let mut others: Vec<ServerId> = self
+                .topology
+                .keys()
+                .copied()
+                .filter(|s| Some(*s) != self.primary)
+                .collect();
+            let n = others.len().max(1);
+            others.rotate_left(self.client as usize % n);
+            order.extend(others);
+        }
+        if self.primary.is_none() {
+            let _ = self.refresh().await;
+        }
+        if let Some(p) = self.primary {
+            order.push(p);
+        }
+        let mut last = String::from("no server");
+        for s in order {
+            if let ReadFrom::Replica { max_lag } = from {
+                if Some(s) != self.primary {
+                    match self.call_on(s, Request::LastTransaction).await {
+                        Ok(Response::Last {
+                            tid,
+                            primary_last_known,
+                            ..
+                        }) if primary_last_known.0.saturating_sub(tid.0) <= max_lag => {}
+                        _ => continue,
+                    }
+                }
+            }
+            match self.call_on(s, req.clone()).await {
+                Ok(Response::Error { kind, message }) => last = format!("{kind:?}: {message}"),
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::Unreachable(last))
+    }
+
+    /// The current revision of `oid` (`None`: never written), and the answering server's last
+    /// transaction.
+    pub async fn load(
+        &mut self,
+        oid: Oid,
+        from: ReadFrom,
+    ) -> Result<(Option<Revision>, Tid), ClientError> {
+        match self.read(from, Request::Load { oid }).await? {
+            Response::Revision { rev, last_tid } => Ok((rev, last_tid)),
+            other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The newest revision of `oid` older than `tid`.
+    pub async fn load_before(
+        &mut self,
+        oid: Oid,
+        tid: Tid,
+    ) -> Result<Option<Revision>, ClientError> {
+        match self
+            .read(ReadFrom::Primary, Request::LoadBefore { oid, tid })
+            .await?
+        {
+            Response::Revision { rev, .. } => Ok(rev),
+            other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Up to `n` revisions of `oid`, newest first.
+    pub async fn history(&mut self, oid: Oid, n: u32) -> Result<Vec<Revision>, ClientError> {
+        match self
+            .read(ReadFrom::Primary, Request::History { oid, n })
+            .await?
+        {
+            Response::Revisions(v) => Ok(v),
+            other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The primary's last transaction.
+    pub async fn last_transaction(&mut self) -> Result<Tid, ClientError> {
+        match self
+            .read(ReadFrom::Primary, Request::LastTransaction)
+            .await?
+        {
+            Response::Last { tid, .. } => Ok(tid),
+            other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Transactions in `[start, stop]`, a page of at most `max`, and whether more follow.
+    pub async fn iterate(
+        &mut self,
+        start: Tid,
+        stop: Tid,
+        max: u32,
+    ) -> Result<(Vec<Transaction>, bool), ClientError> {
+        match self
+            .read(ReadFrom::Primary, Request::Iterate { start, stop, max })
+            .await?
+        {
+            Response::Transactions { txns, more } => Ok((txns, more)),
+            other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The status of every configured server (unreachable ones left out).
+    pub async fn status_all(&mut self) -> Vec<Result<StatusInfo, String>> {
+        let ids: Vec<ServerId> = self.topology.keys().copied().collect();
+        let mut out = Vec::new();
+        for s in ids {
+            out.push(match self.call_on(s, Request::Status).await {
+                Ok(Response::Status(st)) => Ok(st),
+                Ok(other) => Err(format!("s{s}: unexpected {other:?}")),
+                Err(e) => Err(format!("s{s}: {e}")),
+            });
+        }
+        out
+    }
+
+    /// Asks for a planned swap to `to`.
+    pub async fn switchover(&mut self, to: ServerId) -> Result<(), ClientError> {
+        let via = self
+            .primary
+            .or_else(|| self.topology.keys().next().copied())
+            .unwrap_or(0);
+        match self.call_on(via, Request::Switchover { to }).await {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Error { kind, message }) => Err(ClientError::Refused { kind, message }),
+            Ok(other) => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+            Err(e) => Err(ClientError::Unreachable(e)),
+        }
+    }
+}
