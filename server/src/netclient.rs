@@ -142,6 +142,8 @@ pub struct Client {
     primary: Option<ServerId>,
     /// Attempts beyond the first (redirects and retries), over this client's life.
     pub retries: u64,
+    /// The server that answered the last successful commit.
+    pub last_answered_by: Option<ServerId>,
 }
 
 impl Client {
@@ -161,6 +163,7 @@ impl Client {
             conns: BTreeMap::new(),
             primary: None,
             retries: 0,
+            last_answered_by: None,
         };
         c.refresh().await?;
         Ok(c)
@@ -278,6 +281,7 @@ impl Client {
             match self.call_on(target, req.clone()).await {
                 Ok(Response::Commit(Ok(c))) => {
                     self.primary = Some(target);
+                    self.last_answered_by = Some(target);
                     return Ok(c);
                 }
                 Ok(Response::Commit(Err(CommitError::NotPrimary { primary }))) => {
