@@ -245,7 +245,7 @@ async fn kill_stop_and_switchover_under_load_lose_nothing() {
     for t in tasks {
         t.await.unwrap();
     }
-    let s = seen.lock().unwrap();
+    let s = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         s.failed.is_empty(),
         "failed requests: {:?}\n{}",
