@@ -90,7 +90,7 @@ async fn raw(addr: &str) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_library_commits_reads_iterates_and_hears_invalidations() {
     let (_server, addr) = one_server().await;
-    let mut c = Client::connect(&[addr.clone()], Bytes::from_static(TOKEN), 42)
+    let mut c = Client::connect(std::slice::from_ref(&addr), Bytes::from_static(TOKEN), 42)
         .await
         .unwrap();
     assert_eq!(c.primary(), Some(0));
