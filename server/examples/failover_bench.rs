@@ -123,9 +123,10 @@ async fn main() {
         .collect();
     let mut cluster = ClusterConfig::from_addrs(&addrs);
     // Loopback: detect a dead primary quickly.
-    cluster.protocol.token_timeout_ms = Some(200);
-    cluster.protocol.consensus_timeout_ms = Some(300);
+    cluster.protocol.token_timeout_ms = Some(100);
+    cluster.protocol.consensus_timeout_ms = Some(150);
     cluster.protocol.join_timeout_ms = Some(20);
+    cluster.protocol.token_retransmit_timeout_ms = Some(30);
     let servers_spec = (0..3)
         .map(|id| ServerSpec {
             id,

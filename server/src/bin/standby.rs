@@ -93,6 +93,16 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         clients: u64,
     },
+    /// Closed-loop write benchmark: each client keeps one commit of a new 100-byte key in
+    /// flight; prints commits/s and latency percentiles over the measured window.
+    Bench {
+        /// Measured seconds (after a 2 s warm-up).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: u64,
+    },
     /// Make a cluster key (servers) and a client token (clients) in DIR.
     Keygen {
         /// Where to write cluster.key and client.token.
@@ -306,6 +316,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Err("listing a lost archive over the client protocol is not implemented yet (the archive is in the server's store; see the server log for the tids)".into())
         }
         Cmd::Workload { seconds, clients } => workload(&cli, *seconds, *clients).await,
+        Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
     }
 }
 
@@ -425,4 +436,66 @@ async fn workload(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
     } else {
         Err("the workload saw failures or lost commits".into())
     }
+}
+
+async fn bench(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
+    let warmup = Duration::from_secs(2);
+    let window = Duration::from_secs(seconds);
+    let base = fresh_id()?;
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mut c = connect(cli, base.wrapping_add(k)).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::new();
+            let mut failed = 0u64;
+            let mut n = 0u64;
+            loop {
+                let start = tokio::time::Instant::now();
+                if start.duration_since(t0) >= warmup + window {
+                    break;
+                }
+                n += 1;
+                let mut t = c.begin();
+                let key = format!("b/{base:x}/{k}/{n}");
+                t.store(
+                    Oid::new(Bytes::from(key.into_bytes())).expect("short key"),
+                    Some(Bytes::from(vec![b'v'; 100])),
+                    None,
+                );
+                let r = c.commit(t, Duration::from_secs(30)).await;
+                if start.duration_since(t0) >= warmup {
+                    match r {
+                        Ok(_) => lat.push(start.elapsed().as_micros() as u32),
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.map_err(|e| e.to_string())?;
+        lat.extend(l);
+        failed += f;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i] as f64 / 1e3
+    };
+    println!(
+        "bench: {clients} clients, {:.0} commits/s over {seconds} s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, failed {failed}",
+        lat.len() as f64 / window.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        lat.last().copied().unwrap_or(0) as f64 / 1e3
+    );
+    Ok(())
 }
