@@ -26,8 +26,16 @@ use gcs::net::config::{ProtocolSection, SocketSection};
 use gcs::net::ClusterConfig;
 use replica::{CommitMode, GroupKind, RecoveryPolicy, ReplicaConfig, ServerId, ServerSpec};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+
+/// Resolves `host:port` (the first address).
+pub fn resolve(a: &str) -> Result<SocketAddr, String> {
+    a.to_socket_addrs()
+        .map_err(|e| format!("{a}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{a}: no address"))
+}
 
 /// One server of the file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -37,12 +45,12 @@ pub struct ServerEntry {
     pub id: ServerId,
     /// Name for humans.
     pub name: String,
-    /// UDP address of its gcs daemon.
-    pub gcs: SocketAddr,
-    /// TCP address for clients.
-    pub client: SocketAddr,
-    /// HTTP admin address.
-    pub admin: SocketAddr,
+    /// UDP address of its gcs daemon (`host:port`; a host name is resolved at start-up).
+    pub gcs: String,
+    /// TCP address for clients (`host:port`; given to clients as is).
+    pub client: String,
+    /// HTTP admin address (`host:port`; where this server listens).
+    pub admin: String,
     /// Replica group.
     #[serde(default = "default_group")]
     pub group: String,
@@ -139,9 +147,19 @@ impl StandbyConfig {
         let c: StandbyConfig =
             toml::from_str(text).map_err(|e| ConfigFileError::Parse(e.to_string()))?;
         c.replica().map_err(ConfigFileError::Invalid)?;
-        c.cluster()
-            .validate()
-            .map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+        for s in &c.servers {
+            for (what, a) in [("gcs", &s.gcs), ("client", &s.client), ("admin", &s.admin)] {
+                if a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(ConfigFileError::Invalid(format!(
+                        "server {}: {what} address {a:?} is not host:port",
+                        s.id
+                    )));
+                }
+            }
+        }
         Ok(c)
     }
 
@@ -154,20 +172,22 @@ impl StandbyConfig {
         }
     }
 
-    /// The gcs cluster formed by the servers' daemons.
-    pub fn cluster(&self) -> ClusterConfig {
+    /// The gcs cluster formed by the servers' daemons, with host names resolved now (a
+    /// server whose address changes later must be restarted everywhere: the ring's members
+    /// are addresses).
+    pub fn cluster(&self) -> Result<ClusterConfig, String> {
         let mut c = ClusterConfig::from_addrs(&[]);
-        c.daemons = self
-            .servers
-            .iter()
-            .map(|s| gcs::net::config::DaemonAddr {
+        let mut daemons = Vec::new();
+        for s in &self.servers {
+            daemons.push(gcs::net::config::DaemonAddr {
                 id: s.id,
-                addr: s.gcs,
-            })
-            .collect();
+                addr: resolve(&s.gcs).map_err(|e| format!("server {} gcs address: {e}", s.id))?,
+            });
+        }
+        c.daemons = daemons;
         c.protocol = self.protocol.clone();
         c.socket = self.socket.clone();
-        c
+        Ok(c)
     }
 
     /// The replication configuration.
@@ -242,7 +262,7 @@ weight = 0
     #[test]
     fn a_good_file_gives_both_configurations() {
         let c = StandbyConfig::from_toml(GOOD).unwrap();
-        assert_eq!(c.cluster().daemons.len(), 2);
+        assert_eq!(c.cluster().unwrap().daemons.len(), 2);
         let r = c.replica().unwrap();
         assert!(r.eligible(0));
         assert!(!r.eligible(1));

@@ -103,7 +103,7 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let opts = ServerOptions {
-        cluster: cfg.cluster(),
+        cluster: cfg.cluster()?,
         id: args.id,
         replica: cfg.replica()?,
         security,
@@ -142,14 +142,14 @@ async fn run(args: Args) -> Result<(), String> {
         topology: cfg
             .servers
             .iter()
-            .map(|s| (s.id, s.name.clone(), s.client.to_string()))
+            .map(|s| (s.id, s.name.clone(), s.client.clone()))
             .collect(),
         events: tx,
     });
-    let clients = tokio::net::TcpListener::bind(me.client)
+    let clients = tokio::net::TcpListener::bind(&me.client)
         .await
         .map_err(|e| format!("client port {}: {e}", me.client))?;
-    let admin = tokio::net::TcpListener::bind(me.admin)
+    let admin = tokio::net::TcpListener::bind(&me.admin)
         .await
         .map_err(|e| format!("admin port {}: {e}", me.admin))?;
     tracing::info!(id = args.id, gcs = %me.gcs, client = %me.client, admin = %me.admin, data = %args.data.display(), "storage server running");

@@ -164,7 +164,7 @@ async fn connect(cli: &Cli, id: u64) -> Result<Client, String> {
             (
                 c.servers
                     .iter()
-                    .map(|s| s.client.to_string())
+                    .map(|s| s.client.clone())
                     .collect::<Vec<_>>(),
                 token,
             )
