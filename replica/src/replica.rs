@@ -171,6 +171,17 @@ struct Pending {
     answered: bool,
 }
 
+/// A delivered commit waiting for the next batch apply.
+#[derive(Clone, Debug)]
+struct QueuedCommit {
+    prev: Tid,
+    txn: Transaction,
+    /// Sent by this server (as primary).
+    mine: bool,
+    /// Delivered in a regular view.
+    regular: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum RecoveryStep {
     /// Transactions after our last (until `until`, or the donor's end).
@@ -256,6 +267,9 @@ pub struct Replica<S: Storage> {
     last_commit_at: Option<Time>,
     primary_last_known: Tid,
     next_fetch_id: u64,
+    apply_queue: Vec<QueuedCommit>,
+    /// The time of the latest input (for work done while draining outputs).
+    now: Time,
     out: VecDeque<Output>,
     stats: ReplicaStats,
 }
@@ -293,6 +307,8 @@ impl<S: Storage> Replica<S> {
             last_commit_at: None,
             primary_last_known: Tid::ZERO,
             next_fetch_id: 1,
+            apply_queue: Vec::new(),
+            now: Time::ZERO,
             out: VecDeque::new(),
             stats: ReplicaStats::default(),
         };
@@ -400,6 +416,9 @@ impl<S: Storage> Replica<S> {
 
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Err(e) = self.flush_applies() {
+            self.fail(e);
+        }
         if self.applied_dirty {
             self.applied_dirty = false;
             if let Some((p, epoch)) = self.primary {
@@ -470,9 +489,13 @@ impl<S: Storage> Replica<S> {
     // ---- views -----------------------------------------------------------------------
 
     /// A gcs view was installed.
-    pub fn handle_view(&mut self, _now: Time, view: &View) {
+    pub fn handle_view(&mut self, now: Time, view: &View) {
         if self.role == Role::Down {
             return;
+        }
+        self.now = now;
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
         }
         let mut members: Vec<ServerId> = view
             .members
@@ -553,10 +576,16 @@ impl<S: Storage> Replica<S> {
             return;
         }
         let from = sender.node;
+        self.now = now;
         let Ok(msg) = Msg::decode(payload) else {
             self.stats.fenced += 1;
             return;
         };
+        if !matches!(msg, Msg::Commit { .. }) {
+            if let Err(e) = self.flush_applies() {
+                return self.fail(e);
+            }
+        }
         if self.cfg.server(from).is_none() {
             self.stats.fenced += 1;
             return;
@@ -879,6 +908,7 @@ impl<S: Storage> Replica<S> {
     /// The shell installed a checkpoint copied from the donor (see
     /// [`Output::NeedCheckpoint`]): the replica continues on `store`, catching up from there.
     pub fn install_checkpoint(&mut self, store: S) -> Result<(), StorageError> {
+        self.flush_applies()?;
         // What the old store holds beyond the history it shares with the checkpoint is
         // discarded with it: report it lost like a truncation would.
         let new_last = store.last_transaction()?;
@@ -1071,49 +1101,79 @@ impl<S: Storage> Replica<S> {
             self.backlog.push_back((prev, txn));
             return Ok(());
         }
+        // Applied in a batch (one sync) before anything that depends on it: the next
+        // non-commit delivery, a view, a client request, or the end of this input.
         let regular = self.view.as_ref().is_some_and(|v| v.regular);
-        self.apply(now, prev, &txn)?;
-        if from == self.me {
-            if let Some(p) = self.pending.get_mut(&txn.tid) {
-                p.delivered_regular = regular;
-                if !regular && !p.answered {
-                    p.answered = true;
-                    for r in std::mem::take(&mut p.reqs) {
-                        self.reply(r, Err(CommitError::Retry));
+        let _ = now;
+        self.apply_queue.push(QueuedCommit {
+            prev,
+            txn,
+            mine: from == self.me,
+            regular,
+        });
+        Ok(())
+    }
+
+    /// Applies the queued commits as one batch. A gap moves the rest to the backlog and
+    /// starts recovery from the primary.
+    fn flush_applies(&mut self) -> Result<(), StorageError> {
+        if self.apply_queue.is_empty() {
+            return Ok(());
+        }
+        let now = self.now;
+        let queue = std::mem::take(&mut self.apply_queue);
+        let batch: Vec<(Tid, Transaction)> =
+            queue.iter().map(|q| (q.prev, q.txn.clone())).collect();
+        let results = self.store.apply_batch(&batch);
+        let mut mine = false;
+        for (k, (q, r)) in queue.iter().zip(results).enumerate() {
+            match r {
+                Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
+                Err(StorageError::Gap { .. }) if q.txn.tid > self.last => {
+                    // We missed transactions: keep these, recover the gap from the primary.
+                    for q in &queue[k..] {
+                        self.backlog.push_back((q.prev, q.txn.clone()));
+                    }
+                    self.start_gap_recovery();
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            if q.txn.tid > self.last {
+                self.last = q.txn.tid;
+            }
+            self.after_apply(now, &q.txn)?;
+            if q.mine {
+                mine = true;
+                if let Some(p) = self.pending.get_mut(&q.txn.tid) {
+                    p.delivered_regular = q.regular;
+                    if !q.regular && !p.answered {
+                        p.answered = true;
+                        for r in std::mem::take(&mut p.reqs) {
+                            self.reply(r, Err(CommitError::Retry));
+                        }
                     }
                 }
             }
+        }
+        if mine {
             self.applied.insert(self.me, self.last);
             self.release_acks();
         }
         Ok(())
     }
 
-    /// Applies one transaction of the primary lineage; a gap starts recovery.
-    fn apply(&mut self, now: Time, prev: Tid, txn: &Transaction) -> Result<(), StorageError> {
-        match self.store.apply(prev, txn) {
-            Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
-            Err(StorageError::Gap { .. }) if txn.tid > self.last => {
-                // We missed transactions: recover them from the primary, keep this one.
-                self.backlog.push_back((prev, txn.clone()));
-                if let Some((p, _)) = self.primary {
-                    self.recovery = Some(Recovery {
-                        donor: p,
-                        fetch_id: 0,
-                        step: RecoveryStep::Txns { until: None },
-                        outstanding: 0,
-                    });
-                    self.set_role(Role::Syncing);
-                    self.fetch();
-                }
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+    fn start_gap_recovery(&mut self) {
+        if let Some((p, _)) = self.primary {
+            self.recovery = Some(Recovery {
+                donor: p,
+                fetch_id: 0,
+                step: RecoveryStep::Txns { until: None },
+                outstanding: 0,
+            });
+            self.set_role(Role::Syncing);
+            self.fetch();
         }
-        if txn.tid > self.last {
-            self.last = txn.tid;
-        }
-        self.after_apply(now, txn)
     }
 
     fn after_apply(&mut self, now: Time, txn: &Transaction) -> Result<(), StorageError> {
@@ -1238,7 +1298,11 @@ impl<S: Storage> Replica<S> {
     }
 
     /// A client asks for a commit; the answer comes later as [`Output::Reply`].
-    pub fn handle_commit(&mut self, _now: Time, req: ReqId, c: CommitRequest) {
+    pub fn handle_commit(&mut self, now: Time, req: ReqId, c: CommitRequest) {
+        self.now = now;
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
+        }
         self.on_commit_request(req, c);
     }
 
@@ -1456,7 +1520,8 @@ impl<S: Storage> Replica<S> {
     /// An operator asks for `to` to become primary. Any server may be asked; it forwards the
     /// request through the ring. Fails if there is no working primary in view or `to` may
     /// not become primary.
-    pub fn request_swap(&mut self, _now: Time, to: ServerId) -> Result<(), SwapError> {
+    pub fn request_swap(&mut self, now: Time, to: ServerId) -> Result<(), SwapError> {
+        self.now = now;
         let Some((_, epoch)) = self.primary else {
             return Err(SwapError::NoPrimary);
         };

@@ -242,30 +242,39 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
-    /// Moves outputs between the node and the replica until both are quiet.
+    /// Moves outputs between the node and the replica until both are quiet. Every delivery
+    /// of one input reaches the replica before it is polled, so the commits they carry are
+    /// applied as one batch (one fsync); the replica itself applies what it queued before
+    /// anything that depends on it (a view, another kind of message).
     fn pump(&mut self, now: Time) {
         loop {
+            let mut any = false;
+            while let Some(o) = self.node.poll_output() {
+                any = true;
+                match o {
+                    Output::Transmit { dest, bytes } => {
+                        self.out.push_back(CoreOutput::Transmit { dest, bytes })
+                    }
+                    Output::Deliver(d) => {
+                        if d.payload.first() == Some(&checkpoint::TAG) {
+                            self.on_checkpoint_msg(now, &d.payload);
+                        } else {
+                            self.replica.handle_delivery(now, d.sender, &d.payload)
+                        }
+                    }
+                    Output::View(v) => {
+                        if v.kind() == gcs::ViewKind::Regular {
+                            self.view = v.members.iter().map(|p| p.node).collect();
+                            self.abandon_transfers_outside_view();
+                            tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
+                        }
+                        self.replica.handle_view(now, &v);
+                    }
+                }
+            }
             self.drain_replica(now);
-            match self.node.poll_output() {
-                Some(Output::Transmit { dest, bytes }) => {
-                    self.out.push_back(CoreOutput::Transmit { dest, bytes })
-                }
-                Some(Output::Deliver(d)) => {
-                    if d.payload.first() == Some(&checkpoint::TAG) {
-                        self.on_checkpoint_msg(now, &d.payload);
-                    } else {
-                        self.replica.handle_delivery(now, d.sender, &d.payload)
-                    }
-                }
-                Some(Output::View(v)) => {
-                    if v.kind() == gcs::ViewKind::Regular {
-                        self.view = v.members.iter().map(|p| p.node).collect();
-                        self.abandon_transfers_outside_view();
-                        tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
-                    }
-                    self.replica.handle_view(now, &v);
-                }
-                None => return,
+            if !any {
+                return;
             }
         }
     }

@@ -111,6 +111,16 @@ pub trait Storage: Send + Sync {
     /// - not stored: [`StorageError::NonIncreasingTid`].
     fn apply(&self, prev: Tid, txn: &Transaction) -> Result<ApplyOutcome>;
 
+    /// Applies several transactions in order, each as [`Self::apply`] would (`prev` of each
+    /// is its predecessor on the primary), with one sync for the whole batch where the backend
+    /// can (RocksDB: one write batch, one fsync). One result per transaction; every one
+    /// answered `Ok` is durable (when the store syncs) once this returns. A transaction that
+    /// fails changes nothing, and those after it are judged as `apply` would judge them then
+    /// (after a gap, the rest of the chain gaps too).
+    fn apply_batch(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
+        txns.iter().map(|(p, t)| self.apply(*p, t)).collect()
+    }
+
     /// Sender side of fast recovery: the newest revision of every object changed after
     /// `since` (`Tid::ZERO`: every object), with oid greater than `after` if given, in oid
     /// order, consistent at the returned tid.

@@ -843,6 +843,19 @@ impl Storage for RocksStorage {
         self.submit(Request::Apply(prev, txn.clone()))
     }
 
+    fn apply_batch(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
+        // One group: validated in order against the state the earlier ones leave, written as
+        // one batch with one fsync. The writer lock serialises it with the commit queue.
+        let reqs = txns
+            .iter()
+            .enumerate()
+            .map(|(i, (p, t))| (i as u64, Request::Apply(*p, t.clone())))
+            .collect();
+        let mut results = self.run_group(reqs);
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
     fn fast_recovery(&self, since: Tid, after: Option<&Oid>) -> Result<FastRecovery<'_>> {
         let w = lock(&self.writer);
         check_no_fill(&w.meta)?;

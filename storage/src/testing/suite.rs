@@ -75,6 +75,7 @@ fn tids(s: &impl Storage, range: TidRange, dir: Direction) -> Vec<u64> {
 
 /// Runs every check.
 pub fn run_all<H: Harness>(h: &mut H) {
+    apply_batch_matches_apply(h);
     empty_store(h);
     commit_and_load(h);
     tids_must_increase(h);
@@ -696,4 +697,36 @@ pub fn concurrent_commits<H: Harness>(h: &mut H) {
     assert_eq!(ok.len(), 200);
     assert_eq!(tids(&s, TidRange::ALL, Direction::Forward), ok.to_vec());
     assert_eq!(s.last_transaction().unwrap(), Tid(*ok.last().unwrap()));
+}
+
+/// `apply_batch` judges each transaction as `apply` would, in order, and keeps what it applied.
+pub fn apply_batch_matches_apply<H: Harness>(h: &mut H) {
+    let s = h.fresh();
+    let t1 = txn(1, &[(1, Some("a"))]);
+    let t2 = txn(2, &[(1, Some("b")), (2, Some("c"))]);
+    let t3 = txn(3, &[(2, None)]);
+    let r = s.apply_batch(&[
+        (Tid(0), t1.clone()),
+        (Tid(1), t2.clone()),
+        (Tid(2), t3.clone()),
+    ]);
+    assert_eq!(r, vec![Ok(ApplyOutcome::Applied); 3]);
+    assert_eq!(s.last_transaction().unwrap(), Tid(3));
+    assert_eq!(s.load(&oid(1)).unwrap().unwrap().data, data("b"));
+    // Already present, then a gap: the gap and what follows it are refused, nothing changes.
+    let t5 = txn(5, &[(3, Some("x"))]);
+    let t6 = txn(6, &[(3, Some("y"))]);
+    let r = s.apply_batch(&[(Tid(2), t3.clone()), (Tid(4), t5), (Tid(5), t6)]);
+    assert_eq!(r[0], Ok(ApplyOutcome::AlreadyPresent));
+    assert!(matches!(r[1], Err(StorageError::Gap { .. })), "{r:?}");
+    assert!(matches!(r[2], Err(StorageError::Gap { .. })), "{r:?}");
+    assert_eq!(s.last_transaction().unwrap(), Tid(3));
+    assert_eq!(s.load(&oid(3)).unwrap(), None);
+    // What a batch applied survives a restart.
+    let s = h.restart(s);
+    assert_eq!(s.last_transaction().unwrap(), Tid(3));
+    assert_eq!(
+        tids(&s, TidRange::new(None, None), Direction::Forward),
+        vec![1, 2, 3]
+    );
 }
