@@ -210,6 +210,7 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
             });
             Response::Ok
         }
+        Request::LostArchive { max } => read(front, ReadOp::Lost { max }).await,
         Request::Switchover { to } => match front.server.swap(to).await {
             Ok(Ok(())) => Response::Ok,
             Ok(Err(e)) => err(ErrorKind::Unavailable, e.to_string()),

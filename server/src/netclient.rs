@@ -435,6 +435,20 @@ impl Client {
         out
     }
 
+    /// Server `server`'s lost-transactions archive (the first `max` entries).
+    pub async fn lost_archive(
+        &mut self,
+        server: ServerId,
+        max: u32,
+    ) -> Result<Vec<Transaction>, ClientError> {
+        match self.call_on(server, Request::LostArchive { max }).await {
+            Ok(Response::Transactions { txns, .. }) => Ok(txns),
+            Ok(Response::Error { kind, message }) => Err(ClientError::Refused { kind, message }),
+            Ok(other) => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
+            Err(e) => Err(ClientError::Unreachable(e)),
+        }
+    }
+
     /// Asks for a planned swap to `to`.
     pub async fn switchover(&mut self, to: ServerId) -> Result<(), ClientError> {
         let via = self

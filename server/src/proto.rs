@@ -119,6 +119,12 @@ pub enum Request {
         /// The new primary.
         to: ServerId,
     },
+    /// This server's lost-transactions archive (the first `max` entries), as `Lost` frames
+    /// with the tids truncated after, then `Transactions` with the archived transactions.
+    LostArchive {
+        /// Page size.
+        max: u32,
+    },
 }
 
 /// What a server knows of one storage server.
@@ -410,6 +416,7 @@ impl Request {
             Request::Status => (8, header(8, id)),
             Request::Subscribe => (9, header(9, id)),
             Request::Switchover { .. } => (10, header(10, id)),
+            Request::LostArchive { .. } => (11, header(11, id)),
         };
         let _ = kind;
         match self {
@@ -445,6 +452,7 @@ impl Request {
                 b.put_u32(*max);
             }
             Request::Switchover { to } => b.put_u32(*to),
+            Request::LostArchive { max } => b.put_u32(*max),
             Request::LastTransaction | Request::Status | Request::Subscribe => {}
         }
         finish(b)
@@ -493,6 +501,7 @@ impl Request {
             8 => Request::Status,
             9 => Request::Subscribe,
             10 => Request::Switchover { to: r.u32()? },
+            11 => Request::LostArchive { max: r.u32()? },
             t => return Err(ProtoError::BadTag(t)),
         };
         r.end()?;
@@ -883,6 +892,7 @@ mod tests {
             Request::Status,
             Request::Subscribe,
             Request::Switchover { to: 2 },
+            Request::LostArchive { max: 5 },
         ]
     }
 

@@ -78,11 +78,14 @@ enum Cmd {
         #[arg(long)]
         to: u32,
     },
-    /// List a server's lost-transactions archive.
+    /// List a server's lost-transactions archive, or export it as JSON lines.
     Lost {
         /// The server whose archive to list.
         #[arg(long)]
         server: u32,
+        /// Write every archived transaction as one JSON line (tid, objects, hex data) here.
+        #[arg(long)]
+        export: Option<PathBuf>,
     },
     /// Run a write workload and print what it saw.
     Workload {
@@ -311,9 +314,48 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Err(format!("s{to} did not become primary within 5 s"))
         }
-        Cmd::Lost { server } => {
-            let _ = server;
-            Err("listing a lost archive over the client protocol is not implemented yet (the archive is in the server's store; see the server log for the tids)".into())
+        Cmd::Lost { server, export } => {
+            let mut c = connect(&cli, fresh_id()?).await?;
+            let txns = c
+                .lost_archive(*server, 10_000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(path) = export {
+                let mut out = String::new();
+                for t in &txns {
+                    let recs: Vec<serde_json::Value> = t
+                        .records
+                        .iter()
+                        .map(|r| serde_json::json!({"oid": hex(r.oid.as_bytes()), "data": r.data.as_ref().map(|d| hex(d))}))
+                        .collect();
+                    out.push_str(&serde_json::json!({"tid": t.tid.0, "records": recs}).to_string());
+                    out.push('\n');
+                }
+                std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+                println!(
+                    "exported {} lost transactions to {}",
+                    txns.len(),
+                    path.display()
+                );
+            } else {
+                println!("{:>12}  {:>7}  objects", "tid", "records");
+                for t in &txns {
+                    let names: Vec<String> = t
+                        .records
+                        .iter()
+                        .take(4)
+                        .map(|r| printable(r.oid.as_bytes()))
+                        .collect();
+                    println!(
+                        "{:>12}  {:>7}  {}",
+                        t.tid.0,
+                        t.records.len(),
+                        names.join(", ")
+                    );
+                }
+                println!("{} lost transactions on s{server}", txns.len());
+            }
+            Ok(())
         }
         Cmd::Workload { seconds, clients } => workload(&cli, *seconds, *clients).await,
         Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
