@@ -69,7 +69,7 @@ impl Default for RecoveryPolicy {
             fast_after: 100_000,
             checkpoint_after: 1_000_000,
             chunk_bytes: 256 * 1024,
-            chunks_per_request: 8,
+            chunks_per_request: 4,
         }
     }
 }

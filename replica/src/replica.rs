@@ -1732,15 +1732,19 @@ impl<S: Storage> Replica<S> {
             }
             (ChunkBody::Unavailable { .. }, _) => return self.need_checkpoint(rec.donor),
             (ChunkBody::Txns { txns, done: d }, RecoveryStep::Txns { .. }) => {
-                for (prev, t) in txns {
-                    if t.tid <= self.last {
-                        continue;
-                    }
-                    match self.store.apply(prev, &t)? {
+                // One batch, one sync per chunk: a recovering server must keep passing the
+                // token in time.
+                let fresh: Vec<(Tid, Transaction)> = txns
+                    .into_iter()
+                    .filter(|(_, t)| t.tid > self.last)
+                    .collect();
+                let results = self.store.apply_batch(&fresh);
+                for ((_, t), r) in fresh.iter().zip(results) {
+                    match r? {
                         ApplyOutcome::Applied | ApplyOutcome::AlreadyPresent => {}
                     }
                     self.last = t.tid;
-                    self.after_apply(now, &t)?;
+                    self.after_apply(now, t)?;
                 }
                 done = d;
             }
@@ -1845,20 +1849,30 @@ impl<S: Storage> Replica<S> {
             self.fetch();
             return Ok(());
         }
-        while let Some((prev, t)) = self.backlog.front().cloned() {
-            if t.tid <= self.last {
+        // The chained run at the front of the backlog, applied as one batch.
+        let mut run: Vec<(Tid, Transaction)> = Vec::new();
+        let mut end = self.last;
+        while let Some((prev, t)) = self.backlog.front() {
+            if t.tid <= end {
                 self.backlog.pop_front();
                 continue;
             }
-            if prev != self.last {
-                // Still a gap (the donor was behind what we buffered): fetch again.
-                self.fetch();
-                return Ok(());
+            if *prev != end {
+                break;
             }
-            self.backlog.pop_front();
-            self.store.apply(prev, &t)?;
+            end = t.tid;
+            run.push(self.backlog.pop_front().expect("front"));
+        }
+        let results = self.store.apply_batch(&run);
+        for ((_, t), r) in run.iter().zip(results) {
+            r?;
             self.last = t.tid;
-            self.after_apply(now, &t)?;
+            self.after_apply(now, t)?;
+        }
+        if !self.backlog.is_empty() {
+            // Still a gap (the donor was behind what we buffered): fetch again.
+            self.fetch();
+            return Ok(());
         }
         tracing::info!(server = self.me, last = %self.last, "caught up");
         self.caught_up();
