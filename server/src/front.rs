@@ -180,6 +180,7 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
             Err(_) => stopped(),
         },
         Request::Subscribe => {
+            let me = front.server.id();
             let mut events = front.events.subscribe();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -194,7 +195,12 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
                             tids: l.tids,
                             oids: l.oids,
                         },
-                        Ok(_) => continue,
+                        Ok(ServerEvent::Role(r)) => Response::RoleChange {
+                            server: me,
+                            role: r.role,
+                            primary: r.primary,
+                        },
+                        Ok(ServerEvent::NeedCheckpoint { .. }) => continue,
                         // A subscriber that fell behind must drop its whole cache: say so with
                         // an invalidation of everything (no oids, tid 0).
                         Err(broadcast::error::RecvError::Lagged(_)) => Response::Invalidation {

@@ -130,8 +130,47 @@ impl Txn {
     }
 }
 
+/// The object cache a subscription keeps coherent (see [`Client::enable_cache`]).
+#[derive(Default)]
+struct CacheState {
+    entries: BTreeMap<Oid, Revision>,
+    /// The invalidation sequence number at which each object was last invalidated, and the
+    /// tid of that commit.
+    invalidated: BTreeMap<Oid, (u64, Tid)>,
+    seq: u64,
+    /// Everything cached before this sequence number is gone (a reconnect, a lagging stream).
+    flushed_at: u64,
+    /// Whether the invalidation stream is up: nothing is cached or served while it is not.
+    connected: bool,
+    /// The primary the pushed role changes name.
+    primary: Option<ServerId>,
+    max_entries: usize,
+    hits: u64,
+}
+
+impl CacheState {
+    fn flush(&mut self) {
+        self.seq += 1;
+        self.flushed_at = self.seq;
+        self.entries.clear();
+        self.invalidated.clear();
+    }
+
+    fn invalidate(&mut self, tid: Tid, oids: &[Oid]) {
+        self.seq += 1;
+        for o in oids {
+            self.entries.remove(o);
+            self.invalidated.insert(o.clone(), (self.seq, tid));
+        }
+        if self.invalidated.len() > 100_000 {
+            self.flush();
+        }
+    }
+}
+
 /// A client of a storage cluster.
 pub struct Client {
+    cache: Option<std::sync::Arc<std::sync::Mutex<CacheState>>>,
     seeds: Vec<String>,
     token: Bytes,
     client: u64,
@@ -164,9 +203,100 @@ impl Client {
             primary: None,
             retries: 0,
             last_answered_by: None,
+            cache: None,
         };
         c.refresh().await?;
         Ok(c)
+    }
+
+    /// Keeps an object cache of up to `max_entries` revisions, coherent with the cluster: a
+    /// background task subscribes to the invalidation stream of a server (any; it moves to
+    /// another when that one goes away) and drops every object a commit or a loss report
+    /// names. While the stream is down the cache is empty and unused; a reconnect flushes it
+    /// (what was missed is unknown). Pushed role changes also tell this client the new primary.
+    /// Cached reads are those of [`Client::load`] with [`ReadFrom::Replica`]: a cache is a
+    /// replica too, behind by at most the invalidations in flight.
+    pub fn enable_cache(&mut self, max_entries: usize) {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(CacheState {
+            max_entries: max_entries.max(1),
+            ..CacheState::default()
+        }));
+        self.cache = Some(state.clone());
+        let addrs: Vec<String> = self
+            .topology
+            .values()
+            .cloned()
+            .chain(self.seeds.iter().cloned())
+            .collect();
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            let mut turn = 0usize;
+            loop {
+                if std::sync::Arc::strong_count(&state) == 1 || addrs.is_empty() {
+                    return; // the client is gone
+                }
+                turn += 1;
+                let addr = &addrs[turn % addrs.len()];
+                if let Ok(mut conn) = Conn::open(addr, &token).await {
+                    if let Ok(Response::Ok) = conn.call(Request::Subscribe).await {
+                        {
+                            let mut st = state.lock().expect("cache lock");
+                            st.flush();
+                            st.connected = true;
+                        }
+                        loop {
+                            let frame = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                read_frame(&mut conn.stream),
+                            )
+                            .await;
+                            let body = match frame {
+                                Err(_) => {
+                                    if std::sync::Arc::strong_count(&state) == 1 {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                                Ok(Ok(Some(b))) => b,
+                                Ok(_) => break,
+                            };
+                            let Ok((_, resp)) = Response::decode(&body) else {
+                                break;
+                            };
+                            let mut st = state.lock().expect("cache lock");
+                            match resp {
+                                Response::Invalidation { tid, oids }
+                                    if tid == Tid::ZERO && oids.is_empty() =>
+                                {
+                                    st.flush()
+                                }
+                                Response::Invalidation { tid, oids } => st.invalidate(tid, &oids),
+                                // A loss: nothing newer to wait for, only older states to drop.
+                                Response::Lost { oids, .. } => st.invalidate(Tid::ZERO, &oids),
+                                Response::RoleChange { primary, .. } => {
+                                    st.primary = primary.map(|p| p.0)
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                {
+                    let mut st = state.lock().expect("cache lock");
+                    st.connected = false;
+                    st.flush();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Reads served from the cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache
+            .as_ref()
+            .map(|c| c.lock().expect("cache lock").hits)
+            .unwrap_or(0)
     }
 
     /// The topology last learned: server id -> client address.
@@ -259,6 +389,12 @@ impl Client {
                 self.retries += 1;
             }
             first = false;
+            if self.primary.is_none() {
+                // A primary pushed on the invalidation stream, if there is one.
+                if let Some(c) = &self.cache {
+                    self.primary = c.lock().expect("cache lock").primary;
+                }
+            }
             let target = match self.primary {
                 Some(p) => p,
                 None => {
@@ -362,8 +498,42 @@ impl Client {
         oid: Oid,
         from: ReadFrom,
     ) -> Result<(Option<Revision>, Tid), ClientError> {
-        match self.read(from, Request::Load { oid }).await? {
-            Response::Revision { rev, last_tid } => Ok((rev, last_tid)),
+        let cached = match from {
+            ReadFrom::Replica { .. } => self.cache.clone(),
+            ReadFrom::Primary => None,
+        };
+        let mut seq0 = None;
+        if let Some(c) = &cached {
+            let mut st = c.lock().expect("cache lock");
+            if st.connected {
+                if let Some(rev) = st.entries.get(&oid).cloned() {
+                    st.hits += 1;
+                    let t = rev.tid;
+                    return Ok((Some(rev), t));
+                }
+                seq0 = Some(st.seq);
+            }
+        }
+        match self.read(from, Request::Load { oid: oid.clone() }).await? {
+            Response::Revision { rev, last_tid } => {
+                if let (Some(c), Some(seq0), Some(r)) = (&cached, seq0, &rev) {
+                    // Cached only if no invalidation of it (nor a flush) came in meanwhile.
+                    let mut st = c.lock().expect("cache lock");
+                    // ... and only if the answering server had applied the last commit that
+                    // invalidated it (a lagging replica may answer with an older state).
+                    let touched = st
+                        .invalidated
+                        .get(&oid)
+                        .is_some_and(|(s, t)| *s > seq0 || last_tid < *t);
+                    if st.connected && !touched && st.flushed_at <= seq0 {
+                        if st.entries.len() >= st.max_entries {
+                            st.entries.clear();
+                        }
+                        st.entries.insert(oid, r.clone());
+                    }
+                }
+                Ok((rev, last_tid))
+            }
             other => Err(ClientError::Unreachable(format!("unexpected {other:?}"))),
         }
     }

@@ -214,6 +214,16 @@ pub enum Response {
         /// The objects.
         oids: Vec<Oid>,
     },
+    /// A pushed role change of the answering server, with the primary it knows of: clients
+    /// follow a new primary without waiting for a redirect.
+    RoleChange {
+        /// The server.
+        server: ServerId,
+        /// Its role.
+        role: Role,
+        /// The working primary and its epoch.
+        primary: Option<(ServerId, Epoch)>,
+    },
     /// A request failed.
     Error {
         /// What kind.
@@ -675,6 +685,23 @@ impl Response {
                     put_bytes(&mut b, o.as_bytes());
                 }
             }
+            Response::RoleChange {
+                server,
+                role,
+                primary,
+            } => {
+                b = header(112, id);
+                b.put_u32(*server);
+                put_role(&mut b, *role);
+                match primary {
+                    None => b.put_u8(0),
+                    Some((p, e)) => {
+                        b.put_u8(1);
+                        b.put_u32(*p);
+                        b.put_u64(e.0);
+                    }
+                }
+            }
             Response::Error { kind, message } => {
                 b = header(111, id);
                 b.put_u8(match kind {
@@ -810,6 +837,15 @@ impl Response {
                     message: r.str()?,
                 }
             }
+            112 => Response::RoleChange {
+                server: r.u32()?,
+                role: r.role()?,
+                primary: if r.bool()? {
+                    Some((r.u32()?, Epoch(r.u64()?)))
+                } else {
+                    None
+                },
+            },
             t => return Err(ProtoError::BadTag(t)),
         };
         r.end()?;
@@ -963,6 +999,11 @@ mod tests {
             Response::Error {
                 kind: ErrorKind::Unauthorized,
                 message: "no".into(),
+            },
+            Response::RoleChange {
+                server: 2,
+                role: Role::Primary,
+                primary: Some((2, Epoch(9))),
             },
         ]
     }

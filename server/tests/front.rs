@@ -293,3 +293,49 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     ));
     assert_eq!(c.last_transaction().await.unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_cache_is_kept_coherent_by_invalidations() {
+    let (_server, addr) = one_server().await;
+    let mut reader = Client::connect(std::slice::from_ref(&addr), Bytes::from_static(TOKEN), 1)
+        .await
+        .unwrap();
+    reader.enable_cache(1000);
+    let mut writer = Client::connect(std::slice::from_ref(&addr), Bytes::from_static(TOKEN), 2)
+        .await
+        .unwrap();
+    let put = |v: &'static [u8]| {
+        let mut t = server::netclient::Txn::default();
+        t.store(Oid::from_u64(5), Some(Bytes::from_static(v)), None);
+        t
+    };
+    let t = put(b"first");
+    writer.commit(t, Duration::from_secs(5)).await.unwrap();
+    let any = ReadFrom::Replica { max_lag: 0 };
+    // Wait for the subscription, then fill the cache and hit it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reader.cache_hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cache never served a read"
+        );
+        let (rev, _) = reader.load(Oid::from_u64(5), any).await.unwrap();
+        assert_eq!(rev.unwrap().data.unwrap(), Bytes::from_static(b"first"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another client writes: the cached state is dropped and the new one read.
+    let t = put(b"second");
+    writer.commit(t, Duration::from_secs(5)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (rev, _) = reader.load(Oid::from_u64(5), any).await.unwrap();
+        if rev.unwrap().data.unwrap() == Bytes::from_static(b"second") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cache kept a stale state"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
