@@ -46,7 +46,7 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: &str, token: &Bytes) -> Result<Conn, String> {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        let stream = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
             .await
             .map_err(|_| format!("{addr}: connect timed out"))?
             .map_err(|e| format!("{addr}: {e}"))?;
@@ -72,6 +72,12 @@ impl Conn {
     }
 
     async fn call(&mut self, req: Request) -> Result<Response, String> {
+        self.call_within(req, Duration::from_secs(5)).await
+    }
+
+    /// A call that gives up after `patience` without an answer (the server may be cut off:
+    /// a partition closes nothing, so only time tells).
+    async fn call_within(&mut self, req: Request, patience: Duration) -> Result<Response, String> {
         let id = self.next_id;
         self.next_id += 1;
         self.stream
@@ -79,15 +85,12 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            let body =
-                match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut self.stream))
-                    .await
-                {
-                    Err(_) => return Err("no answer within 5 s".into()),
-                    Ok(Ok(Some(b))) => b,
-                    Ok(Ok(None)) => return Err("connection closed".into()),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                };
+            let body = match tokio::time::timeout(patience, read_frame(&mut self.stream)).await {
+                Err(_) => return Err(format!("no answer within {patience:?}")),
+                Ok(Ok(Some(b))) => b,
+                Ok(Ok(None)) => return Err("connection closed".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+            };
             let (rid, resp) = Response::decode(&body).map_err(|e| e.to_string())?;
             if rid == id || rid == 0 && matches!(resp, Response::Error { .. }) {
                 return Ok(resp);
@@ -183,6 +186,12 @@ pub struct Client {
     pub retries: u64,
     /// The server that answered the last successful commit.
     pub last_answered_by: Option<ServerId>,
+    /// How long one commit attempt waits for its answer before the client tries elsewhere
+    /// (with the same idempotency key). Default 1 s: far above a commit's latency, short
+    /// enough that a primary cut off by a partition costs little.
+    pub commit_patience: Duration,
+    /// Servers that failed the last attempts (asked last when looking for the primary).
+    suspects: std::collections::BTreeSet<ServerId>,
 }
 
 impl Client {
@@ -203,6 +212,8 @@ impl Client {
             primary: None,
             retries: 0,
             last_answered_by: None,
+            commit_patience: Duration::from_secs(1),
+            suspects: Default::default(),
             cache: None,
         };
         c.refresh().await?;
@@ -311,8 +322,20 @@ impl Client {
 
     /// Asks the servers (known ones first, then the seeds) for the topology and the primary.
     pub async fn refresh(&mut self) -> Result<StatusInfo, ClientError> {
-        let mut addrs: Vec<String> = self.topology.values().cloned().collect();
+        // Servers that just failed us are asked last (a partitioned one never answers).
+        let mut addrs: Vec<String> = self
+            .topology
+            .iter()
+            .filter(|(id, _)| !self.suspects.contains(id))
+            .map(|(_, a)| a.clone())
+            .collect();
         addrs.extend(self.seeds.iter().cloned());
+        addrs.extend(
+            self.topology
+                .iter()
+                .filter(|(id, _)| self.suspects.contains(id))
+                .map(|(_, a)| a.clone()),
+        );
         let mut last_err = String::from("no address");
         for a in addrs {
             let mut conn = match Conn::open(&a, &self.token).await {
@@ -344,6 +367,16 @@ impl Client {
     }
 
     async fn call_on(&mut self, server: ServerId, req: Request) -> Result<Response, String> {
+        self.call_on_within(server, req, Duration::from_secs(5))
+            .await
+    }
+
+    async fn call_on_within(
+        &mut self,
+        server: ServerId,
+        req: Request,
+        patience: Duration,
+    ) -> Result<Response, String> {
         if !self.conns.contains_key(&server) {
             let addr = self
                 .topology
@@ -354,7 +387,7 @@ impl Client {
             self.conns.insert(server, c);
         }
         let conn = self.conns.get_mut(&server).expect("inserted");
-        match conn.call(req).await {
+        match conn.call_within(req, patience).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.conns.remove(&server);
@@ -414,10 +447,14 @@ impl Client {
                     }
                 }
             };
-            match self.call_on(target, req.clone()).await {
+            match self
+                .call_on_within(target, req.clone(), self.commit_patience)
+                .await
+            {
                 Ok(Response::Commit(Ok(c))) => {
                     self.primary = Some(target);
                     self.last_answered_by = Some(target);
+                    self.suspects.clear();
                     return Ok(c);
                 }
                 Ok(Response::Commit(Err(CommitError::NotPrimary { primary }))) => {
@@ -442,6 +479,7 @@ impl Client {
                     // Retry, Busy, Down, a closed connection, a silent server: the outcome is
                     // unknown; the same request number makes the retry safe.
                     self.primary = None;
+                    self.suspects.insert(target);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

@@ -1,0 +1,252 @@
+//! Storage servers on separate hosts (network namespaces, ../shared/harness/netns-cluster):
+//! three failover servers, one remote replica and a client host. Under a write workload from
+//! the client host, the primary is partitioned away from everyone and healed, then the remote
+//! replica is partitioned away and healed. Checks: no request fails for the application, no
+//! acknowledged commit is lost, the remote replica never becomes primary, and every server
+//! converges. Needs root: without it the test says so and returns.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PREFIX: &str = "stbt";
+const SUBNET: &str = "10.91.0";
+
+struct Harness {
+    bin: PathBuf,
+}
+
+impl Harness {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("NETNS_CLUSTER_PREFIX", PREFIX)
+            .env("NETNS_CLUSTER_SUBNET", SUBNET)
+            .output()
+            .expect("run netns-cluster");
+        assert!(
+            out.status.success(),
+            "netns-cluster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs `cmd` in node `i` in the foreground; its stdout, or None if it failed.
+    fn exec(&self, i: u32, cmd: &[&str]) -> Option<String> {
+        let out = Command::new(&self.bin)
+            .args(["exec", &i.to_string()])
+            .args(cmd)
+            .env("NETNS_CLUSTER_PREFIX", PREFIX)
+            .env("NETNS_CLUSTER_SUBNET", SUBNET)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin)
+            .args(["down", "--force"])
+            .env("NETNS_CLUSTER_PREFIX", PREFIX)
+            .env("NETNS_CLUSTER_SUBNET", SUBNET)
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[allow(clippy::disallowed_methods)] // real processes, real time
+fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+/// The server whose admin /primary answers 200, asked from the client host.
+fn primary(h: &Harness) -> Option<u32> {
+    (1..=3).find(|i| {
+        h.exec(
+            5,
+            &[
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-m",
+                "1",
+                &format!("http://{SUBNET}.{i}:7700/primary"),
+            ],
+        )
+        .is_some()
+    })
+}
+
+#[test]
+fn partitions_of_the_primary_and_of_a_remote_replica_lose_nothing() {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness/netns-cluster");
+    if !is_root() || !harness.exists() {
+        eprintln!(
+            "SKIPPED partitions_of_the_primary_and_of_a_remote_replica_lose_nothing: needs root and {}",
+            harness.display()
+        );
+        return;
+    }
+    let h = Harness { bin: harness };
+    let _ = h.run(&["down", "--force"]);
+    h.run(&["up", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([9; 32])).unwrap();
+    std::fs::write(dir.path().join("client.token"), "netns-token").unwrap();
+    let mut conf =
+        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\n");
+    for i in 1..=4u32 {
+        let kind = if i == 4 { "remote" } else { "failover" };
+        let weight = if i == 4 { 0 } else { 1 };
+        conf += &format!(
+            "[[server]]\nid = {}\nname = \"s{}\"\ngcs = \"{SUBNET}.{i}:7400\"\nclient = \"{SUBNET}.{i}:7600\"\nadmin = \"{SUBNET}.{i}:7700\"\ngroup = \"{}\"\nkind = \"{kind}\"\nweight = {weight}\n",
+            i - 1,
+            i - 1,
+            if i == 4 { "dr" } else { "main" }
+        );
+    }
+    conf += "[protocol]\ntoken_timeout_ms = 300\ntoken_retransmit_timeout_ms = 60\njoin_timeout_ms = 40\nconsensus_timeout_ms = 400\nmerge_detect_interval_ms = 150\n";
+    let conf_path = dir.path().join("standby.toml");
+    std::fs::write(&conf_path, conf).unwrap();
+    let conf_s = conf_path.to_str().unwrap().to_string();
+    for i in 1..=4u32 {
+        let data = dir.path().join(format!("s{i}"));
+        let log = dir.path().join(format!("s{i}.log"));
+        h.run(&[
+            "exec",
+            "-b",
+            "--log",
+            log.to_str().unwrap(),
+            &i.to_string(),
+            env!("CARGO_BIN_EXE_standby-server"),
+            "--config",
+            &conf_s,
+            "--id",
+            &(i - 1).to_string(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+    }
+    let logs = || {
+        (1..=4)
+            .map(|i| {
+                let t = std::fs::read_to_string(dir.path().join(format!("s{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(12).collect();
+                format!(
+                    "--- s{}\n{}",
+                    i - 1,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut p = None;
+    for _ in 0..100 {
+        p = primary(&h);
+        if p.is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let p = p.unwrap_or_else(|| panic!("no primary:\n{}", logs()));
+    // The workload runs on host 5 for 16 s.
+    let wl_log = dir.path().join("workload.log");
+    let wl: u32 = h
+        .run(&[
+            "exec",
+            "-b",
+            "--log",
+            wl_log.to_str().unwrap(),
+            "5",
+            env!("CARGO_BIN_EXE_standby"),
+            "--config",
+            &conf_s,
+            "workload",
+            "--seconds",
+            "16",
+            "--clients",
+            "4",
+        ])
+        .parse()
+        .expect("pid");
+    sleep(Duration::from_secs(3));
+    // The primary is cut off from everyone (the client host included).
+    let others: Vec<String> = (1..=5).filter(|i| *i != p).map(|i| i.to_string()).collect();
+    h.run(&["partition", &format!("{p}|{}", others.join(","))]);
+    sleep(Duration::from_secs(4));
+    let during = primary(&h);
+    assert!(
+        during.is_some() && during != Some(p),
+        "a new primary on the majority side: {during:?}\n{}",
+        logs()
+    );
+    h.run(&["heal"]);
+    sleep(Duration::from_secs(3));
+    // The remote replica is cut off, then comes back and catches up.
+    h.run(&["partition", "4|1,2,3,5"]);
+    sleep(Duration::from_secs(3));
+    h.run(&["heal"]);
+    // The workload finishes and checks every acknowledged write.
+    for _ in 0..400 {
+        if !alive(wl) {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let out = std::fs::read_to_string(&wl_log).unwrap_or_default();
+    assert!(
+        out.contains(" 0 failed; lost commits: 0 "),
+        "workload:\n{out}\n{}",
+        logs()
+    );
+    eprintln!("{out}");
+    // Every server (the remote replica too) at the same last tid; the remote one never primary.
+    let mut converged = false;
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = h
+            .exec(
+                5,
+                &[env!("CARGO_BIN_EXE_standby"), "--config", &conf_s, "status"],
+            )
+            .unwrap_or_default();
+        let tids: Vec<&str> = last
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .collect();
+        if tids.len() == 4 && tids.iter().all(|t| *t == tids[0]) {
+            converged = true;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(converged, "status:\n{last}\n{}", logs());
+    let remote_log = std::fs::read_to_string(dir.path().join("s4.log")).unwrap_or_default();
+    assert!(
+        !remote_log.contains("role=Primary"),
+        "the remote replica became primary"
+    );
+}
