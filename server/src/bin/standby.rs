@@ -72,6 +72,13 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         max: u32,
     },
+    /// Follow lagging servers (recovery, checkpoint transfer) with a progress bar each until
+    /// every server is at the primary's last transaction.
+    Catchup {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Planned swap: make server ID the primary.
     Switchover {
         /// The new primary.
@@ -359,6 +366,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Workload { seconds, clients } => workload(&cli, *seconds, *clients).await,
         Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
+        Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
 }
 
@@ -540,4 +548,58 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
         lat.last().copied().unwrap_or(0) as f64 / 1e3
     );
     Ok(())
+}
+
+async fn catchup(cli: &Cli, timeout: u64) -> Result<(), String> {
+    let mut c = connect(cli, fresh_id()?).await?;
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>4} [{bar:40}] {pos}/{len} transactions caught up ({per_sec}, eta {eta}) {msg}",
+    )
+    .map_err(|e| e.to_string())?
+    .progress_chars("=> ");
+    let mut shown: std::collections::BTreeMap<u32, (indicatif::ProgressBar, u64)> =
+        Default::default();
+    let started = tokio::time::Instant::now();
+    loop {
+        let all = c.status_all().await;
+        let newest = all
+            .iter()
+            .filter_map(|s| s.as_ref().ok())
+            .map(|s| s.primary_last_known.0.max(s.last_tid.0))
+            .max()
+            .unwrap_or(0);
+        // A server that does not answer yet (starting, cut off) is not caught up.
+        let mut behind = all.iter().filter(|s| s.is_err()).count();
+        for s in all.iter().filter_map(|s| s.as_ref().ok()) {
+            let lag = newest.saturating_sub(s.last_tid.0);
+            if lag > 0 {
+                behind += 1;
+            }
+            let entry = shown.entry(s.id).or_insert_with(|| {
+                let b = bars.add(indicatif::ProgressBar::new(lag.max(1)));
+                b.set_style(style.clone());
+                b.set_prefix(format!("s{}", s.id));
+                (b, lag)
+            });
+            let (bar, first_lag) = entry;
+            if lag > *first_lag {
+                *first_lag = lag;
+                bar.set_length(lag.max(1));
+            }
+            bar.set_position(first_lag.saturating_sub(lag));
+            bar.set_message(format!("{:?}, last tid {}", s.role, s.last_tid.0));
+        }
+        if behind == 0 && !all.is_empty() {
+            for (b, _) in shown.values() {
+                b.finish();
+            }
+            println!("every server is at tid {newest}");
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(timeout) {
+            return Err(format!("{behind} server(s) still behind after {timeout} s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
