@@ -1,5 +1,6 @@
 //! Three `standby-server` processes with RocksDB on loopback, under a write load from the TCP
-//! client library: kill -9 of the primary, SIGSTOP of the primary, and a switchover. Checks that
+//! client library: kill -9 of the primary, SIGSTOP of the primary, a backup that loses its data
+//! directory and is rebuilt from a checkpoint, and a switchover. Checks that
 //! no request fails for the application, that every acknowledged commit is still there at the
 //! end, that each epoch's commits were acknowledged by one server only, and that the servers
 //! converge. Every process is stopped by PID.
@@ -56,7 +57,7 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([7; 32])).unwrap();
         std::fs::write(dir.path().join("client.token"), TOKEN).unwrap();
         let mut conf = String::from(
-            "key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nmode = \"sync\"\n",
+            "key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nmode = \"sync\"\ncheckpoint_after = 100\n",
         );
         let mut clients = Vec::new();
         for i in 0..n {
@@ -88,6 +89,10 @@ impl Cluster {
     }
 
     fn start(&mut self, i: u32) {
+        self.start_with(i, &[]);
+    }
+
+    fn start_with(&mut self, i: u32, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,6 +103,7 @@ impl Cluster {
             .arg(&self.conf)
             .args(["--id", &i.to_string(), "--data"])
             .arg(self.data(i))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -168,7 +174,7 @@ async fn primary_of(c: &Cluster) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_stop_and_switchover_under_load_lose_nothing() {
+async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
     let mut c = Cluster::new(3);
     let _ = client(&c, 1).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -233,7 +239,30 @@ async fn kill_stop_and_switchover_under_load_lose_nothing() {
     c.signal(p, "-CONT");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // 3. A switchover to another server, under load.
+    // 3. A backup loses its disk: it comes back empty and is rebuilt from a checkpoint.
+    let p = primary_of(&c).await;
+    let wiped = (p + 2) % 3;
+    c.kill9(wiped);
+    std::fs::remove_dir_all(c.data(wiped)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.start_with(wiped, &["--after-disk-loss"]);
+    let mut rebuilt = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let current = std::fs::read_to_string(c.data(wiped).join("CURRENT")).unwrap_or_default();
+        if current.trim() != "store-0" && !current.is_empty() {
+            rebuilt = true;
+            break;
+        }
+    }
+    assert!(
+        rebuilt,
+        "s{wiped} was not rebuilt from a checkpoint:\n{}",
+        c.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 4. A switchover to another server, under load.
     let p = primary_of(&c).await;
     let to = (p + 1) % 3;
     let mut admin = client(&c, 7).await;
