@@ -116,6 +116,21 @@ impl ReplicaConfig {
         }
     }
 
+    /// `n` failover servers with ids `0..n`, weight 1 each, all in group "main" (tests,
+    /// benchmarks, single-site clusters).
+    pub fn uniform(n: u32, mode: CommitMode) -> ReplicaConfig {
+        let servers = (0..n)
+            .map(|id| ServerSpec {
+                id,
+                name: format!("s{id}"),
+                group: "main".into(),
+                kind: GroupKind::Failover,
+                weight: 1,
+            })
+            .collect();
+        ReplicaConfig::new(servers, mode)
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (i, s) in self.servers.iter().enumerate() {

@@ -940,23 +940,7 @@ impl<S: Storage> Replica<S> {
                     n = tids.len(),
                     "checkpoint replaces transactions the lineage never had"
                 );
-                self.stats.lost += tids.len() as u64;
-                let report = LostReport {
-                    server: self.me,
-                    truncated_after: keep,
-                    tids,
-                    oids: oids.into_iter().collect(),
-                };
-                self.out.push_back(Output::Lost(report.clone()));
-                self.multicast(
-                    Service::Agreed,
-                    Msg::Lost {
-                        server: report.server,
-                        truncated_after: report.truncated_after,
-                        tids: report.tids,
-                        oids: report.oids,
-                    },
-                );
+                self.report_lost(keep, tids, oids.into_iter().collect());
             }
         }
         self.store = store;
@@ -1005,17 +989,23 @@ impl<S: Storage> Replica<S> {
             Err(e) => return Err(e),
         };
         tracing::warn!(server = self.me, after = %tid, n = tids.len(), "lost transactions archived");
-        self.stats.lost += tids.len() as u64;
         self.last = self.store.last_transaction()?;
         self.reload_lineage()?;
+        self.report_lost(tid, tids, oids.into_iter().collect());
+        Ok(true)
+    }
+
+    /// Reports transactions moved out of the lineage: our own clients hear at once (reads
+    /// after this point see the store without them), the others when the report is delivered
+    /// to their servers.
+    fn report_lost(&mut self, truncated_after: Tid, tids: Vec<Tid>, oids: Vec<Oid>) {
+        self.stats.lost += tids.len() as u64;
         let report = LostReport {
             server: self.me,
-            truncated_after: tid,
+            truncated_after,
             tids,
-            oids: oids.into_iter().collect(),
+            oids,
         };
-        // Our own clients hear at once (reads after this point see the truncated store);
-        // the others when the report is delivered to their servers.
         self.out.push_back(Output::Lost(report.clone()));
         self.multicast(
             Service::Agreed,
@@ -1026,7 +1016,6 @@ impl<S: Storage> Replica<S> {
                 oids: report.oids,
             },
         );
-        Ok(true)
     }
 
     fn fetch(&mut self) {

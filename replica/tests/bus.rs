@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use gcs::{ProcId, RingId, Service, Time, View, ViewId, ViewKind};
 use replica::{
-    client_oid, CommitError, CommitMode, CommitRequest, Committed, GroupKind, Output, Replica,
-    ReplicaConfig, ReqId, Role, ServerSpec,
+    client_oid, CommitError, CommitMode, CommitRequest, Committed, Output, Replica, ReplicaConfig,
+    ReqId, Role,
 };
 use std::collections::VecDeque;
 use storage::{MemStorage, Oid, Record, Storage, Tid, TxnMeta};
@@ -26,16 +26,7 @@ struct Bus {
 }
 
 fn cfg(n: u32, mode: CommitMode) -> ReplicaConfig {
-    let servers = (0..n)
-        .map(|id| ServerSpec {
-            id,
-            name: format!("s{id}"),
-            group: "main".into(),
-            kind: GroupKind::Failover,
-            weight: 1,
-        })
-        .collect();
-    ReplicaConfig::new(servers, mode)
+    ReplicaConfig::uniform(n, mode)
 }
 
 fn now() -> Time {

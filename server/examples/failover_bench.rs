@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use gcs::net::{ClusterConfig, Security};
-use replica::{CommitMode, GroupKind, ReplicaConfig, ServerSpec};
+use replica::{CommitMode, ReplicaConfig};
 use server::client::LocalClient;
 use server::{ServerOptions, StorageServer};
 use std::net::SocketAddr;
@@ -127,16 +127,7 @@ async fn main() {
     cluster.protocol.consensus_timeout_ms = Some(150);
     cluster.protocol.join_timeout_ms = Some(20);
     cluster.protocol.token_retransmit_timeout_ms = Some(30);
-    let servers_spec = (0..3)
-        .map(|id| ServerSpec {
-            id,
-            name: format!("s{id}"),
-            group: "main".into(),
-            kind: GroupKind::Failover,
-            weight: 1,
-        })
-        .collect();
-    let cfg = ReplicaConfig::new(servers_spec, CommitMode::Sync);
+    let cfg = ReplicaConfig::uniform(3, CommitMode::Sync);
     let mut servers = Vec::new();
     for id in 0..3 {
         servers.push(Arc::new(start(&cluster, &cfg, id, &a.rocksdb).await));

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use gcs::net::{ClusterConfig, Security};
-use replica::{CommitMode, GroupKind, ReplicaConfig, ServerSpec};
+use replica::{CommitMode, ReplicaConfig};
 use server::front::{self, Front};
 use server::netclient::{Client, ClientError, ReadFrom};
 use server::proto::{read_frame, ErrorKind, Request, Response, FRAME_MAX, VERSION};
@@ -24,16 +24,7 @@ async fn one_server() -> (Arc<StorageServer>, String) {
     let addr: SocketAddr = udp.local_addr().unwrap();
     drop(udp);
     let cluster = ClusterConfig::from_addrs(&[addr]);
-    let cfg = ReplicaConfig::new(
-        vec![ServerSpec {
-            id: 0,
-            name: "s0".into(),
-            group: "main".into(),
-            kind: GroupKind::Failover,
-            weight: 1,
-        }],
-        CommitMode::Sync,
-    );
+    let cfg = ReplicaConfig::uniform(1, CommitMode::Sync);
     let opts = ServerOptions {
         cluster,
         id: 0,

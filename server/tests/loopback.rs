@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use gcs::net::{ClusterConfig, Security};
-use replica::{CommitMode, GroupKind, ReplicaConfig, Role, ServerSpec};
+use replica::{CommitMode, ReplicaConfig, Role};
 use server::client::LocalClient;
 use server::{ServerOptions, StorageServer, StoreSource};
 use std::net::{SocketAddr, UdpSocket};
@@ -31,16 +31,7 @@ fn cluster(n: usize) -> ClusterConfig {
 }
 
 fn replica_config(n: u32) -> ReplicaConfig {
-    let servers = (0..n)
-        .map(|id| ServerSpec {
-            id,
-            name: format!("s{id}"),
-            group: "main".into(),
-            kind: GroupKind::Failover,
-            weight: 1,
-        })
-        .collect();
-    ReplicaConfig::new(servers, CommitMode::Sync)
+    ReplicaConfig::uniform(n, CommitMode::Sync)
 }
 
 fn opts(c: &ClusterConfig, cfg: &ReplicaConfig, id: u32, after_disk_loss: bool) -> ServerOptions {

@@ -10,10 +10,10 @@ use crate::faults::{self, Net, Plan};
 use crate::history::{Event as HEvent, History, MsgId};
 use crate::options::Options;
 use crate::prng::Prng;
+use crate::queue::{fnv, EventQueue, DIGEST_START};
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{Dest, Node, Output, ProcId, Service, Time};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Receives one trace line per simulated event.
@@ -25,29 +25,6 @@ enum Ev {
     Timer { node: usize, gen: u64 },
     AppSend { node: usize },
     Action(Action),
-}
-
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 struct SimNode {
@@ -82,8 +59,7 @@ pub struct Totals {
 pub struct Cluster {
     opts: Options,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Ev>,
     nodes: Vec<SimNode>,
     net: Net,
     app_rng: Prng,
@@ -93,14 +69,6 @@ pub struct Cluster {
     trace: Option<Tracer>,
 }
 
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 impl Cluster {
     /// A cluster for `opts`; nothing runs until `run`.
     pub fn new(opts: Options) -> Cluster {
@@ -108,8 +76,7 @@ impl Cluster {
         let n = opts.nodes;
         Cluster {
             now: Time::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes: (0..n)
                 .map(|_| SimNode {
                     node: None,
@@ -126,7 +93,7 @@ impl Cluster {
             app_rng: root.fork(),
             history: History::default(),
             totals: Totals::default(),
-            digest: 0xcbf2_9ce4_8422_2325,
+            digest: DIGEST_START,
             trace: None,
             opts,
         }
@@ -145,12 +112,7 @@ impl Cluster {
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.push(at, ev);
     }
 
     /// Adds a scenario action at `at`.
@@ -183,13 +145,13 @@ impl Cluster {
     /// Runs until the history's end time; returns the history and totals.
     pub fn run(mut self) -> (History, Totals, u64) {
         let end = self.history.end;
-        while let Some(Reverse(s)) = self.queue.pop() {
-            if s.at > end {
+        while let Some((at, ev)) = self.queue.pop() {
+            if at > end {
                 break;
             }
-            self.now = s.at;
-            self.digest = fnv(self.digest, &s.at.0.to_le_bytes());
-            match s.ev {
+            self.now = at;
+            self.digest = fnv(self.digest, &at.0.to_le_bytes());
+            match ev {
                 Ev::Arrive { to, bytes } => self.arrive(to, bytes),
                 Ev::Timer { node, gen } => self.timer(node, gen),
                 Ev::AppSend { node } => self.app_send(node),

@@ -10,5 +10,6 @@ pub mod faults;
 pub mod history;
 pub mod options;
 pub mod prng;
+pub mod queue;
 pub mod replica;
 pub mod run;

@@ -9,6 +9,7 @@ pub mod history;
 use crate::faults::{self, Action, Net, Plan};
 use crate::options::Options;
 use crate::prng::Prng;
+use crate::queue::{fnv, EventQueue, DIGEST_START};
 use bytes::Bytes;
 use gcs::{Dest, Node, ProcId, Time};
 use history::{FinalStore, REvent, RHistory};
@@ -16,8 +17,7 @@ use replica::{
     client_oid, CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy,
     ReplicaConfig, ReqId, Role, ServerSpec,
 };
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
 
@@ -162,29 +162,6 @@ enum Ev {
     },
 }
 
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 struct Server {
     node: Option<Node>,
     replica: Option<Replica>,
@@ -244,8 +221,7 @@ pub struct ReplicaCluster {
     opts: ReplicaOptions,
     cfg: ReplicaConfig,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Ev>,
     servers: Vec<Server>,
     clients: Vec<Client>,
     net: Net,
@@ -259,17 +235,9 @@ pub struct ReplicaCluster {
     trace: Option<Tracer>,
 }
 
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 /// The digest of a transaction's content (tid, records).
 pub fn txn_digest(t: &storage::Transaction) -> u64 {
-    let mut h = fnv(0xcbf2_9ce4_8422_2325, &t.tid.0.to_le_bytes());
+    let mut h = fnv(DIGEST_START, &t.tid.0.to_le_bytes());
     for r in &t.records {
         h = fnv(h, r.oid.as_bytes());
         h = fnv(h, &[r.data.is_some() as u8]);
@@ -305,8 +273,7 @@ impl ReplicaCluster {
         history.eligible = (0..n as u32).filter(|i| cfg.eligible(*i)).collect();
         ReplicaCluster {
             now: Time::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             servers: (0..n)
                 .map(|_| Server {
                     node: None,
@@ -335,7 +302,7 @@ impl ReplicaCluster {
             req_owner: BTreeMap::new(),
             history,
             totals: RTotals::default(),
-            digest: 0xcbf2_9ce4_8422_2325,
+            digest: DIGEST_START,
             trace: None,
             cfg,
             opts,
@@ -355,12 +322,7 @@ impl ReplicaCluster {
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.push(at, ev);
     }
 
     /// Adds a scenario action at `at`.
@@ -396,13 +358,13 @@ impl ReplicaCluster {
     /// Runs to the end; returns the history, the totals and the run's digest.
     pub fn run(mut self) -> (RHistory, RTotals, u64) {
         let end = self.history.end;
-        while let Some(Reverse(s)) = self.queue.pop() {
-            if s.at > end {
+        while let Some((at, ev)) = self.queue.pop() {
+            if at > end {
                 break;
             }
-            self.now = s.at;
-            self.digest = fnv(self.digest, &s.at.0.to_le_bytes());
-            match s.ev {
+            self.now = at;
+            self.digest = fnv(self.digest, &at.0.to_le_bytes());
+            match ev {
                 Ev::Arrive { to, bytes } => self.arrive(to, bytes),
                 Ev::Timer { node, gen } => self.timer(node, gen),
                 Ev::Action(a) => self.action(a),
@@ -450,7 +412,7 @@ impl ReplicaCluster {
                     f.txns.insert(t.tid, (txn_digest(&t), txn_key(&t)));
                 }
             }
-            let mut h = 0xcbf2_9ce4_8422_2325;
+            let mut h = DIGEST_START;
             if let Ok(fr) = store.fast_recovery(Tid::ZERO, None) {
                 for r in fr.revisions.flatten() {
                     h = fnv(h, r.oid.as_bytes());
