@@ -102,6 +102,11 @@ enum Cmd {
         /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
         clients: u64,
+        /// Events to report the write pause of, as NAME@SECONDS after the start (comma
+        /// separated): the longest gap between commits that starts within 0.5 s before and
+        /// 3 s after each.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
     },
     /// Closed-loop write benchmark: each client keeps one commit of a new 100-byte key in
     /// flight; prints commits/s and latency percentiles over the measured window.
@@ -364,7 +369,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Workload { seconds, clients } => workload(&cli, *seconds, *clients).await,
+        Cmd::Workload {
+            seconds,
+            clients,
+            events,
+        } => workload(&cli, *seconds, *clients, events).await,
         Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
@@ -382,7 +391,17 @@ fn write_secret(path: &std::path::Path, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(|e| e.to_string())
 }
 
-async fn workload(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
+async fn workload(cli: &Cli, seconds: u64, clients: u64, events: &[String]) -> Result<(), String> {
+    let mut marks = Vec::new();
+    for e in events {
+        let (name, at) = e
+            .split_once('@')
+            .ok_or_else(|| format!("--events: {e:?} is not NAME@SECONDS"))?;
+        let at: f64 = at
+            .parse()
+            .map_err(|_| format!("--events: {e:?} is not NAME@SECONDS"))?;
+        marks.push((name.to_string(), Duration::from_secs_f64(at)));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     // Acknowledged commit times since the start, and failures.
     let log = Arc::new(Mutex::new((Vec::<Duration>::new(), Vec::<String>::new())));
@@ -468,6 +487,20 @@ async fn workload(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
             "  writes paused at {:.2} s for {:.1} ms",
             at.as_secs_f64(),
             gap.as_secs_f64() * 1e3
+        );
+    }
+    for (name, t) in &marks {
+        let lo = t.saturating_sub(Duration::from_millis(500));
+        let hi = *t + Duration::from_secs(3);
+        let worst =
+            l.0.windows(2)
+                .filter(|w| w[0] >= lo && w[0] <= hi)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default();
+        println!(
+            "{name}: longest write pause {:.1} ms",
+            worst.as_secs_f64() * 1e3
         );
     }
     println!(
