@@ -448,6 +448,8 @@ impl<S: Storage> Replica<S> {
         let info = RoleInfo {
             role,
             primary: self.primary,
+            in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
+            promised: self.durable.promised,
         };
         if self.role != role || role == Role::Primary || role == Role::Backup {
             tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");

@@ -102,6 +102,10 @@ pub struct RoleInfo {
     pub role: Role,
     /// The working primary and its epoch, if there is one in view.
     pub primary: Option<(ServerId, Epoch)>,
+    /// Whether the server's current regular view is a primary component.
+    pub in_primary_component: bool,
+    /// The server's durable promise at this moment.
+    pub promised: Epoch,
 }
 
 /// Objects a committed transaction changed: clients drop them from their caches.

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use gcs::{Dest, Node, ProcId, Time};
 use history::{FinalStore, REvent, RHistory};
 use replica::{
-    client_oid, CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy,
-    ReplicaConfig, ReqId, Role, ServerSpec,
+    CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy, ReplicaConfig,
+    ReqId, Role, ServerSpec,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -565,9 +565,16 @@ impl ReplicaCluster {
 
     /// Moves everything between server `i`'s gcs node and replica until both are quiet.
     fn drain(&mut self, i: usize) {
-        // The replica's outputs are handled right after each node output, so that what the
-        // history records about them (roles, views) is the state they were produced in.
+        // As the server shell does (`server::ServerCore::pump`): every node output of this
+        // input reaches the replica before it is polled, so the commits of one input are
+        // applied as one batch. Role outputs carry their own state, so what is recorded does
+        // not depend on when they are drained.
         loop {
+            let mut any = false;
+            while let Some(out) = self.servers[i].node.as_mut().and_then(|n| n.poll_output()) {
+                any = true;
+                self.node_output(i, out);
+            }
             while let Some(out) = self.servers[i]
                 .replica
                 .as_mut()
@@ -575,9 +582,8 @@ impl ReplicaCluster {
             {
                 self.replica_output(i, out);
             }
-            match self.servers[i].node.as_mut().and_then(|n| n.poll_output()) {
-                Some(out) => self.node_output(i, out),
-                None => break,
+            if !any {
+                break;
             }
         }
         let deadline = self.servers[i]
@@ -657,9 +663,7 @@ impl ReplicaCluster {
                 self.schedule(now.saturating_add(d), Ev::Answer { req, result });
             }
             Output::Role(info) => {
-                let r = self.servers[i].replica.as_ref().expect("running");
-                let st = r.staleness();
-                let promised = r.promised();
+                let promised = info.promised;
                 self.tr(|| {
                     format!(
                         "{now:?} s{i} role {:?} primary {:?} promised {promised}",
@@ -672,7 +676,7 @@ impl ReplicaCluster {
                     role: info.role,
                     primary: info.primary,
                     promised,
-                    in_primary_component: st.in_primary_component,
+                    in_primary_component: info.in_primary_component,
                 });
             }
             Output::Invalidate(inv) => {
@@ -999,11 +1003,6 @@ impl ReplicaCluster {
             },
         );
     }
-}
-
-/// The object a client record names (for checkers reading final stores).
-pub fn client_record_oid(client: u64) -> Oid {
-    client_oid(client)
 }
 
 impl ReplicaCluster {
