@@ -85,6 +85,16 @@ fn decode_lineage(b: &[u8]) -> Option<Vec<EpochStart>> {
     )
 }
 
+/// A store's lineage (empty for a store no primary wrote to yet).
+fn read_lineage<S: Storage>(store: &S) -> Result<Vec<EpochStart>, StorageError> {
+    match store.load(&lineage_oid())? {
+        Some(Revision { data: Some(d), .. }) => {
+            decode_lineage(&d).ok_or_else(|| StorageError::corrupt("lineage object"))
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// What the replica keeps in the store's replication-state slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Durable {
@@ -327,12 +337,7 @@ impl<S: Storage> Replica<S> {
     }
 
     fn reload_lineage(&mut self) -> Result<(), StorageError> {
-        self.lineage = match self.store.load(&lineage_oid())? {
-            Some(Revision { data: Some(d), .. }) => {
-                decode_lineage(&d).ok_or_else(|| StorageError::corrupt("lineage object"))?
-            }
-            _ => Vec::new(),
-        };
+        self.lineage = read_lineage(&self.store)?;
         Ok(())
     }
 
@@ -914,10 +919,7 @@ impl<S: Storage> Replica<S> {
         // What the old store holds beyond the history it shares with the checkpoint is
         // discarded with it: report it lost like a truncation would.
         let new_last = store.last_transaction()?;
-        let new_lineage = match store.load(&lineage_oid())? {
-            Some(Revision { data: Some(d), .. }) => decode_lineage(&d).unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let new_lineage = read_lineage(&store)?;
         let keep = common_prefix(&self.lineage, self.last, &new_lineage, new_last)
             .unwrap_or(Tid::ZERO)
             .max(self.store.horizon()?);

@@ -79,6 +79,17 @@ pub enum CommitError {
     Down(String),
 }
 
+impl CommitError {
+    /// Whether this is the application's answer (a conflict, an invalid or stale request)
+    /// rather than a reason for the client library to retry elsewhere or later.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Conflict { .. } | CommitError::Invalid(_) | CommitError::Stale { .. }
+        )
+    }
+}
+
 /// A server's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

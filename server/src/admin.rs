@@ -58,6 +58,7 @@ pub fn status_json(st: &ServerStatus) -> serde_json::Value {
         "last_tid": s.last_tid.0,
         "newest_tid_known": s.primary_last_known.0,
         "lag_transactions": s.primary_last_known.0.saturating_sub(s.last_tid.0),
+        "seconds_since_last_commit": st.since_last_commit.map(|d| d.as_secs_f64()),
         "in_primary_component": s.in_primary_component,
         "view": st.view,
         "replica": {

@@ -29,13 +29,6 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-fn final_error(e: &CommitError) -> bool {
-    matches!(
-        e,
-        CommitError::Conflict { .. } | CommitError::Invalid(_) | CommitError::Stale { .. }
-    )
-}
-
 impl LocalClient {
     /// A client with a cluster-unique id.
     pub fn new(servers: Vec<Arc<StorageServer>>, client: u64) -> LocalClient {
@@ -96,7 +89,7 @@ impl LocalClient {
                 Ok(Ok(Err(CommitError::NotPrimary { primary: Some(p) }))) => {
                     self.primary = self.index_of(p);
                 }
-                Ok(Ok(Err(e))) if final_error(&e) => return Err(ClientError::Commit(e)),
+                Ok(Ok(Err(e))) if e.is_final() => return Err(ClientError::Commit(e)),
                 Ok(Ok(Err(_))) | Ok(Err(Stopped)) | Err(_) => {
                     // Retry, NotPrimary(None), Busy, Down, a stopped or silent server: try the
                     // next one after a short pause.

@@ -155,6 +155,8 @@ pub struct ServerStatus {
     pub view: Vec<ServerId>,
     /// Its gcs daemon's counters (retransmissions, refused datagrams, ...).
     pub gcs: gcs::Stats,
+    /// Time since it last applied a transaction (`None`: none since it started).
+    pub since_last_commit: Option<std::time::Duration>,
 }
 
 /// What the server tells its application.
@@ -230,7 +232,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         &self.replica
     }
 
-    fn status(&self) -> ServerStatus {
+    fn status(&self, now: Time) -> ServerStatus {
         ServerStatus {
             id: self.replica.id(),
             staleness: self.replica.staleness(),
@@ -239,6 +241,11 @@ impl<S: Storage + 'static> ServerCore<S> {
             stats: self.replica.stats(),
             view: self.view.clone(),
             gcs: self.node.stats().clone(),
+            since_last_commit: self
+                .replica
+                .staleness()
+                .last_commit_at
+                .map(|t| now.since(t)),
         }
     }
 
@@ -583,7 +590,7 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
                 let _ = reply.send(r);
             }
             ServerRequest::Status { reply } => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(self.status(now));
             }
         }
         self.pump(now);

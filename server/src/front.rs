@@ -256,7 +256,7 @@ pub fn status_info(front: &Front, st: &crate::ServerStatus) -> StatusInfo {
         role: st.staleness.role,
         last_tid: st.staleness.last_tid,
         primary_last_known: st.staleness.primary_last_known,
-        since_last_commit_us: None,
+        since_last_commit_us: st.since_last_commit.map(|d| d.as_micros() as u64),
         primary: st.primary,
         servers: front
             .topology

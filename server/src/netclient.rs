@@ -463,11 +463,7 @@ impl Client {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
-                Ok(Response::Commit(Err(
-                    e @ (CommitError::Conflict { .. }
-                    | CommitError::Invalid(_)
-                    | CommitError::Stale { .. }),
-                ))) => {
+                Ok(Response::Commit(Err(e))) if e.is_final() => {
                     return Err(ClientError::Commit(e));
                 }
                 Ok(Response::Error {

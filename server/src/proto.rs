@@ -15,7 +15,7 @@
 //! the server between calls.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use replica::{CommitError, Committed, Epoch, Role, ServerId, Staleness};
+use replica::{CommitError, Committed, Epoch, Role, ServerId};
 use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
 
 /// Protocol version spoken by this build.
@@ -851,11 +851,6 @@ impl Response {
         r.end()?;
         Ok((id, resp))
     }
-}
-
-/// Staleness as carried in a status (for clients choosing a replica to read from).
-pub fn staleness_us(s: &Staleness, now: gcs::Time) -> Option<u64> {
-    s.last_commit_at.map(|t| now.0.saturating_sub(t.0))
 }
 
 /// Reads one frame body from `r` (async), enforcing [`FRAME_MAX`]. `Ok(None)` at a clean end.

@@ -133,6 +133,11 @@ async fn the_client_library_commits_reads_iterates_and_hears_invalidations() {
         txns.last().unwrap().tid
     );
     assert_eq!(c.history(Oid::from_u64(1), 5).await.unwrap().len(), 1);
+    let st = c.refresh().await.unwrap();
+    assert!(
+        st.since_last_commit_us.is_some_and(|us| us < 60_000_000),
+        "the status says how long ago the last commit was: {st:?}"
+    );
     // The subscriber heard the commit (the epoch marker may come first).
     loop {
         match answer(&mut sub).await {

@@ -286,21 +286,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .iterate(Tid(*from), Tid(*to), *max)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("{:>12}  {:>7}  objects", "tid", "records");
-            for t in &txns {
-                let names: Vec<String> = t
-                    .records
-                    .iter()
-                    .take(4)
-                    .map(|r| printable(r.oid.as_bytes()))
-                    .collect();
-                println!(
-                    "{:>12}  {:>7}  {}",
-                    t.tid.0,
-                    t.records.len(),
-                    names.join(", ")
-                );
-            }
+            print_txns(&txns);
             if more {
                 println!(
                     "... more after {}",
@@ -350,21 +336,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     path.display()
                 );
             } else {
-                println!("{:>12}  {:>7}  objects", "tid", "records");
-                for t in &txns {
-                    let names: Vec<String> = t
-                        .records
-                        .iter()
-                        .take(4)
-                        .map(|r| printable(r.oid.as_bytes()))
-                        .collect();
-                    println!(
-                        "{:>12}  {:>7}  {}",
-                        t.tid.0,
-                        t.records.len(),
-                        names.join(", ")
-                    );
-                }
+                print_txns(&txns);
                 println!("{} lost transactions on s{server}", txns.len());
             }
             Ok(())
@@ -376,6 +348,25 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => workload(&cli, *seconds, *clients, events).await,
         Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
+    }
+}
+
+/// A table of transactions: tid, record count, the first objects.
+fn print_txns(txns: &[storage::Transaction]) {
+    println!("{:>12}  {:>7}  objects", "tid", "records");
+    for t in txns {
+        let names: Vec<String> = t
+            .records
+            .iter()
+            .take(4)
+            .map(|r| printable(r.oid.as_bytes()))
+            .collect();
+        println!(
+            "{:>12}  {:>7}  {}",
+            t.tid.0,
+            t.records.len(),
+            names.join(", ")
+        );
     }
 }
 

@@ -267,20 +267,24 @@ pub fn prefix_agreement(h: &RHistory, out: &mut Vec<Violation>) {
     }
 }
 
-/// Acknowledged commits survive (sync), or their loss is bounded and reported (async).
-pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
-    let Some((p, l)) = final_lineage(h) else {
-        return;
-    };
-    let reported: BTreeSet<Tid> = h
-        .events
+/// Every tid any server reported moving to its lost archive.
+fn reported_lost(h: &RHistory) -> BTreeSet<Tid> {
+    h.events
         .iter()
         .filter_map(|e| match e {
             REvent::Lost { tids, .. } => Some(tids.iter().copied()),
             _ => None,
         })
         .flatten()
-        .collect();
+        .collect()
+}
+
+/// Acknowledged commits survive (sync), or their loss is bounded and reported (async).
+pub fn acked_durable(h: &RHistory, out: &mut Vec<Violation>) {
+    let Some((p, l)) = final_lineage(h) else {
+        return;
+    };
+    let reported = reported_lost(h);
     // Distinct lost tids: a duplicate answer names the same transaction again.
     let mut lost: BTreeSet<Tid> = BTreeSet::new();
     for e in &h.events {
@@ -366,15 +370,7 @@ pub fn idempotent_once(h: &RHistory, out: &mut Vec<Violation>) {
     }
     // An async ack of a transaction later reported lost names a tid that is gone; the retry
     // that followed legitimately applied the request again (acked_durable bounds such losses).
-    let reported: BTreeSet<Tid> = h
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            REvent::Lost { tids, .. } => Some(tids.iter().copied()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let reported = reported_lost(h);
     for e in &h.events {
         if let REvent::Ack {
             at,
