@@ -19,7 +19,7 @@ pub use crate::core::{
 };
 
 use gcs::net::driver::{self, Clock};
-use gcs::net::{udp, ClusterConfig, Security, StartError};
+use gcs::net::{ClusterConfig, Security, StartError};
 use gcs::{Node, ProcId};
 use replica::{CommitError, CommitRequest, Committed, Replica, ReplicaConfig, ServerId, SwapError};
 use storage::{Oid, Revision, Storage};
@@ -103,7 +103,6 @@ impl StorageServer {
         opts.replica.validate()?;
         let cluster = opts.cluster;
         let id = opts.id;
-        let addr = cluster.addr_of(id).ok_or(StartError::UnknownId(id))?;
         let clock = Clock::new();
         let me = ProcId::new(id, driver::fresh_incarnation());
         let node = Node::new(cluster.protocol(), me, clock.now()).map_err(StartError::from)?;
@@ -112,40 +111,17 @@ impl StorageServer {
         } else {
             Replica::new(opts.replica, id, store)?
         };
-        let socket = udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let multicast = udp::multicast_for(&cluster, addr, &socket)
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let security = match opts.security {
-            Security::Key { id, key } => Some(gcs::PacketSecurity::new(me, id, &key)),
-            Security::Plaintext => None,
-        };
-        let (req_tx, req_rx) = mpsc::channel(4096);
-        let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (keys_tx, keys_rx) = mpsc::channel(16);
-        let channels = driver::Channels {
-            requests: req_rx,
-            events: ev_tx,
-            shutdown: stop_rx,
-            keys: keys_rx,
-        };
-        let transport = driver::Transport {
-            socket,
-            multicast,
-            security,
-        };
         let core = ServerCore::new(node, replica, ckpt);
-        let task = tokio::spawn(driver::run(core, clock, transport, cluster, id, channels));
+        let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;
         Ok((
             StorageServer {
                 id,
-                requests: req_tx,
-                shutdown: Some(stop_tx),
-                task,
-                _keys: keys_tx,
+                requests: r.requests,
+                shutdown: Some(r.shutdown),
+                task: r.task,
+                _keys: r.keys,
             },
-            ev_rx,
+            r.events,
         ))
     }
 

@@ -7,8 +7,7 @@ use super::driver::{self, Clock};
 use super::embed::StartError;
 use super::group_core::{GroupCore, GroupRequest};
 use super::session::{Session, SessionError};
-use super::udp;
-use crate::crypto::{ClusterKey, CryptoError, KeyId, PacketSecurity};
+use crate::crypto::{ClusterKey, CryptoError, KeyId};
 use crate::groups::{Daemon, Limits};
 use crate::{NodeId, ProcId};
 use tokio::sync::{mpsc, oneshot};
@@ -81,10 +80,9 @@ pub struct GroupDaemon {
 impl GroupDaemon {
     /// Starts the daemon on the current tokio runtime.
     pub async fn start(opts: DaemonOptions) -> Result<GroupDaemon, StartError> {
-        let addr = opts
-            .cluster
-            .addr_of(opts.id)
-            .ok_or(StartError::UnknownId(opts.id))?;
+        if opts.cluster.addr_of(opts.id).is_none() {
+            return Err(StartError::UnknownId(opts.id));
+        }
         let clock = Clock::new();
         let me = ProcId::new(opts.id, driver::fresh_incarnation());
         let daemon = Daemon::new(
@@ -94,51 +92,25 @@ impl GroupDaemon {
             clock.now(),
         )
         .map_err(|e| StartError::Groups(e.to_string()))?;
-        let socket = udp::bind(
-            addr,
-            opts.cluster.socket.recv_buffer,
-            opts.cluster.socket.send_buffer,
-        )
-        .map_err(|source| StartError::Bind { addr, source })?;
-        let security = match &opts.security {
-            Security::Key { id, key } => Some(PacketSecurity::new(me, *id, key)),
-            Security::Plaintext => None,
-        };
-        let (req_tx, req_rx) = mpsc::channel(4096);
-        let (ev_tx, _ev_rx) = mpsc::channel(1);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (keys_tx, keys_rx) = mpsc::channel(16);
-        let channels = driver::Channels {
-            requests: req_rx,
-            events: ev_tx,
-            shutdown: stop_rx,
-            keys: keys_rx,
-        };
         let core = GroupCore::new(daemon, opts.session_backlog_max);
-        let multicast = match udp::multicast_for(&opts.cluster, addr, &socket) {
-            Ok(m) => m,
-            Err(source) => return Err(StartError::Bind { addr, source }),
-        };
-        let transport = driver::Transport {
-            socket,
-            multicast,
-            security,
-        };
-        let task = tokio::spawn(driver::run(
+        // Session traffic goes through the sessions' own channels; the driver's event channel
+        // is unused here.
+        let r = driver::spawn(
             core,
             clock,
-            transport,
             opts.cluster.clone(),
             opts.id,
-            channels,
-        ));
+            me,
+            &opts.security,
+            1,
+        )?;
         Ok(GroupDaemon {
             me,
-            requests: req_tx,
-            shutdown: Some(stop_tx),
-            task,
+            requests: r.requests,
+            shutdown: Some(r.shutdown),
+            task: r.task,
             session_channel: opts.session_channel,
-            keys: keys_tx,
+            keys: r.keys,
         })
     }
 

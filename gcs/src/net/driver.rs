@@ -341,3 +341,67 @@ pub async fn run<C: Core>(
         }
     }
 }
+
+/// A core running under the driver in its own task, and the application's ends of its
+/// channels.
+pub struct Running<C: Core> {
+    /// Requests to the core.
+    pub requests: mpsc::Sender<C::Request>,
+    /// Events from the core (bounded: not draining them back-pressures the daemon).
+    pub events: mpsc::Receiver<C::Event>,
+    /// Send (or drop) to stop the daemon.
+    pub shutdown: oneshot::Sender<()>,
+    /// Key rotation.
+    pub keys: mpsc::Sender<KeyControl>,
+    /// The driver's task.
+    pub task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// Binds daemon `id`'s socket (and its multicast group, if configured), seals traffic as
+/// process `me` when `security` has a key, and runs `core` under the driver on the current
+/// tokio runtime. Every embedding (the daemon-level API, the group daemon, the storage server)
+/// starts its core this way.
+pub fn spawn<C: Core>(
+    core: C,
+    clock: Clock,
+    cluster: ClusterConfig,
+    id: NodeId,
+    me: crate::ProcId,
+    security: &super::Security,
+    event_capacity: usize,
+) -> Result<Running<C>, super::StartError> {
+    let addr = cluster
+        .addr_of(id)
+        .ok_or(super::StartError::UnknownId(id))?;
+    let socket = super::udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
+        .map_err(|source| super::StartError::Bind { addr, source })?;
+    let multicast = super::udp::multicast_for(&cluster, addr, &socket)
+        .map_err(|source| super::StartError::Bind { addr, source })?;
+    let security = match security {
+        super::Security::Key { id, key } => Some(PacketSecurity::new(me, *id, key)),
+        super::Security::Plaintext => None,
+    };
+    let (req_tx, req_rx) = mpsc::channel(4096);
+    let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (keys_tx, keys_rx) = mpsc::channel(16);
+    let channels = Channels {
+        requests: req_rx,
+        events: ev_tx,
+        shutdown: stop_rx,
+        keys: keys_rx,
+    };
+    let transport = Transport {
+        socket,
+        multicast,
+        security,
+    };
+    let task = tokio::spawn(run(core, clock, transport, cluster, id, channels));
+    Ok(Running {
+        requests: req_tx,
+        events: ev_rx,
+        shutdown: stop_tx,
+        keys: keys_tx,
+        task,
+    })
+}

@@ -3,7 +3,6 @@
 
 use super::config::ClusterConfig;
 use super::driver::{self, Clock, Core, CoreOutput};
-use super::udp;
 use crate::{Delivery, Node, NodeId, Output, ProcId, Service, SubmitError, Time, View};
 use bytes::Bytes;
 use thiserror::Error;
@@ -123,47 +122,21 @@ impl Gcs {
         security: super::Security,
         event_capacity: usize,
     ) -> Result<(Gcs, mpsc::Receiver<Event>), StartError> {
-        let addr = cluster.addr_of(id).ok_or(StartError::UnknownId(id))?;
         let clock = Clock::new();
         let me = ProcId::new(id, driver::fresh_incarnation());
         let node = Node::new(cluster.protocol(), me, clock.now())?;
         let max_message_size = cluster.protocol().max_message_size;
-        let socket = udp::bind(addr, cluster.socket.recv_buffer, cluster.socket.send_buffer)
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let (req_tx, req_rx) = mpsc::channel(4096);
-        let (ev_tx, ev_rx) = mpsc::channel(event_capacity.max(1));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (keys_tx, keys_rx) = mpsc::channel(16);
-        let channels = driver::Channels {
-            requests: req_rx,
-            events: ev_tx,
-            shutdown: stop_rx,
-            keys: keys_rx,
-        };
-        let security = match security {
-            super::Security::Key { id, key } => Some(crate::PacketSecurity::new(me, id, &key)),
-            super::Security::Plaintext => None,
-        };
-        let multicast = match udp::multicast_for(&cluster, addr, &socket) {
-            Ok(m) => m,
-            Err(source) => return Err(StartError::Bind { addr, source }),
-        };
-        let transport = driver::Transport {
-            socket,
-            multicast,
-            security,
-        };
-        let task = tokio::spawn(driver::run(node, clock, transport, cluster, id, channels));
+        let r = driver::spawn(node, clock, cluster, id, me, &security, event_capacity)?;
         Ok((
             Gcs {
                 me,
-                requests: req_tx,
-                shutdown: Some(stop_tx),
-                task,
-                _keys: keys_tx,
+                requests: r.requests,
+                shutdown: Some(r.shutdown),
+                task: r.task,
+                _keys: r.keys,
                 max_message_size,
             },
-            ev_rx,
+            r.events,
         ))
     }
 
