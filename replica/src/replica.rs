@@ -96,13 +96,16 @@ fn read_lineage<S: Storage>(store: &S) -> Result<Vec<EpochStart>, StorageError> 
 }
 
 /// What the replica keeps in the store's replication-state slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Durable {
     /// The highest epoch promised.
     promised: Epoch,
     /// While an object fill is open: the `consistent_at` of its first chunk (changes after it
     /// must be re-sent before the fill can finish).
     fill_since: Option<Tid>,
+    /// While an object fill is open: the lineage of the history its first chunk came from
+    /// (a fill may only be resumed from a donor whose history holds `fill_since` of it).
+    fill_lineage: Vec<EpochStart>,
     /// Whether this server votes (false after a disk loss, until it caught up again).
     voter: bool,
 }
@@ -112,20 +115,28 @@ impl Default for Durable {
         Durable {
             promised: Epoch(0),
             fill_since: None,
+            fill_lineage: Vec::new(),
             voter: true,
         }
     }
 }
 
+/// Layout of the replication-state slot: version, voter, promised epoch, then the open fill
+/// if any (`consistent_at` of its first chunk, then that history's lineage: a count and
+/// the entries).
+const DURABLE_VERSION: u8 = 2;
+
 impl Durable {
     fn encode(&self) -> Vec<u8> {
-        let mut v = vec![1u8, self.voter as u8];
+        let mut v = vec![DURABLE_VERSION, self.voter as u8];
         v.extend_from_slice(&self.promised.0.to_be_bytes());
         match self.fill_since {
             None => v.push(0),
             Some(t) => {
                 v.push(1);
                 v.extend_from_slice(&t.0.to_be_bytes());
+                v.extend_from_slice(&(self.fill_lineage.len() as u32).to_be_bytes());
+                v.extend_from_slice(&encode_lineage(&self.fill_lineage));
             }
         }
         v
@@ -133,21 +144,28 @@ impl Durable {
 
     fn decode(b: &[u8]) -> Result<Durable, StorageError> {
         let bad = || StorageError::corrupt("replication state");
-        if b.len() < 11 || b[0] != 1 || b[1] > 1 {
+        if b.len() < 11 || b[0] != DURABLE_VERSION || b[1] > 1 {
             return Err(bad());
         }
         let voter = b[1] == 1;
         let promised = Epoch(u64::from_be_bytes(b[2..10].try_into().map_err(|_| bad())?));
-        let fill_since = match (b[10], b.len()) {
-            (0, 11) => None,
-            (1, 19) => Some(Tid(u64::from_be_bytes(
-                b[11..19].try_into().map_err(|_| bad())?,
-            ))),
+        let (fill_since, fill_lineage) = match b[10] {
+            0 if b.len() == 11 => (None, Vec::new()),
+            1 if b.len() >= 23 => {
+                let since = Tid(u64::from_be_bytes(b[11..19].try_into().map_err(|_| bad())?));
+                let n = u32::from_be_bytes(b[19..23].try_into().map_err(|_| bad())?) as usize;
+                if n > LINEAGE_MAX || b.len() != 23 + 16 * n {
+                    return Err(bad());
+                }
+                let lineage = decode_lineage(&b[23..]).ok_or_else(bad)?;
+                (Some(since), lineage)
+            }
             _ => return Err(bad()),
         };
         Ok(Durable {
             promised,
             fill_since,
+            fill_lineage,
             voter,
         })
     }
@@ -238,6 +256,9 @@ pub struct ReplicaStats {
     pub recoveries_fast: u64,
     /// Checkpoints asked of the shell.
     pub checkpoints: u64,
+    /// Open object fills started over because the new primary's history parted from the
+    /// one they came from.
+    pub fills_restarted: u64,
     /// Transactions moved to the lost archive.
     pub lost: u64,
 }
@@ -855,17 +876,43 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         let behind = el.base.0.saturating_sub(self.last.0);
-        let progress = self.store.fill_progress()?;
-        if progress.as_ref().is_some_and(|p| p.tid_max > el.base) {
-            // The open fill came from a history this primary does not continue (an async
-            // tail that was lost): it cannot be finished consistently.
-            return self.need_checkpoint(el.donor);
+        let mut progress = self.store.fill_progress()?;
+        let mut restart = false;
+        if let Some(since) = self.durable.fill_since {
+            // An open fill is consistent with the history its first chunk came from, at
+            // `since`. It resumes only if this primary's history holds that one up to
+            // `since`; otherwise (an async tail that was lost, a primary elected from behind)
+            // what was filled so far must all lie in the shared part, and the fill starts over
+            // from this donor; if not, only a checkpoint can make the store consistent.
+            let shared =
+                common_prefix(&self.durable.fill_lineage, since, &el.base_lineage, el.base);
+            if shared != Some(since) {
+                let tid_max = progress.as_ref().map_or(Tid::ZERO, |p| p.tid_max);
+                match shared {
+                    // (Our own history before the fill was a prefix of the first donor's.)
+                    Some(c) if tid_max <= c && self.last <= c => {
+                        tracing::info!(
+                            server = self.me,
+                            since = %since,
+                            shared = %c,
+                            "open fill came from another history: starting it over"
+                        );
+                        self.durable.fill_since = None;
+                        self.durable.fill_lineage.clear();
+                        self.persist()?;
+                        progress = None;
+                        restart = true;
+                        self.stats.fills_restarted += 1;
+                    }
+                    _ => return self.need_checkpoint(el.donor),
+                }
+            }
         }
         let step = if let Some(p) = progress {
             RecoveryStep::Objects {
                 after_oid: Some(p.last_oid),
             }
-        } else if self.durable.fill_since.is_some() {
+        } else if self.durable.fill_since.is_some() || restart {
             RecoveryStep::Objects { after_oid: None }
         } else if self.last == Tid::ZERO && behind > self.cfg.recovery.checkpoint_after {
             return self.need_checkpoint(el.donor);
@@ -1043,6 +1090,13 @@ impl<S: Storage> Replica<S> {
                 until: Some(*until),
             },
         };
+        tracing::debug!(
+            server = self.me,
+            donor = rec.donor,
+            fetch_id = rec.fetch_id,
+            ?req,
+            "fetch"
+        );
         let m = Msg::Fetch {
             from: self.me,
             donor: rec.donor,
@@ -1124,6 +1178,7 @@ impl<S: Storage> Replica<S> {
                 Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
                 Err(StorageError::Gap { .. }) if q.txn.tid > self.last => {
                     // We missed transactions: keep these, recover the gap from the primary.
+                    tracing::debug!(server = self.me, last = %self.last, tid = %q.txn.tid, prev = %q.prev, "gap in delivered commits");
                     for q in &queue[k..] {
                         self.backlog.push_back((q.prev, q.txn.clone()));
                     }
@@ -1674,6 +1729,7 @@ impl<S: Storage> Replica<S> {
                     let done = it.peek().is_none();
                     bodies.push(ChunkBody::Objects {
                         consistent_at,
+                        lineage: self.lineage.clone(),
                         revisions,
                         done,
                     });
@@ -1715,6 +1771,7 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         self.stats.recovery_chunks += 1;
+        tracing::debug!(server = self.me, last = %self.last, step = ?rec.step, chunk = ?ChunkSummary(&body), "recovery chunk");
         let mut done = false;
         match (body, &rec.step) {
             (ChunkBody::Unavailable { .. }, RecoveryStep::Txns { .. }) => {
@@ -1770,6 +1827,7 @@ impl<S: Storage> Replica<S> {
             (
                 ChunkBody::Objects {
                     consistent_at,
+                    lineage,
                     revisions,
                     done: d,
                 },
@@ -1777,6 +1835,7 @@ impl<S: Storage> Replica<S> {
             ) => {
                 if self.durable.fill_since.is_none() {
                     self.durable.fill_since = Some(consistent_at);
+                    self.durable.fill_lineage = lineage;
                     self.persist()?;
                 }
                 let last_oid = revisions.last().map(|r| r.oid.clone());
@@ -1828,6 +1887,7 @@ impl<S: Storage> Replica<S> {
         let at = at.max(self.last);
         self.store.fill_finish(at)?;
         self.durable.fill_since = None;
+        self.durable.fill_lineage.clear();
         self.persist()?;
         self.last = self.store.last_transaction()?;
         self.reload_lineage()?;
@@ -1856,6 +1916,7 @@ impl<S: Storage> Replica<S> {
             end = t.tid;
             run.push(self.backlog.pop_front().expect("front"));
         }
+        tracing::debug!(server = self.me, last = %self.last, run = run.len(), left = self.backlog.len(), "backlog drained");
         let results = self.store.apply_batch(&run);
         for ((_, t), r) in run.iter().zip(results) {
             r?;
@@ -1873,6 +1934,35 @@ impl<S: Storage> Replica<S> {
     }
 }
 
+/// A chunk as one log field: its kind, extent and whether it ends the stream.
+struct ChunkSummary<'a>(&'a ChunkBody);
+
+impl std::fmt::Debug for ChunkSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            ChunkBody::Txns { txns, done } => write!(
+                f,
+                "txns {}..={} ({}) done={done}",
+                txns.first().map_or(0, |(p, _)| p.0),
+                txns.last().map_or(0, |(_, t)| t.tid.0),
+                txns.len()
+            ),
+            ChunkBody::Objects {
+                consistent_at,
+                revisions,
+                done,
+                ..
+            } => write!(
+                f,
+                "objects at {} ({}) done={done}",
+                consistent_at.0,
+                revisions.len()
+            ),
+            ChunkBody::Unavailable { horizon } => write!(f, "unavailable below {}", horizon.0),
+        }
+    }
+}
+
 /// Why a swap request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SwapError {
@@ -1885,4 +1975,39 @@ pub enum SwapError {
     /// The target is not in this server's view.
     #[error("server {0} is not in the view")]
     NotInView(ServerId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_state_round_trips_and_refuses_bad_bytes() {
+        let open_fill = Durable {
+            promised: Epoch(7),
+            fill_since: Some(Tid(161)),
+            fill_lineage: vec![
+                EpochStart {
+                    epoch: Epoch(1),
+                    base: Tid::ZERO,
+                },
+                EpochStart {
+                    epoch: Epoch(5),
+                    base: Tid(140),
+                },
+            ],
+            voter: false,
+        };
+        for d in [Durable::default(), open_fill] {
+            let b = d.encode();
+            assert_eq!(Durable::decode(&b).unwrap(), d);
+            // Every truncation and a wrong version are errors, never a panic.
+            for n in 0..b.len() {
+                assert!(Durable::decode(&b[..n]).is_err(), "{n}");
+            }
+            let mut v = b.clone();
+            v[0] = 1;
+            assert!(Durable::decode(&v).is_err());
+        }
+    }
 }

@@ -56,6 +56,9 @@ pub enum ChunkBody {
     Objects {
         /// The donor's last transaction when it read them.
         consistent_at: Tid,
+        /// The donor's lineage at `consistent_at`: which history the revisions come from,
+        /// so a fill resumed from another donor can tell whether it continues the same one.
+        lineage: Vec<EpochStart>,
         /// The revisions.
         revisions: Vec<Revision>,
         /// The object stream is exhausted.
@@ -173,11 +176,7 @@ impl Msg {
                 b.put_u32(s.server);
                 b.put_u64(s.promised.0);
                 b.put_u64(s.last_tid.0);
-                b.put_u32(s.lineage.len() as u32);
-                for e in &s.lineage {
-                    b.put_u64(e.epoch.0);
-                    b.put_u64(e.base.0);
-                }
+                put_lineage(&mut b, &s.lineage);
                 put_opt_u64(&mut b, s.primary_in.map(|e| e.0));
                 b.put_u8(s.consistent as u8);
                 b.put_u8(s.voter as u8);
@@ -257,12 +256,14 @@ impl Msg {
                     }
                     ChunkBody::Objects {
                         consistent_at,
+                        lineage,
                         revisions,
                         done,
                     } => {
                         b.put_u8(1);
                         b.put_u8(*done as u8);
                         b.put_u64(consistent_at.0);
+                        put_lineage(&mut b, lineage);
                         b.put_u32(revisions.len() as u32);
                         for r in revisions {
                             put_bytes(&mut b, r.oid.as_bytes());
@@ -310,17 +311,7 @@ impl Msg {
                 let server = get_u32(r)?;
                 let promised = Epoch(get_u64(r)?);
                 let last_tid = Tid(get_u64(r)?);
-                let n = get_count(r, 16)?;
-                if n > LINEAGE_MAX {
-                    return Err(WireError::Invalid("lineage too long"));
-                }
-                let mut lineage = Vec::with_capacity(n);
-                for _ in 0..n {
-                    lineage.push(EpochStart {
-                        epoch: Epoch(get_u64(r)?),
-                        base: Tid(get_u64(r)?),
-                    });
-                }
+                let lineage = get_lineage(r)?;
                 let primary_in = get_opt_u64(r)?.map(Epoch);
                 let consistent = get_bool(r)?;
                 let voter = get_bool(r)?;
@@ -402,6 +393,7 @@ impl Msg {
                     1 => {
                         let done = get_bool(r)?;
                         let consistent_at = Tid(get_u64(r)?);
+                        let lineage = get_lineage(r)?;
                         let n = get_count(r, 13)?;
                         let mut revisions = Vec::with_capacity(n);
                         for _ in 0..n {
@@ -413,6 +405,7 @@ impl Msg {
                         }
                         ChunkBody::Objects {
                             consistent_at,
+                            lineage,
                             revisions,
                             done,
                         }
@@ -461,6 +454,29 @@ fn put_opt_u64(b: &mut BytesMut, v: Option<u64>) {
             b.put_u64(v);
         }
     }
+}
+
+fn put_lineage(b: &mut BytesMut, lineage: &[EpochStart]) {
+    b.put_u32(lineage.len() as u32);
+    for e in lineage {
+        b.put_u64(e.epoch.0);
+        b.put_u64(e.base.0);
+    }
+}
+
+fn get_lineage(r: &mut &[u8]) -> Result<Vec<EpochStart>, WireError> {
+    let n = get_count(r, 16)?;
+    if n > LINEAGE_MAX {
+        return Err(WireError::Invalid("lineage too long"));
+    }
+    let mut lineage = Vec::with_capacity(n);
+    for _ in 0..n {
+        lineage.push(EpochStart {
+            epoch: Epoch(get_u64(r)?),
+            base: Tid(get_u64(r)?),
+        });
+    }
+    Ok(lineage)
 }
 
 fn put_bytes(b: &mut BytesMut, v: &[u8]) {
@@ -680,6 +696,10 @@ mod tests {
                 fetch_id: 3,
                 body: ChunkBody::Objects {
                     consistent_at: Tid(10),
+                    lineage: vec![EpochStart {
+                        epoch: Epoch(2),
+                        base: Tid(4),
+                    }],
                     revisions: vec![Revision {
                         oid: Oid::from_u64(1),
                         tid: Tid(10),

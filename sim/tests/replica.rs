@@ -263,19 +263,15 @@ fn async_mode_holds_its_properties_under_failover() {
     assert!(r.totals.acked > 100);
 }
 
-/// FIXME (open bug): found by `sim replica --seeds 0..5000` once the simulator fed a whole
-/// input to the replica before polling it, as the server shell does, so that delivered commits
-/// are applied in batches. Server s2 ends at the primary's last tid but with other objects
-/// (`convergence`). It recovered through several view changes just before (4.26-5.69 s of
-/// virtual time). With commits applied one delivery at a time the seed passes, so the batched
-/// apply path (which the real server uses) has a hole. This asserts today's behaviour so that a
-/// fix shows up here. Replay: `cargo run -p sim --release -- replica --seed 4578 --nodes 5 --trace`.
+/// Regression (found by `sim replica --seeds 0..5000`): s2 began an object fill from s0
+/// (consistent at tid 161 of s0's history), was cut off, and resumed it from s1, elected at
+/// tid 159 of another history. The resumed stream only re-sent changes after 161, so s1's
+/// own 160 and 161 never reached the objects filled from s0 and s2 ended at the primary's
+/// last tid with other objects. An open fill now records the lineage it came from and is
+/// started over (or replaced by a checkpoint) when the new primary does not hold it.
 #[test]
-fn fixme_seed_4578_batched_applies_leave_a_replica_with_other_objects() {
+fn seed_4578_a_fill_resumed_from_another_history_starts_over() {
     let r = run_replica_seed(4578, 5, None);
-    assert!(
-        r.violations.iter().any(|v| v.property == "convergence"),
-        "seed 4578 no longer diverges: the bug may be fixed; turn this into a clean() test. {:?}",
-        r.violations
-    );
+    clean(&r);
+    assert!(r.totals.fills_restarted >= 1, "{:?}", r.totals);
 }

@@ -95,6 +95,7 @@ fn main() -> ExitCode {
                     t.swaps,
                     t.lost,
                     t.checkpoints,
+                    t.fills_restarted,
                 ],
             }
         }
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
             "swaps asked",
             "transactions lost (reported)",
             "checkpoints",
+            "object fills started over",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)
@@ -134,6 +136,19 @@ fn sweep_seeds(
     };
     let nodes = sweep.nodes;
     let trace = sweep.trace;
+    if trace {
+        // The cores' own log lines (recovery steps, truncations, elections), interleaved with
+        // the event lines on stdout; `RUST_LOG` narrows or widens them (default: debug).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .without_time()
+            .with_target(false)
+            .with_ansi(false)
+            .try_init();
+    }
     #[allow(clippy::disallowed_methods)] // wall time of the whole sweep, for the summary only
     let started = std::time::Instant::now();
     let next = AtomicU64::new(lo);

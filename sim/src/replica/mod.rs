@@ -214,6 +214,9 @@ pub struct RTotals {
     pub recoveries_fast: u64,
     /// Transactions moved to lost archives.
     pub lost: u64,
+    /// Open object fills started over from a donor of another history (servers running at
+    /// the end).
+    pub fills_restarted: u64,
 }
 
 /// A simulated storage cluster.
@@ -431,6 +434,7 @@ impl ReplicaCluster {
                 self.totals.elections += st.elections;
                 self.totals.recoveries_full += st.recoveries_full;
                 self.totals.recoveries_fast += st.recoveries_fast;
+                self.totals.fills_restarted += st.fills_restarted;
             }
         }
     }
