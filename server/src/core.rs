@@ -1,8 +1,8 @@
 //! `ServerCore`: one storage server as a single sans-IO state machine, the gcs `Node` and the
 //! `Replica` wired together, so that the gcs tokio driver (`gcs::net::driver::run`) can run it
-//! unchanged. The wiring is the same as the simulator's: every node output is followed by the
-//! replica's outputs, so the replica sees views and deliveries in the order the node produced
-//! them, and its multicasts enter the node's send queue at once.
+//! unchanged. The node's datagrams of an input leave first; then the replica sees that input's
+//! views and deliveries in the order the node produced them, and its multicasts enter the
+//! node's send queue at once (the simulator feeds the replica in the same order).
 
 use crate::checkpoint::{self, CkptMsg, Incoming, Outgoing};
 use bytes::Bytes;
@@ -201,6 +201,10 @@ pub struct ServerCore<S: Storage + 'static> {
     unsent: VecDeque<(Service, Bytes)>,
     view: Vec<ServerId>,
     out: VecDeque<CoreOutput<ServerEvent>>,
+    /// Node deliveries and views not yet given to the replica (see [`Self::feed_replica`]).
+    for_replica: VecDeque<Output>,
+    /// The time of the input being handled.
+    now: Time,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -224,6 +228,8 @@ impl<S: Storage + 'static> ServerCore<S> {
             unsent: VecDeque::new(),
             view: Vec::new(),
             out: VecDeque::new(),
+            for_replica: VecDeque::new(),
+            now: Time::ZERO,
         }
     }
 
@@ -249,41 +255,60 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
-    /// Moves outputs between the node and the replica until both are quiet. Every delivery
-    /// of one input reaches the replica before it is polled, so the commits they carry are
-    /// applied as one batch (one fsync); the replica itself applies what it queued before
-    /// anything that depends on it (a view, another kind of message).
+    /// After an input: the replica's answers to a request, then the node's outputs. The
+    /// node's datagrams (the token above all) go to the driver before the replica sees the
+    /// deliveries and views of the same input (see [`Self::feed_replica`]).
     fn pump(&mut self, now: Time) {
-        loop {
-            let mut any = false;
-            while let Some(o) = self.node.poll_output() {
-                any = true;
-                match o {
-                    Output::Transmit { dest, bytes } => {
-                        self.out.push_back(CoreOutput::Transmit { dest, bytes })
-                    }
-                    Output::Deliver(d) => {
-                        if d.payload.first() == Some(&checkpoint::TAG) {
-                            self.on_checkpoint_msg(now, &d.payload);
-                        } else {
-                            self.replica.handle_delivery(now, d.sender, &d.payload)
-                        }
-                    }
-                    Output::View(v) => {
-                        if v.kind() == gcs::ViewKind::Regular {
-                            self.view = v.members.iter().map(|p| p.node).collect();
-                            self.abandon_transfers_outside_view();
-                            tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
-                        }
-                        self.replica.handle_view(now, &v);
-                    }
+        self.now = now;
+        self.drain_replica(now);
+        self.take_node_outputs();
+    }
+
+    fn take_node_outputs(&mut self) {
+        while let Some(o) = self.node.poll_output() {
+            match o {
+                Output::Transmit { dest, bytes } => {
+                    self.out.push_back(CoreOutput::Transmit { dest, bytes })
                 }
-            }
-            self.drain_replica(now);
-            if !any {
-                return;
+                other => self.for_replica.push_back(other),
             }
         }
+    }
+
+    /// Hands the deliveries and views held back to the replica, once the driver has sent the
+    /// datagrams of the same input. Why held back: applying the delivered commits costs a
+    /// store write and an fsync, and a token that waited for them would make every server's
+    /// write a step of the ring's rotation; sent first, the token moves on while this server
+    /// writes. All of one input's deliveries reach the replica before it is polled, so the
+    /// commits they carry are applied as one batch (one fsync); the replica itself applies what
+    /// it queued before anything that depends on it (a view, another kind of message). Order
+    /// is kept: the replica sees views and deliveries exactly as the node produced them.
+    fn feed_replica(&mut self) {
+        let now = self.now;
+        while let Some(o) = self.for_replica.pop_front() {
+            match o {
+                Output::Transmit { dest, bytes } => {
+                    self.out.push_back(CoreOutput::Transmit { dest, bytes })
+                }
+                Output::Deliver(d) => {
+                    if d.payload.first() == Some(&checkpoint::TAG) {
+                        self.on_checkpoint_msg(now, &d.payload);
+                    } else {
+                        self.replica.handle_delivery(now, d.sender, &d.payload)
+                    }
+                }
+                Output::View(v) => {
+                    if v.kind() == gcs::ViewKind::Regular {
+                        self.view = v.members.iter().map(|p| p.node).collect();
+                        self.abandon_transfers_outside_view();
+                        tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
+                    }
+                    self.replica.handle_view(now, &v);
+                }
+            }
+        }
+        self.drain_replica(now);
+        self.take_node_outputs();
     }
 
     fn send(&mut self, now: Time, service: Service, payload: Bytes) {
@@ -602,6 +627,14 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     }
 
     fn poll_output(&mut self) -> Option<CoreOutput<ServerEvent>> {
-        self.out.pop_front()
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
+            }
+            if self.for_replica.is_empty() {
+                return None;
+            }
+            self.feed_replica();
+        }
     }
 }

@@ -60,6 +60,11 @@ pub struct RocksOptions {
     pub sync: bool,
     /// Block cache size in bytes.
     pub block_cache_bytes: usize,
+    /// Memtable size of each column family. Small on purpose: every commit inserts several
+    /// keys at random places of the memtable skip lists, and in a large memtable each insert
+    /// is a chain of cache misses (with 64 MiB, memtable inserts were a third of a loaded
+    /// server's CPU; see BENCHMARKS.md).
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for RocksOptions {
@@ -67,6 +72,7 @@ impl Default for RocksOptions {
         RocksOptions {
             sync: true,
             block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -159,7 +165,7 @@ impl RocksStorage {
         let cfs = CFS.map(|name| {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
-            o.set_write_buffer_size(64 << 20);
+            o.set_write_buffer_size(opts.write_buffer_bytes.max(1 << 20));
             if name == CF_TXN || name == CF_CURRENT {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }

@@ -75,6 +75,7 @@ mod rocks {
             RocksOptions {
                 sync: self.sync,
                 block_cache_bytes: 4 << 20,
+                ..storage::RocksOptions::default()
             }
         }
     }

@@ -181,6 +181,7 @@ fn rocks_opts() -> storage::RocksOptions {
     storage::RocksOptions {
         sync: false,
         block_cache_bytes: 1 << 20,
+        ..storage::RocksOptions::default()
     }
 }
 

@@ -17,6 +17,7 @@ fn opts(sync: bool) -> RocksOptions {
     RocksOptions {
         sync,
         block_cache_bytes: 4 << 20,
+        ..storage::RocksOptions::default()
     }
 }
 
