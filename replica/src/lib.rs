@@ -24,7 +24,9 @@ pub use config::{
     CommitMode, ConfigError, GroupKind, RecoveryPolicy, ReplicaConfig, ServerId, ServerSpec,
 };
 pub use election::{Epoch, EpochStart, MemberState};
-pub use replica::{client_oid, lineage_oid, Replica, ReplicaStats, SwapError, RESERVED_OID_PREFIX};
+pub use replica::{
+    client_oid, lineage_oid, membership_oid, Replica, ReplicaStats, SwapError, RESERVED_OID_PREFIX,
+};
 pub use types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
     Staleness,

@@ -58,6 +58,14 @@ pub fn client_oid(client: u64) -> Oid {
     Oid::new(b.freeze()).expect("short oid")
 }
 
+/// The object listing the servers added to (and removed from) the configured cluster. Its
+/// contents belong to the shell (the storage server); the replica only orders and replicates
+/// it like any object, lets commit requests write it (the shell keeps clients from doing so),
+/// and says when it may have changed ([`crate::Output::MembershipChanged`]).
+pub fn membership_oid() -> Oid {
+    Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'm'])).expect("short oid")
+}
+
 fn is_reserved(oid: &Oid) -> bool {
     oid.as_bytes().first() == Some(&RESERVED_OID_PREFIX)
 }
@@ -357,8 +365,11 @@ impl<S: Storage> Replica<S> {
         self.reload_lineage()
     }
 
+    /// Re-reads what the replication layer keeps in objects after the store changed under
+    /// it (start, checkpoint, fill, truncation, a new epoch).
     fn reload_lineage(&mut self) -> Result<(), StorageError> {
         self.lineage = read_lineage(&self.store)?;
+        self.out.push_back(Output::MembershipChanged);
         Ok(())
     }
 
@@ -391,6 +402,29 @@ impl<S: Storage> Replica<S> {
     /// The store, for reads.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Servers added to (or removed from) the configuration while running: read replicas,
+    /// remote and without a vote (the shell's membership object, see
+    /// [`crate::membership_oid`]). Only their messages and view membership are affected:
+    /// a server without a vote changes no election, so servers that learn of a change at
+    /// different times still elect alike. Voting servers are never removed here.
+    pub fn set_read_replicas(&mut self, added: &[(ServerId, String)], removed: &[ServerId]) {
+        for (id, name) in added {
+            if self.cfg.server(*id).is_none() {
+                self.cfg.servers.push(crate::config::ServerSpec {
+                    id: *id,
+                    name: name.clone(),
+                    group: "added".into(),
+                    kind: crate::config::GroupKind::Remote,
+                    weight: 0,
+                });
+            }
+        }
+        self.cfg.servers.retain(|s| {
+            !removed.contains(&s.id)
+                || (s.kind == crate::config::GroupKind::Failover && s.weight > 0)
+        });
     }
 
     /// The current role.
@@ -1230,6 +1264,8 @@ impl<S: Storage> Replica<S> {
         self.applied_dirty = true;
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
             self.reload_lineage()?;
+        } else if txn.records.iter().any(|r| r.oid == membership_oid()) {
+            self.out.push_back(Output::MembershipChanged);
         }
         let oids: Vec<Oid> = txn
             .records
@@ -1439,7 +1475,7 @@ impl<S: Storage> Replica<S> {
         }
         let mut seen = BTreeSet::new();
         for r in &c.records {
-            if is_reserved(&r.oid) {
+            if is_reserved(&r.oid) && r.oid != membership_oid() {
                 self.reply(
                     req,
                     Err(CommitError::Invalid(format!("reserved oid {}", r.oid))),

@@ -171,6 +171,10 @@ pub enum Output {
         /// The server to copy from.
         donor: ServerId,
     },
+    /// The membership object ([`crate::membership_oid`]) may have changed in the store (a
+    /// transaction wrote it, or the store was rebuilt, truncated or replaced): the shell
+    /// reads it again and updates its address book and topology.
+    MembershipChanged,
 }
 
 /// How stale a server's reads are.

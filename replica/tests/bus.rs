@@ -114,7 +114,7 @@ impl Bus {
                 Output::Reply { req, result } => self.replies.push((i, req, result)),
                 Output::Lost(l) => self.lost.push((i, l.tids)),
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
-                Output::Role(_) | Output::NeedCheckpoint { .. } => {}
+                Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
             }
         }
     }

@@ -5,6 +5,7 @@
 //! node's send queue at once (the simulator feeds the replica in the same order).
 
 use crate::checkpoint::{self, CkptMsg, Incoming, Outgoing};
+use crate::membership::{Configured, Membership, MembershipChange};
 use bytes::Bytes;
 use gcs::net::driver::{Core, CoreOutput};
 use gcs::{Node, Output, Service, SubmitError, Time};
@@ -47,6 +48,18 @@ pub enum ServerRequest {
     Status {
         /// Where it goes.
         reply: oneshot::Sender<ServerStatus>,
+    },
+    /// Add or remove a read replica (see [`crate::membership`]): committed like a write by
+    /// `(client, request)`, answered when the commit is.
+    ChangeMembership {
+        /// The asking client's id.
+        client: u64,
+        /// Its request number.
+        request: u64,
+        /// The change.
+        change: MembershipChange,
+        /// The answer.
+        reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
 }
 
@@ -173,6 +186,8 @@ pub enum ServerEvent {
         /// The server to copy from.
         donor: ServerId,
     },
+    /// The cluster's added and removed servers, at start and after every change.
+    Membership(Membership),
 }
 
 /// Opens a store directory (checkpoints are opened with it).
@@ -205,6 +220,10 @@ pub struct ServerCore<S: Storage + 'static> {
     for_replica: VecDeque<Output>,
     /// The time of the input being handled.
     now: Time,
+    /// The configured servers, and the membership last read from the store (`None`: not yet
+    /// announced to the driver and the application).
+    configured: Configured,
+    membership: Option<Membership>,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -213,10 +232,11 @@ impl<S: Storage + 'static> ServerCore<S> {
         node: Node,
         replica: Replica<S>,
         ckpt: Option<CheckpointSupport<S>>,
+        configured: Configured,
     ) -> ServerCore<S> {
         // Transfer ids unique across this server's runs: its incarnation, then a counter.
         let next_ckpt_id = node.id().incarnation << 8;
-        ServerCore {
+        let mut core = ServerCore {
             ckpt,
             outgoing: None,
             incoming: None,
@@ -230,6 +250,106 @@ impl<S: Storage + 'static> ServerCore<S> {
             out: VecDeque::new(),
             for_replica: VecDeque::new(),
             now: Time::ZERO,
+            configured,
+            membership: None,
+        };
+        // The address book and topology the store holds, before the first datagram.
+        core.reload_membership();
+        core
+    }
+
+    /// Reads the membership object; on a change, gives the driver the new address book and
+    /// the application the new membership.
+    fn reload_membership(&mut self) {
+        let stored = match self.replica.store().load(&replica::membership_oid()) {
+            Ok(r) => r.and_then(|r| r.data),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the membership object");
+                return;
+            }
+        };
+        let m = match Membership::decode(stored.as_deref()) {
+            Ok(m) => m,
+            Err(e) => {
+                // Keep the last good one: a bad object must not empty the address book.
+                tracing::error!(error = %e, "membership object ignored");
+                return;
+            }
+        };
+        if self.membership.as_ref() == Some(&m) {
+            return;
+        }
+        let me = self.replica.id();
+        if m.is_removed(me) {
+            tracing::error!(
+                server = me,
+                "this server was removed from the cluster: the others ignore it"
+            );
+        }
+        tracing::info!(server = me, added = ?m.added.iter().map(|a| a.id).collect::<Vec<_>>(), removed = ?m.removed, "membership");
+        let added: Vec<(ServerId, String)> =
+            m.added.iter().map(|a| (a.id, a.name.clone())).collect();
+        self.replica.set_read_replicas(&added, &m.removed);
+        self.out
+            .push_back(CoreOutput::Peers(m.peers(&self.configured)));
+        self.out
+            .push_back(CoreOutput::Event(ServerEvent::Membership(m.clone())));
+        self.membership = Some(m);
+    }
+
+    /// Turns a membership change into a commit of the membership object, checked against the
+    /// object as this server has it; the replica's conflict check (`expected_serial`) refuses
+    /// it if another change committed meanwhile.
+    fn change_membership(
+        &mut self,
+        now: Time,
+        id: ReqId,
+        client: u64,
+        request: u64,
+        change: MembershipChange,
+    ) {
+        if self.replica.role() != Role::Primary {
+            // Not validated here against a possibly stale copy: the client goes to the primary.
+            let primary = self.replica.primary().map(|(p, _)| p);
+            return self.answer(id, Err(CommitError::NotPrimary { primary }));
+        }
+        let current = match self.replica.store().load(&replica::membership_oid()) {
+            Ok(r) => r,
+            Err(e) => return self.answer(id, Err(CommitError::Down(e.to_string()))),
+        };
+        let serial = current.as_ref().map_or(storage::Tid::ZERO, |r| r.tid);
+        let next = Membership::decode(current.as_ref().and_then(|r| r.data.as_deref()))
+            .and_then(|m| m.apply(&change, &self.configured));
+        let next = match next {
+            Ok(m) => m,
+            Err(e) => return self.answer(id, Err(CommitError::Invalid(e.to_string()))),
+        };
+        let description = match &change {
+            MembershipChange::Add(s) => format!("add replica {} ({})", s.id, s.name),
+            MembershipChange::Remove(s) => format!("remove replica {s}"),
+        };
+        tracing::info!(server = self.replica.id(), %description, "membership change asked");
+        let c = CommitRequest {
+            client,
+            request,
+            meta: storage::TxnMeta {
+                user: Bytes::from_static(b"standby"),
+                description: Bytes::from(description),
+                extension: Bytes::new(),
+                time: 0,
+            },
+            records: vec![storage::Record {
+                oid: replica::membership_oid(),
+                data: Some(next.encode()),
+                expected_serial: Some(serial),
+            }],
+        };
+        self.replica.handle_commit(now, id, c);
+    }
+
+    fn answer(&mut self, id: ReqId, r: Result<Committed, CommitError>) {
+        if let Some(tx) = self.waiting.remove(&id) {
+            let _ = tx.send(r);
         }
     }
 
@@ -363,6 +483,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                         .push_back(CoreOutput::Event(ServerEvent::NeedCheckpoint { donor }));
                     self.ask_checkpoint(now, donor);
                 }
+                replica::Output::MembershipChanged => self.reload_membership(),
             }
         }
         self.feed_outgoing(now);
@@ -616,6 +737,17 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
             }
             ServerRequest::Status { reply } => {
                 let _ = reply.send(self.status(now));
+            }
+            ServerRequest::ChangeMembership {
+                client,
+                request,
+                change,
+                reply,
+            } => {
+                let id = ReqId(self.next_req);
+                self.next_req += 1;
+                self.waiting.insert(id, reply);
+                self.change_membership(now, id, client, request, change);
             }
         }
         self.pump(now);

@@ -2,6 +2,7 @@
 //! `Error` frame (and, when the framing itself is broken, the connection is closed); it never
 //! affects other connections or the server.
 
+use crate::membership::{Membership, MembershipChange};
 use crate::proto::{
     read_frame, ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo, StatusInfo,
 };
@@ -18,10 +19,38 @@ pub struct Front {
     pub server: Arc<StorageServer>,
     /// The token clients must present (`None`: any).
     pub token: Option<Bytes>,
-    /// The configured servers (id, name, client address), for topology answers.
-    pub topology: Vec<(u32, String, String)>,
+    /// The servers of the configuration file (id, name, client address).
+    pub configured: Vec<(u32, String, String)>,
+    /// The servers now, for topology answers: the configured ones as added and removed while
+    /// running (see [`Front::set_membership`]).
+    pub topology: std::sync::RwLock<Vec<(u32, String, String)>>,
     /// Invalidations and loss reports, for subscribers.
     pub events: broadcast::Sender<ServerEvent>,
+}
+
+impl Front {
+    /// The topology for `configured` servers (id, name, client address) after `m`.
+    pub fn topology_of(
+        configured: &[(u32, String, String)],
+        m: &Membership,
+    ) -> Vec<(u32, String, String)> {
+        configured
+            .iter()
+            .filter(|(id, _, _)| !m.is_removed(*id))
+            .cloned()
+            .chain(
+                m.added
+                    .iter()
+                    .map(|a| (a.id, a.name.clone(), a.client.clone())),
+            )
+            .collect()
+    }
+
+    /// Applies a membership the server announced to the topology clients are given.
+    pub fn set_membership(&self, m: &Membership) {
+        let t = Front::topology_of(&self.configured, m);
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = t;
+    }
 }
 
 /// Accepts clients until the listener fails.
@@ -157,6 +186,13 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
             meta,
             records,
         } => {
+            if let Some(r) = records
+                .iter()
+                .find(|r| r.oid.as_bytes().first() == Some(&replica::RESERVED_OID_PREFIX))
+            {
+                let e = replica::CommitError::Invalid(format!("reserved oid {}", r.oid));
+                return Response::Commit(Err(e));
+            }
             let c = replica::CommitRequest {
                 client,
                 request,
@@ -168,6 +204,30 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
                 Err(_) => stopped(),
             }
         }
+        Request::AddReplica {
+            client,
+            request,
+            server,
+        } => match front
+            .server
+            .change_membership(client, request, MembershipChange::Add(server))
+            .await
+        {
+            Ok(r) => Response::Commit(r),
+            Err(_) => stopped(),
+        },
+        Request::RemoveReplica {
+            client,
+            request,
+            id,
+        } => match front
+            .server
+            .change_membership(client, request, MembershipChange::Remove(id))
+            .await
+        {
+            Ok(r) => Response::Commit(r),
+            Err(_) => stopped(),
+        },
         Request::Load { oid } => read(front, ReadOp::Load(oid)).await,
         Request::LoadBefore { oid, tid } => read(front, ReadOp::LoadBefore(oid, tid)).await,
         Request::History { oid, n } => read(front, ReadOp::History(oid, n)).await,
@@ -181,6 +241,7 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
         },
         Request::Subscribe => {
             let me = front.server.id();
+            let configured = front.configured.clone();
             let mut events = front.events.subscribe();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -199,6 +260,9 @@ async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Respon
                             server: me,
                             role: r.role,
                             primary: r.primary,
+                        },
+                        Ok(ServerEvent::Membership(m)) => Response::Topology {
+                            servers: Front::topology_of(&configured, &m),
                         },
                         Ok(ServerEvent::NeedCheckpoint { .. }) => continue,
                         // A subscriber that fell behind must drop its whole cache: say so with
@@ -260,6 +324,8 @@ pub fn status_info(front: &Front, st: &crate::ServerStatus) -> StatusInfo {
         primary: st.primary,
         servers: front
             .topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(id, name, addr)| ServerInfo {
                 id: *id,

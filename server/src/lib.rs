@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 mod core;
 pub mod front;
+pub mod membership;
 pub mod netclient;
 pub mod proto;
 
@@ -101,6 +102,15 @@ impl StorageServer {
             }
         };
         opts.replica.validate()?;
+        let configured = membership::Configured {
+            daemons: opts
+                .cluster
+                .daemons
+                .iter()
+                .map(|d| (d.id, d.addr))
+                .collect(),
+            replica: opts.replica.clone(),
+        };
         let cluster = opts.cluster;
         let id = opts.id;
         let clock = Clock::new();
@@ -111,7 +121,7 @@ impl StorageServer {
         } else {
             Replica::new(opts.replica, id, store)?
         };
-        let core = ServerCore::new(node, replica, ckpt);
+        let core = ServerCore::new(node, replica, ckpt, configured);
         let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;
         Ok((
             StorageServer {
@@ -145,6 +155,23 @@ impl StorageServer {
         c: CommitRequest,
     ) -> Result<Result<Committed, CommitError>, Stopped> {
         self.ask(|reply| ServerRequest::Commit { c, reply }).await
+    }
+
+    /// Adds or removes a read replica (see [`membership`]), committed by `(client, request)`
+    /// like a write (the answer may be a redirect to the primary).
+    pub async fn change_membership(
+        &self,
+        client: u64,
+        request: u64,
+        change: membership::MembershipChange,
+    ) -> Result<Result<Committed, CommitError>, Stopped> {
+        self.ask(|reply| ServerRequest::ChangeMembership {
+            client,
+            request,
+            change,
+            reply,
+        })
+        .await
     }
 
     /// Asks for a planned swap to `to`.

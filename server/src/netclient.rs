@@ -147,6 +147,8 @@ struct CacheState {
     connected: bool,
     /// The primary the pushed role changes name.
     primary: Option<ServerId>,
+    /// A pushed topology not yet taken by the client (server id -> client address).
+    topology: Option<BTreeMap<ServerId, String>>,
     max_entries: usize,
     hits: u64,
 }
@@ -287,6 +289,11 @@ impl Client {
                                 Response::RoleChange { primary, .. } => {
                                     st.primary = primary.map(|p| p.0)
                                 }
+                                Response::Topology { servers } => {
+                                    st.topology = Some(
+                                        servers.into_iter().map(|(id, _, a)| (id, a)).collect(),
+                                    )
+                                }
                                 _ => {}
                             }
                         }
@@ -411,6 +418,53 @@ impl Client {
             meta: txn.meta,
             records: txn.records,
         };
+        self.on_primary(req, deadline).await
+    }
+
+    /// Adds or removes a read replica (see [`crate::membership`]) through the primary, with
+    /// the same redirects and idempotent retries as a commit.
+    pub async fn change_membership(
+        &mut self,
+        change: crate::membership::MembershipChange,
+        deadline: Duration,
+    ) -> Result<Committed, ClientError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        let req = match change {
+            crate::membership::MembershipChange::Add(server) => Request::AddReplica {
+                client: self.client,
+                request,
+                server,
+            },
+            crate::membership::MembershipChange::Remove(id) => Request::RemoveReplica {
+                client: self.client,
+                request,
+                id,
+            },
+        };
+        self.on_primary(req, deadline).await
+    }
+
+    /// Takes what the invalidation stream pushed: a topology and a primary.
+    fn take_pushes(&mut self) {
+        if let Some(c) = &self.cache {
+            let mut st = c.lock().expect("cache lock");
+            if let Some(t) = st.topology.take() {
+                self.topology = t;
+            }
+            if self.primary.is_none() {
+                self.primary = st.primary;
+            }
+        }
+    }
+
+    /// Sends a commit-like request (answered by `Response::Commit`) to the primary until it
+    /// is answered or `deadline` passes.
+    async fn on_primary(
+        &mut self,
+        req: Request,
+        deadline: Duration,
+    ) -> Result<Committed, ClientError> {
         let started = tokio::time::Instant::now();
         let mut first = true;
         let mut turn = 0usize;
@@ -422,12 +476,8 @@ impl Client {
                 self.retries += 1;
             }
             first = false;
-            if self.primary.is_none() {
-                // A primary pushed on the invalidation stream, if there is one.
-                if let Some(c) = &self.cache {
-                    self.primary = c.lock().expect("cache lock").primary;
-                }
-            }
+            // A topology and a primary pushed on the invalidation stream, if there is one.
+            self.take_pushes();
             let target = match self.primary {
                 Some(p) => p,
                 None => {
@@ -483,6 +533,7 @@ impl Client {
     }
 
     async fn read(&mut self, from: ReadFrom, req: Request) -> Result<Response, ClientError> {
+        self.take_pushes();
         let mut order: Vec<ServerId> = Vec::new();
         if let ReadFrom::Replica { .. } = from {
             // Prefer a replica other than the primary, in id order (spreads readers by id).

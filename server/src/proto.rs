@@ -125,6 +125,24 @@ pub enum Request {
         /// Page size.
         max: u32,
     },
+    /// Add a read replica (see [`crate::membership`]); answered like a commit.
+    AddReplica {
+        /// Client id (the change is idempotent like a commit).
+        client: u64,
+        /// Request number.
+        request: u64,
+        /// The new server.
+        server: crate::membership::AddedServer,
+    },
+    /// Remove a server without a vote; answered like a commit.
+    RemoveReplica {
+        /// Client id.
+        client: u64,
+        /// Request number.
+        request: u64,
+        /// The server.
+        id: ServerId,
+    },
 }
 
 /// What a server knows of one storage server.
@@ -223,6 +241,12 @@ pub enum Response {
         role: Role,
         /// The working primary and its epoch.
         primary: Option<(ServerId, Epoch)>,
+    },
+    /// A pushed topology change (a replica added or removed): `(id, name, client address)`
+    /// of every server.
+    Topology {
+        /// The servers.
+        servers: Vec<(ServerId, String, String)>,
     },
     /// A request failed.
     Error {
@@ -427,6 +451,8 @@ impl Request {
             Request::Subscribe => (9, header(9, id)),
             Request::Switchover { .. } => (10, header(10, id)),
             Request::LostArchive { .. } => (11, header(11, id)),
+            Request::AddReplica { .. } => (12, header(12, id)),
+            Request::RemoveReplica { .. } => (13, header(13, id)),
         };
         let _ = kind;
         match self {
@@ -463,6 +489,28 @@ impl Request {
             }
             Request::Switchover { to } => b.put_u32(*to),
             Request::LostArchive { max } => b.put_u32(*max),
+            Request::AddReplica {
+                client,
+                request,
+                server,
+            } => {
+                b.put_u64(*client);
+                b.put_u64(*request);
+                b.put_u32(server.id);
+                put_str(&mut b, &server.name);
+                put_str(&mut b, &server.gcs.to_string());
+                put_str(&mut b, &server.client);
+                put_str(&mut b, &server.admin);
+            }
+            Request::RemoveReplica {
+                client,
+                request,
+                id,
+            } => {
+                b.put_u64(*client);
+                b.put_u64(*request);
+                b.put_u32(*id);
+            }
             Request::LastTransaction | Request::Status | Request::Subscribe => {}
         }
         finish(b)
@@ -512,6 +560,25 @@ impl Request {
             9 => Request::Subscribe,
             10 => Request::Switchover { to: r.u32()? },
             11 => Request::LostArchive { max: r.u32()? },
+            12 => Request::AddReplica {
+                client: r.u64()?,
+                request: r.u64()?,
+                server: crate::membership::AddedServer {
+                    id: r.u32()?,
+                    name: r.str()?,
+                    gcs: r
+                        .str()?
+                        .parse()
+                        .map_err(|_| ProtoError::Invalid("gcs address is not ip:port"))?,
+                    client: r.str()?,
+                    admin: r.str()?,
+                },
+            },
+            13 => Request::RemoveReplica {
+                client: r.u64()?,
+                request: r.u64()?,
+                id: r.u32()?,
+            },
             t => return Err(ProtoError::BadTag(t)),
         };
         r.end()?;
@@ -702,6 +769,15 @@ impl Response {
                     }
                 }
             }
+            Response::Topology { servers } => {
+                b = header(113, id);
+                b.put_u32(servers.len() as u32);
+                for (sid, name, addr) in servers {
+                    b.put_u32(*sid);
+                    put_str(&mut b, name);
+                    put_str(&mut b, addr);
+                }
+            }
             Response::Error { kind, message } => {
                 b = header(111, id);
                 b.put_u8(match kind {
@@ -846,6 +922,14 @@ impl Response {
                     None
                 },
             },
+            113 => {
+                let n = r.count(12)?;
+                let mut servers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    servers.push((r.u32()?, r.str()?, r.str()?));
+                }
+                Response::Topology { servers }
+            }
             t => return Err(ProtoError::BadTag(t)),
         };
         r.end()?;
@@ -924,6 +1008,22 @@ mod tests {
             Request::Subscribe,
             Request::Switchover { to: 2 },
             Request::LostArchive { max: 5 },
+            Request::AddReplica {
+                client: 4,
+                request: 9,
+                server: crate::membership::AddedServer {
+                    id: 5,
+                    name: "r5".into(),
+                    gcs: "127.0.0.1:7925".parse().unwrap(),
+                    client: "localhost:7935".into(),
+                    admin: "localhost:7945".into(),
+                },
+            },
+            Request::RemoveReplica {
+                client: 4,
+                request: 10,
+                id: 5,
+            },
         ]
     }
 
@@ -999,6 +1099,12 @@ mod tests {
                 server: 2,
                 role: Role::Primary,
                 primary: Some((2, Epoch(9))),
+            },
+            Response::Topology {
+                servers: vec![
+                    (0, "s0".into(), "127.0.0.1:7930".into()),
+                    (5, "r5".into(), "localhost:7935".into()),
+                ],
             },
         ]
     }

@@ -52,7 +52,8 @@ async fn one_server() -> (Arc<StorageServer>, String) {
     let f = Arc::new(Front {
         server: server.clone(),
         token: Some(Bytes::from_static(TOKEN)),
-        topology: vec![(0, "s0".into(), client_addr.clone())],
+        configured: vec![(0, "s0".into(), client_addr.clone())],
+        topology: std::sync::RwLock::new(vec![(0, "s0".into(), client_addr.clone())]),
         events: tx,
     });
     tokio::spawn(front::serve(listener, f));

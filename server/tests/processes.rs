@@ -11,7 +11,7 @@ use server::netclient::{Client, ReadFrom};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,8 @@ const TOKEN: &str = "processes-test-token";
 struct Cluster {
     dir: tempfile::TempDir,
     conf: PathBuf,
+    /// Servers started with another configuration file than `conf`.
+    conf_of: BTreeMap<u32, PathBuf>,
     children: Vec<Option<Child>>,
     clients: Vec<String>,
 }
@@ -75,6 +77,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             conf: path,
+            conf_of: BTreeMap::new(),
             children: (0..n).map(|_| None).collect(),
             clients,
         };
@@ -100,12 +103,12 @@ impl Cluster {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_standby-server"))
             .args(["--config"])
-            .arg(&self.conf)
+            .arg(self.conf_of.get(&i).unwrap_or(&self.conf))
             .args(["--id", &i.to_string(), "--data"])
             .arg(self.data(i))
             .args(extra)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("standby-server starts");
@@ -324,4 +327,166 @@ async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
         "{last:?}\n{}",
         c.logs()
     );
+}
+
+async fn put(cl: &mut Client, key: &str) -> storage::Tid {
+    let mut t = cl.begin();
+    t.store(
+        Oid::new(Bytes::from(key.to_string().into_bytes())).unwrap(),
+        Some(Bytes::from_static(b"v")),
+        None,
+    );
+    cl.commit(t, Duration::from_secs(10)).await.unwrap().tid
+}
+
+/// The status the server at client address `addr` gives of itself, asked directly.
+async fn status_at(addr: &str) -> Option<server::proto::StatusInfo> {
+    use server::proto::{read_frame, Request, Response};
+    use tokio::io::AsyncWriteExt;
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let hello = Request::Hello {
+            token: Bytes::from_static(TOKEN.as_bytes()),
+        };
+        s.write_all(&hello.encode(1)).await.ok()?;
+        read_frame(&mut s).await.ok()??;
+        s.write_all(&Request::Status.encode(2)).await.ok()?;
+        let body = read_frame(&mut s).await.ok()??;
+        match Response::decode(&body).ok()?.1 {
+            Response::Status(st) => Some(st),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A read replica added to a running cluster: `standby add-replica` through the client
+/// library, the new server started with a file listing the cluster and itself (remote, no
+/// vote); it joins, copies the store and follows the commits, and subscribed clients are told
+/// of the new topology without a restart. Then it is removed: the others stop talking to it
+/// and it falls back to serving read-only what it had. Voters cannot be removed, ids are not
+/// reused, and clients cannot write the membership object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_remove_a_read_replica_while_running() {
+    use server::membership::{AddedServer, MembershipChange};
+    let mut c = Cluster::new(3);
+    let mut cl = client(&c, 7).await;
+    cl.enable_cache(100);
+    for i in 0..150 {
+        put(&mut cl, &format!("before-{i}")).await;
+    }
+
+    // Add server 3.
+    let (gcs, client3, admin) = (
+        format!("127.0.0.1:{}", free_udp()),
+        format!("127.0.0.1:{}", free_tcp()),
+        format!("127.0.0.1:{}", free_tcp()),
+    );
+    let added = AddedServer {
+        id: 3,
+        name: "r3".into(),
+        gcs: gcs.parse().unwrap(),
+        client: client3.clone(),
+        admin: admin.clone(),
+    };
+    cl.change_membership(
+        MembershipChange::Add(added.clone()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let again = cl
+        .change_membership(MembershipChange::Add(added), Duration::from_secs(10))
+        .await;
+    assert!(again.is_err(), "an id is used once: {again:?}");
+    let voter = cl
+        .change_membership(MembershipChange::Remove(1), Duration::from_secs(10))
+        .await;
+    assert!(
+        format!("{voter:?}").contains("votes in elections"),
+        "{voter:?}"
+    );
+    let mut t = cl.begin();
+    t.store(
+        replica::membership_oid(),
+        Some(Bytes::from_static(b"{}")),
+        None,
+    );
+    let forged = cl.commit(t, Duration::from_secs(5)).await;
+    assert!(format!("{forged:?}").contains("reserved oid"), "{forged:?}");
+
+    // The subscribed client hears of the new topology.
+    let mut pushed = false;
+    for _ in 0..100 {
+        let _ = cl
+            .load(
+                Oid::new(Bytes::from_static(b"before-1")).unwrap(),
+                ReadFrom::Primary,
+            )
+            .await;
+        if cl.topology().contains_key(&3) {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pushed, "topology not pushed: {:?}", cl.topology());
+
+    // Start it with the cluster's file plus its own entry.
+    let mut conf = std::fs::read_to_string(&c.conf).unwrap();
+    let at = conf.find("[protocol]").unwrap();
+    conf.insert_str(
+        at,
+        &format!(
+            "[[server]]\nid = 3\nname = \"r3\"\ngcs = \"{gcs}\"\nclient = \"{client3}\"\nadmin = \"{admin}\"\ngroup = \"added\"\nkind = \"remote\"\nweight = 0\n"
+        ),
+    );
+    let conf3 = c.dir.path().join("standby-r3.toml");
+    std::fs::write(&conf3, conf).unwrap();
+    c.children.push(None);
+    c.conf_of.insert(3, conf3);
+    c.start(3);
+    let last = put(&mut cl, "after-add").await;
+    let mut caught_up = None;
+    for _ in 0..300 {
+        if let Some(st) = status_at(&client3).await {
+            if st.last_tid >= last && st.role == replica::Role::Backup {
+                caught_up = Some(st);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = caught_up.unwrap_or_else(|| panic!("r3 did not catch up:\n{}", c.logs()));
+    assert!(st.primary.is_some_and(|p| p.0 != 3));
+
+    // Remove it: the cluster carries on without it; it stays read-only at what it had.
+    cl.change_membership(MembershipChange::Remove(3), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut alone = false;
+    for _ in 0..200 {
+        if let Some(st) = status_at(&client3).await {
+            if st.role == replica::Role::ReadOnly {
+                alone = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alone, "r3 still in the ring:\n{}", c.logs());
+    let after = put(&mut cl, "after-remove").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st3 = status_at(&client3).await.expect("r3 still answers reads");
+    assert!(st3.last_tid < after, "a removed replica got {after:?}");
+    assert!(
+        !cl.topology().contains_key(&3),
+        "the topology still lists r3: {:?}",
+        cl.topology()
+    );
+    let primary = primary_of(&c).await;
+    assert_ne!(primary, 3);
 }

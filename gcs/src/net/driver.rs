@@ -65,6 +65,9 @@ pub enum CoreOutput<E> {
     },
     /// Something for the application.
     Event(E),
+    /// The cluster's address book changed (servers added or removed while running): send to
+    /// these daemons from now on, and accept datagrams only from their addresses.
+    Peers(Vec<(NodeId, SocketAddr)>),
 }
 
 /// A sans-IO state machine the driver can run (the ring `Node`, or the groups layer on it).
@@ -89,20 +92,26 @@ pub trait Core: Send + 'static {
 struct Peers {
     all: Vec<SocketAddr>,
     by_id: Vec<(NodeId, SocketAddr)>,
+    /// Our own address (our multicasts come back from it).
+    own: Option<SocketAddr>,
 }
 
 impl Peers {
     fn new(cluster: &ClusterConfig, me: NodeId) -> Peers {
-        let by_id: Vec<(NodeId, SocketAddr)> = cluster
-            .daemons
-            .iter()
-            .filter(|d| d.id != me)
-            .map(|d| (d.id, d.addr))
-            .collect();
+        Peers::of(cluster.daemons.iter().map(|d| (d.id, d.addr)), me)
+    }
+
+    fn of(daemons: impl Iterator<Item = (NodeId, SocketAddr)>, me: NodeId) -> Peers {
+        let (mine, by_id): (Vec<_>, Vec<_>) = daemons.partition(|(id, _)| *id == me);
         Peers {
             all: by_id.iter().map(|(_, a)| *a).collect(),
             by_id,
+            own: mine.first().map(|(_, a)| *a),
         }
+    }
+
+    fn knows(&self, from: SocketAddr) -> bool {
+        self.own == Some(from) || self.all.contains(&from)
     }
 
     fn addr(&self, id: NodeId) -> Option<SocketAddr> {
@@ -121,11 +130,18 @@ async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
 }
 
-async fn recv_multicast(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<usize> {
+async fn recv_multicast(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     match s {
-        Some(s) => s.recv_from(buf).await.map(|(n, _)| n),
+        Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether a datagram from `from` may reach the core: any sender while the address book is
+/// the configured one (the cluster key authenticates members), only the book's addresses
+/// once the core has set it ([`CoreOutput::Peers`]): a removed server must not rejoin.
+fn admitted(peers: &Peers, strict: bool, from: SocketAddr) -> bool {
+    !strict || peers.knows(from)
 }
 
 /// Opens (when security is on) and hands a datagram to the core. A datagram that fails to open
@@ -237,7 +253,8 @@ pub async fn run<C: Core>(
         mut shutdown,
         mut keys,
     } = channels;
-    let peers = Peers::new(&cluster, me);
+    let mut peers = Peers::new(&cluster, me);
+    let mut strict = false;
     let mut buf = vec![0u8; 65_536];
     let mut waiting: VecDeque<C::Request> = VecDeque::new();
     let mut requests_open = true;
@@ -279,6 +296,10 @@ pub async fn run<C: Core>(
                         return Ok(()); // the application is gone
                     }
                 }
+                CoreOutput::Peers(list) => {
+                    peers = Peers::of(list.into_iter(), me);
+                    strict = true;
+                }
             }
         }
         // Requests that had to wait for room in the send queue.
@@ -309,14 +330,20 @@ pub async fn run<C: Core>(
             _ = &mut shutdown => return Ok(()),
             r = socket.recv_from(&mut buf) => {
                 match r {
-                    Ok((n, _)) => receive(&mut core, &mut security, clock.now(), &buf[..n]),
+                    Ok((n, from)) if admitted(&peers, strict, from) => {
+                        receive(&mut core, &mut security, clock.now(), &buf[..n])
+                    }
+                    Ok(_) => {}
                     Err(e) => tracing::trace!(error = %e, "recv failed"),
                 }
                 // Drain what else is queued before timers: a daemon that was paused reads its
                 // backlog first (the core also detects the pause from its overdue timers).
                 for _ in 0..256 {
                     match socket.try_recv_from(&mut buf) {
-                        Ok((n, _)) => receive(&mut core, &mut security, clock.now(), &buf[..n]),
+                        Ok((n, from)) if admitted(&peers, strict, from) => {
+                            receive(&mut core, &mut security, clock.now(), &buf[..n])
+                        }
+                        Ok(_) => {}
                         Err(_) => break,
                     }
                 }
@@ -332,8 +359,10 @@ pub async fn run<C: Core>(
                 }
             }
             r = recv_multicast(&mcast_socket, &mut mbuf) => {
-                if let Ok(n) = r {
-                    receive(&mut core, &mut security, clock.now(), &mbuf[..n]);
+                if let Ok((n, from)) = r {
+                    if admitted(&peers, strict, from) {
+                        receive(&mut core, &mut security, clock.now(), &mbuf[..n]);
+                    }
                 }
             }
             Some(k) = keys.recv() => key_control(&mut security, k),

@@ -118,7 +118,20 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let server = Arc::new(server);
     let (tx, _) = tokio::sync::broadcast::channel(1 << 14);
-    let fan = tx.clone();
+    let configured: Vec<(u32, String, String)> = cfg
+        .servers
+        .iter()
+        .map(|s| (s.id, s.name.clone(), s.client.clone()))
+        .collect();
+    let front = Arc::new(Front {
+        server: server.clone(),
+        token,
+        topology: std::sync::RwLock::new(configured.clone()),
+        configured,
+        events: tx.clone(),
+    });
+    let fan = tx;
+    let topo = front.clone();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             match &e {
@@ -131,20 +144,11 @@ async fn run(args: Args) -> Result<(), String> {
                 ServerEvent::NeedCheckpoint { donor } => {
                     tracing::info!(donor, "recovering from a checkpoint")
                 }
+                ServerEvent::Membership(m) => topo.set_membership(m),
                 ServerEvent::Invalidate(_) => {}
             }
             let _ = fan.send(e);
         }
-    });
-    let front = Arc::new(Front {
-        server: server.clone(),
-        token,
-        topology: cfg
-            .servers
-            .iter()
-            .map(|s| (s.id, s.name.clone(), s.client.clone()))
-            .collect(),
-        events: tx,
     });
     let clients = tokio::net::TcpListener::bind(&me.client)
         .await

@@ -85,6 +85,33 @@ enum Cmd {
         #[arg(long)]
         to: u32,
     },
+    /// Add a read replica to the running cluster (it never votes nor becomes primary). Then
+    /// start it with a configuration file listing the cluster's servers and itself (with
+    /// `kind = "remote"` and `weight = 0`); it joins and copies the store by itself.
+    AddReplica {
+        /// Its id (never used before in this cluster).
+        #[arg(long)]
+        id: u32,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Its gcs (ring) address, host:port.
+        #[arg(long)]
+        gcs: String,
+        /// Its client address, host:port.
+        #[arg(long)]
+        client: String,
+        /// Its admin address, host:port.
+        #[arg(long)]
+        admin: String,
+    },
+    /// Remove a server without a vote (an added replica or a remote one): the others stop
+    /// sending to it and ignore it from then on.
+    RemoveReplica {
+        /// Its id.
+        #[arg(long)]
+        id: u32,
+    },
     /// List a server's lost-transactions archive, or export it as JSON lines.
     Lost {
         /// The server whose archive to list.
@@ -311,6 +338,50 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             Err(format!("s{to} did not become primary within 5 s"))
+        }
+        Cmd::AddReplica {
+            id,
+            name,
+            gcs,
+            client,
+            admin,
+        } => {
+            let gcs_addr = server::config::resolve(gcs)?;
+            let added = server::membership::AddedServer {
+                id: *id,
+                name: name.clone(),
+                gcs: gcs_addr,
+                client: client.clone(),
+                admin: admin.clone(),
+            };
+            let mut c = connect(&cli, fresh_id()?).await?;
+            let done = c
+                .change_membership(
+                    server::membership::MembershipChange::Add(added),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "replica s{id} ({name}) added at tid {}; its entry for the configuration file:",
+                done.tid.0
+            );
+            println!(
+                "[[server]]\nid = {id}\nname = \"{name}\"\ngcs = \"{gcs_addr}\"\nclient = \"{client}\"\nadmin = \"{admin}\"\ngroup = \"added\"\nkind = \"remote\"\nweight = 0"
+            );
+            Ok(())
+        }
+        Cmd::RemoveReplica { id } => {
+            let mut c = connect(&cli, fresh_id()?).await?;
+            let done = c
+                .change_membership(
+                    server::membership::MembershipChange::Remove(*id),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("server s{id} removed at tid {}", done.tid.0);
+            Ok(())
         }
         Cmd::Lost { server, export } => {
             let mut c = connect(&cli, fresh_id()?).await?;

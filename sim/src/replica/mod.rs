@@ -715,6 +715,9 @@ impl ReplicaCluster {
                     });
                 }
             }
+            // Membership (added and removed replicas) is the storage server's; the simulated
+            // cluster keeps its configured servers.
+            Output::MembershipChanged => {}
             Output::NeedCheckpoint { donor } => {
                 let d = donor as usize;
                 let snap = self
