@@ -216,6 +216,12 @@ pub fn metrics_text(st: &ServerStatus) -> String {
         st.gcs.retransmits,
     );
     m(
+        "tokens_total",
+        "counter",
+        "Tokens received (the ring's rotations, seen from this server).",
+        st.gcs.tokens,
+    );
+    m(
         "token_retransmissions_total",
         "counter",
         "Tokens re-sent after a silence.",
