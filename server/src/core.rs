@@ -49,6 +49,12 @@ pub enum ServerRequest {
         /// Where it goes.
         reply: oneshot::Sender<ServerStatus>,
     },
+    /// The configured servers' gcs addresses as resolved now (host names are resolved again
+    /// periodically: a server that moved keeps its place in the ring).
+    Readdress {
+        /// `(id, address)` of configured servers.
+        daemons: Vec<(ServerId, std::net::SocketAddr)>,
+    },
     /// Add or remove a read replica (see [`crate::membership`]): committed like a write by
     /// `(client, request)`, answered when the commit is.
     ChangeMembership {
@@ -295,6 +301,26 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.out
             .push_back(CoreOutput::Event(ServerEvent::Membership(m.clone())));
         self.membership = Some(m);
+    }
+
+    /// New addresses for configured servers: the address book follows at once.
+    fn readdress(&mut self, daemons: &[(ServerId, std::net::SocketAddr)]) {
+        let mut changed = false;
+        for (id, addr) in daemons {
+            if let Some(d) = self.configured.daemons.iter_mut().find(|d| d.0 == *id) {
+                if d.1 != *addr {
+                    tracing::info!(server = id, old = %d.1, new = %addr, "server address changed");
+                    d.1 = *addr;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Some(m) = &self.membership {
+                self.out
+                    .push_back(CoreOutput::Peers(m.peers(&self.configured)));
+            }
+        }
     }
 
     /// Turns a membership change into a commit of the membership object, checked against the
@@ -738,6 +764,7 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
             ServerRequest::Status { reply } => {
                 let _ = reply.send(self.status(now));
             }
+            ServerRequest::Readdress { daemons } => self.readdress(&daemons),
             ServerRequest::ChangeMembership {
                 client,
                 request,

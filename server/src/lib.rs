@@ -174,6 +174,19 @@ impl StorageServer {
         .await
     }
 
+    /// Gives the configured servers' gcs addresses as resolved now: the server sends to and
+    /// accepts datagrams from the new ones at once (a peer whose host name now resolves
+    /// elsewhere, a rescheduled pod for instance, keeps its place in the ring).
+    pub async fn readdress(
+        &self,
+        daemons: Vec<(ServerId, std::net::SocketAddr)>,
+    ) -> Result<(), Stopped> {
+        self.requests
+            .send(ServerRequest::Readdress { daemons })
+            .await
+            .map_err(|_| Stopped)
+    }
+
     /// Asks for a planned swap to `to`.
     pub async fn swap(&self, to: ServerId) -> Result<Result<(), SwapError>, Stopped> {
         self.ask(|reply| ServerRequest::Swap { to, reply }).await

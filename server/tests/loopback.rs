@@ -271,3 +271,44 @@ async fn a_wiped_replica_is_rebuilt_from_a_checkpoint() {
         s.kill();
     }
 }
+
+/// A server whose configuration had a peer at a stale address (a host name that now resolves
+/// elsewhere): it neither reaches the peer nor accepts its datagrams, so the two never share
+/// a view, until it is given the new address (`StorageServer::readdress`, which
+/// `standby-server` calls after resolving the file's host names again); then they form one
+/// ring and elect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_at_a_new_address_is_followed_after_readdress() {
+    let right = cluster(2);
+    let stale_addr = free_addrs(1)[0];
+    let mut stale = right.clone();
+    stale.daemons[1].addr = stale_addr;
+    let cfg = replica_config(2);
+    let s0 = start(
+        opts(&stale, &cfg, 0, false),
+        StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
+    )
+    .await;
+    let s1 = start(
+        opts(&right, &cfg, 1, false),
+        StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for s in [&s0, &s1] {
+        let st = s.status().await.unwrap();
+        assert_eq!(
+            st.view.len(),
+            1,
+            "a view with a peer at a stale address: {st:?}"
+        );
+    }
+    s0.readdress(vec![(1, right.daemons[1].addr)])
+        .await
+        .unwrap();
+    let both = [s0.clone(), s1.clone()];
+    wait_all(&both, "one view of both, with a primary", |st| {
+        st.view.len() == 2 && st.primary.is_some()
+    })
+    .await;
+}

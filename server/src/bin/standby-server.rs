@@ -150,6 +150,29 @@ async fn run(args: Args) -> Result<(), String> {
             let _ = fan.send(e);
         }
     });
+    // Host names in the file are resolved again every 10 s: a peer that moved (a rescheduled
+    // pod) keeps its place in the ring instead of being refused at its new address.
+    let names: Vec<(u32, String)> = cfg.servers.iter().map(|s| (s.id, s.gcs.clone())).collect();
+    let re = server.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let mut daemons = Vec::new();
+            for (id, name) in &names {
+                match tokio::net::lookup_host(name.as_str()).await {
+                    Ok(mut a) => {
+                        if let Some(a) = a.next() {
+                            daemons.push((*id, a));
+                        }
+                    }
+                    Err(e) => tracing::debug!(server = id, %name, error = %e, "cannot resolve"),
+                }
+            }
+            if re.readdress(daemons).await.is_err() {
+                return;
+            }
+        }
+    });
     let clients = tokio::net::TcpListener::bind(&me.client)
         .await
         .map_err(|e| format!("client port {}: {e}", me.client))?;
