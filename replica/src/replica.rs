@@ -205,6 +205,9 @@ struct Pending {
     delivered_regular: bool,
     /// Already answered (async mode).
     answered: bool,
+    /// When it was multicast, and when it came back delivered (for the stage timings).
+    sent_at: Time,
+    delivered_at: Option<Time>,
 }
 
 /// A delivered commit waiting for the next batch apply.
@@ -264,6 +267,16 @@ pub struct ReplicaStats {
     pub recoveries_fast: u64,
     /// Checkpoints asked of the shell.
     pub checkpoints: u64,
+    /// Sync commits answered by this server as primary with their stage timings: the sums,
+    /// in microseconds, of the time from multicast to SAFE delivery back at the primary, and
+    /// from there to durable on a majority (`Applied` reports), and how many commits they
+    /// cover. Their ratios are the mean stage latencies, in the ring's rotations what a
+    /// commit waits for.
+    pub stage_delivered_us: u64,
+    /// See [`Self::stage_delivered_us`].
+    pub stage_durable_us: u64,
+    /// See [`Self::stage_delivered_us`].
+    pub stage_samples: u64,
     /// Open object fills started over because the new primary's history parted from the
     /// one they came from.
     pub fills_restarted: u64,
@@ -1229,6 +1242,7 @@ impl<S: Storage> Replica<S> {
                 mine = true;
                 if let Some(p) = self.pending.get_mut(&q.txn.tid) {
                     p.delivered_regular = q.regular;
+                    p.delivered_at = Some(now);
                     if !q.regular && !p.answered {
                         p.answered = true;
                         for r in std::mem::take(&mut p.reqs) {
@@ -1325,6 +1339,11 @@ impl<S: Storage> Replica<S> {
             }
             if p.answered {
                 continue;
+            }
+            if let Some(d) = p.delivered_at {
+                self.stats.stage_delivered_us += d.since(p.sent_at).as_micros() as u64;
+                self.stats.stage_durable_us += self.now.since(d).as_micros() as u64;
+                self.stats.stage_samples += 1;
             }
             let result = if p.delivered_regular {
                 Ok(Committed {
@@ -1563,6 +1582,8 @@ impl<S: Storage> Replica<S> {
                 oids,
                 delivered_regular: false,
                 answered: false,
+                sent_at: self.now,
+                delivered_at: None,
             },
         );
         self.primary_send(txn, Some(req))

@@ -180,6 +180,24 @@ pub fn metrics_text(st: &ServerStatus) -> String {
         st.stats.acked,
     );
     m(
+        "commit_delivered_microseconds_total",
+        "counter",
+        "Sum over sync commits answered here of the time from multicast to SAFE delivery back here.",
+        st.stats.stage_delivered_us,
+    );
+    m(
+        "commit_durable_microseconds_total",
+        "counter",
+        "Sum over the same commits of the time from SAFE delivery to durable on a majority.",
+        st.stats.stage_durable_us,
+    );
+    m(
+        "commit_stage_samples_total",
+        "counter",
+        "Sync commits the two stage sums cover.",
+        st.stats.stage_samples,
+    );
+    m(
         "elections_total",
         "counter",
         "Elections completed.",
