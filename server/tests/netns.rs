@@ -6,65 +6,12 @@
 //! converges. Needs root: without it the test says so and returns.
 #![cfg(feature = "cli")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
+use tests::netns::Harness;
 
 const PREFIX: &str = "stbt";
 const SUBNET: &str = "10.91.0";
-
-struct Harness {
-    bin: PathBuf,
-}
-
-impl Harness {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("NETNS_CLUSTER_PREFIX", PREFIX)
-            .env("NETNS_CLUSTER_SUBNET", SUBNET)
-            .output()
-            .expect("run netns-cluster");
-        assert!(
-            out.status.success(),
-            "netns-cluster {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Runs `cmd` in node `i` in the foreground; its stdout, or None if it failed.
-    fn exec(&self, i: u32, cmd: &[&str]) -> Option<String> {
-        let out = Command::new(&self.bin)
-            .args(["exec", &i.to_string()])
-            .args(cmd)
-            .env("NETNS_CLUSTER_PREFIX", PREFIX)
-            .env("NETNS_CLUSTER_SUBNET", SUBNET)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["down", "--force"])
-            .env("NETNS_CLUSTER_PREFIX", PREFIX)
-            .env("NETNS_CLUSTER_SUBNET", SUBNET)
-            .output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 #[allow(clippy::disallowed_methods)] // real processes, real time
 fn sleep(d: Duration) {
@@ -99,16 +46,13 @@ fn primary(h: &Harness) -> Option<u32> {
 
 #[test]
 fn partitions_of_the_primary_and_of_a_remote_replica_lose_nothing() {
-    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness/netns-cluster");
-    if !is_root() || !harness.exists() {
-        eprintln!(
-            "SKIPPED partitions_of_the_primary_and_of_a_remote_replica_lose_nothing: needs root and {}",
-            harness.display()
-        );
+    let Some(h) = Harness::open(
+        "partitions_of_the_primary_and_of_a_remote_replica_lose_nothing",
+        PREFIX,
+        SUBNET,
+    ) else {
         return;
-    }
-    let h = Harness { bin: harness };
-    let _ = h.run(&["down", "--force"]);
+    };
     h.run(&["up", "5"]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([9; 32])).unwrap();

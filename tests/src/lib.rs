@@ -3,6 +3,8 @@
 //! A test records what each daemon's application saw as a simulator [`sim::history::History`],
 //! so the very checkers that judge simulated runs judge real ones too.
 
+pub mod netns;
+
 use gcs::net::Event;
 use gcs::{ProcId, Service, Time};
 use sim::cluster::{decode_payload, encode_payload};

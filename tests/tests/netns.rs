@@ -7,49 +7,11 @@ use gcs::Time;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use tests::netns::Harness;
 use tests::{check_probe_logs, wall_us};
 
 /// The tests share one harness cluster name: they take turns.
 static HARNESS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Harness {
-    bin: PathBuf,
-}
-
-impl Harness {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("NETNS_CLUSTER_PREFIX", "gcst")
-            .env("NETNS_CLUSTER_SUBNET", "10.90.0")
-            .output()
-            .expect("run netns-cluster");
-        assert!(
-            out.status.success(),
-            "netns-cluster {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["down", "--force"])
-            .env("NETNS_CLUSTER_PREFIX", "gcst")
-            .env("NETNS_CLUSTER_SUBNET", "10.90.0")
-            .output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 fn sleep_until_us(t: u64) {
     let now = wall_us();
@@ -93,17 +55,14 @@ fn start(
 
 #[test]
 fn five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs() {
-    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness/netns-cluster");
-    if !is_root() || !harness.exists() {
-        eprintln!(
-            "SKIPPED five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs: needs root and {}",
-            harness.display()
-        );
-        return;
-    }
     let _turn = HARNESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let h = Harness { bin: harness };
-    let _ = h.run(&["down", "--force"]);
+    let Some(h) = Harness::open(
+        "five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs",
+        "gcst",
+        "10.90.0",
+    ) else {
+        return;
+    };
     h.run(&["up", "5"]);
     let dir = std::env::temp_dir().join(format!("gcs-netns-{}", wall_us()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -166,17 +125,14 @@ fn five_hosts_through_partition_loss_delay_kill_and_pause_keep_evs() {
 
 #[test]
 fn three_hosts_with_ip_multicast_form_a_ring_and_deliver() {
-    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/harness/netns-cluster");
-    if !is_root() || !harness.exists() {
-        eprintln!(
-            "SKIPPED three_hosts_with_ip_multicast_form_a_ring_and_deliver: needs root and {}",
-            harness.display()
-        );
-        return;
-    }
     let _turn = HARNESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let h = Harness { bin: harness };
-    let _ = h.run(&["down", "--force"]);
+    let Some(h) = Harness::open(
+        "three_hosts_with_ip_multicast_form_a_ring_and_deliver",
+        "gcst",
+        "10.90.0",
+    ) else {
+        return;
+    };
     h.run(&["up", "3"]);
     let dir = std::env::temp_dir().join(format!("gcs-netns-mc-{}", wall_us()));
     std::fs::create_dir_all(&dir).unwrap();
