@@ -8,12 +8,12 @@
 pub use crate::faults::Action;
 use crate::faults::{self, Net, Plan};
 use crate::history::{Event as HEvent, History, MsgId};
+use crate::host::{recipients, HostIo};
 use crate::options::Options;
 use crate::prng::Prng;
 use crate::queue::{fnv, EventQueue, DIGEST_START};
 use bytes::{BufMut, Bytes, BytesMut};
-use gcs::{Dest, Node, Output, ProcId, Service, Time};
-use std::collections::VecDeque;
+use gcs::{Node, Output, ProcId, Service, Time};
 use std::time::Duration;
 
 /// Receives one trace line per simulated event.
@@ -30,16 +30,11 @@ enum Ev {
 struct SimNode {
     node: Option<Node>,
     incarnation: u64,
-    paused: bool,
-    /// Datagrams that arrived while paused (a socket buffer: bounded).
-    inbox: VecDeque<Bytes>,
-    timer_gen: u64,
-    timer_at: Option<Time>,
+    io: HostIo,
     next_msg: u64,
     phase: Option<gcs::Phase>,
 }
 
-const INBOX_MAX: usize = 2000;
 const MSG_HEADER: usize = 25;
 
 /// Totals of one run.
@@ -81,10 +76,7 @@ impl Cluster {
                 .map(|_| SimNode {
                     node: None,
                     incarnation: 0,
-                    paused: false,
-                    inbox: VecDeque::new(),
-                    timer_gen: 0,
-                    timer_at: None,
+                    io: HostIo::default(),
                     next_msg: 0,
                     phase: None,
                 })
@@ -177,10 +169,7 @@ impl Cluster {
                 if self.nodes[i].node.take().is_some() {
                     let p = self.proc_of(i);
                     self.log(p, HEvent::Crashed { at: self.now });
-                    self.nodes[i].paused = false;
-                    self.nodes[i].inbox.clear();
-                    self.nodes[i].timer_at = None;
-                    self.nodes[i].timer_gen += 1;
+                    self.nodes[i].io.crashed();
                 }
             }
             Action::Restart(i) => {
@@ -197,7 +186,7 @@ impl Cluster {
                     self.schedule(self.now.saturating_add(first), Ev::AppSend { node: i });
                 }
             }
-            Action::Pause(i) => self.nodes[i].paused = self.nodes[i].node.is_some(),
+            Action::Pause(i) => self.nodes[i].io.paused = self.nodes[i].node.is_some(),
             Action::Resume(i) => self.resume(i),
             Action::Heal => {
                 let n = self.opts.nodes;
@@ -214,16 +203,16 @@ impl Cluster {
     }
 
     fn resume(&mut self, i: usize) {
-        if !self.nodes[i].paused {
+        if !self.nodes[i].io.paused {
             return;
         }
-        self.nodes[i].paused = false;
+        self.nodes[i].io.paused = false;
         // Stale timers fire first (the daemon notices the time that passed), then the backlog.
         if let Some(node) = self.nodes[i].node.as_mut() {
             node.handle_timeout(self.now);
         }
         self.drain(i);
-        while let Some(b) = self.nodes[i].inbox.pop_front() {
+        while let Some(b) = self.nodes[i].io.next_buffered() {
             if let Some(node) = self.nodes[i].node.as_mut() {
                 node.handle_packet(self.now, b);
             }
@@ -242,7 +231,7 @@ impl Cluster {
         }
         let next = self.send_delay();
         self.schedule(self.now.saturating_add(next), Ev::AppSend { node: i });
-        if self.nodes[i].paused || self.now >= self.history.sends_until {
+        if self.nodes[i].io.paused || self.now >= self.history.sends_until {
             return;
         }
         let service = self.app_rng.pick(&Service::ALL);
@@ -280,10 +269,8 @@ impl Cluster {
         if sn.node.is_none() {
             return;
         }
-        if sn.paused {
-            if sn.inbox.len() < INBOX_MAX {
-                sn.inbox.push_back(bytes);
-            }
+        if sn.io.paused {
+            sn.io.buffer(bytes);
             return;
         }
         self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
@@ -299,11 +286,7 @@ impl Cluster {
 
     fn timer(&mut self, i: usize, gen: u64) {
         let sn = &mut self.nodes[i];
-        if sn.timer_gen != gen || sn.paused {
-            return;
-        }
-        sn.timer_at = None;
-        if sn.node.is_none() {
+        if !sn.io.fires(gen) || sn.node.is_none() {
             return;
         }
         if self.trace.is_some() {
@@ -326,20 +309,11 @@ impl Cluster {
                 break;
             };
             match out {
-                Output::Transmit { dest, bytes } => match dest {
-                    Dest::All => {
-                        for j in 0..self.opts.nodes {
-                            if j != i {
-                                self.send(i, j, bytes.clone());
-                            }
-                        }
+                Output::Transmit { dest, bytes } => {
+                    for j in recipients(dest, i, self.opts.nodes) {
+                        self.send(i, j, bytes.clone());
                     }
-                    Dest::Node(j) => {
-                        if (j as usize) < self.opts.nodes && j as usize != i {
-                            self.send(i, j as usize, bytes);
-                        }
-                    }
-                },
+                }
                 Output::Deliver(d) => {
                     let (msg, ok) = decode_payload(&d.payload, d.sender);
                     self.totals.delivered += 1;
@@ -385,13 +359,8 @@ impl Cluster {
             self.nodes[i].phase = phase;
         }
         let deadline = self.nodes[i].node.as_ref().and_then(|n| n.poll_deadline());
-        if deadline != self.nodes[i].timer_at {
-            self.nodes[i].timer_gen += 1;
-            self.nodes[i].timer_at = deadline;
-            if let Some(at) = deadline {
-                let gen = self.nodes[i].timer_gen;
-                self.schedule(at.max(self.now), Ev::Timer { node: i, gen });
-            }
+        if let Some((at, gen)) = self.nodes[i].io.rearm(deadline, self.now) {
+            self.schedule(at, Ev::Timer { node: i, gen });
         }
     }
 

@@ -8,6 +8,7 @@ pub mod checkers;
 pub mod cluster;
 pub mod faults;
 pub mod history;
+mod host;
 pub mod options;
 pub mod prng;
 pub mod queue;

@@ -7,17 +7,18 @@ pub mod checkers;
 pub mod history;
 
 use crate::faults::{self, Action, Net, Plan};
+use crate::host::{recipients, HostIo};
 use crate::options::Options;
 use crate::prng::Prng;
 use crate::queue::{fnv, EventQueue, DIGEST_START};
 use bytes::Bytes;
-use gcs::{Dest, Node, ProcId, Time};
+use gcs::{Node, ProcId, Time};
 use history::{FinalStore, REvent, RHistory};
 use replica::{
     CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy, ReplicaConfig,
     ReqId, Role, ServerSpec,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
 
@@ -170,10 +171,7 @@ struct Server {
     /// The disk was lost while the server was down.
     disk_lost: bool,
     incarnation: u64,
-    paused: bool,
-    inbox: VecDeque<Bytes>,
-    timer_gen: u64,
-    timer_at: Option<Time>,
+    io: HostIo,
 }
 
 struct Inflight {
@@ -284,10 +282,7 @@ impl ReplicaCluster {
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
                     disk_lost: false,
                     incarnation: 0,
-                    paused: false,
-                    inbox: VecDeque::new(),
-                    timer_gen: 0,
-                    timer_at: None,
+                    io: HostIo::default(),
                 })
                 .collect(),
             clients: (0..opts.clients)
@@ -462,10 +457,7 @@ impl ReplicaCluster {
                     } else {
                         store
                     });
-                    self.servers[i].paused = false;
-                    self.servers[i].inbox.clear();
-                    self.servers[i].timer_at = None;
-                    self.servers[i].timer_gen += 1;
+                    self.servers[i].io.crashed();
                 }
             }
             Action::Restart(i) => {
@@ -494,7 +486,7 @@ impl ReplicaCluster {
                     }
                 }
             }
-            Action::Pause(i) => self.servers[i].paused = self.servers[i].replica.is_some(),
+            Action::Pause(i) => self.servers[i].io.paused = self.servers[i].replica.is_some(),
             Action::Resume(i) => self.resume(i),
             Action::Heal => {
                 let n = self.servers.len();
@@ -510,7 +502,7 @@ impl ReplicaCluster {
             Action::Swap { via, to } => {
                 self.totals.swaps += 1;
                 let now = self.now;
-                let paused = self.servers[via].paused;
+                let paused = self.servers[via].io.paused;
                 if let Some(r) = self.servers[via].replica.as_mut().filter(|_| !paused) {
                     let res = r.request_swap(now, to as u32);
                     self.tr(|| format!("{now:?} s{via} swap to s{to}: {res:?}"));
@@ -521,15 +513,15 @@ impl ReplicaCluster {
     }
 
     fn resume(&mut self, i: usize) {
-        if !self.servers[i].paused {
+        if !self.servers[i].io.paused {
             return;
         }
-        self.servers[i].paused = false;
+        self.servers[i].io.paused = false;
         if let Some(node) = self.servers[i].node.as_mut() {
             node.handle_timeout(self.now);
         }
         self.drain(i);
-        while let Some(b) = self.servers[i].inbox.pop_front() {
+        while let Some(b) = self.servers[i].io.next_buffered() {
             if let Some(node) = self.servers[i].node.as_mut() {
                 node.handle_packet(self.now, b);
             }
@@ -542,10 +534,8 @@ impl ReplicaCluster {
         if s.node.is_none() {
             return;
         }
-        if s.paused {
-            if s.inbox.len() < 2000 {
-                s.inbox.push_back(bytes);
-            }
+        if s.io.paused {
+            s.io.buffer(bytes);
             return;
         }
         self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
@@ -556,10 +546,9 @@ impl ReplicaCluster {
 
     fn timer(&mut self, i: usize, gen: u64) {
         let s = &mut self.servers[i];
-        if s.timer_gen != gen || s.paused {
+        if !s.io.fires(gen) {
             return;
         }
-        s.timer_at = None;
         let Some(node) = s.node.as_mut() else {
             return;
         };
@@ -594,33 +583,19 @@ impl ReplicaCluster {
             .node
             .as_ref()
             .and_then(|n| n.poll_deadline());
-        if deadline != self.servers[i].timer_at {
-            self.servers[i].timer_gen += 1;
-            self.servers[i].timer_at = deadline;
-            if let Some(at) = deadline {
-                let gen = self.servers[i].timer_gen;
-                self.schedule(at.max(self.now), Ev::Timer { node: i, gen });
-            }
+        if let Some((at, gen)) = self.servers[i].io.rearm(deadline, self.now) {
+            self.schedule(at, Ev::Timer { node: i, gen });
         }
     }
 
     fn node_output(&mut self, i: usize, out: gcs::Output) {
         let now = self.now;
         match out {
-            gcs::Output::Transmit { dest, bytes } => match dest {
-                Dest::All => {
-                    for j in 0..self.servers.len() {
-                        if j != i {
-                            self.send(i, j, bytes.clone());
-                        }
-                    }
+            gcs::Output::Transmit { dest, bytes } => {
+                for j in recipients(dest, i, self.servers.len()) {
+                    self.send(i, j, bytes.clone());
                 }
-                Dest::Node(j) => {
-                    if (j as usize) < self.servers.len() && j as usize != i {
-                        self.send(i, j as usize, bytes);
-                    }
-                }
-            },
+            }
             gcs::Output::Deliver(d) => {
                 if let Some(r) = self.servers[i].replica.as_mut() {
                     r.handle_delivery(now, d.sender, &d.payload);
@@ -815,7 +790,7 @@ impl ReplicaCluster {
 
     fn client_read(&mut self, c: usize) {
         let i = self.client_rng.range(0, self.servers.len() as u64 - 1) as usize;
-        if self.servers[i].paused {
+        if self.servers[i].io.paused {
             return;
         }
         let Some(r) = self.servers[i].replica.as_ref() else {
@@ -917,7 +892,7 @@ impl ReplicaCluster {
             )
         });
         let s = &mut self.servers[server];
-        if s.paused {
+        if s.io.paused {
             return;
         }
         let Some(r) = s.replica.as_mut() else {
