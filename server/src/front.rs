@@ -11,7 +11,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// What every connection shares.
 pub struct Front {
@@ -86,16 +86,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let (mut rd, mut wr) = sock.into_split();
-    // One writer task: answers and pushed events share the socket.
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
-    let writer = tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if wr.write_all(&f).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut rd, wr) = sock.into_split();
+    // Answers and pushed events share the socket: each frame is written whole under a lock,
+    // by the task that has it (no hop through a writer task for every answer).
+    let tx = Out(Arc::new(tokio::sync::Mutex::new(wr)));
     let mut hello = false;
     let result = loop {
         let body = match read_frame(&mut rd).await {
@@ -171,12 +165,20 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
             break Ok(());
         }
     };
-    drop(tx);
-    let _ = writer.await;
     result
 }
 
-async fn handle(front: &Front, req: Request, tx: &mpsc::Sender<Bytes>) -> Response {
+/// The write side of a client connection, shared by its answers and its pushed events.
+#[derive(Clone)]
+struct Out(Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>);
+
+impl Out {
+    async fn send(&self, frame: Bytes) -> std::io::Result<()> {
+        self.0.lock().await.write_all(&frame).await
+    }
+}
+
+async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
     let stopped = || err(ErrorKind::Internal, "the server has stopped");
     match req {
         Request::Hello { .. } => err(ErrorKind::BadRequest, "already said hello"),
