@@ -39,6 +39,10 @@ use storage::{
     Transaction, TxnMeta,
 };
 
+/// The first bytes of a direct datagram between replicas ([`Output::Direct`]): never the
+/// start of a gcs packet (whose magic is `SB`).
+pub(crate) const DIRECT_PREFIX: [u8; 2] = [0xD1, 0x7E];
+
 /// Oids starting with this byte belong to the replication layer (lineage, client records);
 /// clients cannot write them.
 pub const RESERVED_OID_PREFIX: u8 = 0xFF;
@@ -496,14 +500,23 @@ impl<S: Storage> Replica<S> {
             self.applied_dirty = false;
             if let Some((p, epoch)) = self.primary {
                 if p != self.me && self.recovery.is_none() && self.role == Role::Backup {
-                    self.multicast(
-                        Service::Agreed,
-                        Msg::Applied {
-                            server: self.me,
-                            epoch,
-                            tid: self.last,
-                        },
-                    );
+                    let m = Msg::Applied {
+                        server: self.me,
+                        epoch,
+                        tid: self.last,
+                    };
+                    // Straight to the primary first: in the ring's total order the report
+                    // would wait behind every SAFE commit sent before it (about two
+                    // rotations under load). The ordered copy is the reliable path, for a
+                    // lost datagram.
+                    let mut payload = BytesMut::with_capacity(32);
+                    payload.put_slice(&DIRECT_PREFIX);
+                    payload.put_slice(&m.encode());
+                    self.out.push_back(Output::Direct {
+                        to: p,
+                        payload: payload.freeze(),
+                    });
+                    self.multicast(Service::Agreed, m);
                 }
             }
         }
@@ -1292,6 +1305,32 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
+    /// Whether a datagram is a direct message between replicas ([`Output::Direct`]) rather
+    /// than a gcs packet: the shell hands those to [`Self::handle_direct`].
+    pub fn is_direct(datagram: &[u8]) -> bool {
+        datagram.starts_with(&DIRECT_PREFIX)
+    }
+
+    /// A direct message from another server arrived (outside the ring: unordered, maybe
+    /// lost or duplicated). Only `Applied` reports travel this way, and one counts only if
+    /// it names this server's epoch as primary: an epoch has one lineage, in which a
+    /// server's durable history only grows, so a late or repeated report is still true.
+    pub fn handle_direct(&mut self, now: Time, datagram: &[u8]) {
+        self.now = now;
+        if self.role != Role::Primary || !Self::is_direct(datagram) {
+            return;
+        }
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
+        }
+        match Msg::decode(&datagram[DIRECT_PREFIX.len()..]) {
+            Ok(Msg::Applied { server, epoch, tid }) if self.primary == Some((self.me, epoch)) => {
+                self.on_applied(server, server, epoch, tid)
+            }
+            _ => self.stats.fenced += 1,
+        }
+    }
+
     /// Reports count for the whole view: within one view every primary (the elected one,
     /// then each swap target) continues the same lineage, and a server only reports once it
     /// holds that lineage.
@@ -1327,7 +1366,9 @@ impl<S: Storage> Replica<S> {
         if self.pending.is_empty() && self.dup_waiting.is_empty() {
             return;
         }
-        let durable = self.majority_applied();
+        // Durable on a majority, and here: this server applied it (so it was delivered here).
+        // Reports can come straight from the backups, ahead of our own delivery.
+        let durable = self.majority_applied().min(self.last);
         let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
         for tid in done {
             let p = self.pending.remove(&tid).expect("listed");

@@ -171,6 +171,15 @@ pub enum Output {
         /// The server to copy from.
         donor: ServerId,
     },
+    /// A datagram for server `to` alone, outside the ring (unordered, may be lost): the shell
+    /// sends it as is, and the recipient's shell recognises it
+    /// ([`crate::Replica::is_direct`]) and hands it to [`crate::Replica::handle_direct`].
+    Direct {
+        /// The recipient.
+        to: ServerId,
+        /// The datagram.
+        payload: bytes::Bytes,
+    },
     /// The membership object ([`crate::membership_oid`]) may have changed in the store (a
     /// transaction wrote it, or the store was rebuilt, truncated or replaced): the shell
     /// reads it again and updates its address book and topology.

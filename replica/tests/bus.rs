@@ -35,7 +35,11 @@ fn now() -> Time {
 
 impl Bus {
     fn new(n: u32, mode: CommitMode) -> Bus {
-        let c = cfg(n, mode);
+        Bus::with(cfg(n, mode))
+    }
+
+    fn with(c: ReplicaConfig) -> Bus {
+        let n = c.servers.len() as u32;
         Bus {
             servers: (0..n)
                 .map(|i| Some(Replica::new(c.clone(), i, MemStorage::default()).expect("open")))
@@ -57,6 +61,12 @@ impl Bus {
     /// Installs a transitional then a regular view of `members` at each of them, and runs
     /// until quiet.
     fn view(&mut self, members: &[u32]) {
+        self.install(members);
+        self.run();
+    }
+
+    /// Installs a transitional then a regular view of `members` at each of them.
+    fn install(&mut self, members: &[u32]) {
         self.ring_seq += 4;
         let procs: Vec<ProcId> = members.iter().map(|m| ProcId::new(*m, 1)).collect();
         let rep = procs[0];
@@ -78,7 +88,27 @@ impl Bus {
             }
         }
         self.members = members.to_vec();
-        self.run();
+    }
+
+    /// Delivers one message at a time until `stop` holds (true) or nothing is left (false).
+    fn run_until(&mut self, stop: impl Fn(&Bus) -> bool) -> bool {
+        for _ in 0..10_000 {
+            for i in 0..self.servers.len() {
+                self.drain(i as u32);
+            }
+            if stop(self) {
+                return true;
+            }
+            let Some((from, payload)) = self.wire.pop_front() else {
+                return false;
+            };
+            for m in self.members.clone() {
+                if let Some(r) = self.servers[m as usize].as_mut() {
+                    r.handle_delivery(now(), ProcId::new(from, 1), &payload);
+                }
+            }
+        }
+        panic!("the bus did not go quiet");
     }
 
     /// Delivers until nothing is left to deliver.
@@ -114,7 +144,11 @@ impl Bus {
                 Output::Reply { req, result } => self.replies.push((i, req, result)),
                 Output::Lost(l) => self.lost.push((i, l.tids)),
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
-                Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
+                // The ordered copy of every direct report travels on the bus too.
+                Output::Role(_)
+                | Output::NeedCheckpoint { .. }
+                | Output::MembershipChanged
+                | Output::Direct { .. } => {}
             }
         }
     }
@@ -379,4 +413,59 @@ fn a_restarted_server_keeps_its_promise_and_data() {
     assert_eq!(back.promised(), promised);
     assert_eq!(back.last_tid(), last);
     assert!(back.store().load(&Oid::from_u64(1)).unwrap().is_some());
+}
+
+/// A fill resumed under a primary of another history starts over (the bug seed 4578 of the
+/// replica sweep found). s3 begins an object fill from s0, whose history has an async tail
+/// nobody else got, and is cut off after its first chunk. s1 is elected from behind that tail
+/// and rewrites an object s3 already filled. Resumed, the fill would only be patched with s1's
+/// changes after s0's consistency point and keep the old object; it starts over instead, and
+/// s3 ends with exactly s1's objects.
+#[test]
+fn a_fill_cut_off_and_resumed_from_another_history_starts_over() {
+    let mut c = cfg(5, CommitMode::Async { window: 64 });
+    c.recovery.fast_after = 1; // far behind: recover by objects
+    c.recovery.chunk_bytes = 64; // a few objects a chunk
+    c.recovery.chunks_per_request = 1;
+    let mut b = Bus::with(c);
+    b.view(&[0, 1, 2]);
+    for k in 1..=20u64 {
+        b.commit(0, k, put(7, k, k, &format!("v{k}"), None));
+    }
+    // An async tail on s0 alone.
+    b.muted = vec![0];
+    b.commit(0, 21, put(7, 21, 100, "tail", None));
+    b.commit(0, 22, put(7, 22, 101, "tail", None));
+    b.muted.clear();
+    // s0 with the empty s3 and s4: they fill from s0 and are cut off after a first chunk.
+    b.wire.clear();
+    b.install(&[0, 3, 4]);
+    let cut = b.run_until(|b| {
+        [3, 4]
+            .iter()
+            .all(|i| b.r(*i).store().fill_progress().unwrap().is_some())
+    });
+    assert!(cut, "s3 and s4 never started filling");
+    assert_eq!(b.r(0).role(), Role::Primary);
+    b.wire.clear();
+    // s1 is elected from behind s0's tail and rewrites object 1 (filled by s3 already).
+    b.view(&[1, 2, 4]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    b.commit(1, 31, put(8, 1, 1, "s1-a", None));
+    b.commit(1, 32, put(8, 2, 1, "s1-b", None));
+    b.view(&[1, 2, 3, 4]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    for i in [3, 4] {
+        assert_eq!(b.r(i).stats().fills_restarted, 1, "s{i}");
+        assert_eq!(b.r(i).role(), Role::Backup, "s{i}");
+        assert_eq!(b.r(i).last_tid(), b.r(1).last_tid(), "s{i}");
+        for oid in (1..=20).chain([100, 101]) {
+            let o = Oid::from_u64(oid);
+            assert_eq!(
+                b.r(i).store().load(&o).unwrap(),
+                b.r(1).store().load(&o).unwrap(),
+                "s{i} object {oid}"
+            );
+        }
+    }
 }

@@ -510,6 +510,12 @@ impl<S: Storage + 'static> ServerCore<S> {
                     self.ask_checkpoint(now, donor);
                 }
                 replica::Output::MembershipChanged => self.reload_membership(),
+                replica::Output::Direct { to, payload } => {
+                    self.out.push_back(CoreOutput::Transmit {
+                        dest: gcs::Dest::Node(to),
+                        bytes: payload,
+                    })
+                }
             }
         }
         self.feed_outgoing(now);
@@ -731,7 +737,11 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     type Event = ServerEvent;
 
     fn handle_packet(&mut self, now: Time, bytes: Bytes) {
-        self.node.handle_packet(now, bytes);
+        if Replica::<S>::is_direct(&bytes) {
+            self.replica.handle_direct(now, &bytes);
+        } else {
+            self.node.handle_packet(now, bytes);
+        }
         self.pump(now);
     }
 

@@ -262,16 +262,3 @@ fn async_mode_holds_its_properties_under_failover() {
     clean(&r);
     assert!(r.totals.acked > 100);
 }
-
-/// Regression (found by `sim replica --seeds 0..5000`): s2 began an object fill from s0
-/// (consistent at tid 161 of s0's history), was cut off, and resumed it from s1, elected at
-/// tid 159 of another history. The resumed stream only re-sent changes after 161, so s1's
-/// own 160 and 161 never reached the objects filled from s0 and s2 ended at the primary's
-/// last tid with other objects. An open fill now records the lineage it came from and is
-/// started over (or replaced by a checkpoint) when the new primary does not hold it.
-#[test]
-fn seed_4578_a_fill_resumed_from_another_history_starts_over() {
-    let r = run_replica_seed(4578, 5, None);
-    clean(&r);
-    assert!(r.totals.fills_restarted >= 1, "{:?}", r.totals);
-}

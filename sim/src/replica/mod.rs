@@ -522,9 +522,7 @@ impl ReplicaCluster {
         }
         self.drain(i);
         while let Some(b) = self.servers[i].io.next_buffered() {
-            if let Some(node) = self.servers[i].node.as_mut() {
-                node.handle_packet(self.now, b);
-            }
+            self.datagram(i, b);
             self.drain(i);
         }
     }
@@ -539,9 +537,21 @@ impl ReplicaCluster {
             return;
         }
         self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
-        let node = self.servers[to].node.as_mut().expect("running");
-        node.handle_packet(self.now, bytes);
+        self.datagram(to, bytes);
         self.drain(to);
+    }
+
+    /// A datagram reaches a running server: a direct replica message or a gcs packet, as
+    /// the server shell demultiplexes them.
+    fn datagram(&mut self, to: usize, bytes: Bytes) {
+        let s = &mut self.servers[to];
+        if Replica::is_direct(&bytes) {
+            if let Some(r) = s.replica.as_mut() {
+                r.handle_direct(self.now, &bytes);
+            }
+        } else if let Some(node) = s.node.as_mut() {
+            node.handle_packet(self.now, bytes);
+        }
     }
 
     fn timer(&mut self, i: usize, gen: u64) {
@@ -693,6 +703,12 @@ impl ReplicaCluster {
             // Membership (added and removed replicas) is the storage server's; the simulated
             // cluster keeps its configured servers.
             Output::MembershipChanged => {}
+            Output::Direct { to, payload } => {
+                let j = to as usize;
+                if j < self.servers.len() && j != i {
+                    self.send(i, j, payload);
+                }
+            }
             Output::NeedCheckpoint { donor } => {
                 let d = donor as usize;
                 let snap = self
