@@ -33,11 +33,29 @@ use crate::types::{
 use crate::wire::{ChunkBody, FetchReq, Msg};
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{ProcId, Service, Time, View, ViewKind};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use storage::{
     ApplyOutcome, Direction, Oid, Record, Revision, Storage, StorageError, Tid, TidRange,
     Transaction, TxnMeta,
 };
+
+/// The client whose record `oid` is, if it is one (see [`client_oid`]).
+fn client_of_oid(oid: &Oid) -> Option<u64> {
+    match oid.as_bytes() {
+        [RESERVED_OID_PREFIX, b'c', id @ ..] => Some(u64::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The request number a client record holds (0 if it holds none).
+fn client_request(data: Option<&[u8]>) -> u64 {
+    data.and_then(|d| d.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Client records cached at most (the cache starts over beyond).
+const CLIENT_CACHE_MAX: usize = 100_000;
 
 /// The first bytes of a direct datagram between replicas ([`Output::Direct`]): never the
 /// start of a gcs packet (whose magic is `SB`).
@@ -320,6 +338,11 @@ pub struct Replica<S: Storage> {
     backlog: VecDeque<(Tid, Transaction)>,
     backlog_overflowed: bool,
     applied_dirty: bool,
+    /// Client records as the store has them (tid, last request; `None`: no record), so that
+    /// the primary's idempotency check does not read the store for every commit. Filled on
+    /// reads and on every write of a client record; cleared whenever the store changes
+    /// otherwise (fill, truncation, checkpoint, start).
+    client_cache: HashMap<u64, Option<(Tid, u64)>>,
     last_commit_at: Option<Time>,
     primary_last_known: Tid,
     next_fetch_id: u64,
@@ -360,6 +383,7 @@ impl<S: Storage> Replica<S> {
             backlog: VecDeque::new(),
             backlog_overflowed: false,
             applied_dirty: false,
+            client_cache: HashMap::new(),
             last_commit_at: None,
             primary_last_known: Tid::ZERO,
             next_fetch_id: 1,
@@ -386,6 +410,8 @@ impl<S: Storage> Replica<S> {
     /// it (start, checkpoint, fill, truncation, a new epoch).
     fn reload_lineage(&mut self) -> Result<(), StorageError> {
         self.lineage = read_lineage(&self.store)?;
+        // The store may have changed under the cache (a fill, a truncation, another store).
+        self.client_cache.clear();
         self.out.push_back(Output::MembershipChanged);
         Ok(())
     }
@@ -1287,6 +1313,7 @@ impl<S: Storage> Replica<S> {
 
     fn after_apply(&mut self, now: Time, txn: &Transaction) -> Result<(), StorageError> {
         self.stats.applied += 1;
+        self.note_client_records(txn);
         self.last_commit_at = Some(now);
         self.applied_dirty = true;
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
@@ -1487,6 +1514,47 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// The tid and request number of `client`'s record in the store (its last committed
+    /// request), from the cache of client records when it has it.
+    fn client_last(&mut self, client: u64) -> Result<Option<(Tid, u64)>, StorageError> {
+        if let Some(v) = self.client_cache.get(&client) {
+            return Ok(*v);
+        }
+        let v = self
+            .store
+            .load(&client_oid(client))?
+            .map(|rev| (rev.tid, client_request(rev.data.as_deref())));
+        self.cache_client(client, v);
+        Ok(v)
+    }
+
+    fn cache_client(&mut self, client: u64, v: Option<(Tid, u64)>) {
+        if self.client_cache.len() >= CLIENT_CACHE_MAX {
+            self.client_cache.clear();
+        }
+        self.client_cache.insert(client, v);
+    }
+
+    /// A transaction was written to the store (or found there already): a cached client
+    /// record it rewrites is the store's now, unless the cache holds a newer one (an old
+    /// transaction delivered again is applied as already present and must not take the cache
+    /// back). A client not cached stays so (the store may hold a newer record than this).
+    fn note_client_records(&mut self, txn: &Transaction) {
+        for r in &txn.records {
+            if let Some(client) = client_of_oid(&r.oid) {
+                let older = match self.client_cache.get(&client) {
+                    Some(Some((tid, _))) => *tid < txn.tid,
+                    Some(None) => true,
+                    None => false,
+                };
+                if older {
+                    let v = Some((txn.tid, client_request(r.data.as_deref())));
+                    self.client_cache.insert(client, v);
+                }
+            }
+        }
+    }
+
     fn primary_commit(&mut self, req: ReqId, c: CommitRequest) -> Result<(), StorageError> {
         let key = (c.client, c.request);
         if let Some(tid) = self.pending_keys.get(&key) {
@@ -1498,27 +1566,21 @@ impl<S: Storage> Replica<S> {
             }
         }
         let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
-        if let Some(rev) = self.store.load(&client_oid(c.client))? {
-            let last = rev
-                .data
-                .as_deref()
-                .and_then(|d| d.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+        if let Some((rev_tid, last)) = self.client_last(c.client)? {
             if last == c.request {
-                if rev.tid <= self.majority_applied()
+                if rev_tid <= self.majority_applied()
                     || matches!(self.cfg.mode, CommitMode::Async { .. })
                 {
                     self.reply(
                         req,
                         Ok(Committed {
-                            tid: rev.tid,
+                            tid: rev_tid,
                             epoch,
                             duplicate: true,
                         }),
                     );
                 } else {
-                    self.dup_waiting.push((rev.tid, req, epoch));
+                    self.dup_waiting.push((rev_tid, req, epoch));
                 }
                 return Ok(());
             }
@@ -1635,6 +1697,7 @@ impl<S: Storage> Replica<S> {
         let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
         if let CommitMode::Async { .. } = self.cfg.mode {
             self.store.commit(&txn)?;
+            self.note_client_records(&txn);
             self.last = txn.tid;
             if txn.records.iter().any(|r| r.oid == lineage_oid()) {
                 // The epoch marker: the store's lineage now names this epoch.
