@@ -33,7 +33,7 @@ use crate::types::{
 use crate::wire::{ChunkBody, FetchReq, Msg};
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{ProcId, Service, Time, View, ViewKind};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use storage::{
     ApplyOutcome, Direction, Oid, Record, Revision, Storage, StorageError, Tid, TidRange,
     Transaction, TxnMeta,
@@ -342,7 +342,7 @@ pub struct Replica<S: Storage> {
     /// the primary's idempotency check does not read the store for every commit. Filled on
     /// reads and on every write of a client record; cleared whenever the store changes
     /// otherwise (fill, truncation, checkpoint, start).
-    client_cache: HashMap<u64, Option<(Tid, u64)>>,
+    client_cache: BTreeMap<u64, Option<(Tid, u64)>>,
     last_commit_at: Option<Time>,
     primary_last_known: Tid,
     next_fetch_id: u64,
@@ -383,7 +383,7 @@ impl<S: Storage> Replica<S> {
             backlog: VecDeque::new(),
             backlog_overflowed: false,
             applied_dirty: false,
-            client_cache: HashMap::new(),
+            client_cache: BTreeMap::new(),
             last_commit_at: None,
             primary_last_known: Tid::ZERO,
             next_fetch_id: 1,
