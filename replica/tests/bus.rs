@@ -23,6 +23,8 @@ struct Bus {
     invalidations: Vec<(u32, Tid)>,
     /// Senders whose multicasts are dropped (to build diverging histories).
     muted: Vec<u32>,
+    /// Direct datagrams sent (`Output::Direct`): (from, to, datagram), kept, not delivered.
+    direct: Vec<(u32, u32, Bytes)>,
 }
 
 fn cfg(n: u32, mode: CommitMode) -> ReplicaConfig {
@@ -51,6 +53,7 @@ impl Bus {
             lost: Vec::new(),
             invalidations: Vec::new(),
             muted: Vec::new(),
+            direct: Vec::new(),
         }
     }
 
@@ -144,11 +147,8 @@ impl Bus {
                 Output::Reply { req, result } => self.replies.push((i, req, result)),
                 Output::Lost(l) => self.lost.push((i, l.tids)),
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
-                // The ordered copy of every direct report travels on the bus too.
-                Output::Role(_)
-                | Output::NeedCheckpoint { .. }
-                | Output::MembershipChanged
-                | Output::Direct { .. } => {}
+                Output::Direct { to, payload } => self.direct.push((i, to, payload)),
+                Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
             }
         }
     }
@@ -297,6 +297,55 @@ fn sync_commits_wait_for_a_majority_on_disk() {
     b.commit(0, 2, put(8, 1, 2, "b", None));
     assert!(b.reply(1).is_ok());
     assert!(b.reply(2).is_ok());
+}
+
+/// A report sent straight to the primary counts only for the primary's current epoch: a late
+/// report from an earlier epoch (another lineage, maybe truncated since) releases nothing.
+#[test]
+fn a_direct_report_counts_only_for_the_primary_s_epoch() {
+    use replica::wire::Msg;
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    // The backups' ordered reports are lost; their direct ones are held back.
+    b.muted = vec![1, 2];
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
+    let (_, to, datagram) = b
+        .direct
+        .iter()
+        .rfind(|(from, _, _)| *from == 1)
+        .cloned()
+        .expect("s1 reported straight to the primary");
+    assert_eq!(to, 0);
+    assert!(Replica::<MemStorage>::is_direct(&datagram));
+    let prefix = &datagram[..2]; // the direct-datagram prefix, then the message
+    let Ok(Msg::Applied { server, epoch, tid }) = Msg::decode(&datagram[prefix.len()..]) else {
+        panic!("not an Applied report");
+    };
+    let stale = Msg::Applied {
+        server,
+        epoch: replica::Epoch(epoch.0 - 1),
+        tid,
+    };
+    let mut forged = prefix.to_vec();
+    forged.extend_from_slice(&stale.encode());
+    let s0 = b.servers[0].as_mut().unwrap();
+    s0.handle_direct(now(), &forged);
+    b.drain(0);
+    assert!(
+        b.replies.iter().all(|(_, r, _)| *r != ReqId(1)),
+        "a stale report counted"
+    );
+    // The real one releases the answer, and a duplicate of it changes nothing.
+    let s0 = b.servers[0].as_mut().unwrap();
+    s0.handle_direct(now(), &datagram);
+    s0.handle_direct(now(), &datagram);
+    b.drain(0);
+    assert!(b.reply(1).is_ok());
+    assert_eq!(
+        b.replies.iter().filter(|(_, r, _)| *r == ReqId(1)).count(),
+        1
+    );
 }
 
 #[test]
