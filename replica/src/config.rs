@@ -152,6 +152,11 @@ impl ReplicaConfig {
         self.servers.iter().find(|s| s.id == id)
     }
 
+    /// Whether `id` has a vote in the primary-component rule (unknown servers have none).
+    pub fn votes(&self, id: ServerId) -> bool {
+        self.server(id).is_some_and(|s| voting_weight(s) > 0)
+    }
+
     /// Whether `id` may become primary.
     pub fn eligible(&self, id: ServerId) -> bool {
         self.server(id)
@@ -205,7 +210,7 @@ impl ReplicaConfig {
     }
 }
 
-fn voting_weight(s: &ServerSpec) -> u32 {
+pub(crate) fn voting_weight(s: &ServerSpec) -> u32 {
     match s.kind {
         GroupKind::Failover => s.weight,
         GroupKind::Remote => 0,

@@ -40,7 +40,7 @@ use storage::{
 };
 
 /// The client whose record `oid` is, if it is one (see [`client_oid`]).
-fn client_of_oid(oid: &Oid) -> Option<u64> {
+pub fn client_of_oid(oid: &Oid) -> Option<u64> {
     match oid.as_bytes() {
         [RESERVED_OID_PREFIX, b'c', id @ ..] => Some(u64::from_be_bytes(id.try_into().ok()?)),
         _ => None,
@@ -48,7 +48,7 @@ fn client_of_oid(oid: &Oid) -> Option<u64> {
 }
 
 /// The request number a client record holds (0 if it holds none).
-fn client_request(data: Option<&[u8]>) -> u64 {
+pub fn client_request(data: Option<&[u8]>) -> u64 {
     data.and_then(|d| d.try_into().ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
@@ -403,12 +403,12 @@ impl<S: Storage> Replica<S> {
         };
         self.last = self.store.last_transaction()?;
         self.primary_last_known = self.primary_last_known.max(self.last);
-        self.reload_lineage()
+        self.after_store_change()
     }
 
     /// Re-reads what the replication layer keeps in objects after the store changed under
     /// it (start, checkpoint, fill, truncation, a new epoch).
-    fn reload_lineage(&mut self) -> Result<(), StorageError> {
+    fn after_store_change(&mut self) -> Result<(), StorageError> {
         self.lineage = read_lineage(&self.store)?;
         // The store may have changed under the cache (a fill, a truncation, another store).
         self.client_cache.clear();
@@ -464,10 +464,9 @@ impl<S: Storage> Replica<S> {
                 });
             }
         }
-        self.cfg.servers.retain(|s| {
-            !removed.contains(&s.id)
-                || (s.kind == crate::config::GroupKind::Failover && s.weight > 0)
-        });
+        self.cfg
+            .servers
+            .retain(|s| !removed.contains(&s.id) || crate::config::voting_weight(s) > 0);
     }
 
     /// The current role.
@@ -1127,7 +1126,7 @@ impl<S: Storage> Replica<S> {
         };
         tracing::warn!(server = self.me, after = %tid, n = tids.len(), "lost transactions archived");
         self.last = self.store.last_transaction()?;
-        self.reload_lineage()?;
+        self.after_store_change()?;
         self.report_lost(tid, tids, oids.into_iter().collect());
         Ok(true)
     }
@@ -1317,7 +1316,7 @@ impl<S: Storage> Replica<S> {
         self.last_commit_at = Some(now);
         self.applied_dirty = true;
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
-            self.reload_lineage()?;
+            self.after_store_change()?;
         } else if txn.records.iter().any(|r| r.oid == membership_oid()) {
             self.out.push_back(Output::MembershipChanged);
         }
@@ -1701,7 +1700,7 @@ impl<S: Storage> Replica<S> {
             self.last = txn.tid;
             if txn.records.iter().any(|r| r.oid == lineage_oid()) {
                 // The epoch marker: the store's lineage now names this epoch.
-                self.reload_lineage()?;
+                self.after_store_change()?;
             }
             if let Some(req) = req {
                 if let Some(p) = self.pending.get_mut(&txn.tid) {
@@ -2051,7 +2050,7 @@ impl<S: Storage> Replica<S> {
         self.durable.fill_lineage.clear();
         self.persist()?;
         self.last = self.store.last_transaction()?;
-        self.reload_lineage()?;
+        self.after_store_change()?;
         tracing::info!(server = self.me, at = %self.last, "object recovery finished");
         Ok(())
     }

@@ -29,6 +29,14 @@ use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+/// Checks that `a` looks like `host:port` (resolved later); the error names it.
+pub fn check_host_port(a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{a:?} is not host:port")),
+    }
+}
+
 /// Resolves `host:port` (the first address).
 pub fn resolve(a: &str) -> Result<SocketAddr, String> {
     a.to_socket_addrs()
@@ -149,15 +157,9 @@ impl StandbyConfig {
         c.replica().map_err(ConfigFileError::Invalid)?;
         for s in &c.servers {
             for (what, a) in [("gcs", &s.gcs), ("client", &s.client), ("admin", &s.admin)] {
-                if a.rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_none()
-                {
-                    return Err(ConfigFileError::Invalid(format!(
-                        "server {}: {what} address {a:?} is not host:port",
-                        s.id
-                    )));
-                }
+                check_host_port(a).map_err(|e| {
+                    ConfigFileError::Invalid(format!("server {}: {what} address {e}", s.id))
+                })?;
             }
         }
         Ok(c)

@@ -199,6 +199,12 @@ pub enum ServerEvent {
 /// Opens a store directory (checkpoints are opened with it).
 pub type OpenStore<S> = Box<dyn Fn(&Path) -> Result<S, StorageError> + Send>;
 
+/// A node output held back for the replica (see `ServerCore::feed_replica`).
+enum ForReplica {
+    Deliver(gcs::Delivery),
+    View(gcs::View),
+}
+
 /// What a server needs to send and receive checkpoints: its data directory (see
 /// [`checkpoint::current_store_dir`]) and how to open a store.
 pub struct CheckpointSupport<S> {
@@ -223,7 +229,7 @@ pub struct ServerCore<S: Storage + 'static> {
     view: Vec<ServerId>,
     out: VecDeque<CoreOutput<ServerEvent>>,
     /// Node deliveries and views not yet given to the replica (see [`Self::feed_replica`]).
-    for_replica: VecDeque<Output>,
+    for_replica: VecDeque<ForReplica>,
     /// The time of the input being handled.
     now: Time,
     /// The configured servers, and the membership last read from the store (`None`: not yet
@@ -416,7 +422,8 @@ impl<S: Storage + 'static> ServerCore<S> {
                 Output::Transmit { dest, bytes } => {
                     self.out.push_back(CoreOutput::Transmit { dest, bytes })
                 }
-                other => self.for_replica.push_back(other),
+                Output::Deliver(d) => self.for_replica.push_back(ForReplica::Deliver(d)),
+                Output::View(v) => self.for_replica.push_back(ForReplica::View(v)),
             }
         }
     }
@@ -433,17 +440,14 @@ impl<S: Storage + 'static> ServerCore<S> {
         let now = self.now;
         while let Some(o) = self.for_replica.pop_front() {
             match o {
-                Output::Transmit { dest, bytes } => {
-                    self.out.push_back(CoreOutput::Transmit { dest, bytes })
-                }
-                Output::Deliver(d) => {
+                ForReplica::Deliver(d) => {
                     if d.payload.first() == Some(&checkpoint::TAG) {
                         self.on_checkpoint_msg(now, &d.payload);
                     } else {
                         self.replica.handle_delivery(now, d.sender, &d.payload)
                     }
                 }
-                Output::View(v) => {
+                ForReplica::View(v) => {
                     if v.kind() == gcs::ViewKind::Regular {
                         self.view = v.members.iter().map(|p| p.node).collect();
                         self.abandon_transfers_outside_view();
@@ -487,11 +491,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         while let Some(o) = self.replica.poll_output() {
             match o {
                 replica::Output::Multicast { service, payload } => self.send(now, service, payload),
-                replica::Output::Reply { req, result } => {
-                    if let Some(tx) = self.waiting.remove(&req) {
-                        let _ = tx.send(result);
-                    }
-                }
+                replica::Output::Reply { req, result } => self.answer(req, result),
                 replica::Output::Role(r) => {
                     if r.role == Role::Down {
                         tracing::error!(server = self.replica.id(), "replica stopped");

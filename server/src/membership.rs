@@ -15,7 +15,7 @@
 //! applied the change yet. Changing who votes means editing the file on every server.
 
 use bytes::Bytes;
-use replica::{GroupKind, ReplicaConfig, ServerId};
+use replica::{ReplicaConfig, ServerId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -85,21 +85,9 @@ pub struct Configured {
     pub replica: ReplicaConfig,
 }
 
-impl Configured {
-    fn votes(&self, id: ServerId) -> bool {
-        self.replica
-            .server(id)
-            .is_some_and(|s| s.kind == GroupKind::Failover && s.weight > 0)
-    }
-}
-
 fn host_port(what: &str, a: &str) -> Result<(), MembershipError> {
-    match a.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(MembershipError::Invalid(format!(
-            "{what} address {a:?} is not host:port"
-        ))),
-    }
+    crate::config::check_host_port(a)
+        .map_err(|e| MembershipError::Invalid(format!("{what} address {e}")))
 }
 
 impl Membership {
@@ -147,7 +135,7 @@ impl Membership {
                 if let Some(k) = self.added.iter().position(|a| a.id == *id) {
                     next.added.remove(k);
                 } else if configured.daemons.iter().any(|(i, _)| i == id) {
-                    if configured.votes(*id) {
+                    if configured.replica.votes(*id) {
                         return Err(MembershipError::Voter(*id));
                     }
                 } else {
@@ -180,7 +168,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use replica::{CommitMode, ServerSpec};
+    use replica::{CommitMode, GroupKind, ServerSpec};
 
     fn configured() -> Configured {
         let spec = |id, kind, weight| ServerSpec {

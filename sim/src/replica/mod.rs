@@ -252,14 +252,9 @@ pub fn txn_digest(t: &storage::Transaction) -> u64 {
 /// The idempotency key a transaction carries, if any.
 pub fn txn_key(t: &storage::Transaction) -> Option<(u64, u64)> {
     t.records.iter().find_map(|r| {
-        let b = r.oid.as_bytes();
-        if b.len() == 10 && b[0] == replica::RESERVED_OID_PREFIX && b[1] == b'c' {
-            let client = u64::from_be_bytes(b[2..10].try_into().ok()?);
-            let req = u64::from_be_bytes(r.data.as_deref()?.try_into().ok()?);
-            Some((client, req))
-        } else {
-            None
-        }
+        let client = replica::client_of_oid(&r.oid)?;
+        r.data.as_ref()?;
+        Some((client, replica::client_request(r.data.as_deref())))
     })
 }
 
