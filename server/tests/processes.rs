@@ -37,20 +37,40 @@ impl Drop for Cluster {
     }
 }
 
+/// Ports handed out so far in this test binary. The kernel may give the same ephemeral port to
+/// two `bind(0)` calls once the first socket is closed, and two servers configured with one port
+/// fail to start; remembering every port handed out rules that out between all tests here.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn fresh_port(bind: impl Fn() -> u16) -> u16 {
+    let mut seen = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = bind();
+        if seen.insert(port) {
+            return port;
+        }
+    }
+}
+
 fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fresh_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fresh_port(|| {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 impl Cluster {
