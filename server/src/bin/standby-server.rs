@@ -139,7 +139,17 @@ async fn run(args: Args) -> Result<(), String> {
                     tracing::info!(role = ?r.role, primary = ?r.primary, "role changed")
                 }
                 ServerEvent::Lost(l) => {
-                    tracing::warn!(server = l.server, tids = ?l.tids, "transactions moved to the lost archive")
+                    // The count and the range, not every tid: a long-isolated former primary
+                    // can move very many, and `standby lost` lists them all.
+                    tracing::warn!(
+                        server = l.server,
+                        truncated_after = ?l.truncated_after,
+                        transactions = l.tids.len(),
+                        first = ?l.tids.first(),
+                        last = ?l.tids.last(),
+                        objects = l.oids.len(),
+                        "transactions moved to the lost archive (`standby lost` lists them)"
+                    )
                 }
                 ServerEvent::NeedCheckpoint { donor } => {
                     tracing::info!(donor, "recovering from a checkpoint")
