@@ -41,6 +41,10 @@ use crate::{ProcId, RingId, View, ViewId, ViewKind};
 use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 
+/// How far ahead of ours a join's ring number may be (see `on_join`): far more membership
+/// changes than any cluster goes through.
+const RING_SEQ_JUMP_MAX: u64 = 1 << 32;
+
 impl Node {
     /// Starts (or restarts) a membership round.
     pub(crate) fn enter_gather(&mut self, reason: &'static str, extra: BTreeSet<ProcId>) {
@@ -90,6 +94,13 @@ impl Node {
     }
 
     pub(crate) fn on_join(&mut self, from: ProcId, join: Join) {
+        // Ring numbers grow by one per membership change. A join claiming a number billions
+        // ahead is forged or corrupt: taking it would push our next ring towards the end of
+        // the counter space (see `wire::COUNTER_MAX`), where peers refuse it.
+        if join.ring_seq > self.ring_seq_max.saturating_add(RING_SEQ_JUMP_MAX) {
+            self.stats.ignored += 1;
+            return;
+        }
         self.ring_seq_max = self.ring_seq_max.max(join.ring_seq);
         let enter = match &self.state {
             State::Operational => {
@@ -232,7 +243,7 @@ impl Node {
     /// Passes the commit token to the next member (to ourselves on a ring of one).
     fn forward_commit(&mut self, mut ct: CommitToken) {
         loop {
-            ct.hop += 1;
+            ct.hop = ct.hop.saturating_add(1);
             let i = ct.members.binary_search(&self.me).expect("member");
             let next = ct.members[(i + 1) % ct.members.len()];
             if next != self.me {
@@ -279,7 +290,8 @@ impl Node {
                     .installed
                     .as_ref()
                     .is_none_or(|r| ct.ring.seq > r.id.seq);
-                if ct.rotation != 0 || is_rep || members != ct.members || !newer {
+                let jump = ct.ring.seq > self.ring_seq_max.saturating_add(RING_SEQ_JUMP_MAX);
+                if ct.rotation != 0 || is_rep || members != ct.members || !newer || jump {
                     self.stats.ignored += 1;
                     return None;
                 }
@@ -369,7 +381,10 @@ impl Node {
         let high_delivered = from_old.iter().map(|e| e.high_delivered).max().unwrap_or(0);
         let mut queue = VecDeque::new();
         if let Some(inst) = &self.installed {
-            for st in inst.window.present(low_aru + 1, inst.window.high()) {
+            for st in inst
+                .window
+                .present(low_aru.saturating_add(1), inst.window.high())
+            {
                 if matches!(st.data.body, Body::App(_)) {
                     queue.push_back(st.data.seq);
                 }

@@ -443,7 +443,7 @@ impl Node {
                             body: Body::App(app),
                         };
                         let frame = wire::encode_app_data(&data);
-                        inst.window.insert(Stored { data, frame }, u64::MAX / 4);
+                        inst.window.insert(Stored { data, frame }, limit);
                     }
                 }
             }
@@ -526,6 +526,20 @@ impl Node {
         };
         if !fresh || self.held_token.is_some() {
             self.stats.ignored += 1;
+            return;
+        }
+        // Flow control keeps every packet of the ring within half a receive window of the
+        // lowest member's receipt, and ours is at least that: a token claiming more was not
+        // made by a member. Taking it would have us number our packets there and grow the
+        // window to match.
+        let my_aru = match &self.state {
+            State::Operational => self.installed.as_ref().map_or(0, |r| r.window.aru()),
+            State::Recovery(rec) => rec.ring.window.aru(),
+            _ => 0,
+        };
+        if token.seq > my_aru.saturating_add(self.cfg.recv_window_max) {
+            self.stats.ignored += 1;
+            tracing::debug!(me = ?self.me, seq = token.seq, aru = my_aru, "token too far ahead: ignored");
             return;
         }
         self.stats.tokens += 1;
@@ -644,7 +658,8 @@ impl Node {
 
         // Flow control: how many new packets may we originate?
         let fcc_others = token.fcc.saturating_sub(ring.my_fcc);
-        let mut allowed = cfg_personal.min(cfg_global.saturating_sub(fcc_others + sent));
+        let mut allowed =
+            cfg_personal.min(cfg_global.saturating_sub(fcc_others.saturating_add(sent)));
         // Fair share: when the members together have more waiting than one rotation may carry,
         // each gets the part of the global window that its backlog is of the total.
         let payload_room = self.cfg.max_packet_size - wire::HEADER_LEN - 64;
@@ -656,16 +671,26 @@ impl Node {
         } else {
             self.send_queue.packets_estimate(payload_room)
         };
-        let backlog_total = token.backlog.saturating_sub(ring.my_backlog) + my_backlog;
+        let backlog_total = token
+            .backlog
+            .saturating_sub(ring.my_backlog)
+            .saturating_add(my_backlog);
         if backlog_total > cfg_global {
             let share = (cfg_global as u64 * my_backlog as u64 / backlog_total as u64) as u32;
             allowed = allowed.min(share.max(1));
         }
-        let ahead_max = token.aru + self.cfg.recv_window_max / 2;
+        let ahead_max = token.aru.saturating_add(self.cfg.recv_window_max / 2);
         allowed = allowed.min(ahead_max.saturating_sub(token.seq).min(u32::MAX as u64) as u32);
         let mut frames = Vec::new();
+        let window_limit = self.cfg.recv_window_max;
         while (frames.len() as u32) < allowed {
             let seq = token.seq + 1;
+            // Within the window (`on_token` refused tokens beyond it and `allowed` stops at
+            // half of it) and a free place: checked before a frame takes messages from the
+            // queue, so that a forged packet holding the place loses nothing of ours.
+            if seq > ring.window.aru().saturating_add(window_limit) || ring.window.has(seq) {
+                break;
+            }
             let frame = if recovering {
                 match self.next_recovery_frame(ring.id, seq) {
                     Some(f) => f,
@@ -687,15 +712,15 @@ impl Node {
                     data,
                     frame: frame.clone(),
                 },
-                u64::MAX / 4,
+                window_limit,
             );
-            debug_assert!(stored);
+            debug_assert!(stored, "checked above");
             token.seq = seq;
             frames.push(frame);
         }
         let originated = frames.len() as u32;
         ring.my_fcc = sent + originated;
-        token.fcc = fcc_others + sent + originated;
+        token.fcc = fcc_others.saturating_add(sent).saturating_add(originated);
         let backlog_now = if recovering {
             match &self.state {
                 State::Recovery(rec) => rec.queue.len().min(u32::MAX as usize) as u32,
@@ -704,7 +729,10 @@ impl Node {
         } else {
             self.send_queue.packets_estimate(payload_room)
         };
-        token.backlog = token.backlog.saturating_sub(ring.my_backlog) + backlog_now;
+        token.backlog = token
+            .backlog
+            .saturating_sub(ring.my_backlog)
+            .saturating_add(backlog_now);
         ring.my_backlog = backlog_now;
 
         // All-received-up-to.
@@ -842,5 +870,175 @@ impl Node {
         if let Some(v) = &self.view {
             assert_eq!(v.id.kind, ViewKind::Regular);
         }
+    }
+}
+
+/// Datagrams a member could never have sent (forged by a key holder, or sent in the clear to
+/// an `--insecure` ring): the node must neither crash nor grow without bound, and the ring
+/// must keep ordering.
+#[cfg(test)]
+mod forged_input_tests {
+    use super::*;
+    use crate::wire::{encode_control, Join, Packet, Token};
+    use std::time::Duration;
+
+    /// Two nodes on a lossless network; time moves in 1 ms steps.
+    struct Pair {
+        nodes: [Node; 2],
+        now: Time,
+        delivered: [Vec<Bytes>; 2],
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let mut p = Pair {
+                nodes: [1, 2].map(|n| {
+                    Node::new(Config::default(), ProcId::new(n, 1), Time::ZERO).expect("config")
+                }),
+                now: Time::ZERO,
+                delivered: [Vec::new(), Vec::new()],
+            };
+            p.run_until(|p| {
+                p.nodes
+                    .iter()
+                    .all(|n| n.view().is_some_and(|v| v.members.len() == 2))
+            });
+            p
+        }
+
+        fn step(&mut self) {
+            self.now = self.now.saturating_add(Duration::from_millis(1));
+            for _ in 0..100 {
+                let mut wire = Vec::new();
+                for (i, n) in self.nodes.iter_mut().enumerate() {
+                    if n.poll_deadline().is_some_and(|t| t <= self.now) {
+                        n.handle_timeout(self.now);
+                    }
+                    while let Some(o) = n.poll_output() {
+                        match o {
+                            Output::Transmit { bytes, .. } => wire.push((1 - i, bytes)),
+                            Output::Deliver(d) => self.delivered[i].push(d.payload),
+                            _ => {}
+                        }
+                    }
+                }
+                if wire.is_empty() {
+                    break;
+                }
+                for (to, bytes) in wire {
+                    self.nodes[to].handle_packet(self.now, bytes);
+                }
+            }
+        }
+
+        fn run_until(&mut self, done: impl Fn(&Pair) -> bool) {
+            for _ in 0..20_000 {
+                if done(self) {
+                    return;
+                }
+                self.step();
+            }
+            panic!("condition not reached in 20 s of virtual time");
+        }
+
+        /// The two still order and deliver a new message.
+        fn still_orders(&mut self, tag: &'static [u8]) {
+            self.nodes[0]
+                .multicast(self.now, Service::Agreed, Bytes::from_static(tag))
+                .expect("queued");
+            self.run_until(|p| p.delivered.iter().all(|d| d.iter().any(|m| m[..] == *tag)));
+        }
+    }
+
+    #[test]
+    fn a_token_claiming_packets_far_beyond_the_window_is_ignored() {
+        let mut p = Pair::new();
+        let ring = p.nodes[0].installed.as_ref().expect("operational").id;
+        let last = p.nodes[0]
+            .installed
+            .as_ref()
+            .expect("operational")
+            .last_token_seq;
+        // Something queued, so that a visit would originate packets numbered after the
+        // token's `seq`.
+        p.nodes[0]
+            .multicast(p.now, Service::Agreed, Bytes::from_static(b"queued"))
+            .expect("queued");
+        let far = 1u64 << 20;
+        let forged = Token {
+            ring,
+            token_seq: last + 1_000,
+            seq: far,
+            aru: far,
+            aru_addr: None,
+            fcc: u32::MAX,
+            backlog: u32::MAX,
+            rtr: Vec::new(),
+            recovery_owner: None,
+            recovered: false,
+        };
+        let ignored = p.nodes[0].stats.ignored;
+        let from = p.nodes[1].me;
+        p.nodes[0].handle_packet(p.now, encode_control(from, &Packet::Token(forged)));
+        assert_eq!(
+            p.nodes[0].stats.ignored,
+            ignored + 1,
+            "the token is ignored"
+        );
+        let span = p.nodes[0].installed.as_ref().map_or(0, |r| r.window.span());
+        assert!(
+            span < 64,
+            "the window did not grow towards the forged seq ({span})"
+        );
+        p.still_orders(b"after the forged token");
+    }
+
+    #[test]
+    fn a_join_claiming_a_ring_number_billions_ahead_is_ignored() {
+        let mut p = Pair::new();
+        let before = p.nodes[0].ring_seq_max;
+        let from = p.nodes[1].me;
+        let forged = Join {
+            proc_set: vec![p.nodes[0].me, from],
+            fail_set: Vec::new(),
+            ring_seq: crate::wire::COUNTER_MAX - 1,
+        };
+        p.nodes[0].handle_packet(p.now, encode_control(from, &Packet::Join(forged)));
+        assert_eq!(
+            p.nodes[0].ring_seq_max, before,
+            "the ring number did not jump"
+        );
+        p.still_orders(b"after the forged join");
+    }
+
+    #[test]
+    fn counters_at_the_end_of_their_range_are_refused_at_decode() {
+        let p = Pair::new();
+        let ring = p.nodes[0].installed.as_ref().expect("operational").id;
+        let from = p.nodes[1].me;
+        let token = |token_seq, seq| Token {
+            ring,
+            token_seq,
+            seq,
+            aru: 0,
+            aru_addr: None,
+            fcc: 0,
+            backlog: 0,
+            rtr: Vec::new(),
+            recovery_owner: None,
+            recovered: false,
+        };
+        for bad in [token(u64::MAX, 1), token(1, u64::MAX)] {
+            let bytes = encode_control(from, &Packet::Token(bad));
+            assert!(crate::wire::decode(bytes).is_err());
+        }
+        let join = Join {
+            proc_set: vec![from],
+            fail_set: Vec::new(),
+            ring_seq: u64::MAX,
+        };
+        assert!(crate::wire::decode(encode_control(from, &Packet::Join(join))).is_err());
+        let ok = encode_control(from, &Packet::Token(token(1, 1)));
+        assert!(crate::wire::decode(ok).is_ok());
     }
 }

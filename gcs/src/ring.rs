@@ -61,6 +61,12 @@ impl RecvWindow {
         self.slots.get((seq - self.base) as usize)?.as_ref()
     }
 
+    /// How many places the window holds (received or awaited): what it costs in memory.
+    #[cfg(test)]
+    pub(crate) fn span(&self) -> usize {
+        self.slots.len()
+    }
+
     pub(crate) fn has(&self, seq: u64) -> bool {
         seq <= self.aru || self.get(seq).is_some()
     }
@@ -68,7 +74,7 @@ impl RecvWindow {
     /// Stores a packet. Returns false for a duplicate or one too far ahead (`limit`).
     pub(crate) fn insert(&mut self, stored: Stored, limit: u64) -> bool {
         let seq = stored.data.seq;
-        if seq <= self.aru || seq > self.aru + limit {
+        if seq <= self.aru || seq > self.aru.saturating_add(limit) {
             return false;
         }
         let idx = (seq - self.base) as usize;

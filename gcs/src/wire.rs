@@ -28,6 +28,19 @@ pub const MAX_DATA_PACKET_SIZE: usize = MAX_PACKET_SIZE - 64;
 pub const RTR_MAX: usize = 4096;
 /// Most members a ring may have (bounds join and commit token sizes).
 pub const MEMBERS_MAX: usize = 256;
+/// Every counter a packet carries (ring numbers, sequence numbers, token passes) is below
+/// this; larger values are refused as malformed. No real ring gets near it (2^62 packets at
+/// ten million a second take 14,000 years), and the bound lets the core add one, or a window,
+/// to any counter it received without overflow.
+pub const COUNTER_MAX: u64 = 1 << 62;
+
+/// Refuses a counter at or above [`COUNTER_MAX`].
+fn counter(v: u64, what: &'static str) -> Result<u64, WireError> {
+    if v >= COUNTER_MAX {
+        return Err(WireError::Malformed(what));
+    }
+    Ok(v)
+}
 
 /// Fixed part of a data packet after the header: ring (20), seq (8), body tag (1).
 const DATA_FIXED: usize = 29;
@@ -359,7 +372,7 @@ fn get_proc(buf: &mut Bytes) -> Result<ProcId, WireError> {
 
 fn get_ring(buf: &mut Bytes) -> Result<RingId, WireError> {
     need(buf, 8)?;
-    let seq = buf.get_u64_le();
+    let seq = counter(buf.get_u64_le(), "ring number")?;
     Ok(RingId {
         seq,
         rep: get_proc(buf)?,
@@ -412,7 +425,7 @@ fn get_app(buf: &mut Bytes) -> Result<AppBody, WireError> {
 fn decode_data(mut buf: Bytes, sender: ProcId) -> Result<Data, WireError> {
     need(&buf, DATA_FIXED)?;
     let ring = get_ring(&mut buf)?;
-    let seq = buf.get_u64_le();
+    let seq = counter(buf.get_u64_le(), "sequence number")?;
     if seq == 0 {
         return Err(WireError::Malformed("sequence number 0"));
     }
@@ -421,7 +434,7 @@ fn decode_data(mut buf: Bytes, sender: ProcId) -> Result<Data, WireError> {
         1 => {
             let old_ring = get_ring(&mut buf)?;
             need(&buf, 8)?;
-            let old_seq = buf.get_u64_le();
+            let old_seq = counter(buf.get_u64_le(), "sequence number")?;
             let old_sender = get_proc(&mut buf)?;
             if old_seq == 0 {
                 return Err(WireError::Malformed("sequence number 0"));
@@ -467,7 +480,13 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
         k if k == Kind::Data as u8 => Packet::Data(decode_data(buf, from)?),
         k if k == Kind::Token as u8 => {
             let t: Token = bincode_options().deserialize(&buf).map_err(bad)?;
-            if t.rtr.len() > RTR_MAX || t.aru > t.seq {
+            if t.rtr.len() > RTR_MAX
+                || t.aru > t.seq
+                || [t.ring.seq, t.token_seq, t.seq]
+                    .into_iter()
+                    .chain(t.rtr.iter().copied())
+                    .any(|v| v >= COUNTER_MAX)
+            {
                 return Err(WireError::Malformed("token"));
             }
             Packet::Token(t)
@@ -478,6 +497,7 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
                 || j.fail_set.len() > MEMBERS_MAX
                 || !sorted_unique(&j.proc_set)
                 || !sorted_unique(&j.fail_set)
+                || j.ring_seq >= COUNTER_MAX
             {
                 return Err(WireError::Malformed("join sets"));
             }
@@ -491,13 +511,24 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
                 || !sorted_unique(&c.members)
                 || c.members[0] != c.ring.rep
                 || c.rotation > 1
+                || c.ring.seq >= COUNTER_MAX
+                || c.entries.iter().flatten().any(|e| {
+                    e.old_ring
+                        .map_or(0, |r| r.seq)
+                        .max(e.aru)
+                        .max(e.high_delivered)
+                        .max(e.high_seq)
+                        >= COUNTER_MAX
+                })
             {
                 return Err(WireError::Malformed("commit token"));
             }
             Packet::Commit(c)
         }
         k if k == Kind::MergeDetect as u8 => {
-            Packet::MergeDetect(bincode_options().deserialize(&buf).map_err(bad)?)
+            let m: MergeDetect = bincode_options().deserialize(&buf).map_err(bad)?;
+            counter(m.ring.seq, "ring number")?;
+            Packet::MergeDetect(m)
         }
         k => return Err(WireError::Kind(k)),
     };

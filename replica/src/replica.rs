@@ -105,14 +105,20 @@ fn decode_lineage(b: &[u8]) -> Option<Vec<EpochStart>> {
     if !b.len().is_multiple_of(16) {
         return None;
     }
-    Some(
-        b.chunks_exact(16)
-            .map(|c| EpochStart {
-                epoch: Epoch(u64::from_be_bytes(c[..8].try_into().expect("8"))),
-                base: Tid(u64::from_be_bytes(c[8..].try_into().expect("8"))),
+    b.chunks_exact(16)
+        .map(|c| {
+            let (epoch, base) = (be_u64(&c[..8])?, be_u64(&c[8..])?);
+            (epoch < crate::COUNTER_MAX && base < crate::COUNTER_MAX).then_some(EpochStart {
+                epoch: Epoch(epoch),
+                base: Tid(base),
             })
-            .collect(),
-    )
+        })
+        .collect()
+}
+
+/// A big-endian u64 from exactly eight bytes.
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
 /// A store's lineage (empty for a store no primary wrote to yet).
@@ -178,11 +184,17 @@ impl Durable {
             return Err(bad());
         }
         let voter = b[1] == 1;
-        let promised = Epoch(u64::from_be_bytes(b[2..10].try_into().map_err(|_| bad())?));
+        let promised = be_u64(&b[2..10])
+            .filter(|e| *e < crate::COUNTER_MAX)
+            .map(Epoch)
+            .ok_or_else(bad)?;
         let (fill_since, fill_lineage) = match b[10] {
             0 if b.len() == 11 => (None, Vec::new()),
             1 if b.len() >= 23 => {
-                let since = Tid(u64::from_be_bytes(b[11..19].try_into().map_err(|_| bad())?));
+                let since = be_u64(&b[11..19])
+                    .filter(|t| *t < crate::COUNTER_MAX)
+                    .map(Tid)
+                    .ok_or_else(bad)?;
                 let n = u32::from_be_bytes(b[19..23].try_into().map_err(|_| bad())?) as usize;
                 if n > LINEAGE_MAX || b.len() != 23 + 16 * n {
                     return Err(bad());
@@ -402,6 +414,12 @@ impl<S: Storage> Replica<S> {
             Some(b) => Durable::decode(&b)?,
         };
         self.last = self.store.last_transaction()?;
+        if self.last.0 >= crate::COUNTER_MAX {
+            return Err(StorageError::corrupt(format!(
+                "last transaction {} beyond the tid range",
+                self.last
+            )));
+        }
         self.primary_last_known = self.primary_last_known.max(self.last);
         self.after_store_change()
     }
@@ -713,6 +731,9 @@ impl<S: Storage> Replica<S> {
             }
             Msg::SwapRequest { epoch, to } => self.on_swap_request(epoch, to),
             Msg::Handover { epoch, to, last } => self.on_handover(from, epoch, to, last),
+            // A fetch counts only from the server it names, a chunk only from the donor of
+            // the recovery it belongs to (see `on_chunk`).
+            Msg::Fetch { from: who, .. } if who != from => Ok(()),
             Msg::Fetch {
                 from: who,
                 donor,
@@ -721,7 +742,7 @@ impl<S: Storage> Replica<S> {
                 req,
             } => self.on_fetch(who, donor, fetch_id, chunks, req),
             Msg::Chunk { to, fetch_id, body } => {
-                match self.on_chunk(now, to, fetch_id, body) {
+                match self.on_chunk(now, from, to, fetch_id, body) {
                     // The stream does not fit this store (it parted from the donor's history
                     // mid-recovery): start over from a checkpoint rather than stop.
                     Err(
@@ -1917,6 +1938,7 @@ impl<S: Storage> Replica<S> {
     fn on_chunk(
         &mut self,
         now: Time,
+        from: ServerId,
         to: ServerId,
         fetch_id: u64,
         body: ChunkBody,
@@ -1927,7 +1949,7 @@ impl<S: Storage> Replica<S> {
         let Some(rec) = self.recovery.clone() else {
             return Ok(());
         };
-        if rec.fetch_id != fetch_id {
+        if rec.fetch_id != fetch_id || rec.donor != from {
             return Ok(());
         }
         self.stats.recovery_chunks += 1;

@@ -309,10 +309,12 @@ impl Msg {
         let m = match get_u8(r)? {
             T_STATE => {
                 let server = get_u32(r)?;
-                let promised = Epoch(get_u64(r)?);
-                let last_tid = Tid(get_u64(r)?);
+                let promised = get_epoch(r)?;
+                let last_tid = get_tid(r)?;
                 let lineage = get_lineage(r)?;
-                let primary_in = get_opt_u64(r)?.map(Epoch);
+                let primary_in = get_opt_u64(r)?
+                    .map(|e| counter(e, "epoch out of range").map(Epoch))
+                    .transpose()?;
                 let consistent = get_bool(r)?;
                 let voter = get_bool(r)?;
                 Msg::State(MemberState {
@@ -327,26 +329,26 @@ impl Msg {
             }
             T_PROMISE => Msg::Promise {
                 server: get_u32(r)?,
-                epoch: Epoch(get_u64(r)?),
+                epoch: get_epoch(r)?,
             },
             T_COMMIT => Msg::Commit {
-                epoch: Epoch(get_u64(r)?),
-                prev: Tid(get_u64(r)?),
+                epoch: get_epoch(r)?,
+                prev: get_tid(r)?,
                 txn: get_txn(r)?,
             },
             T_APPLIED => Msg::Applied {
                 server: get_u32(r)?,
-                epoch: Epoch(get_u64(r)?),
-                tid: Tid(get_u64(r)?),
+                epoch: get_epoch(r)?,
+                tid: get_tid(r)?,
             },
             T_SWAP => Msg::SwapRequest {
-                epoch: Epoch(get_u64(r)?),
+                epoch: get_epoch(r)?,
                 to: get_u32(r)?,
             },
             T_HANDOVER => Msg::Handover {
-                epoch: Epoch(get_u64(r)?),
+                epoch: get_epoch(r)?,
                 to: get_u32(r)?,
-                last: Tid(get_u64(r)?),
+                last: get_tid(r)?,
             },
             T_FETCH => {
                 let from = get_u32(r)?;
@@ -355,11 +357,13 @@ impl Msg {
                 let chunks = get_u32(r)?;
                 let req = match get_u8(r)? {
                     0 => FetchReq::Txns {
-                        after: Tid(get_u64(r)?),
-                        until: get_opt_u64(r)?.map(Tid),
+                        after: get_tid(r)?,
+                        until: get_opt_u64(r)?
+                            .map(|t| counter(t, "tid out of range").map(Tid))
+                            .transpose()?,
                     },
                     1 => FetchReq::Objects {
-                        since: Tid(get_u64(r)?),
+                        since: get_tid(r)?,
                         after_oid: match get_u8(r)? {
                             0 => None,
                             1 => Some(get_oid(r)?),
@@ -385,21 +389,21 @@ impl Msg {
                         let n = get_count(r, 8 + 30)?;
                         let mut txns = Vec::with_capacity(n);
                         for _ in 0..n {
-                            let prev = Tid(get_u64(r)?);
+                            let prev = get_tid(r)?;
                             txns.push((prev, get_txn(r)?));
                         }
                         ChunkBody::Txns { txns, done }
                     }
                     1 => {
                         let done = get_bool(r)?;
-                        let consistent_at = Tid(get_u64(r)?);
+                        let consistent_at = get_tid(r)?;
                         let lineage = get_lineage(r)?;
                         let n = get_count(r, 13)?;
                         let mut revisions = Vec::with_capacity(n);
                         for _ in 0..n {
                             revisions.push(Revision {
                                 oid: get_oid(r)?,
-                                tid: Tid(get_u64(r)?),
+                                tid: get_tid(r)?,
                                 data: get_opt_bytes(r)?,
                             });
                         }
@@ -411,7 +415,7 @@ impl Msg {
                         }
                     }
                     2 => ChunkBody::Unavailable {
-                        horizon: Tid(get_u64(r)?),
+                        horizon: get_tid(r)?,
                     },
                     t => return Err(WireError::BadTag(t)),
                 };
@@ -419,11 +423,11 @@ impl Msg {
             }
             T_LOST => {
                 let server = get_u32(r)?;
-                let truncated_after = Tid(get_u64(r)?);
+                let truncated_after = get_tid(r)?;
                 let n = get_count(r, 8)?;
                 let mut tids = Vec::with_capacity(n);
                 for _ in 0..n {
-                    tids.push(Tid(get_u64(r)?));
+                    tids.push(get_tid(r)?);
                 }
                 let n = get_count(r, 4)?;
                 let mut oids = Vec::with_capacity(n);
@@ -472,8 +476,8 @@ fn get_lineage(r: &mut &[u8]) -> Result<Vec<EpochStart>, WireError> {
     let mut lineage = Vec::with_capacity(n);
     for _ in 0..n {
         lineage.push(EpochStart {
-            epoch: Epoch(get_u64(r)?),
-            base: Tid(get_u64(r)?),
+            epoch: get_epoch(r)?,
+            base: get_tid(r)?,
         });
     }
     Ok(lineage)
@@ -539,6 +543,23 @@ fn get_u64(r: &mut &[u8]) -> Result<u64, WireError> {
     Ok(r.get_u64())
 }
 
+/// Refuses a tid or epoch at or above [`crate::COUNTER_MAX`], so that the next one (`+ 1`)
+/// can always be computed.
+fn counter(v: u64, what: &'static str) -> Result<u64, WireError> {
+    if v >= crate::COUNTER_MAX {
+        return Err(WireError::Invalid(what));
+    }
+    Ok(v)
+}
+
+fn get_tid(r: &mut &[u8]) -> Result<Tid, WireError> {
+    Ok(Tid(counter(get_u64(r)?, "tid out of range")?))
+}
+
+fn get_epoch(r: &mut &[u8]) -> Result<Epoch, WireError> {
+    Ok(Epoch(counter(get_u64(r)?, "epoch out of range")?))
+}
+
 /// A count of items of at least `min_item` bytes each: refuses counts the rest of the message
 /// cannot hold, so a forged count never makes us allocate.
 fn get_count(r: &mut &[u8], min_item: usize) -> Result<usize, WireError> {
@@ -578,7 +599,7 @@ fn get_oid(r: &mut &[u8]) -> Result<Oid, WireError> {
 }
 
 pub(crate) fn get_txn(r: &mut &[u8]) -> Result<Transaction, WireError> {
-    let tid = Tid(get_u64(r)?);
+    let tid = get_tid(r)?;
     let meta = TxnMeta {
         user: get_bytes(r)?,
         description: get_bytes(r)?,
@@ -720,6 +741,54 @@ mod tests {
                 oids: vec![Oid::from_u64(1)],
             },
         ]
+    }
+
+    #[test]
+    fn tids_and_epochs_at_the_end_of_their_range_are_refused() {
+        let at_end = crate::COUNTER_MAX;
+        let msgs = [
+            Msg::Applied {
+                server: 2,
+                epoch: Epoch(5),
+                tid: Tid(at_end),
+            },
+            Msg::Applied {
+                server: 2,
+                epoch: Epoch(u64::MAX),
+                tid: Tid(1),
+            },
+            Msg::Handover {
+                epoch: Epoch(5),
+                to: 2,
+                last: Tid(u64::MAX),
+            },
+            Msg::Commit {
+                epoch: Epoch(5),
+                prev: Tid(9),
+                txn: txn(u64::MAX),
+            },
+            Msg::State(MemberState {
+                server: 3,
+                promised: Epoch(at_end),
+                last_tid: Tid(9),
+                lineage: vec![],
+                primary_in: None,
+                consistent: true,
+                voter: true,
+            }),
+        ];
+        for m in msgs {
+            assert!(
+                matches!(Msg::decode(&m.encode()), Err(WireError::Invalid(_))),
+                "{m:?} accepted"
+            );
+        }
+        let just_below = Msg::Applied {
+            server: 2,
+            epoch: Epoch(at_end - 1),
+            tid: Tid(at_end - 1),
+        };
+        assert_eq!(Msg::decode(&just_below.encode()).unwrap(), just_below);
     }
 
     #[test]

@@ -518,3 +518,47 @@ fn a_fill_cut_off_and_resumed_from_another_history_starts_over() {
         }
     }
 }
+
+/// A recovery chunk counts only from the donor the recovering server asked: the same chunk
+/// delivered as another member's multicast changes nothing, so a member cannot feed a
+/// recovering server a history of its own.
+#[test]
+fn a_recovery_chunk_from_anyone_but_the_donor_is_ignored() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1]);
+    for k in 1..=10u64 {
+        b.commit(0, k, put(7, k, k, &format!("v{k}"), None));
+    }
+    b.run();
+    // s2 joins empty and fetches from a donor; stop at the first chunk on the wire.
+    b.install(&[0, 1, 2]);
+    let is_chunk = |p: &Bytes| {
+        matches!(
+            replica::wire::Msg::decode(p),
+            Ok(replica::wire::Msg::Chunk { .. })
+        )
+    };
+    let found = b.run_until(|b| b.wire.front().is_some_and(|(_, p)| is_chunk(p)));
+    assert!(found, "no recovery chunk was sent");
+    let (donor, chunk) = b.wire.pop_front().expect("checked");
+    let other = [0, 1]
+        .into_iter()
+        .find(|s| *s != donor)
+        .expect("two others");
+    let (chunks, last) = (b.r(2).stats().recovery_chunks, b.r(2).last_tid());
+    b.servers[2]
+        .as_mut()
+        .expect("running")
+        .handle_delivery(now(), ProcId::new(other, 1), &chunk);
+    assert_eq!(
+        b.r(2).stats().recovery_chunks,
+        chunks,
+        "taken from s{other}"
+    );
+    assert_eq!(b.r(2).last_tid(), last);
+    // From the donor it counts, and s2 catches up.
+    b.wire.push_front((donor, chunk));
+    b.run();
+    assert!(b.r(2).stats().recovery_chunks > chunks);
+    assert_eq!(b.r(2).last_tid(), b.r(0).last_tid());
+}

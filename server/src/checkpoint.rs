@@ -155,7 +155,13 @@ impl CkptMsg {
                 b.put_u8(4);
                 b.put_u32(*to);
                 b.put_u64(*id);
-                put_str(&mut b, &reason[..reason.len().min(1000)]);
+                // At most 1000 bytes, cut at a character boundary (the reason may quote a
+                // path in any script).
+                let mut end = reason.len().min(1000);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_str(&mut b, &reason[..end]);
             }
         }
         b.freeze()
@@ -454,6 +460,22 @@ pub fn retire(data: &Path, old: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_failure_reason_is_cut_at_a_character_boundary() {
+        // 999 ASCII bytes, then characters of 3 bytes: byte 1000 falls inside one.
+        let reason = format!("{}{}", "x".repeat(999), "路".repeat(10));
+        let m = CkptMsg::Failed {
+            to: 1,
+            id: 9,
+            reason: reason.clone(),
+        };
+        let Some(CkptMsg::Failed { reason: sent, .. }) = CkptMsg::decode(&m.encode()) else {
+            panic!("does not decode");
+        };
+        assert_eq!(sent, "x".repeat(999));
+        assert!(reason.starts_with(&sent));
+    }
 
     #[test]
     fn messages_round_trip_and_bad_input_is_refused() {

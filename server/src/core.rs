@@ -442,7 +442,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             match o {
                 ForReplica::Deliver(d) => {
                     if d.payload.first() == Some(&checkpoint::TAG) {
-                        self.on_checkpoint_msg(now, &d.payload);
+                        self.on_checkpoint_msg(now, d.sender.node, &d.payload);
                     } else {
                         self.replica.handle_delivery(now, d.sender, &d.payload)
                     }
@@ -629,14 +629,18 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
-    fn on_checkpoint_msg(&mut self, now: Time, payload: &[u8]) {
+    /// A checkpoint message `sender` multicast. Requests count only from the server they name,
+    /// and a transfer's chunks and end only from its donor: another member cannot feed a
+    /// recovering server files of its own.
+    fn on_checkpoint_msg(&mut self, now: Time, sender: ServerId, payload: &[u8]) {
         let me = self.replica.id();
         let Some(m) = CkptMsg::decode(payload) else {
             tracing::debug!("malformed checkpoint message dropped");
             return;
         };
+        let from_donor = self.incoming.as_ref().is_some_and(|i| i.donor == sender);
         match m {
-            CkptMsg::Request { from, donor, id } if donor == me => {
+            CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
                 let r = match (self.ckpt.as_ref(), self.outgoing.is_some()) {
                     (_, true) => Err("a transfer is already under way".to_string()),
                     (None, _) => Err("the donor has no data directory".to_string()),
@@ -669,7 +673,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 name,
                 offset,
                 data,
-            } if to == me => {
+            } if to == me && from_donor => {
                 let Some(inc) = self.incoming.as_mut().filter(|i| i.id == id) else {
                     return;
                 };
@@ -679,7 +683,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 }
             }
             CkptMsg::Done { to, id, tid, files }
-                if to == me && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
+                if to == me && from_donor && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
             {
                 let inc = self.incoming.take().expect("checked");
                 if let Err(e) = self.install(inc, tid, &files) {
@@ -687,7 +691,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 }
             }
             CkptMsg::Failed { to, id, reason }
-                if to == me && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
+                if to == me && from_donor && self.incoming.as_ref().is_some_and(|i| i.id == id) =>
             {
                 tracing::error!(%reason, "the donor could not send a checkpoint");
                 self.incoming = None;

@@ -4,7 +4,8 @@
 
 use crate::membership::{Membership, MembershipChange};
 use crate::proto::{
-    read_frame, ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo, StatusInfo,
+    read_frame, read_hello_frame, ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo,
+    StatusInfo,
 };
 use crate::{ReadAnswer, ReadOp, ServerEvent, StorageServer};
 use bytes::Bytes;
@@ -53,16 +54,32 @@ impl Front {
     }
 }
 
+/// Most client connections served at once; more are told so and closed.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// How long a new connection has to say Hello.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts clients until the listener fails.
 pub async fn serve(listener: TcpListener, front: Arc<Front>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         match listener.accept().await {
-            Ok((sock, peer)) => {
+            Ok((mut sock, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = CONNECTIONS_MAX, "too many client connections: refused");
+                    tokio::spawn(async move {
+                        let m = format!("too many connections (at most {CONNECTIONS_MAX})");
+                        let frame = err(ErrorKind::Unavailable, m).encode(0);
+                        let _ = tokio::time::timeout(HELLO_TIMEOUT, sock.write_all(&frame)).await;
+                    });
+                    continue;
+                };
                 let f = front.clone();
                 tokio::spawn(async move {
                     if let Err(e) = connection(sock, f).await {
                         tracing::debug!(%peer, error = %e, "client connection ended");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -92,7 +109,20 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
     let tx = Out(Arc::new(tokio::sync::Mutex::new(wr)));
     let mut hello = false;
     let result = loop {
-        let body = match read_frame(&mut rd).await {
+        let read = if hello {
+            read_frame(&mut rd).await
+        } else {
+            // Before Hello: small frames only, and not forever.
+            match tokio::time::timeout(HELLO_TIMEOUT, read_hello_frame(&mut rd)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let m = format!("no Hello within {} s", HELLO_TIMEOUT.as_secs());
+                    let _ = tx.send(err(ErrorKind::Unauthorized, m).encode(0)).await;
+                    break Ok(());
+                }
+            }
+        };
+        let body = match read {
             Ok(Some(b)) => b,
             Ok(None) => break Ok(()),
             Err(FrameError::Io(e)) => break Err(e),

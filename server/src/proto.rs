@@ -22,6 +22,9 @@ use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
 pub const VERSION: u8 = 1;
 /// The largest frame accepted (a commit of up to 16 MiB of data, with room for its framing).
 pub const FRAME_MAX: usize = 17 << 20;
+/// The largest frame accepted before a connection has said Hello: a Hello and its token fit
+/// many times over, and a stranger cannot make the server hold large buffers.
+pub const HELLO_FRAME_MAX: usize = 4096;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub enum ProtoError {
     /// Longer than [`FRAME_MAX`].
     #[error("frame of {0} bytes is larger than the maximum {FRAME_MAX}")]
     TooLarge(usize),
+    /// Longer than [`HELLO_FRAME_MAX`], before the connection said Hello.
+    #[error("frame of {0} bytes before Hello (at most {HELLO_FRAME_MAX} until then)")]
+    TooLargeBeforeHello(usize),
     /// Another protocol version.
     #[error("protocol version {0} is not supported (this server speaks {VERSION})")]
     Version(u8),
@@ -941,6 +947,22 @@ impl Response {
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_up_to(r, FRAME_MAX).await
+}
+
+/// Reads the first frame of a connection, enforcing [`HELLO_FRAME_MAX`].
+pub async fn read_hello_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_up_to(r, HELLO_FRAME_MAX).await
+}
+
+/// Reads one frame body of at most `max` bytes ([`FRAME_MAX`] or [`HELLO_FRAME_MAX`]). The
+/// buffer grows with the bytes that arrive, not with the length the peer announced.
+async fn read_frame_up_to<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -952,8 +974,18 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     if n > FRAME_MAX {
         return Err(FrameError::Proto(ProtoError::TooLarge(n)));
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await.map_err(FrameError::Io)?;
+    if n > max {
+        return Err(FrameError::Proto(ProtoError::TooLargeBeforeHello(n)));
+    }
+    let mut body = Vec::with_capacity(n.min(64 << 10));
+    let got = r
+        .take(n as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(FrameError::Io)?;
+    if got < n {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Some(body))
 }
 

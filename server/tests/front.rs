@@ -7,7 +7,9 @@ use gcs::net::{ClusterConfig, Security};
 use replica::{CommitMode, ReplicaConfig};
 use server::front::{self, Front};
 use server::netclient::{Client, ClientError, ReadFrom};
-use server::proto::{read_frame, ErrorKind, Request, Response, FRAME_MAX, VERSION};
+use server::proto::{
+    read_frame, ErrorKind, Request, Response, FRAME_MAX, HELLO_FRAME_MAX, VERSION,
+};
 use server::{ServerOptions, StorageServer, StoreSource};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -264,6 +266,20 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         }) => assert!(message.contains("larger"), "{message}"),
         other => panic!("{other:?}"),
     }
+    // A large frame before Hello (well under the frame limit): refused without reading it,
+    // closed; a stranger cannot make the server hold big buffers.
+    let mut s = raw(&addr).await;
+    s.write_all(&((HELLO_FRAME_MAX as u32) + 1).to_be_bytes())
+        .await
+        .unwrap();
+    match answer(&mut s).await {
+        Some(Response::Error {
+            kind: ErrorKind::BadRequest,
+            message,
+        }) => assert!(message.contains("before Hello"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(answer(&mut s).await.is_none(), "closed");
     // A truncated frame then a hang-up: nothing to answer, nothing breaks.
     let mut s = raw(&addr).await;
     s.write_all(&[0, 0, 0, 50, VERSION]).await.unwrap();
