@@ -140,7 +140,7 @@ pub struct Stats {
 }
 
 /// Gather: who we heard of, whom we gave up on, who agrees with us.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Gather {
     pub(crate) proc_set: BTreeSet<ProcId>,
     pub(crate) fail_set: BTreeSet<ProcId>,
@@ -151,7 +151,7 @@ pub(crate) struct Gather {
 }
 
 /// Commit: we filled our entry and passed the commit token; waiting for its second rotation.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Commit {
     pub(crate) ring: RingId,
     pub(crate) members: Vec<ProcId>,
@@ -160,7 +160,7 @@ pub(crate) struct Commit {
 
 /// Recovery: the new ring runs, carrying old-ring packets until everyone coming from the same
 /// old ring has the same set; then the transitional and regular views are delivered.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Recovery {
     pub(crate) ring: Ring,
     /// Members of the new ring that come from our old regular ring (the transitional view).
@@ -175,7 +175,7 @@ pub(crate) struct Recovery {
     pub(crate) last_hop: u32,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum State {
     Operational,
     Gather(Gather),
@@ -184,7 +184,7 @@ pub(crate) enum State {
 }
 
 /// The last token or commit token we passed on, kept to resend it if it got lost.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Passed {
     pub(crate) dest: NodeId,
     pub(crate) frame: Bytes,
@@ -194,7 +194,10 @@ pub(crate) struct Passed {
 }
 
 /// One daemon's protocol state machine (Totem single ring + EVS). See the module docs.
-#[derive(Debug)]
+///
+/// A node is plain data: cloning it snapshots the daemon (the `ring_traffic` fuzz target
+/// starts every run from one formed ring this way).
+#[derive(Clone, Debug)]
 pub struct Node {
     pub(crate) cfg: Config,
     pub(crate) me: ProcId,

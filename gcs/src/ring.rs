@@ -26,7 +26,7 @@ impl Stored {
 ///
 /// Invariants: every seq `<= aru` has been received (and may have been collected);
 /// `aru <= high`; slots cover `base .. base + slots.len()`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RecvWindow {
     base: u64,
     slots: VecDeque<Option<Stored>>,
@@ -113,14 +113,14 @@ impl RecvWindow {
 }
 
 /// One application message waiting to be ordered.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
     service: Service,
     payload: Bytes,
 }
 
 /// Application messages waiting for the token, in submission order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct SendQueue {
     msgs: VecDeque<Pending>,
     /// Bytes of the front message already packed into ordered packets.
@@ -186,7 +186,7 @@ impl SendQueue {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Partial {
     service: Service,
     total_len: u32,
@@ -195,7 +195,7 @@ struct Partial {
 
 /// Messages being put back together, one per sender (a sender's fragments are consecutive in
 /// its own packets, and its packets are delivered in order).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Reassembly {
     partial: BTreeMap<ProcId, Partial>,
     /// Fragments that did not continue what we had (dropped; a bug or a sender restart).
@@ -257,7 +257,7 @@ impl Reassembly {
 }
 
 /// A ring this process is part of: its members and the ordering state kept per ring.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Ring {
     pub(crate) id: RingId,
     /// Ascending; the token travels in this order.
