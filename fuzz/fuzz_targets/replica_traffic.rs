@@ -3,8 +3,8 @@
 //! `(pos: u16, value: u64, mode: u8, sender: u8)`. Before each edit the primary gets a commit
 //! and the ring delivers a few messages; then the next message in flight (or direct datagram)
 //! is copied, 8 bytes of it at `pos` are overwritten (mode bit 0 clear) or XORed (set) with
-//! `value`, and the copy is delivered to every member as if `sender % 3` had multicast it.
-//! Mode bit 1 installs a new view first (so forged states meet an election). What a member
+//! `value`, or with one of the four largest u64 (mode bit 2: where `+ 1` overflows), and the
+//! copy is delivered to every member as if `sender % 3` had multicast it. Mode bit 1 installs a new view first (so forged states meet an election). What a member
 //! could send must never panic a replica (debug assertions on, overflow checks included).
 #![no_main]
 
@@ -108,7 +108,12 @@ fn edit(forged: &mut [u8], e: &[u8]) {
     }
     let pos = u16::from_le_bytes([e[0], e[1]]) as usize;
     let at = pos % (forged.len() - 7);
-    for (j, b) in e[2..10].iter().enumerate() {
+    let mut value: [u8; 8] = e[2..10].try_into().expect("8 bytes");
+    if e[10] & 4 != 0 {
+        // A counter at the very end of its range, where `+ 1` overflows.
+        value = (u64::MAX - u64::from(e[2] & 3)).to_be_bytes();
+    }
+    for (j, b) in value.iter().enumerate() {
         if e[10] & 1 == 0 {
             forged[at + j] = *b;
         } else {

@@ -2,12 +2,13 @@
 //! is tampered with: the input is a list of 11-byte edits `(pos: u16, value: u64, mode: u8)`.
 //! Before each new forgery the pair runs for a millisecond of virtual time (node 1 keeps
 //! multicasting, so its queue is never empty); then the next datagram in flight is copied and
-//! 8 bytes of it at `pos` are overwritten (mode bit 0 clear) or XORed (set) with `value`.
-//! Edits with mode bit 1 set go on editing the same copy (several fields of one token), which
-//! is then delivered as well as the original. Tokens, data
-//! packets, joins and commit tokens with structure intact but fields anywhere in their range
-//! are what a key holder could send; the nodes must neither panic, nor break their invariants
-//! (debug assertions on), nor grow without bound (libFuzzer's RSS limit).
+//! 8 bytes of it at `pos` are overwritten (mode bit 0 clear) or XORed (set) with `value`, or
+//! with one of the four largest u64 (mode bit 2: where `+ 1` overflows). Edits with mode bit 1
+//! set go on editing the same copy (several fields of one token), which is then delivered as
+//! well as the original. Tokens, data packets, joins and commit tokens with structure intact
+//! but fields anywhere in their range are what a key holder could send; the nodes must neither
+//! panic, nor break their invariants (debug assertions on), nor grow without bound (libFuzzer's
+//! RSS limit).
 #![no_main]
 
 use bytes::Bytes;
@@ -86,7 +87,12 @@ fn edit(forged: &mut [u8], e: &[u8]) {
     }
     let pos = u16::from_le_bytes([e[0], e[1]]) as usize;
     let at = pos % (forged.len() - 7);
-    for (j, b) in e[2..10].iter().enumerate() {
+    let mut value: [u8; 8] = e[2..10].try_into().expect("8 bytes");
+    if e[10] & 4 != 0 {
+        // A counter at the very end of its range, where `+ 1` overflows.
+        value = (u64::MAX - u64::from(e[2] & 3)).to_le_bytes();
+    }
+    for (j, b) in value.iter().enumerate() {
         if e[10] & 1 == 0 {
             forged[at + j] = *b;
         } else {

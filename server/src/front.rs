@@ -27,6 +27,8 @@ pub struct Front {
     pub topology: std::sync::RwLock<Vec<(u32, String, String)>>,
     /// Invalidations and loss reports, for subscribers.
     pub events: broadcast::Sender<ServerEvent>,
+    /// How long a new connection has to say Hello ([`HELLO_TIMEOUT`] in the server).
+    pub hello_timeout: std::time::Duration,
 }
 
 impl Front {
@@ -56,7 +58,7 @@ impl Front {
 
 /// Most client connections served at once; more are told so and closed.
 pub const CONNECTIONS_MAX: usize = 4096;
-/// How long a new connection has to say Hello.
+/// How long a new connection has to say Hello, by default.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts clients until the listener fails.
@@ -108,15 +110,17 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
     // by the task that has it (no hop through a writer task for every answer).
     let tx = Out(Arc::new(tokio::sync::Mutex::new(wr)));
     let mut hello = false;
+    // One deadline for the whole greeting: bad frames before Hello do not extend it.
+    let hello_deadline = tokio::time::Instant::now() + front.hello_timeout;
     let result = loop {
         let read = if hello {
             read_frame(&mut rd).await
         } else {
             // Before Hello: small frames only, and not forever.
-            match tokio::time::timeout(HELLO_TIMEOUT, read_hello_frame(&mut rd)).await {
+            match tokio::time::timeout_at(hello_deadline, read_hello_frame(&mut rd)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let m = format!("no Hello within {} s", HELLO_TIMEOUT.as_secs());
+                    let m = format!("no Hello within {:?}", front.hello_timeout);
                     let _ = tx.send(err(ErrorKind::Unauthorized, m).encode(0)).await;
                     break Ok(());
                 }

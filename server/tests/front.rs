@@ -57,6 +57,7 @@ async fn one_server() -> (Arc<StorageServer>, String) {
         configured: vec![(0, "s0".into(), client_addr.clone())],
         topology: std::sync::RwLock::new(vec![(0, "s0".into(), client_addr.clone())]),
         events: tx,
+        hello_timeout: Duration::from_millis(300),
     });
     tokio::spawn(front::serve(listener, f));
     // Wait for the primary.
@@ -280,6 +281,43 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         other => panic!("{other:?}"),
     }
     assert!(answer(&mut s).await.is_none(), "closed");
+    // Frames that are not a Hello, every 100 ms, for longer than the greeting may take (300
+    // ms here): told so and closed. Each bad frame gets its answer, but none extends the
+    // deadline; with a deadline per frame this connection would stay open.
+    let s = raw(&addr).await;
+    let (mut rd, mut wr) = s.into_split();
+    let mut g = vec![0, 0, 0, 12, VERSION, 200];
+    g.extend_from_slice(&7u64.to_be_bytes());
+    g.extend_from_slice(&[0xde, 0xad]);
+    let writer = tokio::spawn(async move {
+        for _ in 0..30 {
+            if wr.write_all(&g).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let start = tokio::time::Instant::now();
+    let mut told = None;
+    while let Ok(Some(body)) = read_frame(&mut rd).await {
+        if let Ok((_, Response::Error { kind, message })) = Response::decode(&body) {
+            if kind == ErrorKind::Unauthorized {
+                told = Some(message);
+            }
+        }
+    }
+    assert!(
+        told.as_deref().is_some_and(|m| m.contains("no Hello")),
+        "{told:?}"
+    );
+    // Closed while the bad frames were still coming (they come for 3 s; the deadline is at
+    // 0.3 s, so the margin is wide even on a loaded machine).
+    assert!(
+        start.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        start.elapsed()
+    );
+    writer.abort();
     // A truncated frame then a hang-up: nothing to answer, nothing breaks.
     let mut s = raw(&addr).await;
     s.write_all(&[0, 0, 0, 50, VERSION]).await.unwrap();

@@ -129,6 +129,7 @@ async fn run(args: Args) -> Result<(), String> {
         topology: std::sync::RwLock::new(configured.clone()),
         configured,
         events: tx.clone(),
+        hello_timeout: server::front::HELLO_TIMEOUT,
     });
     let fan = tx;
     let topo = front.clone();
