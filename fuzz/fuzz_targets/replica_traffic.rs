@@ -11,6 +11,9 @@
 use bytes::Bytes;
 use gcs::{ProcId, RingId, Time, View, ViewId, ViewKind};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "edits.rs"]
+mod edits;
 use replica::{CommitMode, CommitRequest, Output, Replica, ReplicaConfig, ReqId};
 use std::collections::VecDeque;
 use storage::{MemStorage, Oid, Record, TxnMeta};
@@ -102,26 +105,6 @@ impl Cluster {
     }
 }
 
-fn edit(forged: &mut [u8], e: &[u8]) {
-    if forged.len() < 8 {
-        return;
-    }
-    let pos = u16::from_le_bytes([e[0], e[1]]) as usize;
-    let at = pos % (forged.len() - 7);
-    let mut value: [u8; 8] = e[2..10].try_into().expect("8 bytes");
-    if e[10] & 4 != 0 {
-        // A counter at the very end of its range, where `+ 1` overflows.
-        value = (u64::MAX - u64::from(e[2] & 3)).to_be_bytes();
-    }
-    for (j, b) in value.iter().enumerate() {
-        if e[10] & 1 == 0 {
-            forged[at + j] = *b;
-        } else {
-            forged[at + j] ^= *b;
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some(mut c) = Cluster::new() else {
         return;
@@ -149,11 +132,11 @@ fuzz_target!(|data: &[u8]| {
         let sender = u32::from(e[11]) % N;
         if let Some((_, original)) = c.wire.front().cloned() {
             let mut forged = original.to_vec();
-            edit(&mut forged, e);
+            edits::edit(&mut forged, e, true);
             c.deliver(sender, &forged);
         } else if let Some((to, original)) = c.direct.front().cloned() {
             let mut forged = original.to_vec();
-            edit(&mut forged, e);
+            edits::edit(&mut forged, e, true);
             if let Some(r) = c.servers.get_mut(to as usize) {
                 r.handle_direct(c.now, &forged);
             }

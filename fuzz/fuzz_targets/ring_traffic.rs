@@ -14,6 +14,9 @@
 use bytes::Bytes;
 use gcs::{Config, Dest, Node, Output, ProcId, Service, Time};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "edits.rs"]
+mod edits;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -34,8 +37,7 @@ impl Pair {
             wire: Vec::new(),
         };
         for _ in 0..5_000 {
-            if p
-                .nodes
+            if p.nodes
                 .iter()
                 .all(|n| n.view().is_some_and(|v| v.members.len() == 2))
             {
@@ -81,33 +83,13 @@ impl Pair {
 
 static FORMED: OnceLock<Option<Pair>> = OnceLock::new();
 
-fn edit(forged: &mut [u8], e: &[u8]) {
-    if forged.len() < 8 {
-        return;
-    }
-    let pos = u16::from_le_bytes([e[0], e[1]]) as usize;
-    let at = pos % (forged.len() - 7);
-    let mut value: [u8; 8] = e[2..10].try_into().expect("8 bytes");
-    if e[10] & 4 != 0 {
-        // A counter at the very end of its range, where `+ 1` overflows.
-        value = (u64::MAX - u64::from(e[2] & 3)).to_le_bytes();
-    }
-    for (j, b) in value.iter().enumerate() {
-        if e[10] & 1 == 0 {
-            forged[at + j] = *b;
-        } else {
-            forged[at + j] ^= *b;
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some(mut p) = FORMED.get_or_init(Pair::new).clone() else {
         return;
     };
-    let mut edits = data.chunks_exact(11).peekable();
+    let mut pending = data.chunks_exact(11).peekable();
     let mut k = 0u32;
-    while let Some(first) = edits.next() {
+    while let Some(first) = pending.next() {
         if k % 2 == 0 {
             let _ = p.nodes[0].multicast(p.now, Service::Agreed, Bytes::from_static(b"load"));
         }
@@ -118,9 +100,9 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let mut forged = original.to_vec();
-        edit(&mut forged, first);
-        while let Some(more) = edits.next_if(|e| e[10] & 2 != 0) {
-            edit(&mut forged, more);
+        edits::edit(&mut forged, first, false);
+        while let Some(more) = pending.next_if(|e| e[10] & 2 != 0) {
+            edits::edit(&mut forged, more, false);
         }
         p.nodes[to].handle_packet(p.now, Bytes::from(forged));
     }

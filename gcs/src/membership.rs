@@ -335,18 +335,7 @@ impl Node {
                 // The commit token went round twice: everyone is in recovery. Start the token.
                 self.passed = None;
                 self.timers.stop(Timer::TokenRetransmit);
-                let token = Token {
-                    ring: ct.ring,
-                    token_seq: 1,
-                    seq: 0,
-                    aru: 0,
-                    aru_addr: None,
-                    fcc: 0,
-                    backlog: 0,
-                    rtr: Vec::new(),
-                    recovery_owner: None,
-                    recovered: false,
-                };
+                let token = Token::first(ct.ring);
                 self.timers.set(
                     Timer::TokenLoss,
                     self.now.saturating_add(self.cfg.token_timeout),

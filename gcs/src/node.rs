@@ -969,16 +969,12 @@ mod forged_input_tests {
             .expect("queued");
         let far = 1u64 << 20;
         let forged = Token {
-            ring,
             token_seq: last + 1_000,
             seq: far,
             aru: far,
-            aru_addr: None,
             fcc: u32::MAX,
             backlog: u32::MAX,
-            rtr: Vec::new(),
-            recovery_owner: None,
-            recovered: false,
+            ..Token::first(ring)
         };
         let ignored = p.nodes[0].stats.ignored;
         let from = p.nodes[1].me;
@@ -1020,16 +1016,9 @@ mod forged_input_tests {
         let ring = p.nodes[0].installed.as_ref().expect("operational").id;
         let from = p.nodes[1].me;
         let token = |token_seq, seq| Token {
-            ring,
             token_seq,
             seq,
-            aru: 0,
-            aru_addr: None,
-            fcc: 0,
-            backlog: 0,
-            rtr: Vec::new(),
-            recovery_owner: None,
-            recovered: false,
+            ..Token::first(ring)
         };
         for bad in [token(u64::MAX, 1), token(1, u64::MAX)] {
             let bytes = encode_control(from, &Packet::Token(bad));

@@ -148,6 +148,24 @@ pub(crate) struct Token {
     pub(crate) recovered: bool,
 }
 
+impl Token {
+    /// The token a new ring starts with: its first pass, nothing sent yet.
+    pub(crate) fn first(ring: RingId) -> Token {
+        Token {
+            ring,
+            token_seq: 1,
+            seq: 0,
+            aru: 0,
+            aru_addr: None,
+            fcc: 0,
+            backlog: 0,
+            rtr: Vec::new(),
+            recovery_owner: None,
+            recovered: false,
+        }
+    }
+}
+
 /// Gather-phase announcement: whom I have heard of and whom I consider failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Join {
