@@ -120,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
                 data: Some(Bytes::from_static(b"v")),
                 expected_serial: None,
             }],
+            tid: replica::TidChoice::Next,
         };
         for r in &mut c.servers {
             r.handle_commit(c.now, ReqId(k), write.clone());

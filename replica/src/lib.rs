@@ -35,5 +35,5 @@ pub use replica::{
 };
 pub use types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
-    Staleness,
+    Staleness, TidChoice,
 };

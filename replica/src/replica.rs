@@ -28,7 +28,7 @@ use crate::election::LINEAGE_MAX;
 use crate::election::{choose_primary, common_prefix, next_epoch, Epoch, EpochStart, MemberState};
 use crate::types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
-    Staleness,
+    Staleness, TidChoice,
 };
 use crate::wire::{ChunkBody, FetchReq, Msg};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -350,6 +350,8 @@ pub struct Replica<S: Storage> {
     backlog: VecDeque<(Tid, Transaction)>,
     backlog_overflowed: bool,
     applied_dirty: bool,
+    /// The highest tid announced as [`Output::Durable`].
+    durable_announced: Tid,
     /// Client records as the store has them (tid, last request; `None`: no record), so that
     /// the primary's idempotency check does not read the store for every commit. Filled on
     /// reads and on every write of a client record; cleared whenever the store changes
@@ -395,6 +397,7 @@ impl<S: Storage> Replica<S> {
             backlog: VecDeque::new(),
             backlog_overflowed: false,
             applied_dirty: false,
+            durable_announced: Tid::ZERO,
             client_cache: BTreeMap::new(),
             last_commit_at: None,
             primary_last_known: Tid::ZERO,
@@ -1347,8 +1350,12 @@ impl<S: Storage> Replica<S> {
             .map(|r| r.oid.clone())
             .filter(|o| !is_reserved(o))
             .collect();
-        self.out
-            .push_back(Output::Invalidate(Invalidation { tid: txn.tid, oids }));
+        let client = txn.records.iter().find_map(|r| client_of_oid(&r.oid));
+        self.out.push_back(Output::Invalidate(Invalidation {
+            tid: txn.tid,
+            oids,
+            client,
+        }));
         Ok(())
     }
 
@@ -1410,12 +1417,16 @@ impl<S: Storage> Replica<S> {
     }
 
     fn release_acks(&mut self) {
-        if self.pending.is_empty() && self.dup_waiting.is_empty() {
-            return;
-        }
         // Durable on a majority, and here: this server applied it (so it was delivered here).
         // Reports can come straight from the backups, ahead of our own delivery.
         let durable = self.majority_applied().min(self.last);
+        if self.role == Role::Primary && durable > self.durable_announced {
+            self.durable_announced = durable;
+            self.out.push_back(Output::Durable(durable));
+        }
+        if self.pending.is_empty() && self.dup_waiting.is_empty() {
+            return;
+        }
         let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
         for tid in done {
             let p = self.pending.remove(&tid).expect("listed");
@@ -1649,7 +1660,29 @@ impl<S: Storage> Replica<S> {
                 }
             }
         }
-        let tid = Tid(self.last_assigned.0 + 1);
+        let next = Tid(self.last_assigned.0 + 1);
+        let tid = match c.tid {
+            TidChoice::Next => next,
+            TidChoice::AtLeast(t) => next.max(t),
+            TidChoice::Exactly(t) if t >= next => t,
+            TidChoice::Exactly(t) => {
+                let last = self.last_assigned;
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!(
+                        "tid {t} is not above the last tid {last}"
+                    ))),
+                );
+                return Ok(());
+            }
+        };
+        if tid.0 >= crate::COUNTER_MAX {
+            self.reply(
+                req,
+                Err(CommitError::Invalid(format!("tid {tid} is out of range"))),
+            );
+            return Ok(());
+        }
         // Every replica must be able to apply what the primary sends: refuse here what a
         // store would refuse there.
         let size: usize = c.meta.user.len()

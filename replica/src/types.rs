@@ -23,6 +23,24 @@ pub struct CommitRequest {
     /// The writes, each with the serial it was based on (`expected_serial`) for conflict
     /// checking, or `None` for a blind write.
     pub records: Vec<Record>,
+    /// How the primary picks the tid.
+    pub tid: TidChoice,
+}
+
+/// How the primary picks a commit's tid. Every choice stays strictly above every tid the
+/// primary assigned before, so tids increase along the lineage whatever clients ask.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TidChoice {
+    /// The next tid: the last assigned plus one.
+    #[default]
+    Next,
+    /// The next tid, or this one if it is greater: a shell that wants tids to follow a clock
+    /// (ZODB's timestamps, taken from the primary's wall clock by the ZEO face) passes the
+    /// clock's reading here, so the core itself reads no clock.
+    AtLeast(Tid),
+    /// Exactly this tid (ZODB's restore of a copied transaction); refused as
+    /// [`CommitError::Invalid`] unless it is above every tid assigned so far.
+    Exactly(Tid),
 }
 
 /// A commit that succeeded.
@@ -126,6 +144,9 @@ pub struct Invalidation {
     pub tid: Tid,
     /// The objects it wrote (reserved oids left out).
     pub oids: Vec<Oid>,
+    /// The client whose commit it was (from its idempotency record), if a client's: a shell
+    /// that must not tell a client of its own commit (ZEO) skips that client's connection.
+    pub client: Option<u64>,
 }
 
 /// Transactions a server moved to its lost archive because the primary lineage never had them.
@@ -162,6 +183,11 @@ pub enum Output {
     Role(RoleInfo),
     /// Tell connected clients that a transaction was applied here.
     Invalidate(Invalidation),
+    /// Primary only: every transaction up to this tid is durable on servers holding a
+    /// majority of the vote (and here). Increases while the server stays primary; a shell
+    /// that must not show clients a commit a failover could lose (ZEO's invalidations) holds
+    /// it until this passes its tid.
+    Durable(Tid),
     /// Tell connected clients to flush lost transactions.
     Lost(LostReport),
     /// This store is empty and far behind (or cannot be reconciled): the shell copies a

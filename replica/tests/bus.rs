@@ -148,7 +148,10 @@ impl Bus {
                 Output::Lost(l) => self.lost.push((i, l.tids)),
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
                 Output::Direct { to, payload } => self.direct.push((i, to, payload)),
-                Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
+                Output::Role(_)
+                | Output::NeedCheckpoint { .. }
+                | Output::MembershipChanged
+                | Output::Durable(_) => {}
             }
         }
     }
@@ -181,6 +184,7 @@ fn put(client: u64, request: u64, oid: u64, value: &str, expected: Option<Tid>) 
             data: Some(Bytes::from(value.to_string())),
             expected_serial: expected,
         }],
+        tid: replica::TidChoice::Next,
     }
 }
 

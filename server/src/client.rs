@@ -59,6 +59,7 @@ impl LocalClient {
             request,
             meta,
             records,
+            tid: replica::TidChoice::Next,
         };
         let started = tokio::time::Instant::now();
         let mut turn = self.client as usize;

@@ -44,6 +44,9 @@ pub enum ServerRequest {
         /// The answer.
         reply: oneshot::Sender<Result<(ReadAnswer, Staleness), ReadError>>,
     },
+    /// Runs a function on the store in the server's task, between two inputs: what it reads
+    /// is one consistent state, with no commit applied halfway (the ZEO face reads this way).
+    Inspect(Inspect),
     /// The server's status.
     Status {
         /// Where it goes.
@@ -67,6 +70,19 @@ pub enum ServerRequest {
         /// The answer.
         reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
+}
+
+/// A function run on the store by [`ServerRequest::Inspect`]: given the store and its
+/// staleness, or why it cannot be read now.
+pub struct Inspect(pub Box<InspectFn>);
+
+/// The function of an [`Inspect`].
+pub type InspectFn = dyn FnOnce(Result<(&dyn Storage, Staleness), ReadError>) + Send;
+
+impl std::fmt::Debug for Inspect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspect(..)")
+    }
 }
 
 /// A read of the store.
@@ -185,6 +201,9 @@ pub enum ServerEvent {
     Role(RoleInfo),
     /// A transaction was applied here: connected clients drop these objects.
     Invalidate(Invalidation),
+    /// Primary only: every transaction up to this tid is durable as the mode promises
+    /// (see `replica::Output::Durable`).
+    Durable(storage::Tid),
     /// Transactions were moved to a lost archive: clients flush these objects.
     Lost(LostReport),
     /// The store needs a checkpoint from `donor` (see `replica::Output::NeedCheckpoint`).
@@ -375,6 +394,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 data: Some(next.encode()),
                 expected_serial: Some(serial),
             }],
+            tid: replica::TidChoice::Next,
         };
         self.replica.handle_commit(now, id, c);
     }
@@ -501,6 +521,9 @@ impl<S: Storage + 'static> ServerCore<S> {
                 replica::Output::Invalidate(i) => self
                     .out
                     .push_back(CoreOutput::Event(ServerEvent::Invalidate(i))),
+                replica::Output::Durable(t) => self
+                    .out
+                    .push_back(CoreOutput::Event(ServerEvent::Durable(t))),
                 replica::Output::Lost(l) => {
                     self.out.push_back(CoreOutput::Event(ServerEvent::Lost(l)))
                 }
@@ -774,6 +797,16 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
                     Err(ReadError::Recovering)
                 };
                 let _ = reply.send(r);
+            }
+            ServerRequest::Inspect(Inspect(f)) => {
+                if self.replica.readable() {
+                    f(Ok((
+                        self.replica.store() as &dyn Storage,
+                        self.replica.staleness(),
+                    )))
+                } else {
+                    f(Err(ReadError::Recovering))
+                }
             }
             ServerRequest::Status { reply } => {
                 let _ = reply.send(self.status(now));

@@ -234,6 +234,7 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
                 request,
                 meta,
                 records,
+                tid: replica::TidChoice::Next,
             };
             match front.server.commit(c).await {
                 Ok(r) => Response::Commit(r),
@@ -300,7 +301,9 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
                         Ok(ServerEvent::Membership(m)) => Response::Topology {
                             servers: Front::topology_of(&configured, &m),
                         },
-                        Ok(ServerEvent::NeedCheckpoint { .. }) => continue,
+                        Ok(ServerEvent::NeedCheckpoint { .. }) | Ok(ServerEvent::Durable(_)) => {
+                            continue
+                        }
                         // A subscriber that fell behind must drop its whole cache: say so with
                         // an invalidation of everything (no oids, tid 0).
                         Err(broadcast::error::RecvError::Lagged(_)) => Response::Invalidation {

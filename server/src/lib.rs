@@ -15,8 +15,8 @@ pub mod netclient;
 pub mod proto;
 
 pub use crate::core::{
-    CheckpointSupport, OpenStore, ReadAnswer, ReadError, ReadOp, ServerCore, ServerEvent,
-    ServerRequest, ServerStatus,
+    CheckpointSupport, Inspect, InspectFn, OpenStore, ReadAnswer, ReadError, ReadOp, ServerCore,
+    ServerEvent, ServerRequest, ServerStatus,
 };
 
 use gcs::net::driver::{self, Clock};
@@ -209,6 +209,25 @@ impl StorageServer {
         op: ReadOp,
     ) -> Result<Result<(ReadAnswer, replica::Staleness), ReadError>, Stopped> {
         self.ask(|reply| ServerRequest::Read { op, reply }).await
+    }
+
+    /// Runs `f` on the store in the server's task (one consistent state: no commit is
+    /// applied while it runs, so keep it short) and returns what it returns.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Storage, replica::Staleness) -> Result<T, storage::StorageError>
+            + Send
+            + 'static,
+    ) -> Result<Result<T, ReadError>, Stopped> {
+        self.ask(|reply| {
+            ServerRequest::Inspect(Inspect(Box::new(move |r| {
+                let out = r.and_then(|(store, st)| {
+                    f(store, st).map_err(|e| ReadError::Storage(e.to_string()))
+                });
+                let _ = reply.send(out);
+            })))
+        })
+        .await
     }
 
     /// This server's status.

@@ -156,7 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
                     tracing::info!(donor, "recovering from a checkpoint")
                 }
                 ServerEvent::Membership(m) => topo.set_membership(m),
-                ServerEvent::Invalidate(_) => {}
+                ServerEvent::Invalidate(_) | ServerEvent::Durable(_) => {}
             }
             let _ = fan.send(e);
         }

@@ -697,7 +697,7 @@ impl ReplicaCluster {
             }
             // Membership (added and removed replicas) is the storage server's; the simulated
             // cluster keeps its configured servers.
-            Output::MembershipChanged => {}
+            Output::MembershipChanged | Output::Durable(_) => {}
             Output::Direct { to, payload } => {
                 let j = to as usize;
                 if j < self.servers.len() && j != i {
@@ -790,6 +790,7 @@ impl ReplicaCluster {
             request,
             meta: TxnMeta::default(),
             records,
+            tid: replica::TidChoice::Next,
         };
         self.send_attempt(c, cr, 0);
     }
