@@ -21,6 +21,7 @@ struct Bus {
     replies: Vec<(u32, ReqId, Result<Committed, CommitError>)>,
     lost: Vec<(u32, Vec<Tid>)>,
     invalidations: Vec<(u32, Tid)>,
+    durable: Vec<(u32, Tid)>,
     /// Senders whose multicasts are dropped (to build diverging histories).
     muted: Vec<u32>,
     /// Direct datagrams sent (`Output::Direct`): (from, to, datagram), kept, not delivered.
@@ -52,6 +53,7 @@ impl Bus {
             replies: Vec::new(),
             lost: Vec::new(),
             invalidations: Vec::new(),
+            durable: Vec::new(),
             muted: Vec::new(),
             direct: Vec::new(),
         }
@@ -148,10 +150,8 @@ impl Bus {
                 Output::Lost(l) => self.lost.push((i, l.tids)),
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
                 Output::Direct { to, payload } => self.direct.push((i, to, payload)),
-                Output::Role(_)
-                | Output::NeedCheckpoint { .. }
-                | Output::MembershipChanged
-                | Output::Durable(_) => {}
+                Output::Durable(t) => self.durable.push((i, t)),
+                Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
             }
         }
     }
@@ -565,4 +565,45 @@ fn a_recovery_chunk_from_anyone_but_the_donor_is_ignored() {
     b.run();
     assert!(b.r(2).stats().recovery_chunks > chunks);
     assert_eq!(b.r(2).last_tid(), b.r(0).last_tid());
+}
+
+/// The primary picks tids as asked: at least a clock reading the shell passed, exactly a
+/// restored tid only above every tid assigned, never out of range; and it announces each
+/// tid durable only once a majority holds it.
+#[test]
+fn tids_follow_the_choice_and_durability_is_announced_after_a_majority() {
+    use replica::TidChoice;
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    let mut c = put(7, 1, 1, "a", None);
+    c.tid = TidChoice::AtLeast(Tid(1_000));
+    b.commit(0, 1, c);
+    assert_eq!(b.reply(1).as_ref().unwrap().tid, Tid(1_000));
+    assert!(b.durable.iter().any(|(i, t)| *i == 0 && *t == Tid(1_000)));
+    assert!(
+        b.durable.iter().all(|(i, _)| *i == 0),
+        "only the primary announces"
+    );
+    // A clock reading behind the last tid does not take tids back.
+    let mut c = put(7, 2, 1, "b", None);
+    c.tid = TidChoice::AtLeast(Tid(5));
+    b.commit(0, 2, c);
+    assert_eq!(b.reply(2).as_ref().unwrap().tid, Tid(1_001));
+    let mut c = put(7, 3, 1, "c", None);
+    c.tid = TidChoice::Exactly(Tid(1_001));
+    b.commit(0, 3, c);
+    assert!(matches!(b.reply(3), Err(CommitError::Invalid(_))));
+    let mut c = put(7, 4, 1, "d", None);
+    c.tid = TidChoice::Exactly(Tid(replica::COUNTER_MAX));
+    b.commit(0, 4, c);
+    assert!(matches!(b.reply(4), Err(CommitError::Invalid(_))));
+    let mut c = put(7, 5, 1, "e", None);
+    c.tid = TidChoice::Exactly(Tid(2_000));
+    b.commit(0, 5, c);
+    assert_eq!(b.reply(5).as_ref().unwrap().tid, Tid(2_000));
+    // Without the backups' reports nothing new is announced durable.
+    b.muted = vec![1, 2];
+    let before = b.durable.len();
+    b.commit(0, 6, put(7, 6, 1, "f", None));
+    assert_eq!(b.durable.len(), before);
 }
