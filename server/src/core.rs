@@ -36,14 +36,6 @@ pub enum ServerRequest {
         /// Accepted (forwarded through the ring) or refused.
         reply: oneshot::Sender<Result<(), SwapError>>,
     },
-    /// A read, answered with the server's staleness; an error if the store is not readable
-    /// (recovering, stopped).
-    Read {
-        /// What to read.
-        op: ReadOp,
-        /// The answer.
-        reply: oneshot::Sender<Result<(ReadAnswer, Staleness), ReadError>>,
-    },
     /// Runs a function on the store in the server's task, between two inputs: what it reads
     /// is one consistent state, with no commit applied halfway (the ZEO face reads this way).
     Inspect(Inspect),
@@ -127,7 +119,10 @@ pub enum ReadAnswer {
     Lost(Vec<storage::LostTransaction>),
 }
 
-fn read_store<S: Storage>(store: &S, op: ReadOp) -> Result<ReadAnswer, StorageError> {
+pub(crate) fn read_store<S: Storage + ?Sized>(
+    store: &S,
+    op: ReadOp,
+) -> Result<ReadAnswer, StorageError> {
     Ok(match op {
         ReadOp::Load(oid) => ReadAnswer::Revision(store.load(&oid)?),
         ReadOp::LoadBefore(oid, tid) => ReadAnswer::Revision(store.load_before(&oid, tid)?),
@@ -787,16 +782,6 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
             }
             ServerRequest::Swap { to, reply } => {
                 let _ = reply.send(self.replica.request_swap(now, to));
-            }
-            ServerRequest::Read { op, reply } => {
-                let r = if self.replica.readable() {
-                    read_store(self.replica.store(), op)
-                        .map(|a| (a, self.replica.staleness()))
-                        .map_err(|e| ReadError::Storage(e.to_string()))
-                } else {
-                    Err(ReadError::Recovering)
-                };
-                let _ = reply.send(r);
             }
             ServerRequest::Inspect(Inspect(f)) => {
                 if self.replica.readable() {

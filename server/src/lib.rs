@@ -208,7 +208,8 @@ impl StorageServer {
         &self,
         op: ReadOp,
     ) -> Result<Result<(ReadAnswer, replica::Staleness), ReadError>, Stopped> {
-        self.ask(|reply| ServerRequest::Read { op, reply }).await
+        self.inspect(move |store, st| Ok((core::read_store(store, op)?, st)))
+            .await
     }
 
     /// Runs `f` on the store in the server's task (one consistent state: no commit is
