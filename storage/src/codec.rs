@@ -174,6 +174,10 @@ impl<'a> Reader<'a> {
             ))),
         }
     }
+    /// Whether the payload is consumed.
+    pub(crate) fn at_end(&self) -> bool {
+        self.buf.is_empty()
+    }
     pub(crate) fn finish(self) -> Result<()> {
         if self.buf.is_empty() {
             Ok(())
@@ -307,6 +311,29 @@ pub(crate) fn decode_current(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid
     Ok((tid, data))
 }
 
+/// The tid of a current revision and whether it holds a state (`false`: a deletion). Checks
+/// the whole value like [`decode_current`] but does not copy the state.
+pub(crate) fn decode_current_head(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, bool)> {
+    let mut r = Reader::open(Kind::Current, v, what)?;
+    let tid = Tid(r.u64()?);
+    let live = match r.u8()? {
+        0 => false,
+        1 => {
+            let n = r.u32()? as usize;
+            r.take(n)?;
+            true
+        }
+        f => {
+            return Err(StorageError::corrupt(format!(
+                "{}: bad data flag {f}",
+                what()
+            )))
+        }
+    };
+    r.finish()?;
+    Ok((tid, live))
+}
+
 /// Where a revision's state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum HistoryValue {
@@ -402,6 +429,9 @@ pub(crate) struct MetaState {
     pub(crate) lost_seq_next: u64,
     /// An unfinished fill: greatest oid and greatest revision tid written so far.
     pub(crate) fill: Option<(Oid, Tid)>,
+    /// Objects whose current revision is not a deletion (`Storage::object_count`). The last
+    /// field: a state written before it existed ends without it (see `decode_versioned`).
+    pub(crate) objects: u64,
 }
 
 impl MetaState {
@@ -419,9 +449,21 @@ impl MetaState {
                 w.u64(tid.0);
             }
         }
+        w.u64(self.objects);
         w.finish()
     }
+    /// Decodes a state that has the object count (every state an open store writes).
     pub(crate) fn decode(v: &[u8]) -> Result<MetaState> {
+        match MetaState::decode_versioned(v)? {
+            (meta, true) => Ok(meta),
+            (_, false) => Err(StorageError::corrupt(
+                "meta state: the object count is missing",
+            )),
+        }
+    }
+    /// Decodes a state, with or without the object count; `false`: the state was written by
+    /// a version without it, `objects` is 0 and the objects must be counted.
+    pub(crate) fn decode_versioned(v: &[u8]) -> Result<(MetaState, bool)> {
         let what = || "meta state".to_string();
         let mut r = Reader::open(Kind::MetaState, v, &what)?;
         let last = Tid(r.u64()?);
@@ -437,14 +479,20 @@ impl MetaState {
                 )))
             }
         };
+        let counted = !r.at_end();
+        let objects = if counted { r.u64()? } else { 0 };
         r.finish()?;
-        Ok(MetaState {
-            last,
-            horizon,
-            fill_tid,
-            lost_seq_next,
-            fill,
-        })
+        Ok((
+            MetaState {
+                last,
+                horizon,
+                fill_tid,
+                lost_seq_next,
+                fill,
+                objects,
+            },
+            counted,
+        ))
     }
 }
 
@@ -601,6 +649,68 @@ mod tests {
         v[n - 4..].copy_from_slice(&crc.to_be_bytes());
         let err = decode_current(&v, &|| "x".into()).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn current_head_matches_current() {
+        let what = || "test".to_string();
+        for data in [None, Some(Bytes::new()), Some(Bytes::from_static(b"state"))] {
+            let v = encode_current(Tid(9), &data);
+            assert_eq!(
+                decode_current_head(&v, &what).unwrap(),
+                (Tid(9), data.is_some())
+            );
+            for n in 0..v.len() {
+                assert!(decode_current_head(&v[..n], &what).is_err());
+            }
+            let mut w = v.clone();
+            w[10] ^= 0x80;
+            assert!(matches!(
+                decode_current_head(&w, &what),
+                Err(StorageError::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn meta_state_with_and_without_the_object_count() {
+        let meta = MetaState {
+            last: Tid(7),
+            horizon: Tid(3),
+            fill_tid: Tid(2),
+            lost_seq_next: 4,
+            fill: Some((Oid::from_u64(5), Tid(6))),
+            objects: 42,
+        };
+        let v = meta.encode();
+        assert_eq!(MetaState::decode(&v).unwrap(), meta);
+        assert_eq!(
+            MetaState::decode_versioned(&v).unwrap(),
+            (meta.clone(), true)
+        );
+        // The same state as written before the count existed: the count is its last field.
+        let n = v.len();
+        let mut old = v[..n - 12].to_vec();
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_be_bytes());
+        let uncounted = MetaState {
+            objects: 0,
+            ..meta.clone()
+        };
+        assert_eq!(
+            MetaState::decode_versioned(&old).unwrap(),
+            (uncounted, false)
+        );
+        let e = MetaState::decode(&old).unwrap_err();
+        assert!(e.to_string().contains("object count"), "{e}");
+        // A partial count is refused.
+        let mut bad = v[..n - 8].to_vec();
+        let crc = crc32fast::hash(&bad);
+        bad.extend_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            MetaState::decode_versioned(&bad),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 
     #[test]

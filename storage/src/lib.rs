@@ -10,15 +10,20 @@
 //! Objects are named by an [`Oid`] (at most [`OID_LEN_MAX`] bytes). A [`Transaction`] has a
 //! [`Tid`] (strictly increasing, assigned by the writer, never 0), metadata and records
 //! (oid → new state, or delete). Every object keeps its revisions `(tid, state)` until
-//! [`Storage::pack`] removes the old ones.
+//! [`Storage::pack`] removes the old ones; [`Storage::pack_gc`] (ZODB's pack with garbage
+//! collection) also removes, whole, the objects the caller found unreachable.
 //!
 //! # History horizon
 //! A store reproduces every state at or after its *horizon* (`Tid::ZERO` for a store with
-//! its whole history). `pack(before)` moves the horizon to `before - 1`; a fast-recovery
-//! fill finished at `t` moves it to `t`. Questions about older states
+//! its whole history). `pack(before)` (and `pack_gc`) moves the horizon to `before - 1`;
+//! a fast-recovery fill finished at `t` moves it to `t`. Questions about older states
 //! (`load_before(oid, tid)` with `tid <= horizon`, `iter` starting at or before the horizon,
 //! `truncate_after` below it) fail with [`StorageError::HistoryTruncated`] instead of
-//! answering wrongly. Transactions after the horizon are always complete.
+//! answering wrongly. Transactions after the horizon are always complete. One exception to
+//! "every state", on purpose: an object removed by [`Storage::pack_gc`] is absent from
+//! every state, those it was part of included (its records were all at or before the new
+//! horizon; the caller declared it unreachable, so no answer about a reachable object
+//! needs it).
 //!
 //! # Replication state
 //! Beside the data, each store keeps one small opaque slot
@@ -68,10 +73,13 @@ pub struct FastRecovery<'a> {
 /// The storage seam. Synchronous: RocksDB blocks anyway, and the simulator calls it
 /// directly. Every method may be called from several threads at once.
 ///
-/// Writes (`commit`, `apply`, `fill`, `fill_finish`, `truncate_after`, `pack`,
-/// `set_replication_state`) are atomic: when one fails, the store is unchanged. When the
-/// store syncs (the default), `commit`, `apply` and `set_replication_state` return after the
-/// write is durable.
+/// Writes (`commit`, `apply`, `fill`, `fill_finish`, `truncate_after`,
+/// `set_replication_state`) are atomic: when one fails, the store is unchanged. `pack` and
+/// `pack_gc` are refused without any change by their checks (open fill, poisoned store); the
+/// in-memory store applies them whole, while RocksDB writes their deletions in bounded
+/// batches, each of which leaves a consistent store (see [`Self::pack_gc`]). When the store
+/// syncs (the default), `commit`, `apply` and `set_replication_state` return after the write
+/// is durable.
 pub trait Storage: Send + Sync {
     /// The last transaction, or the point a fast-recovery fill was finished at;
     /// `Tid::ZERO` for an empty store.
@@ -159,7 +167,44 @@ pub trait Storage: Send + Sync {
     /// Drops every revision older than the newest one before `before` (capped at
     /// `last + 1`), so the state at `before - 1` and after stays exact. The horizon moves
     /// up to `before - 1`. Transactions keep their headers and their remaining records.
-    fn pack(&self, before: Tid) -> Result<PackStats>;
+    /// [`StorageError::InvalidFill`] while a fill is open. The same as
+    /// [`Self::pack_gc`] with an empty list.
+    fn pack(&self, before: Tid) -> Result<PackStats> {
+        self.pack_gc(before, &[])
+    }
+
+    /// Pack with garbage collection (ZODB's pack): first what [`Self::pack`]`(before)` does,
+    /// then removes entirely every object of `unreachable` whose current (newest) revision
+    /// is older than `before` (the state after a deletion included). An object of the list
+    /// written at or after `before` stays, with everything `pack` keeps of it, whatever the
+    /// list says; oids the store does not hold and repeated oids are ignored. A removed
+    /// object loses its current revision, its whole history and its records in every
+    /// transaction (transaction headers stay). Afterwards [`Self::load`] answers `None` for
+    /// it, [`Self::history`] is empty, [`Self::load_before`] answers `None` at every tid
+    /// above the new horizon, and neither [`Self::iter`] nor [`Self::fast_recovery`] shows
+    /// it; it may be created again by a later commit (its serial is then `Tid::ZERO`).
+    ///
+    /// Deterministic: the result depends only on the store and the arguments. The horizon
+    /// rules are those of `pack` (the bound is capped at `last + 1`; the horizon moves up to
+    /// `before - 1`). [`StorageError::InvalidFill`] while a fill is open, and then nothing
+    /// changes. The caller computes `unreachable` (the store does not parse object states):
+    /// it must not contain an object referenced by any state kept, including the states
+    /// written at or after `before` (FileStorage's "reachable from the future").
+    ///
+    /// Crash and failure: the in-memory store applies the whole call at once. RocksDB
+    /// writes the new horizon with the first batch of deletions and the deletions in
+    /// bounded batches after it (so memory does not grow with the store); an object is
+    /// always removed whole within one batch, together with the new object count. A crash,
+    /// a failed write (which poisons the store: reopen it) or a corrupt value met part-way
+    /// leaves a consistent store in which part of the work is done (extra old revisions,
+    /// listed objects not yet removed; never a wrong answer); calling again with the same
+    /// arguments finishes it.
+    fn pack_gc(&self, before: Tid, unreachable: &[Oid]) -> Result<PackStats>;
+
+    /// Number of objects whose current revision is not a deletion (exact), for ZODB's
+    /// `len()`. Objects received by a fill count, an open fill included. Cheap: a counter
+    /// kept by every write, not a scan.
+    fn object_count(&self) -> Result<u64>;
 
     /// The replication state: the bytes last written by [`Self::set_replication_state`], or
     /// `None` if it was never set.

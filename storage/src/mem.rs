@@ -10,7 +10,8 @@
 //! The simulator copies a store with [`MemStorage::snapshot`], its stand-in for
 //! [`Storage::checkpoint`] followed by an open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -70,7 +71,7 @@ enum MemOp {
     Fill(Vec<Revision>),
     FillFinish(Tid),
     Truncate(Tid),
-    Pack(Tid),
+    PackGc(Tid, Vec<Oid>),
     SetReplicationState(Bytes),
 }
 
@@ -103,9 +104,36 @@ fn check_no_fill(meta: &MetaState) -> Result<()> {
     }
 }
 
+/// The object count after an object's current revision went from `was` to `is` (`true`:
+/// a state, `false`: a deletion or no revision).
+pub(crate) fn recount(objects: u64, was: bool, is: bool) -> u64 {
+    match (was, is) {
+        (false, true) => objects.saturating_add(1),
+        (true, false) => objects.saturating_sub(1),
+        _ => objects,
+    }
+}
+
 impl MemState {
     fn current_serial(&self, oid: &Oid) -> Tid {
         self.current.get(oid).map_or(Tid::ZERO, |(t, _)| *t)
+    }
+
+    /// Whether the current revision of `oid` holds a state.
+    fn is_live(&self, oid: &Oid) -> bool {
+        self.current.get(oid).is_some_and(|(_, d)| d.is_some())
+    }
+
+    /// Replaces (`Some`) or removes (`None`) the current revision of `oid`, keeping the
+    /// object count.
+    fn set_current(&mut self, oid: &Oid, rev: Option<(Tid, Option<Bytes>)>) {
+        let was = self.is_live(oid);
+        let is = rev.as_ref().is_some_and(|(_, d)| d.is_some());
+        match rev {
+            Some(r) => self.current.insert(oid.clone(), r),
+            None => self.current.remove(oid),
+        };
+        self.meta.objects = recount(self.meta.objects, was, is);
     }
 
     fn insert_txn(&mut self, txn: &Transaction) {
@@ -120,8 +148,7 @@ impl MemState {
                     expected_serial: None,
                 },
             );
-            self.current
-                .insert(r.oid.clone(), (txn.tid, r.data.clone()));
+            self.set_current(&r.oid, Some((txn.tid, r.data.clone())));
             self.history.entry(r.oid.clone()).or_default().insert(
                 txn.tid,
                 HistEntry {
@@ -213,7 +240,7 @@ impl MemState {
         for r in revisions {
             let cur = self.current_serial(&r.oid);
             if r.tid >= cur {
-                self.current.insert(r.oid.clone(), (r.tid, r.data.clone()));
+                self.set_current(&r.oid, Some((r.tid, r.data.clone())));
             }
             self.history.entry(r.oid.clone()).or_default().insert(
                 r.tid,
@@ -252,15 +279,11 @@ impl MemState {
             for r in &records {
                 let hist = self.history.entry(r.oid.clone()).or_default();
                 hist.remove(t);
-                match hist.iter().next_back() {
-                    Some((pt, e)) => {
-                        self.current.insert(r.oid.clone(), (*pt, e.data.clone()));
-                    }
-                    None => {
-                        self.history.remove(&r.oid);
-                        self.current.remove(&r.oid);
-                    }
+                let restored = hist.iter().next_back().map(|(pt, e)| (*pt, e.data.clone()));
+                if restored.is_none() {
+                    self.history.remove(&r.oid);
                 }
+                self.set_current(&r.oid, restored);
             }
             let seq = self.meta.lost_seq_next;
             self.meta.lost_seq_next += 1;
@@ -286,32 +309,64 @@ impl MemState {
         Ok(removed)
     }
 
-    fn pack(&mut self, before: Tid) -> Result<PackStats> {
-        check_no_fill(&self.meta)?;
-        let b = pack_bound(before, self.meta.last);
-        let mut removed = 0u64;
-        if b > Tid::ZERO {
-            for (oid, hist) in self.history.iter_mut() {
-                let Some((&keep, _)) = hist.range(..b).next_back() else {
-                    continue;
-                };
-                let old: Vec<Tid> = hist.range(..keep).map(|(t, _)| *t).collect();
-                for t in old {
-                    if let Some(e) = hist.remove(&t) {
-                        removed += 1;
-                        if let (Some(idx), Some(mt)) = (e.idx, self.txns.get_mut(&t)) {
-                            let gone = mt.records.remove(&idx);
-                            debug_assert!(gone.is_some_and(|r| &r.oid == oid));
-                        }
-                    }
+    /// Removes the revisions of `oid` with a tid in `range` and their records; returns how
+    /// many.
+    fn remove_revisions(&mut self, oid: &Oid, range: impl RangeBounds<Tid>) -> u64 {
+        let Some(hist) = self.history.get_mut(oid) else {
+            return 0;
+        };
+        let old: Vec<Tid> = hist.range(range).map(|(t, _)| *t).collect();
+        let mut removed = 0;
+        for t in old {
+            if let Some(e) = hist.remove(&t) {
+                removed += 1;
+                if let (Some(idx), Some(mt)) = (e.idx, self.txns.get_mut(&t)) {
+                    let gone = mt.records.remove(&idx);
+                    debug_assert!(gone.is_some_and(|r| &r.oid == oid));
                 }
             }
-            self.meta.horizon = self.meta.horizon.max(Tid(b.0 - 1));
         }
-        Ok(PackStats {
-            revisions_removed: removed,
+        if hist.is_empty() {
+            self.history.remove(oid);
+        }
+        removed
+    }
+
+    /// `pack` is `pack_gc` with an empty list.
+    fn pack_gc(&mut self, before: Tid, unreachable: &[Oid]) -> Result<PackStats> {
+        check_no_fill(&self.meta)?;
+        let b = pack_bound(before, self.meta.last);
+        let mut stats = PackStats {
             horizon: self.meta.horizon,
-        })
+            ..PackStats::default()
+        };
+        if b == Tid::ZERO {
+            return Ok(stats);
+        }
+        // Objects with a revision older than the newest before the bound: (oid, that one).
+        let packed: Vec<(Oid, Tid)> = self
+            .history
+            .iter()
+            .filter_map(|(oid, hist)| {
+                let (&keep, _) = hist.range(..b).next_back()?;
+                let (&oldest, _) = hist.first_key_value()?;
+                (oldest < keep).then(|| (oid.clone(), keep))
+            })
+            .collect();
+        for (oid, keep) in packed {
+            stats.revisions_removed += self.remove_revisions(&oid, ..keep);
+        }
+        let unreachable: BTreeSet<&Oid> = unreachable.iter().collect();
+        for oid in unreachable {
+            if self.current.get(oid).is_some_and(|(t, _)| *t < b) {
+                stats.revisions_removed += self.remove_revisions(oid, ..);
+                self.set_current(oid, None);
+                stats.objects_removed += 1;
+            }
+        }
+        self.meta.horizon = self.meta.horizon.max(Tid(b.0 - 1));
+        stats.horizon = self.meta.horizon;
+        Ok(stats)
     }
 
     fn set_replication_state(&mut self, state: Bytes) -> Result<()> {
@@ -327,7 +382,7 @@ impl MemState {
             MemOp::Fill(r) => self.fill(r),
             MemOp::FillFinish(t) => self.fill_finish(*t),
             MemOp::Truncate(t) => self.truncate(*t).map(|_| ()),
-            MemOp::Pack(t) => self.pack(*t).map(|_| ()),
+            MemOp::PackGc(t, u) => self.pack_gc(*t, u).map(|_| ()),
             MemOp::SetReplicationState(st) => self.set_replication_state(st.clone()),
         }
     }
@@ -645,8 +700,14 @@ impl Storage for MemStorage {
         }))
     }
 
-    fn pack(&self, before: Tid) -> Result<PackStats> {
-        self.write(MemOp::Pack(before), |s| s.pack(before))
+    fn pack_gc(&self, before: Tid, unreachable: &[Oid]) -> Result<PackStats> {
+        self.write(MemOp::PackGc(before, unreachable.to_vec()), |s| {
+            s.pack_gc(before, unreachable)
+        })
+    }
+
+    fn object_count(&self) -> Result<u64> {
+        Ok(lock(&self.inner).live.meta.objects)
     }
 
     fn replication_state(&self) -> Result<Option<Bytes>> {

@@ -9,8 +9,9 @@
 //! | `lost` | archive seq (8) | truncated-after tid ++ whole transaction |
 //! | `meta` | `format`, `state`, `replication` | format marker; `MetaState`; replication state |
 //!
-//! Every data write goes through one `WriteBatch` that also rewrites `meta/state`, so data
-//! and `last_transaction` change atomically. The replication state is one key of its own,
+//! Every data write goes through one `WriteBatch` that also rewrites `meta/state`, so data,
+//! `last_transaction` and the object count change atomically (a pack writes several
+//! batches, each one consistent). The replication state is one key of its own,
 //! outside the transactional history.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,14 +26,14 @@ use rocksdb::{
 };
 
 use crate::codec::{
-    check_format, decode_current, decode_lost, decode_record, decode_replication, encode_current,
-    encode_format, encode_lost, encode_record, encode_replication, keys, HistoryValue, MetaState,
-    TxnHeader,
+    check_format, decode_current, decode_current_head, decode_lost, decode_record,
+    decode_replication, encode_current, encode_format, encode_lost, encode_record,
+    encode_replication, keys, HistoryValue, MetaState, TxnHeader,
 };
 use crate::error::{Result, StorageError};
 use crate::mem::{
     check_fill_finish, check_fill_revision, check_horizon, check_load_before,
-    check_replication_state, finish_meta, iter_is_truncated, pack_bound,
+    check_replication_state, finish_meta, iter_is_truncated, pack_bound, recount,
 };
 use crate::types::{
     same_content, validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid,
@@ -47,7 +48,8 @@ const CF_LOST: &str = "lost";
 const CF_META: &str = "meta";
 const CFS: [&str; 5] = [CF_TXN, CF_CURRENT, CF_HISTORY, CF_LOST, CF_META];
 
-/// Deletes per write batch when packing.
+/// Deletes per write batch when packing (a batch ends between two objects, so one with a
+/// long history may exceed it).
 const PACK_BATCH_OPS: usize = 16 * 1024;
 /// Read-ahead for scans (`iter`, `fast_recovery`, `pack`).
 const SCAN_READAHEAD: usize = 4 << 20;
@@ -206,7 +208,24 @@ impl RocksStorage {
         match format {
             Some(f) => {
                 check_format(&f)?;
-                self.read_meta()
+                drop(f);
+                let v = self
+                    .db
+                    .get_pinned_cf(meta_cf, keys::META_STATE)
+                    .map_err(rocks_err)?
+                    .ok_or_else(|| StorageError::corrupt("meta state is missing"))?;
+                let (mut meta, counted) = MetaState::decode_versioned(&v)?;
+                drop(v);
+                if !counted {
+                    // Written by a version without the object count: count once, store it.
+                    meta.objects = self.count_objects()?;
+                    let mut b = WriteBatch::default();
+                    b.put_cf(meta_cf, keys::META_STATE, meta.encode());
+                    self.db
+                        .write_opt(b, &self.write_opts(true))
+                        .map_err(rocks_err)?;
+                }
+                Ok(meta)
             }
             None => {
                 // A new store, unless something is already there.
@@ -257,6 +276,40 @@ impl RocksStorage {
             .map_err(rocks_err)?
             .ok_or_else(|| StorageError::corrupt("meta state is missing"))?;
         MetaState::decode(&v)
+    }
+
+    /// Counts the objects whose current revision holds a state: one scan of `current`.
+    fn count_objects(&self) -> Result<u64> {
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_CURRENT)?, Self::scan_opts());
+        it.seek_to_first();
+        let mut n = 0u64;
+        while let Some((k, v)) = it.item() {
+            let what = || match Oid::new(Bytes::copy_from_slice(k)) {
+                Ok(oid) => format!("current revision of {oid}"),
+                Err(_) => format!("current revision under a key of {} bytes", k.len()),
+            };
+            if decode_current_head(v, &what)?.1 {
+                n += 1;
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err)?;
+        Ok(n)
+    }
+
+    /// The serial of `oid` and whether its current revision holds a state; `(Tid::ZERO,
+    /// false)` if it has none. Does not copy the state.
+    fn current_head(&self, oid: &Oid) -> Result<(Tid, bool)> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_CURRENT)?, oid.as_bytes())
+            .map_err(rocks_err)?;
+        match v {
+            None => Ok((Tid::ZERO, false)),
+            Some(v) => decode_current_head(&v, &|| format!("current revision of {oid}")),
+        }
     }
 
     fn current_of(&self, oid: &Oid) -> Result<Option<(Tid, Option<Bytes>)>> {
@@ -352,7 +405,7 @@ impl RocksStorage {
         let mut group = Group {
             meta: w.meta.clone(),
             batch: WriteBatch::default(),
-            serials: BTreeMap::new(),
+            current: BTreeMap::new(),
             txns: BTreeMap::new(),
         };
         let mut results = Vec::with_capacity(reqs.len());
@@ -398,21 +451,6 @@ impl RocksStorage {
                         last: g.meta.last,
                     });
                 }
-                for r in &txn.records {
-                    if let Some(expected) = r.expected_serial {
-                        let actual = match g.serials.get(&r.oid) {
-                            Some(t) => *t,
-                            None => self.current_of(&r.oid)?.map_or(Tid::ZERO, |(t, _)| t),
-                        };
-                        if actual != expected {
-                            return Err(StorageError::Conflict {
-                                oid: r.oid.clone(),
-                                expected,
-                                actual,
-                            });
-                        }
-                    }
-                }
             }
             Request::Apply(prev, _) => {
                 if txn.tid <= g.meta.last {
@@ -431,9 +469,31 @@ impl RocksStorage {
                 }
             }
         }
-        self.put_txn(&mut g.batch, txn)?;
+        // The current revision of each object before this transaction (one point read per
+        // record, for the serial check and the object count), as the earlier members of the
+        // group leave it. Only `commit` checks serials.
+        let mut was_live = Vec::with_capacity(txn.records.len());
         for r in &txn.records {
-            g.serials.insert(r.oid.clone(), txn.tid);
+            let (actual, live) = match g.current.get(&r.oid) {
+                Some(c) => *c,
+                None => self.current_head(&r.oid)?,
+            };
+            if let (Request::Commit(_), Some(expected)) = (req, r.expected_serial) {
+                if actual != expected {
+                    return Err(StorageError::Conflict {
+                        oid: r.oid.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            was_live.push(live);
+        }
+        self.put_txn(&mut g.batch, txn)?;
+        for (r, was) in txn.records.iter().zip(was_live) {
+            let is = r.data.is_some();
+            g.current.insert(r.oid.clone(), (txn.tid, is));
+            g.meta.objects = recount(g.meta.objects, was, is);
         }
         g.txns.insert(txn.tid, txn.clone());
         g.meta.last = txn.tid;
@@ -554,6 +614,159 @@ impl RocksStorage {
     }
 }
 
+/// Revisions of one object older than the pack bound, met by the pack scan: tid, `history`
+/// key, value.
+type OldRevisions = Vec<(Tid, Vec<u8>, HistoryValue)>;
+
+/// A pack under way: the batch being filled and the state the written batches lead to.
+struct PackRun {
+    bound: Tid,
+    batch: WriteBatch,
+    meta: MetaState,
+    stats: PackStats,
+}
+
+impl RocksStorage {
+    /// `pack_gc` (and so `pack`) under the writer lock: one scan of `history`, one object
+    /// at a time, deletions written in batches of about [`PACK_BATCH_OPS`] cut between
+    /// objects.
+    fn pack_locked(
+        &self,
+        w: &mut WriterState,
+        before: Tid,
+        unreachable: &[Oid],
+    ) -> Result<PackStats> {
+        check_no_fill(&w.meta)?;
+        let bound = pack_bound(before, w.meta.last);
+        if bound == Tid::ZERO {
+            return Ok(PackStats {
+                horizon: w.meta.horizon,
+                ..PackStats::default()
+            });
+        }
+        let unreachable: BTreeSet<&Oid> = unreachable.iter().collect();
+        let mut meta = w.meta.clone();
+        meta.horizon = meta.horizon.max(Tid(bound.0 - 1));
+        // The new horizon goes into the first batch written (with or before any deletion:
+        // it only makes answers stricter); every batch that removes objects carries the new
+        // object count.
+        let mut run = PackRun {
+            bound,
+            batch: WriteBatch::default(),
+            stats: PackStats {
+                horizon: meta.horizon,
+                ..PackStats::default()
+            },
+            meta,
+        };
+        // The iterator reads the store as it was before the first batch.
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_HISTORY)?, Self::scan_opts());
+        it.seek_to_first();
+        let mut old: OldRevisions = Vec::new();
+        // The object being scanned, and whether it has a revision at or after the bound.
+        let mut object: Option<(Oid, bool)> = None;
+        loop {
+            let item = match it.item() {
+                Some((k, v)) => {
+                    let (oid, tid) = keys::parse_history(k)?;
+                    Some((oid, tid, k.to_vec(), v))
+                }
+                None => None,
+            };
+            let same = matches!((&item, &object), (Some((o, ..)), Some((p, _))) if o == p);
+            if !same {
+                if let Some((oid, newer)) = object.take() {
+                    let gc = unreachable.contains(&oid);
+                    self.pack_object(&mut run, &oid, &mut old, newer, gc)?;
+                    if run.batch.len() >= PACK_BATCH_OPS {
+                        let full = std::mem::take(&mut run.batch);
+                        self.pack_flush(w, full, &run.meta)?;
+                    }
+                }
+                old.clear();
+            }
+            let Some((oid, tid, key, v)) = item else {
+                break;
+            };
+            if tid < bound {
+                let hv = HistoryValue::decode(v, &|| format!("history entry of {oid} at {tid}"))?;
+                old.push((tid, key, hv));
+            }
+            let newer = tid >= bound;
+            match object.as_mut() {
+                Some(o) => o.1 |= newer,
+                None => object = Some((oid, newer)),
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err)?;
+        self.pack_flush(w, run.batch, &run.meta)?;
+        Ok(run.stats)
+    }
+
+    /// The pack of one object, whose revisions older than the bound are `old` (oldest
+    /// first) and which has a newer one if `newer`: removed whole if `gc` and its current
+    /// revision is older than the bound, else all but the newest of `old`.
+    fn pack_object(
+        &self,
+        run: &mut PackRun,
+        oid: &Oid,
+        old: &mut OldRevisions,
+        newer: bool,
+        gc: bool,
+    ) -> Result<()> {
+        let (txn_cf, hist_cf) = (self.cf(CF_TXN)?, self.cf(CF_HISTORY)?);
+        let mut whole = false;
+        if gc {
+            let (serial, live) = self.current_head(oid)?;
+            if serial != Tid::ZERO && serial < run.bound {
+                let newest = if newer { None } else { old.last().map(|r| r.0) };
+                if newest != Some(serial) {
+                    return Err(StorageError::corrupt(format!(
+                        "current revision of {oid} is at {serial}, its newest history entry is not"
+                    )));
+                }
+                run.batch.delete_cf(self.cf(CF_CURRENT)?, oid.as_bytes());
+                run.meta.objects = recount(run.meta.objects, live, false);
+                run.stats.objects_removed += 1;
+                whole = true;
+            }
+        }
+        if !whole {
+            // Keep the newest revision before the bound.
+            old.pop();
+        }
+        for (tid, key, hv) in old.drain(..) {
+            run.batch.delete_cf(hist_cf, key);
+            if let HistoryValue::Ref(idx) = hv {
+                run.batch.delete_cf(txn_cf, keys::txn(tid, idx));
+            }
+            run.stats.revisions_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch of the pack, with `meta` if it changed (which also installs it; a
+    /// failed write then poisons the store, as for every write of `meta/state`).
+    fn pack_flush(
+        &self,
+        w: &mut WriterState,
+        mut batch: WriteBatch,
+        meta: &MetaState,
+    ) -> Result<()> {
+        if *meta != w.meta {
+            batch.put_cf(self.cf(CF_META)?, keys::META_STATE, meta.encode());
+            self.commit_batch(w, batch, meta.clone())
+        } else if !batch.is_empty() {
+            self.write_batch(batch, self.sync)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn check_no_fill(meta: &MetaState) -> Result<()> {
     match &meta.fill {
         None => Ok(()),
@@ -567,8 +780,9 @@ fn check_no_fill(meta: &MetaState) -> Result<()> {
 struct Group {
     meta: MetaState,
     batch: WriteBatch,
-    /// Serials set by earlier transactions of the group.
-    serials: BTreeMap<Oid, Tid>,
+    /// Current revisions set by earlier transactions of the group: serial, and whether it
+    /// holds a state.
+    current: BTreeMap<Oid, (Tid, bool)>,
     /// Transactions accepted earlier in the group (for duplicate applies).
     txns: BTreeMap<Tid, Transaction>,
 }
@@ -901,16 +1115,17 @@ impl Storage for RocksStorage {
             );
             let mut meta = w.meta.clone();
             let (mut last_oid, mut tid_max) = meta.fill.clone().unwrap_or_default();
-            let mut serials: BTreeMap<&Oid, Tid> = BTreeMap::new();
+            let mut current: BTreeMap<&Oid, (Tid, bool)> = BTreeMap::new();
             let mut b = WriteBatch::default();
             for r in revisions {
-                let cur = match serials.get(&r.oid) {
-                    Some(t) => *t,
-                    None => self.current_of(&r.oid)?.map_or(Tid::ZERO, |(t, _)| t),
+                let (cur, was) = match current.get(&r.oid) {
+                    Some(c) => *c,
+                    None => self.current_head(&r.oid)?,
                 };
                 if r.tid >= cur {
                     b.put_cf(cur_cf, r.oid.as_bytes(), encode_current(r.tid, &r.data));
-                    serials.insert(&r.oid, r.tid);
+                    current.insert(&r.oid, (r.tid, r.data.is_some()));
+                    meta.objects = recount(meta.objects, was, r.data.is_some());
                 }
                 b.put_cf(
                     hist_cf,
@@ -995,10 +1210,18 @@ impl Storage for RocksStorage {
             // revision at or before `tid` (read from the state before this batch).
             let snap = self.db.snapshot();
             for oid in &touched {
-                match self.revision_at_or_before(&snap, oid, tid)? {
-                    Some(r) => b.put_cf(cur_cf, oid.as_bytes(), encode_current(r.tid, &r.data)),
-                    None => b.delete_cf(cur_cf, oid.as_bytes()),
-                }
+                let (_, was) = self.current_head(oid)?;
+                let is = match self.revision_at_or_before(&snap, oid, tid)? {
+                    Some(r) => {
+                        b.put_cf(cur_cf, oid.as_bytes(), encode_current(r.tid, &r.data));
+                        r.data.is_some()
+                    }
+                    None => {
+                        b.delete_cf(cur_cf, oid.as_bytes());
+                        false
+                    }
+                };
+                meta.objects = recount(meta.objects, was, is);
             }
             drop(snap);
             let mut it = self.db.raw_iterator_cf(txn_cf);
@@ -1023,82 +1246,12 @@ impl Storage for RocksStorage {
         Ok(Box::new(RocksLostIter { it, done: false }))
     }
 
-    fn pack(&self, before: Tid) -> Result<PackStats> {
-        self.with_writer(|w| {
-            check_no_fill(&w.meta)?;
-            let b_tid = pack_bound(before, w.meta.last);
-            if b_tid == Tid::ZERO {
-                return Ok(PackStats {
-                    revisions_removed: 0,
-                    horizon: w.meta.horizon,
-                });
-            }
-            let (txn_cf, hist_cf, meta_cf) =
-                (self.cf(CF_TXN)?, self.cf(CF_HISTORY)?, self.cf(CF_META)?);
-            // The horizon moves first (it only makes answers stricter), then the deletes
-            // follow in bounded batches: a crash in between leaves a consistent store.
-            let new_horizon = w.meta.horizon.max(Tid(b_tid.0 - 1));
-            if new_horizon != w.meta.horizon {
-                let mut meta = w.meta.clone();
-                meta.horizon = new_horizon;
-                let mut b = WriteBatch::default();
-                b.put_cf(meta_cf, keys::META_STATE, meta.encode());
-                self.commit_batch(w, b, meta)?;
-            }
-            let mut removed = 0u64;
-            let mut batch = WriteBatch::default();
-            let mut it = self.db.raw_iterator_cf_opt(hist_cf, Self::scan_opts());
-            it.seek_to_first();
-            // Revisions older than `b_tid` of the oid being scanned: (tid, key, value).
-            let mut group: Vec<(Tid, Vec<u8>, HistoryValue)> = Vec::new();
-            let mut group_oid: Option<Oid> = None;
-            loop {
-                let item = match it.item() {
-                    Some((k, v)) => {
-                        let (oid, tid) = keys::parse_history(k)?;
-                        Some((oid, tid, k.to_vec(), v))
-                    }
-                    None => None,
-                };
-                let next_oid = item.as_ref().map(|(o, ..)| o.clone());
-                if next_oid != group_oid {
-                    // Keep the newest revision before the bound; drop the older ones.
-                    if group.len() > 1 {
-                        group.pop();
-                        for (tid, key, hv) in group.drain(..) {
-                            batch.delete_cf(hist_cf, key);
-                            if let HistoryValue::Ref(idx) = hv {
-                                batch.delete_cf(txn_cf, keys::txn(tid, idx));
-                            }
-                            removed += 1;
-                        }
-                        if batch.len() >= PACK_BATCH_OPS {
-                            let full = std::mem::take(&mut batch);
-                            self.write_batch(full, self.sync)?;
-                        }
-                    }
-                    group.clear();
-                    group_oid = next_oid;
-                }
-                let Some((oid, tid, key, v)) = item else {
-                    break;
-                };
-                if tid < b_tid {
-                    let hv =
-                        HistoryValue::decode(v, &|| format!("history entry of {oid} at {tid}"))?;
-                    group.push((tid, key, hv));
-                }
-                it.next();
-            }
-            it.status().map_err(rocks_err)?;
-            if !batch.is_empty() {
-                self.write_batch(batch, self.sync)?;
-            }
-            Ok(PackStats {
-                revisions_removed: removed,
-                horizon: new_horizon,
-            })
-        })
+    fn pack_gc(&self, before: Tid, unreachable: &[Oid]) -> Result<PackStats> {
+        self.with_writer(|w| self.pack_locked(w, before, unreachable))
+    }
+
+    fn object_count(&self) -> Result<u64> {
+        Ok(self.read_meta()?.objects)
     }
 
     fn replication_state(&self) -> Result<Option<Bytes>> {

@@ -210,11 +210,13 @@ pub enum ApplyOutcome {
     AlreadyPresent,
 }
 
-/// What [`crate::Storage::pack`] did.
+/// What [`crate::Storage::pack`] or [`crate::Storage::pack_gc`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PackStats {
-    /// Revisions removed.
+    /// Revisions removed, those of the objects removed entirely included.
     pub revisions_removed: u64,
+    /// Objects removed entirely by [`crate::Storage::pack_gc`] (always 0 for `pack`).
+    pub objects_removed: u64,
     /// The history horizon after the pack.
     pub horizon: Tid,
 }

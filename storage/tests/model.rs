@@ -63,6 +63,12 @@ enum Op {
     Pack {
         back: u8,
     },
+    /// `pack_gc` with the oids whose bit is set in `unreachable` (bit `OIDS`: an oid never
+    /// written; bit `OIDS + 1`: the first oid twice).
+    PackGc {
+        back: u8,
+        unreachable: u8,
+    },
     SetReplicationState {
         v: u8,
         too_large: bool,
@@ -91,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|dt| Op::FillFinish { dt }),
         1 => (0u8..6).prop_map(|back| Op::Truncate { back }),
         1 => (0u8..6).prop_map(|back| Op::Pack { back }),
+        2 => (0u8..6, any::<u8>()).prop_map(|(back, unreachable)| Op::PackGc { back, unreachable }),
         1 => (any::<u8>(), prop::bool::weighted(0.1))
             .prop_map(|(v, too_large)| Op::SetReplicationState { v, too_large }),
         1 => Just(Op::Restart),
@@ -194,6 +201,7 @@ fn check_state(s: &dyn Storage, m: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(s.horizon().unwrap(), m.horizon());
     prop_assert_eq!(s.fill_progress().unwrap(), m.fill_progress());
     prop_assert_eq!(s.replication_state().unwrap(), m.replication_state());
+    prop_assert_eq!(s.object_count().unwrap(), m.object_count());
     for o in 0..OIDS {
         prop_assert_eq!(s.load(&oid(o)).unwrap(), m.load(&oid(o)), "load {}", o);
     }
@@ -314,6 +322,29 @@ fn run(b: &mut dyn Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Pack { back } => {
                 let t = Tid((last.0 + 1).saturating_sub(back as u64));
                 prop_assert_eq!(b.store().pack(t), m.pack(t));
+            }
+            Op::PackGc { back, unreachable } => {
+                let t = Tid((last.0 + 1).saturating_sub(back as u64));
+                let mut list: Vec<Oid> = (0..OIDS)
+                    .filter(|o| unreachable & (1 << o) != 0)
+                    .map(oid)
+                    .collect();
+                if unreachable & (1 << OIDS) != 0 {
+                    list.push(oid(OIDS + 3));
+                }
+                if unreachable & (1 << (OIDS + 1)) != 0 {
+                    list.push(oid(0));
+                }
+                let got = b.store().pack_gc(t, &list);
+                prop_assert_eq!(got, m.pack_gc(t, &list), "pack_gc {:?} {:?}", t, list);
+                // Nothing of a removed object is left.
+                for o in &list {
+                    if m.load(o).is_none() {
+                        prop_assert!(b.store().history(o, 9).unwrap().is_empty());
+                        let after = Tid(m.horizon().0 + 1);
+                        prop_assert_eq!(b.store().load_before(o, after).unwrap(), None);
+                    }
+                }
             }
             Op::SetReplicationState { v, too_large } => {
                 let len = if too_large {

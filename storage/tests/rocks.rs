@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use storage::testing::suite::{oid, txn};
 use storage::{
-    Direction, Record, RocksOptions, RocksStorage, Storage, StorageError, Tid, TidRange,
+    Direction, Oid, Record, RocksOptions, RocksStorage, Storage, StorageError, Tid, TidRange,
     Transaction, TxnMeta,
 };
 
@@ -333,4 +333,281 @@ fn sigkill_never_loses_a_returned_commit() {
             stored.len()
         );
     }
+}
+
+// ---- pack with garbage collection, object count ----------------------------------------
+
+const GC_OBJECTS: u64 = 600;
+const GC_TXNS: u64 = 25;
+
+/// Transaction `t` of the pack tests: 1..=GC_TXNS write every object; `GC_TXNS + 5` writes
+/// every third one again (after the pack bound), and deletes every seventh.
+fn gc_txn(t: u64) -> Transaction {
+    let objects: Vec<u64> = if t <= GC_TXNS {
+        (0..GC_OBJECTS).collect()
+    } else {
+        (0..GC_OBJECTS)
+            .filter(|o| o % 3 == 0 || o % 7 == 0)
+            .collect()
+    };
+    Transaction {
+        tid: Tid(t),
+        meta: TxnMeta {
+            user: Bytes::from_static(b"gc"),
+            description: Bytes::from(format!("txn {t}")),
+            extension: Bytes::new(),
+            time: t,
+        },
+        records: objects
+            .into_iter()
+            .map(|o| Record {
+                oid: oid(o),
+                data: if t > GC_TXNS && o % 7 == 0 && o % 3 != 0 {
+                    None
+                } else {
+                    Some(Bytes::from(format!("{o}@{t}")))
+                },
+                expected_serial: None,
+            })
+            .collect(),
+    }
+}
+
+fn gc_build(s: &dyn Storage) {
+    for t in (1..=GC_TXNS).chain([GC_TXNS + 5]) {
+        s.commit(&gc_txn(t)).unwrap();
+    }
+}
+
+/// Every even object is "unreachable".
+fn gc_list() -> Vec<Oid> {
+    (0..GC_OBJECTS).filter(|o| o % 2 == 0).map(oid).collect()
+}
+
+const GC_BEFORE: Tid = Tid(GC_TXNS + 1);
+
+/// What a store shows of every object (current revision and whole history), its object
+/// count, horizon and the transactions after the horizon.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    objects: Vec<(Option<storage::Revision>, Vec<storage::Revision>)>,
+    count: u64,
+    horizon: Tid,
+    txns: Vec<Transaction>,
+}
+
+fn object_view(s: &dyn Storage, o: u64) -> (Option<storage::Revision>, Vec<storage::Revision>) {
+    (
+        s.load(&oid(o)).unwrap(),
+        s.history(&oid(o), usize::MAX).unwrap(),
+    )
+}
+
+fn shown(s: &dyn Storage) -> Shown {
+    let horizon = s.horizon().unwrap();
+    Shown {
+        objects: (0..GC_OBJECTS).map(|o| object_view(s, o)).collect(),
+        count: s.object_count().unwrap(),
+        horizon,
+        txns: s
+            .iter(TidRange::after(horizon), Direction::Forward)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap(),
+    }
+}
+
+/// The oids named by the records in `txn`, the keys of `history` and `current`, read raw.
+fn raw_oids(path: &std::path::Path) -> std::collections::BTreeSet<Vec<u8>> {
+    let db = raw_db(path);
+    let mut out = std::collections::BTreeSet::new();
+    for (k, v) in db
+        .iterator_cf(db.cf_handle("txn").unwrap(), rocksdb::IteratorMode::Start)
+        .map(Result::unwrap)
+    {
+        // Records (index > 0) are `[version][kind][u32 len][oid]...`.
+        if k[8..] != [0, 0, 0, 0] {
+            let n = u32::from_be_bytes(v[2..6].try_into().unwrap()) as usize;
+            out.insert(v[6..6 + n].to_vec());
+        }
+    }
+    for (k, _) in db
+        .iterator_cf(
+            db.cf_handle("history").unwrap(),
+            rocksdb::IteratorMode::Start,
+        )
+        .map(Result::unwrap)
+    {
+        out.insert(k[2..k.len() - 8].to_vec());
+    }
+    for (k, _) in db
+        .iterator_cf(
+            db.cf_handle("current").unwrap(),
+            rocksdb::IteratorMode::Start,
+        )
+        .map(Result::unwrap)
+    {
+        out.insert(k.to_vec());
+    }
+    out
+}
+
+/// A pack large enough to take several write batches removes, on disk, every record,
+/// history entry and current revision of the collected objects, and ends in the same
+/// store as the in-memory backend.
+#[test]
+fn pack_gc_over_several_batches_matches_memory_and_frees_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path(), opts(false)).unwrap();
+    let m = storage::MemStorage::default();
+    gc_build(&s);
+    gc_build(&m);
+    assert_eq!(shown(&s), shown(&m));
+    let stats = s.pack_gc(GC_BEFORE, &gc_list()).unwrap();
+    assert_eq!(stats, m.pack_gc(GC_BEFORE, &gc_list()).unwrap());
+    // Even objects not written after the bound: 0..600 even, not a multiple of 3 or 7.
+    let collected: Vec<u64> = (0..GC_OBJECTS)
+        .filter(|o| o % 2 == 0 && o % 3 != 0 && o % 7 != 0)
+        .collect();
+    assert_eq!(stats.objects_removed, collected.len() as u64);
+    assert!(
+        stats.revisions_removed * 2 > 16 * 1024,
+        "several batches: {stats:?}"
+    );
+    assert_eq!(shown(&s), shown(&m));
+    let s = {
+        let path = s.path().to_path_buf();
+        drop(s);
+        RocksStorage::open(path, opts(false)).unwrap()
+    };
+    assert_eq!(shown(&s), shown(&m));
+    drop(s);
+    let on_disk = raw_oids(dir.path());
+    for o in 0..GC_OBJECTS {
+        assert_eq!(
+            on_disk.contains(oid(o).as_bytes()),
+            !collected.contains(&o),
+            "oid {o}"
+        );
+    }
+}
+
+/// A pack that fails part-way (here on a corrupt history entry met late in the scan)
+/// leaves a consistent store: the batches written before hold whole objects and the
+/// matching object count. Once the entry is repaired, the same call finishes the job.
+#[test]
+fn pack_gc_failing_part_way_leaves_a_consistent_store_and_can_be_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path(), opts(false)).unwrap();
+    let before_pack = storage::MemStorage::default();
+    let after_pack = storage::MemStorage::default();
+    gc_build(&s);
+    gc_build(&before_pack);
+    gc_build(&after_pack);
+    after_pack.pack_gc(GC_BEFORE, &gc_list()).unwrap();
+    drop(s);
+    // Corrupt the oldest history entry of the last object collected (the scan meets it
+    // after the first batch).
+    let corrupt = GC_OBJECTS - 2;
+    let last = oid(corrupt);
+    let mut key = (last.as_bytes().len() as u16).to_be_bytes().to_vec();
+    key.extend_from_slice(last.as_bytes());
+    key.extend_from_slice(&1u64.to_be_bytes());
+    let good = {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("history").unwrap();
+        let good = db.get_cf(cf, &key).unwrap().unwrap();
+        let mut bad = good.clone();
+        bad[2] ^= 0xff;
+        db.put_cf(cf, &key, bad).unwrap();
+        good
+    };
+    let s = RocksStorage::open(dir.path(), opts(false)).unwrap();
+    let e = s.pack_gc(GC_BEFORE, &gc_list()).unwrap_err();
+    assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+    // Each object is as before the pack or as after it; the count matches what is there.
+    let mut done = 0;
+    for o in (0..GC_OBJECTS).filter(|o| *o != corrupt) {
+        let got = object_view(&s, o);
+        let old = object_view(&before_pack, o);
+        assert!(
+            got == old || got == object_view(&after_pack, o),
+            "oid {o} half packed"
+        );
+        if got != old {
+            done += 1;
+        }
+    }
+    assert!(done > 0, "the first batch was written");
+    assert_eq!(s.load(&last).unwrap(), before_pack.load(&last).unwrap());
+    let live = (0..GC_OBJECTS)
+        .filter(|o| s.load(&oid(*o)).unwrap().is_some_and(|r| r.data.is_some()))
+        .count();
+    assert_eq!(s.object_count().unwrap(), live as u64);
+    assert_eq!(
+        s.horizon().unwrap(),
+        Tid(GC_TXNS),
+        "written with the first batch"
+    );
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        db.put_cf(db.cf_handle("history").unwrap(), &key, good)
+            .unwrap();
+    }
+    let s = RocksStorage::open(dir.path(), opts(false)).unwrap();
+    s.pack_gc(GC_BEFORE, &gc_list()).unwrap();
+    assert_eq!(shown(&s), shown(&after_pack));
+}
+
+/// A store written before the object count existed (its meta state ends without it) is
+/// counted once at open, and the count is kept from then on.
+#[test]
+fn a_store_without_the_object_count_is_counted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+    s.commit(&txn(1, &[(1, Some("a")), (2, Some("b")), (3, Some("c"))]))
+        .unwrap();
+    s.commit(&txn(2, &[(2, None), (4, Some("d"))])).unwrap();
+    s.fill(&[storage::Revision {
+        oid: oid(5),
+        tid: Tid(4),
+        data: Some(Bytes::from_static(b"e")),
+    }])
+    .unwrap();
+    assert_eq!(s.object_count().unwrap(), 4);
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("meta").unwrap();
+        let v = db.get_cf(cf, b"state").unwrap().unwrap();
+        // The count is the last field, before the checksum: drop it, as an older version
+        // wrote the state.
+        let n = v.len();
+        let mut old = v[..n - 12].to_vec();
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_be_bytes());
+        db.put_cf(cf, b"state", old).unwrap();
+    }
+    let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+    assert_eq!(s.object_count().unwrap(), 4, "1, 3, 4 and the filled 5");
+    assert!(
+        s.fill_progress().unwrap().is_some(),
+        "the rest of the state is kept"
+    );
+    s.fill_finish(Tid(4)).unwrap();
+    s.commit(&txn(5, &[(1, None)])).unwrap();
+    assert_eq!(s.object_count().unwrap(), 3);
+    drop(s);
+    // The state now has the count, like that of a store this version created.
+    let meta_len = |path: &std::path::Path| {
+        let db = raw_db(path);
+        let v = db.get_cf(db.cf_handle("meta").unwrap(), b"state").unwrap();
+        v.unwrap().len()
+    };
+    let fresh = tempfile::tempdir().unwrap();
+    drop(RocksStorage::open(fresh.path(), opts(true)).unwrap());
+    assert_eq!(meta_len(dir.path()), meta_len(fresh.path()));
+    let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
+    assert_eq!(s.object_count().unwrap(), 3);
 }

@@ -1,7 +1,7 @@
 //! A plain model of the storage semantics: a map of transactions and a map of filled
 //! revisions, with every question answered by scanning them. Slow and simple on purpose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -373,41 +373,68 @@ impl Model {
         Ok(())
     }
 
+    /// See [`crate::Storage::object_count`].
+    pub fn object_count(&self) -> u64 {
+        self.oids()
+            .iter()
+            .filter(|o| self.load(o).is_some_and(|r| r.data.is_some()))
+            .count() as u64
+    }
+
+    /// Removes one revision of `oid` (a filled one, or its record).
+    fn remove_revision(&mut self, oid: &Oid, tid: Tid) {
+        if self.fills.remove(&(oid.clone(), tid)).is_none() {
+            if let Some(t) = self.txns.get_mut(&tid) {
+                for slot in t.records.iter_mut() {
+                    if slot.as_ref().is_some_and(|x| &x.oid == oid) {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    }
+
     /// See [`crate::Storage::pack`].
     pub fn pack(&mut self, before: Tid) -> Result<PackStats> {
+        self.pack_gc(before, &[])
+    }
+
+    /// See [`crate::Storage::pack_gc`].
+    pub fn pack_gc(&mut self, before: Tid, unreachable: &[Oid]) -> Result<PackStats> {
         if self.fill.is_some() {
             return Err(fill_in_progress());
         }
+        let mut stats = PackStats {
+            horizon: self.horizon,
+            ..PackStats::default()
+        };
         let b = Tid(before.0.min(self.last.0.saturating_add(1)));
         if b == Tid::ZERO {
-            return Ok(PackStats {
-                revisions_removed: 0,
-                horizon: self.horizon,
-            });
+            return Ok(stats);
         }
-        let mut removed = 0;
         for oid in self.oids() {
             let revs = self.revisions(&oid);
             let Some(keep) = revs.iter().rev().find(|r| r.tid < b).map(|r| r.tid) else {
                 continue;
             };
             for r in revs.iter().filter(|r| r.tid < keep) {
-                removed += 1;
-                if self.fills.remove(&(oid.clone(), r.tid)).is_none() {
-                    if let Some(t) = self.txns.get_mut(&r.tid) {
-                        for slot in t.records.iter_mut() {
-                            if slot.as_ref().is_some_and(|x| x.oid == oid) {
-                                *slot = None;
-                            }
-                        }
-                    }
+                stats.revisions_removed += 1;
+                self.remove_revision(&oid, r.tid);
+            }
+        }
+        let unreachable: BTreeSet<&Oid> = unreachable.iter().collect();
+        for oid in unreachable {
+            let revs = self.revisions(oid);
+            if revs.last().is_some_and(|r| r.tid < b) {
+                stats.objects_removed += 1;
+                for r in revs {
+                    stats.revisions_removed += 1;
+                    self.remove_revision(oid, r.tid);
                 }
             }
         }
         self.horizon = self.horizon.max(Tid(b.0 - 1));
-        Ok(PackStats {
-            revisions_removed: removed,
-            horizon: self.horizon,
-        })
+        stats.horizon = self.horizon;
+        Ok(stats)
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::types::{
-    ApplyOutcome, Direction, Oid, Record, Revision, Tid, TidRange, Transaction, TxnMeta,
+    ApplyOutcome, Direction, Oid, PackStats, Record, Revision, Tid, TidRange, Transaction, TxnMeta,
 };
 use crate::Storage;
 
@@ -87,6 +87,10 @@ pub fn run_all<H: Harness>(h: &mut H) {
     fill_resume(h);
     truncate_and_lost_archive(h);
     pack_keeps_newest_before(h);
+    pack_gc_removes_unreachable_objects(h);
+    pack_gc_refused_during_a_fill_changes_nothing(h);
+    pack_gc_with_an_empty_list_is_pack(h);
+    object_count_follows_every_write(h);
     restart_keeps_durable_writes(h);
     replication_state_slot(h);
     concurrent_commits(h);
@@ -565,6 +569,307 @@ pub fn pack_keeps_newest_before<H: Harness>(h: &mut H) {
     let s = h.restart(s);
     assert_eq!(s.horizon().unwrap(), Tid(4));
     assert_eq!(s.load(&oid(3)).unwrap(), Some(rev(3, 3, Some("c3"))));
+}
+
+/// `pack_gc(before, unreachable)`: packs, then removes whole every listed object whose newest
+/// revision is older than `before`; listed objects written at or after `before` stay.
+pub fn pack_gc_removes_unreachable_objects<H: Harness>(h: &mut H) {
+    let s = h.fresh();
+    s.commit(&txn(
+        10,
+        &[
+            (1, Some("a1")),
+            (2, Some("b1")),
+            (3, Some("c1")),
+            (4, Some("d1")),
+        ],
+    ))
+    .unwrap();
+    s.commit(&txn(20, &[(1, Some("a2")), (2, Some("b2")), (4, None)]))
+        .unwrap();
+    let t30 = txn(30, &[(3, Some("c3")), (5, Some("e3"))]);
+    s.commit(&t30).unwrap();
+    s.commit(&txn(39, &[(7, Some("g39"))])).unwrap();
+    let t40 = txn(40, &[(2, Some("b4")), (6, Some("f4"))]);
+    s.commit(&t40).unwrap();
+    assert_eq!(
+        s.object_count().unwrap(),
+        6,
+        "1, 2, 3, 5, 6, 7 (4 is deleted)"
+    );
+
+    // 2 was written at `before`: it stays. 3 and 7 (newest revisions at 30 and 39) and 4
+    // (deleted at 20) go. 9 was never written; 3 is listed twice.
+    let list = [oid(2), oid(3), oid(4), oid(7), oid(9), oid(3)];
+    let stats = s.pack_gc(Tid(40), &list).unwrap();
+    assert_eq!(
+        stats,
+        PackStats {
+            revisions_removed: 7,
+            objects_removed: 3,
+            horizon: Tid(39)
+        },
+        "pack removes a1 b1 c1 d1; the collection c3, the deletion of 4 and g39"
+    );
+    assert_eq!(s.horizon().unwrap(), Tid(39));
+    let check = |s: &H::S| {
+        for o in [3, 4, 7] {
+            assert_eq!(s.load(&oid(o)).unwrap(), None, "oid {o} is gone");
+            assert!(s.history(&oid(o), 9).unwrap().is_empty(), "oid {o}");
+            for t in [40, 41, u64::MAX] {
+                assert_eq!(s.load_before(&oid(o), Tid(t)).unwrap(), None, "oid {o}");
+            }
+            assert_eq!(
+                s.load_before(&oid(o), Tid(39)),
+                Err(StorageError::HistoryTruncated { horizon: Tid(39) })
+            );
+        }
+        // Listed but written at `before`: kept, with what pack keeps of its history.
+        assert_eq!(s.load(&oid(2)).unwrap(), Some(rev(2, 40, Some("b4"))));
+        assert_eq!(
+            s.history(&oid(2), 9).unwrap(),
+            vec![rev(2, 40, Some("b4")), rev(2, 20, Some("b2"))]
+        );
+        assert_eq!(
+            s.load_before(&oid(2), Tid(40)).unwrap(),
+            Some(rev(2, 20, Some("b2")))
+        );
+        // Not listed: kept as pack keeps them.
+        assert_eq!(s.history(&oid(1), 9).unwrap(), vec![rev(1, 20, Some("a2"))]);
+        assert_eq!(s.history(&oid(5), 9).unwrap(), vec![rev(5, 30, Some("e3"))]);
+        assert_eq!(s.history(&oid(6), 9).unwrap(), vec![rev(6, 40, Some("f4"))]);
+        assert_eq!(
+            s.load_before(&oid(5), Tid(40)).unwrap(),
+            Some(rev(5, 30, Some("e3")))
+        );
+        assert_eq!(s.object_count().unwrap(), 4, "1, 2, 5, 6");
+        // Transactions after the horizon are whole; nothing of the removed objects shows.
+        assert_eq!(
+            collect(
+                s.iter(TidRange::after(Tid(39)), Direction::Forward)
+                    .unwrap()
+            ),
+            vec![t40.clone()]
+        );
+        assert_eq!(
+            collect(
+                s.iter(TidRange::after(Tid(39)), Direction::Reverse)
+                    .unwrap()
+            ),
+            vec![t40.clone()]
+        );
+        let fr = s.fast_recovery(Tid::ZERO, None).unwrap();
+        assert_eq!(
+            collect(fr.revisions),
+            vec![
+                rev(1, 20, Some("a2")),
+                rev(2, 40, Some("b4")),
+                rev(5, 30, Some("e3")),
+                rev(6, 40, Some("f4"))
+            ]
+        );
+    };
+    check(&s);
+    // Again with the same arguments: nothing left to do.
+    assert_eq!(
+        s.pack_gc(Tid(40), &list).unwrap(),
+        PackStats {
+            revisions_removed: 0,
+            objects_removed: 0,
+            horizon: Tid(39)
+        }
+    );
+    check(&s);
+    let s = h.restart(s);
+    check(&s);
+    // Transaction headers stay: a duplicate apply is still recognised (and a divergent one
+    // refused) though the record of 3 in transaction 30 is gone.
+    assert_eq!(
+        s.apply(Tid(20), &t30).unwrap(),
+        ApplyOutcome::AlreadyPresent
+    );
+    let mut other = t30.clone();
+    other.records[0].data = data("C3");
+    assert_eq!(
+        s.apply(Tid(20), &other),
+        Err(StorageError::DivergentApply { tid: Tid(30) })
+    );
+    // A removed object may be created again: it does not exist.
+    let mut t = txn(50, &[(3, Some("c50"))]);
+    t.records[0].expected_serial = Some(Tid::ZERO);
+    s.commit(&t).unwrap();
+    assert_eq!(s.load(&oid(3)).unwrap(), Some(rev(3, 50, Some("c50"))));
+    assert_eq!(
+        s.history(&oid(3), 9).unwrap(),
+        vec![rev(3, 50, Some("c50"))]
+    );
+    assert_eq!(s.object_count().unwrap(), 5);
+    // Everything older than `last + 1` is collectable: the bound is capped like pack's.
+    let stats = s.pack_gc(Tid(1000), &[oid(3), oid(5)]).unwrap();
+    assert_eq!(stats.objects_removed, 2);
+    assert_eq!(stats.horizon, Tid(50));
+    assert_eq!(s.load(&oid(3)).unwrap(), None);
+    assert_eq!(s.load(&oid(5)).unwrap(), None);
+    assert_eq!(s.object_count().unwrap(), 3);
+}
+
+/// A refused `pack_gc` (and `pack`) changes nothing.
+pub fn pack_gc_refused_during_a_fill_changes_nothing<H: Harness>(h: &mut H) {
+    let s = h.fresh();
+    s.commit(&txn(1, &[(1, Some("a1")), (2, Some("b1"))]))
+        .unwrap();
+    s.commit(&txn(2, &[(1, Some("a2"))])).unwrap();
+    s.fill(&[rev(3, 5, Some("c5"))]).unwrap();
+    let progress = s.fill_progress().unwrap();
+    let check = |s: &H::S| {
+        assert_eq!(s.horizon().unwrap(), Tid::ZERO);
+        assert_eq!(s.last_transaction().unwrap(), Tid(2));
+        assert_eq!(
+            s.history(&oid(1), 9).unwrap(),
+            vec![rev(1, 2, Some("a2")), rev(1, 1, Some("a1"))]
+        );
+        assert_eq!(s.history(&oid(2), 9).unwrap(), vec![rev(2, 1, Some("b1"))]);
+        assert_eq!(s.load(&oid(3)).unwrap(), Some(rev(3, 5, Some("c5"))));
+        assert_eq!(s.object_count().unwrap(), 3, "a filled object counts");
+        assert_eq!(s.fill_progress().unwrap(), progress);
+    };
+    for before in [Tid(2), Tid(3), Tid(100)] {
+        assert!(
+            matches!(
+                s.pack_gc(before, &[oid(1), oid(2), oid(3)]),
+                Err(StorageError::InvalidFill { .. })
+            ),
+            "pack_gc during a fill"
+        );
+        assert!(matches!(
+            s.pack(before),
+            Err(StorageError::InvalidFill { .. })
+        ));
+        check(&s);
+    }
+    let s = h.restart(s);
+    check(&s);
+    s.fill_finish(Tid(5)).unwrap();
+    assert_eq!(s.horizon().unwrap(), Tid(5));
+    let stats = s.pack_gc(Tid(3), &[oid(2), oid(3)]).unwrap();
+    assert_eq!(
+        stats,
+        PackStats {
+            revisions_removed: 2,
+            objects_removed: 1,
+            horizon: Tid(5)
+        },
+        "a1 packed, 2 collected, 3 (filled at 5) kept"
+    );
+    assert_eq!(s.load(&oid(2)).unwrap(), None);
+    assert_eq!(s.load(&oid(3)).unwrap(), Some(rev(3, 5, Some("c5"))));
+    assert_eq!(s.object_count().unwrap(), 2);
+}
+
+/// `pack_gc(before, &[])` is `pack(before)`: same answer, same store afterwards.
+pub fn pack_gc_with_an_empty_list_is_pack<H: Harness>(h: &mut H) {
+    let build = |s: &H::S| {
+        for t in 1..=12u64 {
+            let d = if t % 5 == 0 { None } else { Some("v") };
+            s.commit(&txn(t, &[(t % 4, d), (t % 3 + 10, Some("w"))]))
+                .unwrap();
+        }
+    };
+    let a = h.fresh();
+    let b = h.fresh();
+    build(&a);
+    build(&b);
+    let same = |a: &H::S, b: &H::S| {
+        assert_eq!(a.horizon().unwrap(), b.horizon().unwrap());
+        assert_eq!(a.last_transaction().unwrap(), b.last_transaction().unwrap());
+        assert_eq!(a.object_count().unwrap(), b.object_count().unwrap());
+        for o in (0..4).chain(10..13) {
+            assert_eq!(a.load(&oid(o)).unwrap(), b.load(&oid(o)).unwrap());
+            assert_eq!(
+                a.history(&oid(o), 99).unwrap(),
+                b.history(&oid(o), 99).unwrap()
+            );
+        }
+        let after = TidRange::after(a.horizon().unwrap());
+        assert_eq!(
+            collect(a.iter(after, Direction::Forward).unwrap()),
+            collect(b.iter(after, Direction::Forward).unwrap())
+        );
+    };
+    for before in [0, 3, 3, 7, 100] {
+        let pa = a.pack(Tid(before)).unwrap();
+        let pb = b.pack_gc(Tid(before), &[]).unwrap();
+        assert_eq!(pa, pb, "before {before}");
+        assert_eq!(pa.objects_removed, 0);
+        same(&a, &b);
+    }
+    // Before 0 nothing is older: a list changes nothing either.
+    let c = h.fresh();
+    build(&c);
+    assert_eq!(
+        c.pack_gc(Tid::ZERO, &[oid(1), oid(10)]).unwrap(),
+        PackStats::default()
+    );
+    assert_eq!(c.history(&oid(1), 99).unwrap().len(), 3);
+    assert_eq!(c.horizon().unwrap(), Tid::ZERO);
+}
+
+/// `object_count`: objects whose current revision is not a deletion, after every kind of
+/// write, a restart included.
+pub fn object_count_follows_every_write<H: Harness>(h: &mut H) {
+    let count = |s: &H::S| s.object_count().unwrap();
+    let s = h.fresh();
+    assert_eq!(count(&s), 0);
+    s.commit(&txn(1, &[(1, Some("a")), (2, Some("b")), (3, None)]))
+        .unwrap();
+    assert_eq!(count(&s), 2, "deleting an absent object counts nothing");
+    s.commit(&txn(2, &[(1, None), (4, Some("d"))])).unwrap();
+    assert_eq!(count(&s), 2);
+    s.commit(&txn(3, &[(1, Some("a3")), (2, Some("b3"))]))
+        .unwrap();
+    assert_eq!(count(&s), 3, "1 again, 2 overwritten");
+    let mut bad = txn(4, &[(5, Some("e")), (2, Some("x"))]);
+    bad.records[1].expected_serial = Some(Tid(1));
+    assert!(matches!(s.commit(&bad), Err(StorageError::Conflict { .. })));
+    assert_eq!(count(&s), 3, "a refused commit counts nothing");
+    let t4 = txn(4, &[(5, Some("e")), (2, None)]);
+    assert_eq!(s.apply(Tid(3), &t4).unwrap(), ApplyOutcome::Applied);
+    assert_eq!(count(&s), 3);
+    assert_eq!(s.apply(Tid(3), &t4).unwrap(), ApplyOutcome::AlreadyPresent);
+    assert_eq!(count(&s), 3);
+    // In one batch: the second transaction sees the first's objects.
+    let r = s.apply_batch(&[
+        (Tid(4), txn(5, &[(6, Some("f"))])),
+        (Tid(5), txn(6, &[(6, None), (7, Some("g")), (8, Some("h"))])),
+        (Tid(9), txn(10, &[(9, Some("i"))])),
+    ]);
+    assert_eq!(r[0], Ok(ApplyOutcome::Applied));
+    assert_eq!(r[1], Ok(ApplyOutcome::Applied));
+    assert!(matches!(r[2], Err(StorageError::Gap { .. })));
+    assert_eq!(count(&s), 5, "1, 4, 5, 7, 8");
+    let s = h.restart(s);
+    assert_eq!(count(&s), 5);
+    assert_eq!(
+        s.truncate_after(Tid(3)).unwrap(),
+        vec![Tid(4), Tid(5), Tid(6)]
+    );
+    assert_eq!(count(&s), 3, "back to 1, 2, 4");
+    s.pack(Tid(3)).unwrap();
+    assert_eq!(count(&s), 3, "pack keeps every current revision");
+    s.fill(&[rev(1, 5, None), rev(3, 5, Some("c")), rev(8, 5, Some("h"))])
+        .unwrap();
+    assert_eq!(count(&s), 4, "-1, +3, +8, while the fill is open");
+    s.fill(&[rev(8, 4, None)]).unwrap();
+    assert_eq!(count(&s), 4, "an older filled revision is not current");
+    s.fill_finish(Tid(5)).unwrap();
+    assert_eq!(count(&s), 4);
+    let stats = s.pack_gc(Tid(6), &[oid(1), oid(4)]).unwrap();
+    assert_eq!(stats.objects_removed, 2);
+    assert_eq!(count(&s), 3, "1 was deleted already, 4 goes");
+    let s = h.restart(s);
+    assert_eq!(count(&s), 3);
+    s.commit(&txn(7, &[(4, Some("again"))])).unwrap();
+    assert_eq!(count(&s), 4);
 }
 
 /// A restart keeps every write that returned.
