@@ -88,6 +88,41 @@ pub fn membership_oid() -> Oid {
     Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'm'])).expect("short oid")
 }
 
+/// The ZEO face's oid high-water mark (8 bytes, big-endian): every ZODB oid below it may
+/// have been handed out. Written by the shell like [`membership_oid`].
+pub fn zeo_oids_oid() -> Oid {
+    Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'z', b'o'])).expect("short oid")
+}
+
+/// A pack order (ZODB's pack with garbage collection): the pack bound `before` (8 bytes,
+/// big-endian) followed by the 8-byte oids to remove. The shell computes it on the primary
+/// and commits it; every server runs [`Storage::pack_gc`] when it applies that transaction,
+/// so all of them pack to the same point of the history. Running it right after the apply
+/// or later gives the same store: every later transaction has a tid above `before`, and
+/// `pack_gc` keeps whatever was written at or after `before`.
+pub fn zeo_pack_oid() -> Oid {
+    Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'z', b'p'])).expect("short oid")
+}
+
+/// Reserved oids the replica itself writes (the lineage, client records): commit requests
+/// may not. The other reserved oids belong to the shell.
+fn is_replica_owned(oid: &Oid) -> bool {
+    matches!(oid.as_bytes(), [RESERVED_OID_PREFIX, b'e' | b'c', ..])
+}
+
+/// Decodes a pack order (see [`zeo_pack_oid`]); `None` if malformed.
+fn decode_pack_order(data: &[u8]) -> Option<(Tid, Vec<Oid>)> {
+    if data.len() < 8 || !(data.len() - 8).is_multiple_of(8) {
+        return None;
+    }
+    let before = Tid(u64::from_be_bytes(data[..8].try_into().ok()?));
+    let oids = data[8..]
+        .chunks(8)
+        .map(|c| Oid::from_u64(u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))))
+        .collect();
+    Some((before, oids))
+}
+
 fn is_reserved(oid: &Oid) -> bool {
     oid.as_bytes().first() == Some(&RESERVED_OID_PREFIX)
 }
@@ -1344,6 +1379,33 @@ impl<S: Storage> Replica<S> {
         } else if txn.records.iter().any(|r| r.oid == membership_oid()) {
             self.out.push_back(Output::MembershipChanged);
         }
+        if let Some(order) = txn.records.iter().find(|r| r.oid == zeo_pack_oid()) {
+            match order.data.as_deref().and_then(decode_pack_order) {
+                Some((before, oids)) => {
+                    // A pack only removes what no answer needs any more: one that fails
+                    // leaves a correct store with more history, so it does not stop the
+                    // server.
+                    match self.store.pack_gc(before, &oids) {
+                        Ok(st) => tracing::info!(
+                            server = self.me,
+                            tid = %txn.tid,
+                            before = %before,
+                            revisions_removed = st.revisions_removed,
+                            "pack order applied"
+                        ),
+                        Err(e) => tracing::error!(
+                            server = self.me,
+                            tid = %txn.tid,
+                            error = %e,
+                            "pack order failed; the store keeps its history"
+                        ),
+                    }
+                }
+                None => {
+                    tracing::error!(server = self.me, tid = %txn.tid, "malformed pack order ignored")
+                }
+            }
+        }
         let oids: Vec<Oid> = txn
             .records
             .iter()
@@ -1628,7 +1690,7 @@ impl<S: Storage> Replica<S> {
         }
         let mut seen = BTreeSet::new();
         for r in &c.records {
-            if is_reserved(&r.oid) && r.oid != membership_oid() {
+            if is_replica_owned(&r.oid) {
                 self.reply(
                     req,
                     Err(CommitError::Invalid(format!("reserved oid {}", r.oid))),

@@ -607,3 +607,48 @@ fn tids_follow_the_choice_and_durability_is_announced_after_a_majority() {
     b.commit(0, 6, put(7, 6, 1, "f", None));
     assert_eq!(b.durable.len(), before);
 }
+
+#[test]
+fn a_pack_order_packs_every_server_at_the_same_point() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    // Objects 1 (two revisions) and 2 (one, to be collected).
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    b.commit(0, 2, put(7, 2, 2, "garbage", None));
+    b.commit(0, 3, put(7, 3, 1, "b", None));
+    let t3 = b.reply(3).clone().unwrap().tid;
+    // The shell orders a pack up to t3 (bound t3 + 1, which the order's own tid does not
+    // precede), collecting object 2.
+    let mut order = (t3.0 + 1).to_be_bytes().to_vec();
+    order.extend_from_slice(&2u64.to_be_bytes());
+    let pack = CommitRequest {
+        client: 8,
+        request: 1,
+        meta: TxnMeta::default(),
+        records: vec![Record {
+            oid: replica::zeo_pack_oid(),
+            data: Some(Bytes::from(order)),
+            expected_serial: None,
+        }],
+        tid: replica::TidChoice::Next,
+    };
+    b.commit(0, 4, pack);
+    b.reply(4)
+        .clone()
+        .expect("a shell-owned object may be written");
+    for s in 0..3 {
+        let st = b.r(s).store();
+        assert_eq!(st.horizon().unwrap(), t3, "server {s}");
+        assert_eq!(st.load(&Oid::from_u64(2)).unwrap(), None, "server {s}");
+        assert_eq!(
+            st.history(&Oid::from_u64(1), 10).unwrap().len(),
+            1,
+            "server {s}"
+        );
+    }
+    // The replica's own objects stay out of reach.
+    let mut bad = put(7, 5, 1, "x", None);
+    bad.records[0].oid = replica::lineage_oid();
+    b.commit(0, 5, bad);
+    assert!(matches!(b.reply(5), Err(CommitError::Invalid(_))));
+}
