@@ -21,10 +21,34 @@ use replica::Role;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+/// More lines for `/metrics` (the ZEO face's counters, for instance).
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    server: Arc<StorageServer>,
+    extra: Option<ExtraMetrics>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<StorageServer> {
+    fn from_ref(s: &AdminState) -> Arc<StorageServer> {
+        s.server.clone()
+    }
+}
+
 /// Serves the admin endpoint on `listener` until the server stops.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<StorageServer>,
+) -> std::io::Result<()> {
+    serve_with(listener, server, None).await
+}
+
+/// [`serve`], with `extra` lines appended to `/metrics`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    server: Arc<StorageServer>,
+    extra: Option<ExtraMetrics>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(health))
@@ -32,7 +56,7 @@ pub async fn serve(
         .route("/replica", get(replica_probe))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(server);
+        .with_state(AdminState { server, extra });
     axum::serve(listener, app).await
 }
 
@@ -254,12 +278,12 @@ pub fn metrics_text(st: &ServerStatus) -> String {
     o
 }
 
-async fn metrics(State(s): State<Arc<StorageServer>>) -> Response {
-    match s.status().await {
+async fn metrics(State(s): State<AdminState>) -> Response {
+    match s.server.status().await {
         Ok(st) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            metrics_text(&st),
+            metrics_text(&st) + &s.extra.as_ref().map(|f| f()).unwrap_or_default(),
         )
             .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response(),

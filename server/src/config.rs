@@ -7,6 +7,7 @@
 //! client_token_file = "client.token"   # optional: clients must present this token
 //! fast_recovery_after = 100000   # recover by objects when further behind (tids)
 //! checkpoint_after = 1000000     # an empty store further behind gets a checkpoint
+//! zeo_storage = "1"              # the storage name ZEO clients register with
 //!
 //! [[server]]
 //! id = 0                         # stable; also its gcs daemon id
@@ -14,6 +15,8 @@
 //! gcs = "127.0.0.1:7400"         # UDP, between servers
 //! client = "127.0.0.1:7600"      # TCP, for clients
 //! admin = "127.0.0.1:7700"       # HTTP: /health /primary /replica /status /metrics
+//! zeo = "127.0.0.1:8100"         # optional: ZEO 5 for ZODB clients, writable: only the primary listens
+//! zeo_read_only = "127.0.0.1:8200"   # optional: ZEO 5, read-only clients: every server listens
 //! group = "main"                 # replica group
 //! kind = "failover"              # or "remote" (never primary, never votes)
 //! weight = 1                     # vote weight (failover only)
@@ -59,6 +62,14 @@ pub struct ServerEntry {
     pub client: String,
     /// HTTP admin address (`host:port`; where this server listens).
     pub admin: String,
+    /// ZEO address for writable ZODB clients (`host:port`): listened on only while this
+    /// server is the primary, so that stock clients given every server's address keep
+    /// polling the others and land on the primary (see [`crate::zeo`]).
+    #[serde(default)]
+    pub zeo: Option<String>,
+    /// ZEO address for read-only ZODB clients (`host:port`): listened on by every server.
+    #[serde(default)]
+    pub zeo_read_only: Option<String>,
     /// Replica group.
     #[serde(default = "default_group")]
     pub group: String,
@@ -78,6 +89,9 @@ fn default_kind() -> String {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_zeo_storage() -> String {
+    "1".into()
 }
 fn default_mode() -> String {
     "sync".into()
@@ -105,6 +119,9 @@ pub struct StandbyConfig {
     /// Recovery threshold: checkpoint for an empty store beyond this many tids.
     #[serde(default)]
     pub checkpoint_after: Option<u64>,
+    /// The storage name ZEO clients register with (`"1"`, ZEO's default).
+    #[serde(default = "default_zeo_storage")]
+    pub zeo_storage: String,
     /// The servers.
     #[serde(rename = "server")]
     pub servers: Vec<ServerEntry>,
@@ -156,7 +173,11 @@ impl StandbyConfig {
             toml::from_str(text).map_err(|e| ConfigFileError::Parse(e.to_string()))?;
         c.replica().map_err(ConfigFileError::Invalid)?;
         for s in &c.servers {
-            for (what, a) in [("gcs", &s.gcs), ("client", &s.client), ("admin", &s.admin)] {
+            for (what, a) in [("gcs", &s.gcs), ("client", &s.client), ("admin", &s.admin)]
+                .into_iter()
+                .chain(s.zeo.iter().map(|a| ("zeo", a)))
+                .chain(s.zeo_read_only.iter().map(|a| ("zeo_read_only", a)))
+            {
                 check_host_port(a).map_err(|e| {
                     ConfigFileError::Invalid(format!("server {}: {what} address {e}", s.id))
                 })?;
@@ -226,11 +247,28 @@ impl StandbyConfig {
             });
         }
         let mut r = ReplicaConfig::new(servers, mode);
-        let d = RecoveryPolicy::default();
+        // With a ZEO face, tids are ZODB timestamps (2^32 per minute), so the thresholds,
+        // which count tids, default to spans of time instead of transaction counts.
+        let d = if self.has_zeo() {
+            RecoveryPolicy {
+                fast_after: crate::zeo::tid::MINUTE * 60,
+                checkpoint_after: crate::zeo::tid::MINUTE * 60 * 24,
+                ..RecoveryPolicy::default()
+            }
+        } else {
+            RecoveryPolicy::default()
+        };
         r.recovery.fast_after = self.fast_recovery_after.unwrap_or(d.fast_after);
         r.recovery.checkpoint_after = self.checkpoint_after.unwrap_or(d.checkpoint_after);
         r.validate().map_err(|e| e.to_string())?;
         Ok(r)
+    }
+
+    /// Whether any server serves ZEO (tids are then ZODB timestamps).
+    pub fn has_zeo(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.zeo.is_some() || s.zeo_read_only.is_some())
     }
 
     /// The entry of server `id`.

@@ -11,6 +11,7 @@ use gcs::net::Security;
 use gcs::ClusterKey;
 use server::config::StandbyConfig;
 use server::front::{self, Front};
+use server::zeo::{ZeoFace, ZeoOptions};
 use server::{ServerEvent, ServerOptions, StorageServer, StoreSource};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,8 +134,39 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let fan = tx;
     let topo = front.clone();
+    // The ZEO face, when this server has a ZEO address: it gets every event, in order.
+    let mut zeo_metrics: Option<server::admin::ExtraMetrics> = None;
+    let zeo_events = if me.zeo.is_some() || me.zeo_read_only.is_some() {
+        let resolve = |a: &Option<String>| -> Result<Option<std::net::SocketAddr>, String> {
+            a.as_deref().map(server::config::resolve).transpose()
+        };
+        let opts = ZeoOptions {
+            storage_name: cfg.zeo_storage.clone(),
+            writable: resolve(&me.zeo)?,
+            read_only: resolve(&me.zeo_read_only)?,
+            ..ZeoOptions::default()
+        };
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| format!("no random seed: {e}"))?;
+        let face = ZeoFace::new(server.clone(), opts, u64::from_le_bytes(seed));
+        let f = face.clone();
+        zeo_metrics = Some(Arc::new(move || f.metrics()));
+        let (ztx, zrx) = tokio::sync::mpsc::channel(1 << 16);
+        tokio::spawn(async move {
+            if let Err(e) = face.run(zrx).await {
+                tracing::error!(error = %e, "ZEO face stopped");
+            }
+        });
+        Some(ztx)
+    } else {
+        None
+    };
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
+            if let Some(z) = &zeo_events {
+                // In order and never dropped: the face holds commits' answers on them.
+                let _ = z.send(e.clone()).await;
+            }
             match &e {
                 ServerEvent::Role(r) => {
                     tracing::info!(role = ?r.role, primary = ?r.primary, "role changed")
@@ -190,11 +222,11 @@ async fn run(args: Args) -> Result<(), String> {
     let admin = tokio::net::TcpListener::bind(&me.admin)
         .await
         .map_err(|e| format!("admin port {}: {e}", me.admin))?;
-    tracing::info!(id = args.id, gcs = %me.gcs, client = %me.client, admin = %me.admin, data = %args.data.display(), "storage server running");
+    tracing::info!(id = args.id, gcs = %me.gcs, client = %me.client, admin = %me.admin, zeo = ?me.zeo, zeo_read_only = ?me.zeo_read_only, data = %args.data.display(), "storage server running");
     tokio::spawn(front::serve(clients, front));
     let adm = server.clone();
     tokio::spawn(async move {
-        if let Err(e) = server::admin::serve(admin, adm).await {
+        if let Err(e) = server::admin::serve_with(admin, adm, zeo_metrics).await {
             tracing::error!(error = %e, "admin endpoint stopped");
         }
     });
