@@ -217,4 +217,31 @@ mod tests {
         deep.push(0xc0);
         assert!(decode(&deep).is_err());
     }
+
+    proptest::proptest! {
+        /// What the `zeo_input` fuzz target asserts: any bytes decode to a call or an error,
+        /// and a decoded call re-encodes to one that encodes the same.
+        #[test]
+        fn any_bytes_decode_or_fail_and_calls_re_encode(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            prefix in 0usize..4,
+        ) {
+            let heads: [&[u8]; 4] = [b"", b"\x94\x01\xc2\xa4ping", b"\x94\x00\xc3\xa6storea", b"\x94"];
+            let mut bytes = heads[prefix].to_vec();
+            bytes.extend_from_slice(&data);
+            if let Ok(c) = decode(&bytes) {
+                let encode = |c: &Call| {
+                    frame(&Value::Array(vec![
+                        c.msgid.clone(),
+                        Value::Boolean(c.is_async),
+                        Value::from(c.name.as_str()),
+                        Value::Array(c.args.clone()),
+                    ]))
+                };
+                let again = encode(&c);
+                let back = decode(&again[4..]).expect("re-encoded call decodes");
+                proptest::prop_assert_eq!(encode(&back), again);
+            }
+        }
+    }
 }
