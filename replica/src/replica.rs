@@ -123,7 +123,9 @@ fn decode_pack_order(data: &[u8]) -> Option<(Tid, Vec<Oid>)> {
     Some((before, oids))
 }
 
-fn is_reserved(oid: &Oid) -> bool {
+/// Whether `oid` is reserved (first byte [`RESERVED_OID_PREFIX`]): the replica's or the
+/// shell's, never a client's.
+pub fn is_reserved(oid: &Oid) -> bool {
     oid.as_bytes().first() == Some(&RESERVED_OID_PREFIX)
 }
 

@@ -8,21 +8,11 @@
 use rmpv::Value;
 use server::zeo::{ZeoFace, ZeoOptions};
 use server::{ServerEvent, ServerOptions, StorageServer, StoreSource};
-use std::net::{SocketAddr, TcpListener as StdListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_udp(n: usize) -> Vec<SocketAddr> {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    socks
-        .iter()
-        .map(|s| s.local_addr().expect("addr"))
-        .collect()
-}
 
 fn free_tcp(n: usize) -> Vec<SocketAddr> {
     let socks: Vec<StdListener> = (0..n)
@@ -42,7 +32,7 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let mut c = gcs::net::ClusterConfig::from_addrs(&free_udp(3));
+    let mut c = gcs::net::ClusterConfig::from_addrs(&tests::free_udp_addrs(3));
     c.protocol.token_timeout_ms = Some(200);
     c.protocol.consensus_timeout_ms = Some(300);
     c.protocol.join_timeout_ms = Some(20);

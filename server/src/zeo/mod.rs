@@ -383,11 +383,9 @@ impl ZeoFace {
 }
 
 /// Objects no ZEO client may see or write: the replica's (lineage, client records) and the
-/// shell's (membership, oid high-water mark, pack orders). ZODB oids are 8 bytes and never
-/// start with the reserved byte in practice (that would be oid 2^63 * 1.99).
-pub(crate) fn is_shell_or_replica(oid: &storage::Oid) -> bool {
-    oid.as_bytes().first() == Some(&replica::RESERVED_OID_PREFIX)
-}
+/// shell's (membership, oid high-water mark, pack orders, undo backpointers). ZODB oids are
+/// 8 bytes and never reach the reserved first byte in practice.
+pub(crate) use replica::is_reserved as is_shell_or_replica;
 
 fn now_micros() -> u64 {
     (tid::wall_clock_nanos() / 1000) as u64

@@ -132,7 +132,6 @@ async fn connection(
         face: face.clone(),
         n,
         writable,
-        out: tx,
         registered: false,
         calls_after_register: 0,
         read_only: !writable,
@@ -291,7 +290,6 @@ struct Session {
     face: Arc<ZeoFace>,
     n: u64,
     writable: bool,
-    out: mpsc::UnboundedSender<Bytes>,
     registered: bool,
     /// Calls since `register` (a client that makes none and leaves was stranded).
     calls_after_register: u64,
@@ -325,23 +323,11 @@ fn is_txn_method(name: &str) -> bool {
 
 impl Session {
     fn send(&self, frame: Bytes) {
-        let sh = self.face.lock();
-        if let Some(c) = sh.conns.get(&self.n) {
-            c.send(frame);
-        }
+        send_frame(&self.face, self.n, frame);
     }
 
     fn answer(&self, call: &Call, a: Answer) {
-        if call.is_async {
-            if let Err(e) = a {
-                tracing::debug!(method = %call.name, class = e.class, "error in an async call");
-            }
-            return;
-        }
-        self.send(match a {
-            Ok(v) => codec::reply(&call.msgid, v),
-            Err(e) => codec::error(&call.msgid, e.class, e.state),
-        });
+        answer(&self.face, self.n, call, a);
     }
 
     async fn ruok(&self) {
@@ -410,13 +396,12 @@ impl Session {
         let face = self.face.clone();
         let n = self.n;
         let iterators = self.iterators.clone();
-        let out = self.out.clone();
         let name = call.name.clone();
         match name.as_str() {
             "loadBefore" => {
                 tokio::spawn(async move {
                     let a = load_before(&face, n, &call).await;
-                    reply_via(&face, n, &out, &call, a);
+                    answer(&face, n, &call, a);
                 });
             }
             "lastTransaction" => {
@@ -478,8 +463,8 @@ impl Session {
             | "iterator_record_next"
             | "record_iternext" => {
                 tokio::spawn(async move {
-                    let a = read_call(&face, n, &iterators, &call).await;
-                    reply_via(&face, n, &out, &call, a);
+                    let a = read_call(&face, &iterators, &call).await;
+                    answer(&face, n, &call, a);
                 });
             }
             _ => {
@@ -531,19 +516,31 @@ impl Session {
     }
 }
 
-/// Writes a read's answer. A `loadBefore` that says "current" must not follow an
-/// invalidation of a newer revision on the same connection (the client would cache stale
-/// data as current): such an answer was computed before that invalidation went out, so the
-/// read is done again (see [`load_before`]).
-fn reply_via(face: &ZeoFace, n: u64, _out: &mpsc::UnboundedSender<Bytes>, call: &Call, a: Answer) {
-    let frame = match a {
-        Ok(v) => codec::reply(&call.msgid, v),
-        Err(e) => codec::error(&call.msgid, e.class, e.state),
-    };
+/// Queues a frame on connection `n` (gone: dropped).
+fn send_frame(face: &ZeoFace, n: u64, frame: Bytes) {
     let sh = face.lock();
     if let Some(c) = sh.conns.get(&n) {
         c.send(frame);
     }
+}
+
+/// Answers a call on connection `n`: a reply or an error frame; nothing for an async call
+/// (ZEO has no way back for those).
+fn answer(face: &ZeoFace, n: u64, call: &Call, a: Answer) {
+    if call.is_async {
+        if let Err(e) = a {
+            tracing::debug!(method = %call.name, class = e.class, "error in an async call");
+        }
+        return;
+    }
+    send_frame(
+        face,
+        n,
+        match a {
+            Ok(v) => codec::reply(&call.msgid, v),
+            Err(e) => codec::error(&call.msgid, e.class, e.state),
+        },
+    );
 }
 
 async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Answer {
@@ -703,12 +700,7 @@ fn txn_info(t: &storage::Transaction, id: bool) -> Value {
     Value::Map(m)
 }
 
-async fn read_call(
-    face: &Arc<ZeoFace>,
-    _n: u64,
-    iterators: &Arc<Mutex<Iterators>>,
-    call: &Call,
-) -> Answer {
+async fn read_call(face: &Arc<ZeoFace>, iterators: &Arc<Mutex<Iterators>>, call: &Call) -> Answer {
     let args = call.args.clone();
     let name = call.name.clone();
     let stopped = |_| ZeoError::storage("server stopped");
@@ -1126,17 +1118,7 @@ impl TxnTask {
     }
 
     fn answer(&self, call: &Call, a: Answer) {
-        if call.is_async {
-            return;
-        }
-        let frame = match a {
-            Ok(v) => codec::reply(&call.msgid, v),
-            Err(e) => codec::error(&call.msgid, e.class, e.state),
-        };
-        let sh = self.face.lock();
-        if let Some(c) = sh.conns.get(&self.n) {
-            c.send(frame);
-        }
+        answer(&self.face, self.n, call, a);
     }
 
     fn txn_for(&mut self, v: Option<&Value>) -> Result<&mut Txn, String> {
