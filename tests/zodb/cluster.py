@@ -1035,3 +1035,29 @@ class NetnsCluster(FaultCluster):
 
     def _server_argv(self, i):
         return ["ip", "netns", "exec", self.nodes.ns(self.node(i))] + super()._server_argv(i)
+
+
+class NetnsNodesMixin:
+    """For a test case whose servers run in nodes 1-3 of a netns-cluster network and whose
+    clients run in node 4 (the test's own thread enters it): skipped with the reason when
+    namespaces cannot be made (not root), the network removed after the test."""
+
+    nodes = None
+
+    def setUp(self):
+        super().setUp()
+        reason = netns_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        self.nodes = NetnsNodes(4).up()
+        self.nodes.enter(4)
+
+    def tearDown(self):
+        try:
+            super().tearDown()
+        finally:
+            if self.nodes is not None:
+                self.nodes.down()
+
+    def make_cluster(self):
+        return NetnsCluster(session(), Path(default_bin_dir()).resolve(), self.nodes)

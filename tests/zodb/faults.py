@@ -715,31 +715,12 @@ class FailoverTests(_FaultTestBase):
         self.finish()
 
 
-class NetnsFailoverTests(_FaultTestBase):
+class NetnsFailoverTests(cluster.NetnsNodesMixin, _FaultTestBase):
     """The same faults, then a partition: servers in nodes 1-3 of a netns-cluster network,
     the workload in node 4; after the swap back, the primary's node is cut from the other
     servers' nodes (not from the clients'): it must give up its primary role and close its
     writable address and connections so that the clients move to the new primary."""
 
-    nodes = None
-
-    def setUp(self):
-        super().setUp()
-        reason = cluster.netns_unavailable_reason()
-        if reason:
-            self.skipTest(reason)
-        self.nodes = cluster.NetnsNodes(4).up()
-        self.nodes.enter(4)
-
-    def tearDown(self):
-        try:
-            super().tearDown()
-        finally:
-            if self.nodes is not None:
-                self.nodes.down()
-
-    def make_cluster(self):
-        return cluster.NetnsCluster(cluster.session(), _bin_dir(), self.nodes)
 
     def partition_primary(self):
         c, wl, nodes = self.cluster, self.workload, self.nodes

@@ -253,26 +253,7 @@ class ReadOnlyClientTests(_ReadOnlyBase):
             f"switchover --to {b}, then committed")
 
 
-class NetnsReadOnlyTests(_ReadOnlyBase):
-    nodes = None
-
-    def setUp(self):
-        super().setUp()
-        reason = cluster.netns_unavailable_reason()
-        if reason:
-            self.skipTest(reason)
-        self.nodes = cluster.NetnsNodes(4).up()
-        self.nodes.enter(4)
-
-    def tearDown(self):
-        try:
-            super().tearDown()
-        finally:
-            if self.nodes is not None:
-                self.nodes.down()
-
-    def make_cluster(self):
-        return cluster.NetnsCluster(cluster.session(), _bin_dir(), self.nodes)
+class NetnsReadOnlyTests(cluster.NetnsNodesMixin, _ReadOnlyBase):
 
     def test_partitioned_backup_keeps_serving(self):
         writer, b = self.start()
