@@ -35,7 +35,7 @@ pub struct ServerSpec {
 /// When a commit is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitMode {
-    /// Answered once the transaction is SAFE-delivered in the primary's regular view, durable
+    /// Answered once the transaction is delivered in the primary's regular view, durable
     /// on the primary, and reported durable by servers holding a majority of the vote weight.
     /// An acknowledged commit then survives every later election.
     Sync,

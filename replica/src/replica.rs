@@ -272,7 +272,7 @@ struct Pending {
     epoch: Epoch,
     key: (u64, u64),
     oids: Vec<Oid>,
-    /// Delivered (SAFE) in the regular view: may be acknowledged once a majority holds it.
+    /// Delivered in the regular view: may be acknowledged once a majority holds it.
     delivered_regular: bool,
     /// Already answered (async mode).
     answered: bool,
@@ -339,7 +339,7 @@ pub struct ReplicaStats {
     /// Checkpoints asked of the shell.
     pub checkpoints: u64,
     /// Sync commits answered by this server as primary with their stage timings: the sums,
-    /// in microseconds, of the time from multicast to SAFE delivery back at the primary, and
+    /// in microseconds, of the time from multicast to delivery back at the primary, and
     /// from there to durable on a majority (`Applied` reports), and how many commits they
     /// cover. Their ratios are the mean stage latencies, in the ring's rotations what a
     /// commit waits for.
@@ -589,8 +589,8 @@ impl<S: Storage> Replica<S> {
                         tid: self.last,
                     };
                     // Straight to the primary first: in the ring's total order the report
-                    // would wait behind every SAFE commit sent before it (about two
-                    // rotations under load). The ordered copy is the reliable path, for a
+                    // would wait behind every commit sent before it (a rotation or more
+                    // under load). The ordered copy is the reliable path, for a
                     // lost datagram.
                     let mut payload = BytesMut::with_capacity(32);
                     payload.put_slice(&DIRECT_PREFIX);
@@ -1837,7 +1837,17 @@ impl<S: Storage> Replica<S> {
         let prev = self.last_assigned;
         self.last_assigned = txn.tid;
         self.primary_last_known = self.primary_last_known.max(txn.tid);
-        self.multicast(Service::Safe, Msg::Commit { epoch, prev, txn });
+        // Sync mode needs no SAFE delivery: the answer waits for servers with a majority of
+        // the vote to report the commit durable, which says more than "received by every
+        // member". AGREED lets every server apply as soon as the commit arrives, two token
+        // rotations earlier. Async mode answered before sending; SAFE there keeps a backup
+        // from applying what the rest of its view may never see, which bounds what a
+        // failover moves to the lost archive.
+        let service = match self.cfg.mode {
+            CommitMode::Sync => Service::Agreed,
+            CommitMode::Async { .. } => Service::Safe,
+        };
+        self.multicast(service, Msg::Commit { epoch, prev, txn });
         Ok(())
     }
 

@@ -206,13 +206,13 @@ pub fn metrics_text(st: &ServerStatus) -> String {
     m(
         "commit_delivered_microseconds_total",
         "counter",
-        "Sum over sync commits answered here of the time from multicast to SAFE delivery back here.",
+        "Sum over sync commits answered here of the time from multicast to delivery back here.",
         st.stats.stage_delivered_us,
     );
     m(
         "commit_durable_microseconds_total",
         "counter",
-        "Sum over the same commits of the time from SAFE delivery to durable on a majority.",
+        "Sum over the same commits of the time from delivery to durable on a majority.",
         st.stats.stage_durable_us,
     );
     m(

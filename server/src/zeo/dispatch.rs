@@ -179,9 +179,13 @@ impl Dispatcher {
                 // The transactions of a forming cluster (epoch markers, the first oid
                 // block) all show as z64: nothing to tell.
             } else if inv.client == Some(c.client) {
-                if let Some(msgid) = c.finishing.take() {
+                if let Some((msgid, started)) = c.finishing.take() {
                     c.send(codec::reply(&msgid, bin(&z)));
-                    self.face.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    let st = &self.face.stats;
+                    st.commits.fetch_add(1, Ordering::Relaxed);
+                    st.finishes.fetch_add(1, Ordering::Relaxed);
+                    st.finish_us
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
             } else {
                 c.send(frame.clone());

@@ -121,6 +121,14 @@ pub struct ZeoStats {
     /// Clients that registered and left at once with a cache newer than this server (a stock
     /// client refuses a server that is behind it: "Server behind client").
     pub stranded: AtomicU64,
+    /// `tpc_finish` calls answered with a tid.
+    pub finishes: AtomicU64,
+    /// Sum over them, in microseconds, of the time from the session taking the call up to
+    /// the reply queued (the commit durable as the mode promises, and its invalidations
+    /// queued to every other client before it).
+    pub finish_us: AtomicU64,
+    /// The part of it up to the replicated commit answered to the session.
+    pub finish_commit_us: AtomicU64,
 }
 
 /// What the dispatcher writes to one connection, and what it knows of it.
@@ -140,8 +148,9 @@ pub(crate) struct ConnOut {
     pub(crate) writable: bool,
     /// The idempotency client id of this connection's commits.
     pub(crate) client: u64,
-    /// A `tpc_finish` waiting for its commit to become visible: its msgid.
-    pub(crate) finishing: Option<rmpv::Value>,
+    /// A `tpc_finish` waiting for its commit to become visible: its msgid, and when the
+    /// session took it up (for the stage timings).
+    pub(crate) finishing: Option<(rmpv::Value, tokio::time::Instant)>,
     max_queued: u64,
 }
 
@@ -371,13 +380,22 @@ impl ZeoFace {
              # TYPE standby_zeo_commits_total counter\nstandby_zeo_commits_total {}\n\
              # TYPE standby_zeo_conflicts_total counter\nstandby_zeo_conflicts_total {}\n\
              # TYPE standby_zeo_bad_input_total counter\nstandby_zeo_bad_input_total {}\n\
-             # TYPE standby_zeo_stranded_total counter\nstandby_zeo_stranded_total {}\n",
+             # TYPE standby_zeo_stranded_total counter\nstandby_zeo_stranded_total {}\n\
+             # HELP standby_zeo_finish_samples_total tpc_finish calls answered with a tid.\n\
+             # TYPE standby_zeo_finish_samples_total counter\nstandby_zeo_finish_samples_total {}\n\
+             # HELP standby_zeo_finish_microseconds_total Sum over them of the time from the call taken up to the reply queued.\n\
+             # TYPE standby_zeo_finish_microseconds_total counter\nstandby_zeo_finish_microseconds_total {}\n\
+             # HELP standby_zeo_finish_commit_microseconds_total The part of it up to the replicated commit answered.\n\
+             # TYPE standby_zeo_finish_commit_microseconds_total counter\nstandby_zeo_finish_commit_microseconds_total {}\n",
             s.connections.load(Ordering::Relaxed),
             s.open.load(Ordering::Relaxed),
             s.commits.load(Ordering::Relaxed),
             s.conflicts.load(Ordering::Relaxed),
             s.bad_input.load(Ordering::Relaxed),
             s.stranded.load(Ordering::Relaxed),
+            s.finishes.load(Ordering::Relaxed),
+            s.finish_us.load(Ordering::Relaxed),
+            s.finish_commit_us.load(Ordering::Relaxed),
         )
     }
 }

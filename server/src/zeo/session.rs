@@ -1425,12 +1425,13 @@ impl TxnTask {
                 "tpc_finish before a successful vote",
             ))));
         };
+        let started = tokio::time::Instant::now();
         let client = {
             let mut sh = self.face.lock();
             let Some(c) = sh.conns.get_mut(&self.n) else {
                 return Err("connection closing".into());
             };
-            c.finishing = Some(call.msgid.clone());
+            c.finishing = Some((call.msgid.clone(), started));
             c.client
         };
         let choice = match t.tid {
@@ -1447,6 +1448,12 @@ impl TxnTask {
             tid: choice,
         };
         let result = commit_with_retries(&self.face, req).await;
+        if result.is_ok() {
+            self.face
+                .stats
+                .finish_commit_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         self.held = None;
         match result {
             Ok(_) => Ok(None), // the dispatcher writes the reply when the commit is visible
