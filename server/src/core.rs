@@ -15,6 +15,8 @@ use replica::{
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use storage::{Oid, Revision, Storage, StorageError};
 
 use tokio::sync::oneshot;
@@ -228,8 +230,37 @@ pub struct CheckpointSupport<S> {
     pub open: OpenStore<S>,
 }
 
+/// The store's read handle ([`Storage::read_handle`]) for readers outside the server's task,
+/// while the replica says reads are served. The core replaces the handle when a checkpoint
+/// replaces the store, and updates the flag after every input.
+#[derive(Default)]
+pub struct DirectReads {
+    store: RwLock<Option<Arc<dyn Storage>>>,
+    readable: AtomicBool,
+}
+
+impl DirectReads {
+    /// The handle, if the store has one and reads are served now. A reader must still
+    /// check, after reading, that no fill began meanwhile (`fill_progress` is `None`): the
+    /// flag moves only at the end of the input that starts one.
+    pub fn get(&self) -> Option<Arc<dyn Storage>> {
+        if !self.readable.load(Ordering::Acquire) {
+            return None;
+        }
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_store(&self, store: Option<Arc<dyn Storage>>) {
+        *self.store.write().unwrap_or_else(PoisonError::into_inner) = store;
+    }
+}
+
 /// One storage server: a gcs node and a replica over store `S`.
 pub struct ServerCore<S: Storage + 'static> {
+    direct: Arc<DirectReads>,
     ckpt: Option<CheckpointSupport<S>>,
     outgoing: Option<(Outgoing, Option<CkptMsg>)>,
     incoming: Option<Incoming>,
@@ -262,7 +293,11 @@ impl<S: Storage + 'static> ServerCore<S> {
     ) -> ServerCore<S> {
         // Transfer ids unique across this server's runs: its incarnation, then a counter.
         let next_ckpt_id = node.id().incarnation << 8;
+        let direct = Arc::new(DirectReads::default());
+        direct.set_store(replica.store().read_handle());
+        direct.readable.store(replica.readable(), Ordering::Release);
         let mut core = ServerCore {
+            direct,
             ckpt,
             outgoing: None,
             incoming: None,
@@ -429,6 +464,14 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.now = now;
         self.drain_replica(now);
         self.take_node_outputs();
+        self.direct
+            .readable
+            .store(self.replica.readable(), Ordering::Release);
+    }
+
+    /// The read handle for readers outside the server's task.
+    pub fn direct_reads(&self) -> Arc<DirectReads> {
+        self.direct.clone()
     }
 
     fn take_node_outputs(&mut self) {
@@ -745,12 +788,25 @@ impl<S: Storage + 'static> ServerCore<S> {
             bytes = inc.received,
             "checkpoint installed"
         );
-        // The replica drops (closes) the old store here; only then is its directory moved.
+        // Direct readers let go of the old store first: the replica drops (closes) it here,
+        // and only then is its directory moved.
+        self.direct.readable.store(false, Ordering::Release);
+        self.direct.set_store(None);
         self.replica
             .install_checkpoint(store)
             .map_err(|e| e.to_string())?;
+        self.direct.set_store(self.replica.store().read_handle());
         checkpoint::retire(&ck.data, &old_dir);
         Ok(())
+    }
+}
+
+impl<S: Storage + 'static> Drop for ServerCore<S> {
+    fn drop(&mut self) {
+        // A stopped or killed server closes its store: no direct reader keeps it open (a
+        // restart in the same process opens the same directory).
+        self.direct.readable.store(false, Ordering::Release);
+        self.direct.set_store(None);
     }
 }
 

@@ -78,6 +78,7 @@ pub enum StoreSource<S> {
 /// A running storage server.
 pub struct StorageServer {
     id: ServerId,
+    direct: std::sync::Arc<core::DirectReads>,
     requests: mpsc::Sender<ServerRequest>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -123,10 +124,12 @@ impl StorageServer {
             Replica::new(opts.replica, id, store)?
         };
         let core = ServerCore::new(node, replica, ckpt, configured);
+        let direct = core.direct_reads();
         let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;
         Ok((
             StorageServer {
                 id,
+                direct,
                 requests: r.requests,
                 shutdown: Some(r.shutdown),
                 task: r.task,
@@ -211,6 +214,15 @@ impl StorageServer {
     ) -> Result<Result<(ReadAnswer, replica::Staleness), ReadError>, Stopped> {
         self.inspect(move |store, st| Ok((core::read_store(store, op)?, st)))
             .await
+    }
+
+    /// A handle on the store for reads on the caller's task, without a round trip through
+    /// the server's task: `None` if the store has none or reads are not served now (then
+    /// use [`Self::inspect`]). A reader checks after reading that no fill began meanwhile
+    /// (`fill_progress` is `None`): the readable flag moves at the end of the input that
+    /// starts one.
+    pub fn direct_reads(&self) -> Option<std::sync::Arc<dyn Storage>> {
+        self.direct.get()
     }
 
     /// Runs `f` on the store in the server's task (one consistent state: no commit is

@@ -303,12 +303,33 @@ pub(crate) fn encode_current(tid: Tid, data: &Option<Bytes>) -> Vec<u8> {
     w.finish()
 }
 
-pub(crate) fn decode_current(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, Option<Bytes>)> {
+/// A current revision whose state is record `idx` of its transaction (key `tid ++ idx` in
+/// `txn`): large states are written once, not twice.
+pub(crate) fn encode_current_ref(tid: Tid, idx: u32) -> Vec<u8> {
+    let mut w = Writer::new(Kind::Current, 13);
+    w.u64(tid.0);
+    w.u8(CURRENT_REF);
+    w.u32(idx);
+    w.finish()
+}
+
+/// Data flag of a current value that refers to its transaction's record.
+const CURRENT_REF: u8 = 2;
+
+/// A current revision: its tid and where its state is (inline, or a record of the
+/// transaction at that tid).
+pub(crate) fn decode_current(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, HistoryValue)> {
     let mut r = Reader::open(Kind::Current, v, what)?;
     let tid = Tid(r.u64()?);
-    let data = r.opt_data()?;
+    let state = match r.buf.first() {
+        Some(&CURRENT_REF) => {
+            r.u8()?;
+            HistoryValue::Ref(r.u32()?)
+        }
+        _ => HistoryValue::Inline(r.opt_data()?),
+    };
     r.finish()?;
-    Ok((tid, data))
+    Ok((tid, state))
 }
 
 /// The tid of a current revision and whether it holds a state (`false`: a deletion). Checks
@@ -321,6 +342,10 @@ pub(crate) fn decode_current_head(v: &[u8], what: &dyn Fn() -> String) -> Result
         1 => {
             let n = r.u32()? as usize;
             r.take(n)?;
+            true
+        }
+        CURRENT_REF => {
+            r.u32()?;
             true
         }
         f => {
@@ -615,7 +640,10 @@ mod tests {
         let what = || "test".to_string();
         assert_eq!(
             decode_current(&v, &what).unwrap(),
-            (Tid(7), Some(Bytes::from_static(b"hello")))
+            (
+                Tid(7),
+                HistoryValue::Inline(Some(Bytes::from_static(b"hello")))
+            )
         );
         // Every single-bit flip is detected.
         for i in 0..v.len() * 8 {
@@ -649,6 +677,26 @@ mod tests {
         v[n - 4..].copy_from_slice(&crc.to_be_bytes());
         let err = decode_current(&v, &|| "x".into()).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn current_ref_round_trip_and_corruption() {
+        let what = || "test".to_string();
+        let v = encode_current_ref(Tid(11), 3);
+        assert_eq!(
+            decode_current(&v, &what).unwrap(),
+            (Tid(11), HistoryValue::Ref(3))
+        );
+        assert_eq!(decode_current_head(&v, &what).unwrap(), (Tid(11), true));
+        for n in 0..v.len() {
+            assert!(decode_current(&v[..n], &what).is_err());
+            assert!(decode_current_head(&v[..n], &what).is_err());
+        }
+        for i in 0..v.len() * 8 {
+            let mut w = v.clone();
+            w[i / 8] ^= 1 << (i % 8);
+            assert!(decode_current(&w, &what).is_err());
+        }
     }
 
     #[test]

@@ -233,4 +233,13 @@ pub trait Storage: Send + Sync {
 
     /// Makes every write that returned durable (a no-op when the store syncs each write).
     fn sync(&self) -> Result<()>;
+
+    /// Another handle on this same store (not a copy), for reads on other threads while the
+    /// owner goes on writing: a server answers its clients' reads without passing them
+    /// through the task that applies commits. `None` if the backend has none (then reads go
+    /// through the owner). Reads through it see every write that returned; the owner alone
+    /// writes.
+    fn read_handle(&self) -> Option<std::sync::Arc<dyn Storage>> {
+        None
+    }
 }

@@ -110,8 +110,17 @@ fn oid(o: u8) -> Oid {
     Oid::new(vec![b'o', o]).unwrap()
 }
 
+/// A state: a third of them larger than what a backend copies into its current revision
+/// (RocksDB keeps those only in the transaction's record), so every operation meets both.
 fn data(v: Option<u8>) -> Option<Bytes> {
-    v.map(|v| Bytes::from(vec![v; (v % 5) as usize + 1]))
+    v.map(|v| {
+        let n = if v % 3 == 0 {
+            600 + v as usize
+        } else {
+            (v % 5) as usize + 1
+        };
+        Bytes::from(vec![v; n])
+    })
 }
 
 fn txn(tid: Tid, recs: Vec<Record>) -> Transaction {

@@ -173,6 +173,42 @@ fn checkpoint_opens_as_a_store() {
     assert_eq!(c.load(&oid(1)).unwrap().unwrap().tid, Tid(51));
 }
 
+#[test]
+fn a_read_handle_sees_every_returned_write_and_outlives_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path().join("a"), opts(true)).unwrap();
+    let big = "x".repeat(4000);
+    s.commit(&txn(1, &[(1, Some("small")), (2, Some(&big))]))
+        .unwrap();
+    let r = s.read_handle().expect("RocksDB has read handles");
+    // Written after the handle was taken, from another thread.
+    std::thread::scope(|sc| {
+        sc.spawn(|| s.commit(&txn(2, &[(1, Some("newer"))])).unwrap());
+    });
+    assert_eq!(r.last_transaction().unwrap(), Tid(2));
+    assert_eq!(
+        r.load(&oid(1)).unwrap().unwrap().data,
+        Some(Bytes::from_static(b"newer"))
+    );
+    assert_eq!(
+        r.load(&oid(2)).unwrap().unwrap().data,
+        Some(Bytes::from(big.clone()))
+    );
+    assert_eq!(
+        r.load_before(&oid(1), Tid(2)).unwrap().unwrap().data,
+        Some(Bytes::from_static(b"small"))
+    );
+    drop(s);
+    // The database stays open for the handle until it goes too.
+    assert_eq!(
+        r.load(&oid(2)).unwrap().unwrap().data,
+        Some(Bytes::from(big))
+    );
+    drop(r);
+    let s = RocksStorage::open(dir.path().join("a"), opts(true)).unwrap();
+    assert_eq!(s.last_transaction().unwrap(), Tid(2));
+}
+
 // ---- crash test ----------------------------------------------------------------------
 
 const CHILD_ENV: &str = "STORAGE_CRASH_CHILD_DIR";

@@ -550,8 +550,7 @@ async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Answer {
     for _ in 0..100 {
         let o = oid.clone();
         let (answer, at) = face
-            .server
-            .inspect(move |store, st| Ok((load_before_in(store, &o, before), st.last_tid)))
+            .read(move |store, at| Ok((load_before_in(store, &o, before), at)))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
         let answer: Answer = answer?;
@@ -1318,8 +1317,7 @@ impl TxnTask {
             .await;
         let (stores, checks, undos) = (t.stores.clone(), t.checks.clone(), t.undos.clone());
         let outcome = face
-            .server
-            .inspect(move |store, _| commit::vote(store, &stores, &checks, &undos))
+            .read(move |store, _| commit::vote(store, &stores, &checks, &undos))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
         if let Some((oid, actual, expected)) = outcome.read_conflict {
