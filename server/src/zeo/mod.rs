@@ -232,6 +232,8 @@ impl ZeoFace {
             match direct {
                 Ok(Some(v)) => return Ok(Ok(v)),
                 Ok(None) => {}
+                // An error met during a fill is the fill's doing: the server's task answers.
+                Err(_) if matches!(store.fill_progress(), Ok(Some(_))) => {}
                 Err(e) => return Ok(Err(ReadError::Storage(e.to_string()))),
             }
         }
