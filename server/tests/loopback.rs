@@ -312,3 +312,72 @@ async fn a_peer_at_a_new_address_is_followed_after_readdress() {
     })
     .await;
 }
+
+/// The store's read handle: served while the replica serves reads, it sees every applied
+/// commit on every server, and a stopped server takes it back (its store closes, so the same
+/// directory opens again in this process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reads_follow_the_store_and_end_with_the_server() {
+    use storage::{RocksOptions, RocksStorage};
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let c = cluster(3);
+    let cfg = replica_config(3);
+    let source = |i: usize| StoreSource::DataDir {
+        data: dirs[i].path().to_path_buf(),
+        open: Box::new(|p: &std::path::Path| RocksStorage::open(p, RocksOptions::default())),
+    };
+    let mut servers = Vec::new();
+    for id in 0..3 {
+        servers.push(start(opts(&c, &cfg, id, false), source(id as usize)).await);
+    }
+    wait_all(&servers, "a primary", |s| {
+        s.primary.is_some() && s.view.len() == 3
+    })
+    .await;
+    let big = "b".repeat(2000);
+    let mut cl = LocalClient::new(servers.clone(), 9);
+    let tid = cl
+        .commit(
+            TxnMeta::default(),
+            vec![blind(1, "small").remove(0), blind(2, &big).remove(0)],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("commit")
+        .tid;
+    wait_all(&servers, "the commit applied", |s| {
+        s.staleness.last_tid >= tid
+    })
+    .await;
+    for s in &servers {
+        let r = s.direct_reads().expect("a RocksDB store has a read handle");
+        assert!(r.last_transaction().unwrap() >= tid);
+        let load = |o: u64| r.load(&Oid::from_u64(o)).unwrap().unwrap().data.unwrap();
+        assert_eq!(load(1), Bytes::from_static(b"small"));
+        assert_eq!(load(2), Bytes::from(big.clone()));
+    }
+    // A killed server lets go of its store: no handle, and the directory opens again.
+    let victim = servers[2].clone();
+    victim.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while victim.direct_reads().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handle still served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[2] = start(opts(&c, &cfg, 2, false), source(2)).await;
+    wait_all(&servers, "the restarted server back", |s| {
+        s.view.len() == 3 && s.staleness.last_tid >= tid
+    })
+    .await;
+    let r = servers[2].direct_reads().expect("handle after restart");
+    assert_eq!(
+        r.load(&Oid::from_u64(1)).unwrap().unwrap().data,
+        Some(Bytes::from_static(b"small"))
+    );
+    for s in servers {
+        s.kill();
+    }
+}
