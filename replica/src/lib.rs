@@ -30,8 +30,9 @@ pub use config::{
 };
 pub use election::{Epoch, EpochStart, MemberState};
 pub use replica::{
-    client_of_oid, client_oid, client_request, is_reserved, lineage_oid, membership_oid,
-    zeo_oids_oid, zeo_pack_oid, Replica, ReplicaStats, SwapError, RESERVED_OID_PREFIX,
+    client_of_oid, client_oid, client_request, encode_pack_order, is_reserved, lineage_oid,
+    membership_oid, zeo_oids_oid, zeo_pack_oid, Replica, ReplicaStats, SwapError,
+    RESERVED_OID_PREFIX,
 };
 pub use types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,

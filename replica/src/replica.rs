@@ -110,7 +110,17 @@ fn is_replica_owned(oid: &Oid) -> bool {
     matches!(oid.as_bytes(), [RESERVED_OID_PREFIX, b'e' | b'c', ..])
 }
 
-/// Decodes a pack order (see [`zeo_pack_oid`]); `None` if malformed.
+/// A pack order (see [`zeo_pack_oid`]): the bound, then the 8-byte ZODB oids to collect.
+pub fn encode_pack_order(before: Tid, oids: &[Oid]) -> Bytes {
+    let mut data = Vec::with_capacity(8 + oids.len() * 8);
+    data.extend_from_slice(&before.to_be_bytes());
+    for o in oids {
+        data.extend_from_slice(o.as_bytes());
+    }
+    Bytes::from(data)
+}
+
+/// Decodes a pack order (see [`encode_pack_order`]); `None` if malformed.
 fn decode_pack_order(data: &[u8]) -> Option<(Tid, Vec<Oid>)> {
     if data.len() < 8 || !(data.len() - 8).is_multiple_of(8) {
         return None;
@@ -2269,6 +2279,19 @@ pub enum SwapError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_orders_round_trip_and_refuse_bad_lengths() {
+        let oids = [Oid::from_u64(2), Oid::from_u64(u64::MAX)];
+        for o in [&oids[..], &[]] {
+            let e = encode_pack_order(Tid(9), o);
+            assert_eq!(decode_pack_order(&e), Some((Tid(9), o.to_vec())));
+        }
+        let e = encode_pack_order(Tid(9), &oids);
+        for n in [0, 7, 9, 15, 23] {
+            assert_eq!(decode_pack_order(&e[..n]), None, "{n} bytes");
+        }
+    }
 
     #[test]
     fn durable_state_round_trips_and_refuses_bad_bytes() {

@@ -619,15 +619,14 @@ fn a_pack_order_packs_every_server_at_the_same_point() {
     let t3 = b.reply(3).clone().unwrap().tid;
     // The shell orders a pack up to t3 (bound t3 + 1, which the order's own tid does not
     // precede), collecting object 2.
-    let mut order = (t3.0 + 1).to_be_bytes().to_vec();
-    order.extend_from_slice(&2u64.to_be_bytes());
+    let order = replica::encode_pack_order(storage::Tid(t3.0 + 1), &[Oid::from_u64(2)]);
     let pack = CommitRequest {
         client: 8,
         request: 1,
         meta: TxnMeta::default(),
         records: vec![Record {
             oid: replica::zeo_pack_oid(),
-            data: Some(Bytes::from(order)),
+            data: Some(order),
             expected_serial: None,
         }],
         tid: replica::TidChoice::Next,

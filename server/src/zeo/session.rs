@@ -1541,14 +1541,9 @@ impl TxnTask {
             // At least one order, even with nothing to collect.
             oids.is_empty().then(Vec::new),
         ) {
-            let mut data = Vec::with_capacity(8 + chunk.len() * 8);
-            data.extend_from_slice(&before.to_be_bytes());
-            for o in &chunk {
-                data.extend_from_slice(o.as_bytes());
-            }
             face.own_commit(vec![Record {
                 oid: replica::zeo_pack_oid(),
-                data: Some(Bytes::from(data)),
+                data: Some(replica::encode_pack_order(before, &chunk)),
                 expected_serial: None,
             }])
             .await
@@ -1570,17 +1565,12 @@ pub(crate) async fn commit_with_retries(
         match face.server.commit(req.clone()).await {
             Err(_) => return Err(CommitError::Down("server stopped".into())),
             Ok(Ok(c)) => return Ok(c),
-            // The outcome is unknown, or the servers are electing (usually this server
-            // again, which may name itself before it has started): the same key is
-            // resubmitted, so a commit is never applied twice.
+            // The outcome is unknown, or no primary is in sight here: the same key is
+            // resubmitted, so a commit is never applied twice. (A server elected but not
+            // yet started holds the commit in the replica itself.)
             Ok(Err(
                 CommitError::Retry | CommitError::NotPrimary { primary: None } | CommitError::Busy,
             )) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Ok(Err(CommitError::NotPrimary { primary: Some(p) }))
-                if p == face.server.id() && tokio::time::Instant::now() < deadline =>
-            {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Ok(Err(e)) => return Err(e),
