@@ -55,6 +55,35 @@ async fn start<S: storage::Storage + 'static>(
     Arc::new(s)
 }
 
+/// A server's RocksDB store in `dir`.
+#[cfg(feature = "rocksdb")]
+fn rocks_source(dir: &std::path::Path) -> StoreSource<storage::RocksStorage> {
+    StoreSource::DataDir {
+        data: dir.to_path_buf(),
+        open: Box::new(|p: &std::path::Path| {
+            storage::RocksStorage::open(p, storage::RocksOptions::default())
+        }),
+    }
+}
+
+/// Starts one server per directory on RocksDB and waits for a primary in a full view.
+#[cfg(feature = "rocksdb")]
+async fn start_rocks_cluster(
+    c: &ClusterConfig,
+    cfg: &ReplicaConfig,
+    dirs: &[tempfile::TempDir],
+) -> Vec<Arc<StorageServer>> {
+    let mut servers = Vec::new();
+    for (id, d) in dirs.iter().enumerate() {
+        servers.push(start(opts(c, cfg, id as u32, false), rocks_source(d.path())).await);
+    }
+    wait_all(&servers, "a primary", |s| {
+        s.primary.is_some() && s.view.len() == dirs.len()
+    })
+    .await;
+    servers
+}
+
 /// Waits (bounded) until `f` holds for the status of every server in `servers`.
 async fn wait_all(
     servers: &[Arc<StorageServer>],
@@ -171,23 +200,11 @@ async fn a_wiped_replica_is_rebuilt_from_a_checkpoint() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    use storage::{RocksOptions, RocksStorage};
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let c = cluster(3);
     let mut cfg = replica_config(3);
     cfg.recovery.checkpoint_after = 10;
-    let source = |i: usize| StoreSource::DataDir {
-        data: dirs[i].path().to_path_buf(),
-        open: Box::new(|p: &std::path::Path| RocksStorage::open(p, RocksOptions::default())),
-    };
-    let mut servers = Vec::new();
-    for id in 0..3 {
-        servers.push(start(opts(&c, &cfg, id, false), source(id as usize)).await);
-    }
-    wait_all(&servers, "a primary", |s| {
-        s.primary.is_some() && s.view.len() == 3
-    })
-    .await;
+    let mut servers = start_rocks_cluster(&c, &cfg, &dirs).await;
     let mut cl = LocalClient::new(servers.clone(), 7);
     for n in 0..200u64 {
         cl.commit(
@@ -218,7 +235,11 @@ async fn a_wiped_replica_is_rebuilt_from_a_checkpoint() {
         .expect("commit while one server is down");
     }
     // It comes back empty, marked as having lost its disk: it gets a checkpoint.
-    servers[victim] = start(opts(&c, &cfg, victim as u32, true), source(victim)).await;
+    servers[victim] = start(
+        opts(&c, &cfg, victim as u32, true),
+        rocks_source(dirs[victim].path()),
+    )
+    .await;
     let live: Vec<Arc<StorageServer>> = servers.clone();
     let primary_last = {
         let mut last = storage::Tid::ZERO;
@@ -316,24 +337,13 @@ async fn a_peer_at_a_new_address_is_followed_after_readdress() {
 /// The store's read handle: served while the replica serves reads, it sees every applied
 /// commit on every server, and a stopped server takes it back (its store closes, so the same
 /// directory opens again in this process).
+#[cfg(feature = "rocksdb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reads_follow_the_store_and_end_with_the_server() {
-    use storage::{RocksOptions, RocksStorage};
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let c = cluster(3);
     let cfg = replica_config(3);
-    let source = |i: usize| StoreSource::DataDir {
-        data: dirs[i].path().to_path_buf(),
-        open: Box::new(|p: &std::path::Path| RocksStorage::open(p, RocksOptions::default())),
-    };
-    let mut servers = Vec::new();
-    for id in 0..3 {
-        servers.push(start(opts(&c, &cfg, id, false), source(id as usize)).await);
-    }
-    wait_all(&servers, "a primary", |s| {
-        s.primary.is_some() && s.view.len() == 3
-    })
-    .await;
+    let mut servers = start_rocks_cluster(&c, &cfg, &dirs).await;
     let big = "b".repeat(2000);
     let mut cl = LocalClient::new(servers.clone(), 9);
     let tid = cl
@@ -367,7 +377,7 @@ async fn direct_reads_follow_the_store_and_end_with_the_server() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    servers[2] = start(opts(&c, &cfg, 2, false), source(2)).await;
+    servers[2] = start(opts(&c, &cfg, 2, false), rocks_source(dirs[2].path())).await;
     wait_all(&servers, "the restarted server back", |s| {
         s.view.len() == 3 && s.staleness.last_tid >= tid
     })
