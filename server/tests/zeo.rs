@@ -289,13 +289,24 @@ async fn stock_client_calls_commit_invalidate_and_conflict() {
     assert_eq!(oids.len(), 100);
     assert_ne!(oids[0], bin(&Z64));
     let more = b.call("new_oids", vec![]).await.unwrap();
-    assert!(more.as_array().unwrap().iter().all(|o| !oids.contains(o)));
+    let more = more.as_array().unwrap();
+    assert_eq!(more.len(), 100);
+    assert!(more.iter().all(|o| !oids.contains(o)));
 
     let t1 = a.commit(1, &[(0, bin(&Z64), b"root v1")]).await.unwrap();
     assert_ne!(t1, bin(&Z64));
     // Other clients are told; the committer is not.
     b.invalidation(&t1).await;
     ro.invalidation(&t1).await;
+    // A round trip after b was told: what the server pushed to a before it is read by now.
+    a.call("ping", vec![]).await.unwrap();
+    assert!(
+        !a.pushed
+            .iter()
+            .any(|m| format!("{m:?}").contains("invalidateTransaction")),
+        "the committer was sent its own invalidation: {:?}",
+        a.pushed
+    );
     let got = b
         .call(
             "loadBefore",
@@ -317,9 +328,18 @@ async fn stock_client_calls_commit_invalidate_and_conflict() {
         .await
         .unwrap_err();
     assert_eq!(e.0, "conflicts");
-    let conflict = &e.1[0];
-    let serials = format!("{conflict:?}");
-    assert!(serials.contains("serials"), "{serials}");
+    // {oid, serials: (committed, sent), data: the state b sent, for the client's resolver}.
+    let conflict = e.1[0].as_map().expect("a conflict is a map");
+    let field = |k: &str| {
+        conflict
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in {conflict:?}"))
+    };
+    assert_eq!(field("oid"), bin(&Z64));
+    assert_eq!(field("serials"), Value::Array(vec![t2.clone(), t1.clone()]));
+    assert_eq!(field("data"), bin(b"root v2b"));
     // Resolved by the client: stores again on the committed serial.
     let t3 = b.commit(4, &[(0, t2.clone(), b"root v3")]).await.unwrap();
     assert!(t3.as_slice() > t2.as_slice() && t2.as_slice() > t1.as_slice());
@@ -411,7 +431,8 @@ async fn bad_input_closes_only_that_connection() {
         .await
         .unwrap();
     // Garbage after the handshake, a 1 GiB frame announced, a call before register, a
-    // truncated frame: each connection is closed, by the server.
+    // truncated frame (the client stops sending mid-frame): each connection is closed, by
+    // the server.
     let cases: Vec<Vec<u8>> = vec![
         {
             let mut v = 9u32.to_be_bytes().to_vec();
@@ -435,12 +456,19 @@ async fn bad_input_closes_only_that_connection() {
             v.extend_from_slice(&b);
             v
         },
+        {
+            let mut v = 100u32.to_be_bytes().to_vec();
+            v.extend_from_slice(b"\x94\x01\xc2");
+            v
+        },
     ];
+    let n_cases = cases.len() as u64;
     for bytes in cases {
         let mut s = TcpStream::connect(c.writable[p]).await.unwrap();
         read_frame(&mut s).await.unwrap();
         write_raw(&mut s, b"M5").await.unwrap();
         s.write_all(&bytes).await.unwrap();
+        s.shutdown().await.unwrap();
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
@@ -463,12 +491,13 @@ async fn bad_input_closes_only_that_connection() {
     let e = good.call("noSuchMethod", vec![]).await.unwrap_err();
     assert_eq!(e.0, "builtins.AttributeError");
     good.call("ping", vec![]).await.unwrap();
-    assert!(
+    assert_eq!(
         c.faces[p]
             .stats
             .bad_input
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 4
+            .load(std::sync::atomic::Ordering::Relaxed),
+        n_cases + 1,
+        "every bad connection counted, the bad handshake too"
     );
     drop(c.servers);
 }

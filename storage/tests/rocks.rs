@@ -181,7 +181,8 @@ fn a_read_handle_sees_every_returned_write_and_outlives_the_owner() {
     s.commit(&txn(1, &[(1, Some("small")), (2, Some(&big))]))
         .unwrap();
     let r = s.read_handle().expect("RocksDB has read handles");
-    // Written after the handle was taken, from another thread.
+    // Written through the owner after the handle was taken (on another thread, joined
+    // before the reads: this checks visibility, not concurrency).
     std::thread::scope(|sc| {
         sc.spawn(|| s.commit(&txn(2, &[(1, Some("newer"))])).unwrap());
     });
