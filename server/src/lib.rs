@@ -220,9 +220,34 @@ impl StorageServer {
     /// the server's task: `None` if the store has none or reads are not served now (then
     /// use [`Self::inspect`]). A reader checks after reading that no fill began meanwhile
     /// (`fill_progress` is `None`): the readable flag moves at the end of the input that
-    /// starts one.
+    /// starts one. [`Self::read_fast`] does both.
     pub fn direct_reads(&self) -> Option<std::sync::Arc<dyn Storage>> {
         self.direct.get()
+    }
+
+    /// Runs a read on the store, given the last transaction the store held before it ran: on
+    /// the caller's task through [`Self::direct_reads`] when the store has a handle and reads
+    /// are served (the read neither waits behind the ring's work nor adds to it), else in the
+    /// server's task ([`Self::inspect`]). A direct read that met the start of a fill, or
+    /// failed during one, is run again in the server's task, which refuses it.
+    pub async fn read_fast<T: Send + 'static>(
+        &self,
+        f: impl Fn(&dyn Storage, storage::Tid) -> Result<T, storage::StorageError> + Send + 'static,
+    ) -> Result<Result<T, ReadError>, Stopped> {
+        if let Some(store) = self.direct_reads() {
+            let direct = (|| {
+                let at = store.last_transaction()?;
+                let v = f(&*store, at)?;
+                Ok::<_, storage::StorageError>(store.fill_progress()?.is_none().then_some(v))
+            })();
+            match direct {
+                Ok(Some(v)) => return Ok(Ok(v)),
+                Ok(None) => {}
+                Err(_) if matches!(store.fill_progress(), Ok(Some(_))) => {}
+                Err(e) => return Ok(Err(ReadError::Storage(e.to_string()))),
+            }
+        }
+        self.inspect(move |store, st| f(store, st.last_tid)).await
     }
 
     /// Runs `f` on the store in the server's task (one consistent state: no commit is

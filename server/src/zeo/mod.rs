@@ -61,14 +61,14 @@ pub mod tid;
 
 pub use dispatch::Dispatcher;
 
-use crate::{ReadError, ServerEvent, Stopped, StorageServer};
+use crate::{ServerEvent, StorageServer};
 use replica::Role;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use storage::{Storage, StorageError, Tid};
+use storage::Tid;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -214,34 +214,6 @@ pub struct ZeoFace {
 }
 
 impl ZeoFace {
-    /// Runs a read on the store, with the last transaction the store held before it ran:
-    /// on the caller's task through the server's direct handle when it has one and reads
-    /// are served (a client's read then neither waits behind the ring's work nor adds to
-    /// it), else in the server's task. A direct read that met the start of a fill is run
-    /// again in the server's task, which refuses it.
-    pub(crate) async fn read<T: Send + 'static>(
-        &self,
-        f: impl Fn(&dyn Storage, Tid) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<Result<T, ReadError>, Stopped> {
-        if let Some(store) = self.server.direct_reads() {
-            let direct = (|| {
-                let at = store.last_transaction()?;
-                let v = f(&*store, at)?;
-                Ok::<_, StorageError>(store.fill_progress()?.is_none().then_some(v))
-            })();
-            match direct {
-                Ok(Some(v)) => return Ok(Ok(v)),
-                Ok(None) => {}
-                // An error met during a fill is the fill's doing: the server's task answers.
-                Err(_) if matches!(store.fill_progress(), Ok(Some(_))) => {}
-                Err(e) => return Ok(Err(ReadError::Storage(e.to_string()))),
-            }
-        }
-        self.server
-            .inspect(move |store, st| f(store, st.last_tid))
-            .await
-    }
-
     /// A face over `server`. `seed` must differ between the runs of every server of the
     /// cluster (it makes the connections' client ids unique): pass random bytes.
     pub fn new(server: Arc<StorageServer>, opts: ZeoOptions, seed: u64) -> Arc<ZeoFace> {

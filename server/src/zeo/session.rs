@@ -550,7 +550,8 @@ async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Answer {
     for _ in 0..100 {
         let o = oid.clone();
         let (answer, at) = face
-            .read(move |store, at| Ok((load_before_in(store, &o, before), at)))
+            .server
+            .read_fast(move |store, at| Ok((load_before_in(store, &o, before), at)))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
         let answer: Answer = answer?;
@@ -1317,7 +1318,8 @@ impl TxnTask {
             .await;
         let (stores, checks, undos) = (t.stores.clone(), t.checks.clone(), t.undos.clone());
         let outcome = face
-            .read(move |store, _| commit::vote(store, &stores, &checks, &undos))
+            .server
+            .read_fast(move |store, _| commit::vote(store, &stores, &checks, &undos))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
         if let Some((oid, actual, expected)) = outcome.read_conflict {
