@@ -24,8 +24,6 @@ pub struct Dispatcher {
     role: Role,
     held: VecDeque<Invalidation>,
     durable: Tid,
-    /// Writable clients are served (primary, or within the grace after stepping down).
-    serving: bool,
     /// When a primary that stepped down with no other primary in sight stops serving
     /// writable clients, unless it is elected again first.
     grace_until: Option<tokio::time::Instant>,
@@ -45,7 +43,6 @@ impl Dispatcher {
             role: Role::ReadOnly,
             held: VecDeque::new(),
             durable: Tid::ZERO,
-            serving: false,
             grace_until: None,
         }
     }
@@ -65,11 +62,10 @@ impl Dispatcher {
                         None => std::future::pending::<()>().await,
                     }
                 } => {
+                    // Set only after stepping down, cleared on becoming primary again.
                     self.grace_until = None;
-                    if self.role != Role::Primary {
-                        tracing::info!("no longer primary: writable ZEO clients are sent away");
-                        self.stop_serving();
-                    }
+                    tracing::info!("no longer primary: writable ZEO clients are sent away");
+                    self.stop_serving();
                     continue;
                 }
             };
@@ -80,8 +76,6 @@ impl Dispatcher {
     /// Stops serving writable clients: the listener task closes the writable address, and
     /// only then their connections (see `ZeoFace::writable_listener`).
     fn stop_serving(&mut self) {
-        self.serving = false;
-        self.face.lock().role = self.role;
         self.face.set_role(self.role);
     }
 
@@ -95,10 +89,9 @@ impl Dispatcher {
                         self.durable = Tid::ZERO;
                     }
                     self.grace_until = None;
-                    self.serving = true;
-                    self.face.lock().role = Role::Primary;
                     self.face.set_role(Role::Primary);
-                } else if self.serving {
+                } else if was == Role::Primary || self.grace_until.is_some() {
+                    // Writable clients are still served (primary until now, or in the grace).
                     // What is still held may not be durable on a majority: it stays held
                     // until the next primary's first commit shows the history went on past
                     // it (or a `Lost` report drops it).
@@ -112,7 +105,6 @@ impl Dispatcher {
                         self.grace_until = Some(tokio::time::Instant::now() + STEP_DOWN_GRACE);
                     }
                 } else {
-                    self.face.lock().role = r.role;
                     self.face.set_role(r.role);
                 }
             }

@@ -320,6 +320,7 @@ impl ZeoFace {
     }
 
     pub(crate) fn set_role(&self, role: Role) {
+        self.lock().role = role;
         if self.role_tx.send_replace(role) != role {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
