@@ -98,10 +98,7 @@ pub fn frame(v: &Value) -> Bytes {
     let mut body = Vec::with_capacity(64);
     // Writing into a Vec cannot fail.
     let _ = rmpv::encode::write_value(&mut body, v);
-    let mut b = BytesMut::with_capacity(4 + body.len());
-    b.put_u32(body.len() as u32);
-    b.put_slice(&body);
-    b.freeze()
+    raw_frame(&body)
 }
 
 /// A raw frame (the handshake).

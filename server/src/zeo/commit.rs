@@ -103,6 +103,17 @@ fn current_serial(store: &dyn Storage, oid: &Oid) -> Result<Tid, StorageError> {
 }
 
 /// Checks a transaction against the store and builds its records.
+/// The transaction committed at `tid`, if any (packed transactions keep their header).
+pub(crate) fn txn_at(
+    store: &dyn Storage,
+    tid: Tid,
+) -> Result<Option<storage::Transaction>, StorageError> {
+    store
+        .iter(TidRange::new(Some(tid), Some(tid)), Direction::Forward)?
+        .next()
+        .transpose()
+}
+
 pub(crate) fn vote(
     store: &dyn Storage,
     stores: &BTreeMap<Oid, Store>,
@@ -181,11 +192,7 @@ fn undo_records(
     backpointers: &mut BTreeMap<Oid, Tid>,
     errors: &mut Vec<(Oid, String)>,
 ) -> Result<(), StorageError> {
-    let txn = store
-        .iter(TidRange::new(Some(u), Some(u)), Direction::Forward)?
-        .next()
-        .transpose()?;
-    let Some(txn) = txn.filter(|t| t.tid == u) else {
+    let Some(txn) = txn_at(store, u)? else {
         errors.push((Oid::from_u64(0), "no such transaction".into()));
         return Ok(());
     };

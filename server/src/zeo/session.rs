@@ -205,6 +205,30 @@ struct ZeoError {
 }
 
 impl ZeoError {
+    /// A `ConflictError` with the committed serial (`actual`, a store tid) and the one the
+    /// client sent (a ZEO tid).
+    fn conflict(oid: &Oid, actual: Tid, sent: &[u8]) -> ZeoError {
+        ZeoError {
+            class: "ZODB.POSException.ConflictError",
+            state: map(vec![
+                ("message", Value::from("database conflict error")),
+                ("oid", bin(oid.as_bytes())),
+                (
+                    "serials",
+                    Value::Array(vec![bin(&to_zeo(actual)), bin(sent)]),
+                ),
+            ]),
+        }
+    }
+
+    /// Blobs are not served (`get_info` does not claim `IBlobStorage`).
+    fn no_blobs() -> ZeoError {
+        ZeoError::args(
+            "ZODB.POSException.Unsupported",
+            vec![Value::from("this storage does not support blobs")],
+        )
+    }
+
     fn args(class: &'static str, args: Vec<Value>) -> ZeoError {
         ZeoError {
             class,
@@ -442,13 +466,7 @@ impl Session {
                 self.answer(&call, Ok(v));
             }
             "sendBlob" | "loadBlob" | "storeBlob" | "receiveBlobStart" => {
-                self.answer(
-                    &call,
-                    Err(ZeoError::args(
-                        "ZODB.POSException.Unsupported",
-                        vec![Value::from("this storage does not support blobs")],
-                    )),
-                );
+                self.answer(&call, Err(ZeoError::no_blobs()));
             }
             "get_info"
             | "loadSerial"
@@ -794,11 +812,9 @@ async fn read_call(face: &Arc<ZeoFace>, iterators: &Arc<Mutex<Iterators>>, call:
                     }
                     let mut out = Vec::new();
                     for r in revs {
-                        let t = store
-                            .iter(TidRange::new(Some(r.tid), Some(r.tid)), Direction::Forward)?
-                            .next()
-                            .transpose()?;
-                        let Some(t) = t else { continue };
+                        let Some(t) = commit::txn_at(store, r.tid)? else {
+                            continue;
+                        };
                         let mut v = txn_info(&t, false);
                         if let Value::Map(m) = &mut v {
                             for (k, val) in m.iter_mut() {
@@ -1279,10 +1295,7 @@ impl TxnTask {
         };
         if t.blob {
             self.txn = None;
-            return Err(ZeoError::args(
-                "ZODB.POSException.Unsupported",
-                vec![Value::from("this storage does not support blobs")],
-            ));
+            return Err(ZeoError::no_blobs());
         }
         // Everything the transaction reads or writes is locked until it is answered.
         self.held = None;
@@ -1294,11 +1307,8 @@ impl TxnTask {
                 .inspect(move |store, _| {
                     let mut v = Vec::new();
                     for u in undos {
-                        if let Some(t) = store
-                            .iter(TidRange::new(Some(u), Some(u)), Direction::Forward)?
-                            .next()
-                        {
-                            v.extend(t?.records.into_iter().map(|r| r.oid));
+                        if let Some(t) = commit::txn_at(store, u)? {
+                            v.extend(t.records.into_iter().map(|r| r.oid));
                         }
                     }
                     Ok(v)
@@ -1409,17 +1419,7 @@ impl TxnTask {
             if let Some((oid, actual, sent)) = t.conflicted {
                 // A stock client finishes after nine votes that all returned conflicts: a
                 // ConflictError lets the application retry the transaction.
-                return Ok(Some(Err(ZeoError {
-                    class: "ZODB.POSException.ConflictError",
-                    state: map(vec![
-                        ("message", Value::from("database conflict error")),
-                        ("oid", bin(oid.as_bytes())),
-                        (
-                            "serials",
-                            Value::Array(vec![bin(&to_zeo(actual)), bin(&sent)]),
-                        ),
-                    ]),
-                })));
+                return Ok(Some(Err(ZeoError::conflict(&oid, actual, &sent))));
             }
             return Ok(Some(Err(ZeoError::txn(
                 "tpc_finish before a successful vote",
@@ -1471,17 +1471,11 @@ impl TxnTask {
                         oid,
                         expected,
                         actual,
-                    } => Ok(Some(Err(ZeoError {
-                        class: "ZODB.POSException.ConflictError",
-                        state: map(vec![
-                            ("message", Value::from("database conflict error")),
-                            ("oid", bin(oid.as_bytes())),
-                            (
-                                "serials",
-                                Value::Array(vec![bin(&to_zeo(actual)), bin(&to_zeo(expected))]),
-                            ),
-                        ]),
-                    }))),
+                    } => Ok(Some(Err(ZeoError::conflict(
+                        &oid,
+                        actual,
+                        &to_zeo(expected),
+                    )))),
                     CommitError::Invalid(m) => Ok(Some(Err(ZeoError::txn(m)))),
                     other => Err(format!(
                         "the commit's outcome is unknown here ({other}): the client reconnects"
