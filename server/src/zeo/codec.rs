@@ -240,5 +240,34 @@ mod tests {
                 proptest::prop_assert_eq!(encode(&back), again);
             }
         }
+
+        /// Well-formed calls always decode, to what was sent: the round trip above is not
+        /// left to the chance that random bytes decode.
+        #[test]
+        fn well_formed_calls_decode_to_what_was_sent(
+            msgid in proptest::prelude::any::<i64>(),
+            is_async in proptest::prelude::any::<bool>(),
+            name in "[a-zA-Z_]{1,20}",
+            ints in proptest::collection::vec(proptest::prelude::any::<i64>(), 0..4),
+            blobs in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..4),
+        ) {
+            let args: Vec<Value> = ints
+                .into_iter()
+                .map(Value::from)
+                .chain(blobs.into_iter().map(Value::Binary))
+                .collect();
+            let sent = Value::Array(vec![
+                Value::from(msgid),
+                Value::Boolean(is_async),
+                Value::from(name.as_str()),
+                Value::Array(args.clone()),
+            ]);
+            let c = decode(&frame(&sent)[4..]).expect("a well-formed call decodes");
+            proptest::prop_assert_eq!(c.msgid, Value::from(msgid));
+            proptest::prop_assert_eq!(c.is_async, is_async);
+            proptest::prop_assert_eq!(c.name, name);
+            proptest::prop_assert_eq!(c.args, args);
+        }
     }
 }
