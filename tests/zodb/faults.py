@@ -599,6 +599,13 @@ class _FaultTestBase(unittest.TestCase):
         acks = list(wl.acks)
         lost, wrong, count, entries = read_back(c.writable_addresses, acks)
         self.phase("stop, read back", t)
+        # The read-back must see a bad history: a write never made, and one with another value.
+        if acks:
+            t0, w0, k0, v0 = acks[0]
+            fake = [(t0, w0, "never-committed", "x"), (t0, w0, k0, v0 + "-not-this")]
+            fl, fw, _, _ = read_back(c.writable_addresses, fake)
+            self.assertEqual((fl, [k for k, _, _ in fw]), (["never-committed"], [k0]),
+                             "the read-back check misses a lost or a wrong write")
 
         keys = [a[2] for a in acks]
         self.assertEqual(len(keys), len(set(keys)), "a key was acknowledged twice")
