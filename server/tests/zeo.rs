@@ -475,6 +475,24 @@ async fn bad_input_closes_only_that_connection() {
             .expect("closed in time");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
+    // `ruok` instead of a protocol: the status, then the server closes (several times:
+    // the answer must be written before the close every time, not by luck of timing).
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(c.writable[p]).await.unwrap();
+        read_frame(&mut s).await.unwrap();
+        write_raw(&mut s, b"ruok").await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+            .await
+            .expect("answered in time")
+            .expect("a status frame before the close");
+        let status = String::from_utf8(status).unwrap();
+        assert!(status.contains("\"role\": \"Primary\""), "{status}");
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
     // A bad handshake.
     let mut s = TcpStream::connect(c.writable[p]).await.unwrap();
     read_frame(&mut s).await.unwrap();

@@ -115,7 +115,19 @@ async fn connection(
         loop {
             let frame = tokio::select! {
                 f = rx.recv() => f,
-                _ = writer_closed.changed() => None,
+                r = writer_closed.changed() => {
+                    if r.is_err() {
+                        // The connection ended (its entry is gone): what it queued last, a
+                        // `ruok` answer for one, still goes out before the shutdown.
+                        while let Ok(frame) = rx.try_recv() {
+                            if wr.write_all(&frame).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    // Else closed on purpose (a client that does not read, a role change).
+                    None
+                }
             };
             let Some(frame) = frame else { break };
             q.fetch_sub(frame.len() as u64, Ordering::Relaxed);
@@ -366,9 +378,8 @@ impl Session {
             ),
             Err(_) => "{}".into(),
         };
+        // The writer sends it before closing (see `connection`).
         self.send(codec::raw_frame(body.as_bytes()));
-        // Let the writer flush before the connection is dropped.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
     async fn handle(&mut self, call: Call) -> Result<(), End> {
