@@ -379,6 +379,8 @@ pub struct Replica<S: Storage> {
     /// The working primary (after its promise round).
     primary: Option<(ServerId, Epoch)>,
     role: Role,
+    /// Why the store failed (`role` is then `Down`).
+    down_reason: Option<String>,
     was_primary_in: Option<Epoch>,
     // Primary side.
     last_assigned: Tid,
@@ -431,6 +433,7 @@ impl<S: Storage> Replica<S> {
             election: None,
             primary: None,
             role: Role::ReadOnly,
+            down_reason: None,
             was_primary_in: None,
             last_assigned: Tid::ZERO,
             stopping: false,
@@ -542,6 +545,11 @@ impl<S: Storage> Replica<S> {
         self.role
     }
 
+    /// Why the store failed, once it has (the role is then [`Role::Down`]).
+    pub fn down_reason(&self) -> Option<&str> {
+        self.down_reason.as_deref()
+    }
+
     /// The working primary and its epoch, if known.
     pub fn primary(&self) -> Option<(ServerId, Epoch)> {
         self.primary
@@ -643,6 +651,7 @@ impl<S: Storage> Replica<S> {
         }
         tracing::error!(server = self.me, error = %e, "storage failure: stopping");
         let why = e.to_string();
+        self.down_reason = Some(why.clone());
         self.primary = None;
         self.set_role(Role::Down);
         for (req, _) in std::mem::take(&mut self.held) {

@@ -3,7 +3,7 @@
 //!
 //! | path | 200 when | use |
 //! |---|---|---|
-//! | `/health` | the server runs and its store works | liveness probe |
+//! | `/health` | the server runs and its store works (else `down_reason` says why) | liveness probe |
 //! | `/primary` | it is the working primary | readiness probe of a Service that selects the primary |
 //! | `/replica` | it is a backup of a primary component, caught up | readiness probe of a read Service |
 //! | `/status` | always (JSON) | operators, the CLI |
@@ -76,6 +76,7 @@ pub fn status_json(st: &ServerStatus) -> serde_json::Value {
     serde_json::json!({
         "id": st.id,
         "role": role_name(s.role),
+        "down_reason": st.down_reason,
         "primary": st.primary.map(|p| p.0),
         "epoch": st.primary.map(|p| p.1 .0),
         "promised_epoch": st.promised.0,

@@ -420,6 +420,75 @@ pub fn current_store_dir(data: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// The live store directory at start-up, and whether the data directory is new (no
+/// `CURRENT` yet: the caller creates the store there, then calls [`mark_created`]). `CURRENT`
+/// is written only once the store exists, so a `CURRENT` naming a missing or empty directory
+/// means the store was lost, never that it was not made yet.
+pub fn live_store_dir(data: &Path) -> io::Result<(PathBuf, bool)> {
+    match fs::read_to_string(data.join("CURRENT")) {
+        Ok(name) => Ok((data.join(name.trim()), false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(data)?;
+            Ok((data.join("store-0"), true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records that the first store of a new data directory exists (see [`live_store_dir`]).
+pub fn mark_created(data: &Path) -> io::Result<()> {
+    set_current(data, "store-0")
+}
+
+/// Why a store directory named by `CURRENT` cannot be the live store, if it cannot.
+pub fn check_live_store(dir: &Path) -> Option<String> {
+    let empty = fs::read_dir(dir).map(|mut d| d.next().is_none());
+    match empty {
+        Ok(false) => None,
+        Ok(true) => Some(format!(
+            "{} (named by CURRENT) is empty: the store was lost",
+            dir.display()
+        )),
+        Err(e) => Some(format!(
+            "{} (named by CURRENT) cannot be read: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// Moves the live store out of the way before a rebuild from the other servers: it is kept
+/// as `corrupt-<n>` for the operator, and `CURRENT` names a new, empty `store-<m>`. Returns
+/// where the old store went (`None`: there was none).
+pub fn set_aside(data: &Path) -> io::Result<Option<PathBuf>> {
+    let (old, new) = live_store_dir(data)?;
+    let moved = if !new && old.exists() {
+        let mut n = 0u64;
+        while data.join(format!("corrupt-{n}")).exists() {
+            n += 1;
+        }
+        let to = data.join(format!("corrupt-{n}"));
+        fs::rename(&old, &to)?;
+        Some(to)
+    } else {
+        None
+    };
+    let mut m = 0u64;
+    while data.join(format!("store-{m}")).exists() {
+        m += 1;
+    }
+    let name = format!("store-{m}");
+    fs::create_dir_all(data.join(&name))?;
+    // An empty directory is the one case `check_live_store` refuses: mark it as made for a
+    // rebuild.
+    fs::write(data.join(&name).join(REBUILD_MARK), b"")?;
+    set_current(data, &name)?;
+    Ok(moved)
+}
+
+/// A file in a store directory made by [`set_aside`]: the store is new, to be filled from the
+/// other servers.
+pub const REBUILD_MARK: &str = "REBUILDING";
+
 fn set_current(data: &Path, name: &str) -> io::Result<()> {
     let tmp = data.join("CURRENT.tmp");
     {
@@ -523,6 +592,36 @@ mod tests {
             None,
             "path escapes refused"
         );
+    }
+
+    #[test]
+    fn a_store_named_by_current_but_lost_is_refused_and_set_aside_for_a_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, new) = live_store_dir(d.path()).unwrap();
+        assert!(new && dir.ends_with("store-0"));
+        assert!(
+            !d.path().join("CURRENT").exists(),
+            "CURRENT waits for the store"
+        );
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("data"), b"x").unwrap();
+        mark_created(d.path()).unwrap();
+        let (again, new) = live_store_dir(d.path()).unwrap();
+        assert_eq!((again.clone(), new), (dir.clone(), false));
+        assert_eq!(check_live_store(&dir), None);
+        // Emptied (or gone): refused, naming the directory.
+        fs::remove_file(dir.join("data")).unwrap();
+        assert!(check_live_store(&dir).is_some_and(|w| w.contains("store-0")));
+        fs::remove_dir(&dir).unwrap();
+        assert!(check_live_store(&dir).is_some_and(|w| w.contains("cannot be read")));
+        // Set aside: a new, marked store directory; the old one kept.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("data"), b"x").unwrap();
+        let kept = set_aside(d.path()).unwrap().expect("moved");
+        assert!(kept.ends_with("corrupt-0") && kept.join("data").exists());
+        let (fresh, _) = live_store_dir(d.path()).unwrap();
+        assert!(fresh.join(REBUILD_MARK).exists());
+        assert_eq!(check_live_store(&fresh), None);
     }
 
     #[test]

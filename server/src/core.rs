@@ -189,6 +189,9 @@ pub struct ServerStatus {
     pub gcs: gcs::Stats,
     /// Time since it last applied a transaction (`None`: none since it started).
     pub since_last_commit: Option<std::time::Duration>,
+    /// Why its store failed, if it did: it has then left the ring (see
+    /// [`ServerCore`]'s docs) and serves nothing.
+    pub down_reason: Option<String>,
 }
 
 /// What the server tells its application.
@@ -281,6 +284,8 @@ pub struct ServerCore<S: Storage + 'static> {
     /// announced to the driver and the application).
     configured: Configured,
     membership: Option<Membership>,
+    /// The store failed: the node is no longer fed, so the others see this server leave.
+    left_ring: bool,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -313,6 +318,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             now: Time::ZERO,
             configured,
             membership: None,
+            left_ring: false,
         };
         // The address book and topology the store holds, before the first datagram.
         core.reload_membership();
@@ -454,6 +460,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 .staleness()
                 .last_commit_at
                 .map(|t| now.since(t)),
+            down_reason: self.replica.down_reason().map(str::to_string),
         }
     }
 
@@ -480,6 +487,8 @@ impl<S: Storage + 'static> ServerCore<S> {
                 Output::Transmit { dest, bytes } => {
                     self.out.push_back(CoreOutput::Transmit { dest, bytes })
                 }
+                // A server that left the ring takes nothing more from it.
+                Output::Deliver(_) | Output::View(_) if self.left_ring => {}
                 Output::Deliver(d) => self.for_replica.push_back(ForReplica::Deliver(d)),
                 Output::View(v) => self.for_replica.push_back(ForReplica::View(v)),
             }
@@ -552,7 +561,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 replica::Output::Reply { req, result } => self.answer(req, result),
                 replica::Output::Role(r) => {
                     if r.role == Role::Down {
-                        tracing::error!(server = self.replica.id(), "replica stopped");
+                        self.leave_ring();
                     }
                     self.out.push_back(CoreOutput::Event(ServerEvent::Role(r)))
                 }
@@ -580,6 +589,36 @@ impl<S: Storage + 'static> ServerCore<S> {
             }
         }
         self.feed_outgoing(now);
+    }
+
+    /// The store failed. A member that stays in the ring with a failed store freezes the
+    /// cluster: as primary it can no longer commit, yet the others keep naming it; as a backup
+    /// it blocks every election that waits for its state. So the node is fed nothing more
+    /// (no datagram, no timer): to the others this server is gone, they install a view
+    /// without it after their token timeout and elect among themselves. What the process
+    /// does next is the shell's choice (`standby-server` exits so that its supervisor
+    /// restarts it on a fresh open of the store).
+    fn leave_ring(&mut self) {
+        if self.left_ring {
+            return;
+        }
+        self.left_ring = true;
+        tracing::error!(
+            server = self.replica.id(),
+            reason = self.replica.down_reason().unwrap_or("unknown"),
+            "store failed: this server leaves the ring"
+        );
+        self.for_replica.clear();
+        self.unsent.clear();
+        if let Some((o, _)) = self.outgoing.take() {
+            o.finish();
+        }
+        self.incoming = None;
+    }
+
+    /// Whether the store failed and this server left the ring.
+    pub fn has_left_ring(&self) -> bool {
+        self.left_ring
     }
 
     // ---- checkpoint transfer (see `checkpoint.rs`) ----------------------------------------
@@ -815,6 +854,9 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     type Event = ServerEvent;
 
     fn handle_packet(&mut self, now: Time, bytes: Bytes) {
+        if self.left_ring {
+            return;
+        }
         if Replica::<S>::is_direct(&bytes) {
             self.replica.handle_direct(now, &bytes);
         } else {
@@ -824,6 +866,9 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     }
 
     fn handle_timeout(&mut self, now: Time) {
+        if self.left_ring {
+            return;
+        }
         self.node.handle_timeout(now);
         self.pump(now);
     }
@@ -870,6 +915,9 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     }
 
     fn poll_deadline(&self) -> Option<Time> {
+        if self.left_ring {
+            return None;
+        }
         self.node.poll_deadline()
     }
 

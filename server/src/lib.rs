@@ -94,12 +94,29 @@ impl StorageServer {
         source: StoreSource<S>,
         event_capacity: usize,
     ) -> Result<(StorageServer, mpsc::Receiver<ServerEvent>), ServerStartError> {
+        let mut after_disk_loss = opts.after_disk_loss;
+        let mut rebuild_mark = None;
         let (store, ckpt) = match source {
             StoreSource::Open(s) => (s, None),
             StoreSource::DataDir { data, open } => {
-                let dir =
-                    checkpoint::current_store_dir(&data).map_err(storage::StorageError::from)?;
+                let (dir, new) =
+                    checkpoint::live_store_dir(&data).map_err(storage::StorageError::from)?;
+                if !new {
+                    if let Some(what) = checkpoint::check_live_store(&dir) {
+                        return Err(storage::StorageError::Corrupt { what }.into());
+                    }
+                }
                 let store = open(&dir)?;
+                if new {
+                    checkpoint::mark_created(&data).map_err(storage::StorageError::from)?;
+                }
+                // A store set aside for a rebuild: empty, and it must not vote until caught
+                // up, however often the server restarts before its first election.
+                let mark = dir.join(checkpoint::REBUILD_MARK);
+                if mark.exists() {
+                    after_disk_loss = true;
+                    rebuild_mark = Some(mark);
+                }
                 (store, Some(CheckpointSupport { data, open }))
             }
         };
@@ -118,11 +135,21 @@ impl StorageServer {
         let clock = Clock::new();
         let me = ProcId::new(id, driver::fresh_incarnation());
         let node = Node::new(cluster.protocol(), me, clock.now()).map_err(StartError::from)?;
-        let replica = if opts.after_disk_loss {
+        // A store that cannot take a synced write (a full disk) is refused here, before this
+        // server joins the ring: joining only to fail at its first write would cost the
+        // others a view change at every restart.
+        if let Some(state) = store.replication_state()? {
+            store.set_replication_state(&state)?;
+        }
+        let replica = if after_disk_loss {
             Replica::after_disk_loss(opts.replica, id, store)?
         } else {
             Replica::new(opts.replica, id, store)?
         };
+        if let Some(mark) = rebuild_mark {
+            // The replication state now says "no vote until caught up".
+            std::fs::remove_file(&mark).map_err(storage::StorageError::from)?;
+        }
         let core = ServerCore::new(node, replica, ckpt, configured);
         let direct = core.direct_reads();
         let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;

@@ -6,233 +6,21 @@
 //! converge. Every process is stopped by PID.
 #![cfg(feature = "cli")]
 
+mod common;
+
 use bytes::Bytes;
-use server::netclient::{Client, ReadFrom};
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use common::{
+    check_acked, client, converge, free_tcp, free_udp, primary_of, put, status_at, Cluster, Load,
+};
+use server::netclient::ReadFrom;
 use std::time::Duration;
 use storage::Oid;
-
-const TOKEN: &str = "processes-test-token";
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    /// Servers started with another configuration file than `conf`.
-    conf_of: BTreeMap<u32, PathBuf>,
-    children: Vec<Option<Child>>,
-    clients: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Ports handed out so far in this test binary. The kernel may give the same ephemeral port to
-/// two `bind(0)` calls once the first socket is closed, and two servers configured with one port
-/// fail to start; remembering every port handed out rules that out between all tests here.
-static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-fn fresh_port(bind: impl Fn() -> u16) -> u16 {
-    let mut seen = HANDED_OUT.lock().unwrap();
-    loop {
-        let port = bind();
-        if seen.insert(port) {
-            return port;
-        }
-    }
-}
-
-fn free_tcp() -> u16 {
-    fresh_port(|| {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-fn free_udp() -> u16 {
-    fresh_port(|| {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-impl Cluster {
-    fn new(n: u32) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([7; 32])).unwrap();
-        std::fs::write(dir.path().join("client.token"), TOKEN).unwrap();
-        let mut conf = String::from(
-            "key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nmode = \"sync\"\ncheckpoint_after = 100\n",
-        );
-        let mut clients = Vec::new();
-        for i in 0..n {
-            let c = format!("127.0.0.1:{}", free_tcp());
-            conf.push_str(&format!(
-                "[[server]]\nid = {i}\nname = \"s{i}\"\ngcs = \"127.0.0.1:{}\"\nclient = \"{c}\"\nadmin = \"127.0.0.1:{}\"\n",
-                free_udp(),
-                free_tcp()
-            ));
-            clients.push(c);
-        }
-        conf.push_str("[protocol]\ntoken_timeout_ms = 200\nconsensus_timeout_ms = 300\njoin_timeout_ms = 20\n");
-        let path = dir.path().join("standby.toml");
-        std::fs::write(&path, conf).unwrap();
-        let mut c = Cluster {
-            dir,
-            conf: path,
-            conf_of: BTreeMap::new(),
-            children: (0..n).map(|_| None).collect(),
-            clients,
-        };
-        for i in 0..n {
-            c.start(i);
-        }
-        c
-    }
-
-    fn data(&self, i: u32) -> PathBuf {
-        self.dir.path().join(format!("s{i}"))
-    }
-
-    fn start(&mut self, i: u32) {
-        self.start_with(i, &[]);
-    }
-
-    fn start_with(&mut self, i: u32, extra: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("s{i}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_standby-server"))
-            .args(["--config"])
-            .arg(self.conf_of.get(&i).unwrap_or(&self.conf))
-            .args(["--id", &i.to_string(), "--data"])
-            .arg(self.data(i))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("standby-server starts");
-        self.children[i as usize] = Some(child);
-    }
-
-    fn pid(&self, i: u32) -> i32 {
-        self.children[i as usize].as_ref().expect("running").id() as i32
-    }
-
-    fn kill9(&mut self, i: u32) {
-        if let Some(mut c) = self.children[i as usize].take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, i: u32, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid(i).to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for i in 0..self.children.len() {
-            let p: &Path = &self.dir.path().join(format!("s{i}.log"));
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            s.push_str(&format!(
-                "--- s{i}\n{}\n",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
-        }
-        s
-    }
-}
-
-async fn client(c: &Cluster, id: u64) -> Client {
-    for _ in 0..200 {
-        if let Ok(cl) = Client::connect(&c.clients, Bytes::from_static(TOKEN.as_bytes()), id).await
-        {
-            if cl.primary().is_some() {
-                return cl;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no primary within 10 s:\n{}", c.logs());
-}
-
-#[derive(Default)]
-struct Seen {
-    acked: BTreeMap<String, u64>,
-    by_epoch: BTreeMap<u64, BTreeSet<u32>>,
-    failed: Vec<String>,
-    acks: Vec<tokio::time::Instant>,
-}
-
-async fn primary_of(c: &Cluster) -> u32 {
-    let mut cl = client(c, 999_999).await;
-    cl.refresh().await.unwrap().primary.unwrap().0
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
     let mut c = Cluster::new(3);
     let _ = client(&c, 1).await;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for k in 0..4u64 {
-        let mut cl = client(&c, 100 + k).await;
-        let (seen, stop) = (seen.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key = format!("k{k}-{}", n % 50);
-                let mut t = cl.begin();
-                t.store(
-                    Oid::new(Bytes::from(key.clone().into_bytes())).unwrap(),
-                    Some(Bytes::from(n.to_be_bytes().to_vec())),
-                    None,
-                );
-                let r = cl.commit(t, Duration::from_secs(20)).await;
-                let mut s = seen.lock().unwrap();
-                match r {
-                    Ok(done) => {
-                        s.acked.insert(key, n);
-                        s.by_epoch
-                            .entry(done.epoch.0)
-                            .or_default()
-                            .insert(cl.last_answered_by.unwrap());
-                        s.acks.push(tokio::time::Instant::now());
-                    }
-                    Err(e) => s.failed.push(e.to_string()),
-                }
-            }
-        }));
-    }
+    let load = Load::start(&c, 4, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 1. kill -9 of the primary; it comes back 2 s later.
@@ -240,13 +28,7 @@ async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
     let killed_at = tokio::time::Instant::now();
     c.kill9(p);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let resumed = seen
-        .lock()
-        .unwrap()
-        .acks
-        .iter()
-        .find(|t| **t > killed_at + Duration::from_millis(1))
-        .copied();
+    let resumed = load.first_ack_after(killed_at + Duration::from_millis(1));
     let resumed = resumed.unwrap_or_else(|| panic!("no commit after the kill:\n{}", c.logs()));
     eprintln!(
         "kill -9: writes flowing again after {:?}",
@@ -293,11 +75,7 @@ async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(primary_of(&c).await, to, "{}", c.logs());
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let s = std::mem::take(&mut *seen.lock().unwrap());
+    let s = load.stop().await;
     assert!(
         s.failed.is_empty(),
         "failed requests: {:?}\n{}",
@@ -312,75 +90,8 @@ async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
             "epoch {epoch} acknowledged by {servers:?}"
         );
     }
-    // Every acknowledged write is there (or a later one of the same key).
-    let mut cl = client(&c, 8).await;
-    for (key, n) in &s.acked {
-        let (rev, _) = cl
-            .load(
-                Oid::new(Bytes::from(key.clone().into_bytes())).unwrap(),
-                ReadFrom::Primary,
-            )
-            .await
-            .unwrap();
-        let stored = rev
-            .and_then(|r| r.data)
-            .map(|d| u64::from_be_bytes(d.as_ref().try_into().unwrap()))
-            .unwrap_or(0);
-        assert!(stored >= *n, "{key}: acknowledged {n}, stored {stored}");
-    }
-    // The servers converge.
-    let mut last = Vec::new();
-    for _ in 0..100 {
-        last = cl
-            .status_all()
-            .await
-            .into_iter()
-            .map(|r| r.map(|s| s.last_tid))
-            .collect::<Vec<_>>();
-        if last.iter().all(|l| l.is_ok() && *l == last[0]) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        last.iter().all(|l| l.is_ok() && *l == last[0]),
-        "{last:?}\n{}",
-        c.logs()
-    );
-}
-
-async fn put(cl: &mut Client, key: &str) -> storage::Tid {
-    let mut t = cl.begin();
-    t.store(
-        Oid::new(Bytes::from(key.to_string().into_bytes())).unwrap(),
-        Some(Bytes::from_static(b"v")),
-        None,
-    );
-    cl.commit(t, Duration::from_secs(10)).await.unwrap().tid
-}
-
-/// The status the server at client address `addr` gives of itself, asked directly.
-async fn status_at(addr: &str) -> Option<server::proto::StatusInfo> {
-    use server::proto::{read_frame, Request, Response};
-    use tokio::io::AsyncWriteExt;
-    let ask = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let hello = Request::Hello {
-            token: Bytes::from_static(TOKEN.as_bytes()),
-        };
-        s.write_all(&hello.encode(1)).await.ok()?;
-        read_frame(&mut s).await.ok()??;
-        s.write_all(&Request::Status.encode(2)).await.ok()?;
-        let body = read_frame(&mut s).await.ok()??;
-        match Response::decode(&body).ok()?.1 {
-            Response::Status(st) => Some(st),
-            _ => None,
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), ask)
-        .await
-        .ok()
-        .flatten()
+    check_acked(&c, &s).await;
+    converge(&c).await;
 }
 
 /// A read replica added to a running cluster: `standby add-replica` through the client

@@ -81,6 +81,8 @@ struct Inner {
     /// `None` when the store syncs: `live` is then durable.
     durable: Option<MemState>,
     pending: Vec<MemOp>,
+    /// Set: every write fails with this I/O error (a full or failed disk, simulated).
+    failing: Option<String>,
 }
 
 /// The in-memory backend (see the module docs for its crash semantics).
@@ -507,7 +509,22 @@ impl MemStorage {
                     Some(MemState::default())
                 },
                 pending: Vec::new(),
+                failing: None,
             }),
+        }
+    }
+
+    /// From now on every write (and `sync`) fails with an I/O error saying `why`, as on a
+    /// full or failed disk, until called with `None`. Reads keep working. The simulator's
+    /// storage fault.
+    pub fn set_failing(&self, why: Option<&str>) {
+        lock(&self.inner).failing = why.map(str::to_string);
+    }
+
+    fn check_writable(inner: &Inner) -> Result<()> {
+        match &inner.failing {
+            Some(why) => Err(StorageError::Io(why.clone())),
+            None => Ok(()),
         }
     }
 
@@ -547,6 +564,7 @@ impl MemStorage {
                 durable: if sync { None } else { Some(state.clone()) },
                 live: state,
                 pending: Vec::new(),
+                failing: None,
             }),
         }
     }
@@ -558,6 +576,7 @@ impl MemStorage {
 
     fn write<T>(&self, op: MemOp, f: impl FnOnce(&mut MemState) -> Result<T>) -> Result<T> {
         let mut g = lock(&self.inner);
+        Self::check_writable(&g)?;
         let out = f(&mut g.live)?;
         if g.durable.is_some() {
             g.pending.push(op);
@@ -637,6 +656,7 @@ impl Storage for MemStorage {
 
     fn apply(&self, prev: Tid, txn: &Transaction) -> Result<ApplyOutcome> {
         let mut g = lock(&self.inner);
+        Self::check_writable(&g)?;
         let out = g.live.apply(prev, txn)?;
         if out == ApplyOutcome::Applied && g.durable.is_some() {
             g.pending.push(MemOp::Apply(prev, txn.clone()));
@@ -730,6 +750,7 @@ impl Storage for MemStorage {
 
     fn sync(&self) -> Result<()> {
         let mut g = lock(&self.inner);
+        Self::check_writable(&g)?;
         let inner = &mut *g;
         if let Some(durable) = inner.durable.as_mut() {
             for op in inner.pending.drain(..) {

@@ -83,8 +83,17 @@ impl Default for RocksOptions {
     }
 }
 
+/// RocksDB's errors by kind: corruption (a checksum, a manifest, a missing table file) is
+/// told apart from an I/O failure (disk full, a failed device), because an operator answers
+/// the two differently (rebuild the store, or free space and restart).
 fn rocks_err(e: rocksdb::Error) -> StorageError {
-    StorageError::Rocks(e.into_string())
+    match e.kind() {
+        rocksdb::ErrorKind::Corruption => StorageError::Corrupt {
+            what: e.into_string(),
+        },
+        rocksdb::ErrorKind::IOError => StorageError::Io(e.into_string()),
+        _ => StorageError::Rocks(e.into_string()),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,6 +228,47 @@ impl RocksStorage {
     /// The directory of the store.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads the whole store and checks it: every block of every table against its checksum
+    /// (RocksDB's), then every transaction record and every current revision through the
+    /// decoders (this crate's format checks). Returns how many keys were read. Costs a full
+    /// read of the store: for `standby-server --verify`, not for every start.
+    pub fn verify(&self) -> Result<u64> {
+        let mut keys = 0u64;
+        for name in CFS {
+            let mut r = ReadOptions::default();
+            r.set_verify_checksums(true);
+            r.fill_cache(false);
+            r.set_readahead_size(SCAN_READAHEAD);
+            let mut it = self.db.raw_iterator_cf_opt(self.cf(name)?, r);
+            it.seek_to_first();
+            while it.valid() {
+                keys += 1;
+                it.next();
+            }
+            it.status().map_err(|e| match rocks_err(e) {
+                StorageError::Corrupt { what } => StorageError::Corrupt {
+                    what: format!("column family {name}: {what}"),
+                },
+                other => other,
+            })?;
+        }
+        let horizon = self.horizon()?;
+        let range = if horizon == Tid::ZERO {
+            TidRange::new(None, None)
+        } else {
+            TidRange::after(horizon)
+        };
+        for t in self.iter(range, Direction::Forward)? {
+            t?;
+        }
+        if self.fill_progress()?.is_none() {
+            for r in self.fast_recovery(Tid::ZERO, None)?.revisions {
+                r?;
+            }
+        }
+        Ok(keys)
     }
 
     fn open_meta(&self) -> Result<MetaState> {

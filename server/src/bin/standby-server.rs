@@ -5,6 +5,13 @@
 //! endpoint (HTTP), at the addresses the configuration gives for `--id`. Stops on SIGINT or
 //! SIGTERM. Logs (`RUST_LOG`, default `info`) have one line for every view change, election,
 //! role change, swap, recovery and checkpoint.
+//!
+//! Exit status: 0 after SIGINT or SIGTERM; 75 when the store failed (disk full, an I/O error,
+//! a corrupt value met while running; the server left the ring at once and lingered
+//! `--store-failure-exit-after` seconds with `/health` saying why): a supervisor restarts it,
+//! and it rejoins and catches up once the store works again; 78 when the store is corrupt at
+//! start-up: restarting does not help, rebuild it with `--rebuild`; 1 for anything else
+//! (configuration, ports).
 
 use clap::Parser;
 use gcs::net::Security;
@@ -37,6 +44,63 @@ struct Args {
     /// This server lost its data directory since it last ran: do not vote until caught up.
     #[arg(long)]
     after_disk_loss: bool,
+    /// Set the live store aside (kept as `corrupt-<n>` in the data directory) and rebuild
+    /// this server from the others: it starts empty and does not vote until caught up.
+    #[arg(long, conflicts_with = "verify")]
+    rebuild: bool,
+    /// Read the whole store and check every checksum and record, then exit: 0 if sound, 78
+    /// if corrupt. Does not start the server.
+    #[arg(long)]
+    verify: bool,
+    /// After a store failure, how long the server stays up (out of the ring, `/health`
+    /// answering 503 with the reason) before it exits with status 75.
+    #[arg(long, default_value_t = 5.0)]
+    store_failure_exit_after: f64,
+}
+
+/// The store failed while running, or cannot be opened for an I/O reason: a restart may
+/// help (EX_TEMPFAIL).
+const EXIT_STORE_FAILED: u8 = 75;
+/// The store is corrupt: a restart does not help, a rebuild does (EX_CONFIG).
+const EXIT_STORE_CORRUPT: u8 = 78;
+
+/// Why the process ends.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_string().into()
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { code: 1, message }
+    }
+}
+
+/// A store error at start-up, with the status that tells a supervisor what to do.
+fn store_failure(data: &std::path::Path, args: &Args, e: &storage::StorageError) -> Failure {
+    match e {
+        storage::StorageError::Corrupt { .. } => Failure {
+            code: EXIT_STORE_CORRUPT,
+            message: format!(
+                "the store in {} is corrupt: {e}\n  rebuild it from the other servers with:\n  \
+                 standby-server --config {} --id {} --data {} --rebuild",
+                data.display(),
+                args.config.display(),
+                args.id,
+                data.display()
+            ),
+        },
+        _ => Failure {
+            code: EXIT_STORE_FAILED,
+            message: format!("the store in {} cannot be used: {e}", data.display()),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -60,14 +124,51 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("standby-server: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("standby-server: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// `--verify`: a full read of the store.
+fn verify(args: &Args) -> Result<(), Failure> {
+    let (dir, new) = server::checkpoint::live_store_dir(&args.data)
+        .map_err(|e| format!("{}: {e}", args.data.display()))?;
+    if new {
+        return Err(format!("{} holds no store", args.data.display()).into());
+    }
+    if let Some(what) = server::checkpoint::check_live_store(&dir) {
+        return Err(store_failure(
+            &args.data,
+            args,
+            &storage::StorageError::Corrupt { what },
+        ));
+    }
+    let checked = RocksStorage::open(&dir, RocksOptions::default()).and_then(|s| s.verify());
+    match checked {
+        Ok(keys) => {
+            println!("{}: sound ({keys} keys read)", dir.display());
+            Ok(())
+        }
+        Err(e) => Err(store_failure(&args.data, args, &e)),
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    if args.verify {
+        return verify(&args);
+    }
+    if args.rebuild {
+        let moved = server::checkpoint::set_aside(&args.data)
+            .map_err(|e| format!("{}: cannot set the store aside: {e}", args.data.display()))?;
+        match moved {
+            Some(old) => {
+                tracing::warn!(kept = %old.display(), "store set aside: rebuilding from the other servers")
+            }
+            None => tracing::warn!("no store to set aside: rebuilding from the other servers"),
+        }
+    }
     let cfg = StandbyConfig::from_file(&args.config).map_err(|e| e.to_string())?;
     let me = cfg
         .server(args.id)
@@ -114,9 +215,13 @@ async fn run(args: Args) -> Result<(), String> {
         data: args.data.clone(),
         open: Box::new(|p: &std::path::Path| RocksStorage::open(p, RocksOptions::default())),
     };
-    let (server, mut events) = StorageServer::start(opts, source, 1 << 16)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (server, mut events) = match StorageServer::start(opts, source, 1 << 16).await {
+        Ok(s) => s,
+        Err(server::ServerStartError::Storage(e)) => {
+            return Err(store_failure(&args.data, &args, &e))
+        }
+        Err(e) => return Err(e.to_string().into()),
+    };
     let server = Arc::new(server);
     let (tx, _) = tokio::sync::broadcast::channel(1 << 14);
     let configured: Vec<(u32, String, String)> = cfg
@@ -161,8 +266,13 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    let store_failed = Arc::new(tokio::sync::Notify::new());
+    let failed = store_failed.clone();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
+            if matches!(&e, ServerEvent::Role(r) if r.role == replica::Role::Down) {
+                failed.notify_one();
+            }
             if let Some(z) = &zeo_events {
                 // In order and never dropped: the face holds commits' answers on them.
                 let _ = z.send(e.clone()).await;
@@ -232,16 +342,31 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
+    let mut outcome = Ok(());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = store_failed.notified() => {
+            let reason = match server.status().await {
+                Ok(st) => st.down_reason.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let linger = std::time::Duration::from_secs_f64(args.store_failure_exit_after.max(0.0));
+            tracing::error!(
+                %reason,
+                "store failed: this server left the ring; exiting with status {EXIT_STORE_FAILED} in {linger:?} so that its supervisor restarts it"
+            );
+            tokio::time::sleep(linger).await;
+            outcome = Err(Failure {
+                code: EXIT_STORE_FAILED,
+                message: format!("store failed: {reason}"),
+            });
+        }
     }
     tracing::info!("stopping");
     match Arc::try_unwrap(server) {
-        Ok(s) => s.shutdown().await.map_err(|e| e.to_string()),
-        Err(s) => {
-            s.kill();
-            Ok(())
-        }
+        Ok(s) => s.shutdown().await.map_err(|e| e.to_string())?,
+        Err(s) => s.kill(),
     }
+    outcome
 }
