@@ -652,6 +652,17 @@ impl<S: Storage> Replica<S> {
         tracing::error!(server = self.me, error = %e, "storage failure: stopping");
         let why = e.to_string();
         self.down_reason = Some(why.clone());
+        // The durable mirror may hold what a failed write meant to store (a promise raised in
+        // memory, then refused by the disk): report what the store holds instead.
+        match self.store.replication_state() {
+            Ok(Some(b)) => {
+                if let Ok(d) = Durable::decode(&b) {
+                    self.durable = d;
+                }
+            }
+            Ok(None) => self.durable = Durable::default(),
+            Err(_) => {}
+        }
         self.primary = None;
         self.set_role(Role::Down);
         for (req, _) in std::mem::take(&mut self.held) {

@@ -23,7 +23,13 @@ pub enum Action {
     Pause(usize),
     /// The node resumes, with stale timers and a backlog of datagrams.
     Resume(usize),
-    /// Network whole and calm, every node running: the liveness phase starts.
+    /// The node's store starts failing every write (a full or failed disk); storage servers
+    /// only. The server leaves the ring and its supervisor restarts it until the store works.
+    StoreFails(usize),
+    /// The node's store works again (space was freed).
+    StoreHeals(usize),
+    /// Network whole and calm, every node running, every store working: the liveness phase
+    /// starts.
     Heal,
     /// An operator asks (through node `via`) that node `to` become primary (storage servers).
     Swap {
@@ -113,6 +119,23 @@ pub fn plan_swarm(opts: &Options, storage: bool) -> Plan {
             actions.push((at, Action::Swap { via, to }));
         }
         t = t.saturating_add(period);
+    }
+    if storage {
+        // Drawn from their own generator, so that adding them left every other draw of a
+        // seed as it was.
+        let mut rs = Prng::new(opts.seed ^ 0x5707_E0F5);
+        for _ in 0..2 {
+            if !rs.chance(0.35) || storm_end.0 <= 200_000 {
+                continue;
+            }
+            let i = rs.range(0, n as u64 - 1) as usize;
+            let at = Time(rs.range(200_000, storm_end.0));
+            actions.push((at, Action::StoreFails(i)));
+            let back = at.saturating_add(Duration::from_millis(rs.range(200, 4000)));
+            if back < storm_end {
+                actions.push((back, Action::StoreHeals(i)));
+            }
+        }
     }
     actions.push((storm_end, Action::Heal));
     let end = storm_end.saturating_add(opts.calm);

@@ -141,6 +141,34 @@ fn primary_crash_fails_over_within_one_view_change() {
 }
 
 #[test]
+fn a_primary_whose_store_fails_leaves_and_comes_back_when_it_works() {
+    // s0's disk fills at 2 s and is freed at 4 s; its supervisor restarts it every second.
+    let r = run_replica_script(ReplicaOptions::calm(3, 3), secs(5.0), secs(9.0), |c| {
+        c.at(secs(2.0), Action::StoreFails(0));
+        c.at(secs(4.0), Action::StoreHeals(0));
+    });
+    clean(&r);
+    assert!(r.totals.store_failures >= 1, "{:?}", r.totals);
+    let (at, p) = primary_at(&r, secs(2.0)).expect("a new primary after the failure");
+    assert_ne!(p, 0);
+    assert!(at < secs(3.0), "failover took {at:?}");
+    let resumed = acks_between(&r, secs(2.0), secs(9.0))[0];
+    println!(
+        "store failure: new primary s{p} {:.1} ms after the disk filled, first commit acknowledged after {:.1} ms (virtual time)",
+        (at.0 - secs(2.0).0) as f64 / 1e3,
+        (resumed.0 - secs(2.0).0) as f64 / 1e3
+    );
+    // Back and caught up once the store works: it ends with everyone's transactions (the
+    // convergence checker) and applied commits after its restart.
+    let applied_after = r
+        .history
+        .events
+        .iter()
+        .any(|e| matches!(e, REvent::Applied { at, server: 0, .. } if *at > secs(4.0)));
+    assert!(applied_after, "s0 did not come back");
+}
+
+#[test]
 fn planned_swap_has_no_failed_request_and_a_short_pause() {
     let r = run_replica_script(ReplicaOptions::calm(2, 3), secs(0.5), secs(6.0), |c| {
         c.at(secs(3.0), Action::Swap { via: 1, to: 2 });

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
                     t.lost,
                     t.checkpoints,
                     t.fills_restarted,
+                    t.store_failures,
                 ],
             }
         }
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
             "transactions lost (reported)",
             "checkpoints",
             "object fills started over",
+            "store failures (left the ring)",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)

@@ -170,6 +170,8 @@ struct Server {
     disk: Option<MemStorage>,
     /// The disk was lost while the server was down.
     disk_lost: bool,
+    /// Its store fails every write (see `Action::StoreFails`).
+    store_failing: bool,
     incarnation: u64,
     io: HostIo,
 }
@@ -215,6 +217,8 @@ pub struct RTotals {
     /// Open object fills started over from a donor of another history (servers running at
     /// the end).
     pub fills_restarted: u64,
+    /// Servers that left the ring because their store failed.
+    pub store_failures: u64,
 }
 
 /// A simulated storage cluster.
@@ -276,6 +280,7 @@ impl ReplicaCluster {
                     replica: None,
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
                     disk_lost: false,
+                    store_failing: false,
                     incarnation: 0,
                     io: HostIo::default(),
                 })
@@ -455,12 +460,38 @@ impl ReplicaCluster {
                     self.servers[i].io.crashed();
                 }
             }
+            Action::StoreFails(i) | Action::StoreHeals(i) => {
+                let failing = matches!(a, Action::StoreFails(_));
+                let s = &mut self.servers[i];
+                s.store_failing = failing;
+                let why = failing.then_some("simulated: no space left on device");
+                match (&s.replica, &s.disk) {
+                    (Some(r), _) => r.store().set_failing(why),
+                    (None, Some(d)) => d.set_failing(why),
+                    (None, None) => {}
+                }
+            }
             Action::Restart(i) => {
                 if self.servers[i].replica.is_none() {
                     let store = self.servers[i]
                         .disk
                         .take()
                         .expect("a stopped server has its disk");
+                    // As `StorageServer::start` does: a store that cannot take a synced write
+                    // is refused before the server joins the ring, and the process exits for
+                    // its supervisor to try again later.
+                    let probe = store
+                        .sync()
+                        .and_then(|()| match store.replication_state()? {
+                            Some(b) => store.set_replication_state(&b),
+                            None => Ok(()),
+                        });
+                    if let Err(e) = probe {
+                        self.tr(|| format!("{now:?} s{i} store refused at start: {e}"));
+                        self.servers[i].disk = Some(store);
+                        self.supervisor_restart(i);
+                        return;
+                    }
                     self.servers[i].incarnation += 1;
                     let p = ProcId::new(i as u32, self.servers[i].incarnation);
                     let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
@@ -488,6 +519,9 @@ impl ReplicaCluster {
                 self.net.params = self.opts.base.calm_net;
                 self.net.links = vec![vec![true; n]; n];
                 for i in 0..n {
+                    if self.servers[i].store_failing {
+                        self.action(Action::StoreHeals(i));
+                    }
                     self.resume(i);
                     if self.servers[i].replica.is_none() {
                         self.action(Action::Restart(i));
@@ -505,6 +539,15 @@ impl ReplicaCluster {
                 }
             }
         }
+    }
+
+    /// Server `i`'s process is gone (its store failed): its supervisor starts it again a
+    /// little later, as systemd does after `standby-server` exits with status 75.
+    fn supervisor_restart(&mut self, i: usize) {
+        let at = self
+            .now
+            .saturating_add(std::time::Duration::from_millis(1000));
+        self.schedule(at, Ev::Action(Action::Restart(i)));
     }
 
     fn resume(&mut self, i: usize) {
@@ -647,6 +690,15 @@ impl ReplicaCluster {
                 self.schedule(now.saturating_add(d), Ev::Answer { req, result });
             }
             Output::Role(info) => {
+                if info.role == replica::Role::Down {
+                    // As `ServerCore` does: the store failed, the node is fed nothing more
+                    // (the others see this server leave), and the process exits.
+                    self.tr(|| format!("{now:?} s{i} store failed: leaves the ring"));
+                    self.totals.store_failures += 1;
+                    self.servers[i].node = None;
+                    self.schedule(now, Ev::Action(Action::Crash(i)));
+                    self.supervisor_restart(i);
+                }
                 let promised = info.promised;
                 self.tr(|| {
                     format!(
