@@ -217,6 +217,10 @@ pub struct Node {
     pub(crate) held_token: Option<Token>,
     pub(crate) passed: Option<Passed>,
     pub(crate) stats: Stats,
+    /// When this daemon last had the token (operational or recovering), and how many visits
+    /// it has had in all.
+    pub(crate) last_visit: Option<Time>,
+    pub(crate) visits: u64,
 }
 
 impl Node {
@@ -241,6 +245,8 @@ impl Node {
             held_token: None,
             passed: None,
             stats: Stats::default(),
+            last_visit: None,
+            visits: 0,
         };
         node.enter_gather("boot", BTreeSet::new());
         Ok(node)
@@ -249,6 +255,11 @@ impl Node {
     /// This process.
     pub fn id(&self) -> ProcId {
         self.me
+    }
+
+    /// The protocol parameters.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// The membership phase.
@@ -269,6 +280,14 @@ impl Node {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// When this daemon last had the token, and how many times it has had it (`None`: never).
+    /// A shell that must know whether the ring still holds it (a primary that may have been
+    /// cut off or frozen) reads this before feeding a new input: a token read from the socket
+    /// after a pause may be one the others already gave up on.
+    pub fn last_token_visit(&self) -> Option<(Time, u64)> {
+        self.last_visit.map(|t| (t, self.visits))
     }
 
     /// Bytes waiting in the send queue.
@@ -600,6 +619,8 @@ impl Node {
 
     /// Processes the token at our visit: retransmit, originate, update, pass, deliver.
     pub(crate) fn token_visit(&mut self, mut token: Token) {
+        self.last_visit = Some(self.now);
+        self.visits += 1;
         if let State::Recovery(rec) = &mut self.state {
             // Recovery is complete once, on two consecutive visits, nobody had old packets left
             // to re-send and everything sent so far had reached every member. The first member

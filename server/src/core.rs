@@ -286,6 +286,12 @@ pub struct ServerCore<S: Storage + 'static> {
     membership: Option<Membership>,
     /// The store failed: the node is no longer fed, so the others see this server leave.
     left_ring: bool,
+    /// How long a primary goes on claiming to be primary without having the token (half the
+    /// token timeout; see [`Self::check_claim`]).
+    lease: std::time::Duration,
+    /// The primary stopped claiming: the node's token-visit count then. It claims again after
+    /// two more visits, or when a new view elects it.
+    lapsed: Option<u64>,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -319,7 +325,10 @@ impl<S: Storage + 'static> ServerCore<S> {
             configured,
             membership: None,
             left_ring: false,
+            lease: std::time::Duration::ZERO,
+            lapsed: None,
         };
+        core.lease = core.node.config().token_timeout / 2;
         // The address book and topology the store holds, before the first datagram.
         core.reload_membership();
         core
@@ -447,10 +456,16 @@ impl<S: Storage + 'static> ServerCore<S> {
     }
 
     fn status(&self, now: Time) -> ServerStatus {
+        let mut staleness = self.replica.staleness();
+        let mut primary = self.replica.primary();
+        if self.lapsed.is_some() {
+            staleness.role = Role::Syncing;
+            primary = None;
+        }
         ServerStatus {
             id: self.replica.id(),
-            staleness: self.replica.staleness(),
-            primary: self.replica.primary(),
+            staleness,
+            primary,
             promised: self.replica.promised(),
             stats: self.replica.stats(),
             view: self.view.clone(),
@@ -471,6 +486,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.now = now;
         self.drain_replica(now);
         self.take_node_outputs();
+        self.check_claim(now);
         self.direct
             .readable
             .store(self.replica.readable(), Ordering::Release);
@@ -515,12 +531,25 @@ impl<S: Storage + 'static> ServerCore<S> {
                     }
                 }
                 ForReplica::View(v) => {
+                    let mut reclaim = false;
                     if v.kind() == gcs::ViewKind::Regular {
+                        if self.lapsed.take().is_some() {
+                            reclaim = true;
+                            // Installed with the others: whatever it is now, the new view's
+                            // election says so.
+                            tracing::info!(
+                                server = self.replica.id(),
+                                "a new view: the claim follows its election"
+                            );
+                        }
                         self.view = v.members.iter().map(|p| p.node).collect();
                         self.abandon_transfers_outside_view();
                         tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
                     }
                     self.replica.handle_view(now, &v);
+                    if reclaim && self.replica.role() == Role::Primary {
+                        self.push_claim();
+                    }
                 }
             }
         }
@@ -563,7 +592,12 @@ impl<S: Storage + 'static> ServerCore<S> {
                     if r.role == Role::Down {
                         self.leave_ring();
                     }
-                    self.out.push_back(CoreOutput::Event(ServerEvent::Role(r)))
+                    if r.role == Role::Primary && self.lapsed.is_some() {
+                        // Not claimed until the token went round again (`check_claim`).
+                        self.push_claim();
+                    } else {
+                        self.out.push_back(CoreOutput::Event(ServerEvent::Role(r)))
+                    }
                 }
                 replica::Output::Invalidate(i) => self
                     .out
@@ -614,6 +648,68 @@ impl<S: Storage + 'static> ServerCore<S> {
             o.finish();
         }
         self.incoming = None;
+    }
+
+    /// Whether a primary may go on claiming to be primary: its node is operational and had the
+    /// token within the lease.
+    fn token_recent(&self, now: Time) -> bool {
+        self.node.phase() == gcs::Phase::Operational
+            && self
+                .node
+                .last_token_visit()
+                .is_some_and(|(t, _)| now.since(t) <= self.lease)
+    }
+
+    /// A primary stops claiming to be primary (the `/primary` probe, the status clients read,
+    /// the role pushed to them) as soon as it cannot be sure it still is: when it has not had
+    /// the token for half the token timeout. The others need a whole token timeout, then a
+    /// membership round, to elect another primary, so the two claims never overlap. A frozen
+    /// server (SIGSTOP, a VM stall) finds this out at its first input after resuming, before
+    /// the node reads any datagram: a token from its socket backlog may be one the others
+    /// have given up on, so it claims again only after two more token visits (the token went
+    /// round the whole ring since) or when a new view elects it.
+    fn check_claim(&mut self, now: Time) {
+        if self.left_ring || self.replica.role() != Role::Primary {
+            self.lapsed = None;
+            return;
+        }
+        let visits = self.node.last_token_visit().map_or(0, |(_, n)| n);
+        match self.lapsed {
+            None if !self.token_recent(now) => {
+                self.lapsed = Some(visits);
+                tracing::warn!(
+                    server = self.replica.id(),
+                    lease = ?self.lease,
+                    "no token within the lease: no longer claiming to be primary"
+                );
+                self.push_claim();
+            }
+            Some(at) if visits >= at + 2 && self.token_recent(now) => {
+                self.lapsed = None;
+                tracing::info!(
+                    server = self.replica.id(),
+                    "the token went round again: claiming to be primary again"
+                );
+                self.push_claim();
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the application the role it may claim now.
+    fn push_claim(&mut self) {
+        let mut info = replica::RoleInfo {
+            role: Role::Primary,
+            primary: self.replica.primary(),
+            in_primary_component: self.replica.staleness().in_primary_component,
+            promised: self.replica.promised(),
+        };
+        if self.lapsed.is_some() {
+            info.role = Role::Syncing;
+            info.primary = None;
+        }
+        self.out
+            .push_back(CoreOutput::Event(ServerEvent::Role(info)));
     }
 
     /// Whether the store failed and this server left the ring.
@@ -857,6 +953,7 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
         if self.left_ring {
             return;
         }
+        self.check_claim(now);
         if Replica::<S>::is_direct(&bytes) {
             self.replica.handle_direct(now, &bytes);
         } else {
@@ -869,11 +966,13 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
         if self.left_ring {
             return;
         }
+        self.check_claim(now);
         self.node.handle_timeout(now);
         self.pump(now);
     }
 
     fn handle_request(&mut self, now: Time, req: ServerRequest) -> Option<ServerRequest> {
+        self.check_claim(now);
         match req {
             ServerRequest::Commit { c, reply } => {
                 let id = ReqId(self.next_req);
@@ -918,7 +1017,22 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
         if self.left_ring {
             return None;
         }
-        self.node.poll_deadline()
+        let node = self.node.poll_deadline();
+        // A claiming primary wakes when its lease would run out, to stop claiming on time.
+        let lease_end = match (
+            self.replica.role(),
+            self.lapsed,
+            self.node.last_token_visit(),
+        ) {
+            (Role::Primary, None, Some((t, _))) => {
+                Some(t.saturating_add(self.lease + std::time::Duration::from_micros(1)))
+            }
+            _ => None,
+        };
+        match (node, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn poll_output(&mut self) -> Option<CoreOutput<ServerEvent>> {
