@@ -53,14 +53,16 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            token_timeout: Duration::from_millis(1000),
+            // Failover takes about token_timeout + consensus_timeout: 0.8 s. See the README
+            // ("Faults and the knobs that govern them") for the trade against false suspicions.
+            token_timeout: Duration::from_millis(400),
             token_retransmit_timeout: Duration::from_millis(60),
             token_hold: Duration::from_millis(20),
             idle_before_hold: Duration::from_millis(100),
             join_timeout: Duration::from_millis(50),
-            consensus_timeout: Duration::from_millis(1200),
+            consensus_timeout: Duration::from_millis(400),
             merge_detect_interval: Duration::from_millis(200),
-            pause_grace: Duration::from_millis(500),
+            pause_grace: Duration::from_millis(300),
             max_packet_size: 8 * 1024,
             personal_window: 64,
             global_window: 256,

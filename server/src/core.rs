@@ -444,7 +444,14 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.replica.handle_commit(now, id, c);
     }
 
-    fn answer(&mut self, id: ReqId, r: Result<Committed, CommitError>) {
+    fn answer(&mut self, id: ReqId, mut r: Result<Committed, CommitError>) {
+        if let Err(CommitError::NotPrimary { primary }) = &mut r {
+            // A redirect to a primary this server cannot vouch for sends the client back to a
+            // server that may be frozen or cut off, for a whole attempt's patience.
+            if !self.token_recent(self.now) {
+                *primary = None;
+            }
+        }
         if let Some(tx) = self.waiting.remove(&id) {
             let _ = tx.send(r);
         }
@@ -460,6 +467,11 @@ impl<S: Storage + 'static> ServerCore<S> {
         let mut primary = self.replica.primary();
         if self.lapsed.is_some() {
             staleness.role = Role::Syncing;
+        }
+        if !self.token_recent(now) {
+            // Without the token lately, this server cannot vouch for who the primary is (the
+            // ring may be re-forming without it): clients then look elsewhere at once instead
+            // of waiting on a primary that may be gone.
             primary = None;
         }
         ServerStatus {
@@ -972,6 +984,7 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
     }
 
     fn handle_request(&mut self, now: Time, req: ServerRequest) -> Option<ServerRequest> {
+        self.now = now;
         self.check_claim(now);
         match req {
             ServerRequest::Commit { c, reply } => {

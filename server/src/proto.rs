@@ -443,6 +443,17 @@ fn open_body(body: &[u8]) -> Result<(u8, u64, Rd<'_>), ProtoError> {
 }
 
 impl Request {
+    /// Bytes of object data a commit carries (0 for other requests).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Request::Commit { records, .. } => records
+                .iter()
+                .map(|r| r.data.as_ref().map_or(0, |d| d.len()))
+                .sum(),
+            _ => 0,
+        }
+    }
+
     /// The whole frame (length prefix included) for request `id`.
     pub fn encode(&self, id: u64) -> Bytes {
         let (kind, mut b) = match self {

@@ -12,14 +12,14 @@
 //! addr = "127.0.0.1:7401"
 //!
 //! [protocol]              # optional; every key has a LAN default (see gcs::Config)
-//! token_timeout_ms = 1000
+//! token_timeout_ms = 400
 //! token_retransmit_timeout_ms = 60
 //! token_hold_ms = 20
 //! idle_before_hold_ms = 100
 //! join_timeout_ms = 50
-//! consensus_timeout_ms = 1200
+//! consensus_timeout_ms = 400
 //! merge_detect_interval_ms = 200
-//! pause_grace_ms = 500
+//! pause_grace_ms = 300
 //! max_packet_size = 8192
 //! personal_window = 64
 //! global_window = 256
@@ -254,7 +254,7 @@ mod tests {
             .collect();
         let c = ClusterConfig::from_toml(&toml).unwrap();
         assert_eq!(c.daemons.len(), 2);
-        assert_eq!(c.protocol().token_timeout, Duration::from_millis(1000));
+        assert_eq!(c.protocol().token_timeout, Duration::from_millis(400));
     }
 
     #[test]
