@@ -583,6 +583,7 @@ impl<S: Storage> Replica<S> {
             primary_last_known: self.primary_last_known.max(self.last),
             last_commit_at: self.last_commit_at,
             in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
+            behind_for: None,
         }
     }
 

@@ -225,4 +225,10 @@ pub struct Staleness {
     pub last_commit_at: Option<Time>,
     /// Its last regular view, and whether that view was a primary component.
     pub in_primary_component: bool,
+    /// How long it may have been missing commits: zero while it is known to be current (in a
+    /// primary component with a working primary, the ring alive), else the time since it last
+    /// was; `None` if it has not been since it started. The replica has no clock of its own and
+    /// leaves this `None`; the server, which sees the ring, fills it
+    /// (`server::ServerCore`).
+    pub behind_for: Option<std::time::Duration>,
 }

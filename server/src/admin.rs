@@ -84,6 +84,7 @@ pub fn status_json(st: &ServerStatus) -> serde_json::Value {
         "newest_tid_known": s.primary_last_known.0,
         "lag_transactions": s.primary_last_known.0.saturating_sub(s.last_tid.0),
         "seconds_since_last_commit": st.since_last_commit.map(|d| d.as_secs_f64()),
+        "behind_seconds": s.behind_for.map(|d| d.as_secs_f64()),
         "in_primary_component": s.in_primary_component,
         "view": st.view,
         "replica": {
@@ -275,6 +276,16 @@ pub fn metrics_text(st: &ServerStatus) -> String {
         "counter",
         "Datagrams dropped as malformed or foreign.",
         st.gcs.malformed + st.gcs.ignored,
+    );
+    // Seconds this server may have been missing commits: +Inf if it has not been current
+    // since it started (a gauge that alerting compares with a bound).
+    let behind = s
+        .behind_for
+        .map_or("+Inf".to_string(), |d| format!("{}", d.as_secs_f64()));
+    let _ = writeln!(
+        o,
+        "# HELP standby_behind_seconds Seconds this server may have been missing commits (0: current).\n# TYPE standby_behind_seconds gauge\nstandby_behind_seconds{{server=\"{}\"}} {behind}",
+        st.id
     );
     o
 }

@@ -292,6 +292,9 @@ pub struct ServerCore<S: Storage + 'static> {
     /// The primary stopped claiming: the node's token-visit count then. It claims again after
     /// two more visits, or when a new view elects it.
     lapsed: Option<u64>,
+    /// The last token visit at which this server knew it was current (see
+    /// [`Self::staleness`]).
+    current_at: Option<Time>,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -327,6 +330,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             left_ring: false,
             lease: std::time::Duration::ZERO,
             lapsed: None,
+            current_at: None,
         };
         core.lease = core.node.config().token_timeout / 2;
         // The address book and topology the store holds, before the first datagram.
@@ -463,11 +467,8 @@ impl<S: Storage + 'static> ServerCore<S> {
     }
 
     fn status(&self, now: Time) -> ServerStatus {
-        let mut staleness = self.replica.staleness();
+        let staleness = self.staleness(now);
         let mut primary = self.replica.primary();
-        if self.lapsed.is_some() {
-            staleness.role = Role::Syncing;
-        }
         if !self.token_recent(now) {
             // Without the token lately, this server cannot vouch for who the primary is (the
             // ring may be re-forming without it): clients then look elsewhere at once instead
@@ -662,6 +663,45 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.incoming = None;
     }
 
+    /// Whether the replica receives every commit as it is made: in a primary component, not
+    /// read-only nor down (it may still be applying or catching up: its lag in transactions
+    /// says how far).
+    fn replica_current(&self) -> bool {
+        let st = self.replica.staleness();
+        st.in_primary_component && !matches!(st.role, Role::ReadOnly | Role::Down)
+    }
+
+    /// Notes, at every input, the last token visit at which this server was current.
+    fn observe_currency(&mut self, now: Time) {
+        // A view the replica has not seen yet means the token visits are the new ring's, not
+        // those of the view the replica's role belongs to.
+        let view_pending = self
+            .for_replica
+            .iter()
+            .any(|o| matches!(o, ForReplica::View(_)));
+        if !view_pending && self.replica_current() && self.token_recent(now) {
+            self.current_at = self.node.last_token_visit().map(|(t, _)| t);
+        }
+    }
+
+    /// The replica's staleness with what only the server knows: the role it may claim, and
+    /// how long it may have been missing commits. While it is current and the ring alive that
+    /// is zero; a server cut off from the primary learns it only at the next view (a token
+    /// timeout and a membership round later), so the time counts from the last token visit
+    /// at which it was current, not from that view.
+    fn staleness(&self, now: Time) -> Staleness {
+        let mut st = self.replica.staleness();
+        if self.lapsed.is_some() {
+            st.role = Role::Syncing;
+        }
+        st.behind_for = if self.replica_current() && self.token_recent(now) {
+            Some(std::time::Duration::ZERO)
+        } else {
+            self.current_at.map(|t| now.since(t))
+        };
+        st
+    }
+
     /// Whether a primary may go on claiming to be primary: its node is operational and had the
     /// token within the lease.
     fn token_recent(&self, now: Time) -> bool {
@@ -681,6 +721,7 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// have given up on, so it claims again only after two more token visits (the token went
     /// round the whole ring since) or when a new view elects it.
     fn check_claim(&mut self, now: Time) {
+        self.observe_currency(now);
         if self.left_ring || self.replica.role() != Role::Primary {
             self.lapsed = None;
             return;
@@ -1000,7 +1041,7 @@ impl<S: Storage + 'static> Core for ServerCore<S> {
                 if self.replica.readable() {
                     f(Ok((
                         self.replica.store() as &dyn Storage,
-                        self.replica.staleness(),
+                        self.staleness(now),
                     )))
                 } else {
                     f(Err(ReadError::Recovering))

@@ -340,6 +340,7 @@ async fn read(front: &Front, op: ReadOp) -> Response {
                 tid: st.last_tid,
                 role: st.role,
                 primary_last_known: st.primary_last_known,
+                behind_for_us: st.behind_for.map(|d| d.as_micros() as u64),
             },
             ReadAnswer::Transactions(txns, more) => Response::Transactions { txns, more },
             ReadAnswer::Lost(v) => Response::Transactions {
@@ -360,6 +361,7 @@ pub fn status_info(front: &Front, st: &crate::ServerStatus) -> StatusInfo {
         last_tid: st.staleness.last_tid,
         primary_last_known: st.staleness.primary_last_known,
         since_last_commit_us: st.since_last_commit.map(|d| d.as_micros() as u64),
+        behind_for_us: st.staleness.behind_for.map(|d| d.as_micros() as u64),
         primary: st.primary,
         servers: front
             .topology

@@ -35,6 +35,14 @@ pub enum ClientError {
     /// No address could be reached.
     #[error("cannot reach any server: {0}")]
     Unreachable(String),
+    /// The server asked for cannot prove it is within the read's bounds.
+    #[error("server {server} is too stale for this read: {why}")]
+    TooStale {
+        /// The server.
+        server: ServerId,
+        /// What it reported, against which bound.
+        why: String,
+    },
 }
 
 /// A connection that said hello.
@@ -110,11 +118,86 @@ impl Conn {
 pub enum ReadFrom {
     /// The primary only (always current).
     Primary,
-    /// Any server at most this many transactions behind the newest it knows of.
+    /// Any server that proves it is within both bounds, else the primary. A server cut off
+    /// from the primary stops learning how far the others went, so a bound in transactions
+    /// alone passes however stale it is: `max_staleness` bounds the time since it last knew
+    /// it was current (a server that cannot say is skipped).
     Replica {
-        /// The bound, in transactions.
+        /// The bound, in transactions behind the newest it knows of.
         max_lag: u64,
+        /// The bound in time (`None`: none).
+        max_staleness: Option<Duration>,
     },
+    /// This server only, whatever its role: refused with [`ClientError::TooStale`] when it
+    /// cannot prove it is within the bounds given (none given: always served; the answer says
+    /// how stale it is, see [`Client::load_reporting`]).
+    Server {
+        /// The server.
+        id: ServerId,
+        /// The bound in transactions, if any.
+        max_lag: Option<u64>,
+        /// The bound in time, if any.
+        max_staleness: Option<Duration>,
+    },
+}
+
+/// How stale the server that answered a read was when it answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadStaleness {
+    /// The server.
+    pub server: ServerId,
+    /// Its role.
+    pub role: replica::Role,
+    /// Its last transaction.
+    pub last_tid: Tid,
+    /// Transactions behind the newest it knows of.
+    pub lag: u64,
+    /// How long it may have been missing commits (zero: current; `None`: it has not been
+    /// current since it started).
+    pub behind_for: Option<Duration>,
+}
+
+impl ReadStaleness {
+    fn from_last(server: ServerId, r: &Response) -> Option<ReadStaleness> {
+        match r {
+            Response::Last {
+                tid,
+                role,
+                primary_last_known,
+                behind_for_us,
+            } => Some(ReadStaleness {
+                server,
+                role: *role,
+                last_tid: *tid,
+                lag: primary_last_known.0.saturating_sub(tid.0),
+                behind_for: behind_for_us.map(Duration::from_micros),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Why it is outside the bounds, if it is.
+    fn outside(&self, max_lag: Option<u64>, max_staleness: Option<Duration>) -> Option<String> {
+        if let Some(m) = max_lag {
+            if self.lag > m {
+                return Some(format!("{} transactions behind (bound {m})", self.lag));
+            }
+        }
+        if let Some(m) = max_staleness {
+            match self.behind_for {
+                None => return Some("not current since it started".into()),
+                Some(b) if b > m => {
+                    return Some(format!(
+                        "may have missed commits for {:.3} s (bound {:.3} s)",
+                        b.as_secs_f64(),
+                        m.as_secs_f64()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
 }
 
 /// A transaction being built: `begin`, `store`, then [`Client::commit`].
@@ -554,7 +637,42 @@ impl Client {
     }
 
     async fn read(&mut self, from: ReadFrom, req: Request) -> Result<Response, ClientError> {
+        Ok(self.read_reporting(from, req).await?.0)
+    }
+
+    /// A read, and how stale the server that answered was (asked just before: its last
+    /// transaction, lag and time behind). The primary's answers count as current.
+    async fn read_reporting(
+        &mut self,
+        from: ReadFrom,
+        req: Request,
+    ) -> Result<(Response, ReadStaleness), ClientError> {
         self.take_pushes();
+        if let ReadFrom::Server {
+            id,
+            max_lag,
+            max_staleness,
+        } = from
+        {
+            let st = match self.call_on(id, Request::LastTransaction).await {
+                Ok(r) => ReadStaleness::from_last(id, &r),
+                Err(e) => return Err(ClientError::Unreachable(e)),
+            };
+            let st = st.ok_or_else(|| ClientError::TooStale {
+                server: id,
+                why: "it does not serve reads now".into(),
+            })?;
+            if let Some(why) = st.outside(max_lag, max_staleness) {
+                return Err(ClientError::TooStale { server: id, why });
+            }
+            return match self.call_on(id, req).await {
+                Ok(Response::Error { kind, message }) => {
+                    Err(ClientError::Refused { kind, message })
+                }
+                Ok(r) => Ok((r, st)),
+                Err(e) => Err(ClientError::Unreachable(e)),
+            };
+        }
         let mut order: Vec<ServerId> = Vec::new();
         if let ReadFrom::Replica { .. } = from {
             // Prefer a replica other than the primary, in id order (spreads readers by id).
@@ -576,25 +694,58 @@ impl Client {
         }
         let mut last = String::from("no server");
         for s in order {
-            if let ReadFrom::Replica { max_lag } = from {
+            let mut st = ReadStaleness {
+                server: s,
+                role: replica::Role::Primary,
+                last_tid: Tid::ZERO,
+                lag: 0,
+                behind_for: Some(Duration::ZERO),
+            };
+            if let ReadFrom::Replica {
+                max_lag,
+                max_staleness,
+            } = from
+            {
                 if Some(s) != self.primary {
-                    match self.call_on(s, Request::LastTransaction).await {
-                        Ok(Response::Last {
-                            tid,
-                            primary_last_known,
-                            ..
-                        }) if primary_last_known.0.saturating_sub(tid.0) <= max_lag => {}
+                    let known = match self.call_on(s, Request::LastTransaction).await {
+                        Ok(r) => ReadStaleness::from_last(s, &r),
+                        Err(_) => None,
+                    };
+                    match known {
+                        Some(k) if k.outside(Some(max_lag), max_staleness).is_none() => st = k,
                         _ => continue,
                     }
                 }
             }
             match self.call_on(s, req.clone()).await {
                 Ok(Response::Error { kind, message }) => last = format!("{kind:?}: {message}"),
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    if let Response::Revision { last_tid, .. } = &r {
+                        st.last_tid = st.last_tid.max(*last_tid);
+                    }
+                    return Ok((r, st));
+                }
                 Err(e) => last = e,
             }
         }
         Err(ClientError::Unreachable(last))
+    }
+
+    /// The current revision of `oid` (`None`: never written) read as `from` says, and how
+    /// stale the answering server was: for a read that must say what it risks (a partitioned
+    /// replica serves its last state and reports for how long it may have missed commits).
+    /// Does not use the object cache.
+    pub async fn load_reporting(
+        &mut self,
+        oid: Oid,
+        from: ReadFrom,
+    ) -> Result<(Option<Revision>, ReadStaleness), ClientError> {
+        match self.read_reporting(from, Request::Load { oid }).await? {
+            (Response::Revision { rev, .. }, st) => Ok((rev, st)),
+            (other, _) => Err(ClientError::Unreachable(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
     }
 
     /// The current revision of `oid` (`None`: never written), and the answering server's last
@@ -606,7 +757,7 @@ impl Client {
     ) -> Result<(Option<Revision>, Tid), ClientError> {
         let cached = match from {
             ReadFrom::Replica { .. } => self.cache.clone(),
-            ReadFrom::Primary => None,
+            ReadFrom::Primary | ReadFrom::Server { .. } => None,
         };
         let mut seq0 = None;
         if let Some(c) = &cached {

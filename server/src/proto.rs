@@ -177,6 +177,9 @@ pub struct StatusInfo {
     pub primary_last_known: Tid,
     /// Microseconds since its last applied commit (`None`: none since it started).
     pub since_last_commit_us: Option<u64>,
+    /// Microseconds it may have been missing commits (0: current; `None`: not current since
+    /// it started; see `replica::Staleness::behind_for`).
+    pub behind_for_us: Option<u64>,
     /// The working primary and its epoch.
     pub primary: Option<(ServerId, Epoch)>,
     /// Every configured server.
@@ -210,6 +213,9 @@ pub enum Response {
         role: Role,
         /// Newest tid known.
         primary_last_known: Tid,
+        /// Microseconds it may have been missing commits (0: current; `None`: not current
+        /// since it started).
+        behind_for_us: Option<u64>,
     },
     /// A page of transactions; `more` if the range holds more.
     Transactions {
@@ -705,11 +711,13 @@ impl Response {
                 tid,
                 role,
                 primary_last_known,
+                behind_for_us,
             } => {
                 b = header(105, id);
                 b.put_u64(tid.0);
                 put_role(&mut b, *role);
                 b.put_u64(primary_last_known.0);
+                put_opt_u64(&mut b, *behind_for_us);
             }
             Response::Transactions { txns, more } => {
                 b = header(106, id);
@@ -732,6 +740,7 @@ impl Response {
                 b.put_u64(s.last_tid.0);
                 b.put_u64(s.primary_last_known.0);
                 put_opt_u64(&mut b, s.since_last_commit_us);
+                put_opt_u64(&mut b, s.behind_for_us);
                 match s.primary {
                     None => b.put_u8(0),
                     Some((p, e)) => {
@@ -840,6 +849,7 @@ impl Response {
                 tid: Tid(r.u64()?),
                 role: r.role()?,
                 primary_last_known: Tid(r.u64()?),
+                behind_for_us: r.opt_u64()?,
             },
             106 => {
                 let more = r.bool()?;
@@ -867,6 +877,7 @@ impl Response {
                 let last_tid = Tid(r.u64()?);
                 let primary_last_known = Tid(r.u64()?);
                 let since_last_commit_us = r.opt_u64()?;
+                let behind_for_us = r.opt_u64()?;
                 let primary = if r.bool()? {
                     Some((r.u32()?, Epoch(r.u64()?)))
                 } else {
@@ -888,6 +899,7 @@ impl Response {
                     last_tid,
                     primary_last_known,
                     since_last_commit_us,
+                    behind_for_us,
                     primary,
                     servers,
                 })
@@ -1097,6 +1109,7 @@ mod tests {
                 tid: Tid(1),
                 role: Role::Backup,
                 primary_last_known: Tid(2),
+                behind_for_us: Some(7),
             },
             Response::Transactions {
                 txns: vec![Transaction {
@@ -1116,6 +1129,7 @@ mod tests {
                 last_tid: Tid(1),
                 primary_last_known: Tid(1),
                 since_last_commit_us: Some(5),
+                behind_for_us: None,
                 primary: Some((0, Epoch(1))),
                 servers: vec![ServerInfo {
                     id: 0,

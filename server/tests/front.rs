@@ -350,7 +350,10 @@ async fn the_object_cache_is_kept_coherent_by_invalidations() {
     };
     let t = put(b"first");
     writer.commit(t, Duration::from_secs(5)).await.unwrap();
-    let any = ReadFrom::Replica { max_lag: 0 };
+    let any = ReadFrom::Replica {
+        max_lag: 0,
+        max_staleness: None,
+    };
     // Wait for the subscription, then fill the cache and hit it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while reader.cache_hits() == 0 {

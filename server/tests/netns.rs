@@ -194,3 +194,164 @@ fn partitions_of_the_primary_and_of_a_remote_replica_lose_nothing() {
         "the remote replica became primary"
     );
 }
+
+/// A replica cut off from the other servers under writes (the client host still reaches it):
+/// `standby get --server R --max-staleness-ms 1000` is refused once a second has passed, an
+/// unbounded `standby get --server R` is served and says for how long R may have missed
+/// commits, and after the heal the bounded read is served again.
+#[test]
+fn a_partitioned_replica_refuses_reads_bounded_in_time() {
+    let Some(h) = Harness::open(
+        "a_partitioned_replica_refuses_reads_bounded_in_time",
+        "stbl",
+        "10.92.0",
+    ) else {
+        return;
+    };
+    let subnet = "10.92.0";
+    h.run(&["up", "4"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.key"),
+        gcs::crypto::keygen([11; 32]),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("client.token"), "netns-token").unwrap();
+    let mut conf =
+        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\n");
+    for i in 1..=3u32 {
+        conf += &format!(
+            "[[server]]\nid = {}\nname = \"s{}\"\ngcs = \"{subnet}.{i}:7400\"\nclient = \"{subnet}.{i}:7600\"\nadmin = \"{subnet}.{i}:7700\"\n",
+            i - 1,
+            i - 1
+        );
+    }
+    let conf_path = dir.path().join("standby.toml");
+    std::fs::write(&conf_path, conf).unwrap();
+    let conf_s = conf_path.to_str().unwrap().to_string();
+    for i in 1..=3u32 {
+        let data = dir.path().join(format!("s{i}"));
+        let log = dir.path().join(format!("s{i}.log"));
+        h.run(&[
+            "exec",
+            "-b",
+            "--log",
+            log.to_str().unwrap(),
+            &i.to_string(),
+            env!("CARGO_BIN_EXE_standby-server"),
+            "--config",
+            &conf_s,
+            "--id",
+            &(i - 1).to_string(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+    }
+    let standby = |args: &[&str]| -> Option<String> {
+        let mut cmd = vec![env!("CARGO_BIN_EXE_standby"), "--config", &conf_s];
+        cmd.extend_from_slice(args);
+        h.exec(4, &cmd)
+    };
+    let mut put = None;
+    for _ in 0..100 {
+        put = standby(&["put", "probe", "v1"]);
+        if put.is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(put.is_some(), "no write accepted");
+    // Which server is primary, asked from the client host; the replica is another.
+    let primary = (1..=3u32)
+        .find(|i| {
+            h.exec(
+                4,
+                &[
+                    "curl",
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    "-m",
+                    "1",
+                    &format!("http://{subnet}.{i}:7700/primary"),
+                ],
+            )
+            .is_some()
+        })
+        .expect("a primary");
+    let r = primary % 3 + 1; // host of the replica
+    let rid = (r - 1).to_string();
+    let bounded = [
+        "get",
+        "probe",
+        "--server",
+        &rid,
+        "--max-staleness-ms",
+        "1000",
+    ];
+    let mut served = None;
+    for _ in 0..50 {
+        served = standby(&bounded);
+        if served.is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let served = served.expect("the replica serves a bounded read while current");
+    assert!(served.contains("current"), "{served}");
+    // Writes go on while the replica is cut off from the other servers.
+    let wl_log = dir.path().join("workload.log");
+    h.run(&[
+        "exec",
+        "-b",
+        "--log",
+        wl_log.to_str().unwrap(),
+        "4",
+        env!("CARGO_BIN_EXE_standby"),
+        "--config",
+        &conf_s,
+        "workload",
+        "--seconds",
+        "6",
+        "--clients",
+        "2",
+    ]);
+    sleep(Duration::from_millis(500));
+    let others: Vec<String> = (1..=3u32)
+        .filter(|i| *i != r)
+        .map(|i| i.to_string())
+        .collect();
+    h.run(&["partition", &format!("{r}|{}", others.join(","))]);
+    sleep(Duration::from_millis(2500));
+    assert!(
+        standby(&bounded).is_none(),
+        "a replica cut off 2.5 s ago served a read bounded to 1 s"
+    );
+    let unbounded = standby(&["get", "probe", "--server", &rid])
+        .expect("an unbounded read is served by the cut-off replica");
+    assert!(
+        unbounded.contains("may have missed commits for"),
+        "{unbounded}"
+    );
+    let secs: f64 = unbounded
+        .split("may have missed commits for ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .expect("seconds");
+    assert!(secs >= 2.0, "{unbounded}");
+    eprintln!("cut-off replica: {unbounded}");
+    h.run(&["heal"]);
+    let mut back = false;
+    for _ in 0..100 {
+        if standby(&bounded).is_some() {
+            back = true;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(
+        back,
+        "the replica never served a bounded read again after the heal"
+    );
+}

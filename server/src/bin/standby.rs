@@ -49,9 +49,17 @@ enum Cmd {
     Get {
         /// The key.
         key: String,
-        /// Read from a replica at most this many transactions behind.
+        /// Read from a replica at most this many transactions behind (else the primary).
         #[arg(long)]
         replica_lag: Option<u64>,
+        /// ... and that was current at most this long ago (a replica cut off from the
+        /// primary cannot tell how many transactions it missed, only for how long).
+        #[arg(long)]
+        max_staleness_ms: Option<u64>,
+        /// Read from this server only (refused if it cannot prove it is within the bounds
+        /// given; without bounds it answers, saying how stale it may be).
+        #[arg(long)]
+        server: Option<u32>,
     },
     /// Write a key.
     Put {
@@ -278,21 +286,42 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Get { key, replica_lag } => {
+        Cmd::Get {
+            key,
+            replica_lag,
+            max_staleness_ms,
+            server,
+        } => {
             let mut c = connect(&cli, fresh_id()?).await?;
-            let from = match replica_lag {
-                Some(n) => ReadFrom::Replica { max_lag: *n },
-                None => ReadFrom::Primary,
+            let max_staleness = max_staleness_ms.map(Duration::from_millis);
+            let from = match (server, replica_lag, max_staleness) {
+                (Some(id), _, _) => ReadFrom::Server {
+                    id: *id,
+                    max_lag: *replica_lag,
+                    max_staleness,
+                },
+                (None, None, None) => ReadFrom::Primary,
+                (None, lag, _) => ReadFrom::Replica {
+                    max_lag: lag.unwrap_or(u64::MAX),
+                    max_staleness,
+                },
             };
-            let (rev, last) = c
-                .load(key_oid(key)?, from)
+            let (rev, st) = c
+                .load_reporting(key_oid(key)?, from)
                 .await
                 .map_err(|e| e.to_string())?;
+            let behind = match st.behind_for {
+                Some(d) if d.is_zero() => "current".to_string(),
+                Some(d) => format!("may have missed commits for {:.3} s", d.as_secs_f64()),
+                None => "not current since it started".to_string(),
+            };
+            let how = format!(
+                "server {} ({:?}) at tid {}, {} transactions behind, {behind}",
+                st.server, st.role, st.last_tid.0, st.lag
+            );
             match rev.and_then(|r| r.data.map(|d| (r.tid, d))) {
-                Some((tid, d)) => {
-                    println!("{}\t(tid {}, server at {})", printable(&d), tid.0, last.0)
-                }
-                None => return Err(format!("{key}: not found")),
+                Some((tid, d)) => println!("{}\t(tid {}; {how})", printable(&d), tid.0),
+                None => return Err(format!("{key}: not found ({how})")),
             }
             Ok(())
         }
