@@ -141,7 +141,30 @@ async fn replica_probe(State(s): State<Arc<StorageServer>>) -> Response {
 }
 
 async fn status(State(s): State<Arc<StorageServer>>) -> Response {
-    with_status(&s, |_| true).await
+    let keys = s.key_status().await.ok().flatten();
+    match s.status().await {
+        Ok(st) => {
+            let mut v = status_json(&st);
+            v["keys"] = match keys {
+                Some(k) => serde_json::json!({
+                    "send": k.send,
+                    "held": k.held,
+                    "retired": k.retired,
+                    "peers": k.peers.iter().map(|(n, held, send)| serde_json::json!({
+                        "server": n, "held": held, "send": send,
+                    })).collect::<Vec<_>>(),
+                }),
+                None => serde_json::Value::Null,
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                v.to_string(),
+            )
+                .into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response(),
+    }
 }
 
 /// The Prometheus exposition text of a status.

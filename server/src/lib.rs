@@ -82,7 +82,7 @@ pub struct StorageServer {
     requests: mpsc::Sender<ServerRequest>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
-    _keys: mpsc::Sender<driver::KeyControl>,
+    keys: mpsc::Sender<driver::KeyControl>,
 }
 
 impl StorageServer {
@@ -161,7 +161,7 @@ impl StorageServer {
                 requests: r.requests,
                 shutdown: Some(r.shutdown),
                 task: r.task,
-                _keys: r.keys,
+                keys: r.keys,
             },
             r.events,
         ))
@@ -170,6 +170,32 @@ impl StorageServer {
     /// This server's id.
     pub fn id(&self) -> ServerId {
         self.id
+    }
+
+    /// The cluster key file was read again: see `gcs::net::driver::KeyControl::Reload`. The
+    /// servers move to the newest key together once every one holds it, then drop the old
+    /// one, without a view change.
+    pub async fn reload_keys(
+        &self,
+        keys: Vec<(gcs::KeyId, gcs::ClusterKey)>,
+    ) -> Result<Result<gcs::crypto::rotation::KeyStatus, String>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.keys
+            .send(driver::KeyControl::Reload { keys, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The keys this server holds and seals with, and what it heard of its peers' (`None`:
+    /// it runs without a cluster key).
+    pub async fn key_status(&self) -> Result<Option<gcs::crypto::rotation::KeyStatus>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.keys
+            .send(driver::KeyControl::Status { reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
     }
 
     async fn ask<T>(

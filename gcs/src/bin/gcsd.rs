@@ -168,14 +168,12 @@ async fn run(args: Args) -> Result<(), String> {
                 .into(),
         );
     }
+    let read_keys = |path: &std::path::Path| -> Result<Vec<(gcs::KeyId, ClusterKey)>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        gcs::crypto::parse_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+    };
     let security = match &key_file {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let key =
-                ClusterKey::from_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            Security::Key { id: 1, key }
-        }
+        Some(path) => Security::Keys(read_keys(path)?),
         None => {
             tracing::warn!("--insecure: daemon traffic is neither authenticated nor encrypted");
             Security::Plaintext
@@ -215,15 +213,29 @@ async fn run(args: Args) -> Result<(), String> {
     );
     let signal = async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return "no signal handlers".to_string();
         };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM".to_string(),
-            _ = int.recv() => "SIGINT".to_string(),
+        loop {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM".to_string(),
+                _ = int.recv() => return "SIGINT".to_string(),
+                _ = hup.recv() => {
+                    // A key rotation: read the key file again.
+                    let Some(path) = &key_file else { continue };
+                    match read_keys(path) {
+                        Ok(keys) => match daemon.reload_keys(keys).await {
+                            Ok(st) => tracing::info!(send = st.send, held = ?st.held, "SIGHUP: key file read again"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: a key was refused"),
+                        },
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: key file not read; keys unchanged"),
+                    }
+                }
+            }
         }
     };
     let why = signal.await;

@@ -1,8 +1,11 @@
 //! Cluster keys and the key file.
 //!
-//! A key file holds one line: the 32 key bytes as 64 lowercase hex digits, then a newline.
-//! Surrounding whitespace (a trailing newline, CRLF) is ignored; anything else is an error. Keep
-//! it readable by the daemon's user only (`gcs-keygen` creates it with mode 0600).
+//! A key file holds one key per line: its id (0-255) and its 32 bytes as 64 lowercase hex
+//! digits, separated by a space (`2 9f0c...`). A line of hex alone is key 1 (the one-key files
+//! written before rotation existed). Blank lines and surrounding whitespace are ignored;
+//! anything else is an error. Several keys are a rotation in progress (see
+//! [`super::rotation`]). Keep it readable by the daemon's user only (`gcs-keygen` creates it
+//! with mode 0600).
 
 use std::fmt;
 use thiserror::Error;
@@ -80,6 +83,43 @@ impl fmt::Debug for ClusterKey {
     }
 }
 
+/// Every key of a key file, by id (ascending).
+pub fn parse_key_file(text: &str) -> Result<Vec<(super::KeyId, ClusterKey)>, KeyFileError> {
+    let mut keys: Vec<(super::KeyId, ClusterKey)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (id, hex) = match line.split_once(char::is_whitespace) {
+            Some((id, hex)) => {
+                let id: super::KeyId = id
+                    .parse()
+                    .map_err(|_| KeyFileError::BadId { line: n + 1 })?;
+                (id, hex.trim())
+            }
+            None => (1, line),
+        };
+        let key = ClusterKey::from_key_file(hex)?;
+        if keys.iter().any(|(i, _)| *i == id) {
+            return Err(KeyFileError::DuplicateId { id });
+        }
+        keys.push((id, key));
+    }
+    if keys.is_empty() {
+        return Err(KeyFileError::Empty);
+    }
+    keys.sort_by_key(|(i, _)| *i);
+    Ok(keys)
+}
+
+/// Key file text holding `keys` (one `ID HEX` line each).
+pub fn write_key_file(keys: &[(super::KeyId, ClusterKey)]) -> String {
+    keys.iter()
+        .map(|(id, k)| format!("{id} {}", k.to_key_file()))
+        .collect()
+}
+
 /// Key file text for a new key made of `random`, which must come from a cryptographic random
 /// source (the `gcs-keygen` binary reads the operating system's).
 pub fn keygen(random: [u8; KEY_LEN]) -> String {
@@ -92,9 +132,21 @@ pub enum KeyFileError {
     /// Nothing but whitespace.
     #[error("key file is empty")]
     Empty,
-    /// More than one non-blank line.
+    /// More than one non-blank line where one key was expected.
     #[error("key file must hold exactly one line")]
     MultipleLines,
+    /// A key id that is not a number in 0-255.
+    #[error("key file line {line}: the key id must be a number in 0-255")]
+    BadId {
+        /// The line (from 1).
+        line: usize,
+    },
+    /// Two keys with one id.
+    #[error("key file: key id {id} appears twice")]
+    DuplicateId {
+        /// The id.
+        id: u8,
+    },
     /// Not 64 characters.
     #[error("key must be {} hex digits, found {found} characters", 2 * KEY_LEN)]
     Length {

@@ -112,8 +112,9 @@
 
 mod keyfile;
 mod replay;
+pub mod rotation;
 
-pub use keyfile::{keygen, ClusterKey, KeyFileError, KEY_LEN};
+pub use keyfile::{keygen, parse_key_file, write_key_file, ClusterKey, KeyFileError, KEY_LEN};
 pub use replay::{ReplayWindow, Verdict, MAX_TRACKED_NODES, WINDOW};
 
 use crate::{Dest, ProcId};
@@ -421,10 +422,25 @@ impl PacketSecurity {
     /// Fails only with [`CryptoError::CounterExhausted`], after 2^64 datagrams (or for a
     /// datagram beyond the AEAD's 256 GiB limit).
     pub fn seal(&mut self, dest: Dest, plain: &[u8]) -> Result<Bytes, CryptoError> {
+        self.seal_with(self.send_key, dest, plain)
+    }
+
+    /// [`seal`](Self::seal) with a held key other than the send key (key announcements go out
+    /// once under every key held, so that a peer holding any of them reads one). The counter
+    /// is shared by all keys, so no nonce repeats under any key.
+    pub fn seal_with(
+        &mut self,
+        key_id: KeyId,
+        dest: Dest,
+        plain: &[u8],
+    ) -> Result<Bytes, CryptoError> {
+        if !self.keys.contains_key(&key_id) {
+            return Err(CryptoError::NoSuchKey(key_id));
+        }
         let counter = self.next_counter.ok_or(CryptoError::CounterExhausted)?;
         self.next_counter = counter.checked_add(1);
         let header = SealedHeader {
-            key_id: self.send_key,
+            key_id,
             sender: self.me,
             counter,
             dest,
@@ -433,11 +449,10 @@ impl PacketSecurity {
         let mut out = BytesMut::with_capacity(SEALED_OVERHEAD + plain.len());
         out.put_slice(&aad);
         out.put_slice(plain);
-        // The send key is always held (`remove_key` refuses it).
         let cipher = &self
             .keys
-            .get(&self.send_key)
-            .ok_or(CryptoError::NoSuchKey(self.send_key))?
+            .get(&key_id)
+            .ok_or(CryptoError::NoSuchKey(key_id))?
             .cipher;
         let tag = cipher
             .encrypt_in_place_detached(&header.nonce(), &aad, &mut out[SEALED_HEADER_LEN..])

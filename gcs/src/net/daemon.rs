@@ -23,6 +23,10 @@ pub enum Security {
         /// The key.
         key: ClusterKey,
     },
+    /// Several keys, as in a key file with a rotation in progress (see
+    /// [`crate::crypto::rotation`]): sealing starts with the oldest, and the daemons move to
+    /// the newest together once every one holds it.
+    Keys(Vec<(KeyId, ClusterKey)>),
     /// No protection: only for tests and benchmarks on a trusted loopback.
     Plaintext,
 }
@@ -31,6 +35,11 @@ impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Security::Key { id, .. } => write!(f, "Key {{ id: {id}, .. }}"),
+            Security::Keys(k) => write!(
+                f,
+                "Keys {{ ids: {:?}, .. }}",
+                k.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+            ),
             Security::Plaintext => write!(f, "Plaintext"),
         }
     }
@@ -166,6 +175,31 @@ impl GroupDaemon {
     pub async fn remove_key(&self, id: KeyId) -> Result<(), CryptoError> {
         self.key_call(|reply| driver::KeyControl::Remove { id, reply })
             .await
+    }
+
+    /// The key file was read again: accept its keys (a rotation: the daemons move to the
+    /// newest key together once every one holds it, then drop the old one, by themselves;
+    /// see [`crate::crypto::rotation`]). Returns what the daemon holds afterwards.
+    pub async fn reload_keys(
+        &self,
+        keys: Vec<(KeyId, ClusterKey)>,
+    ) -> Result<crate::crypto::rotation::KeyStatus, String> {
+        let (reply, rx) = oneshot::channel();
+        self.keys
+            .send(driver::KeyControl::Reload { keys, reply })
+            .await
+            .map_err(|_| "daemon stopped".to_string())?;
+        rx.await.map_err(|_| "daemon stopped".to_string())?
+    }
+
+    /// The keys held and sealed with, and the peers' as last announced (`None`: no key layer).
+    pub async fn key_status(&self) -> Option<crate::crypto::rotation::KeyStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.keys
+            .send(driver::KeyControl::Status { reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
     }
 
     /// A sender for requests (used by the session server).

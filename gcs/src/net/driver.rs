@@ -3,6 +3,8 @@
 //! clock and hand events over.
 
 use super::config::ClusterConfig;
+use crate::crypto::rotation::{is_announcement, KeyRotation, KeyStatus};
+use crate::crypto::SealedHeader;
 use crate::{Dest, NodeId, PacketSecurity, Time};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -146,19 +148,32 @@ fn admitted(peers: &Peers, strict: bool, from: SocketAddr) -> bool {
 
 /// Opens (when security is on) and hands a datagram to the core. A datagram that fails to open
 /// is counted by the security layer and never reaches the core's parser.
+/// Hands a datagram to the core, or a key announcement to the rotation; true for the latter.
 fn receive<C: Core>(
     core: &mut C,
     security: &mut Option<PacketSecurity>,
+    rotation: &mut Option<KeyRotation>,
     now: Time,
     datagram: &[u8],
-) {
+) -> bool {
     match security.as_mut() {
         Some(sec) => {
             if let Ok(plain) = sec.open(datagram) {
+                if is_announcement(&plain) {
+                    if let (Some(r), Ok(h)) = (rotation.as_mut(), SealedHeader::decode(datagram)) {
+                        r.on_announcement(now, h.sender.node, &plain);
+                        return true;
+                    }
+                    return false;
+                }
                 core.handle_packet(now, plain);
             }
+            false
         }
-        None => core.handle_packet(now, Bytes::copy_from_slice(datagram)),
+        None => {
+            core.handle_packet(now, Bytes::copy_from_slice(datagram));
+            false
+        }
     }
 }
 
@@ -189,9 +204,75 @@ pub enum KeyControl {
         /// Result.
         reply: oneshot::Sender<Result<(), crate::CryptoError>>,
     },
+    /// The key file was read again: accept every key in it (except those the rotation
+    /// already dropped) and forget held keys it no longer lists (never the send key). The
+    /// switch to a new key and the drop of the old one follow by themselves
+    /// ([`crate::crypto::rotation`]).
+    Reload {
+        /// The file's keys.
+        keys: Vec<(crate::KeyId, crate::ClusterKey)>,
+        /// What the daemon holds afterwards, or why a key was refused.
+        reply: oneshot::Sender<Result<KeyStatus, String>>,
+    },
+    /// What the daemon holds and knows of its peers' keys (`None`: no key layer).
+    Status {
+        /// The answer.
+        reply: oneshot::Sender<Option<KeyStatus>>,
+    },
 }
 
-fn key_control(security: &mut Option<PacketSecurity>, c: KeyControl) {
+fn reload_keys(
+    sec: &mut PacketSecurity,
+    rot: &mut KeyRotation,
+    now: Time,
+    keys: &[(crate::KeyId, crate::ClusterKey)],
+) -> Result<KeyStatus, String> {
+    let mut refused = Vec::new();
+    for (id, key) in keys {
+        if rot.is_retired(*id) {
+            continue;
+        }
+        if let Err(e) = sec.add_key(*id, key) {
+            refused.push(format!("key {id}: {e}"));
+        }
+    }
+    for id in sec.key_ids() {
+        if !keys.iter().any(|(k, _)| *k == id) && id != sec.send_key() {
+            let _ = sec.remove_key(id);
+        }
+    }
+    rot.keys_changed(now);
+    if refused.is_empty() {
+        Ok(rot.status(now, sec))
+    } else {
+        Err(refused.join("; "))
+    }
+}
+
+fn key_control(
+    security: &mut Option<PacketSecurity>,
+    rotation: &mut Option<KeyRotation>,
+    now: Time,
+    c: KeyControl,
+) {
+    let c = match (security.as_mut(), rotation.as_mut(), c) {
+        (Some(sec), Some(rot), KeyControl::Reload { keys, reply }) => {
+            let _ = reply.send(reload_keys(sec, rot, now, &keys));
+            return;
+        }
+        (_, _, KeyControl::Reload { reply, .. }) => {
+            let _ = reply.send(Err("this daemon runs without a cluster key".into()));
+            return;
+        }
+        (sec, rot, KeyControl::Status { reply }) => {
+            let _ = reply.send(match (sec, rot) {
+                (Some(s), Some(r)) => Some(r.status(now, s)),
+                _ => None,
+            });
+            return;
+        }
+        (_, _, c) => c,
+    };
     let (r, reply) = match (security.as_mut(), c) {
         (Some(s), KeyControl::Add { id, key, reply }) => (s.add_key(id, &key), reply),
         (Some(s), KeyControl::SetSendKey { id, reply }) => (s.set_send_key(id), reply),
@@ -201,6 +282,7 @@ fn key_control(security: &mut Option<PacketSecurity>, c: KeyControl) {
         | (None, KeyControl::Remove { id, reply }) => {
             (Err(crate::CryptoError::NoSuchKey(id)), reply)
         }
+        (_, KeyControl::Reload { .. } | KeyControl::Status { .. }) => return,
     };
     let _ = reply.send(r);
 }
@@ -254,6 +336,8 @@ pub async fn run<C: Core>(
         mut keys,
     } = channels;
     let mut peers = Peers::new(&cluster, me);
+    let mut rotation = security.as_ref().map(|_| KeyRotation::new(me, clock.now()));
+    let mut announced = false;
     let mut strict = false;
     let mut buf = vec![0u8; 65_536];
     let mut waiting: VecDeque<C::Request> = VecDeque::new();
@@ -302,6 +386,28 @@ pub async fn run<C: Core>(
                 }
             }
         }
+        // Key rotation: switch, drop, announce (after an announcement came in, or when due).
+        if let (Some(sec), Some(rot)) = (security.as_mut(), rotation.as_mut()) {
+            let now = clock.now();
+            if announced || rot.deadline() <= now {
+                announced = false;
+                if let Some(a) = rot.tick(now, sec) {
+                    for k in sec.key_ids() {
+                        let Ok(bytes) = sec.seal_with(k, Dest::All, &a) else {
+                            continue;
+                        };
+                        match mcast_group {
+                            Some(g) => send(&socket, &bytes, g).await,
+                            None => {
+                                for a in &peers.all {
+                                    send(&socket, &bytes, *a).await;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         // Requests that had to wait for room in the send queue.
         while let Some(r) = waiting.pop_front() {
             if let Some(r) = core.handle_request(clock.now(), r) {
@@ -325,13 +431,20 @@ pub async fn run<C: Core>(
                 None => std::future::pending().await,
             }
         };
+        let rotation_due = rotation.as_ref().map(|r| r.deadline());
+        let rotation_sleep = async {
+            match rotation_due {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = &mut shutdown => return Ok(()),
             r = socket.recv_from(&mut buf) => {
                 match r {
                     Ok((n, from)) if admitted(&peers, strict, from) => {
-                        receive(&mut core, &mut security, clock.now(), &buf[..n])
+                        announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &buf[..n])
                     }
                     Ok(_) => {}
                     Err(e) => tracing::trace!(error = %e, "recv failed"),
@@ -341,7 +454,7 @@ pub async fn run<C: Core>(
                 for _ in 0..256 {
                     match socket.try_recv_from(&mut buf) {
                         Ok((n, from)) if admitted(&peers, strict, from) => {
-                            receive(&mut core, &mut security, clock.now(), &buf[..n])
+                            announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &buf[..n])
                         }
                         Ok(_) => {}
                         Err(_) => break,
@@ -377,11 +490,12 @@ pub async fn run<C: Core>(
             r = recv_multicast(&mcast_socket, &mut mbuf) => {
                 if let Ok((n, from)) = r {
                     if admitted(&peers, strict, from) {
-                        receive(&mut core, &mut security, clock.now(), &mbuf[..n]);
+                        announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &mbuf[..n]);
                     }
                 }
             }
-            Some(k) = keys.recv() => key_control(&mut security, k),
+            Some(k) = keys.recv() => key_control(&mut security, &mut rotation, clock.now(), k),
+            _ = rotation_sleep => {}
             _ = sleep => core.handle_timeout(clock.now()),
         }
     }
@@ -424,6 +538,17 @@ pub fn spawn<C: Core>(
         .map_err(|source| super::StartError::Bind { addr, source })?;
     let security = match security {
         super::Security::Key { id, key } => Some(PacketSecurity::new(me, *id, key)),
+        super::Security::Keys(keys) => {
+            let Some((first, rest)) = keys.split_first() else {
+                return Err(super::StartError::NoKey);
+            };
+            let mut sec = PacketSecurity::new(me, first.0, &first.1);
+            for (id, key) in rest {
+                sec.add_key(*id, key)
+                    .map_err(|e| super::StartError::Key(e.to_string()))?;
+            }
+            Some(sec)
+        }
         super::Security::Plaintext => None,
     };
     let (req_tx, req_rx) = mpsc::channel(4096);

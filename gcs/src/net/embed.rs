@@ -78,6 +78,12 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// `Security::Keys` without a key.
+    #[error("no cluster key given")]
+    NoKey,
+    /// A key was refused (two keys with one id).
+    #[error("cluster key: {0}")]
+    Key(String),
 }
 
 /// Why a multicast failed.

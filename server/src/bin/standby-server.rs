@@ -131,6 +131,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every key of the key file.
+fn read_keys(path: &std::path::Path) -> Result<Vec<(gcs::KeyId, ClusterKey)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    gcs::crypto::parse_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// `--verify`: a full read of the store.
 fn verify(args: &Args) -> Result<(), Failure> {
     let (dir, new) = server::checkpoint::live_store_dir(&args.data)
@@ -182,14 +188,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 );
                 Security::Plaintext
             }
-            (Some(k), false) => {
-                let path = cfg.resolve(k);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let key = ClusterKey::from_key_file(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Security::Key { id: 1, key }
-            }
+            (Some(k), false) => Security::Keys(read_keys(&cfg.resolve(k))?),
             (None, false) => return Err(
                 "no key_file in the configuration (make one with `standby keygen`), or --insecure"
                     .into(),
@@ -340,6 +339,31 @@ async fn run(args: Args) -> Result<(), Failure> {
             tracing::error!(error = %e, "admin endpoint stopped");
         }
     });
+    // SIGHUP: read the key file again (a key rotation, see `standby keygen --rotate`).
+    if let Some(k) = cfg.key_file.as_ref().filter(|_| !args.insecure) {
+        let path = cfg.resolve(k);
+        let rk = server.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let keys = match read_keys(&path) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: key file not read; keys unchanged");
+                        continue;
+                    }
+                };
+                match rk.reload_keys(keys).await {
+                    Ok(Ok(st)) => {
+                        tracing::info!(send = st.send, held = ?st.held, "SIGHUP: key file read again")
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: a key was refused"),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let mut outcome = Ok(());

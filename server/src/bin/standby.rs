@@ -158,6 +158,12 @@ enum Cmd {
         /// Where to write cluster.key and client.token.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Rotate: add a new key to DIR/cluster.key (keeping the newest one already there,
+        /// dropping older ones) and leave client.token alone. Copy the file to every server
+        /// and send each SIGHUP: they move to the new key together and drop the old one,
+        /// without a view change.
+        #[arg(long)]
+        rotate: bool,
     },
 }
 
@@ -242,7 +248,33 @@ fn fresh_id() -> Result<u64, String> {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match &cli.cmd {
-        Cmd::Keygen { dir } => {
+        Cmd::Keygen { dir, rotate: true } => {
+            let path = dir.join("cluster.key");
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let keys = gcs::crypto::parse_key_file(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let (last_id, last) = keys.last().cloned().ok_or("no key in the file")?;
+            let id = last_id
+                .checked_add(1)
+                .ok_or("key id 255 reached: start a new series (a cluster restart)")?;
+            let new = gcs::ClusterKey::from_bytes(random_bytes::<32>()?);
+            // Written beside it, then renamed over it: a server reading it at that moment
+            // sees the old file or the new one, never half of one.
+            let tmp = dir.join("cluster.key.new");
+            let _ = std::fs::remove_file(&tmp);
+            write_secret(
+                &tmp,
+                &gcs::crypto::write_key_file(&[(last_id, last), (id, new)]),
+            )?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "{}: key {id} added after key {last_id}; copy it to every server and send each SIGHUP",
+                path.display()
+            );
+            Ok(())
+        }
+        Cmd::Keygen { dir, rotate: false } => {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             let key = gcs::crypto::keygen(random_bytes::<32>()?);
             write_secret(&dir.join("cluster.key"), &key)?;
