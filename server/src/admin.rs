@@ -9,7 +9,9 @@
 //! | `/status` | always (JSON) | operators, the CLI |
 //! | `/metrics` | always (Prometheus text) | scraping |
 //!
-//! Otherwise 503, with the status JSON as body.
+//! Otherwise 503, with the status JSON as body. When the cluster has client tokens, `/status`
+//! and `/metrics` answer 401 without `Authorization: Bearer <admin token>`; the three probes
+//! answer anyone (a probe says only a status code, and load balancers carry no token).
 
 use crate::{ServerStatus, StorageServer};
 use axum::extract::State;
@@ -28,6 +30,34 @@ pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 struct AdminState {
     server: Arc<StorageServer>,
     extra: Option<ExtraMetrics>,
+    /// Tokens that open `/status` and `/metrics` (`None`: open to all).
+    admin_tokens: Option<Arc<Vec<bytes::Bytes>>>,
+}
+
+/// Whether the request carries an admin token (or none is needed).
+fn authorized(st: &AdminState, headers: &axum::http::HeaderMap) -> bool {
+    let Some(tokens) = &st.admin_tokens else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let granted: Vec<(crate::front::Access, bytes::Bytes)> = tokens
+        .iter()
+        .map(|t| (crate::front::Access::Admin, t.clone()))
+        .collect();
+    crate::front::access_of(&granted, given.trim().as_bytes()).is_some()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "an admin token is needed (Authorization: Bearer TOKEN)\n",
+    )
+        .into_response()
 }
 
 impl axum::extract::FromRef<AdminState> for Arc<StorageServer> {
@@ -41,14 +71,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<StorageServer>,
 ) -> std::io::Result<()> {
-    serve_with(listener, server, None).await
+    serve_with(listener, server, None, None).await
 }
 
-/// [`serve`], with `extra` lines appended to `/metrics`.
+/// [`serve`], with `extra` lines appended to `/metrics`, and `/status` and `/metrics` only for
+/// requests bearing one of `admin_tokens` (`None`: open).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     server: Arc<StorageServer>,
     extra: Option<ExtraMetrics>,
+    admin_tokens: Option<Vec<bytes::Bytes>>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(health))
@@ -56,7 +88,11 @@ pub async fn serve_with(
         .route("/replica", get(replica_probe))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { server, extra });
+        .with_state(AdminState {
+            server,
+            extra,
+            admin_tokens: admin_tokens.map(Arc::new),
+        });
     axum::serve(listener, app).await
 }
 
@@ -140,7 +176,11 @@ async fn replica_probe(State(s): State<Arc<StorageServer>>) -> Response {
     with_status(&s, |st| st.staleness.role == Role::Backup).await
 }
 
-async fn status(State(s): State<Arc<StorageServer>>) -> Response {
+async fn status(State(st): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let s = st.server;
     let keys = s.key_status().await.ok().flatten();
     match s.status().await {
         Ok(st) => {
@@ -313,7 +353,10 @@ pub fn metrics_text(st: &ServerStatus) -> String {
     o
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
+async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
     match s.server.status().await {
         Ok(st) => (
             StatusCode::OK,

@@ -4,7 +4,8 @@
 //! mode = "sync"                  # or "async"
 //! async_window = 64              # async: most acknowledged commits a failover may lose
 //! key_file = "cluster.key"       # gcs datagram key (gcs-keygen / standby keygen), relative to this file
-//! client_token_file = "client.token"   # optional: clients must present this token
+//! client_token_file = "client.token"   # optional: clients must present this token (it allows everything)
+//! client_tokens_file = "tokens"        # optional: `ROLE TOKEN` lines, role read, write or admin
 //! fast_recovery_after = 100000   # recover by objects when further behind (tids)
 //! checkpoint_after = 1000000     # an empty store further behind gets a checkpoint
 //! zeo_storage = "1"              # the storage name ZEO clients register with
@@ -110,9 +111,12 @@ pub struct StandbyConfig {
     /// The gcs datagram key file.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// The client token file.
+    /// The client token file: one token that allows everything.
     #[serde(default)]
     pub client_token_file: Option<PathBuf>,
+    /// Client tokens with roles: `ROLE TOKEN` lines (`read`, `write`, `admin`).
+    #[serde(default)]
+    pub client_tokens_file: Option<PathBuf>,
     /// Recovery threshold: by objects beyond this many tids.
     #[serde(default)]
     pub fast_recovery_after: Option<u64>,

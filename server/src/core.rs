@@ -121,6 +121,9 @@ pub enum ReadAnswer {
     Lost(Vec<storage::LostTransaction>),
 }
 
+/// Object bytes above which a page of iteration ends (the client asks for the next page).
+pub(crate) const ITERATE_PAGE_BYTES: usize = 8 << 20;
+
 pub(crate) fn read_store<S: Storage + ?Sized>(
     store: &S,
     op: ReadOp,
@@ -135,14 +138,22 @@ pub(crate) fn read_store<S: Storage + ?Sized>(
         ReadOp::Iterate { start, stop, max } => {
             let max = max.clamp(1, 10_000) as usize;
             let mut txns = Vec::new();
+            let mut bytes = 0usize;
             let mut more = false;
             let range = storage::TidRange::new(Some(start), Some(stop));
             for t in store.iter(range, storage::Direction::Forward)? {
-                if txns.len() == max {
+                // A page holds at least one transaction, whatever its size.
+                if txns.len() == max || bytes >= ITERATE_PAGE_BYTES {
                     more = true;
                     break;
                 }
-                txns.push(t?);
+                let t = t?;
+                bytes += t
+                    .records
+                    .iter()
+                    .map(|r| r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len()))
+                    .sum::<usize>();
+                txns.push(t);
             }
             ReadAnswer::Transactions(txns, more)
         }

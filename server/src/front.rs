@@ -14,12 +14,87 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
+/// What a client token allows, in increasing order: each level includes the ones below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Loads, history, iteration, status, the invalidation stream.
+    Read,
+    /// Reads and commits.
+    Write,
+    /// Everything: switchover, adding and removing replicas, the lost archive, and the admin
+    /// endpoint's `/status` and `/metrics`.
+    Admin,
+}
+
+impl std::str::FromStr for Access {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Access, String> {
+        match s {
+            "read" => Ok(Access::Read),
+            "write" => Ok(Access::Write),
+            "admin" => Ok(Access::Admin),
+            other => Err(format!("{other:?} is not a role (read, write or admin)")),
+        }
+    }
+}
+
+/// The client tokens: `ROLE TOKEN` lines (`read`, `write` or `admin`), blank lines and `#`
+/// comments ignored.
+pub fn parse_tokens(text: &str) -> Result<Vec<(Access, Bytes)>, String> {
+    let mut v = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (role, token) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("line {}: expected ROLE TOKEN", n + 1))?;
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "line {}: a token needs at least 16 characters",
+                n + 1
+            ));
+        }
+        v.push((
+            role.parse().map_err(|e| format!("line {}: {e}", n + 1))?,
+            Bytes::from(token.to_string()),
+        ));
+    }
+    Ok(v)
+}
+
+/// The access `token` gives among `tokens` (every token is compared, in constant time each).
+pub fn access_of(tokens: &[(Access, Bytes)], token: &[u8]) -> Option<Access> {
+    let mut found = None;
+    for (a, t) in tokens {
+        if constant_time_eq(token, t) {
+            found = found.max(Some(*a));
+        }
+    }
+    found
+}
+
+/// The access a request needs.
+fn needs(req: &Request) -> Access {
+    match req {
+        Request::Commit { .. } => Access::Write,
+        Request::AddReplica { .. }
+        | Request::RemoveReplica { .. }
+        | Request::LostArchive { .. }
+        | Request::Switchover { .. } => Access::Admin,
+        _ => Access::Read,
+    }
+}
+
 /// What every connection shares.
 pub struct Front {
     /// The server.
     pub server: Arc<StorageServer>,
-    /// The token clients must present (`None`: any).
-    pub token: Option<Bytes>,
+    /// The tokens clients may present, with what each allows (`None`: no token needed, every
+    /// client has [`Access::Admin`]: for a throwaway cluster only).
+    pub tokens: Option<Vec<(Access, Bytes)>>,
     /// The servers of the configuration file (id, name, client address).
     pub configured: Vec<(u32, String, String)>,
     /// The servers now, for topology answers: the configured ones as added and removed while
@@ -29,6 +104,9 @@ pub struct Front {
     pub events: broadcast::Sender<ServerEvent>,
     /// How long a new connection has to say Hello ([`HELLO_TIMEOUT`] in the server).
     pub hello_timeout: std::time::Duration,
+    /// How long one frame to a client may wait for room in its socket before the client is
+    /// cut off as one that stopped reading ([`WRITE_STALL_MAX`] in the server).
+    pub write_stall_max: std::time::Duration,
 }
 
 impl Front {
@@ -60,6 +138,8 @@ impl Front {
 pub const CONNECTIONS_MAX: usize = 4096;
 /// How long a new connection has to say Hello, by default.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a frame may wait for a client to make room, by default.
+pub const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts clients until the listener fails.
 pub async fn serve(listener: TcpListener, front: Arc<Front>) {
@@ -108,13 +188,22 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
     let (mut rd, wr) = sock.into_split();
     // Answers and pushed events share the socket: each frame is written whole under a lock,
     // by the task that has it (no hop through a writer task for every answer).
-    let tx = Out(Arc::new(tokio::sync::Mutex::new(wr)));
+    let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
+    let tx = Out {
+        w: Arc::new(tokio::sync::Mutex::new(wr)),
+        cut: Arc::new(cut),
+        stall_max: front.write_stall_max,
+    };
     let mut hello = false;
+    let mut access = Access::Read;
     // One deadline for the whole greeting: bad frames before Hello do not extend it.
     let hello_deadline = tokio::time::Instant::now() + front.hello_timeout;
     let result = loop {
         let read = if hello {
-            read_frame(&mut rd).await
+            tokio::select! {
+                r = read_frame(&mut rd) => r,
+                _ = cut_rx.wait_for(|c| *c) => break Ok(()),
+            }
         } else {
             // Before Hello: small frames only, and not forever.
             match tokio::time::timeout_at(hello_deadline, read_hello_frame(&mut rd)).await {
@@ -166,23 +255,24 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
             }
         };
         if !hello {
-            let ok = match (&req, &front.token) {
-                (Request::Hello { .. }, None) => true,
-                (Request::Hello { token }, Some(t)) => constant_time_eq(token, t),
-                _ => false,
+            let granted = match (&req, &front.tokens) {
+                (Request::Hello { .. }, None) => Some(Access::Admin),
+                (Request::Hello { token }, Some(t)) => access_of(t, token),
+                _ => None,
             };
-            if !ok {
+            let Some(granted) = granted else {
                 let _ = tx
                     .send(
                         err(
                             ErrorKind::Unauthorized,
-                            "a Hello with the cluster's client token must come first",
+                            "a Hello with one of the cluster's client tokens must come first",
                         )
                         .encode(id),
                     )
                     .await;
                 break Ok(());
-            }
+            };
+            access = granted;
             hello = true;
             let _ = tx
                 .send(
@@ -194,7 +284,15 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
                 .await;
             continue;
         }
-        let answer = handle(&front, req, &tx).await;
+        let need = needs(&req);
+        let answer = if access < need {
+            err(
+                ErrorKind::Unauthorized,
+                format!("this token allows {access:?} requests; this one needs {need:?}"),
+            )
+        } else {
+            handle(&front, req, &tx).await
+        };
         if tx.send(answer.encode(id)).await.is_err() {
             break Ok(());
         }
@@ -202,13 +300,35 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
     result
 }
 
-/// The write side of a client connection, shared by its answers and its pushed events.
+/// The write side of a client connection, shared by its answers and its pushed events. A
+/// client that stops reading fills its socket's buffer; a frame that cannot be written within
+/// `stall_max` cuts the connection off (`cut` tells the reading loop), so such a client costs
+/// a bounded backlog (its socket buffer, and the event channel, whose laggards are told to
+/// drop their cache) and never holds up the server or other clients.
 #[derive(Clone)]
-struct Out(Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>);
+struct Out {
+    w: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    stall_max: std::time::Duration,
+}
 
 impl Out {
     async fn send(&self, frame: Bytes) -> std::io::Result<()> {
-        self.0.lock().await.write_all(&frame).await
+        if *self.cut.borrow() {
+            return Err(std::io::Error::other("connection cut off"));
+        }
+        let write = async { self.w.lock().await.write_all(&frame).await };
+        match tokio::time::timeout(self.stall_max, write).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    stall = ?self.stall_max,
+                    "a client stopped reading its answers or its events: connection cut off"
+                );
+                self.cut.send_replace(true);
+                Err(std::io::Error::other("client stopped reading"))
+            }
+        }
     }
 }
 
@@ -270,7 +390,21 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
         Request::History { oid, n } => read(front, ReadOp::History(oid, n)).await,
         Request::LastTransaction => read(front, ReadOp::Last).await,
         Request::Iterate { start, stop, max } => {
-            read(front, ReadOp::Iterate { start, stop, max }).await
+            // A scan runs on this connection's task (through the store's read handle when it
+            // has one), not on the ring's, and its page is bounded in bytes.
+            let op = ReadOp::Iterate { start, stop, max };
+            match front
+                .server
+                .read_fast(move |store, _| crate::core::read_store(store, op.clone()))
+                .await
+            {
+                Ok(Ok(ReadAnswer::Transactions(txns, more))) => {
+                    Response::Transactions { txns, more }
+                }
+                Ok(Ok(_)) => err(ErrorKind::Internal, "unexpected answer to an iteration"),
+                Ok(Err(e)) => err(ErrorKind::Unavailable, e.to_string()),
+                Err(_) => err(ErrorKind::Internal, "the server has stopped"),
+            }
         }
         Request::Status => match front.server.status().await {
             Ok(st) => Response::Status(status_info(front, &st)),

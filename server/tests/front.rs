@@ -22,6 +22,11 @@ const TOKEN: &[u8] = b"s3cret";
 
 /// One server (a primary component by itself) with its client port; returns the port's address.
 async fn one_server() -> (Arc<StorageServer>, String) {
+    one_server_with(vec![(front::Access::Admin, Bytes::from_static(TOKEN))]).await
+}
+
+/// [`one_server`] with these client tokens.
+async fn one_server_with(tokens: Vec<(front::Access, Bytes)>) -> (Arc<StorageServer>, String) {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = udp.local_addr().unwrap();
     drop(udp);
@@ -53,11 +58,12 @@ async fn one_server() -> (Arc<StorageServer>, String) {
     let client_addr = listener.local_addr().unwrap().to_string();
     let f = Arc::new(Front {
         server: server.clone(),
-        token: Some(Bytes::from_static(TOKEN)),
+        tokens: Some(tokens),
         configured: vec![(0, "s0".into(), client_addr.clone())],
         topology: std::sync::RwLock::new(vec![(0, "s0".into(), client_addr.clone())]),
         events: tx,
         hello_timeout: Duration::from_millis(300),
+        write_stall_max: Duration::from_millis(500),
     });
     tokio::spawn(front::serve(listener, f));
     // Wait for the primary.
@@ -380,4 +386,261 @@ async fn the_object_cache_is_kept_coherent_by_invalidations() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A connection that said hello with `token`.
+async fn hello(addr: &str, token: &'static [u8]) -> TcpStream {
+    let mut s = raw(addr).await;
+    s.write_all(
+        &Request::Hello {
+            token: Bytes::from_static(token),
+        }
+        .encode(1),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(answer(&mut s).await, Some(Response::Welcome { .. })),
+        "hello with {:?}",
+        String::from_utf8_lossy(token)
+    );
+    s
+}
+
+async fn ask(s: &mut TcpStream, req: Request) -> Response {
+    s.write_all(&req.encode(2)).await.unwrap();
+    answer(s).await.expect("an answer")
+}
+
+fn unauthorized(r: &Response) -> bool {
+    matches!(
+        r,
+        Response::Error {
+            kind: ErrorKind::Unauthorized,
+            ..
+        }
+    )
+}
+
+/// Tokens with roles: a read token reads but cannot commit, a write token commits but cannot
+/// switch over or read the lost archive, an admin token can; the refusals leave the connection
+/// open. The admin endpoint answers its probes to anyone and `/status` and `/metrics` only to
+/// an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_have_roles_and_the_admin_endpoint_wants_an_admin_token() {
+    const READ: &[u8] = b"read-token-0123456789";
+    const WRITE: &[u8] = b"write-token-0123456789";
+    const ADMIN: &[u8] = b"admin-token-0123456789";
+    let parsed = front::parse_tokens(&format!(
+        "# roles\nread {}\nwrite {}\n\nadmin {}\n",
+        String::from_utf8_lossy(READ),
+        String::from_utf8_lossy(WRITE),
+        String::from_utf8_lossy(ADMIN)
+    ))
+    .unwrap();
+    assert!(front::parse_tokens("root 0123456789abcdef0123").is_err());
+    assert!(front::parse_tokens("read short").is_err());
+    let (server, addr) = one_server_with(parsed).await;
+    let commit = |request| Request::Commit {
+        client: 9,
+        request,
+        meta: Default::default(),
+        records: vec![storage::Record {
+            oid: Oid::from_u64(5),
+            data: Some(Bytes::from_static(b"x")),
+            expected_serial: None,
+        }],
+    };
+
+    let mut r = hello(&addr, READ).await;
+    assert!(matches!(
+        ask(
+            &mut r,
+            Request::Load {
+                oid: Oid::from_u64(5)
+            }
+        )
+        .await,
+        Response::Revision { .. }
+    ));
+    assert!(unauthorized(&ask(&mut r, commit(1)).await));
+    assert!(unauthorized(
+        &ask(&mut r, Request::Switchover { to: 0 }).await
+    ));
+    assert!(
+        matches!(ask(&mut r, Request::Status).await, Response::Status(_)),
+        "still open"
+    );
+
+    let mut w = hello(&addr, WRITE).await;
+    assert!(matches!(
+        ask(&mut w, commit(1)).await,
+        Response::Commit(Ok(_))
+    ));
+    assert!(unauthorized(
+        &ask(&mut w, Request::LostArchive { max: 10 }).await
+    ));
+    assert!(unauthorized(
+        &ask(&mut w, Request::Switchover { to: 0 }).await
+    ));
+
+    let mut a = hello(&addr, ADMIN).await;
+    assert!(matches!(
+        ask(&mut a, Request::LostArchive { max: 10 }).await,
+        Response::Transactions { .. }
+    ));
+    assert!(matches!(
+        ask(&mut a, commit(2)).await,
+        Response::Commit(Ok(_))
+    ));
+
+    // The admin endpoint.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    tokio::spawn(server::admin::serve_with(
+        listener,
+        server.clone(),
+        None,
+        Some(vec![Bytes::from_static(ADMIN)]),
+    ));
+    let get = |path: &'static str, token: Option<&'static [u8]>| async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {}\r\n", String::from_utf8_lossy(t)))
+            .unwrap_or_default();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut b = String::new();
+        s.read_to_string(&mut b).await.unwrap();
+        b.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+    };
+    assert_eq!(get("/health", None).await, 200);
+    assert_eq!(get("/primary", None).await, 200);
+    for path in ["/status", "/metrics"] {
+        assert_eq!(get(path, None).await, 401, "{path} without a token");
+        assert_eq!(get(path, Some(READ)).await, 401, "{path} with a read token");
+        assert_eq!(
+            get(path, Some(b"guess")).await,
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(
+            get(path, Some(ADMIN)).await,
+            200,
+            "{path} with the admin token"
+        );
+    }
+}
+
+/// A client that sends requests and never reads the answers fills its socket and is cut off
+/// once a frame has waited `write_stall_max` (500 ms here), while another client's commits go
+/// on unhindered. The scans it asked for ran off the ring's task, a page bounded in bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_and_slows_nobody() {
+    let (_server, addr) = one_server().await;
+    let mut w = hello(&addr, TOKEN).await;
+    for i in 0..12u64 {
+        let r = ask(
+            &mut w,
+            Request::Commit {
+                client: 3,
+                request: i + 1,
+                meta: Default::default(),
+                records: vec![storage::Record {
+                    oid: Oid::from_u64(100 + i),
+                    data: Some(Bytes::from(vec![i as u8; 1 << 20])),
+                    expected_serial: None,
+                }],
+            },
+        )
+        .await;
+        assert!(matches!(r, Response::Commit(Ok(_))), "{r:?}");
+    }
+    // One page is at most 8 MiB of objects (and at least one transaction): 12 MiB written,
+    // the first page ends after 8 MiB with more to come.
+    match ask(
+        &mut w,
+        Request::Iterate {
+            start: Tid::ZERO,
+            stop: Tid::MAX,
+            max: 1000,
+        },
+    )
+    .await
+    {
+        Response::Transactions { txns, more } => {
+            let bytes: usize = txns
+                .iter()
+                .flat_map(|t| &t.records)
+                .map(|r| r.data.as_ref().map_or(0, |d| d.len()))
+                .sum();
+            assert!(more, "{} transactions, {bytes} bytes, no more", txns.len());
+            assert!(
+                (8 << 20..9 << 20).contains(&bytes),
+                "{bytes} bytes in a page"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut slow = hello(&addr, TOKEN).await;
+    for i in 0..40u64 {
+        let req = Request::Iterate {
+            start: Tid::ZERO,
+            stop: Tid::MAX,
+            max: 1000,
+        };
+        slow.write_all(&req.encode(10 + i)).await.unwrap();
+    }
+    // Meanwhile commits keep their pace.
+    let started = tokio::time::Instant::now();
+    for i in 0..30u64 {
+        let t = tokio::time::Instant::now();
+        let r = ask(
+            &mut w,
+            Request::Commit {
+                client: 3,
+                request: 100 + i,
+                meta: Default::default(),
+                records: vec![storage::Record {
+                    oid: Oid::from_u64(7),
+                    data: Some(Bytes::from_static(b"small")),
+                    expected_serial: None,
+                }],
+            },
+        )
+        .await;
+        assert!(matches!(r, Response::Commit(Ok(_))), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "a commit took {:?}",
+            t.elapsed()
+        );
+    }
+    if started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_secs(1) - started.elapsed()).await;
+    }
+    // The slow client finds its connection closed once it drains what was buffered.
+    let mut drained = 0usize;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "the connection stayed open");
+    assert!(
+        drained < (40 * 8) << 20,
+        "it got every answer ({drained} bytes): it was not cut off"
+    );
+    eprintln!("cut off after {drained} bytes of the 40 answers it asked for");
 }

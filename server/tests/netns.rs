@@ -262,8 +262,9 @@ fn a_partitioned_replica_refuses_reads_bounded_in_time() {
     }
     assert!(put.is_some(), "no write accepted");
     // Which server is primary, asked from the client host; the replica is another.
-    let primary = (1..=3u32)
-        .find(|i| {
+    let mut primary = None;
+    for _ in 0..50 {
+        primary = (1..=3u32).find(|i| {
             h.exec(
                 4,
                 &[
@@ -277,8 +278,13 @@ fn a_partitioned_replica_refuses_reads_bounded_in_time() {
                 ],
             )
             .is_some()
-        })
-        .expect("a primary");
+        });
+        if primary.is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let primary = primary.expect("a primary");
     let r = primary % 3 + 1; // host of the replica
     let rid = (r - 1).to_string();
     let bounded = [

@@ -388,6 +388,8 @@ class StandbyCluster(_Backend):
             )
         self.config = self.dir / "standby.toml"
         self.config.write_text(self._config_text(keys, protocol or {}))
+        # /status and /metrics need the admin token (the one of client_token_file).
+        self.auth = {"Authorization": "Bearer " + (keys / "client.token").read_text().strip()}
         self.primary = None  # index into servers, known once ready
 
     def _config_text(self, keys, protocol):
@@ -744,7 +746,7 @@ class FaultCluster(StandbyCluster):
         addr = self.address(i, "admin")
         conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
         try:
-            conn.request("GET", "/status")
+            conn.request("GET", "/status", headers=self.auth)
             r = conn.getresponse()
             return json.loads(r.read().decode())
         except (OSError, http.client.HTTPException, ValueError):
@@ -761,7 +763,7 @@ class FaultCluster(StandbyCluster):
         addr = self.address(i, "admin")
         conn = http.client.HTTPConnection(addr[0], addr[1], timeout=PROBE_TIMEOUT)
         try:
-            conn.request("GET", "/metrics")
+            conn.request("GET", "/metrics", headers=self.auth)
             for line in conn.getresponse().read().decode().splitlines():
                 parts = line.split()
                 if len(parts) == 2 and parts[0] == name:

@@ -17,7 +17,7 @@ use clap::Parser;
 use gcs::net::Security;
 use gcs::ClusterKey;
 use server::config::StandbyConfig;
-use server::front::{self, Front};
+use server::front::{self, Access, Front};
 use server::zeo::{ZeoFace, ZeoOptions};
 use server::{ServerEvent, ServerOptions, StorageServer, StoreSource};
 use std::path::PathBuf;
@@ -194,15 +194,34 @@ async fn run(args: Args) -> Result<(), Failure> {
                     .into(),
             ),
         };
-    let token = match &cfg.client_token_file {
-        Some(p) => {
-            let path = cfg.resolve(p);
-            let t =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Some(bytes::Bytes::from(t.trim().to_string()))
-        }
-        None => None,
-    };
+    // Client tokens: the single token of `client_token_file` allows everything; the lines
+    // of `client_tokens_file` give each token a role. Neither: no token needed (loopback only).
+    let mut tokens: Option<Vec<(Access, bytes::Bytes)>> = None;
+    if let Some(p) = &cfg.client_token_file {
+        let path = cfg.resolve(p);
+        let t = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        tokens
+            .get_or_insert_with(Vec::new)
+            .push((Access::Admin, bytes::Bytes::from(t.trim().to_string())));
+    }
+    if let Some(p) = &cfg.client_tokens_file {
+        let path = cfg.resolve(p);
+        let t = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let parsed =
+            server::front::parse_tokens(&t).map_err(|e| format!("{}: {e}", path.display()))?;
+        tokens.get_or_insert_with(Vec::new).extend(parsed);
+    }
+    if tokens.is_none() {
+        tracing::warn!(
+            "no client token configured: any client may do anything, the admin endpoint is open"
+        );
+    }
+    let admin_tokens: Option<Vec<bytes::Bytes>> = tokens.as_ref().map(|t| {
+        t.iter()
+            .filter(|(a, _)| *a == Access::Admin)
+            .map(|(_, t)| t.clone())
+            .collect()
+    });
     let opts = ServerOptions {
         cluster: cfg.cluster()?,
         id: args.id,
@@ -230,11 +249,12 @@ async fn run(args: Args) -> Result<(), Failure> {
         .collect();
     let front = Arc::new(Front {
         server: server.clone(),
-        token,
+        tokens,
         topology: std::sync::RwLock::new(configured.clone()),
         configured,
         events: tx.clone(),
         hello_timeout: server::front::HELLO_TIMEOUT,
+        write_stall_max: server::front::WRITE_STALL_MAX,
     });
     let fan = tx;
     let topo = front.clone();
@@ -335,7 +355,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     tokio::spawn(front::serve(clients, front));
     let adm = server.clone();
     tokio::spawn(async move {
-        if let Err(e) = server::admin::serve_with(admin, adm, zeo_metrics).await {
+        if let Err(e) = server::admin::serve_with(admin, adm, zeo_metrics, admin_tokens).await {
             tracing::error!(error = %e, "admin endpoint stopped");
         }
     });

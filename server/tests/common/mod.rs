@@ -213,14 +213,17 @@ impl Cluster {
         s
     }
 
-    /// The body and status code of `GET <path>` on server `i`'s admin endpoint.
+    /// The status code and body of `GET <path>` on server `i`'s admin endpoint, with the
+    /// cluster's (admin) client token.
     pub(crate) async fn admin_get(&self, i: u32, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let ask = async {
             let mut s = tokio::net::TcpStream::connect(&self.admins[i as usize])
                 .await
                 .ok()?;
-            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+            );
             s.write_all(req.as_bytes()).await.ok()?;
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).await.ok()?;
