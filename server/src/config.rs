@@ -22,6 +22,16 @@
 //! kind = "failover"              # or "remote" (never primary, never votes)
 //! weight = 1                     # vote weight (failover only)
 //!
+//! client_plaintext = true        # plain TCP on the client ports (else [tls] is required)
+//!
+//! [tls]                          # TLS on the client ports, instead of client_plaintext
+//! ca = "ca.pem"                  # signs the servers' certificates; clients check against it
+//! cert = "server.pem"            # this host's certificate chain (each host has its own file here)
+//! key = "server.key"
+//! client_ca = "clients-ca.pem"   # optional: clients must show a certificate it signed
+//! client_cert = "client.pem"     # optional: what the CLI shows
+//! client_key = "client.key"
+//!
 //! [protocol]                     # optional: gcs timing, as in gcs cluster files
 //! token_timeout_ms = 200
 //! ```
@@ -98,6 +108,28 @@ fn default_mode() -> String {
     "sync".into()
 }
 
+/// `[tls]`: certificate files, relative to the configuration file. The same file is on every
+/// host, so `cert` and `key` name each host's own files at the same path.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The CA (PEM) that signed the servers' certificates: what clients check them against.
+    pub ca: PathBuf,
+    /// This host's certificate chain (PEM), read again when it changes.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// If set, clients must also show a certificate signed by this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// The certificate the CLI shows (with `client_ca`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +167,13 @@ pub struct StandbyConfig {
     /// gcs sockets.
     #[serde(default)]
     pub socket: SocketSection,
+    /// TLS on the client ports (servers) and to them (the CLI).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Plain TCP on the client ports: only when set (a throwaway cluster on loopback, or a
+    /// network where something else encrypts). Without it, `[tls]` is required.
+    #[serde(default)]
+    pub client_plaintext: bool,
     /// Where the file was read from (relative paths are resolved against it).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -191,6 +230,47 @@ impl StandbyConfig {
     }
 
     /// A path of the file, resolved against the file's directory.
+    /// The client side's TLS configuration (`None`: plain TCP, which needs
+    /// `client_plaintext = true`).
+    pub fn client_tls(&self) -> Result<Option<crate::netclient::Tls>, String> {
+        match &self.tls {
+            Some(t) => {
+                let identity = match (&t.client_cert, &t.client_key) {
+                    (Some(c), Some(k)) => Some((self.resolve(c), self.resolve(k))),
+                    (None, None) => None,
+                    _ => return Err("[tls]: client_cert and client_key go together".into()),
+                };
+                crate::tls::client_config(
+                    &self.resolve(&t.ca),
+                    identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map(Some)
+                .map_err(|e| e.to_string())
+            }
+            None if self.client_plaintext => Ok(None),
+            None => Err(
+                "the client ports need [tls] (certificate files) or client_plaintext = true".into(),
+            ),
+        }
+    }
+
+    /// The server side's TLS (`None`: plain TCP, which needs `client_plaintext = true`).
+    pub fn server_tls(&self) -> Result<Option<crate::tls::ServerTls>, String> {
+        match &self.tls {
+            Some(t) => crate::tls::ServerTls::load(crate::tls::ServerFiles {
+                cert: self.resolve(&t.cert),
+                key: self.resolve(&t.key),
+                client_ca: t.client_ca.as_ref().map(|p| self.resolve(p)),
+            })
+            .map(Some)
+            .map_err(|e| e.to_string()),
+            None if self.client_plaintext => Ok(None),
+            None => Err(
+                "the client port needs [tls] (certificate files) or client_plaintext = true".into(),
+            ),
+        }
+    }
+
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()

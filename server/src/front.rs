@@ -10,8 +10,12 @@ use crate::proto::{
 use crate::{ReadAnswer, ReadOp, ServerEvent, StorageServer};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A client connection: plain TCP, or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
 use tokio::sync::broadcast;
 
 /// What a client token allows, in increasing order: each level includes the ones below.
@@ -107,6 +111,8 @@ pub struct Front {
     /// How long one frame to a client may wait for room in its socket before the client is
     /// cut off as one that stopped reading ([`WRITE_STALL_MAX`] in the server).
     pub write_stall_max: std::time::Duration,
+    /// TLS on the port (`None`: plain TCP, only when the configuration says so).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Front {
@@ -158,7 +164,28 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>) {
                 };
                 let f = front.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(sock, f).await {
+                    let _ = sock.set_nodelay(true);
+                    let stream: Box<dyn ClientStream> = match &f.tls {
+                        None => Box::new(sock),
+                        Some(tls) => {
+                            // The handshake counts against the Hello deadline.
+                            let hs =
+                                tokio::time::timeout(f.hello_timeout, tls.acceptor().accept(sock))
+                                    .await;
+                            match hs {
+                                Ok(Ok(s)) => Box::new(s),
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake failed: connection closed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::info!(%peer, "no TLS handshake in time: connection closed");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = connection(stream, f).await {
                         tracing::debug!(%peer, error = %e, "client connection ended");
                     }
                     drop(slot);
@@ -183,9 +210,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
-    sock.set_nodelay(true)?;
-    let (mut rd, wr) = sock.into_split();
+async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::Result<()> {
+    let (mut rd, wr) = tokio::io::split(sock);
     // Answers and pushed events share the socket: each frame is written whole under a lock,
     // by the task that has it (no hop through a writer task for every answer).
     let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
@@ -307,7 +333,7 @@ async fn connection(sock: TcpStream, front: Arc<Front>) -> std::io::Result<()> {
 /// drop their cache) and never holds up the server or other clients.
 #[derive(Clone)]
 struct Out {
-    w: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    w: Arc<tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn ClientStream>>>>,
     cut: Arc<tokio::sync::watch::Sender<bool>>,
     stall_max: std::time::Duration,
 }

@@ -13,6 +13,7 @@ pub mod front;
 pub mod membership;
 pub mod netclient;
 pub mod proto;
+pub mod tls;
 pub mod zeo;
 
 pub use crate::core::{

@@ -45,9 +45,12 @@ pub enum ClientError {
     },
 }
 
+/// A client's TLS configuration.
+pub type Tls = std::sync::Arc<tokio_rustls::rustls::ClientConfig>;
+
 /// A connection that said hello.
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn crate::front::ClientStream>,
     next_id: u64,
     server: ServerId,
 }
@@ -56,12 +59,24 @@ impl Conn {
     /// Connects and says hello. A live server answers at once; one that is frozen (SIGSTOP,
     /// a stalled VM) accepts the connection in its kernel and never answers, so the hello, like
     /// the connect, waits at most 500 ms.
-    async fn open(addr: &str, token: &Bytes) -> Result<Conn, String> {
-        let stream = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
+    async fn open(addr: &str, token: &Bytes, tls: Option<&Tls>) -> Result<Conn, String> {
+        let tcp = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
             .await
             .map_err(|_| format!("{addr}: connect timed out"))?
             .map_err(|e| format!("{addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let stream: Box<dyn crate::front::ClientStream> = match tls {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let name = crate::tls::server_name(addr)?;
+                let hs = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp);
+                let s = tokio::time::timeout(Duration::from_millis(500), hs)
+                    .await
+                    .map_err(|_| format!("{addr}: TLS handshake timed out"))?
+                    .map_err(|e| format!("{addr}: TLS: {e}"))?;
+                Box::new(s)
+            }
+        };
         let mut c = Conn {
             stream,
             next_id: 1,
@@ -265,6 +280,8 @@ impl CacheState {
 /// A client of a storage cluster.
 pub struct Client {
     cache: Option<std::sync::Arc<std::sync::Mutex<CacheState>>>,
+    /// TLS to the servers (`None`: plain TCP).
+    tls: Option<Tls>,
     seeds: Vec<String>,
     token: Bytes,
     client: u64,
@@ -296,7 +313,18 @@ impl Client {
         token: Bytes,
         client: u64,
     ) -> Result<Client, ClientError> {
+        Client::connect_with(addrs, token, client, None).await
+    }
+
+    /// [`Client::connect`] over TLS (`tls`: see [`crate::tls::client_config`]) when given.
+    pub async fn connect_with(
+        addrs: &[String],
+        token: Bytes,
+        client: u64,
+        tls: Option<Tls>,
+    ) -> Result<Client, ClientError> {
         let mut c = Client {
+            tls,
             seeds: addrs.to_vec(),
             token,
             client,
@@ -334,6 +362,7 @@ impl Client {
             .chain(self.seeds.iter().cloned())
             .collect();
         let token = self.token.clone();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             let mut turn = 0usize;
             loop {
@@ -342,7 +371,7 @@ impl Client {
                 }
                 turn += 1;
                 let addr = &addrs[turn % addrs.len()];
-                if let Ok(mut conn) = Conn::open(addr, &token).await {
+                if let Ok(mut conn) = Conn::open(addr, &token, tls.as_ref()).await {
                     if let Ok(Response::Ok) = conn.call(Request::Subscribe).await {
                         {
                             let mut st = state.lock().expect("cache lock");
@@ -437,7 +466,7 @@ impl Client {
         );
         let mut last_err = String::from("no address");
         for a in addrs {
-            let mut conn = match Conn::open(&a, &self.token).await {
+            let mut conn = match Conn::open(&a, &self.token, self.tls.as_ref()).await {
                 Ok(c) => c,
                 Err(e) => {
                     last_err = e;
@@ -486,7 +515,7 @@ impl Client {
                 .get(&server)
                 .cloned()
                 .ok_or_else(|| format!("server {server} unknown"))?;
-            let c = Conn::open(&addr, &self.token).await?;
+            let c = Conn::open(&addr, &self.token, self.tls.as_ref()).await?;
             self.conns.insert(server, c);
         }
         let conn = self.conns.get_mut(&server).expect("inserted");

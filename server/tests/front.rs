@@ -64,6 +64,7 @@ async fn one_server_with(tokens: Vec<(front::Access, Bytes)>) -> (Arc<StorageSer
         events: tx,
         hello_timeout: Duration::from_millis(300),
         write_stall_max: Duration::from_millis(500),
+        tls: None,
     });
     tokio::spawn(front::serve(listener, f));
     // Wait for the primary.

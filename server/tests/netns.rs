@@ -58,7 +58,7 @@ fn partitions_of_the_primary_and_of_a_remote_replica_lose_nothing() {
     std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([9; 32])).unwrap();
     std::fs::write(dir.path().join("client.token"), "netns-token").unwrap();
     let mut conf =
-        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\n");
+        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nclient_plaintext = true\n");
     for i in 1..=4u32 {
         let kind = if i == 4 { "remote" } else { "failover" };
         let weight = if i == 4 { 0 } else { 1 };
@@ -218,7 +218,7 @@ fn a_partitioned_replica_refuses_reads_bounded_in_time() {
     .unwrap();
     std::fs::write(dir.path().join("client.token"), "netns-token").unwrap();
     let mut conf =
-        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\n");
+        String::from("key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nclient_plaintext = true\n");
     for i in 1..=3u32 {
         conf += &format!(
             "[[server]]\nid = {}\nname = \"s{}\"\ngcs = \"{subnet}.{i}:7400\"\nclient = \"{subnet}.{i}:7600\"\nadmin = \"{subnet}.{i}:7700\"\n",

@@ -397,6 +397,7 @@ class StandbyCluster(_Backend):
         out = [
             f"key_file = {q(keys / 'cluster.key')}",
             f"client_token_file = {q(keys / 'client.token')}",
+            "client_plaintext = true",
             'mode = "sync"',
             "",
         ]

@@ -222,6 +222,10 @@ async fn run(args: Args) -> Result<(), Failure> {
             .map(|(_, t)| t.clone())
             .collect()
     });
+    let client_tls = cfg.server_tls()?.map(Arc::new);
+    if client_tls.is_none() {
+        tracing::warn!("client port in plain TCP (client_plaintext = true)");
+    }
     let opts = ServerOptions {
         cluster: cfg.cluster()?,
         id: args.id,
@@ -255,7 +259,23 @@ async fn run(args: Args) -> Result<(), Failure> {
         events: tx.clone(),
         hello_timeout: server::front::HELLO_TIMEOUT,
         write_stall_max: server::front::WRITE_STALL_MAX,
+        tls: client_tls.clone(),
     });
+    if let Some(tls) = client_tls {
+        // Renewed certificates are served to new connections without a restart.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                match tls.reload_if_changed() {
+                    Ok(true) => tracing::info!("client port: certificate files read again"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "client port: new certificate files refused; the previous ones stay in use")
+                    }
+                }
+            }
+        });
+    }
     let fan = tx;
     let topo = front.clone();
     // The ZEO face, when this server has a ZEO address: it gets every event, in order.

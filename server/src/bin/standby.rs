@@ -210,9 +210,10 @@ fn printable(b: &[u8]) -> String {
 }
 
 async fn connect(cli: &Cli, id: u64) -> Result<Client, String> {
-    let (addrs, token) = match &cli.config {
+    let (addrs, token, tls) = match &cli.config {
         Some(p) => {
             let c = StandbyConfig::from_file(p).map_err(|e| e.to_string())?;
+            let tls = c.client_tls()?;
             let token = match &c.client_token_file {
                 Some(t) => std::fs::read_to_string(c.resolve(t)).map_err(|e| e.to_string())?,
                 None => String::new(),
@@ -223,6 +224,7 @@ async fn connect(cli: &Cli, id: u64) -> Result<Client, String> {
                     .map(|s| s.client.clone())
                     .collect::<Vec<_>>(),
                 token,
+                tls,
             )
         }
         None => {
@@ -230,13 +232,13 @@ async fn connect(cli: &Cli, id: u64) -> Result<Client, String> {
                 Some(t) => std::fs::read_to_string(t).map_err(|e| e.to_string())?,
                 None => String::new(),
             };
-            (cli.servers.clone(), token)
+            (cli.servers.clone(), token, None)
         }
     };
     if addrs.is_empty() {
         return Err("give --config FILE or --servers ADDR,...".into());
     }
-    Client::connect(&addrs, Bytes::from(token.trim().to_string()), id)
+    Client::connect_with(&addrs, Bytes::from(token.trim().to_string()), id, tls)
         .await
         .map_err(|e| e.to_string())
 }

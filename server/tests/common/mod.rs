@@ -88,7 +88,7 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster.key"), gcs::crypto::keygen([7; 32])).unwrap();
         std::fs::write(dir.path().join("client.token"), TOKEN).unwrap();
         let mut conf = String::from(
-            "key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nmode = \"sync\"\ncheckpoint_after = 100\n",
+            "key_file = \"cluster.key\"\nclient_token_file = \"client.token\"\nclient_plaintext = true\nmode = \"sync\"\ncheckpoint_after = 100\n",
         );
         let mut clients = Vec::new();
         let mut admins = Vec::new();
