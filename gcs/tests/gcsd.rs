@@ -5,6 +5,7 @@
 //!
 //! Every process is killed by its PID when the test ends (`Proc`'s drop); every wait is bounded.
 
+use gcs::ClusterKey;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -154,9 +155,9 @@ fn free_tcp() -> SocketAddr {
         .unwrap()
 }
 
-fn scratch() -> PathBuf {
-    // Short: Unix socket paths are limited to ~108 bytes.
-    let d = std::env::temp_dir().join(format!("gcsd-{}", std::process::id()));
+fn scratch(tag: &str) -> PathBuf {
+    // Short: Unix socket paths are limited to ~108 bytes. One per test: they run in parallel.
+    let d = std::env::temp_dir().join(format!("gcsd-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -191,7 +192,7 @@ fn user(name: &str, conn: &[&str], join: &str) -> Proc {
 
 #[test]
 fn three_gcsd_processes_serve_gcs_user_sessions_over_unix_and_tcp() {
-    let dir = scratch();
+    let dir = scratch("s");
     let cluster = write_cluster(&dir, &free_udp(3));
     let key = dir.join("cluster.key");
     let st = Command::new(env!("CARGO_BIN_EXE_gcs-keygen"))
@@ -314,6 +315,108 @@ fn three_gcsd_processes_serve_gcs_user_sessions_over_unix_and_tcp() {
     bob.send("q");
     assert!(bob.wait_exit().success());
 
+    drop(daemons);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Key rotation on running `gcsd` processes: a second key is added to the key file and every
+/// daemon gets SIGHUP; they move to it and drop the old one while two sessions exchange
+/// messages, with no view change; a daemon restarted with the old key alone is shut out.
+#[test]
+fn gcsd_processes_rotate_their_key_on_sighup_without_a_view_change() {
+    let dir = scratch("k");
+    let cluster = write_cluster(&dir, &free_udp(3));
+    let key = dir.join("cluster.key");
+    let old = ClusterKey::from_bytes([0x31; 32]);
+    std::fs::write(&key, gcs::crypto::write_key_file(&[(1, old.clone())])).unwrap();
+    let sock = |i: usize| dir.join(format!("{i}.sock"));
+    let start = |i: usize, key: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gcsd"));
+        c.arg("--config")
+            .arg(&cluster)
+            .args(["--id", &i.to_string()])
+            .arg("--key")
+            .arg(key)
+            .arg("--unix")
+            .arg(sock(i))
+            .env("RUST_LOG", "info");
+        let mut p = Proc::spawn(&format!("gcsd{i}"), &mut c);
+        p.wait_err("ready", |l| l.contains("gcsd ready"));
+        p
+    };
+    let mut daemons: Vec<Proc> = (0..3).map(|i| start(i, &key)).collect();
+    let s0 = sock(0).display().to_string();
+    let s1 = sock(1).display().to_string();
+    let mut alice = user("alice", &["--unix", &s0], "chat");
+    let mut bob = user("bob", &["--unix", &s1], "chat");
+    for u in [&mut alice, &mut bob] {
+        u.wait_out("a view of 2", |l| {
+            l.starts_with("VIEW group=chat kind=Regular") && members_of(l) == 2
+        });
+    }
+    let new = ClusterKey::from_bytes([0x32; 32]);
+    std::fs::write(
+        &key,
+        gcs::crypto::write_key_file(&[(1, old.clone()), (2, new)]),
+    )
+    .unwrap();
+    for d in &daemons {
+        let ok = Command::new("kill")
+            .args(["-HUP", &d.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    for k in 0..20 {
+        alice.send(&format!("s chat a{k}"));
+        pause(Duration::from_millis(100));
+    }
+    for d in daemons.iter_mut() {
+        d.wait_err("the switch", |l| {
+            l.contains("sealing with the new cluster key")
+        });
+        d.wait_err("the drop", |l| l.contains("old cluster key dropped"));
+    }
+    alice.send("s chat after");
+    let mut got = Vec::new();
+    loop {
+        let l = bob.wait_out("messages", |l| {
+            l.starts_with("MSG ") || l.starts_with("VIEW")
+        });
+        assert!(
+            !l.starts_with("VIEW"),
+            "a view changed during the rotation: {l}"
+        );
+        got.push(l.clone());
+        if l.ends_with(" after") {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 21, "{got:?}");
+
+    // gcsd 2 restarted with the old key alone: the other two never take it in.
+    let old_file = dir.join("old.key");
+    std::fs::write(&old_file, gcs::crypto::write_key_file(&[(1, old)])).unwrap();
+    drop(daemons.pop());
+    let lone = start(2, &old_file);
+    pause(Duration::from_secs(2));
+    let s2 = sock(2).display().to_string();
+    let mut carol = user("carol", &["--unix", &s2], "chat");
+    carol.wait_out("a view of her own", |l| {
+        l.starts_with("VIEW group=chat kind=Regular") && members_of(l) == 1
+    });
+    pause(Duration::from_secs(2));
+    alice.send("s chat still");
+    let l = bob.wait_out("still, or a view", |l| {
+        l.ends_with(" still") || l.starts_with("VIEW")
+    });
+    assert!(
+        l.ends_with(" still"),
+        "the old-key daemon was taken in: {l}"
+    );
+    drop(carol);
+    drop(lone);
     drop(daemons);
     let _ = std::fs::remove_dir_all(&dir);
 }
