@@ -815,6 +815,9 @@ impl Node {
         let next = ring.next_after(self.me);
         if next == self.me {
             // A ring of one: the token comes straight back, after a pause if there is no work.
+            // It never passes through `on_token`, so its loss timer is pushed back here: a
+            // daemon alone must not re-form its ring of one every token timeout (a view
+            // change each time, and a join the others hear if they can).
             let delay = if self.send_queue.is_empty() {
                 self.cfg.token_hold
             } else {
@@ -823,6 +826,10 @@ impl Node {
             self.held_token = Some(token);
             self.timers
                 .set(Timer::TokenHold, self.now.saturating_add(delay));
+            self.timers.set(
+                Timer::TokenLoss,
+                self.now.saturating_add(self.cfg.token_timeout),
+            );
             return;
         }
         let seq = token.seq;

@@ -145,3 +145,47 @@ fn heavy_loss_and_duplication_still_deliver_everything_in_order() {
     clean(&r);
     assert!(r.totals.delivered > 5_000, "{}", r.totals.delivered);
 }
+
+/// A daemon that can send but no longer receive (a one-way link failure into it) is heard by
+/// the others, which merge with it at each of its announcements and fail it again a consensus
+/// timeout later; simultaneous consensus timeouts then split even the healthy members into
+/// rings of one for a moment. Today: a view change every 300-400 ms for as long as the link
+/// stays broken (25 in 9 s of simulated time), a write pause of 1.46 s on real namespaces
+/// (BENCHMARKS.md). What would fix it: ignore, for a backoff, the announcements of an outsider
+/// that failed to answer (it starts the merge itself with a join once it hears us again), and
+/// stagger the members' consensus timeouts so that they do not fail each other at once; a
+/// first attempt at the former (quarantining outsiders that failed a round) made it worse:
+/// after a split the healthy members are outsiders to each other and quarantined each other.
+#[test]
+#[ignore = "known gap of issue 12: churn under a one-way link into a daemon"]
+fn a_daemon_that_cannot_receive_does_not_keep_the_others_changing_views() {
+    let n = 4;
+    let mut deaf = vec![vec![true; n]; n];
+    for (a, row) in deaf.iter_mut().enumerate() {
+        if a != 3 {
+            row[3] = false; // nothing reaches node 3; node 3 still reaches everyone
+        }
+    }
+    let r = run_script(calm_options(n), secs(12.0), secs(16.0), |c| {
+        c.at(secs(1.0), Action::SetLinks(deaf));
+        c.at(secs(12.0), Action::Heal);
+    });
+    clean(&r);
+    // Views node 0 installed while node 3 was deaf, after the first two seconds of it.
+    let views_late: usize = r
+        .history
+        .procs
+        .iter()
+        .filter(|(p, _)| p.node == 0)
+        .flat_map(|(_, log)| log.iter())
+        .filter(|e| {
+            matches!(e, Event::View { view, at } if view.id.kind == ViewKind::Regular
+                && *at > secs(3.0) && *at < secs(12.0))
+        })
+        .count();
+    assert!(
+        views_late <= 2,
+        "node 0 changed views {views_late} times in 9 s of a one-way failure"
+    );
+    assert_eq!(view_sizes(&r, 0).last(), Some(&4), "merged after the heal");
+}
