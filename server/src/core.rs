@@ -208,8 +208,13 @@ pub struct ServerStatus {
 /// What the server tells its application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
-    /// The role changed.
+    /// The role changed (the replica's role, as elected).
     Role(RoleInfo),
+    /// What a primary may claim to be changed without its role changing: `Syncing` with no
+    /// primary when it has not had the token within the lease, `Primary` again once the token
+    /// went round (see `ServerCore::check_claim`). For those who route clients by it (the
+    /// client port's role pushes); the ZEO face follows the elected role.
+    Claim(RoleInfo),
     /// A transaction was applied here: connected clients drop these objects.
     Invalidate(Invalidation),
     /// Primary only: every transaction up to this tid is durable as the mode promises
@@ -616,11 +621,10 @@ impl<S: Storage + 'static> ServerCore<S> {
                     if r.role == Role::Down {
                         self.leave_ring();
                     }
+                    self.out.push_back(CoreOutput::Event(ServerEvent::Role(r)));
                     if r.role == Role::Primary && self.lapsed.is_some() {
                         // Not claimed until the token went round again (`check_claim`).
                         self.push_claim();
-                    } else {
-                        self.out.push_back(CoreOutput::Event(ServerEvent::Role(r)))
                     }
                 }
                 replica::Output::Invalidate(i) => self
@@ -773,7 +777,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             info.primary = None;
         }
         self.out
-            .push_back(CoreOutput::Event(ServerEvent::Role(info)));
+            .push_back(CoreOutput::Event(ServerEvent::Claim(info)));
     }
 
     /// Whether the store failed and this server left the ring.

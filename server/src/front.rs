@@ -453,7 +453,7 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
                             tids: l.tids,
                             oids: l.oids,
                         },
-                        Ok(ServerEvent::Role(r)) => Response::RoleChange {
+                        Ok(ServerEvent::Role(r) | ServerEvent::Claim(r)) => Response::RoleChange {
                             server: me,
                             role: r.role,
                             primary: r.primary,

@@ -337,7 +337,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                     tracing::info!(donor, "recovering from a checkpoint")
                 }
                 ServerEvent::Membership(m) => topo.set_membership(m),
-                ServerEvent::Invalidate(_) | ServerEvent::Durable(_) => {}
+                ServerEvent::Invalidate(_) | ServerEvent::Durable(_) | ServerEvent::Claim(_) => {}
             }
             let _ = fan.send(e);
         }

@@ -139,7 +139,11 @@ impl Dispatcher {
                      tid refuses this server until it passes that tid"
                 );
             }
-            ServerEvent::NeedCheckpoint { .. } | ServerEvent::Membership(_) => {}
+            // The claim lease is for routers of clients (probes, the client port); the face's
+            // own step-down (with its grace) follows the elected role.
+            ServerEvent::NeedCheckpoint { .. }
+            | ServerEvent::Membership(_)
+            | ServerEvent::Claim(_) => {}
         }
     }
 
