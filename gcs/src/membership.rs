@@ -45,12 +45,6 @@ use std::collections::{BTreeSet, VecDeque};
 /// changes than any cluster goes through.
 const RING_SEQ_JUMP_MAX: u64 = 1 << 32;
 
-/// How long an outsider whose traffic started a round it never joined is not merged with
-/// again on its traffic (see `merge_with`), the first time; it doubles at each round in vain.
-const MERGE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(4);
-/// The longest wait before such a retry.
-const MERGE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(32);
-
 impl Node {
     /// Starts (or restarts) a membership round.
     pub(crate) fn enter_gather(&mut self, reason: &'static str, extra: BTreeSet<ProcId>) {
@@ -108,10 +102,6 @@ impl Node {
             return;
         }
         self.ring_seq_max = self.ring_seq_max.max(join.ring_seq);
-        let now = self.now;
-        self.joins_heard.insert(from, now);
-        self.joins_heard
-            .retain(|_, t| now.since(*t) <= MERGE_RETRY_MAX);
         let enter = match &self.state {
             State::Operational => {
                 let inst = self.installed.as_ref().expect("operational has a ring");
@@ -488,35 +478,11 @@ impl Node {
                 .installed
                 .as_ref()
                 .is_some_and(|r| r.id != m.ring && !r.contains(from));
-        if !(foreign && self.merge_with(from, "another ring detected")) {
+        if foreign {
+            self.enter_gather("another ring detected", BTreeSet::from([from]));
+        } else {
             self.stats.ignored += 1;
         }
-    }
-
-    /// Starts a round to merge with the ring of outsider `from` (its announcement or its data
-    /// came in), unless the last such round was in vain. An outsider whose traffic started a
-    /// round it never sent a join to hears nothing from us (a one-way link into it): merging
-    /// again at each of its packets would cost a round and a view change every few hundred
-    /// milliseconds for as long as the link stays broken. Its traffic starts a round again only
-    /// after [`MERGE_RETRY_AFTER`], twice as long after each round in vain (up to
-    /// [`MERGE_RETRY_MAX`]); if it hears us again it starts the merge itself, with a join,
-    /// which always counts. Returns whether a round started.
-    pub(crate) fn merge_with(&mut self, from: ProcId, reason: &'static str) -> bool {
-        let now = self.now;
-        let wait = match self.merge_tried.get(&from) {
-            Some((t, wait)) if self.joins_heard.get(&from).is_none_or(|j| j < t) => {
-                if now.since(*t) < *wait {
-                    return false;
-                }
-                (*wait * 2).min(MERGE_RETRY_MAX)
-            }
-            _ => MERGE_RETRY_AFTER,
-        };
-        self.merge_tried
-            .retain(|_, (t, w)| now.since(*t) < (*w * 2).min(MERGE_RETRY_MAX));
-        self.merge_tried.insert(from, (now, wait));
-        self.enter_gather(reason, BTreeSet::from([from]));
-        true
     }
 
     pub(crate) fn on_merge_detect_timeout(&mut self) {

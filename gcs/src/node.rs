@@ -221,11 +221,6 @@ pub struct Node {
     /// it has had in all.
     pub(crate) last_visit: Option<Time>,
     pub(crate) visits: u64,
-    /// Outsiders whose traffic started a membership round: when, and how long to wait before
-    /// another if that one was in vain (see `membership::Node::merge_with`).
-    pub(crate) merge_tried: std::collections::BTreeMap<ProcId, (Time, std::time::Duration)>,
-    /// When a join last came from each sender.
-    pub(crate) joins_heard: std::collections::BTreeMap<ProcId, Time>,
 }
 
 impl Node {
@@ -252,8 +247,6 @@ impl Node {
             stats: Stats::default(),
             last_visit: None,
             visits: 0,
-            merge_tried: std::collections::BTreeMap::new(),
-            joins_heard: std::collections::BTreeMap::new(),
         };
         node.enter_gather("boot", BTreeSet::new());
         Ok(node)
@@ -486,7 +479,8 @@ impl Node {
                     let foreign = !inst.contains(data.sender);
                     self.stats.ignored += 1;
                     if foreign && matches!(self.state, State::Operational) {
-                        self.merge_with(data.sender, "data from a foreign ring");
+                        let extra = BTreeSet::from([data.sender]);
+                        self.enter_gather("data from a foreign ring", extra);
                     }
                     return;
                 }
