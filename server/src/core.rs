@@ -780,11 +780,6 @@ impl<S: Storage + 'static> ServerCore<S> {
             .push_back(CoreOutput::Event(ServerEvent::Claim(info)));
     }
 
-    /// Whether the store failed and this server left the ring.
-    pub fn has_left_ring(&self) -> bool {
-        self.left_ring
-    }
-
     // ---- checkpoint transfer (see `checkpoint.rs`) ----------------------------------------
 
     fn ask_checkpoint(&mut self, now: Time, donor: ServerId) {

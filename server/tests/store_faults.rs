@@ -19,14 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Small tmpfs mounts, unmounted when dropped.
 struct Mounts(Vec<PathBuf>);
 
@@ -86,7 +78,7 @@ async fn caught_up(c: &Cluster, i: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_the_primary_then_on_a_backup_loses_nothing() {
     let test = "a_full_disk_on_the_primary_then_on_a_backup_loses_nothing";
-    if !is_root() {
+    if !tests::netns::is_root() {
         eprintln!("SKIPPED {test}: needs root to mount a small tmpfs per server");
         return;
     }

@@ -13,7 +13,8 @@ pub struct Harness {
     subnet: &'static str,
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (namespaces, mounts).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
