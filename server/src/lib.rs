@@ -139,10 +139,7 @@ impl StorageServer {
         // A store that cannot take a synced write (a full disk) is refused here, before this
         // server joins the ring: joining only to fail at its first write would cost the
         // others a view change at every restart.
-        store.sync()?;
-        if let Some(state) = store.replication_state()? {
-            store.set_replication_state(&state)?;
-        }
+        store.check_writable()?;
         let replica = if after_disk_loss {
             Replica::after_disk_loss(opts.replica, id, store)?
         } else {

@@ -234,6 +234,18 @@ pub trait Storage: Send + Sync {
     /// Makes every write that returned durable (a no-op when the store syncs each write).
     fn sync(&self) -> Result<()>;
 
+    /// Checks that the store takes a synced write now: a sync, then the replication state
+    /// written again as it is (nothing else changes). A server runs it before it joins its
+    /// ring, so that a store that cannot write (a full disk) is refused at start rather than
+    /// at its first write, when leaving again costs the others a view change.
+    fn check_writable(&self) -> Result<()> {
+        self.sync()?;
+        match self.replication_state()? {
+            Some(state) => self.set_replication_state(&state),
+            None => Ok(()),
+        }
+    }
+
     /// Another handle on this same store (not a copy), for reads on other threads while the
     /// owner goes on writing: a server answers its clients' reads without passing them
     /// through the task that applies commits. `None` if the backend has none (then reads go

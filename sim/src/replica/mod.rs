@@ -480,13 +480,7 @@ impl ReplicaCluster {
                     // As `StorageServer::start` does: a store that cannot take a synced write
                     // is refused before the server joins the ring, and the process exits for
                     // its supervisor to try again later.
-                    let probe = store
-                        .sync()
-                        .and_then(|()| match store.replication_state()? {
-                            Some(b) => store.set_replication_state(&b),
-                            None => Ok(()),
-                        });
-                    if let Err(e) = probe {
+                    if let Err(e) = store.check_writable() {
                         self.tr(|| format!("{now:?} s{i} store refused at start: {e}"));
                         self.servers[i].disk = Some(store);
                         self.supervisor_restart(i);
