@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{check_acked, client, Cluster, Load};
+use common::{check_acked, client, eventually, Cluster, Load};
 use std::process::Command;
 use std::time::Duration;
 
@@ -117,14 +117,12 @@ async fn the_key_rotates_twice_under_load_without_a_view_change() {
     c.kill9(2);
     c.conf_of.remove(&2);
     c.start(2);
-    let mut back = false;
-    for _ in 0..100 {
-        if status(&c, 0).await["view"] == serde_json::json!([0, 1, 2]) {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { status(&c, 0).await["view"] == serde_json::json!([0, 1, 2]) },
+    )
+    .await;
     assert!(
         back,
         "s2 did not rejoin with the current key:\n{}",

@@ -27,9 +27,15 @@ fn alive(pid: u32) -> bool {
 
 /// The server whose admin /primary answers 200, asked from the client host.
 fn primary(h: &Harness) -> Option<u32> {
-    (1..=3).find(|i| {
+    primary_of(h, SUBNET, 5, 3)
+}
+
+/// The host (of `1..=servers` on `subnet`) whose admin /primary answers 200, asked from
+/// `client`.
+fn primary_of(h: &Harness, subnet: &str, client: u32, servers: u32) -> Option<u32> {
+    (1..=servers).find(|i| {
         h.exec(
-            5,
+            client,
             &[
                 "curl",
                 "-sf",
@@ -37,11 +43,38 @@ fn primary(h: &Harness) -> Option<u32> {
                 "/dev/null",
                 "-m",
                 "1",
-                &format!("http://{SUBNET}.{i}:7700/primary"),
+                &format!("http://{subnet}.{i}:7700/primary"),
             ],
         )
         .is_some()
     })
+}
+
+/// Writes `conf` as `<dir>/standby.toml` and starts `standby-server` on hosts `1..=n` (ids
+/// from 0), each logging to `<dir>/s<host>.log`; the configuration's path.
+fn start_servers(h: &Harness, dir: &Path, conf: &str, n: u32) -> String {
+    let conf_path = dir.join("standby.toml");
+    std::fs::write(&conf_path, conf).unwrap();
+    let conf_s = conf_path.to_str().unwrap().to_string();
+    for i in 1..=n {
+        let data = dir.join(format!("s{i}"));
+        let log = dir.join(format!("s{i}.log"));
+        h.run(&[
+            "exec",
+            "-b",
+            "--log",
+            log.to_str().unwrap(),
+            &i.to_string(),
+            env!("CARGO_BIN_EXE_standby-server"),
+            "--config",
+            &conf_s,
+            "--id",
+            &(i - 1).to_string(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+    }
+    conf_s
 }
 
 #[test]
@@ -70,27 +103,7 @@ fn partitions_of_the_primary_and_of_a_remote_replica_lose_nothing() {
         );
     }
     conf += "[protocol]\ntoken_timeout_ms = 300\ntoken_retransmit_timeout_ms = 60\njoin_timeout_ms = 40\nconsensus_timeout_ms = 400\nmerge_detect_interval_ms = 150\n";
-    let conf_path = dir.path().join("standby.toml");
-    std::fs::write(&conf_path, conf).unwrap();
-    let conf_s = conf_path.to_str().unwrap().to_string();
-    for i in 1..=4u32 {
-        let data = dir.path().join(format!("s{i}"));
-        let log = dir.path().join(format!("s{i}.log"));
-        h.run(&[
-            "exec",
-            "-b",
-            "--log",
-            log.to_str().unwrap(),
-            &i.to_string(),
-            env!("CARGO_BIN_EXE_standby-server"),
-            "--config",
-            &conf_s,
-            "--id",
-            &(i - 1).to_string(),
-            "--data",
-            data.to_str().unwrap(),
-        ]);
-    }
+    let conf_s = start_servers(&h, dir.path(), &conf, 4);
     let logs = || {
         (1..=4)
             .map(|i| {
@@ -226,27 +239,7 @@ fn a_partitioned_replica_refuses_reads_bounded_in_time() {
             i - 1
         );
     }
-    let conf_path = dir.path().join("standby.toml");
-    std::fs::write(&conf_path, conf).unwrap();
-    let conf_s = conf_path.to_str().unwrap().to_string();
-    for i in 1..=3u32 {
-        let data = dir.path().join(format!("s{i}"));
-        let log = dir.path().join(format!("s{i}.log"));
-        h.run(&[
-            "exec",
-            "-b",
-            "--log",
-            log.to_str().unwrap(),
-            &i.to_string(),
-            env!("CARGO_BIN_EXE_standby-server"),
-            "--config",
-            &conf_s,
-            "--id",
-            &(i - 1).to_string(),
-            "--data",
-            data.to_str().unwrap(),
-        ]);
-    }
+    let conf_s = start_servers(&h, dir.path(), &conf, 3);
     let standby = |args: &[&str]| -> Option<String> {
         let mut cmd = vec![env!("CARGO_BIN_EXE_standby"), "--config", &conf_s];
         cmd.extend_from_slice(args);
@@ -264,21 +257,7 @@ fn a_partitioned_replica_refuses_reads_bounded_in_time() {
     // Which server is primary, asked from the client host; the replica is another.
     let mut primary = None;
     for _ in 0..50 {
-        primary = (1..=3u32).find(|i| {
-            h.exec(
-                4,
-                &[
-                    "curl",
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    "-m",
-                    "1",
-                    &format!("http://{subnet}.{i}:7700/primary"),
-                ],
-            )
-            .is_some()
-        });
+        primary = primary_of(&h, subnet, 4, 3);
         if primary.is_some() {
             break;
         }

@@ -8,7 +8,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Cluster, TOKEN};
+use common::{eventually, Cluster, TOKEN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use server::netclient::Client;
 use std::path::Path;
@@ -156,14 +156,12 @@ async fn clients_speak_tls_with_certificates_and_a_renewed_certificate_is_served
     std::fs::write(d.join("new-ca.pem"), other.cert.pem()).unwrap();
     leaf(&d, "server", &["127.0.0.1"], &other);
     let renewed = client_tls(&d, "new-ca.pem", Some("client"));
-    let mut served = false;
-    for _ in 0..60 {
-        if connect(&c, Some(renewed.clone())).await.is_ok() {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let served = eventually(
+        Duration::from_secs(6),
+        Duration::from_millis(100),
+        || async { connect(&c, Some(renewed.clone())).await.is_ok() },
+    )
+    .await;
     assert!(
         served,
         "the renewed certificate was not served:\n{}",

@@ -291,6 +291,24 @@ pub(crate) async fn status_at(addr: &str) -> Option<server::proto::StatusInfo> {
         .flatten()
 }
 
+/// Polls `cond` every `every` until it holds (true) or `limit` has passed (false).
+pub(crate) async fn eventually<F, Fut>(limit: Duration, every: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What a write load saw.
 #[derive(Default)]
 pub(crate) struct Seen {
