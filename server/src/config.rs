@@ -247,10 +247,16 @@ impl StandbyConfig {
                 .map(Some)
                 .map_err(|e| e.to_string())
             }
-            None if self.client_plaintext => Ok(None),
-            None => Err(
-                "the client ports need [tls] (certificate files) or client_plaintext = true".into(),
-            ),
+            None => self.plaintext().map(|()| None),
+        }
+    }
+
+    /// Without `[tls]`: plain TCP, allowed only by `client_plaintext = true`.
+    fn plaintext(&self) -> Result<(), String> {
+        if self.client_plaintext {
+            Ok(())
+        } else {
+            Err("the client ports need [tls] (certificate files) or client_plaintext = true".into())
         }
     }
 
@@ -264,10 +270,7 @@ impl StandbyConfig {
             })
             .map(Some)
             .map_err(|e| e.to_string()),
-            None if self.client_plaintext => Ok(None),
-            None => Err(
-                "the client port needs [tls] (certificate files) or client_plaintext = true".into(),
-            ),
+            None => self.plaintext().map(|()| None),
         }
     }
 
@@ -364,6 +367,23 @@ impl StandbyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_port_needs_tls_or_an_explicit_plaintext() {
+        let bare = StandbyConfig::from_toml(GOOD).unwrap();
+        assert!(bare.server_tls().is_err());
+        assert!(bare.client_tls().is_err());
+        let plain = StandbyConfig::from_toml(&format!("client_plaintext = true\n{GOOD}")).unwrap();
+        assert!(plain.server_tls().unwrap().is_none());
+        assert!(plain.client_tls().unwrap().is_none());
+        // With [tls], unreadable certificate files are an error, never plain TCP.
+        let missing = StandbyConfig::from_toml(&format!(
+            "client_plaintext = true\n{GOOD}\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n"
+        ))
+        .unwrap();
+        assert!(missing.server_tls().is_err());
+        assert!(missing.client_tls().is_err());
+    }
 
     const GOOD: &str = r#"
 mode = "sync"
