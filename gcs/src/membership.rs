@@ -2,7 +2,7 @@
 //! configuration with Extended Virtual Synchrony.
 //!
 //! ```text
-//!              token lost / foreign ring / join from a member or an outsider
+//!         token lost / merge answer / join from a member or an outsider
 //!   ┌─────────────┐ ───────────────────────────────────────────────► ┌─────────┐
 //!   │ OPERATIONAL │                                                    │ GATHER  │◄──┐
 //!   └─────────────┘ ◄──────────────┐                                   └─────────┘   │
@@ -31,7 +31,9 @@
 //! Deviations from the Totem paper: the commit token carries each member's highest delivered
 //! seq (not just its aru), which gives the regular/transitional split above directly; a newer
 //! incarnation of a node makes members fail the older one at once instead of waiting for the
-//! consensus timeout; a process alone waits one join timeout before forming a ring of one.
+//! consensus timeout; a process alone waits one join timeout before forming a ring of one; a
+//! change of the gather sets restarts the consensus timeout; another ring's announcement starts
+//! a merge only once answered (see `on_merge_detect`), and another ring's data never does.
 
 use crate::node::{Commit, Dest, Gather, Node, Output, Passed, Recovery, State};
 use crate::ring::Ring;
@@ -139,6 +141,15 @@ impl Node {
         changed |= fail_superseded(g, me);
         if changed {
             g.consensus = BTreeSet::from([me]);
+            // The sets changed, so every agreement so far is void: give the others a whole
+            // timeout to agree with the new sets. Without this, members whose timeouts fire
+            // together fail each other for the agreement that the reset has just thrown away,
+            // and split into rings of one. The sets only grow within a round, so the restarts
+            // are bounded by twice the number of processes.
+            self.timers.set(
+                Timer::Consensus,
+                self.now.saturating_add(self.cfg.consensus_timeout),
+            );
         }
         let agrees = join.proc_set.iter().eq(g.proc_set.iter())
             && join.fail_set.iter().eq(g.fail_set.iter());
@@ -472,16 +483,37 @@ impl Node {
         self.deliver_ready();
     }
 
+    /// Another ring's representative announced its ring, or a member of another ring answered
+    /// our announcement.
+    ///
+    /// An announcement alone does not start a merge: it is answered, and only the answer does.
+    /// A daemon that can send but no longer receive (a one-way link failure into it) keeps
+    /// announcing its ring of one; if the announcement itself started a round, the others would
+    /// merge with it at each one and fail it a consensus timeout later, changing views every few
+    /// hundred milliseconds for as long as the link stays broken. The answer proves the link
+    /// works both ways before anyone leaves its ring: it reaches the announcer only if the
+    /// announcer can hear us, and the announcer's joins reach us only if we can hear it.
     pub(crate) fn on_merge_detect(&mut self, from: ProcId, m: MergeDetect) {
-        let foreign = matches!(self.state, State::Operational)
-            && self
-                .installed
-                .as_ref()
-                .is_some_and(|r| r.id != m.ring && !r.contains(from));
-        if foreign {
-            self.enter_gather("another ring detected", BTreeSet::from([from]));
-        } else {
+        let Some(ours) = self.installed.as_ref().map(|r| r.id) else {
             self.stats.ignored += 1;
+            return;
+        };
+        let foreign = matches!(self.state, State::Operational)
+            && ours != m.ring
+            && self.installed.as_ref().is_some_and(|r| !r.contains(from));
+        if !foreign {
+            self.stats.ignored += 1;
+        } else if m.answer {
+            self.enter_gather(
+                "another ring answered our announcement",
+                BTreeSet::from([from]),
+            );
+        } else {
+            let answer = MergeDetect {
+                ring: ours,
+                answer: true,
+            };
+            self.send_control(Dest::Node(from.node), &Packet::MergeDetect(answer));
         }
     }
 
@@ -492,7 +524,11 @@ impl Node {
         let Some(ring) = self.installed.as_ref().map(|r| r.id) else {
             return;
         };
-        self.send_control(Dest::All, &Packet::MergeDetect(MergeDetect { ring }));
+        let announce = MergeDetect {
+            ring,
+            answer: false,
+        };
+        self.send_control(Dest::All, &Packet::MergeDetect(announce));
         self.timers.set(
             Timer::MergeDetect,
             self.now.saturating_add(self.cfg.merge_detect_interval),

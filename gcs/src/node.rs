@@ -476,12 +476,9 @@ impl Node {
                     return;
                 };
                 if inst.id != data.ring {
-                    let foreign = !inst.contains(data.sender);
+                    // Another ring's traffic does not start a merge: its representative's
+                    // announcements do, once answered (see `on_merge_detect`).
                     self.stats.ignored += 1;
-                    if foreign && matches!(self.state, State::Operational) {
-                        let extra = BTreeSet::from([data.sender]);
-                        self.enter_gather("data from a foreign ring", extra);
-                    }
                     return;
                 }
                 if !inst.window.insert(Stored { data, frame }, limit) {

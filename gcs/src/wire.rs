@@ -202,10 +202,14 @@ pub(crate) struct CommitToken {
     pub(crate) hop: u32,
 }
 
-/// An operational representative's periodic announcement of its ring.
+/// An operational representative's periodic announcement of its ring, or (with `answer`) the
+/// reply of a member of another ring that heard it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MergeDetect {
     pub(crate) ring: RingId,
+    /// This is an answer to an announcement of the receiver: the sender heard the receiver's
+    /// ring, so a receiver that gets it knows the link works both ways.
+    pub(crate) answer: bool,
 }
 
 /// Any packet.
@@ -600,7 +604,10 @@ pub fn describe(datagram: &Bytes) -> String {
             "commit {:?} from={from:?} rotation={} hop={} members={:?}",
             c.ring, c.rotation, c.hop, c.members
         ),
-        Ok((from, Packet::MergeDetect(m))) => format!("merge-detect {:?} from={from:?}", m.ring),
+        Ok((from, Packet::MergeDetect(m))) => format!(
+            "merge-detect {:?} answer={} from={from:?}",
+            m.ring, m.answer
+        ),
     }
 }
 

@@ -147,17 +147,12 @@ fn heavy_loss_and_duplication_still_deliver_everything_in_order() {
 }
 
 /// A daemon that can send but no longer receive (a one-way link failure into it) is heard by
-/// the others, which merge with it at each of its announcements and fail it again a consensus
-/// timeout later; simultaneous consensus timeouts then split even the healthy members into
-/// rings of one for a moment. Today: a view change every 300-400 ms for as long as the link
-/// stays broken (25 in 9 s of simulated time), a write pause of 1.46 s on real namespaces
-/// (BENCHMARKS.md). What would fix it: ignore, for a backoff, the announcements of an outsider
-/// that failed to answer (it starts the merge itself with a join once it hears us again), and
-/// stagger the members' consensus timeouts so that they do not fail each other at once; a
-/// first attempt at the former (quarantining outsiders that failed a round) made it worse:
-/// after a split the healthy members are outsiders to each other and quarantined each other.
+/// the others but cannot hear them. Before announcements had to be answered, the others merged
+/// with it at each of its announcements and failed it a consensus timeout later, and their
+/// simultaneous consensus timeouts split even the healthy members: 25 view changes in these 9 s
+/// of simulated time. Now its announcements are answered and the answer never reaches it, so
+/// the others stay in their ring; after the heal the answer gets through and it merges.
 #[test]
-#[ignore = "known gap of issue 12: churn under a one-way link into a daemon"]
 fn a_daemon_that_cannot_receive_does_not_keep_the_others_changing_views() {
     let n = 4;
     let mut deaf = vec![vec![true; n]; n];
@@ -183,6 +178,7 @@ fn a_daemon_that_cannot_receive_does_not_keep_the_others_changing_views() {
                 && *at > secs(3.0) && *at < secs(12.0))
         })
         .count();
+    eprintln!("node 0: {views_late} regular views in 9 s of a one-way failure into node 3");
     assert!(
         views_late <= 2,
         "node 0 changed views {views_late} times in 9 s of a one-way failure"
