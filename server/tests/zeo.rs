@@ -323,6 +323,25 @@ async fn stock_client_calls_commit_invalidate_and_conflict() {
 
     // b stores on a stale serial: the conflict comes back from vote for resolution.
     let t2 = a.commit(2, &[(0, t1.clone(), b"root v2")]).await.unwrap();
+    // Verification: from t1, the changes since; from a tid this server never had (one of a
+    // history cut back on another server), none: the client drops its cache.
+    let inv = b.call("getInvalidations", vec![t1.clone()]).await.unwrap();
+    assert_eq!(
+        inv.as_array().map(|a| a[1].clone()),
+        Some(Value::Array(vec![bin(&Z64)]))
+    );
+    let t1n = u64::from_be_bytes(t1.as_slice().unwrap().try_into().unwrap());
+    let foreign = bin(&(t1n + 1).to_be_bytes());
+    assert_ne!(
+        foreign, t2,
+        "tids of commits made apart in time are not consecutive"
+    );
+    let inv = b.call("getInvalidations", vec![foreign]).await.unwrap();
+    assert_eq!(
+        inv,
+        Value::Nil,
+        "a last tid from a lost history must empty the cache"
+    );
     let e = b
         .commit(3, &[(0, t1.clone(), b"root v2b")])
         .await

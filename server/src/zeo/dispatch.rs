@@ -122,6 +122,15 @@ impl Dispatcher {
                     self.release(self.durable);
                 }
             }
+            ServerEvent::Lost(l) if l.server != self.face.server.id() => {
+                // Another server's history was cut back; this one's is whole, and so is what
+                // its clients were told. A client that cached the lost transactions from that
+                // server verifies with a last tid this server never had, and is told to drop
+                // its cache (`getInvalidations`). Cutting `released` back here would make this
+                // server claim a last tid below what its own clients saw: they would refuse
+                // it ("Server behind client") until it committed past them.
+                tracing::debug!(server = l.server, "another server's lost transactions");
+            }
             ServerEvent::Lost(l) => {
                 // This server's history was cut back: what its clients were told may be gone.
                 // Every connection is closed so that clients verify their caches again.

@@ -853,6 +853,22 @@ async fn read_call(face: &Arc<ZeoFace>, iterators: &Arc<Mutex<Iterators>>, call:
                             Value::Array(vec![]),
                         ])));
                     }
+                    // A last tid this server never had comes from a history that was cut
+                    // back elsewhere (a former primary's unreplicated tail, moved to its
+                    // lost archive): what the client cached from it is not in any history
+                    // here, so no list of later changes can correct it. It drops its cache.
+                    if since != Tid::ZERO {
+                        let here =
+                            store.iter(TidRange::new(Some(since), Some(since)), Direction::Forward);
+                        let known = match here {
+                            Ok(mut it) => it.next().transpose()?.is_some_and(|t| t.tid == since),
+                            Err(StorageError::HistoryTruncated { .. }) => false,
+                            Err(e) => return Err(e),
+                        };
+                        if !known {
+                            return Ok(Ok(Value::Nil));
+                        }
+                    }
                     let it = match store.iter(
                         TidRange::new(Some(Tid(since.0 + 1)), Some(upto)),
                         Direction::Forward,
