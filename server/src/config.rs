@@ -43,13 +43,7 @@ use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-/// Checks that `a` looks like `host:port` (resolved later); the error names it.
-pub fn check_host_port(a: &str) -> Result<(), String> {
-    match a.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{a:?} is not host:port")),
-    }
-}
+pub use servercore::membership::check_host_port;
 
 /// Resolves `host:port` (the first address).
 pub fn resolve(a: &str) -> Result<SocketAddr, String> {

@@ -1,16 +1,16 @@
 //! The storage server: a gcs node, the replica state machine and a store, run by the gcs tokio
 //! driver on a real UDP socket, with an async handle for the client-facing side.
 //!
-//! [`ServerCore`] is the whole server as one sans-IO state machine (node + replica); the driver
-//! and the simulator wire the same two cores the same way.
+//! [`ServerCore`] (crate `servercore`) is the whole server as one sans-IO state machine: the
+//! simulator drives it too. Here [`core::ServerShell`] executes its outputs (answers through
+//! channels, checkpoint files, the read handle) inside the gcs tokio driver.
 
 pub mod admin;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
-mod core;
+pub mod core;
 pub mod front;
-pub mod membership;
 pub mod netclient;
 pub mod proto;
 pub mod tls;
@@ -18,8 +18,9 @@ pub mod zeo;
 
 pub use crate::core::{
     CheckpointSupport, Inspect, InspectFn, OpenStore, ReadAnswer, ReadError, ReadOp, ServerCore,
-    ServerEvent, ServerRequest, ServerStatus,
+    ServerEvent, ServerRequest, ServerShell, ServerStatus,
 };
+pub use servercore::membership;
 
 use gcs::net::driver::{self, Clock};
 use gcs::net::{ClusterConfig, Security, StartError};
@@ -149,7 +150,7 @@ impl StorageServer {
             // The replication state now says "no vote until caught up".
             std::fs::remove_file(&mark).map_err(storage::StorageError::from)?;
         }
-        let core = ServerCore::new(node, replica, ckpt, configured);
+        let core = ServerShell::new(node, replica, ckpt, configured);
         let direct = core.direct_reads();
         let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;
         Ok((

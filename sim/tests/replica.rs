@@ -290,3 +290,42 @@ fn async_mode_holds_its_properties_under_failover() {
     clean(&r);
     assert!(r.totals.acked > 100);
 }
+
+/// The checkpoint transfer runs through the shared core in the simulator as in the server:
+/// a wiped server asks for one at its restart (s0 donates it over about 47 chunks, 1.7 ms);
+/// s0 crashes in the middle of it. The recipient must abandon the transfer when the view
+/// loses its donor, ask again, get a whole checkpoint, and every property must hold.
+#[test]
+fn a_checkpoint_whose_donor_crashes_midway_is_asked_for_again() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut o = ReplicaOptions::calm(7, 3);
+    o.recovery.checkpoint_after = 10;
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let mut c = ReplicaCluster::new(o.clone());
+    let seen = lines.clone();
+    c.set_trace(Box::new(move |l: &str| {
+        if l.contains(" checkpoint ") && !l.contains(" write ") && !l.contains("Read {") {
+            seen.borrow_mut().push(l.to_string());
+        }
+    }));
+    c.plan_manual(secs(4.0), secs(8.0));
+    c.at(secs(1.0), Action::Wipe(2));
+    c.at(secs(3.0), Action::Restart(2));
+    c.at(secs(3.0105), Action::Crash(0));
+    c.at(secs(3.5), Action::Restart(0));
+    let (history, totals, _) = c.run();
+    let violations = sim::replica::checkers::check_all(&history);
+    let lines = lines.borrow();
+    assert!(violations.is_empty(), "{violations:?}\n{lines:#?}");
+    let made = lines.iter().filter(|l| l.contains("Make {")).count();
+    let abandoned = lines
+        .iter()
+        .filter(|l| l.contains("s2 checkpoint Abandon"))
+        .count();
+    let installed = lines.iter().filter(|l| l.contains("installed: Ok")).count();
+    assert!(
+        made >= 2 && abandoned >= 1 && installed == 1 && totals.checkpoints == 1,
+        "made {made}, abandoned {abandoned}, installed {installed}: {lines:#?}"
+    );
+}

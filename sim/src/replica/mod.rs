@@ -1,7 +1,10 @@
-//! The storage-server simulator: N servers, each a production `gcs::Node` plus a production
-//! `replica::Replica` over an in-memory store, and a set of clients with retries, in one
-//! thread over virtual time, on the same seeded faulty network and fault schedule as the gcs
-//! simulator. A crash drops the node and the replica (memory) and keeps the store (disk).
+//! The storage-server simulator: N servers, each the production `servercore::ServerCore` (the
+//! gcs `Node` and the `Replica` as the server wires them) over an in-memory store, and a set
+//! of clients with retries, in one thread over virtual time, on the same seeded faulty network
+//! and fault schedule as the gcs simulator. A crash drops the core (memory) and keeps the store
+//! (disk). This file is the core's second shell: it executes the core's checkpoint commands
+//! over simulated files (the checkpoint's content travels underneath as a store snapshot; its
+//! files, chunks, checksums and messages are real).
 
 pub mod checkers;
 pub mod history;
@@ -15,14 +18,21 @@ use bytes::Bytes;
 use gcs::{Node, ProcId, Time};
 use history::{FinalStore, REvent, RHistory};
 use replica::{
-    CommitError, CommitMode, CommitRequest, GroupKind, Output, RecoveryPolicy, ReplicaConfig,
-    ReqId, Role, ServerSpec,
+    CommitError, CommitMode, CommitRequest, GroupKind, RecoveryPolicy, ReplicaConfig, ReqId, Role,
+    ServerSpec,
 };
+use servercore::checkpoint::{CheckpointCommand, Manifest};
+use servercore::membership::Configured;
+use servercore::{CoreOptions, Output, ServerEvent};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
 
 type Replica = replica::Replica<MemStorage>;
+type Core = servercore::ServerCore<MemStorage>;
+
+/// Bytes per checkpoint chunk in the simulator (small, so that transfers take many).
+const SIM_CHECKPOINT_CHUNK: usize = 1024;
 
 /// Receives one trace line per simulated event.
 pub type Tracer = Box<dyn FnMut(&str)>;
@@ -164,8 +174,7 @@ enum Ev {
 }
 
 struct Server {
-    node: Option<Node>,
-    replica: Option<Replica>,
+    core: Option<Core>,
     /// The store while the server is down (its disk).
     disk: Option<MemStorage>,
     /// The disk was lost while the server was down.
@@ -238,6 +247,12 @@ pub struct ReplicaCluster {
     totals: RTotals,
     digest: u64,
     trace: Option<Tracer>,
+    /// Simulated checkpoint files, by (server, transfer id): a donor's `outgoing` file, a
+    /// recipient's `incoming` one.
+    outgoing_files: BTreeMap<(usize, u64), Bytes>,
+    incoming_files: BTreeMap<(usize, u64), Vec<u8>>,
+    /// What a checkpoint holds, by (recipient, transfer id): the donor's store as it was made.
+    underneath: BTreeMap<(usize, u64), MemStorage>,
 }
 
 /// The digest of a transaction's content (tid, records).
@@ -276,8 +291,7 @@ impl ReplicaCluster {
             queue: EventQueue::default(),
             servers: (0..n)
                 .map(|_| Server {
-                    node: None,
-                    replica: None,
+                    core: None,
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
                     disk_lost: false,
                     store_failing: false,
@@ -302,6 +316,9 @@ impl ReplicaCluster {
             totals: RTotals::default(),
             digest: DIGEST_START,
             trace: None,
+            outgoing_files: BTreeMap::new(),
+            incoming_files: BTreeMap::new(),
+            underneath: BTreeMap::new(),
             cfg,
             opts,
         }
@@ -388,14 +405,14 @@ impl ReplicaCluster {
 
     fn finish(&mut self) {
         for (i, s) in self.servers.iter().enumerate() {
-            let store: &MemStorage = match (&s.replica, &s.disk) {
-                (Some(r), _) => r.store(),
+            let store: &MemStorage = match (&s.core, &s.disk) {
+                (Some(c), _) => c.store(),
                 (None, Some(d)) => d,
                 (None, None) => continue,
             };
             let mut f = FinalStore {
-                running: s.replica.is_some(),
-                role: s.replica.as_ref().map(|r| r.role()),
+                running: s.core.is_some(),
+                role: s.core.as_ref().map(|c| c.replica().role()),
                 last: store.last_transaction().unwrap_or_default(),
                 horizon: store.horizon().unwrap_or_default(),
                 ..FinalStore::default()
@@ -424,8 +441,8 @@ impl ReplicaCluster {
             self.history.finals.insert(i as u32, f);
         }
         for s in &self.servers {
-            if let Some(r) = &s.replica {
-                let st = r.stats();
+            if let Some(c) = &s.core {
+                let st = c.replica().stats();
                 self.totals.elections += st.elections;
                 self.totals.recoveries_full += st.recoveries_full;
                 self.totals.recoveries_fast += st.recoveries_fast;
@@ -441,9 +458,11 @@ impl ReplicaCluster {
             Action::SetNet(p) => self.net.params = p,
             Action::SetLinks(l) => self.net.links = l,
             Action::Crash(i) | Action::Wipe(i) => {
-                if let Some(r) = self.servers[i].replica.take() {
-                    self.servers[i].node = None;
-                    let store = r.into_store();
+                if let Some(core) = self.servers[i].core.take() {
+                    self.outgoing_files.retain(|k, _| k.0 != i);
+                    self.incoming_files.retain(|k, _| k.0 != i);
+                    self.underneath.retain(|k, _| k.0 != i);
+                    let store = core.into_store();
                     store.crash();
                     if matches!(a, Action::Wipe(_)) {
                         self.servers[i].disk_lost = true;
@@ -465,14 +484,14 @@ impl ReplicaCluster {
                 let s = &mut self.servers[i];
                 s.store_failing = failing;
                 let why = failing.then_some("simulated: no space left on device");
-                match (&s.replica, &s.disk) {
-                    (Some(r), _) => r.store().set_failing(why),
+                match (&s.core, &s.disk) {
+                    (Some(c), _) => c.store().set_failing(why),
                     (None, Some(d)) => d.set_failing(why),
                     (None, None) => {}
                 }
             }
             Action::Restart(i) => {
-                if self.servers[i].replica.is_none() {
+                if self.servers[i].core.is_none() {
                     let store = self.servers[i]
                         .disk
                         .take()
@@ -498,15 +517,19 @@ impl ReplicaCluster {
                     };
                     match opened {
                         Ok(r) => {
-                            self.servers[i].replica = Some(r);
-                            self.servers[i].node = Some(node);
+                            let opts = CoreOptions {
+                                checkpoints: true,
+                                checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
+                            };
+                            let core = Core::new(node, r, self.configured(), opts);
+                            self.servers[i].core = Some(core);
                             self.drain(i);
                         }
                         Err(e) => panic!("server {i} cannot reopen its store: {e}"),
                     }
                 }
             }
-            Action::Pause(i) => self.servers[i].io.paused = self.servers[i].replica.is_some(),
+            Action::Pause(i) => self.servers[i].io.paused = self.servers[i].core.is_some(),
             Action::Resume(i) => self.resume(i),
             Action::Heal => {
                 let n = self.servers.len();
@@ -517,7 +540,7 @@ impl ReplicaCluster {
                         self.action(Action::StoreHeals(i));
                     }
                     self.resume(i);
-                    if self.servers[i].replica.is_none() {
+                    if self.servers[i].core.is_none() {
                         self.action(Action::Restart(i));
                     }
                 }
@@ -526,8 +549,8 @@ impl ReplicaCluster {
                 self.totals.swaps += 1;
                 let now = self.now;
                 let paused = self.servers[via].io.paused;
-                if let Some(r) = self.servers[via].replica.as_mut().filter(|_| !paused) {
-                    let res = r.request_swap(now, to as u32);
+                if let Some(c) = self.servers[via].core.as_mut().filter(|_| !paused) {
+                    let res = c.request_swap(now, to as u32);
                     self.tr(|| format!("{now:?} s{via} swap to s{to}: {res:?}"));
                     self.drain(via);
                 }
@@ -549,8 +572,8 @@ impl ReplicaCluster {
             return;
         }
         self.servers[i].io.paused = false;
-        if let Some(node) = self.servers[i].node.as_mut() {
-            node.handle_timeout(self.now);
+        if let Some(core) = self.servers[i].core.as_mut() {
+            core.handle_timeout(self.now);
         }
         self.drain(i);
         while let Some(b) = self.servers[i].io.next_buffered() {
@@ -561,7 +584,7 @@ impl ReplicaCluster {
 
     fn arrive(&mut self, to: usize, bytes: Bytes) {
         let s = &mut self.servers[to];
-        if s.node.is_none() {
+        if s.core.is_none() {
             return;
         }
         if s.io.paused {
@@ -573,16 +596,10 @@ impl ReplicaCluster {
         self.drain(to);
     }
 
-    /// A datagram reaches a running server: a direct replica message or a gcs packet, as
-    /// the server shell demultiplexes them.
+    /// A datagram reaches a running server.
     fn datagram(&mut self, to: usize, bytes: Bytes) {
-        let s = &mut self.servers[to];
-        if Replica::is_direct(&bytes) {
-            if let Some(r) = s.replica.as_mut() {
-                r.handle_direct(self.now, &bytes);
-            }
-        } else if let Some(node) = s.node.as_mut() {
-            node.handle_packet(self.now, bytes);
+        if let Some(core) = self.servers[to].core.as_mut() {
+            core.handle_packet(self.now, bytes);
         }
     }
 
@@ -591,81 +608,43 @@ impl ReplicaCluster {
         if !s.io.fires(gen) {
             return;
         }
-        let Some(node) = s.node.as_mut() else {
+        let Some(core) = s.core.as_mut() else {
             return;
         };
-        node.handle_timeout(self.now);
+        core.handle_timeout(self.now);
         self.drain(i);
     }
 
-    /// Moves everything between server `i`'s gcs node and replica until both are quiet.
+    /// Executes server `i`'s outputs until its core is quiet, then re-arms its timer.
     fn drain(&mut self, i: usize) {
-        // As the server shell does (`server::ServerCore::pump`): every node output of this
-        // input reaches the replica before it is polled, so the commits of one input are
-        // applied as one batch. Role outputs carry their own state, so what is recorded does
-        // not depend on when they are drained.
-        loop {
-            let mut any = false;
-            while let Some(out) = self.servers[i].node.as_mut().and_then(|n| n.poll_output()) {
-                any = true;
-                self.node_output(i, out);
-            }
-            while let Some(out) = self.servers[i]
-                .replica
-                .as_mut()
-                .and_then(|r| r.poll_output())
-            {
-                self.replica_output(i, out);
-            }
-            if !any {
-                break;
-            }
+        while let Some(out) = self.servers[i].core.as_mut().and_then(|c| c.poll_output()) {
+            self.output(i, out);
         }
         let deadline = self.servers[i]
-            .node
+            .core
             .as_ref()
-            .and_then(|n| n.poll_deadline());
+            .and_then(|c| c.poll_deadline());
         if let Some((at, gen)) = self.servers[i].io.rearm(deadline, self.now) {
             self.schedule(at, Ev::Timer { node: i, gen });
         }
     }
 
-    fn node_output(&mut self, i: usize, out: gcs::Output) {
+    fn core(&mut self, i: usize) -> &mut Core {
+        self.servers[i]
+            .core
+            .as_mut()
+            .expect("a server with outputs runs")
+    }
+
+    fn output(&mut self, i: usize, out: Output) {
         let now = self.now;
         match out {
-            gcs::Output::Transmit { dest, bytes } => {
+            Output::Transmit { dest, bytes } => {
                 for j in recipients(dest, i, self.servers.len()) {
                     self.send(i, j, bytes.clone());
                 }
             }
-            gcs::Output::Deliver(d) => {
-                if let Some(r) = self.servers[i].replica.as_mut() {
-                    r.handle_delivery(now, d.sender, &d.payload);
-                }
-            }
-            gcs::Output::View(v) => {
-                self.tr(|| format!("{now:?} s{i} view {:?} {:?}", v.id, v.members));
-                self.digest = fnv(self.digest, &v.id.ring.seq.to_le_bytes());
-                if let Some(r) = self.servers[i].replica.as_mut() {
-                    r.handle_view(now, &v);
-                }
-            }
-        }
-    }
-
-    fn replica_output(&mut self, i: usize, out: Output) {
-        let now = self.now;
-        match out {
-            Output::Multicast { service, payload } => {
-                if let Some(node) = self.servers[i].node.as_mut() {
-                    if let Err(e) = node.multicast(now, service, payload) {
-                        // A full send queue: the replica's message is lost to a view change
-                        // anyway (the node is not operational) or must be retried; record it.
-                        self.tr(|| format!("{now:?} s{i} multicast refused: {e}"));
-                    }
-                }
-            }
-            Output::Reply { req, result } => {
+            Output::Reply { id: req, result } => {
                 self.tr(|| format!("{now:?} s{i} reply {req:?} {result:?}"));
                 if let Ok(c) = &result {
                     if let Some((client, _, request)) = self.req_owner.get(&req) {
@@ -683,13 +662,23 @@ impl ReplicaCluster {
                 let d = self.client_delay();
                 self.schedule(now.saturating_add(d), Ev::Answer { req, result });
             }
-            Output::Role(info) => {
+            Output::Event(e) => self.event(i, e),
+            // Membership (added and removed replicas) is the storage server's; the simulated
+            // cluster keeps its configured servers and their addresses.
+            Output::Peers(_) => {}
+            Output::Checkpoint(c) => self.checkpoint_command(i, c),
+        }
+    }
+
+    fn event(&mut self, i: usize, e: ServerEvent) {
+        let now = self.now;
+        match e {
+            ServerEvent::Role(info) => {
                 if info.role == replica::Role::Down {
-                    // As `ServerCore` does: the store failed, the node is fed nothing more
-                    // (the others see this server leave), and the process exits.
+                    // The core left the ring (it takes no more input); the process exits and
+                    // its supervisor starts it again, as `standby-server` does.
                     self.tr(|| format!("{now:?} s{i} store failed: leaves the ring"));
                     self.totals.store_failures += 1;
-                    self.servers[i].node = None;
                     self.schedule(now, Ev::Action(Action::Crash(i)));
                     self.supervisor_restart(i);
                 }
@@ -709,9 +698,9 @@ impl ReplicaCluster {
                     in_primary_component: info.in_primary_component,
                 });
             }
-            Output::Invalidate(inv) => {
-                let r = self.servers[i].replica.as_ref().expect("running");
-                let t = r
+            ServerEvent::Invalidate(inv) => {
+                let t = self
+                    .core(i)
                     .store()
                     .iter(
                         TidRange::new(Some(inv.tid), Some(inv.tid)),
@@ -730,7 +719,7 @@ impl ReplicaCluster {
                     });
                 }
             }
-            Output::Lost(l) => {
+            ServerEvent::Lost(l) => {
                 if l.server == i as u32 {
                     self.totals.lost += l.tids.len() as u64;
                     self.tr(|| format!("{now:?} s{i} lost {:?}", l.tids));
@@ -741,31 +730,122 @@ impl ReplicaCluster {
                     });
                 }
             }
-            // Membership (added and removed replicas) is the storage server's; the simulated
-            // cluster keeps its configured servers.
-            Output::MembershipChanged | Output::Durable(_) => {}
-            Output::Direct { to, payload } => {
-                let j = to as usize;
-                if j < self.servers.len() && j != i {
-                    self.send(i, j, payload);
-                }
+            ServerEvent::NeedCheckpoint { donor } => {
+                self.tr(|| format!("{now:?} s{i} needs a checkpoint from s{donor}"));
             }
-            Output::NeedCheckpoint { donor } => {
-                let d = donor as usize;
-                let snap = self
-                    .servers
-                    .get(d)
-                    .and_then(|s| s.replica.as_ref())
-                    .map(|r| r.store().snapshot());
-                self.tr(|| format!("{now:?} s{i} checkpoint from s{d}: {}", snap.is_some()));
-                if let Some(snap) = snap {
-                    self.totals.checkpoints += 1;
-                    let r = self.servers[i].replica.as_mut().expect("running");
-                    if let Err(e) = r.install_checkpoint(snap) {
-                        panic!("checkpoint install failed: {e}");
+            ServerEvent::Claim(_) | ServerEvent::Durable(_) | ServerEvent::Membership(_) => {}
+        }
+    }
+
+    /// Executes a checkpoint command over simulated files and reports back, as the server's
+    /// shell does over real ones.
+    fn checkpoint_command(&mut self, i: usize, c: CheckpointCommand) {
+        let now = self.now;
+        self.tr(|| format!("{now:?} s{i} checkpoint {}", command_line(&c)));
+        match c {
+            CheckpointCommand::Make { id, to } => {
+                let snap = self.core(i).store().snapshot();
+                let made = snap
+                    .last_transaction()
+                    .map_err(|e| e.to_string())
+                    .map(|tid| {
+                        // The file's bytes stand for the store's: 64 per transaction (the
+                        // simulator's tids count them), so that big stores take many chunks and
+                        // the node's send queue pushes back.
+                        let len = 1 + (tid.0 as usize).min(1 << 14) * 64;
+                        let bytes: Bytes = (0..len).map(|k| (k as u64 ^ id) as u8).collect();
+                        let crc = crc32fast::hash(&bytes);
+                        self.outgoing_files.insert((i, id), bytes);
+                        Manifest {
+                            tid,
+                            files: vec![("checkpoint".to_string(), len as u64, crc)],
+                        }
+                    });
+                if made.is_ok() {
+                    self.underneath.insert((to as usize, id), snap);
+                }
+                self.core(i).checkpoint_made(now, id, made);
+            }
+            CheckpointCommand::Read {
+                id,
+                name: _,
+                offset,
+                len,
+            } => {
+                let read = self
+                    .outgoing_files
+                    .get(&(i, id))
+                    .and_then(|f| f.get(offset as usize..offset as usize + len))
+                    .map(Bytes::copy_from_slice)
+                    .ok_or_else(|| "simulated read past the end".to_string());
+                self.core(i).chunk_read(now, id, read);
+            }
+            CheckpointCommand::Discard { id } => {
+                self.outgoing_files.remove(&(i, id));
+            }
+            CheckpointCommand::Prepare { id, donor: _ } => {
+                self.incoming_files.insert((i, id), Vec::new());
+            }
+            CheckpointCommand::Write {
+                id,
+                name: _,
+                offset,
+                data,
+            } => match self.incoming_files.get_mut(&(i, id)) {
+                Some(f) => {
+                    let end = offset as usize + data.len();
+                    if f.len() < end {
+                        f.resize(end, 0);
                     }
+                    f[offset as usize..end].copy_from_slice(&data);
                 }
+                None => self.core(i).transfer_failed(now, id, "no side file"),
+            },
+            CheckpointCommand::Install {
+                id,
+                donor: _,
+                manifest,
+            } => {
+                let file = self.incoming_files.remove(&(i, id)).unwrap_or_default();
+                let snap = self.underneath.remove(&(i, id));
+                let ready = match (&manifest.files[..], snap) {
+                    ([(_, len, crc)], Some(snap))
+                        if file.len() as u64 == *len && crc32fast::hash(&file) == *crc =>
+                    {
+                        match snap.last_transaction() {
+                            Ok(t) if t == manifest.tid => Ok(snap),
+                            other => Err(format!(
+                                "checkpoint holds {other:?}, announced {}",
+                                manifest.tid
+                            )),
+                        }
+                    }
+                    _ => Err("checkpoint files do not match the manifest".to_string()),
+                };
+                if ready.is_ok() {
+                    self.totals.checkpoints += 1;
+                }
+                let r = self.core(i).checkpoint_ready(now, id, ready);
+                self.tr(|| format!("{now:?} s{i} checkpoint {id} installed: {r:?}"));
             }
+            CheckpointCommand::Abandon { id } => {
+                self.incoming_files.remove(&(i, id));
+                self.underneath.remove(&(i, id));
+            }
+        }
+    }
+
+    /// The configured servers (addresses are never used: the simulated network routes by
+    /// index).
+    fn configured(&self) -> Configured {
+        Configured {
+            daemons: (0..self.servers.len())
+                .map(|i| {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16));
+                    (i as u32, addr)
+                })
+                .collect(),
+            replica: self.cfg.clone(),
         }
     }
 
@@ -851,7 +931,7 @@ impl ReplicaCluster {
         if self.servers[i].io.paused {
             return;
         }
-        let Some(r) = self.servers[i].replica.as_ref() else {
+        let Some(r) = self.servers[i].core.as_ref().map(|c| c.replica()) else {
             return;
         };
         if !r.readable() {
@@ -953,10 +1033,10 @@ impl ReplicaCluster {
         if s.io.paused {
             return;
         }
-        let Some(r) = s.replica.as_mut() else {
+        let Some(core) = s.core.as_mut() else {
             return;
         };
-        r.handle_commit(self.now, req, c);
+        core.commit(self.now, req, c);
         self.drain(server);
     }
 
@@ -1050,7 +1130,7 @@ impl ReplicaCluster {
     pub fn roles(&self) -> Vec<Option<Role>> {
         self.servers
             .iter()
-            .map(|s| s.replica.as_ref().map(|r| r.role()))
+            .map(|s| s.core.as_ref().map(|c| c.replica().role()))
             .collect()
     }
 }
@@ -1107,5 +1187,18 @@ fn finish_run(options: ReplicaOptions, c: ReplicaCluster) -> ReplicaReport {
         violations,
         digest,
         history,
+    }
+}
+
+/// One trace line for a checkpoint command (chunk data left out).
+fn command_line(c: &CheckpointCommand) -> String {
+    match c {
+        CheckpointCommand::Write {
+            id, offset, data, ..
+        } => format!("write {id} at {offset} ({} bytes)", data.len()),
+        CheckpointCommand::Install { id, manifest, .. } => {
+            format!("install {id} (tid {})", manifest.tid)
+        }
+        other => format!("{other:?}"),
     }
 }

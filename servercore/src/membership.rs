@@ -85,9 +85,16 @@ pub struct Configured {
     pub replica: ReplicaConfig,
 }
 
+/// Checks that `a` looks like `host:port` (resolved later); the error names it.
+pub fn check_host_port(a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{a:?} is not host:port")),
+    }
+}
+
 fn host_port(what: &str, a: &str) -> Result<(), MembershipError> {
-    crate::config::check_host_port(a)
-        .map_err(|e| MembershipError::Invalid(format!("{what} address {e}")))
+    check_host_port(a).map_err(|e| MembershipError::Invalid(format!("{what} address {e}")))
 }
 
 impl Membership {

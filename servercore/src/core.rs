@@ -1,0 +1,1124 @@
+//! `ServerCore`: see the crate docs. The node's datagrams of an input leave first; then the
+//! replica sees that input's views and deliveries in the order the node produced them, and its
+//! multicasts enter the node's send queue at once.
+
+use crate::checkpoint::{self, CheckpointCommand, CkptMsg, Manifest};
+use crate::membership::{Configured, Membership, MembershipChange};
+use bytes::Bytes;
+use gcs::{Node, Service, SubmitError, Time};
+use replica::{
+    CommitError, CommitRequest, Committed, Invalidation, LostReport, Replica, ReqId, Role,
+    RoleInfo, ServerId, Staleness, SwapError,
+};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use storage::Storage;
+
+/// Why a read was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The store is between two consistent states (an object recovery is open).
+    #[error("recovering: reads resume when the store is consistent again")]
+    Recovering,
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A snapshot of a server's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// Its id.
+    pub id: ServerId,
+    /// Its staleness (role, last tid, newest tid known, last commit time).
+    pub staleness: Staleness,
+    /// The working primary and its epoch, if known.
+    pub primary: Option<(ServerId, replica::Epoch)>,
+    /// Its durable promise.
+    pub promised: replica::Epoch,
+    /// Counters.
+    pub stats: replica::ReplicaStats,
+    /// Members of its current gcs view.
+    pub view: Vec<ServerId>,
+    /// Its gcs daemon's counters (retransmissions, refused datagrams, ...).
+    pub gcs: gcs::Stats,
+    /// Time since it last applied a transaction (`None`: none since it started).
+    pub since_last_commit: Option<std::time::Duration>,
+    /// Why its store failed, if it did: it has then left the ring (see
+    /// [`ServerCore`]'s docs) and serves nothing.
+    pub down_reason: Option<String>,
+}
+
+/// What the server tells its application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The role changed (the replica's role, as elected).
+    Role(RoleInfo),
+    /// What a primary may claim to be changed without its role changing: `Syncing` with no
+    /// primary when it has not had the token within the lease, `Primary` again once the token
+    /// went round (see `ServerCore::check_claim`). For those who route clients by it (the
+    /// client port's role pushes); the ZEO face follows the elected role.
+    Claim(RoleInfo),
+    /// A transaction was applied here: connected clients drop these objects.
+    Invalidate(Invalidation),
+    /// Primary only: every transaction up to this tid is durable as the mode promises
+    /// (see `replica::Output::Durable`).
+    Durable(storage::Tid),
+    /// Transactions were moved to a lost archive: clients flush these objects.
+    Lost(LostReport),
+    /// The store needs a checkpoint from `donor` (see `replica::Output::NeedCheckpoint`).
+    NeedCheckpoint {
+        /// The server to copy from.
+        donor: ServerId,
+    },
+    /// The cluster's added and removed servers, at start and after every change.
+    Membership(Membership),
+}
+
+/// What the core asks of its shell, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// A datagram to send.
+    Transmit {
+        /// Where.
+        dest: gcs::Dest,
+        /// The datagram.
+        bytes: Bytes,
+    },
+    /// The gcs address book changed (a read replica was added or removed, a server moved).
+    Peers(Vec<(ServerId, SocketAddr)>),
+    /// Something for the application.
+    Event(ServerEvent),
+    /// The answer to the commit or membership change the shell gave with this id.
+    Reply {
+        /// The request's id, as the shell gave it.
+        id: ReqId,
+        /// The answer.
+        result: Result<Committed, CommitError>,
+    },
+    /// File work for a checkpoint transfer (see [`checkpoint`]).
+    Checkpoint(CheckpointCommand),
+}
+
+/// How a core is set up beyond its node and replica.
+#[derive(Clone, Debug)]
+pub struct CoreOptions {
+    /// The shell executes checkpoint commands (the server has a data directory). Without,
+    /// this server neither sends nor receives checkpoints.
+    pub checkpoints: bool,
+    /// Bytes of file data per checkpoint chunk.
+    pub checkpoint_chunk: usize,
+}
+
+impl Default for CoreOptions {
+    fn default() -> CoreOptions {
+        CoreOptions {
+            checkpoints: false,
+            checkpoint_chunk: checkpoint::CHUNK,
+        }
+    }
+}
+
+/// A node output held back for the replica (see `ServerCore::feed_replica`).
+enum ForReplica {
+    Deliver(gcs::Delivery),
+    View(gcs::View),
+}
+
+/// The donor's side of a checkpoint transfer.
+struct Outgoing {
+    to: ServerId,
+    /// The recipient's process: a restarted recipient (a newer incarnation) knows nothing
+    /// of this transfer.
+    to_proc: gcs::ProcId,
+    id: u64,
+    /// `None` until the shell reports the checkpoint made.
+    manifest: Option<Manifest>,
+    /// The next file to read, and where in it.
+    file: usize,
+    offset: u64,
+    /// A read asked of the shell and not reported yet: `(file, offset, len)`.
+    reading: Option<(usize, u64, usize)>,
+    /// A message the node's send queue had no room for.
+    pending: Option<CkptMsg>,
+    done_sent: bool,
+}
+
+/// The recipient's side of a checkpoint transfer.
+struct Incoming {
+    id: u64,
+    donor: ServerId,
+    /// The donor's process, once known (from the view at the request, else from its first
+    /// message): a restarted donor (a newer incarnation) will never finish this transfer.
+    donor_proc: Option<gcs::ProcId>,
+    /// Bytes received so far (for the log).
+    received: u64,
+    /// `Install` was asked of the shell.
+    installing: bool,
+}
+
+/// One storage server: a gcs node and a replica over store `S`.
+pub struct ServerCore<S: Storage + 'static> {
+    opts: CoreOptions,
+    outgoing: Option<Outgoing>,
+    incoming: Option<Incoming>,
+    next_ckpt_id: u64,
+    node: Node,
+    replica: Replica<S>,
+    /// Replica and checkpoint multicasts the node's send queue had no room for yet.
+    unsent: VecDeque<(Service, Bytes)>,
+    view: Vec<ServerId>,
+    /// The members of the current regular view, by process.
+    view_procs: Vec<gcs::ProcId>,
+    out: VecDeque<Output>,
+    /// Node deliveries and views not yet given to the replica (see [`Self::feed_replica`]).
+    for_replica: VecDeque<ForReplica>,
+    /// The time of the input being handled.
+    now: Time,
+    /// The configured servers, and the membership last read from the store (`None`: not yet
+    /// announced to the shell and the application).
+    configured: Configured,
+    membership: Option<Membership>,
+    /// The store failed: the node is no longer fed, so the others see this server leave.
+    left_ring: bool,
+    /// How long a primary goes on claiming to be primary without having the token (half the
+    /// token timeout; see [`Self::check_claim`]).
+    lease: std::time::Duration,
+    /// The primary stopped claiming: the node's token-visit count then. It claims again after
+    /// two more visits, or when a new view elects it.
+    lapsed: Option<u64>,
+    /// The last token visit at which this server knew it was current (see
+    /// [`Self::staleness`]).
+    current_at: Option<Time>,
+}
+
+impl<S: Storage + 'static> ServerCore<S> {
+    /// Wires `node` and `replica` together.
+    pub fn new(
+        node: Node,
+        replica: Replica<S>,
+        configured: Configured,
+        opts: CoreOptions,
+    ) -> ServerCore<S> {
+        // Transfer ids unique across this server's runs: its incarnation, then a counter.
+        let next_ckpt_id = node.id().incarnation << 8;
+        let mut core = ServerCore {
+            opts,
+            outgoing: None,
+            incoming: None,
+            next_ckpt_id,
+            node,
+            replica,
+            unsent: VecDeque::new(),
+            view: Vec::new(),
+            view_procs: Vec::new(),
+            out: VecDeque::new(),
+            for_replica: VecDeque::new(),
+            now: Time::ZERO,
+            configured,
+            membership: None,
+            left_ring: false,
+            lease: std::time::Duration::ZERO,
+            lapsed: None,
+            current_at: None,
+        };
+        core.lease = core.node.config().token_timeout / 2;
+        // The address book and topology the store holds, before the first datagram.
+        core.reload_membership();
+        core
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A datagram arrived: a gcs packet or a replica's direct message.
+    pub fn handle_packet(&mut self, now: Time, bytes: Bytes) {
+        if self.left_ring {
+            return;
+        }
+        self.check_claim(now);
+        if Replica::<S>::is_direct(&bytes) {
+            self.replica.handle_direct(now, &bytes);
+        } else {
+            self.node.handle_packet(now, bytes);
+        }
+        self.pump(now);
+    }
+
+    /// The deadline of [`Self::poll_deadline`] passed.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.left_ring {
+            return;
+        }
+        self.check_claim(now);
+        self.node.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// A commit; answered by [`Output::Reply`] with `id` (unique among the requests open).
+    pub fn commit(&mut self, now: Time, id: ReqId, c: CommitRequest) {
+        self.begin(now);
+        self.replica.handle_commit(now, id, c);
+        self.pump(now);
+    }
+
+    /// A membership change (see [`crate::membership`]): committed like a write, answered by
+    /// [`Output::Reply`] with `id`.
+    pub fn membership_change(
+        &mut self,
+        now: Time,
+        id: ReqId,
+        client: u64,
+        request: u64,
+        change: MembershipChange,
+    ) {
+        self.begin(now);
+        self.change_membership(now, id, client, request, change);
+        self.pump(now);
+    }
+
+    /// Asks for a planned swap to `to`: accepted (forwarded through the ring) or refused.
+    pub fn request_swap(&mut self, now: Time, to: ServerId) -> Result<(), SwapError> {
+        self.begin(now);
+        let r = self.replica.request_swap(now, to);
+        self.pump(now);
+        r
+    }
+
+    /// New addresses for configured servers: the address book follows at once.
+    pub fn readdress(&mut self, now: Time, daemons: &[(ServerId, SocketAddr)]) {
+        self.begin(now);
+        let mut changed = false;
+        for (id, addr) in daemons {
+            if let Some(d) = self.configured.daemons.iter_mut().find(|d| d.0 == *id) {
+                if d.1 != *addr {
+                    tracing::info!(server = id, old = %d.1, new = %addr, "server address changed");
+                    d.1 = *addr;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Some(m) = &self.membership {
+                self.out.push_back(Output::Peers(m.peers(&self.configured)));
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The store and its staleness, between two inputs: one consistent state, with no commit
+    /// applied halfway; or why it cannot be read now.
+    pub fn read(&mut self, now: Time) -> Result<(&S, Staleness), ReadError> {
+        self.begin(now);
+        self.pump(now);
+        if self.replica.readable() {
+            Ok((self.replica.store(), self.staleness(now)))
+        } else {
+            Err(ReadError::Recovering)
+        }
+    }
+
+    /// The server's status now.
+    pub fn status(&mut self, now: Time) -> ServerStatus {
+        self.begin(now);
+        self.pump(now);
+        let staleness = self.staleness(now);
+        let mut primary = self.replica.primary();
+        if !self.token_recent(now) {
+            // Without the token lately, this server cannot vouch for who the primary is (the
+            // ring may be re-forming without it): clients then look elsewhere at once instead
+            // of waiting on a primary that may be gone.
+            primary = None;
+        }
+        ServerStatus {
+            id: self.replica.id(),
+            staleness,
+            primary,
+            promised: self.replica.promised(),
+            stats: self.replica.stats(),
+            view: self.view.clone(),
+            gcs: self.node.stats().clone(),
+            since_last_commit: self
+                .replica
+                .staleness()
+                .last_commit_at
+                .map(|t| now.since(t)),
+            down_reason: self.replica.down_reason().map(str::to_string),
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// When to call [`Self::handle_timeout`].
+    pub fn poll_deadline(&self) -> Option<Time> {
+        if self.left_ring {
+            return None;
+        }
+        let node = self.node.poll_deadline();
+        // A claiming primary wakes when its lease would run out, to stop claiming on time.
+        let lease_end = match (
+            self.replica.role(),
+            self.lapsed,
+            self.node.last_token_visit(),
+        ) {
+            (Role::Primary, None, Some((t, _))) => {
+                Some(t.saturating_add(self.lease + std::time::Duration::from_micros(1)))
+            }
+            _ => None,
+        };
+        match (node, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next output. The replica sees an input's deliveries and views only once the
+    /// datagrams of that input were taken (see [`Self::feed_replica`]).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
+            }
+            if self.for_replica.is_empty() {
+                return None;
+            }
+            self.feed_replica();
+        }
+    }
+
+    // ---- what shells read -----------------------------------------------------------------
+
+    /// The replica (for status and tests).
+    pub fn replica(&self) -> &Replica<S> {
+        &self.replica
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        self.replica.store()
+    }
+
+    /// Whether reads are served now (no object recovery open, the store not failed).
+    pub fn readable(&self) -> bool {
+        self.replica.readable()
+    }
+
+    /// The store failed and this server left the ring: it takes no more input.
+    pub fn has_left_ring(&self) -> bool {
+        self.left_ring
+    }
+
+    /// Its gcs node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The store, the core dropped (a crash in the simulator keeps the disk).
+    pub fn into_store(self) -> S {
+        self.replica.into_store()
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    fn begin(&mut self, now: Time) {
+        self.now = now;
+        self.check_claim(now);
+    }
+
+    /// Reads the membership object; on a change, gives the driver the new address book and
+    /// the application the new membership.
+    fn reload_membership(&mut self) {
+        let stored = match self.replica.store().load(&replica::membership_oid()) {
+            Ok(r) => r.and_then(|r| r.data),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the membership object");
+                return;
+            }
+        };
+        let m = match Membership::decode(stored.as_deref()) {
+            Ok(m) => m,
+            Err(e) => {
+                // Keep the last good one: a bad object must not empty the address book.
+                tracing::error!(error = %e, "membership object ignored");
+                return;
+            }
+        };
+        if self.membership.as_ref() == Some(&m) {
+            return;
+        }
+        let me = self.replica.id();
+        if m.is_removed(me) {
+            tracing::error!(
+                server = me,
+                "this server was removed from the cluster: the others ignore it"
+            );
+        }
+        tracing::info!(server = me, added = ?m.added.iter().map(|a| a.id).collect::<Vec<_>>(), removed = ?m.removed, "membership");
+        let added: Vec<(ServerId, String)> =
+            m.added.iter().map(|a| (a.id, a.name.clone())).collect();
+        self.replica.set_read_replicas(&added, &m.removed);
+        self.out.push_back(Output::Peers(m.peers(&self.configured)));
+        self.out
+            .push_back(Output::Event(ServerEvent::Membership(m.clone())));
+        self.membership = Some(m);
+    }
+
+    /// Turns a membership change into a commit of the membership object, checked against the
+    /// object as this server has it; the replica's conflict check (`expected_serial`) refuses
+    /// it if another change committed meanwhile.
+    fn change_membership(
+        &mut self,
+        now: Time,
+        id: ReqId,
+        client: u64,
+        request: u64,
+        change: MembershipChange,
+    ) {
+        if self.replica.role() != Role::Primary {
+            // Not validated here against a possibly stale copy: the client goes to the primary.
+            let primary = self.replica.primary().map(|(p, _)| p);
+            return self.answer(id, Err(CommitError::NotPrimary { primary }));
+        }
+        let current = match self.replica.store().load(&replica::membership_oid()) {
+            Ok(r) => r,
+            Err(e) => return self.answer(id, Err(CommitError::Down(e.to_string()))),
+        };
+        let serial = current.as_ref().map_or(storage::Tid::ZERO, |r| r.tid);
+        let next = Membership::decode(current.as_ref().and_then(|r| r.data.as_deref()))
+            .and_then(|m| m.apply(&change, &self.configured));
+        let next = match next {
+            Ok(m) => m,
+            Err(e) => return self.answer(id, Err(CommitError::Invalid(e.to_string()))),
+        };
+        let description = match &change {
+            MembershipChange::Add(s) => format!("add replica {} ({})", s.id, s.name),
+            MembershipChange::Remove(s) => format!("remove replica {s}"),
+        };
+        tracing::info!(server = self.replica.id(), %description, "membership change asked");
+        let c = CommitRequest {
+            client,
+            request,
+            meta: storage::TxnMeta {
+                user: Bytes::from_static(b"standby"),
+                description: Bytes::from(description),
+                extension: Bytes::new(),
+                time: 0,
+            },
+            records: vec![storage::Record {
+                oid: replica::membership_oid(),
+                data: Some(next.encode()),
+                expected_serial: Some(serial),
+            }],
+            tid: replica::TidChoice::Next,
+        };
+        self.replica.handle_commit(now, id, c);
+    }
+
+    fn answer(&mut self, id: ReqId, mut result: Result<Committed, CommitError>) {
+        if let Err(CommitError::NotPrimary { primary }) = &mut result {
+            // A redirect to a primary this server cannot vouch for sends the client back to a
+            // server that may be frozen or cut off, for a whole attempt's patience.
+            if !self.token_recent(self.now) {
+                *primary = None;
+            }
+        }
+        self.out.push_back(Output::Reply { id, result });
+    }
+
+    /// After an input: the replica's answers to a request, then the node's outputs. The
+    /// node's datagrams (the token above all) go to the shell before the replica sees the
+    /// deliveries and views of the same input (see [`Self::feed_replica`]).
+    fn pump(&mut self, now: Time) {
+        self.now = now;
+        self.drain_replica(now);
+        self.take_node_outputs();
+        self.check_claim(now);
+    }
+
+    fn take_node_outputs(&mut self) {
+        while let Some(o) = self.node.poll_output() {
+            match o {
+                gcs::Output::Transmit { dest, bytes } => {
+                    self.out.push_back(Output::Transmit { dest, bytes })
+                }
+                // A server that left the ring takes nothing more from it.
+                gcs::Output::Deliver(_) | gcs::Output::View(_) if self.left_ring => {}
+                gcs::Output::Deliver(d) => self.for_replica.push_back(ForReplica::Deliver(d)),
+                gcs::Output::View(v) => self.for_replica.push_back(ForReplica::View(v)),
+            }
+        }
+    }
+
+    /// Hands the deliveries and views held back to the replica, once the driver has sent the
+    /// datagrams of the same input. Why held back: applying the delivered commits costs a
+    /// store write and an fsync, and a token that waited for them would make every server's
+    /// write a step of the ring's rotation; sent first, the token moves on while this server
+    /// writes. All of one input's deliveries reach the replica before it is polled, so the
+    /// commits they carry are applied as one batch (one fsync); the replica itself applies what
+    /// it queued before anything that depends on it (a view, another kind of message). Order
+    /// is kept: the replica sees views and deliveries exactly as the node produced them.
+    fn feed_replica(&mut self) {
+        let now = self.now;
+        while let Some(o) = self.for_replica.pop_front() {
+            match o {
+                ForReplica::Deliver(d) => {
+                    if d.payload.first() == Some(&checkpoint::TAG) {
+                        self.on_checkpoint_msg(now, d.sender, &d.payload);
+                    } else {
+                        self.replica.handle_delivery(now, d.sender, &d.payload)
+                    }
+                }
+                ForReplica::View(v) => {
+                    let mut reclaim = false;
+                    if v.kind() == gcs::ViewKind::Regular {
+                        if self.lapsed.take().is_some() {
+                            reclaim = true;
+                            // Installed with the others: whatever it is now, the new view's
+                            // election says so.
+                            tracing::info!(
+                                server = self.replica.id(),
+                                "a new view: the claim follows its election"
+                            );
+                        }
+                        self.view = v.members.iter().map(|p| p.node).collect();
+                        self.view_procs = v.members.clone();
+                        self.abandon_transfers_outside_view();
+                        tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
+                    }
+                    self.replica.handle_view(now, &v);
+                    if reclaim && self.replica.role() == Role::Primary {
+                        self.push_claim();
+                    }
+                }
+            }
+        }
+        self.drain_replica(now);
+        self.take_node_outputs();
+    }
+
+    fn send(&mut self, now: Time, service: Service, payload: Bytes) {
+        if !self.unsent.is_empty() {
+            self.unsent.push_back((service, payload));
+            return;
+        }
+        match self.node.multicast(now, service, payload.clone()) {
+            Ok(()) => {}
+            Err(SubmitError::QueueFull { .. }) => self.unsent.push_back((service, payload)),
+            Err(e) => tracing::error!(error = %e, "replica message refused by the node"),
+        }
+    }
+
+    fn retry_unsent(&mut self, now: Time) {
+        while let Some((service, payload)) = self.unsent.pop_front() {
+            match self.node.multicast(now, service, payload.clone()) {
+                Ok(()) => {}
+                Err(SubmitError::QueueFull { .. }) => {
+                    self.unsent.push_front((service, payload));
+                    return;
+                }
+                Err(e) => tracing::error!(error = %e, "replica message refused by the node"),
+            }
+        }
+    }
+
+    fn drain_replica(&mut self, now: Time) {
+        self.retry_unsent(now);
+        while let Some(o) = self.replica.poll_output() {
+            match o {
+                replica::Output::Multicast { service, payload } => self.send(now, service, payload),
+                replica::Output::Reply { req, result } => self.answer(req, result),
+                replica::Output::Role(r) => {
+                    if r.role == Role::Down {
+                        self.leave_ring();
+                    }
+                    self.out.push_back(Output::Event(ServerEvent::Role(r)));
+                    if r.role == Role::Primary && self.lapsed.is_some() {
+                        // Not claimed until the token went round again (`check_claim`).
+                        self.push_claim();
+                    }
+                }
+                replica::Output::Invalidate(i) => self
+                    .out
+                    .push_back(Output::Event(ServerEvent::Invalidate(i))),
+                replica::Output::Durable(t) => {
+                    self.out.push_back(Output::Event(ServerEvent::Durable(t)))
+                }
+                replica::Output::Lost(l) => self.out.push_back(Output::Event(ServerEvent::Lost(l))),
+                replica::Output::NeedCheckpoint { donor } => {
+                    self.out
+                        .push_back(Output::Event(ServerEvent::NeedCheckpoint { donor }));
+                    self.ask_checkpoint(now, donor);
+                }
+                replica::Output::MembershipChanged => self.reload_membership(),
+                replica::Output::Direct { to, payload } => self.out.push_back(Output::Transmit {
+                    dest: gcs::Dest::Node(to),
+                    bytes: payload,
+                }),
+            }
+        }
+        self.feed_outgoing(now);
+    }
+
+    /// The store failed. A member that stays in the ring with a failed store freezes the
+    /// cluster: as primary it can no longer commit, yet the others keep naming it; as a backup
+    /// it blocks every election that waits for its state. So the node is fed nothing more
+    /// (no datagram, no timer): to the others this server is gone, they install a view
+    /// without it after their token timeout and elect among themselves. What the process
+    /// does next is the shell's choice (`standby-server` exits so that its supervisor
+    /// restarts it on a fresh open of the store).
+    fn leave_ring(&mut self) {
+        if self.left_ring {
+            return;
+        }
+        self.left_ring = true;
+        tracing::error!(
+            server = self.replica.id(),
+            reason = self.replica.down_reason().unwrap_or("unknown"),
+            "store failed: this server leaves the ring"
+        );
+        self.for_replica.clear();
+        self.unsent.clear();
+        if let Some(o) = self.outgoing.take() {
+            self.command(CheckpointCommand::Discard { id: o.id });
+        }
+        if let Some(i) = self.incoming.take() {
+            self.command(CheckpointCommand::Abandon { id: i.id });
+        }
+    }
+
+    /// Whether the replica receives every commit as it is made: in a primary component, not
+    /// read-only nor down (it may still be applying or catching up: its lag in transactions
+    /// says how far).
+    fn replica_current(&self) -> bool {
+        let st = self.replica.staleness();
+        st.in_primary_component && !matches!(st.role, Role::ReadOnly | Role::Down)
+    }
+
+    /// Notes, at every input, the last token visit at which this server was current.
+    fn observe_currency(&mut self, now: Time) {
+        // A view the replica has not seen yet means the token visits are the new ring's, not
+        // those of the view the replica's role belongs to.
+        let view_pending = self
+            .for_replica
+            .iter()
+            .any(|o| matches!(o, ForReplica::View(_)));
+        if !view_pending && self.replica_current() && self.token_recent(now) {
+            self.current_at = self.node.last_token_visit().map(|(t, _)| t);
+        }
+    }
+
+    /// The replica's staleness with what only the server knows: the role it may claim, and
+    /// how long it may have been missing commits. While it is current and the ring alive that
+    /// is zero; a server cut off from the primary learns it only at the next view (a token
+    /// timeout and a membership round later), so the time counts from the last token visit
+    /// at which it was current, not from that view.
+    fn staleness(&self, now: Time) -> Staleness {
+        let mut st = self.replica.staleness();
+        if self.lapsed.is_some() {
+            st.role = Role::Syncing;
+        }
+        st.behind_for = if self.replica_current() && self.token_recent(now) {
+            Some(std::time::Duration::ZERO)
+        } else {
+            self.current_at.map(|t| now.since(t))
+        };
+        st
+    }
+
+    /// Whether a primary may go on claiming to be primary: its node is operational and had the
+    /// token within the lease.
+    fn token_recent(&self, now: Time) -> bool {
+        self.node.phase() == gcs::Phase::Operational
+            && self
+                .node
+                .last_token_visit()
+                .is_some_and(|(t, _)| now.since(t) <= self.lease)
+    }
+
+    /// A primary stops claiming to be primary (the `/primary` probe, the status clients read,
+    /// the role pushed to them) as soon as it cannot be sure it still is: when it has not had
+    /// the token for half the token timeout. The others need a whole token timeout, then a
+    /// membership round, to elect another primary, so the two claims never overlap. A frozen
+    /// server (SIGSTOP, a VM stall) finds this out at its first input after resuming, before
+    /// the node reads any datagram: a token from its socket backlog may be one the others
+    /// have given up on, so it claims again only after two more token visits (the token went
+    /// round the whole ring since) or when a new view elects it.
+    fn check_claim(&mut self, now: Time) {
+        self.observe_currency(now);
+        if self.left_ring || self.replica.role() != Role::Primary {
+            self.lapsed = None;
+            return;
+        }
+        let visits = self.node.last_token_visit().map_or(0, |(_, n)| n);
+        match self.lapsed {
+            None if !self.token_recent(now) => {
+                self.lapsed = Some(visits);
+                tracing::warn!(
+                    server = self.replica.id(),
+                    lease = ?self.lease,
+                    "no token within the lease: no longer claiming to be primary"
+                );
+                self.push_claim();
+            }
+            Some(at) if visits >= at + 2 && self.token_recent(now) => {
+                self.lapsed = None;
+                tracing::info!(
+                    server = self.replica.id(),
+                    "the token went round again: claiming to be primary again"
+                );
+                self.push_claim();
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the application the role it may claim now.
+    fn push_claim(&mut self) {
+        let mut info = replica::RoleInfo {
+            role: Role::Primary,
+            primary: self.replica.primary(),
+            in_primary_component: self.replica.staleness().in_primary_component,
+            promised: self.replica.promised(),
+        };
+        if self.lapsed.is_some() {
+            info.role = Role::Syncing;
+            info.primary = None;
+        }
+        self.out.push_back(Output::Event(ServerEvent::Claim(info)));
+    }
+
+    // ---- checkpoint transfer (see `checkpoint.rs`) ----------------------------------------
+
+    fn command(&mut self, c: CheckpointCommand) {
+        self.out.push_back(Output::Checkpoint(c));
+    }
+
+    fn ask_checkpoint(&mut self, now: Time, donor: ServerId) {
+        if !self.opts.checkpoints {
+            tracing::error!(
+                server = self.replica.id(),
+                "a checkpoint is needed but this server has no data directory"
+            );
+            return;
+        }
+        if self.incoming.is_some() {
+            return;
+        }
+        let id = self.next_ckpt_id;
+        self.next_ckpt_id += 1;
+        tracing::info!(
+            server = self.replica.id(),
+            donor,
+            id,
+            "asking for a checkpoint"
+        );
+        let donor_proc = self.view_procs.iter().find(|p| p.node == donor).copied();
+        self.incoming = Some(Incoming {
+            id,
+            donor,
+            donor_proc,
+            received: 0,
+            installing: false,
+        });
+        self.command(CheckpointCommand::Prepare { id, donor });
+        let m = CkptMsg::Request {
+            from: self.replica.id(),
+            donor,
+            id,
+        };
+        self.send(now, Service::Agreed, m.encode());
+    }
+
+    fn abandon_transfers_outside_view(&mut self) {
+        // By process, not by server id: a peer that restarted between two views (a crash,
+        // then its supervisor) is in the new view under a newer incarnation, and knows nothing
+        // of the transfer; waiting for it would wait forever.
+        let procs = self.view_procs.clone();
+        if let Some(o) = self.outgoing.take_if(|o| !procs.contains(&o.to_proc)) {
+            tracing::warn!(to = o.to, "checkpoint recipient left: transfer abandoned");
+            self.command(CheckpointCommand::Discard { id: o.id });
+        }
+        let gone = |i: &mut Incoming| match i.donor_proc {
+            Some(p) => !procs.contains(&p),
+            None => !procs.iter().any(|p| p.node == i.donor),
+        };
+        if let Some(i) = self.incoming.take_if(gone) {
+            tracing::warn!(donor = i.donor, "checkpoint donor left: transfer abandoned");
+            self.command(CheckpointCommand::Abandon { id: i.id });
+        }
+    }
+
+    /// Donor: the shell made the checkpoint of transfer `id` (or could not).
+    pub fn checkpoint_made(&mut self, now: Time, id: u64, made: Result<Manifest, String>) {
+        self.now = now;
+        let Some(o) = self
+            .outgoing
+            .as_mut()
+            .filter(|o| o.id == id && o.manifest.is_none())
+        else {
+            return;
+        };
+        match made {
+            Ok(m) => {
+                tracing::info!(to = o.to, id, files = m.files.len(), tid = %m.tid, "sending a checkpoint");
+                o.manifest = Some(m);
+            }
+            Err(reason) => self.outgoing_failed(now, reason),
+        }
+        self.feed_outgoing(now);
+        self.pump(now);
+    }
+
+    /// Donor: the shell read the chunk asked by [`CheckpointCommand::Read`] (or could not).
+    pub fn chunk_read(&mut self, now: Time, id: u64, read: Result<Bytes, String>) {
+        self.now = now;
+        let Some(o) = self.outgoing.as_mut().filter(|o| o.id == id) else {
+            return;
+        };
+        let Some((file, offset, len)) = o.reading.take() else {
+            return;
+        };
+        match read {
+            Ok(data) if data.len() == len => {
+                let name = o.manifest.as_ref().expect("reading after made").files[file]
+                    .0
+                    .clone();
+                o.offset = offset + len as u64;
+                o.pending = Some(CkptMsg::Chunk {
+                    to: o.to,
+                    id,
+                    name,
+                    offset,
+                    data,
+                });
+            }
+            Ok(data) => self.outgoing_failed(
+                now,
+                format!("read {} bytes of a chunk of {len}", data.len()),
+            ),
+            Err(reason) => self.outgoing_failed(now, reason),
+        }
+        self.feed_outgoing(now);
+        self.pump(now);
+    }
+
+    fn outgoing_failed(&mut self, now: Time, reason: String) {
+        let Some(o) = self.outgoing.take() else {
+            return;
+        };
+        tracing::error!(to = o.to, id = o.id, %reason, "cannot send a checkpoint");
+        self.command(CheckpointCommand::Discard { id: o.id });
+        let f = CkptMsg::Failed {
+            to: o.to,
+            id: o.id,
+            reason,
+        };
+        self.send(now, Service::Agreed, f.encode());
+    }
+
+    /// Queues checkpoint chunks while the node's send queue has room: one chunk is read
+    /// ahead at most, so a large checkpoint never sits in memory.
+    fn feed_outgoing(&mut self, now: Time) {
+        let chunk = self.opts.checkpoint_chunk.max(1);
+        loop {
+            let Some(o) = self.outgoing.as_mut() else {
+                return;
+            };
+            if o.reading.is_some() {
+                return;
+            }
+            let Some(m) = o.manifest.as_ref() else {
+                return;
+            };
+            let msg = match o.pending.take() {
+                Some(msg) => msg,
+                None if o.file < m.files.len() => {
+                    let (name, len, _) = &m.files[o.file];
+                    if o.offset >= *len {
+                        o.file += 1;
+                        o.offset = 0;
+                        continue;
+                    }
+                    let want = chunk.min((len - o.offset) as usize);
+                    o.reading = Some((o.file, o.offset, want));
+                    let c = CheckpointCommand::Read {
+                        id: o.id,
+                        name: name.clone(),
+                        offset: o.offset,
+                        len: want,
+                    };
+                    self.command(c);
+                    return;
+                }
+                None if !o.done_sent => {
+                    o.done_sent = true;
+                    CkptMsg::Done {
+                        to: o.to,
+                        id: o.id,
+                        tid: m.tid,
+                        files: m.files.clone(),
+                    }
+                }
+                None => {
+                    let (to, id) = (o.to, o.id);
+                    self.outgoing = None;
+                    tracing::info!(to, id, "checkpoint sent");
+                    self.command(CheckpointCommand::Discard { id });
+                    return;
+                }
+            };
+            if !self.unsent.is_empty() {
+                o.pending = Some(msg);
+                return;
+            }
+            match self.node.multicast(now, Service::Agreed, msg.encode()) {
+                Ok(()) => {}
+                Err(SubmitError::QueueFull { .. }) => {
+                    if let Some(o) = self.outgoing.as_mut() {
+                        o.pending = Some(msg);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!("checkpoint chunk refused by the node: {e}");
+                    self.outgoing_failed(now, reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A checkpoint message `sender` multicast. Requests count only from the server they name,
+    /// and a transfer's chunks and end only from its donor: another member cannot feed a
+    /// recovering server files of its own.
+    fn on_checkpoint_msg(&mut self, now: Time, sender_proc: gcs::ProcId, payload: &[u8]) {
+        let sender = sender_proc.node;
+        let me = self.replica.id();
+        let Some(m) = CkptMsg::decode(payload) else {
+            tracing::debug!("malformed checkpoint message dropped");
+            return;
+        };
+        let ours = |i: &Incoming, id: u64| {
+            i.id == id
+                && i.donor == sender
+                && i.donor_proc.is_none_or(|p| p == sender_proc)
+                && !i.installing
+        };
+        match m {
+            CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
+                let refused = if self.outgoing.is_some() {
+                    Some("a transfer is already under way")
+                } else if !self.opts.checkpoints {
+                    Some("the donor has no data directory")
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    let f = CkptMsg::Failed {
+                        to: from,
+                        id,
+                        reason: reason.to_string(),
+                    };
+                    self.send(now, Service::Agreed, f.encode());
+                    return;
+                }
+                self.outgoing = Some(Outgoing {
+                    to: from,
+                    to_proc: sender_proc,
+                    id,
+                    manifest: None,
+                    file: 0,
+                    offset: 0,
+                    reading: None,
+                    pending: None,
+                    done_sent: false,
+                });
+                self.command(CheckpointCommand::Make { id, to: from });
+            }
+            CkptMsg::Chunk {
+                to,
+                id,
+                name,
+                offset,
+                data,
+            } if to == me => {
+                let Some(inc) = self.incoming.as_mut().filter(|i| ours(i, id)) else {
+                    return;
+                };
+                inc.donor_proc.get_or_insert(sender_proc);
+                inc.received += data.len() as u64;
+                self.command(CheckpointCommand::Write {
+                    id,
+                    name,
+                    offset,
+                    data,
+                });
+            }
+            CkptMsg::Done { to, id, tid, files } if to == me => {
+                let Some(inc) = self.incoming.as_mut().filter(|i| ours(i, id)) else {
+                    return;
+                };
+                inc.donor_proc.get_or_insert(sender_proc);
+                inc.installing = true;
+                let donor = inc.donor;
+                tracing::info!(server = me, donor, id, bytes = inc.received, %tid, "checkpoint received");
+                self.command(CheckpointCommand::Install {
+                    id,
+                    donor,
+                    manifest: Manifest { tid, files },
+                });
+            }
+            CkptMsg::Failed { to, id, reason } if to == me => {
+                if let Some(i) = self.incoming.take_if(|i| ours(i, id)) {
+                    tracing::error!(%reason, "the donor could not send a checkpoint");
+                    self.command(CheckpointCommand::Abandon { id: i.id });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Recipient: the shell could not prepare or write transfer `id`: it is abandoned (the
+    /// replica asks again at its next election).
+    pub fn transfer_failed(&mut self, now: Time, id: u64, reason: &str) {
+        self.now = now;
+        if let Some(i) = self.incoming.take_if(|i| i.id == id) {
+            tracing::error!(%reason, "checkpoint transfer abandoned");
+            self.command(CheckpointCommand::Abandon { id: i.id });
+        }
+        self.pump(now);
+    }
+
+    /// Recipient: the shell installed the checkpoint of transfer `id` as the live store and
+    /// opened it (or could not). The replica takes it and drops (closes) the store it had:
+    /// a shell with readers of the old store lets them go first.
+    pub fn checkpoint_ready(
+        &mut self,
+        now: Time,
+        id: u64,
+        ready: Result<S, String>,
+    ) -> Result<(), String> {
+        self.now = now;
+        let Some(inc) = self.incoming.take_if(|i| i.id == id && i.installing) else {
+            return Err(format!("no checkpoint transfer {id} is being installed"));
+        };
+        let r = ready.and_then(|store| {
+            self.replica
+                .install_checkpoint(store)
+                .map_err(|e| e.to_string())
+        });
+        match &r {
+            Ok(()) => tracing::info!(
+                server = self.replica.id(),
+                donor = inc.donor,
+                bytes = inc.received,
+                "checkpoint installed"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint refused");
+                self.command(CheckpointCommand::Abandon { id });
+            }
+        }
+        self.pump(now);
+        r
+    }
+}
