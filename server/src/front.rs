@@ -10,12 +10,11 @@ use crate::proto::{
 use crate::{ReadAnswer, ReadOp, ServerEvent, StorageServer};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// A client connection: plain TCP, or TLS over it.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+pub use standby_client::ClientStream;
 use tokio::sync::broadcast;
 
 /// What a client token allows, in increasing order: each level includes the ones below.

@@ -11,8 +11,6 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod front;
-pub mod netclient;
-pub mod proto;
 pub mod tls;
 pub mod zeo;
 
@@ -21,6 +19,9 @@ pub use crate::core::{
     ServerEvent, ServerRequest, ServerShell, ServerStatus,
 };
 pub use servercore::membership;
+/// The TCP client library (crate `standby-client`).
+pub use standby_client as netclient;
+pub use standby_client::proto;
 
 use gcs::net::driver::{self, Clock};
 use gcs::net::{ClusterConfig, Security, StartError};

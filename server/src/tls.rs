@@ -6,66 +6,12 @@
 //! client CA file, clients must show a certificate it signed (mutual TLS) on top of their
 //! token. The client side verifies the server against a CA file and may show a certificate.
 
-use std::path::{Path, PathBuf};
+use standby_client::tls::{certs, key, provider, roots};
+pub use standby_client::tls::{client_config, server_name, TlsError};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read or parsed.
-    #[error("{path}: {why}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
-    /// rustls refused the configuration (a key that does not match the certificate...).
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
-
-fn file_err(path: &Path, why: impl ToString) -> TlsError {
-    TlsError::File {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    }
-}
-
-/// rustls with *ring*: classical key exchange (X25519, P-256, P-384), no post-quantum hybrid.
-/// rustls marks it deprecated for that reason; the aws-lc-rs provider has the hybrid but
-/// builds a large C library, a second heavy native build beside RocksDB.
-#[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let v = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, e))?;
-    if v.is_empty() {
-        return Err(file_err(path, "no certificate in the file"));
-    }
-    Ok(v)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
-}
-
-fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let mut r = rustls::RootCertStore::empty();
-    for c in certs(path)? {
-        r.add(c).map_err(|e| file_err(path, e))?;
-    }
-    Ok(r)
-}
 
 /// The server side's files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,33 +103,4 @@ impl ServerTls {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = (config, mtimes);
         Ok(true)
     }
-}
-
-/// A client's TLS: the CA that signs the servers' certificates, and the certificate to show
-/// when the servers ask for one.
-pub fn client_config(
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots(ca)?);
-    let c = match identity {
-        Some((cert, k)) => builder
-            .with_client_auth_cert(certs(cert)?, key(k)?)
-            .map_err(|e| TlsError::Config(e.to_string()))?,
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(c))
-}
-
-/// The name a client checks the server's certificate against: the host part of `addr`
-/// (an IP address or a DNS name).
-pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
-    let host = match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
-        None => addr,
-    };
-    ServerName::try_from(host.to_string()).map_err(|e| format!("{addr}: {e}"))
 }

@@ -1,4 +1,4 @@
-//! The client library over TCP.
+//! The TCP client.
 //!
 //! Give it any list of server addresses: it asks one for the topology (every server's client
 //! address, who is primary), sends writes to the primary, follows redirects, and on a failover
@@ -50,7 +50,7 @@ pub type Tls = std::sync::Arc<tokio_rustls::rustls::ClientConfig>;
 
 /// A connection that said hello.
 struct Conn {
-    stream: Box<dyn crate::front::ClientStream>,
+    stream: Box<dyn crate::ClientStream>,
     next_id: u64,
     server: ServerId,
 }
@@ -65,7 +65,7 @@ impl Conn {
             .map_err(|_| format!("{addr}: connect timed out"))?
             .map_err(|e| format!("{addr}: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let stream: Box<dyn crate::front::ClientStream> = match tls {
+        let stream: Box<dyn crate::ClientStream> = match tls {
             None => Box::new(tcp),
             Some(cfg) => {
                 let name = crate::tls::server_name(addr)?;
@@ -546,22 +546,22 @@ impl Client {
         self.on_primary(req, deadline).await
     }
 
-    /// Adds or removes a read replica (see [`crate::membership`]) through the primary, with
+    /// Adds or removes a read replica (see [`servercore::membership`]) through the primary, with
     /// the same redirects and idempotent retries as a commit.
     pub async fn change_membership(
         &mut self,
-        change: crate::membership::MembershipChange,
+        change: servercore::membership::MembershipChange,
         deadline: Duration,
     ) -> Result<Committed, ClientError> {
         let request = self.next_request;
         self.next_request += 1;
         let req = match change {
-            crate::membership::MembershipChange::Add(server) => Request::AddReplica {
+            servercore::membership::MembershipChange::Add(server) => Request::AddReplica {
                 client: self.client,
                 request,
                 server,
             },
-            crate::membership::MembershipChange::Remove(id) => Request::RemoveReplica {
+            servercore::membership::MembershipChange::Remove(id) => Request::RemoveReplica {
                 client: self.client,
                 request,
                 id,

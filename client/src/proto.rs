@@ -131,14 +131,14 @@ pub enum Request {
         /// Page size.
         max: u32,
     },
-    /// Add a read replica (see [`crate::membership`]); answered like a commit.
+    /// Add a read replica (see [`servercore::membership`]); answered like a commit.
     AddReplica {
         /// Client id (the change is idempotent like a commit).
         client: u64,
         /// Request number.
         request: u64,
         /// The new server.
-        server: crate::membership::AddedServer,
+        server: servercore::membership::AddedServer,
     },
     /// Remove a server without a vote; answered like a commit.
     RemoveReplica {
@@ -586,7 +586,7 @@ impl Request {
             12 => Request::AddReplica {
                 client: r.u64()?,
                 request: r.u64()?,
-                server: crate::membership::AddedServer {
+                server: servercore::membership::AddedServer {
                     id: r.u32()?,
                     name: r.str()?,
                     gcs: r
@@ -1066,7 +1066,7 @@ mod tests {
             Request::AddReplica {
                 client: 4,
                 request: 9,
-                server: crate::membership::AddedServer {
+                server: servercore::membership::AddedServer {
                     id: 5,
                     name: "r5".into(),
                     gcs: "127.0.0.1:7925".parse().unwrap(),
