@@ -690,6 +690,63 @@ impl<S: Storage> Replica<S> {
 
     // ---- views -----------------------------------------------------------------------
 
+    /// Checks the replica's own invariants; panics, naming the one broken, if any is. The
+    /// storage-server core runs it after every input in debug builds and always in the
+    /// simulator (`servercore::CoreOptions::check_invariants`), as `gcs::Node` checks its own.
+    pub fn check_invariants(&self) {
+        let me = self.me;
+        let fail = |what: &str| -> ! {
+            panic!("replica s{me} invariant broken: {what} (role {:?}, primary {:?}, last {}, promised {})",
+                self.role, self.primary, self.last, self.durable.promised.0)
+        };
+        // A server is Down exactly when its store failed, and says why.
+        if (self.role == Role::Down) != self.down_reason.is_some() {
+            fail("Down without a reason, or a reason without Down");
+        }
+        if self.role == Role::Primary {
+            // Only an elected primary of a primary component acts as one...
+            let Some((p, epoch)) = self.primary else {
+                fail("primary role without a working primary");
+            };
+            if p != me {
+                fail("primary role while another server is the working primary");
+            }
+            if !self.view.as_ref().is_some_and(|v| v.primary_component) {
+                fail("primary outside a primary component");
+            }
+            // ...under an epoch it durably promised...
+            if self.durable.promised < epoch {
+                fail("primary of an epoch above its durable promise");
+            }
+            // ...over a whole, consistent store...
+            if self.recovery.is_some() || self.durable.fill_since.is_some() {
+                fail("primary while recovering or with an object fill open");
+            }
+            // ...and every transaction it applied since is one it assigned.
+            if self.last > self.last_assigned {
+                fail("primary applied a tid it never assigned");
+            }
+        }
+        // The lineage: epochs strictly increase, and so do (weakly) their starting tids.
+        if !self
+            .lineage
+            .windows(2)
+            .all(|w| w[0].epoch < w[1].epoch && w[0].base <= w[1].base)
+        {
+            fail("lineage out of order");
+        }
+        // Commits held back during a recovery are kept in delivery order, which is tid order
+        // (some may already be applied by the recovery: they are skipped when it ends).
+        if !self
+            .backlog
+            .iter()
+            .zip(self.backlog.iter().skip(1))
+            .all(|((_, a), (_, b))| a.tid < b.tid)
+        {
+            fail("backlog out of tid order");
+        }
+    }
+
     /// A gcs view was installed.
     pub fn handle_view(&mut self, now: Time, view: &View) {
         if self.role == Role::Down {
@@ -2300,6 +2357,116 @@ pub enum SwapError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each invariant `check_invariants` states fails on a replica whose state breaks it
+    /// (the checker checks something), and a fresh replica passes.
+    #[test]
+    fn invariants_catch_each_broken_state() {
+        let fresh = || {
+            let cfg = ReplicaConfig::uniform(3, crate::CommitMode::Sync);
+            Replica::new(cfg, 0, storage::MemStorage::default()).expect("open")
+        };
+        fresh().check_invariants();
+        type Break = Box<dyn Fn(&mut Replica<storage::MemStorage>)>;
+        let broken: Vec<(&str, Break)> = vec![
+            ("Down without a reason", Box::new(|r| r.role = Role::Down)),
+            (
+                "primary role without a working primary",
+                Box::new(|r| r.role = Role::Primary),
+            ),
+            (
+                "another server is the working primary",
+                Box::new(|r| {
+                    r.role = Role::Primary;
+                    r.primary = Some((1, Epoch(1)));
+                }),
+            ),
+            (
+                "primary outside a primary component",
+                Box::new(|r| {
+                    r.role = Role::Primary;
+                    r.primary = Some((0, Epoch(1)));
+                }),
+            ),
+            (
+                "above its durable promise",
+                Box::new(|r| {
+                    r.role = Role::Primary;
+                    r.primary = Some((0, Epoch(1)));
+                    r.view = Some(CurrentView {
+                        members: vec![0, 1, 2],
+                        regular: true,
+                        primary_component: true,
+                    });
+                }),
+            ),
+            (
+                "object fill open",
+                Box::new(|r| {
+                    r.role = Role::Primary;
+                    r.primary = Some((0, Epoch(1)));
+                    r.durable.promised = Epoch(1);
+                    r.view = Some(CurrentView {
+                        members: vec![0, 1, 2],
+                        regular: true,
+                        primary_component: true,
+                    });
+                    r.durable.fill_since = Some(Tid(3));
+                }),
+            ),
+            (
+                "a tid it never assigned",
+                Box::new(|r| {
+                    r.role = Role::Primary;
+                    r.primary = Some((0, Epoch(1)));
+                    r.durable.promised = Epoch(1);
+                    r.view = Some(CurrentView {
+                        members: vec![0, 1, 2],
+                        regular: true,
+                        primary_component: true,
+                    });
+                    r.last = Tid(5);
+                }),
+            ),
+            (
+                "lineage out of order",
+                Box::new(|r| {
+                    r.lineage = vec![
+                        EpochStart {
+                            epoch: Epoch(2),
+                            base: Tid(1),
+                        },
+                        EpochStart {
+                            epoch: Epoch(1),
+                            base: Tid(2),
+                        },
+                    ]
+                }),
+            ),
+            (
+                "backlog out of tid order",
+                Box::new(|r| {
+                    let txn = |t: u64| Transaction {
+                        tid: Tid(t),
+                        meta: TxnMeta::default(),
+                        records: Vec::new(),
+                    };
+                    r.backlog = VecDeque::from([(Tid(1), txn(3)), (Tid(3), txn(2))]);
+                }),
+            ),
+        ];
+        for (what, breaks) in broken {
+            let mut r = fresh();
+            breaks(&mut r);
+            let caught =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.check_invariants()));
+            let msg = caught
+                .err()
+                .and_then(|e| e.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| panic!("not caught: {what}"));
+            assert!(msg.contains(what), "{what}: {msg}");
+        }
+    }
 
     #[test]
     fn pack_orders_round_trip_and_refuse_bad_lengths() {

@@ -154,6 +154,7 @@ impl Bus {
                 Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
             }
         }
+        r.check_invariants();
     }
 
     fn commit(&mut self, at: u32, req: u64, c: CommitRequest) {

@@ -16,7 +16,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-pub use servercore::checkpoint::{CkptMsg, Manifest, CHUNK, TAG};
+pub use servercore::checkpoint::{CkptMsg, Manifest, CHUNK};
 
 /// Donor, [`CheckpointCommand::Make`](servercore::checkpoint::CheckpointCommand::Make): writes
 /// a checkpoint of `store` into `dir` (`Storage::checkpoint`: for RocksDB, hard links and a copy

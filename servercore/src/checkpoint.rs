@@ -21,9 +21,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use replica::ServerId;
 use storage::Tid;
 
-/// First byte of a checkpoint message (replica messages start with their format version, 1).
-pub const TAG: u8 = 0xC7;
-
 /// Bytes of file data per chunk.
 pub const CHUNK: usize = 256 * 1024;
 
@@ -114,7 +111,6 @@ impl CkptMsg {
     /// Encodes it.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(64);
-        b.put_u8(TAG);
         match self {
             CkptMsg::Request { from, donor, id } => {
                 b.put_u8(1);
@@ -168,7 +164,7 @@ impl CkptMsg {
     /// Decodes it (`None` for anything malformed; never panics).
     pub fn decode(mut r: &[u8]) -> Option<CkptMsg> {
         let r = &mut r;
-        if r.len() < 2 || r.get_u8() != TAG {
+        if r.is_empty() {
             return None;
         }
         let m = match r.get_u8() {

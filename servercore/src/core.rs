@@ -3,6 +3,7 @@
 //! multicasts enter the node's send queue at once.
 
 use crate::checkpoint::{self, CheckpointCommand, CkptMsg, Manifest};
+use crate::envelope::{self, Channel};
 use crate::membership::{Configured, Membership, MembershipChange};
 use bytes::Bytes;
 use gcs::{Node, Service, SubmitError, Time};
@@ -108,6 +109,9 @@ pub struct CoreOptions {
     pub checkpoints: bool,
     /// Bytes of file data per checkpoint chunk.
     pub checkpoint_chunk: usize,
+    /// Check the replica's invariants after every input even in a release build (the
+    /// simulator does; debug builds always do).
+    pub check_invariants: bool,
 }
 
 impl Default for CoreOptions {
@@ -115,6 +119,7 @@ impl Default for CoreOptions {
         CoreOptions {
             checkpoints: false,
             checkpoint_chunk: checkpoint::CHUNK,
+            check_invariants: false,
         }
     }
 }
@@ -532,6 +537,13 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.drain_replica(now);
         self.take_node_outputs();
         self.check_claim(now);
+        self.check_invariants();
+    }
+
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) || self.opts.check_invariants {
+            self.replica.check_invariants();
+        }
     }
 
     fn take_node_outputs(&mut self) {
@@ -560,13 +572,17 @@ impl<S: Storage + 'static> ServerCore<S> {
         let now = self.now;
         while let Some(o) = self.for_replica.pop_front() {
             match o {
-                ForReplica::Deliver(d) => {
-                    if d.payload.first() == Some(&checkpoint::TAG) {
-                        self.on_checkpoint_msg(now, d.sender, &d.payload);
-                    } else {
-                        self.replica.handle_delivery(now, d.sender, &d.payload)
+                ForReplica::Deliver(d) => match envelope::open(&d.payload) {
+                    Some((Channel::Replica, body)) => {
+                        self.replica.handle_delivery(now, d.sender, &body)
                     }
-                }
+                    Some((Channel::Checkpoint, body)) => {
+                        self.on_checkpoint_msg(now, d.sender, &body)
+                    }
+                    None => {
+                        tracing::debug!(sender = ?d.sender, "ring payload of no known channel dropped")
+                    }
+                },
                 ForReplica::View(v) => {
                     let mut reclaim = false;
                     if v.kind() == gcs::ViewKind::Regular {
@@ -593,6 +609,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
         self.drain_replica(now);
         self.take_node_outputs();
+        self.check_invariants();
     }
 
     fn send(&mut self, now: Time, service: Service, payload: Bytes) {
@@ -624,7 +641,10 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.retry_unsent(now);
         while let Some(o) = self.replica.poll_output() {
             match o {
-                replica::Output::Multicast { service, payload } => self.send(now, service, payload),
+                replica::Output::Multicast { service, payload } => {
+                    let sealed = envelope::seal(Channel::Replica, &payload);
+                    self.send(now, service, sealed)
+                }
                 replica::Output::Reply { req, result } => self.answer(req, result),
                 replica::Output::Role(r) => {
                     if r.role == Role::Down {
@@ -825,7 +845,11 @@ impl<S: Storage + 'static> ServerCore<S> {
             donor,
             id,
         };
-        self.send(now, Service::Agreed, m.encode());
+        self.send(
+            now,
+            Service::Agreed,
+            envelope::seal(Channel::Checkpoint, &m.encode()),
+        );
     }
 
     fn abandon_transfers_outside_view(&mut self) {
@@ -912,7 +936,11 @@ impl<S: Storage + 'static> ServerCore<S> {
             id: o.id,
             reason,
         };
-        self.send(now, Service::Agreed, f.encode());
+        self.send(
+            now,
+            Service::Agreed,
+            envelope::seal(Channel::Checkpoint, &f.encode()),
+        );
     }
 
     /// Queues checkpoint chunks while the node's send queue has room: one chunk is read
@@ -970,7 +998,8 @@ impl<S: Storage + 'static> ServerCore<S> {
                 o.pending = Some(msg);
                 return;
             }
-            match self.node.multicast(now, Service::Agreed, msg.encode()) {
+            let sealed = envelope::seal(Channel::Checkpoint, &msg.encode());
+            match self.node.multicast(now, Service::Agreed, sealed) {
                 Ok(()) => {}
                 Err(SubmitError::QueueFull { .. }) => {
                     if let Some(o) = self.outgoing.as_mut() {
@@ -1018,7 +1047,11 @@ impl<S: Storage + 'static> ServerCore<S> {
                         id,
                         reason: reason.to_string(),
                     };
-                    self.send(now, Service::Agreed, f.encode());
+                    self.send(
+                        now,
+                        Service::Agreed,
+                        envelope::seal(Channel::Checkpoint, &f.encode()),
+                    );
                     return;
                 }
                 self.outgoing = Some(Outgoing {

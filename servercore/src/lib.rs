@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 mod core;
+pub mod envelope;
 pub mod membership;
 
 pub use crate::core::{CoreOptions, Output, ReadError, ServerCore, ServerEvent, ServerStatus};

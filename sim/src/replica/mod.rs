@@ -520,6 +520,7 @@ impl ReplicaCluster {
                             let opts = CoreOptions {
                                 checkpoints: true,
                                 checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
+                                check_invariants: true,
                             };
                             let core = Core::new(node, r, self.configured(), opts);
                             self.servers[i].core = Some(core);
