@@ -9,15 +9,21 @@
 //! lag behind the newest transaction it knows of is within the caller's bound ([`ReadFrom`]).
 //! [`proto`] is the wire protocol the client port speaks.
 
+#[cfg(feature = "net")]
 mod net;
 pub mod proto;
+pub mod retry;
+#[cfg(feature = "net")]
 pub mod tls;
 
+#[cfg(feature = "net")]
 pub use net::*;
 
 /// A byte stream a client-port connection runs over: plain TCP or TLS.
+#[cfg(feature = "net")]
 pub trait ClientStream:
     tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
 {
 }
+#[cfg(feature = "net")]
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ClientStream for T {}

@@ -7,6 +7,7 @@
 //! newest transaction it knows of is within the caller's bound.
 
 use crate::proto::{read_frame, ErrorKind, Request, Response, StatusInfo};
+use crate::retry::{Answer, CommitRetry, Verdict, RETRY_PAUSE};
 use bytes::Bytes;
 use replica::{CommitError, Committed, ServerId};
 use std::collections::BTreeMap;
@@ -289,7 +290,8 @@ pub struct Client {
     /// server id -> client address.
     topology: BTreeMap<ServerId, String>,
     conns: BTreeMap<ServerId, Conn>,
-    primary: Option<ServerId>,
+    /// The primary last learned and the servers that just failed us ([`CommitRetry`]).
+    route: CommitRetry<ServerId>,
     /// Attempts beyond the first (redirects and retries), over this client's life.
     pub retries: u64,
     /// The server that answered the last successful commit.
@@ -301,8 +303,6 @@ pub struct Client {
     /// (about 0.8 s), so that a client waiting on a frozen or cut-off primary tries the new
     /// one as soon as it is elected.
     pub commit_patience: Duration,
-    /// Servers that failed the last attempts (asked last when looking for the primary).
-    suspects: std::collections::BTreeSet<ServerId>,
 }
 
 impl Client {
@@ -331,11 +331,10 @@ impl Client {
             next_request: 1,
             topology: BTreeMap::new(),
             conns: BTreeMap::new(),
-            primary: None,
+            route: CommitRetry::new(client as usize),
             retries: 0,
             last_answered_by: None,
             commit_patience: Duration::from_millis(500),
-            suspects: Default::default(),
             cache: None,
         };
         c.refresh().await?;
@@ -445,7 +444,7 @@ impl Client {
 
     /// The primary last learned.
     pub fn primary(&self) -> Option<ServerId> {
-        self.primary
+        self.route.primary()
     }
 
     /// Asks the servers (known ones first, then the seeds) for the topology and the primary.
@@ -454,14 +453,14 @@ impl Client {
         let mut addrs: Vec<String> = self
             .topology
             .iter()
-            .filter(|(id, _)| !self.suspects.contains(id))
+            .filter(|(id, _)| !self.route.is_suspect(**id))
             .map(|(_, a)| a.clone())
             .collect();
         addrs.extend(self.seeds.iter().cloned());
         addrs.extend(
             self.topology
                 .iter()
-                .filter(|(id, _)| self.suspects.contains(id))
+                .filter(|(id, _)| self.route.is_suspect(**id))
                 .map(|(_, a)| a.clone()),
         );
         let mut last_err = String::from("no address");
@@ -484,7 +483,7 @@ impl Client {
                         .iter()
                         .map(|s| (s.id, s.client_addr.clone()))
                         .collect();
-                    self.primary = st.primary.map(|p| p.0);
+                    self.route.set_primary(st.primary.map(|p| p.0));
                     self.conns.insert(conn.server, conn);
                     return Ok(st);
                 }
@@ -577,8 +576,8 @@ impl Client {
             if let Some(t) = st.topology.take() {
                 self.topology = t;
             }
-            if self.primary.is_none() {
-                self.primary = st.primary;
+            if self.route.primary().is_none() {
+                self.route.set_primary(st.primary);
             }
         }
     }
@@ -592,7 +591,6 @@ impl Client {
     ) -> Result<Committed, ClientError> {
         let started = tokio::time::Instant::now();
         let mut first = true;
-        let mut turn = 0usize;
         let patience =
             self.commit_patience + Duration::from_secs_f64(req.payload_bytes() as f64 / 50e6);
         loop {
@@ -605,62 +603,50 @@ impl Client {
             first = false;
             // A topology and a primary pushed on the invalidation stream, if there is one.
             self.take_pushes();
-            let target = match self.primary {
-                Some(p) => p,
-                None => {
-                    // No primary known: ask around, then try servers in turn.
-                    let _ = self.refresh().await;
-                    match self.primary {
-                        Some(p) => p,
-                        None => {
-                            // Servers that just failed this request are tried last.
-                            let mut ids: Vec<ServerId> = self
-                                .topology
-                                .keys()
-                                .copied()
-                                .filter(|id| !self.suspects.contains(id))
-                                .collect();
-                            if ids.is_empty() {
-                                ids = self.topology.keys().copied().collect();
-                            }
-                            if ids.is_empty() {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                continue;
-                            }
-                            turn += 1;
-                            ids[turn % ids.len()]
-                        }
-                    }
-                }
+            if self.route.primary().is_none() {
+                // No primary known: ask around first.
+                let _ = self.refresh().await;
+            }
+            let servers: Vec<ServerId> = self.topology.keys().copied().collect();
+            let Some(target) = self.route.next(&servers) else {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
             };
-            match self.call_on_within(target, req.clone(), patience).await {
-                Ok(Response::Commit(Ok(c))) => {
-                    self.primary = Some(target);
-                    self.last_answered_by = Some(target);
-                    self.suspects.clear();
-                    return Ok(c);
-                }
+            let answer = self.call_on_within(target, req.clone(), patience).await;
+            let verdict = match &answer {
+                Ok(Response::Commit(Ok(_))) => self.route.on_answer(target, Answer::Committed),
                 Ok(Response::Commit(Err(CommitError::NotPrimary { primary }))) => {
-                    self.primary = primary;
-                    if primary.is_none() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    self.route.on_answer(target, Answer::NotPrimary(*primary))
                 }
                 Ok(Response::Commit(Err(e))) if e.is_final() => {
-                    return Err(ClientError::Commit(e));
+                    self.route.on_answer(target, Answer::Final)
                 }
                 Ok(Response::Error {
-                    kind:
-                        kind @ (ErrorKind::Unauthorized | ErrorKind::Version | ErrorKind::BadRequest),
-                    message,
-                }) => return Err(ClientError::Refused { kind, message }),
-                Ok(_) | Err(_) => {
-                    // Retry, Busy, Down, a closed connection, a silent server: the outcome is
-                    // unknown; the same request number makes the retry safe.
-                    self.primary = None;
-                    self.suspects.insert(target);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    kind: ErrorKind::Unauthorized | ErrorKind::Version | ErrorKind::BadRequest,
+                    ..
+                }) => self.route.on_answer(target, Answer::Final),
+                // Retry, Busy, Down, a closed connection, a silent server: the outcome is
+                // unknown; the same request number makes the retry safe.
+                Ok(_) | Err(_) => self.route.on_answer(target, Answer::Unknown),
+            };
+            match (verdict, answer) {
+                (Verdict::Retry(pause), _) => {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
+                (Verdict::Done, Ok(Response::Commit(Ok(c)))) => {
+                    self.last_answered_by = Some(target);
+                    return Ok(c);
+                }
+                (Verdict::Done, Ok(Response::Commit(Err(e)))) => {
+                    return Err(ClientError::Commit(e))
+                }
+                (Verdict::Done, Ok(Response::Error { kind, message })) => {
+                    return Err(ClientError::Refused { kind, message })
+                }
+                // The policy ends a request only on the answers above.
+                (Verdict::Done, _) => return Err(ClientError::Timeout(deadline)),
             }
         }
     }
@@ -709,16 +695,16 @@ impl Client {
                 .topology
                 .keys()
                 .copied()
-                .filter(|s| Some(*s) != self.primary)
+                .filter(|s| Some(*s) != self.route.primary())
                 .collect();
             let n = others.len().max(1);
             others.rotate_left(self.client as usize % n);
             order.extend(others);
         }
-        if self.primary.is_none() {
+        if self.route.primary().is_none() {
             let _ = self.refresh().await;
         }
-        if let Some(p) = self.primary {
+        if let Some(p) = self.route.primary() {
             order.push(p);
         }
         let mut last = String::from("no server");
@@ -735,7 +721,7 @@ impl Client {
                 max_staleness,
             } = from
             {
-                if Some(s) != self.primary {
+                if Some(s) != self.route.primary() {
                     let known = match self.call_on(s, Request::LastTransaction).await {
                         Ok(r) => ReadStaleness::from_last(s, &r),
                         Err(_) => None,
@@ -908,7 +894,8 @@ impl Client {
     /// Asks for a planned swap to `to`.
     pub async fn switchover(&mut self, to: ServerId) -> Result<(), ClientError> {
         let via = self
-            .primary
+            .route
+            .primary()
             .or_else(|| self.topology.keys().next().copied())
             .unwrap_or(0);
         match self.call_on(via, Request::Switchover { to }).await {

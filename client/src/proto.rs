@@ -966,6 +966,7 @@ impl Response {
     }
 }
 
+#[cfg(feature = "net")]
 /// Reads one frame body from `r` (async), enforcing [`FRAME_MAX`]. `Ok(None)` at a clean end.
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
@@ -973,6 +974,7 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     read_frame_up_to(r, FRAME_MAX).await
 }
 
+#[cfg(feature = "net")]
 /// Reads the first frame of a connection, enforcing [`HELLO_FRAME_MAX`].
 pub async fn read_hello_frame<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
@@ -980,6 +982,7 @@ pub async fn read_hello_frame<R: tokio::io::AsyncRead + Unpin>(
     read_frame_up_to(r, HELLO_FRAME_MAX).await
 }
 
+#[cfg(feature = "net")]
 /// Reads one frame body of at most `max` bytes ([`FRAME_MAX`] or [`HELLO_FRAME_MAX`]). The
 /// buffer grows with the bytes that arrive, not with the length the peer announced.
 async fn read_frame_up_to<R: tokio::io::AsyncRead + Unpin>(

@@ -1,9 +1,10 @@
 //! An in-process client over server handles: follows redirects to the primary and retries an
 //! ambiguous commit with the same idempotency key, so that failovers and swaps never surface as
-//! errors. (The network client library of issue 6 will follow the same rules over TCP.)
+//! errors, by the same retry policy as the TCP client ([`standby_client::retry`]).
 
 use crate::{Stopped, StorageServer};
 use replica::{CommitError, CommitRequest, Committed, ServerId};
+use standby_client::retry::{Answer, CommitRetry, Verdict};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::{Record, TxnMeta};
@@ -13,7 +14,8 @@ pub struct LocalClient {
     servers: Vec<Arc<StorageServer>>,
     client: u64,
     next_request: u64,
-    primary: Option<usize>,
+    /// Routing by server index: the same policy as the TCP client's.
+    route: CommitRetry<usize>,
     /// Attempts beyond the first, over this client's life (redirects and retries).
     pub retries: u64,
 }
@@ -36,7 +38,7 @@ impl LocalClient {
             servers,
             client,
             next_request: 1,
-            primary: None,
+            route: CommitRetry::new(client as usize),
             retries: 0,
         }
     }
@@ -62,7 +64,7 @@ impl LocalClient {
             tid: replica::TidChoice::Next,
         };
         let started = tokio::time::Instant::now();
-        let mut turn = self.client as usize;
+        let all: Vec<usize> = (0..self.servers.len()).collect();
         let mut first = true;
         loop {
             if started.elapsed() > deadline {
@@ -72,31 +74,31 @@ impl LocalClient {
                 self.retries += 1;
             }
             first = false;
-            let i = match self.primary {
-                Some(p) => p,
-                None => {
-                    turn += 1;
-                    turn % self.servers.len()
-                }
+            let Some(i) = self.route.next(&all) else {
+                return Err(ClientError::Timeout(deadline));
             };
             let answer =
                 tokio::time::timeout(Duration::from_secs(2), self.servers[i].commit(c.clone()))
                     .await;
-            match answer {
-                Ok(Ok(Ok(done))) => {
-                    self.primary = Some(i);
-                    return Ok(done);
+            let said = match &answer {
+                Ok(Ok(Ok(_))) => Answer::Committed,
+                Ok(Ok(Err(CommitError::NotPrimary { primary }))) => {
+                    Answer::NotPrimary(primary.and_then(|p| self.index_of(p)))
                 }
-                Ok(Ok(Err(CommitError::NotPrimary { primary: Some(p) }))) => {
-                    self.primary = self.index_of(p);
+                Ok(Ok(Err(e))) if e.is_final() => Answer::Final,
+                // Retry, Busy, Down, a stopped or silent server.
+                Ok(Ok(Err(_))) | Ok(Err(Stopped)) | Err(_) => Answer::Unknown,
+            };
+            match (self.route.on_answer(i, said), answer) {
+                (Verdict::Retry(pause), _) => {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
-                Ok(Ok(Err(e))) if e.is_final() => return Err(ClientError::Commit(e)),
-                Ok(Ok(Err(_))) | Ok(Err(Stopped)) | Err(_) => {
-                    // Retry, NotPrimary(None), Busy, Down, a stopped or silent server: try the
-                    // next one after a short pause.
-                    self.primary = None;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                (Verdict::Done, Ok(Ok(Ok(done)))) => return Ok(done),
+                (Verdict::Done, Ok(Ok(Err(e)))) => return Err(ClientError::Commit(e)),
+                // The policy ends a request only on a commit or a final answer.
+                (Verdict::Done, _) => return Err(ClientError::Timeout(deadline)),
             }
         }
     }

@@ -24,6 +24,7 @@ use replica::{
 use servercore::checkpoint::{CheckpointCommand, Manifest};
 use servercore::membership::Configured;
 use servercore::{CoreOptions, Output, ServerEvent};
+use standby_client::retry::{Answer, CommitRetry, Verdict};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
@@ -196,7 +197,8 @@ struct Client {
     id: u64,
     next_request: u64,
     inflight: Option<Inflight>,
-    primary_hint: Option<usize>,
+    /// Where its commits go: the client library's policy, over server indices.
+    route: CommitRetry<usize>,
     serials: BTreeMap<u64, Tid>,
 }
 
@@ -304,7 +306,7 @@ impl ReplicaCluster {
                     id: 1000 + i as u64,
                     next_request: 1,
                     inflight: None,
-                    primary_hint: None,
+                    route: CommitRetry::new(i),
                     serials: BTreeMap::new(),
                 })
                 .collect(),
@@ -954,11 +956,8 @@ impl ReplicaCluster {
 
     /// The client library's routing: the primary it was told of, else the servers in turn.
     fn send_attempt(&mut self, c: usize, cr: CommitRequest, attempt: u64) {
-        let n = self.servers.len();
-        let target = match self.clients[c].primary_hint {
-            Some(p) => p,
-            None => (c + attempt as usize) % n,
-        };
+        let all: Vec<usize> = (0..self.servers.len()).collect();
+        let target = self.clients[c].route.next(&all).unwrap_or(0);
         self.clients[c].inflight = Some(Inflight {
             c: cr,
             attempt,
@@ -1018,8 +1017,13 @@ impl ReplicaCluster {
             .expect("current")
             .c
             .clone();
-        self.clients[c].primary_hint = None;
-        self.send_attempt(c, cr, attempt + 1);
+        let target = self.clients[c].inflight.as_ref().map_or(0, |f| f.target);
+        let pause = match self.clients[c].route.on_answer(target, Answer::Unknown) {
+            Verdict::Retry(p) => p,
+            Verdict::Done => Duration::ZERO,
+        };
+        self.clients[c].inflight = None;
+        self.resend_at(c, cr, attempt + 1, self.now.saturating_add(pause));
     }
 
     fn request(&mut self, server: usize, req: ReqId, c: CommitRequest) {
@@ -1058,33 +1062,30 @@ impl ReplicaCluster {
                 cr.request
             )
         });
-        let retry_in = |ms: u64| now.saturating_add(Duration::from_millis(ms));
-        match result {
-            Ok(done) => {
+        let said = match &result {
+            Ok(_) => Answer::Committed,
+            Err(CommitError::NotPrimary { primary }) => {
+                Answer::NotPrimary(primary.map(|p| p as usize))
+            }
+            Err(e) if e.is_final() => Answer::Final,
+            Err(_) => Answer::Unknown,
+        };
+        let verdict = self.clients[c].route.on_answer(target, said);
+        self.clients[c].inflight = None;
+        match (verdict, result) {
+            (Verdict::Retry(pause), _) => {
+                self.resend_at(c, cr, attempt + 1, now.saturating_add(pause));
+            }
+            (Verdict::Done, Ok(done)) => {
                 self.totals.acked += 1;
-                self.clients[c].primary_hint = Some(target);
                 for r in &cr.records {
                     let k = u64::from_be_bytes(r.oid.as_bytes().try_into().unwrap_or([0; 8]));
                     self.clients[c].serials.insert(k, done.tid);
                 }
-                self.clients[c].inflight = None;
                 let think = self.think();
                 self.schedule(now.saturating_add(think), Ev::ClientTick { client: c });
             }
-            Err(CommitError::NotPrimary { primary: Some(p) }) => {
-                self.clients[c].primary_hint = Some(p as usize);
-                self.clients[c].inflight = None;
-                self.resend_at(c, cr, attempt + 1, retry_in(1));
-            }
-            Err(CommitError::NotPrimary { primary: None })
-            | Err(CommitError::Retry)
-            | Err(CommitError::Busy)
-            | Err(CommitError::Down(_)) => {
-                self.clients[c].primary_hint = None;
-                self.clients[c].inflight = None;
-                self.resend_at(c, cr, attempt + 1, retry_in(20));
-            }
-            Err(e) => {
+            (Verdict::Done, Err(e)) => {
                 if let CommitError::Conflict { oid, actual, .. } = &e {
                     let k = u64::from_be_bytes(oid.as_bytes().try_into().unwrap_or([0; 8]));
                     self.clients[c].serials.insert(k, *actual);
@@ -1095,20 +1096,16 @@ impl ReplicaCluster {
                     request: cr.request,
                     error: e.to_string(),
                 });
-                self.clients[c].inflight = None;
                 let think = self.think();
                 self.schedule(now.saturating_add(think), Ev::ClientTick { client: c });
             }
         }
     }
 
-    /// The next attempt, to the primary it was told of (or the next server), at `at`.
+    /// The next attempt, to where the retry policy says, at `at`.
     fn resend_at(&mut self, c: usize, cr: CommitRequest, attempt: u64, at: Time) {
-        let n = self.servers.len();
-        let target = match self.clients[c].primary_hint {
-            Some(p) => p,
-            None => (c + attempt as usize) % n,
-        };
+        let all: Vec<usize> = (0..self.servers.len()).collect();
+        let target = self.clients[c].route.next(&all).unwrap_or(0);
         let request = cr.request;
         self.clients[c].inflight = Some(Inflight {
             c: cr,
