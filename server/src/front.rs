@@ -205,8 +205,10 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
     }
 }
 
+/// Equal, in time independent of where they differ (`subtle`; only the length may show).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::Result<()> {
@@ -534,5 +536,30 @@ pub fn status_info(front: &Front, st: &crate::ServerStatus) -> StatusInfo {
                 in_view: st.view.contains(id),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_grants_its_highest_role_and_near_misses_grant_nothing() {
+        let tokens = vec![
+            (Access::Read, Bytes::from_static(b"reader-token")),
+            (Access::Admin, Bytes::from_static(b"admin-token")),
+            (Access::Write, Bytes::from_static(b"admin-token")),
+        ];
+        assert_eq!(access_of(&tokens, b"reader-token"), Some(Access::Read));
+        assert_eq!(access_of(&tokens, b"admin-token"), Some(Access::Admin));
+        for miss in [
+            &b"admin-tokeN"[..],
+            b"admin-toke",
+            b"admin-token2",
+            b"",
+            b"x",
+        ] {
+            assert_eq!(access_of(&tokens, miss), None, "{miss:?}");
+        }
     }
 }
