@@ -24,89 +24,49 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: gcsd --config FILE --id N (--key FILE | --insecure) \
-[--unix PATH] [--unix-mode 600|660] [--tcp ADDR --token-file FILE] [--backlog-bytes N] \
-[--max-sessions N]";
-
+/// The standalone group daemon: joins the ring of `--config` as daemon `--id` and serves client
+/// sessions over a Unix socket and/or TCP.
+#[derive(clap::Parser)]
+#[command(name = "gcsd", version)]
 struct Args {
+    /// The cluster configuration (TOML).
+    #[arg(long)]
     config: PathBuf,
+    /// This daemon's id in the configuration.
+    #[arg(long)]
     id: u32,
+    /// The cluster key file (made by `gcs-keygen`; or `key_file` in the configuration).
+    #[arg(long, conflicts_with = "insecure")]
     key: Option<PathBuf>,
+    /// Plaintext datagrams (tests on a trusted loopback only).
+    #[arg(long)]
     insecure: bool,
+    /// The Unix socket to serve sessions on.
+    #[arg(long, required_unless_present = "tcp")]
     unix: Option<PathBuf>,
+    /// The Unix socket's permissions: 600 (the owner) or 660 (and its group).
+    #[arg(long, default_value = "600", value_parser = parse_unix_mode)]
     unix_mode: u32,
+    /// The TCP address to serve sessions on (clients present the token of --token-file).
+    #[arg(long, requires = "token_file")]
     tcp: Option<SocketAddr>,
+    /// The file holding the TCP clients' token (one line).
+    #[arg(long, requires = "tcp")]
     token_file: Option<PathBuf>,
+    /// Bytes a session may have queued before it is cut off.
+    #[arg(long = "backlog-bytes")]
     backlog: Option<usize>,
+    /// Sessions served at once.
+    #[arg(long)]
     max_sessions: Option<usize>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        config: PathBuf::new(),
-        id: u32::MAX,
-        key: None,
-        insecure: false,
-        unix: None,
-        unix_mode: 0o600,
-        tcp: None,
-        token_file: None,
-        backlog: None,
-        max_sessions: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        if flag == "--insecure" {
-            a.insecure = true;
-            i += 1;
-            continue;
-        }
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
-        }
-        let v = argv
-            .get(i + 1)
-            .cloned()
-            .ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {v}: {e}");
-        match flag {
-            "--config" => a.config = v.into(),
-            "--id" => a.id = v.parse().map_err(|e| bad(&e))?,
-            "--key" => a.key = Some(v.into()),
-            "--unix" => a.unix = Some(v.into()),
-            "--unix-mode" => {
-                a.unix_mode = match v.as_str() {
-                    "600" | "0600" => 0o600,
-                    "660" | "0660" => 0o660,
-                    _ => return Err(bad(&"must be 600 or 660")),
-                }
-            }
-            "--tcp" => a.tcp = Some(v.parse().map_err(|e| bad(&e))?),
-            "--token-file" => a.token_file = Some(v.into()),
-            "--backlog-bytes" => a.backlog = Some(v.parse().map_err(|e| bad(&e))?),
-            "--max-sessions" => a.max_sessions = Some(v.parse().map_err(|e| bad(&e))?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-        i += 2;
+fn parse_unix_mode(v: &str) -> Result<u32, String> {
+    match v {
+        "600" | "0600" => Ok(0o600),
+        "660" | "0660" => Ok(0o660),
+        _ => Err("must be 600 or 660".into()),
     }
-    if a.config.as_os_str().is_empty() {
-        return Err("--config is required".into());
-    }
-    if a.id == u32::MAX {
-        return Err("--id is required".into());
-    }
-    if a.key.is_some() && a.insecure {
-        return Err("give at most one of --key FILE and --insecure".into());
-    }
-    if a.unix.is_none() && a.tcp.is_none() {
-        return Err("give --unix PATH and/or --tcp ADDR".into());
-    }
-    if a.tcp.is_some() != a.token_file.is_some() {
-        return Err("--tcp and --token-file go together".into());
-    }
-    Ok(a)
 }
 
 fn read_token(path: &PathBuf) -> Result<String, String> {
@@ -122,16 +82,8 @@ fn read_token(path: &PathBuf) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("gcsd: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2 with clap's message, as before.
+    let args = <Args as clap::Parser>::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
