@@ -377,7 +377,7 @@ impl<S: Storage + 'static> ServerCore<S> {
     }
 
     /// The next output. The replica sees an input's deliveries and views only once the
-    /// datagrams of that input were taken (see [`Self::feed_replica`]).
+    /// datagrams of that input were taken (see `feed_replica`).
     pub fn poll_output(&mut self) -> Option<Output> {
         loop {
             if let Some(o) = self.out.pop_front() {
