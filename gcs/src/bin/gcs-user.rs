@@ -36,80 +36,34 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const USAGE: &str = "usage: gcs-user (--unix PATH | --tcp ADDR --token-file FILE) --name NAME \
-[--join g1,g2] [--drain-ms N]";
-
+/// A scriptable session of a gcsd: commands on standard input, events on standard output.
+#[derive(clap::Parser)]
+#[command(name = "gcs-user", version)]
 struct Args {
+    /// The daemon's Unix socket.
+    #[arg(long, required_unless_present = "tcp", conflicts_with = "tcp")]
     unix: Option<PathBuf>,
+    /// The daemon's TCP address (with --token-file).
+    #[arg(long, requires = "token_file")]
     tcp: Option<String>,
+    /// The file holding the TCP token (one line).
+    #[arg(long, requires = "tcp")]
     token_file: Option<PathBuf>,
+    /// This session's name.
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     name: String,
+    /// Groups to join at once, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "")]
     join: Vec<String>,
-    drain: Duration,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        unix: None,
-        tcp: None,
-        token_file: None,
-        name: String::new(),
-        join: Vec::new(),
-        drain: Duration::from_millis(500),
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
-        }
-        let v = argv
-            .get(i + 1)
-            .cloned()
-            .ok_or(format!("{flag} needs a value"))?;
-        match flag {
-            "--unix" => a.unix = Some(v.into()),
-            "--tcp" => a.tcp = Some(v),
-            "--token-file" => a.token_file = Some(v.into()),
-            "--name" => a.name = v,
-            "--join" => {
-                a.join = v
-                    .split(',')
-                    .filter(|g| !g.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "--drain-ms" => {
-                a.drain = Duration::from_millis(v.parse().map_err(|e| format!("{flag} {v}: {e}"))?)
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-        i += 2;
-    }
-    if a.name.is_empty() {
-        return Err("--name is required".into());
-    }
-    if a.unix.is_some() == a.tcp.is_some() {
-        return Err("give exactly one of --unix PATH and --tcp ADDR".into());
-    }
-    if a.tcp.is_some() != a.token_file.is_some() {
-        return Err("--tcp needs --token-file".into());
-    }
-    Ok(a)
+    /// How long to keep printing after the end of standard input, in milliseconds.
+    #[arg(long = "drain-ms", default_value_t = 500)]
+    drain_ms: u64,
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("gcs-user: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2 with clap's message, as before.
+    let mut args = <Args as clap::Parser>::parse();
+    args.join.retain(|g| !g.is_empty());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -268,7 +222,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         }
     }
     // Drain: what is already on its way still gets printed.
-    let _ = tokio::time::timeout(args.drain, async {
+    let _ = tokio::time::timeout(Duration::from_millis(args.drain_ms), async {
         while let Some(e) = session.next_event().await {
             if !print(&e) {
                 break;
