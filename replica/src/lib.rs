@@ -1,7 +1,7 @@
 //! Replication service: view-driven primary election over `gcs`, applying commits through
 //! `storage`.
 //!
-//! [`Replica`] is a sans-IO state machine (see `replica.rs` for its states): the shell feeds
+//! [`Replica`] is a sans-IO state machine (see `replica/mod.rs` for its states): the shell feeds
 //! it gcs views and deliveries and client requests and carries out its [`Output`]s. The
 //! simulator (`sim`, command `replica`) and the server binary are its two shells.
 //!

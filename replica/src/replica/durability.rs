@@ -1,0 +1,145 @@
+//! Direct `Applied` reports: what a majority holds on disk, and the acknowledgements it releases.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// Whether a datagram is a direct message between replicas ([`Output::Direct`]) rather
+    /// than a gcs packet: the shell hands those to [`Self::handle_direct`].
+    pub fn is_direct(datagram: &[u8]) -> bool {
+        datagram.starts_with(&DIRECT_PREFIX)
+    }
+
+    /// A direct message from another server arrived (outside the ring: unordered, maybe
+    /// lost or duplicated). Only `Applied` reports travel this way, and one counts only if
+    /// it names this server's epoch as primary: an epoch has one lineage, in which a
+    /// server's durable history only grows, so a late or repeated report is still true.
+    pub fn handle_direct(&mut self, now: Time, datagram: &[u8]) {
+        self.now = now;
+        if self.role != Role::Primary || !Self::is_direct(datagram) {
+            return;
+        }
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
+        }
+        match Msg::decode(&datagram[DIRECT_PREFIX.len()..]) {
+            Ok(Msg::Applied { server, epoch, tid }) if self.primary == Some((self.me, epoch)) => {
+                self.on_applied(server, server, epoch, tid)
+            }
+            _ => self.stats.fenced += 1,
+        }
+    }
+
+    /// Reports count for the whole view: within one view every primary (the elected one,
+    /// then each swap target) continues the same lineage, and a server only reports once it
+    /// holds that lineage.
+    pub(super) fn on_applied(&mut self, from: ServerId, server: ServerId, _epoch: Epoch, tid: Tid) {
+        if from != server || !self.in_view(from) {
+            return;
+        }
+        let e = self.applied.entry(server).or_default();
+        *e = (*e).max(tid);
+        self.release_acks();
+    }
+
+    /// The highest tid held durably by servers with a majority of the vote weight.
+    pub(super) fn majority_applied(&self) -> Tid {
+        let mut tids: Vec<Tid> = self.applied.values().copied().collect();
+        tids.sort_unstable();
+        tids.dedup();
+        for t in tids.into_iter().rev() {
+            let holders: Vec<ServerId> = self
+                .applied
+                .iter()
+                .filter(|(_, a)| **a >= t)
+                .map(|(s, _)| *s)
+                .collect();
+            if self.cfg.is_majority(self.cfg.weight_of(&holders)) {
+                return t;
+            }
+        }
+        Tid::ZERO
+    }
+
+    pub(super) fn release_acks(&mut self) {
+        // Durable on a majority, and here: this server applied it (so it was delivered here).
+        // Reports can come straight from the backups, ahead of our own delivery.
+        let durable = self.majority_applied().min(self.last);
+        if self.role == Role::Primary && durable > self.durable_announced {
+            self.durable_announced = durable;
+            self.out.push_back(Output::Durable(durable));
+        }
+        if self.pending.is_empty() && self.dup_waiting.is_empty() {
+            return;
+        }
+        let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
+        for tid in done {
+            let p = self.pending.remove(&tid).expect("listed");
+            self.pending_keys.remove(&p.key);
+            for o in &p.oids {
+                if self.pending_serial.get(o) == Some(&tid) {
+                    self.pending_serial.remove(o);
+                }
+            }
+            if p.answered {
+                continue;
+            }
+            if let Some(d) = p.delivered_at {
+                self.stats.stage_delivered_us += d.since(p.sent_at).as_micros() as u64;
+                self.stats.stage_durable_us += self.now.since(d).as_micros() as u64;
+                self.stats.stage_samples += 1;
+            }
+            let result = if p.delivered_regular {
+                Ok(Committed {
+                    tid,
+                    epoch: p.epoch,
+                    duplicate: false,
+                })
+            } else {
+                Err(CommitError::Retry)
+            };
+            let mut first = true;
+            for r in p.reqs {
+                let res = result.clone().map(|mut c| {
+                    c.duplicate = !first;
+                    c
+                });
+                first = false;
+                self.reply(r, res);
+            }
+        }
+        let waiting = std::mem::take(&mut self.dup_waiting);
+        for (tid, r, epoch) in waiting {
+            if tid <= durable {
+                self.reply(
+                    r,
+                    Ok(Committed {
+                        tid,
+                        epoch,
+                        duplicate: true,
+                    }),
+                );
+            } else {
+                self.dup_waiting.push((tid, r, epoch));
+            }
+        }
+        // Async mode: requests held for the loss window may go now.
+        self.release_held();
+    }
+
+    /// Serves held requests while this server is a working primary with room in its window.
+    pub(super) fn release_held(&mut self) {
+        while self.role == Role::Primary && !self.stopping && self.async_window_open() {
+            let Some((req, c)) = self.held.pop_front() else {
+                break;
+            };
+            self.on_commit_request(req, c);
+        }
+    }
+
+    pub(super) fn async_window_open(&self) -> bool {
+        match self.cfg.mode {
+            CommitMode::Async { window } => (self.pending.len() as u64) < window.max(1),
+            CommitMode::Sync => true,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The election round: members' states, the promise of the next epoch, and the primary's start.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    pub(super) fn in_view(&self, s: ServerId) -> bool {
+        self.view.as_ref().is_some_and(|v| v.members.contains(&s))
+    }
+
+    pub(super) fn on_state(&mut self, from: ServerId, s: MemberState) -> Result<(), StorageError> {
+        let Some(v) = self.view.as_ref() else {
+            return Ok(());
+        };
+        if !v.primary_component || s.server != from || !v.members.contains(&from) {
+            return Ok(());
+        }
+        if self.election.is_some() {
+            return Ok(());
+        }
+        self.states.insert(from, s);
+        if !v.members.iter().all(|m| self.states.contains_key(m)) {
+            return Ok(());
+        }
+        let states: Vec<MemberState> = self.states.values().cloned().collect();
+        // A server that lost its disk lost its promises: it does not vote until it has
+        // caught up under a primary elected without it.
+        let voters: Vec<ServerId> = states
+            .iter()
+            .filter(|s| s.voter)
+            .map(|s| s.server)
+            .collect();
+        if !self.cfg.is_primary_component(&voters) {
+            tracing::warn!(
+                server = self.me,
+                ?voters,
+                "not enough servers with their disks to elect"
+            );
+            if let Some(v) = self.view.as_mut() {
+                v.primary_component = false;
+            }
+            self.set_role(Role::ReadOnly);
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            }
+            return Ok(());
+        }
+        let Some(p) = choose_primary(&self.cfg, &states) else {
+            tracing::warn!(
+                server = self.me,
+                "primary component without an eligible member"
+            );
+            return Ok(());
+        };
+        let epoch = next_epoch(&states);
+        let ps = &self.states[&p];
+        let tid_floor = Tid(states.iter().map(|s| s.last_tid.0).max().unwrap_or(0) + 1);
+        let election = Election {
+            primary: p,
+            epoch,
+            base: ps.last_tid,
+            base_lineage: ps.lineage.clone(),
+            donor: p,
+            tid_floor,
+            promises: BTreeSet::new(),
+        };
+        // Servers already holding the primary's history count as durable up to its end.
+        for s in &states {
+            if common_prefix(&s.lineage, s.last_tid, &ps.lineage, ps.last_tid) == Some(ps.last_tid)
+                && s.last_tid == ps.last_tid
+            {
+                self.applied.insert(s.server, ps.last_tid);
+            }
+        }
+        self.primary_last_known = self.primary_last_known.max(ps.last_tid);
+        self.stats.elections += 1;
+        tracing::info!(server = self.me, primary = p, %epoch, base = %election.base, "elected");
+        self.election = Some(election);
+        self.promise(epoch)
+    }
+
+    pub(super) fn promise(&mut self, epoch: Epoch) -> Result<(), StorageError> {
+        if epoch > self.durable.promised {
+            self.durable.promised = epoch;
+            self.persist()?;
+        }
+        self.multicast(
+            Service::Agreed,
+            Msg::Promise {
+                server: self.me,
+                epoch,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        from: ServerId,
+        server: ServerId,
+        epoch: Epoch,
+    ) -> Result<(), StorageError> {
+        if from != server || !self.in_view(from) {
+            return Ok(());
+        }
+        let members = self
+            .view
+            .as_ref()
+            .map(|v| v.members.clone())
+            .unwrap_or_default();
+        // A primary starts only in the regular view its promises were made in: once the view
+        // is transitional, members may already have moved on.
+        if !self.view.as_ref().is_some_and(|v| v.regular) {
+            return Ok(());
+        }
+        let Some(el) = self.election.as_mut() else {
+            return Ok(());
+        };
+        if el.epoch != epoch {
+            return Ok(());
+        }
+        el.promises.insert(server);
+        if !members.iter().all(|m| el.promises.contains(m)) {
+            return Ok(());
+        }
+        let el = el.clone();
+        self.primary = Some((el.primary, el.epoch));
+        if el.primary == self.me {
+            self.start_recovery(&el)?;
+            self.maybe_become_primary()
+        } else {
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(
+                    req,
+                    Err(CommitError::NotPrimary {
+                        primary: Some(el.primary),
+                    }),
+                );
+            }
+            self.set_role(Role::Syncing);
+            self.start_recovery(&el)
+        }
+    }
+
+    /// The chosen primary starts once it holds the base (after a handover it may still be
+    /// applying the old primary's last commits or catching up).
+    pub(super) fn maybe_become_primary(&mut self) -> Result<(), StorageError> {
+        let Some(el) = self.election.clone() else {
+            return Ok(());
+        };
+        if el.primary != self.me
+            || self.primary != Some((self.me, el.epoch))
+            || self.role == Role::Primary
+            || self.recovery.is_some()
+            || self.last < el.base
+        {
+            return Ok(());
+        }
+        let mut lineage = self.lineage.clone();
+        lineage.push(EpochStart {
+            epoch: el.epoch,
+            base: self.last,
+        });
+        if lineage.len() > LINEAGE_MAX {
+            lineage.drain(..lineage.len() - LINEAGE_MAX);
+        }
+        self.last_assigned = self.last;
+        self.stopping = false;
+        let tid = el.tid_floor.max(Tid(self.last.0 + 1));
+        let marker = Transaction {
+            tid,
+            meta: TxnMeta {
+                user: Bytes::from_static(b"standby"),
+                description: Bytes::from(format!("epoch {} starts", el.epoch.0)),
+                extension: Bytes::new(),
+                time: 0,
+            },
+            records: vec![Record {
+                oid: lineage_oid(),
+                data: Some(encode_lineage(&lineage)),
+                expected_serial: None,
+            }],
+        };
+        self.applied.insert(self.me, self.last);
+        self.set_role(Role::Primary);
+        self.primary_send(marker, None)?;
+        self.release_held();
+        Ok(())
+    }
+}

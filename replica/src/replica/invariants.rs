@@ -1,0 +1,62 @@
+//! What must hold between inputs (`Replica::check_invariants`).
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// Checks the replica's own invariants; panics, naming the one broken, if any is. The
+    /// storage-server core runs it after every input in debug builds and always in the
+    /// simulator (`servercore::CoreOptions::check_invariants`), as `gcs::Node` checks its own.
+    pub fn check_invariants(&self) {
+        let me = self.me;
+        let fail = |what: &str| -> ! {
+            panic!("replica s{me} invariant broken: {what} (role {:?}, primary {:?}, last {}, promised {})",
+                self.role, self.primary, self.last, self.durable.promised.0)
+        };
+        // A server is Down exactly when its store failed, and says why.
+        if (self.role == Role::Down) != self.down_reason.is_some() {
+            fail("Down without a reason, or a reason without Down");
+        }
+        if self.role == Role::Primary {
+            // Only an elected primary of a primary component acts as one...
+            let Some((p, epoch)) = self.primary else {
+                fail("primary role without a working primary");
+            };
+            if p != me {
+                fail("primary role while another server is the working primary");
+            }
+            if !self.view.as_ref().is_some_and(|v| v.primary_component) {
+                fail("primary outside a primary component");
+            }
+            // ...under an epoch it durably promised...
+            if self.durable.promised < epoch {
+                fail("primary of an epoch above its durable promise");
+            }
+            // ...over a whole, consistent store...
+            if self.recovery.is_some() || self.durable.fill_since.is_some() {
+                fail("primary while recovering or with an object fill open");
+            }
+            // ...and every transaction it applied since is one it assigned.
+            if self.last > self.last_assigned {
+                fail("primary applied a tid it never assigned");
+            }
+        }
+        // The lineage: epochs strictly increase, and so do (weakly) their starting tids.
+        if !self
+            .lineage
+            .windows(2)
+            .all(|w| w[0].epoch < w[1].epoch && w[0].base <= w[1].base)
+        {
+            fail("lineage out of order");
+        }
+        // Commits held back during a recovery are kept in delivery order, which is tid order
+        // (some may already be applied by the recovery: they are skipped when it ends).
+        if !self
+            .backlog
+            .iter()
+            .zip(self.backlog.iter().skip(1))
+            .all(|((_, a), (_, b))| a.tid < b.tid)
+        {
+            fail("backlog out of tid order");
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The primary's commit path: admission, conflict checks, idempotency, and the multicast.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// A client asks for a commit; the answer comes later as [`Output::Reply`].
+    pub fn handle_commit(&mut self, now: Time, req: ReqId, c: CommitRequest) {
+        self.now = now;
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
+        }
+        self.on_commit_request(req, c);
+    }
+
+    pub(super) fn hold(&mut self, req: ReqId, c: CommitRequest) {
+        if self.held.len() >= self.cfg.held_max {
+            self.reply(req, Err(CommitError::Busy));
+        } else {
+            self.held.push_back((req, c));
+        }
+    }
+
+    pub(super) fn on_commit_request(&mut self, req: ReqId, c: CommitRequest) {
+        match self.role {
+            Role::Down => {
+                return self.reply(req, Err(CommitError::Down("stopped".into())));
+            }
+            Role::Primary if !self.stopping => {}
+            Role::Primary => return self.hold(req, c),
+            _ => {
+                let component = self.view.as_ref().is_some_and(|v| v.primary_component);
+                return match self.primary {
+                    Some((p, _)) if p != self.me => {
+                        self.reply(req, Err(CommitError::NotPrimary { primary: Some(p) }))
+                    }
+                    // Ours, starting (catching up after a swap).
+                    Some(_) => self.hold(req, c),
+                    // An election or a swap is under way: hold until it settles.
+                    None if component => self.hold(req, c),
+                    None => self.reply(req, Err(CommitError::NotPrimary { primary: None })),
+                };
+            }
+        }
+        if !self.async_window_open() {
+            return self.hold(req, c);
+        }
+        if let Err(e) = self.primary_commit(req, c) {
+            self.fail(e);
+        }
+    }
+
+    /// The tid and request number of `client`'s record in the store (its last committed
+    /// request), from the cache of client records when it has it.
+    pub(super) fn client_last(&mut self, client: u64) -> Result<Option<(Tid, u64)>, StorageError> {
+        if let Some(v) = self.client_cache.get(&client) {
+            return Ok(*v);
+        }
+        let v = self
+            .store
+            .load(&client_oid(client))?
+            .map(|rev| (rev.tid, client_request(rev.data.as_deref())));
+        self.cache_client(client, v);
+        Ok(v)
+    }
+
+    pub(super) fn cache_client(&mut self, client: u64, v: Option<(Tid, u64)>) {
+        if self.client_cache.len() >= CLIENT_CACHE_MAX {
+            self.client_cache.clear();
+        }
+        self.client_cache.insert(client, v);
+    }
+
+    /// A transaction was written to the store (or found there already): a cached client
+    /// record it rewrites is the store's now, unless the cache holds a newer one (an old
+    /// transaction delivered again is applied as already present and must not take the cache
+    /// back). A client not cached stays so (the store may hold a newer record than this).
+    pub(super) fn note_client_records(&mut self, txn: &Transaction) {
+        for r in &txn.records {
+            if let Some(client) = client_of_oid(&r.oid) {
+                let older = match self.client_cache.get(&client) {
+                    Some(Some((tid, _))) => *tid < txn.tid,
+                    Some(None) => true,
+                    None => false,
+                };
+                if older {
+                    let v = Some((txn.tid, client_request(r.data.as_deref())));
+                    self.client_cache.insert(client, v);
+                }
+            }
+        }
+    }
+
+    pub(super) fn primary_commit(
+        &mut self,
+        req: ReqId,
+        c: CommitRequest,
+    ) -> Result<(), StorageError> {
+        let key = (c.client, c.request);
+        if let Some(tid) = self.pending_keys.get(&key) {
+            if let Some(p) = self.pending.get_mut(tid) {
+                if !p.answered {
+                    p.reqs.push(req);
+                    return Ok(());
+                }
+            }
+        }
+        let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
+        if let Some((rev_tid, last)) = self.client_last(c.client)? {
+            if last == c.request {
+                if rev_tid <= self.majority_applied()
+                    || matches!(self.cfg.mode, CommitMode::Async { .. })
+                {
+                    self.reply(
+                        req,
+                        Ok(Committed {
+                            tid: rev_tid,
+                            epoch,
+                            duplicate: true,
+                        }),
+                    );
+                } else {
+                    self.dup_waiting.push((rev_tid, req, epoch));
+                }
+                return Ok(());
+            }
+            if last > c.request {
+                self.reply(
+                    req,
+                    Err(CommitError::Stale {
+                        request: c.request,
+                        last,
+                    }),
+                );
+                return Ok(());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for r in &c.records {
+            if is_replica_owned(&r.oid) {
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!("reserved oid {}", r.oid))),
+                );
+                return Ok(());
+            }
+            if !seen.insert(r.oid.clone()) {
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!("oid {} twice", r.oid))),
+                );
+                return Ok(());
+            }
+            if let Some(expected) = r.expected_serial {
+                let actual = match self.pending_serial.get(&r.oid) {
+                    Some(t) => *t,
+                    None => self.store.load(&r.oid)?.map(|v| v.tid).unwrap_or(Tid::ZERO),
+                };
+                if actual != expected {
+                    self.reply(
+                        req,
+                        Err(CommitError::Conflict {
+                            oid: r.oid.clone(),
+                            expected,
+                            actual,
+                        }),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let next = Tid(self.last_assigned.0 + 1);
+        let tid = match c.tid {
+            TidChoice::Next => next,
+            TidChoice::AtLeast(t) => next.max(t),
+            TidChoice::Exactly(t) if t >= next => t,
+            TidChoice::Exactly(t) => {
+                let last = self.last_assigned;
+                self.reply(
+                    req,
+                    Err(CommitError::Invalid(format!(
+                        "tid {t} is not above the last tid {last}"
+                    ))),
+                );
+                return Ok(());
+            }
+        };
+        if tid.0 >= crate::COUNTER_MAX {
+            self.reply(
+                req,
+                Err(CommitError::Invalid(format!("tid {tid} is out of range"))),
+            );
+            return Ok(());
+        }
+        // Every replica must be able to apply what the primary sends: refuse here what a
+        // store would refuse there.
+        let size: usize = c.meta.user.len()
+            + c.meta.description.len()
+            + c.meta.extension.len()
+            + c.records
+                .iter()
+                .map(|r| 16 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len()))
+                .sum::<usize>();
+        if size > self.cfg.commit_bytes_max {
+            let max = self.cfg.commit_bytes_max;
+            self.reply(
+                req,
+                Err(CommitError::Invalid(format!(
+                    "transaction of {size} bytes, max {max}"
+                ))),
+            );
+            return Ok(());
+        }
+        let mut records: Vec<Record> = c
+            .records
+            .into_iter()
+            .map(|r| Record {
+                expected_serial: None,
+                ..r
+            })
+            .collect();
+        let oids: Vec<Oid> = records.iter().map(|r| r.oid.clone()).collect();
+        records.push(Record {
+            oid: client_oid(c.client),
+            data: Some(Bytes::copy_from_slice(&c.request.to_be_bytes())),
+            expected_serial: None,
+        });
+        let txn = Transaction {
+            tid,
+            meta: c.meta,
+            records,
+        };
+        if let Err(e) = storage::validate_txn(&txn) {
+            self.reply(req, Err(CommitError::Invalid(e.to_string())));
+            return Ok(());
+        }
+        for o in &oids {
+            self.pending_serial.insert(o.clone(), tid);
+        }
+        self.pending_keys.insert(key, tid);
+        self.pending.insert(
+            tid,
+            Pending {
+                reqs: vec![req],
+                epoch: self.primary.map(|(_, e)| e).unwrap_or_default(),
+                key,
+                oids,
+                delivered_regular: false,
+                answered: false,
+                sent_at: self.now,
+                delivered_at: None,
+            },
+        );
+        self.primary_send(txn, Some(req))
+    }
+
+    /// Sends a transaction as primary: async mode commits it locally first and answers.
+    pub(super) fn primary_send(
+        &mut self,
+        txn: Transaction,
+        req: Option<ReqId>,
+    ) -> Result<(), StorageError> {
+        let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
+        if let CommitMode::Async { .. } = self.cfg.mode {
+            self.store.commit(&txn)?;
+            self.note_client_records(&txn);
+            self.last = txn.tid;
+            if txn.records.iter().any(|r| r.oid == lineage_oid()) {
+                // The epoch marker: the store's lineage now names this epoch.
+                self.after_store_change()?;
+            }
+            if let Some(req) = req {
+                if let Some(p) = self.pending.get_mut(&txn.tid) {
+                    p.answered = true;
+                }
+                self.reply(
+                    req,
+                    Ok(Committed {
+                        tid: txn.tid,
+                        epoch,
+                        duplicate: false,
+                    }),
+                );
+            }
+        }
+        let prev = self.last_assigned;
+        self.last_assigned = txn.tid;
+        self.primary_last_known = self.primary_last_known.max(txn.tid);
+        // Sync mode needs no SAFE delivery: the answer waits for servers with a majority of
+        // the vote to report the commit durable, which says more than "received by every
+        // member". AGREED lets every server apply as soon as the commit arrives, two token
+        // rotations earlier. Async mode answered before sending; SAFE there keeps a backup
+        // from applying what the rest of its view may never see, which bounds what a
+        // failover moves to the lost archive.
+        let service = match self.cfg.mode {
+            CommitMode::Sync => Service::Agreed,
+            CommitMode::Async { .. } => Service::Safe,
+        };
+        self.multicast(service, Msg::Commit { epoch, prev, txn });
+        Ok(())
+    }
+}

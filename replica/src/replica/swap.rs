@@ -1,0 +1,101 @@
+//! Planned swap: the request and the handover.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// An operator asks for `to` to become primary. Any server may be asked; it forwards the
+    /// request through the ring. Fails if there is no working primary in view or `to` may
+    /// not become primary.
+    pub fn request_swap(&mut self, now: Time, to: ServerId) -> Result<(), SwapError> {
+        self.now = now;
+        let Some((_, epoch)) = self.primary else {
+            return Err(SwapError::NoPrimary);
+        };
+        if !self.cfg.eligible(to) {
+            return Err(SwapError::NotEligible(to));
+        }
+        if !self.in_view(to) {
+            return Err(SwapError::NotInView(to));
+        }
+        self.multicast(Service::Agreed, Msg::SwapRequest { epoch, to });
+        Ok(())
+    }
+
+    pub(super) fn on_swap_request(
+        &mut self,
+        epoch: Epoch,
+        to: ServerId,
+    ) -> Result<(), StorageError> {
+        let Some((p, cur)) = self.primary else {
+            return Ok(());
+        };
+        if cur != epoch || p == to || !self.in_view(to) || !self.cfg.eligible(to) {
+            return Ok(());
+        }
+        if !self.view.as_ref().is_some_and(|v| v.regular) {
+            return Ok(());
+        }
+        if p == self.me && self.role == Role::Primary && !self.stopping {
+            // Stop assigning tids; the handover is ordered after every commit already sent.
+            self.stopping = true;
+            tracing::info!(server = self.me, to, last = %self.last_assigned, "swap: handing over");
+            self.multicast(
+                Service::Agreed,
+                Msg::Handover {
+                    epoch,
+                    to,
+                    last: self.last_assigned,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_handover(
+        &mut self,
+        from: ServerId,
+        epoch: Epoch,
+        to: ServerId,
+        last: Tid,
+    ) -> Result<(), StorageError> {
+        if self.primary != Some((from, epoch)) || !self.in_view(to) {
+            return Ok(());
+        }
+        let new_epoch = Epoch(epoch.0 + 1);
+        // The old primary's lineage: the one it was elected on, plus its own epoch.
+        let Some(prev) = self.election.clone() else {
+            return Ok(());
+        };
+        let mut base_lineage = prev.base_lineage;
+        base_lineage.push(EpochStart {
+            epoch,
+            base: prev.base,
+        });
+        if base_lineage.len() > LINEAGE_MAX {
+            base_lineage.drain(..base_lineage.len() - LINEAGE_MAX);
+        }
+        let held: Vec<(ReqId, CommitRequest)> = if from == self.me {
+            self.held.drain(..).collect()
+        } else {
+            Vec::new()
+        };
+        self.primary = None;
+        self.election = Some(Election {
+            primary: to,
+            epoch: new_epoch,
+            base: last,
+            base_lineage,
+            donor: from,
+            tid_floor: Tid(last.0 + 1),
+            promises: BTreeSet::new(),
+        });
+        if from == self.me {
+            self.stopping = false;
+            self.set_role(Role::Backup);
+        }
+        for (req, _) in held {
+            self.reply(req, Err(CommitError::NotPrimary { primary: Some(to) }));
+        }
+        self.promise(new_epoch)
+    }
+}

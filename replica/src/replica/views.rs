@@ -1,0 +1,84 @@
+//! A new gcs view: what ends with the old one, and the start of the election round.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// A gcs view was installed.
+    pub fn handle_view(&mut self, now: Time, view: &View) {
+        if self.role == Role::Down {
+            return;
+        }
+        self.now = now;
+        if let Err(e) = self.flush_applies() {
+            return self.fail(e);
+        }
+        let mut members: Vec<ServerId> = view
+            .members
+            .iter()
+            .map(|p: &ProcId| p.node)
+            .filter(|n| self.cfg.server(*n).is_some())
+            .collect();
+        members.dedup();
+        let regular = view.kind() == ViewKind::Regular;
+        if !regular {
+            // The old view ends: commits still arrive (the transitional set's), but nothing
+            // new is accepted until the next regular view elects.
+            if let Some(v) = self.view.as_mut() {
+                v.regular = false;
+            }
+            if self.role == Role::Primary {
+                self.stopping = true;
+            }
+            return;
+        }
+        let primary_component = self.cfg.is_primary_component(&members);
+        self.was_primary_in = match (self.role, self.primary) {
+            (Role::Primary, Some((_, e))) => Some(e),
+            _ => None,
+        };
+        // Everything in flight from the previous view has an unknown outcome now.
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending.into_values().filter(|p| !p.answered) {
+            for r in p.reqs {
+                self.reply(r, Err(CommitError::Retry));
+            }
+        }
+        for (_, r, _) in std::mem::take(&mut self.dup_waiting) {
+            self.reply(r, Err(CommitError::Retry));
+        }
+        self.pending_serial.clear();
+        self.pending_keys.clear();
+        self.applied.clear();
+        self.states.clear();
+        self.election = None;
+        self.primary = None;
+        self.stopping = false;
+        self.recovery = None;
+        self.backlog.clear();
+        self.backlog_overflowed = false;
+        self.view = Some(CurrentView {
+            members,
+            regular: true,
+            primary_component,
+        });
+        if primary_component {
+            self.set_role(Role::Syncing);
+            let fill_open = self.durable.fill_since.is_some();
+            let state = MemberState {
+                server: self.me,
+                promised: self.durable.promised,
+                last_tid: self.last,
+                lineage: self.lineage.clone(),
+                primary_in: self.was_primary_in,
+                consistent: !fill_open,
+                voter: self.durable.voter,
+            };
+            self.multicast(Service::Agreed, Msg::State(state));
+        } else {
+            self.set_role(Role::ReadOnly);
+            for (req, _) in std::mem::take(&mut self.held) {
+                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            }
+        }
+    }
+}
