@@ -1,6 +1,6 @@
 //! The client library of a Standby storage cluster, apart from the server: an application that
-//! only talks to a cluster builds this crate (its protocol, the TCP client, TLS) without
-//! RocksDB, the HTTP admin endpoint or the server.
+//! only talks to a cluster builds this crate (its protocol, the retry policy, the TCP client,
+//! TLS) without RocksDB, the HTTP admin endpoint or the server process.
 //!
 //! Give [`Client`] any list of server addresses: it asks one for the topology (every server's
 //! client address, who is primary), sends writes to the primary, follows redirects, and on a

@@ -25,7 +25,7 @@ pub enum TlsError {
 }
 
 /// A file error naming the file.
-pub fn file_err(path: &Path, why: impl ToString) -> TlsError {
+fn file_err(path: &Path, why: impl ToString) -> TlsError {
     TlsError::File {
         path: path.to_path_buf(),
         why: why.to_string(),

@@ -16,7 +16,10 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-pub use servercore::checkpoint::{CkptMsg, Manifest, CHUNK};
+pub use servercore::checkpoint::{CkptMsg, Manifest};
+
+/// The largest file a received checkpoint may hold (RocksDB's files are far smaller).
+pub const CHECKPOINT_FILE_MAX: u64 = 1 << 40;
 
 /// Donor, [`CheckpointCommand::Make`](servercore::checkpoint::CheckpointCommand::Make): writes
 /// a checkpoint of `store` into `dir` (`Storage::checkpoint`: for RocksDB, hard links and a copy
@@ -78,6 +81,13 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
 /// Recipient, [`CheckpointCommand::Write`](servercore::checkpoint::CheckpointCommand::Write):
 /// writes a chunk into the side directory (the name was checked when the message was decoded).
 pub fn write_chunk(dir: &Path, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+    // The offset comes from the ring: a member cannot make this server write a sparse file of
+    // any size it likes.
+    if offset.saturating_add(data.len() as u64) > CHECKPOINT_FILE_MAX {
+        return Err(io::Error::other(format!(
+            "{name}: a chunk at {offset} lies beyond {CHECKPOINT_FILE_MAX} bytes"
+        )));
+    }
     let mut f = fs::OpenOptions::new()
         .create(true)
         .write(true)

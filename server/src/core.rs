@@ -184,7 +184,7 @@ pub struct CheckpointSupport<S> {
 }
 
 /// The store's read handle ([`Storage::read_handle`]) for readers outside the server's task,
-/// while the replica says reads are served. The core replaces the handle when a checkpoint
+/// while the replica says reads are served. The shell replaces the handle when a checkpoint
 /// replaces the store, and updates the flag after every input.
 #[derive(Default)]
 pub struct DirectReads {
@@ -250,11 +250,6 @@ impl<S: Storage + 'static> ServerShell<S> {
     /// The read handle for readers outside the server's task.
     pub fn direct_reads(&self) -> Arc<DirectReads> {
         self.direct.clone()
-    }
-
-    /// The core (for status and tests).
-    pub fn core(&self) -> &ServerCore<S> {
-        &self.core
     }
 
     fn wait(&mut self, reply: oneshot::Sender<Result<Committed, CommitError>>) -> ReqId {

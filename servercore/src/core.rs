@@ -45,8 +45,8 @@ pub struct ServerStatus {
     pub gcs: gcs::Stats,
     /// Time since it last applied a transaction (`None`: none since it started).
     pub since_last_commit: Option<std::time::Duration>,
-    /// Why its store failed, if it did: it has then left the ring (see
-    /// [`ServerCore`]'s docs) and serves nothing.
+    /// Why its store failed, if it did: it has then left the ring (its node is fed nothing
+    /// more, so the others elect without it) and serves nothing.
     pub down_reason: Option<String>,
 }
 
@@ -158,8 +158,8 @@ struct Incoming {
     donor_proc: Option<gcs::ProcId>,
     /// Bytes received so far (for the log).
     received: u64,
-    /// `Install` was asked of the shell.
-    installing: bool,
+    /// `Install` was asked of the shell, for a checkpoint announced to end at this tid.
+    installing: Option<storage::Tid>,
 }
 
 /// One storage server: a gcs node and a replica over store `S`.
@@ -172,9 +172,9 @@ pub struct ServerCore<S: Storage + 'static> {
     replica: Replica<S>,
     /// Replica and checkpoint multicasts the node's send queue had no room for yet.
     unsent: VecDeque<(Service, Bytes)>,
-    view: Vec<ServerId>,
-    /// The members of the current regular view, by process.
-    view_procs: Vec<gcs::ProcId>,
+    /// The members of the current regular view, by process (a checkpoint transfer is bound to
+    /// its peer's process, see `abandon_transfers_outside_view`).
+    view: Vec<gcs::ProcId>,
     out: VecDeque<Output>,
     /// Node deliveries and views not yet given to the replica (see [`Self::feed_replica`]).
     for_replica: VecDeque<ForReplica>,
@@ -216,7 +216,6 @@ impl<S: Storage + 'static> ServerCore<S> {
             replica,
             unsent: VecDeque::new(),
             view: Vec::new(),
-            view_procs: Vec::new(),
             out: VecDeque::new(),
             for_replica: VecDeque::new(),
             now: Time::ZERO,
@@ -340,7 +339,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             primary,
             promised: self.replica.promised(),
             stats: self.replica.stats(),
-            view: self.view.clone(),
+            view: self.view.iter().map(|p| p.node).collect(),
             gcs: self.node.stats().clone(),
             since_last_commit: self
                 .replica
@@ -405,16 +404,6 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// Whether reads are served now (no object recovery open, the store not failed).
     pub fn readable(&self) -> bool {
         self.replica.readable()
-    }
-
-    /// The store failed and this server left the ring: it takes no more input.
-    pub fn has_left_ring(&self) -> bool {
-        self.left_ring
-    }
-
-    /// Its gcs node.
-    pub fn node(&self) -> &Node {
-        &self.node
     }
 
     /// The store, the core dropped (a crash in the simulator keeps the disk).
@@ -595,10 +584,9 @@ impl<S: Storage + 'static> ServerCore<S> {
                                 "a new view: the claim follows its election"
                             );
                         }
-                        self.view = v.members.iter().map(|p| p.node).collect();
-                        self.view_procs = v.members.clone();
+                        self.view = v.members.clone();
                         self.abandon_transfers_outside_view();
-                        tracing::info!(server = self.replica.id(), view = ?v.id, members = ?self.view, "view");
+                        tracing::info!(server = self.replica.id(), view = ?v.id, members = ?v.members, "view");
                     }
                     self.replica.handle_view(now, &v);
                     if reclaim && self.replica.role() == Role::Primary {
@@ -831,13 +819,13 @@ impl<S: Storage + 'static> ServerCore<S> {
             id,
             "asking for a checkpoint"
         );
-        let donor_proc = self.view_procs.iter().find(|p| p.node == donor).copied();
+        let donor_proc = self.view.iter().find(|p| p.node == donor).copied();
         self.incoming = Some(Incoming {
             id,
             donor,
             donor_proc,
             received: 0,
-            installing: false,
+            installing: None,
         });
         self.command(CheckpointCommand::Prepare { id, donor });
         let m = CkptMsg::Request {
@@ -856,7 +844,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         // By process, not by server id: a peer that restarted between two views (a crash,
         // then its supervisor) is in the new view under a newer incarnation, and knows nothing
         // of the transfer; waiting for it would wait forever.
-        let procs = self.view_procs.clone();
+        let procs = self.view.clone();
         if let Some(o) = self.outgoing.take_if(|o| !procs.contains(&o.to_proc)) {
             tracing::warn!(to = o.to, "checkpoint recipient left: transfer abandoned");
             self.command(CheckpointCommand::Discard { id: o.id });
@@ -1030,7 +1018,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             i.id == id
                 && i.donor == sender
                 && i.donor_proc.is_none_or(|p| p == sender_proc)
-                && !i.installing
+                && i.installing.is_none()
         };
         match m {
             CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
@@ -1091,7 +1079,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                     return;
                 };
                 inc.donor_proc.get_or_insert(sender_proc);
-                inc.installing = true;
+                inc.installing = Some(tid);
                 let donor = inc.donor;
                 tracing::info!(server = me, donor, id, bytes = inc.received, %tid, "checkpoint received");
                 self.command(CheckpointCommand::Install {
@@ -1131,13 +1119,22 @@ impl<S: Storage + 'static> ServerCore<S> {
         ready: Result<S, String>,
     ) -> Result<(), String> {
         self.now = now;
-        let Some(inc) = self.incoming.take_if(|i| i.id == id && i.installing) else {
+        let Some(inc) = self
+            .incoming
+            .take_if(|i| i.id == id && i.installing.is_some())
+        else {
             return Err(format!("no checkpoint transfer {id} is being installed"));
         };
-        let r = ready.and_then(|store| {
-            self.replica
+        let announced = inc.installing.unwrap_or_default();
+        // The store must end where the donor said: a checkpoint of another point in the
+        // history would be taken for this one.
+        let r = ready.and_then(|store| match store.last_transaction() {
+            Ok(last) if last == announced => self
+                .replica
                 .install_checkpoint(store)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string()),
+            Ok(last) => Err(format!("checkpoint holds {last}, announced {announced}")),
+            Err(e) => Err(e.to_string()),
         });
         match &r {
             Ok(()) => tracing::info!(
