@@ -613,22 +613,17 @@ impl Client {
                 continue;
             };
             let answer = self.call_on_within(target, req.clone(), patience).await;
-            let verdict = match &answer {
-                Ok(Response::Commit(Ok(_))) => self.route.on_answer(target, Answer::Committed),
-                Ok(Response::Commit(Err(CommitError::NotPrimary { primary }))) => {
-                    self.route.on_answer(target, Answer::NotPrimary(*primary))
-                }
-                Ok(Response::Commit(Err(e))) if e.is_final() => {
-                    self.route.on_answer(target, Answer::Final)
-                }
+            let said = match &answer {
+                Ok(Response::Commit(r)) => Answer::of(r, Some),
                 Ok(Response::Error {
                     kind: ErrorKind::Unauthorized | ErrorKind::Version | ErrorKind::BadRequest,
                     ..
-                }) => self.route.on_answer(target, Answer::Final),
-                // Retry, Busy, Down, a closed connection, a silent server: the outcome is
-                // unknown; the same request number makes the retry safe.
-                Ok(_) | Err(_) => self.route.on_answer(target, Answer::Unknown),
+                }) => Answer::Final,
+                // A closed connection, a silent server: the outcome is unknown; the same
+                // request number makes the retry safe.
+                Ok(_) | Err(_) => Answer::Unknown,
             };
+            let verdict = self.route.on_answer(target, said);
             match (verdict, answer) {
                 (Verdict::Retry(pause), _) => {
                     if !pause.is_zero() {

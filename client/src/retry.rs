@@ -9,6 +9,7 @@
 //! request number) is sent again: the servers apply it at most once. A final answer (a
 //! conflict, an invalid or stale request) ends it. A commit ends the suspicions.
 
+use replica::{CommitError, ServerId};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -27,6 +28,24 @@ pub enum Answer<T> {
     Final,
     /// No outcome: a retryable error, a closed connection, a timeout.
     Unknown,
+}
+
+impl<T> Answer<T> {
+    /// What a commit's result says; `handle` turns the primary a redirect names into the
+    /// client's handle for it (`None` if the client does not know that server).
+    pub fn of<U>(
+        result: &Result<U, CommitError>,
+        handle: impl FnOnce(ServerId) -> Option<T>,
+    ) -> Answer<T> {
+        match result {
+            Ok(_) => Answer::Committed,
+            Err(CommitError::NotPrimary { primary }) => {
+                Answer::NotPrimary(primary.and_then(handle))
+            }
+            Err(e) if e.is_final() => Answer::Final,
+            Err(_) => Answer::Unknown,
+        }
+    }
 }
 
 /// What the shell does next.

@@ -81,13 +81,9 @@ impl LocalClient {
                 tokio::time::timeout(Duration::from_secs(2), self.servers[i].commit(c.clone()))
                     .await;
             let said = match &answer {
-                Ok(Ok(Ok(_))) => Answer::Committed,
-                Ok(Ok(Err(CommitError::NotPrimary { primary }))) => {
-                    Answer::NotPrimary(primary.and_then(|p| self.index_of(p)))
-                }
-                Ok(Ok(Err(e))) if e.is_final() => Answer::Final,
-                // Retry, Busy, Down, a stopped or silent server.
-                Ok(Ok(Err(_))) | Ok(Err(Stopped)) | Err(_) => Answer::Unknown,
+                Ok(Ok(r)) => Answer::of(r, |p| self.index_of(p)),
+                // A stopped or silent server.
+                Ok(Err(Stopped)) | Err(_) => Answer::Unknown,
             };
             match (self.route.on_answer(i, said), answer) {
                 (Verdict::Retry(pause), _) => {

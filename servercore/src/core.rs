@@ -612,6 +612,15 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
+    /// A checkpoint-transfer message, in its envelope, queued like the replica's.
+    fn send_ckpt(&mut self, now: Time, m: &CkptMsg) {
+        self.send(
+            now,
+            Service::Agreed,
+            envelope::seal(Channel::Checkpoint, &m.encode()),
+        );
+    }
+
     fn retry_unsent(&mut self, now: Time) {
         while let Some((service, payload)) = self.unsent.pop_front() {
             match self.node.multicast(now, service, payload.clone()) {
@@ -833,11 +842,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             donor,
             id,
         };
-        self.send(
-            now,
-            Service::Agreed,
-            envelope::seal(Channel::Checkpoint, &m.encode()),
-        );
+        self.send_ckpt(now, &m);
     }
 
     fn abandon_transfers_outside_view(&mut self) {
@@ -924,11 +929,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             id: o.id,
             reason,
         };
-        self.send(
-            now,
-            Service::Agreed,
-            envelope::seal(Channel::Checkpoint, &f.encode()),
-        );
+        self.send_ckpt(now, &f);
     }
 
     /// Queues checkpoint chunks while the node's send queue has room: one chunk is read
@@ -1035,11 +1036,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                         id,
                         reason: reason.to_string(),
                     };
-                    self.send(
-                        now,
-                        Service::Agreed,
-                        envelope::seal(Channel::Checkpoint, &f.encode()),
-                    );
+                    self.send_ckpt(now, &f);
                     return;
                 }
                 self.outgoing = Some(Outgoing {

@@ -1069,14 +1069,7 @@ impl ReplicaCluster {
                 cr.request
             )
         });
-        let said = match &result {
-            Ok(_) => Answer::Committed,
-            Err(CommitError::NotPrimary { primary }) => {
-                Answer::NotPrimary(primary.map(|p| p as usize))
-            }
-            Err(e) if e.is_final() => Answer::Final,
-            Err(_) => Answer::Unknown,
-        };
+        let said = Answer::of(&result, |p| Some(p as usize));
         let verdict = self.clients[c].route.on_answer(target, said);
         self.clients[c].inflight = None;
         match (verdict, result) {
