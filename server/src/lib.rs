@@ -26,7 +26,7 @@ pub use standby_client::proto;
 use gcs::net::driver::{self, Clock};
 use gcs::net::{ClusterConfig, Security, StartError};
 use gcs::{Node, ProcId};
-use replica::{CommitError, CommitRequest, Committed, Replica, ReplicaConfig, ServerId, SwapError};
+use replica::{CommitError, CommitRequest, Committed, ReplicaConfig, ServerId, SwapError};
 use storage::{Oid, Revision, Storage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -138,15 +138,12 @@ impl StorageServer {
         let clock = Clock::new();
         let me = ProcId::new(id, driver::fresh_incarnation());
         let node = Node::new(cluster.protocol(), me, clock.now()).map_err(StartError::from)?;
-        // A store that cannot take a synced write (a full disk) is refused here, before this
-        // server joins the ring: joining only to fail at its first write would cost the
-        // others a view change at every restart.
-        store.check_writable()?;
-        let replica = if after_disk_loss {
-            Replica::after_disk_loss(opts.replica, id, store)?
-        } else {
-            Replica::new(opts.replica, id, store)?
-        };
+        let replica = servercore::open_replica(opts.replica, id, store, after_disk_loss).map_err(
+            |e| match e {
+                servercore::OpenError::NotWritable { error, .. } => error,
+                servercore::OpenError::Replica(error) => error,
+            },
+        )?;
         if let Some(mark) = rebuild_mark {
             // The replication state now says "no vote until caught up".
             std::fs::remove_file(&mark).map_err(storage::StorageError::from)?;

@@ -76,6 +76,41 @@ pub enum ServerEvent {
     Membership(Membership),
 }
 
+/// Why a server could not open its replica (see [`open_replica`]).
+#[derive(Debug)]
+pub enum OpenError<S> {
+    /// The store cannot take a synced write now (a full disk): it is handed back, untouched.
+    NotWritable {
+        /// The store.
+        store: S,
+        /// What the check met.
+        error: storage::StorageError,
+    },
+    /// The replica could not read its state from the store.
+    Replica(storage::StorageError),
+}
+
+/// Opens the replica over `store` as a starting server does, in the server and in the
+/// simulator alike. A store that cannot take a synced write is refused first: joining the ring
+/// only to fail at the first write would cost the others a view change at every restart. Then
+/// the replica reads its state; after a disk loss it does not vote until it has caught up.
+pub fn open_replica<S: Storage>(
+    cfg: replica::ReplicaConfig,
+    id: ServerId,
+    store: S,
+    after_disk_loss: bool,
+) -> Result<Replica<S>, OpenError<S>> {
+    if let Err(error) = store.check_writable() {
+        return Err(OpenError::NotWritable { store, error });
+    }
+    let r = if after_disk_loss {
+        Replica::after_disk_loss(cfg, id, store)
+    } else {
+        Replica::new(cfg, id, store)
+    };
+    r.map_err(OpenError::Replica)
+}
+
 /// What the core asks of its shell, in order.
 #[derive(Debug)]
 pub enum Output {

@@ -27,4 +27,6 @@ mod core;
 pub mod envelope;
 pub mod membership;
 
-pub use crate::core::{CoreOptions, Output, ReadError, ServerCore, ServerEvent, ServerStatus};
+pub use crate::core::{
+    open_replica, CoreOptions, OpenError, Output, ReadError, ServerCore, ServerEvent, ServerStatus,
+};

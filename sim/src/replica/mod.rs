@@ -29,7 +29,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
 
-type Replica = replica::Replica<MemStorage>;
 type Core = servercore::ServerCore<MemStorage>;
 
 /// Bytes per checkpoint chunk in the simulator (small, so that transfers take many).
@@ -501,27 +500,22 @@ impl ReplicaCluster {
                         .disk
                         .take()
                         .expect("a stopped server has its disk");
-                    // As `StorageServer::start` does: a store that cannot take a synced write
-                    // is refused before the server joins the ring, and the process exits for
-                    // its supervisor to try again later.
-                    if let Err(e) = store.check_writable() {
-                        self.tr(|| format!("{now:?} s{i} store refused at start: {e}"));
-                        self.servers[i].disk = Some(store);
-                        self.supervisor_restart(i);
-                        return;
-                    }
-                    self.servers[i].incarnation += 1;
-                    let p = ProcId::new(i as u32, self.servers[i].incarnation);
-                    let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
-                        .expect("simulator configuration is valid");
                     let cfg = self.cfg.clone();
-                    let opened = if std::mem::take(&mut self.servers[i].disk_lost) {
-                        Replica::after_disk_loss(cfg, i as u32, store)
-                    } else {
-                        Replica::new(cfg, i as u32, store)
-                    };
-                    match opened {
+                    let lost = self.servers[i].disk_lost;
+                    match servercore::open_replica(cfg, i as u32, store, lost) {
+                        // Refused as `standby-server` refuses it: the process exits for its
+                        // supervisor to try again later.
+                        Err(servercore::OpenError::NotWritable { store, error }) => {
+                            self.tr(|| format!("{now:?} s{i} store refused at start: {error}"));
+                            self.servers[i].disk = Some(store);
+                            self.supervisor_restart(i);
+                        }
                         Ok(r) => {
+                            self.servers[i].disk_lost = false;
+                            self.servers[i].incarnation += 1;
+                            let p = ProcId::new(i as u32, self.servers[i].incarnation);
+                            let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
+                                .expect("simulator configuration is valid");
                             let opts = CoreOptions {
                                 checkpoints: true,
                                 checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
@@ -531,7 +525,9 @@ impl ReplicaCluster {
                             self.servers[i].core = Some(core);
                             self.drain(i);
                         }
-                        Err(e) => panic!("server {i} cannot reopen its store: {e}"),
+                        Err(servercore::OpenError::Replica(e)) => {
+                            panic!("server {i} cannot reopen its store: {e}")
+                        }
                     }
                 }
             }
@@ -941,15 +937,21 @@ impl ReplicaCluster {
         if self.servers[i].io.paused {
             return;
         }
-        let Some(r) = self.servers[i].core.as_ref().map(|c| c.replica()) else {
+        let now = self.now;
+        let Some(core) = self.servers[i].core.as_mut() else {
             return;
         };
-        if !r.readable() {
+        // The production read path: one consistent state between two inputs, or refused while
+        // an object recovery is open.
+        let Ok((store, st)) = core.read(now) else {
+            self.drain(i);
             return;
-        }
+        };
         let k = self.client_rng.range(0, self.opts.keyspace - 1);
-        let tid = r.last_tid();
-        let rev = r.store().load(&Oid::from_u64(k)).ok().flatten();
+        let tid = st.last_tid;
+        let rev = store.load(&Oid::from_u64(k)).ok().flatten();
+        // Reading gave the core an input's time: what it has to say goes out now.
+        self.drain(i);
         self.totals.reads += 1;
         self.history.events.push(REvent::Read {
             at: self.now,
