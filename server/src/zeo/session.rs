@@ -435,8 +435,9 @@ impl Session {
         match name.as_str() {
             "loadBefore" => {
                 tokio::spawn(async move {
-                    let a = load_before(&face, n, &call).await;
-                    answer(&face, n, &call, a);
+                    if let Err(e) = load_before(&face, n, &call).await {
+                        answer(&face, n, &call, Err(e));
+                    }
                 });
             }
             "lastTransaction" => {
@@ -572,7 +573,15 @@ fn answer(face: &ZeoFace, n: u64, call: &Call, a: Answer) {
     );
 }
 
-async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Answer {
+/// Answers `loadBefore` on connection `n`; an error comes back for the caller to send.
+///
+/// A reply that says "current" (no end tid) is checked and written under the face's lock,
+/// the lock the dispatcher holds while it writes invalidations and raises `sent`: so it is
+/// written only if this connection was told of nothing newer than the state it was read
+/// from, and no invalidation can slip between that check and the write. (A stale "current"
+/// written after an invalidation of a newer revision would stay in the client's cache as
+/// current: ZODB's `test_race_load_vs_external_invalidate` finds it.)
+async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Result<(), ZeoError> {
     let oid = oid_arg(call.args.first())?;
     let z = tid_arg(call.args.get(1))?;
     let before = to_store(&z, TID_LIMIT);
@@ -583,17 +592,18 @@ async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Answer {
             .read_fast(move |store, at| Ok((load_before_in(store, &o, before), at)))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
-        let answer: Answer = answer?;
-        let current = matches!(&answer, Ok(Value::Array(a)) if a.get(2) == Some(&Value::Nil));
-        if current {
-            // Written only if this connection was told of nothing newer than the read.
-            let sh = face.lock();
-            match sh.conns.get(&n) {
-                Some(c) if c.sent > at => continue,
-                _ => {}
+        let v = answer??;
+        let current = matches!(&v, Value::Array(a) if a.get(2) == Some(&Value::Nil));
+        let sh = face.lock();
+        if let Some(c) = sh.conns.get(&n) {
+            if current && c.sent > at {
+                continue;
+            }
+            if !call.is_async {
+                c.send(codec::reply(&call.msgid, v));
             }
         }
-        return answer;
+        return Ok(());
     }
     Err(ZeoError::storage("the object keeps changing"))
 }
