@@ -569,6 +569,20 @@ impl Client {
         self.on_primary(req, deadline).await
     }
 
+    /// Gives servers a vote and takes it from others (see [`replica::voters`]) through the
+    /// primary, with the same redirects and retries as a commit (asking again asks for the
+    /// same change). New voters must have joined as replicas; the answer comes once they
+    /// caught up and the new voters are durable on a majority of them.
+    pub async fn change_voters(
+        &mut self,
+        add: Vec<(ServerId, u32)>,
+        remove: Vec<ServerId>,
+        deadline: Duration,
+    ) -> Result<Committed, ClientError> {
+        self.on_primary(Request::ChangeVoters { add, remove }, deadline)
+            .await
+    }
+
     /// Takes what the invalidation stream pushed: a topology and a primary.
     fn take_pushes(&mut self) {
         if let Some(c) = &self.cache {

@@ -15,6 +15,7 @@
 //! the server between calls.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use replica::voters::VOTERS_MAX;
 use replica::{CommitError, Committed, Epoch, Role, ServerId};
 use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
 
@@ -148,6 +149,15 @@ pub enum Request {
         request: u64,
         /// The server.
         id: ServerId,
+    },
+    /// Give servers a vote (with a weight) and take it from others (see
+    /// [`replica::voters`]); answered like a commit, with the tid of the new voters, once
+    /// they are durable on a majority of them. Asking again asks for the same change.
+    ChangeVoters {
+        /// Servers given a vote, with their weights.
+        add: Vec<(ServerId, u32)>,
+        /// Servers whose vote is taken away.
+        remove: Vec<ServerId>,
     },
 }
 
@@ -476,6 +486,7 @@ impl Request {
             Request::LostArchive { .. } => (11, header(11, id)),
             Request::AddReplica { .. } => (12, header(12, id)),
             Request::RemoveReplica { .. } => (13, header(13, id)),
+            Request::ChangeVoters { .. } => (14, header(14, id)),
         };
         let _ = kind;
         match self {
@@ -533,6 +544,17 @@ impl Request {
                 b.put_u64(*client);
                 b.put_u64(*request);
                 b.put_u32(*id);
+            }
+            Request::ChangeVoters { add, remove } => {
+                b.put_u32(add.len() as u32);
+                for (id, w) in add {
+                    b.put_u32(*id);
+                    b.put_u32(*w);
+                }
+                b.put_u32(remove.len() as u32);
+                for id in remove {
+                    b.put_u32(*id);
+                }
             }
             Request::LastTransaction | Request::Status | Request::Subscribe => {}
         }
@@ -602,6 +624,21 @@ impl Request {
                 request: r.u64()?,
                 id: r.u32()?,
             },
+            14 => {
+                let n = r.u32()? as usize;
+                if n > VOTERS_MAX {
+                    return Err(ProtoError::Invalid("too many voters"));
+                }
+                let add = (0..n)
+                    .map(|_| Ok((r.u32()?, r.u32()?)))
+                    .collect::<Result<Vec<_>, ProtoError>>()?;
+                let n = r.u32()? as usize;
+                if n > VOTERS_MAX {
+                    return Err(ProtoError::Invalid("too many voters"));
+                }
+                let remove = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+                Request::ChangeVoters { add, remove }
+            }
             t => return Err(ProtoError::BadTag(t)),
         };
         r.end()?;
@@ -1081,6 +1118,10 @@ mod tests {
                 client: 4,
                 request: 10,
                 id: 5,
+            },
+            Request::ChangeVoters {
+                add: vec![(5, 1), (6, 2)],
+                remove: vec![1],
             },
         ]
     }

@@ -2,7 +2,8 @@
 //! histories agree. Every member of a view runs these on the same inputs (the states
 //! delivered in agreed order), so every member reaches the same answer without a vote.
 
-use crate::config::{ReplicaConfig, ServerId};
+use crate::config::ServerId;
+use crate::voters::VoterConfig;
 use std::cmp::Reverse;
 use storage::Tid;
 
@@ -50,6 +51,8 @@ pub struct MemberState {
     /// False for a server that restarted after losing its disk, until it has caught up
     /// again: what it promised before is gone, so its vote could elect a second primary.
     pub voter: bool,
+    /// The voter configuration its store holds.
+    pub config: VoterConfig,
 }
 
 impl MemberState {
@@ -59,20 +62,59 @@ impl MemberState {
     }
 }
 
-/// The new primary: among the members that may become primary (failover group, consistent
-/// store), the most up-to-date one, by (epoch of its last transaction, last tid); the sitting
-/// primary wins a tie, then the lowest server id. `None` if no member qualifies.
+/// Whether a member's state may carry the history forward: a consistent store that kept its
+/// disk, of a server that votes in the configuration it reports.
+fn may_carry(s: &MemberState) -> bool {
+    s.consistent && s.voter && s.config.votes(s.server)
+}
+
+/// The order of histories: (epoch of its last transaction, last tid), the sitting primary on
+/// ties, then the lowest server id.
+fn rank(s: &MemberState) -> (Epoch, Tid, bool, Reverse<ServerId>) {
+    let sitting = s.primary_in == Some(s.last_epoch());
+    (s.last_epoch(), s.last_tid, sitting, Reverse(s.server))
+}
+
+/// The new primary: among the members that may become primary (a voter of the new set of the
+/// configuration it reports, consistent store, its disk kept), the most up-to-date one, by
+/// (epoch of its last transaction, last tid); the sitting primary wins a tie, then the lowest
+/// server id. `None` if no member qualifies.
 ///
 /// Independent of the order of `states`, and always a member of them.
-pub fn choose_primary(cfg: &ReplicaConfig, states: &[MemberState]) -> Option<ServerId> {
+pub fn choose_primary(states: &[MemberState]) -> Option<ServerId> {
     states
         .iter()
-        .filter(|s| s.consistent && s.voter && cfg.eligible(s.server))
-        .max_by_key(|s| {
-            let sitting = s.primary_in == Some(s.last_epoch());
-            (s.last_epoch(), s.last_tid, sitting, Reverse(s.server))
-        })
+        .filter(|s| may_carry(s) && s.config.eligible(s.server))
+        .max_by_key(|s| rank(s))
         .map(|s| s.server)
+}
+
+/// Whose history the new primary starts from: the most up-to-date member that votes in the
+/// configuration it reports (in either set while a change is under way). Usually the primary
+/// itself; a voter on its way out may hold more, and then the primary first catches up from
+/// it, so that no commit a majority acknowledged is left behind.
+pub fn choose_donor(states: &[MemberState]) -> Option<ServerId> {
+    states
+        .iter()
+        .filter(|s| may_carry(s))
+        .max_by_key(|s| rank(s))
+        .map(|s| s.server)
+}
+
+/// Whether the members whose states these are form a primary component: the servers that
+/// kept their disks are one under every configuration they report.
+pub fn is_primary_component(states: &[MemberState]) -> bool {
+    let members: Vec<ServerId> = states
+        .iter()
+        .filter(|s| s.voter)
+        .map(|s| s.server)
+        .collect();
+    let mut configs = states
+        .iter()
+        .filter(|s| s.voter)
+        .map(|s| &s.config)
+        .peekable();
+    configs.peek().is_some() && configs.all(|c| c.is_primary_component(&members))
 }
 
 /// The epoch the next primary takes: above every epoch any member promised or wrote in.
@@ -124,27 +166,21 @@ pub fn common_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CommitMode, GroupKind, ServerSpec};
+    use crate::voters::VoterSet;
     use proptest::prelude::*;
 
-    fn cfg(n: u32, remote: &[u32]) -> ReplicaConfig {
-        let servers = (0..n)
-            .map(|id| {
-                let r = remote.contains(&id);
-                ServerSpec {
-                    id,
-                    name: format!("s{id}"),
-                    group: if r { "dr" } else { "main" }.into(),
-                    kind: if r {
-                        GroupKind::Remote
-                    } else {
-                        GroupKind::Failover
-                    },
-                    weight: if r { 0 } else { 1 },
-                }
-            })
-            .collect();
-        ReplicaConfig::new(servers, CommitMode::Sync)
+    /// Voters `0..n` except `remote`, weight 1.
+    fn cfg(n: u32, remote: &[u32]) -> VoterConfig {
+        VoterConfig::single(VoterSet::new(
+            (0..n).filter(|id| !remote.contains(id)).map(|id| (id, 1)),
+        ))
+    }
+
+    fn with(c: &VoterConfig, mut v: Vec<MemberState>) -> Vec<MemberState> {
+        for s in &mut v {
+            s.config = c.clone();
+        }
+        v
     }
 
     fn st(server: u32, epochs: &[(u64, u64)], last: u64) -> MemberState {
@@ -162,6 +198,7 @@ mod tests {
             primary_in: None,
             consistent: true,
             voter: true,
+            config: cfg(3, &[]),
         }
     }
 
@@ -170,8 +207,11 @@ mod tests {
         let c = cfg(3, &[]);
         let old = st(0, &[(1, 0), (2, 50)], 200); // a former primary with an unreplicated tail
         let new = st(1, &[(1, 0), (2, 50), (3, 120)], 130);
-        assert_eq!(choose_primary(&c, &[old.clone(), new.clone()]), Some(1));
-        assert_eq!(choose_primary(&c, &[new, old]), Some(1));
+        assert_eq!(
+            choose_primary(&with(&c, vec![old.clone(), new.clone()])),
+            Some(1)
+        );
+        assert_eq!(choose_primary(&with(&c, vec![new, old])), Some(1));
     }
 
     #[test]
@@ -179,9 +219,12 @@ mod tests {
         let c = cfg(3, &[]);
         let a = st(0, &[(4, 0)], 9);
         let mut b = st(2, &[(4, 0)], 9);
-        assert_eq!(choose_primary(&c, &[a.clone(), b.clone()]), Some(0));
+        assert_eq!(
+            choose_primary(&with(&c, vec![a.clone(), b.clone()])),
+            Some(0)
+        );
         b.primary_in = Some(Epoch(4));
-        assert_eq!(choose_primary(&c, &[a, b]), Some(2));
+        assert_eq!(choose_primary(&with(&c, vec![a, b])), Some(2));
     }
 
     #[test]
@@ -191,12 +234,44 @@ mod tests {
         let b = st(1, &[(1, 0)], 4);
         let r = st(2, &[(1, 0)], 9);
         assert_eq!(
-            choose_primary(&c, &[a.clone(), b.clone(), r.clone()]),
+            choose_primary(&with(&c, vec![a.clone(), b.clone(), r.clone()])),
             Some(0)
         );
         a.consistent = false;
-        assert_eq!(choose_primary(&c, &[a.clone(), b, r.clone()]), Some(1));
-        assert_eq!(choose_primary(&c, &[a, r]), None);
+        assert_eq!(
+            choose_primary(&with(&c, vec![a.clone(), b, r.clone()])),
+            Some(1)
+        );
+        assert_eq!(choose_primary(&with(&c, vec![a, r])), None);
+    }
+
+    #[test]
+    fn a_leaving_voter_with_more_history_is_the_donor() {
+        // Joint {0,1,2} -> {0,1,3}: s2 leaves and holds the most; s3 has not caught up.
+        let joint = VoterConfig {
+            voters: VoterSet::new([(0, 1), (1, 1), (3, 1)]),
+            old: Some(VoterSet::new([(0, 1), (1, 1), (2, 1)])),
+        };
+        let states = with(
+            &joint,
+            vec![
+                st(0, &[(1, 0)], 7),
+                st(2, &[(1, 0)], 9),
+                st(3, &[(1, 0)], 3),
+            ],
+        );
+        assert_eq!(choose_primary(&states), Some(0));
+        assert_eq!(choose_donor(&states), Some(2));
+        assert!(is_primary_component(&states));
+        // A member that reports the old set alone still holds the others to it.
+        let mut old_only = states.clone();
+        old_only[2].config = VoterConfig::single(VoterSet::new([(0, 1), (1, 1), (2, 1)]));
+        assert!(is_primary_component(&old_only));
+        old_only.remove(1);
+        assert!(
+            !is_primary_component(&old_only),
+            "{{0,3}} is no majority of {{0,1,2}}"
+        );
     }
 
     #[test]
@@ -273,6 +348,7 @@ mod tests {
                     primary_in: sitting.then_some(Epoch(e)),
                     consistent,
                     voter,
+                    config: cfg(6, &[5]),
                 }
             })
     }
@@ -287,7 +363,7 @@ mod tests {
             states.sort_by_key(|s| s.server);
             states.dedup_by_key(|s| s.server);
             let c = cfg(6, &[5]);
-            let a = choose_primary(&c, &states);
+            let a = choose_primary(&states);
             if let Some(p) = a {
                 prop_assert!(states.iter().any(|s| s.server == p && s.consistent && s.voter));
                 prop_assert!(c.eligible(p));
@@ -295,7 +371,7 @@ mod tests {
             let n = states.len().max(1);
             states.rotate_left(rot % n);
             states.reverse();
-            prop_assert_eq!(choose_primary(&c, &states), a);
+            prop_assert_eq!(choose_primary(&states), a);
             let e = next_epoch(&states);
             prop_assert!(states.iter().all(|s| s.promised < e && s.last_epoch() < e));
         }

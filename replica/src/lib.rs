@@ -6,8 +6,9 @@
 //! simulator (`sim`, command `replica`) and the server binary are its two shells.
 //!
 //! Rules, each enforced in one place:
-//! - primary component = a strict majority of the failover vote weight, or exactly half with
-//!   the lowest voter ([`ReplicaConfig::is_primary_component`]);
+//! - primary component = a strict majority of the vote weight, or exactly half with the lowest
+//!   voter ([`voters::VoterSet::is_primary_component`]), under every voter configuration the
+//!   view's members report (voters change through joint configurations, [`voters`]);
 //! - the primary is the most up-to-date eligible member, sitting primary on ties
 //!   ([`election::choose_primary`]), with an epoch above every promise
 //!   ([`election::next_epoch`]), and acts only once every member durably promised it;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod election;
 mod replica;
 mod types;
+pub mod voters;
 pub mod wire;
 
 pub use config::{
@@ -31,10 +33,11 @@ pub use config::{
 pub use election::{Epoch, EpochStart, MemberState};
 pub use replica::{
     client_of_oid, client_oid, client_request, encode_pack_order, is_reserved, lineage_oid,
-    membership_oid, zeo_oids_oid, zeo_pack_oid, Replica, ReplicaStats, SwapError,
+    membership_oid, zeo_oids_oid, zeo_pack_oid, Replica, ReplicaStats, SwapError, ADDED_GROUP,
     RESERVED_OID_PREFIX,
 };
 pub use types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
     Staleness, TidChoice,
 };
+pub use voters::{voters_oid, VoterConfig, VoterSet};

@@ -180,6 +180,7 @@ impl Msg {
                 put_opt_u64(&mut b, s.primary_in.map(|e| e.0));
                 b.put_u8(s.consistent as u8);
                 b.put_u8(s.voter as u8);
+                crate::voters::put_config(&mut b, &s.config);
             }
             Msg::Promise { server, epoch } => {
                 b.put_u8(T_PROMISE);
@@ -317,6 +318,8 @@ impl Msg {
                     .transpose()?;
                 let consistent = get_bool(r)?;
                 let voter = get_bool(r)?;
+                let config = crate::voters::get_config(r)
+                    .ok_or(WireError::Invalid("voter configuration"))?;
                 Msg::State(MemberState {
                     server,
                     promised,
@@ -325,6 +328,7 @@ impl Msg {
                     primary_in,
                     consistent,
                     voter,
+                    config,
                 })
             }
             T_PROMISE => Msg::Promise {
@@ -660,6 +664,10 @@ mod tests {
                 primary_in: Some(Epoch(2)),
                 consistent: true,
                 voter: false,
+                config: crate::VoterConfig {
+                    voters: crate::VoterSet::new([(1, 1), (3, 2)]),
+                    old: Some(crate::VoterSet::new([(1, 1), (2, 1)])),
+                },
             }),
             Msg::Promise {
                 server: 1,
@@ -775,6 +783,7 @@ mod tests {
                 primary_in: None,
                 consistent: true,
                 voter: true,
+                config: crate::VoterConfig::single(crate::VoterSet::new([(3, 1)])),
             }),
         ];
         for m in msgs {

@@ -652,3 +652,123 @@ fn a_pack_order_packs_every_server_at_the_same_point() {
     b.commit(0, 5, bad);
     assert!(matches!(b.reply(5), Err(CommitError::Invalid(_))));
 }
+
+/// Servers 0, 1, 2 vote; 3 is a spare added while running (a learner until given a vote).
+fn with_spare() -> Bus {
+    let mut c = cfg(4, CommitMode::Sync);
+    c.servers[3].group = replica::ADDED_GROUP.into();
+    c.servers[3].kind = replica::GroupKind::Remote;
+    c.servers[3].weight = 0;
+    Bus::with(c)
+}
+
+fn change_voters(b: &mut Bus, at: u32, req: u64, add: &[(u32, u32)], remove: &[u32]) {
+    b.servers[at as usize]
+        .as_mut()
+        .expect("running")
+        .handle_voter_change(now(), ReqId(req), add, remove);
+}
+
+fn voters_of(b: &Bus, s: u32) -> String {
+    b.r(s).voters().0.to_string()
+}
+
+#[test]
+fn a_spare_gets_a_vote_through_a_joint_configuration() {
+    let mut b = with_spare();
+    b.view(&[0, 1, 2, 3]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    change_voters(&mut b, 0, 10, &[(3, 1)], &[]);
+    b.run();
+    let done = b.reply(10).clone().expect("carried out");
+    for s in 0..4 {
+        assert_eq!(voters_of(&b, s), "{s0,s1,s2,s3}", "server {s}");
+        assert_eq!(b.r(s).voters().1, done.tid);
+    }
+    // The joint configuration came first, in the history every server holds.
+    let h = b.r(2).store().history(&replica::voters_oid(), 10).unwrap();
+    let configs: Vec<String> = h
+        .iter()
+        .rev()
+        .map(|r| {
+            replica::VoterConfig::decode(r.data.as_deref().unwrap())
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(configs, ["{s0,s1,s2} -> {s0,s1,s2,s3}", "{s0,s1,s2,s3}"]);
+    // Asking again answers with the same outcome and writes nothing.
+    let last = b.r(0).last_tid();
+    change_voters(&mut b, 0, 11, &[(3, 1)], &[]);
+    b.run();
+    assert_eq!(b.reply(11).clone().expect("answered").tid, done.tid);
+    assert_eq!(b.r(0).last_tid(), last);
+    // Four voters now: two of them elect only with the tie-breaker (s0).
+    b.view(&[2, 3]);
+    assert_eq!(b.r(2).role(), Role::ReadOnly);
+    b.view(&[0, 3]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+}
+
+#[test]
+fn a_replace_cut_in_the_middle_elects_on_neither_side() {
+    let mut b = with_spare();
+    b.view(&[0, 1, 2, 3]);
+    change_voters(&mut b, 0, 10, &[(3, 1)], &[2]);
+    // Stop once every server holds the joint configuration; the rest is lost in the cut.
+    assert!(b.run_until(|b| (0..4).all(|s| b.r(s).voters().0.is_joint())));
+    b.wire.clear();
+    for s in 0..4 {
+        assert_eq!(voters_of(&b, s), "{s0,s1,s2} -> {s0,s1,s3}");
+    }
+    // {1, 2} is a majority of the old voters only, {0, 3} of the new only.
+    b.view(&[1, 2]);
+    assert_eq!(b.r(1).role(), Role::ReadOnly);
+    assert_eq!(b.r(2).role(), Role::ReadOnly);
+    b.view(&[0, 3]);
+    assert_eq!(b.r(0).role(), Role::ReadOnly);
+    assert_eq!(b.r(3).role(), Role::ReadOnly);
+    // A side with majorities of both elects, and its primary finishes the change by itself.
+    b.view(&[0, 1, 3]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+    for s in [0, 1, 3] {
+        assert_eq!(voters_of(&b, s), "{s0,s1,s3}", "server {s}");
+    }
+    // Server 2 catches up to a configuration without its vote.
+    b.view(&[0, 1, 2, 3]);
+    assert_eq!(voters_of(&b, 2), "{s0,s1,s3}");
+    b.view(&[1, 2]);
+    assert_eq!(
+        b.r(1).role(),
+        Role::ReadOnly,
+        "{{1, 2}} is no majority of {{0, 1, 3}}"
+    );
+}
+
+#[test]
+fn voter_changes_that_cannot_work_are_refused_with_a_reason() {
+    let mut b = with_spare();
+    b.view(&[0, 1, 2]);
+    change_voters(&mut b, 0, 1, &[(3, 1)], &[]);
+    change_voters(&mut b, 0, 2, &[], &[0]);
+    change_voters(&mut b, 0, 3, &[(9, 1)], &[]);
+    change_voters(&mut b, 1, 4, &[], &[2]);
+    b.run();
+    let why = |r: u64| match b.reply(r) {
+        Err(CommitError::Invalid(w)) => w.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(why(1).contains("not in the primary's view"), "{}", why(1));
+    assert!(why(2).contains("is the primary"), "{}", why(2));
+    assert!(why(3).contains("not a member"), "{}", why(3));
+    assert_eq!(
+        b.reply(4),
+        &Err(CommitError::NotPrimary { primary: Some(0) })
+    );
+    // Clients cannot write the voters object.
+    let mut bad = put(7, 1, 1, "x", None);
+    bad.records[0].oid = replica::voters_oid();
+    b.commit(0, 5, bad);
+    assert!(matches!(b.reply(5), Err(CommitError::Invalid(_))));
+}

@@ -123,6 +123,12 @@ pub fn status_json(st: &ServerStatus) -> serde_json::Value {
         "behind_seconds": s.behind_for.map(|d| d.as_secs_f64()),
         "in_primary_component": s.in_primary_component,
         "view": st.view,
+        "voters": {
+            "voters": st.voters.0.voters.iter().map(|(id, w)| serde_json::json!({"id": id, "weight": w})).collect::<Vec<_>>(),
+            "old": st.voters.0.old.as_ref().map(|o| o.iter().map(|(id, w)| serde_json::json!({"id": id, "weight": w})).collect::<Vec<_>>()),
+            "tid": st.voters.1 .0,
+            "summary": st.voters.0.to_string(),
+        },
         "replica": {
             "applied": st.stats.applied,
             "acked": st.stats.acked,

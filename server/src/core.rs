@@ -65,6 +65,16 @@ pub enum ServerRequest {
         /// The answer.
         reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
+    /// Give servers a vote and take it from others (see [`replica::voters`]), answered once
+    /// the new voters are durable on a majority of them.
+    ChangeVoters {
+        /// Servers given a vote, with their weights.
+        add: Vec<(ServerId, u32)>,
+        /// Servers whose vote is taken away.
+        remove: Vec<ServerId>,
+        /// The answer.
+        reply: oneshot::Sender<Result<Committed, CommitError>>,
+    },
 }
 
 /// A function run on the store by [`ServerRequest::Inspect`]: given the store and its
@@ -435,6 +445,10 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 let id = self.wait(reply);
                 self.core
                     .membership_change(now, id, client, request, change);
+            }
+            ServerRequest::ChangeVoters { add, remove, reply } => {
+                let id = self.wait(reply);
+                self.core.voter_change(now, id, &add, &remove);
             }
         }
         self.after_input();

@@ -412,6 +412,12 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
             Ok(r) => Response::Commit(r),
             Err(_) => stopped(),
         },
+        Request::ChangeVoters { add, remove } => {
+            match front.server.change_voters(add, remove).await {
+                Ok(r) => Response::Commit(r),
+                Err(_) => stopped(),
+            }
+        }
         Request::Load { oid } => read(front, ReadOp::Load(oid)).await,
         Request::LoadBefore { oid, tid } => read(front, ReadOp::LoadBefore(oid, tid)).await,
         Request::History { oid, n } => read(front, ReadOp::History(oid, n)).await,

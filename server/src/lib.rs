@@ -229,6 +229,17 @@ impl StorageServer {
         .await
     }
 
+    /// Gives servers a vote and takes it from others (see [`replica::voters`]); the answer
+    /// may be a redirect to the primary.
+    pub async fn change_voters(
+        &self,
+        add: Vec<(ServerId, u32)>,
+        remove: Vec<ServerId>,
+    ) -> Result<Result<Committed, CommitError>, Stopped> {
+        self.ask(|reply| ServerRequest::ChangeVoters { add, remove, reply })
+            .await
+    }
+
     /// Gives the configured servers' gcs addresses as resolved now: the server sends to and
     /// accepts datagrams from the new ones at once (a peer whose host name now resolves
     /// elsewhere, a rescheduled pod for instance, keeps its place in the ring).

@@ -98,8 +98,8 @@ async fn kill_stop_wipe_and_switchover_under_load_lose_nothing() {
 /// library, the new server started with a file listing the cluster and itself (remote, no
 /// vote); it joins, copies the store and follows the commits, and subscribed clients are told
 /// of the new topology without a restart. Then it is removed: the others stop talking to it
-/// and it falls back to serving read-only what it had. Voters cannot be removed, ids are not
-/// reused, and clients cannot write the membership object.
+/// and it falls back to serving read-only what it had. Voters cannot be removed (their vote
+/// goes first), ids are not reused, and clients cannot write the membership object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_and_remove_a_read_replica_while_running() {
     use server::membership::{AddedServer, MembershipChange};
@@ -129,10 +129,23 @@ async fn add_and_remove_a_read_replica_while_running() {
     )
     .await
     .unwrap();
+    // The same server asked again (an operator's retry) changes nothing; another server
+    // with its id is refused.
     let again = cl
-        .change_membership(MembershipChange::Add(added), Duration::from_secs(10))
+        .change_membership(
+            MembershipChange::Add(added.clone()),
+            Duration::from_secs(10),
+        )
         .await;
-    assert!(again.is_err(), "an id is used once: {again:?}");
+    assert!(again.is_ok(), "asked again: {again:?}");
+    let other = AddedServer {
+        name: "other".into(),
+        ..added
+    };
+    let taken = cl
+        .change_membership(MembershipChange::Add(other), Duration::from_secs(10))
+        .await;
+    assert!(taken.is_err(), "an id is used once: {taken:?}");
     let voter = cl
         .change_membership(MembershipChange::Remove(1), Duration::from_secs(10))
         .await;

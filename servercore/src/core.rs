@@ -48,6 +48,9 @@ pub struct ServerStatus {
     /// Why its store failed, if it did: it has then left the ring (its node is fed nothing
     /// more, so the others elect without it) and serves nothing.
     pub down_reason: Option<String>,
+    /// Who votes, as its store says, and the tid that wrote it (zero: the configuration
+    /// file's voters).
+    pub voters: (replica::VoterConfig, storage::Tid),
 }
 
 /// What the server tells its application.
@@ -315,6 +318,21 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.pump(now);
     }
 
+    /// A change of who votes (see [`replica::voters`]): new voters must have joined (added
+    /// as replicas) and catch up as learners first; answered by [`Output::Reply`] with `id`
+    /// once the new voters are durable on a majority of them.
+    pub fn voter_change(
+        &mut self,
+        now: Time,
+        id: ReqId,
+        add: &[(ServerId, u32)],
+        remove: &[ServerId],
+    ) {
+        self.begin(now);
+        self.replica.handle_voter_change(now, id, add, remove);
+        self.pump(now);
+    }
+
     /// Asks for a planned swap to `to`: accepted (forwarded through the ring) or refused.
     pub fn request_swap(&mut self, now: Time, to: ServerId) -> Result<(), SwapError> {
         self.begin(now);
@@ -382,6 +400,10 @@ impl<S: Storage + 'static> ServerCore<S> {
                 .last_commit_at
                 .map(|t| now.since(t)),
             down_reason: self.replica.down_reason().map(str::to_string),
+            voters: {
+                let (c, t) = self.replica.voters();
+                (c.clone(), t)
+            },
         }
     }
 
@@ -425,6 +447,11 @@ impl<S: Storage + 'static> ServerCore<S> {
     }
 
     // ---- what shells read -----------------------------------------------------------------
+
+    /// The servers of its current gcs view.
+    pub fn view_members(&self) -> Vec<ServerId> {
+        self.view.iter().map(|p| p.node).collect()
+    }
 
     /// The replica (for status and tests).
     pub fn replica(&self) -> &Replica<S> {
@@ -513,7 +540,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         };
         let serial = current.as_ref().map_or(storage::Tid::ZERO, |r| r.tid);
         let next = Membership::decode(current.as_ref().and_then(|r| r.data.as_deref()))
-            .and_then(|m| m.apply(&change, &self.configured));
+            .and_then(|m| m.apply(&change, &self.configured, self.replica.voters().0));
         let next = match next {
             Ok(m) => m,
             Err(e) => return self.answer(id, Err(CommitError::Invalid(e.to_string()))),

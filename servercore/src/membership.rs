@@ -8,14 +8,14 @@
 //! ([`replica::Output::MembershipChanged`]) and updates its gcs address book (who it sends to
 //! and accepts datagrams from) and the topology it gives clients.
 //!
-//! Only read replicas come and go this way: an added server never votes and never becomes
-//! primary, and only servers without a vote can be removed. Elections stay a pure function of
-//! the configuration every server shares (an unknown server weighs nothing and is never
-//! eligible, see `ReplicaConfig::weight_of`), so no election depends on whether a server has
-//! applied the change yet. Changing who votes means editing the file on every server.
+//! Servers come and go this way without a vote: an added server is a read replica (a learner)
+//! until a voter change gives it a vote ([`replica::voters`], the replica's own object and
+//! protocol), and only a server that votes in no configuration can be removed (a voter loses
+//! its vote first). So the address book and the voters change in two steps, each a
+//! transaction, and a server is never a voter the others cannot reach.
 
 use bytes::Bytes;
-use replica::{ReplicaConfig, ServerId};
+use replica::{ReplicaConfig, ServerId, VoterConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -65,10 +65,7 @@ pub enum MembershipError {
     #[error("server {0} is not a member")]
     NotMember(ServerId),
     /// The server votes.
-    #[error(
-        "server {0} votes in elections: change voting members in the configuration file of \
-         every server instead"
-    )]
+    #[error("server {0} votes in elections: take its vote away first (`standby remove-server`)")]
     Voter(ServerId),
     /// A name or address is empty or not `host:port`.
     #[error("{0}")]
@@ -118,10 +115,15 @@ impl Membership {
         &self,
         change: &MembershipChange,
         configured: &Configured,
+        voters: &VoterConfig,
     ) -> Result<Membership, MembershipError> {
         let mut next = self.clone();
         match change {
             MembershipChange::Add(s) => {
+                if self.added.contains(s) {
+                    // Asked again (an operator's retry): nothing to change.
+                    return Ok(next);
+                }
                 let used = configured.daemons.iter().any(|(i, _)| *i == s.id)
                     || self.added.iter().any(|a| a.id == s.id)
                     || self.removed.contains(&s.id);
@@ -139,12 +141,12 @@ impl Membership {
                 if self.removed.contains(id) {
                     return Err(MembershipError::NotMember(*id));
                 }
+                if voters.votes(*id) {
+                    return Err(MembershipError::Voter(*id));
+                }
                 if let Some(k) = self.added.iter().position(|a| a.id == *id) {
                     next.added.remove(k);
                 } else if configured.daemons.iter().any(|(i, _)| i == id) {
-                    if configured.replica.votes(*id) {
-                        return Err(MembershipError::Voter(*id));
-                    }
                 } else {
                     return Err(MembershipError::NotMember(*id));
                 }
@@ -205,6 +207,10 @@ mod tests {
         }
     }
 
+    fn v(c: &Configured) -> VoterConfig {
+        VoterConfig::from_file(&c.replica)
+    }
+
     fn added(id: ServerId) -> AddedServer {
         AddedServer {
             id,
@@ -219,23 +225,23 @@ mod tests {
     fn add_then_remove_a_read_replica() {
         let c = configured();
         let m = Membership::default()
-            .apply(&MembershipChange::Add(added(7)), &c)
+            .apply(&MembershipChange::Add(added(7)), &c, &v(&c))
             .unwrap();
         let peers = m.peers(&c);
         assert_eq!(peers.len(), 5);
         assert!(peers.contains(&(7, "127.0.0.1:7107".parse().unwrap())));
         let back = Membership::decode(Some(&m.encode())).unwrap();
         assert_eq!(back, m);
-        let m = m.apply(&MembershipChange::Remove(7), &c).unwrap();
+        let m = m.apply(&MembershipChange::Remove(7), &c, &v(&c)).unwrap();
         assert_eq!(m.peers(&c).len(), 4);
         assert!(m.is_removed(7));
         // Ids are never reused, and a removed server cannot be removed twice.
         assert_eq!(
-            m.apply(&MembershipChange::Add(added(7)), &c),
+            m.apply(&MembershipChange::Add(added(7)), &c, &v(&c)),
             Err(MembershipError::IdTaken(7))
         );
         assert_eq!(
-            m.apply(&MembershipChange::Remove(7), &c),
+            m.apply(&MembershipChange::Remove(7), &c, &v(&c)),
             Err(MembershipError::NotMember(7))
         );
     }
@@ -245,26 +251,53 @@ mod tests {
         let c = configured();
         let m = Membership::default();
         assert_eq!(
-            m.apply(&MembershipChange::Remove(1), &c),
+            m.apply(&MembershipChange::Remove(1), &c, &v(&c)),
             Err(MembershipError::Voter(1))
         );
         assert_eq!(
-            m.apply(&MembershipChange::Remove(9), &c),
+            m.apply(&MembershipChange::Remove(9), &c, &v(&c)),
             Err(MembershipError::NotMember(9))
         );
         assert_eq!(
-            m.apply(&MembershipChange::Add(added(2)), &c),
+            m.apply(&MembershipChange::Add(added(2)), &c, &v(&c)),
             Err(MembershipError::IdTaken(2))
         );
         // A configured remote replica has no vote: it can go.
-        let m = m.apply(&MembershipChange::Remove(3), &c).unwrap();
+        let m = m.apply(&MembershipChange::Remove(3), &c, &v(&c)).unwrap();
         assert_eq!(m.peers(&c).len(), 3);
         let mut bad = added(8);
         bad.client = "nohost".into();
         assert!(matches!(
-            m.apply(&MembershipChange::Add(bad), &c),
+            m.apply(&MembershipChange::Add(bad), &c, &v(&c)),
             Err(MembershipError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_server_asked_again_changes_nothing_and_a_voter_goes_once_its_vote_has() {
+        let c = configured();
+        let m = Membership::default()
+            .apply(&MembershipChange::Add(added(7)), &c, &v(&c))
+            .unwrap();
+        assert_eq!(
+            m.apply(&MembershipChange::Add(added(7)), &c, &v(&c)),
+            Ok(m.clone())
+        );
+        let mut other = added(7);
+        other.name = "other".into();
+        assert_eq!(
+            m.apply(&MembershipChange::Add(other), &c, &v(&c)),
+            Err(MembershipError::IdTaken(7))
+        );
+        // A configured voter whose vote was taken away (s1), and an added server that was
+        // given one (s7), as the voters object says.
+        let live = VoterConfig::single(replica::VoterSet::new([(0, 1), (2, 1), (7, 1)]));
+        let m2 = m.apply(&MembershipChange::Remove(1), &c, &live).unwrap();
+        assert!(m2.is_removed(1));
+        assert_eq!(
+            m.apply(&MembershipChange::Remove(7), &c, &live),
+            Err(MembershipError::Voter(7))
+        );
     }
 
     #[test]

@@ -164,7 +164,10 @@ impl Cluster {
         match a {
             Action::SetNet(p) => self.net.params = p,
             Action::SetLinks(l) => self.net.links = l,
-            Action::Swap { .. } | Action::StoreFails(_) | Action::StoreHeals(_) => {}
+            Action::Swap { .. }
+            | Action::VoterChange { .. }
+            | Action::StoreFails(_)
+            | Action::StoreHeals(_) => {}
             Action::Crash(i) | Action::Wipe(i) => {
                 if self.nodes[i].node.take().is_some() {
                     let p = self.proc_of(i);

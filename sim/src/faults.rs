@@ -38,6 +38,16 @@ pub enum Action {
         /// The node that should become primary.
         to: usize,
     },
+    /// An operator asks (through node `via`, then wherever it is redirected) that nodes
+    /// `add` get a vote and nodes `remove` lose theirs (storage servers).
+    VoterChange {
+        /// The node that receives the operator's request first.
+        via: usize,
+        /// Nodes given a vote.
+        add: Vec<usize>,
+        /// Nodes whose vote is taken away.
+        remove: Vec<usize>,
+    },
 }
 
 /// A seeded scenario: actions in time order, and the phases.

@@ -108,6 +108,8 @@ impl<S: Storage> Replica<S> {
         self.applied_dirty = true;
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
             self.after_store_change()?;
+        } else if txn.records.iter().any(|r| r.oid == voters_oid()) {
+            self.reload_voters()?;
         } else if txn.records.iter().any(|r| r.oid == membership_oid()) {
             self.out.push_back(Output::MembershipChanged);
         }

@@ -41,7 +41,8 @@ impl<S: Storage> Replica<S> {
         self.release_acks();
     }
 
-    /// The highest tid held durably by servers with a majority of the vote weight.
+    /// The highest tid held durably by servers with a majority of the vote weight (of both
+    /// sets while the voters change).
     pub(super) fn majority_applied(&self) -> Tid {
         let mut tids: Vec<Tid> = self.applied.values().copied().collect();
         tids.sort_unstable();
@@ -53,7 +54,7 @@ impl<S: Storage> Replica<S> {
                 .filter(|(_, a)| **a >= t)
                 .map(|(s, _)| *s)
                 .collect();
-            if self.cfg.is_majority(self.cfg.weight_of(&holders)) {
+            if self.voters.is_majority(&holders) {
                 return t;
             }
         }
@@ -68,6 +69,7 @@ impl<S: Storage> Replica<S> {
             self.durable_announced = durable;
             self.out.push_back(Output::Durable(durable));
         }
+        self.drive_voter_change();
         if self.pending.is_empty() && self.dup_waiting.is_empty() {
             return;
         }

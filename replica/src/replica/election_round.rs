@@ -11,7 +11,9 @@ impl<S: Storage> Replica<S> {
         let Some(v) = self.view.as_ref() else {
             return Ok(());
         };
-        if !v.primary_component || s.server != from || !v.members.contains(&from) {
+        // Every member takes part, whatever its own configuration said at the view: all of
+        // them reach the same answer from the same states.
+        if s.server != from || !v.members.contains(&from) {
             return Ok(());
         }
         if self.election.is_some() {
@@ -23,28 +25,33 @@ impl<S: Storage> Replica<S> {
         }
         let states: Vec<MemberState> = self.states.values().cloned().collect();
         // A server that lost its disk lost its promises: it does not vote until it has
-        // caught up under a primary elected without it.
-        let voters: Vec<ServerId> = states
-            .iter()
-            .filter(|s| s.voter)
-            .map(|s| s.server)
-            .collect();
-        if !self.cfg.is_primary_component(&voters) {
+        // caught up under a primary elected without it. Every configuration reported by the
+        // others must agree that this is a primary component.
+        if !is_primary_component(&states) {
+            let voters: Vec<ServerId> = states
+                .iter()
+                .filter(|s| s.voter)
+                .map(|s| s.server)
+                .collect();
+            let configs: Vec<String> = states.iter().map(|s| s.config.to_string()).collect();
             tracing::warn!(
                 server = self.me,
                 ?voters,
-                "not enough servers with their disks to elect"
+                ?configs,
+                "not a primary component under every configuration reported"
             );
-            if let Some(v) = self.view.as_mut() {
-                v.primary_component = false;
-            }
-            self.set_role(Role::ReadOnly);
-            for (req, _) in std::mem::take(&mut self.held) {
-                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            if self.view.as_ref().is_some_and(|v| v.primary_component) {
+                self.not_primary_component();
             }
             return Ok(());
         }
-        let Some(p) = choose_primary(&self.cfg, &states) else {
+        if let Some(v) = self.view.as_mut() {
+            if !v.primary_component {
+                v.primary_component = true;
+                self.set_role(Role::Syncing);
+            }
+        }
+        let (Some(p), Some(donor)) = (choose_primary(&states), choose_donor(&states)) else {
             tracing::warn!(
                 server = self.me,
                 "primary component without an eligible member"
@@ -52,14 +59,16 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         };
         let epoch = next_epoch(&states);
-        let ps = &self.states[&p];
+        // The history starts from the donor's (the primary's own, unless a leaving voter holds
+        // more: the primary then catches up from it first).
+        let ps = &self.states[&donor];
         let tid_floor = Tid(states.iter().map(|s| s.last_tid.0).max().unwrap_or(0) + 1);
         let election = Election {
             primary: p,
             epoch,
             base: ps.last_tid,
             base_lineage: ps.lineage.clone(),
-            donor: p,
+            donor,
             tid_floor,
             promises: BTreeSet::new(),
         };
@@ -73,7 +82,7 @@ impl<S: Storage> Replica<S> {
         }
         self.primary_last_known = self.primary_last_known.max(ps.last_tid);
         self.stats.elections += 1;
-        tracing::info!(server = self.me, primary = p, %epoch, base = %election.base, "elected");
+        tracing::info!(server = self.me, primary = p, donor, %epoch, base = %election.base, "elected");
         self.election = Some(election);
         self.promise(epoch)
     }
@@ -183,6 +192,8 @@ impl<S: Storage> Replica<S> {
         self.applied.insert(self.me, self.last);
         self.set_role(Role::Primary);
         self.primary_send(marker, None)?;
+        self.start_pending_change();
+        self.drive_voter_change();
         self.release_held();
         Ok(())
     }

@@ -40,6 +40,14 @@ impl<S: Storage> Replica<S> {
                 fail("primary applied a tid it never assigned");
             }
         }
+        // A voter change is carried out by the working primary alone.
+        if self.voter_change.is_some() && self.role != Role::Primary {
+            fail("a voter change on a server that is not the primary");
+        }
+        // Voters come from the store: never none, and a joint configuration's old set is one.
+        if self.voters.voters.is_empty() || self.voters.old.as_ref().is_some_and(|o| o.is_empty()) {
+            fail("an empty voter set");
+        }
         // The lineage: epochs strictly increase, and so do (weakly) their starting tids.
         if !self
             .lineage

@@ -5,15 +5,15 @@
 //! membership is its only failure detector.
 //!
 //! ```text
-//!  regular view ──► not a primary component ──────────────► ReadOnly
-//!       │
-//!       ▼ primary component
-//!  Syncing: every member multicasts State (agreed order)
-//!       │ all states delivered: choose_primary + next_epoch, same answer everywhere
-//!       ▼
+//!  regular view: every member multicasts State (agreed order), with its voter configuration
+//!       │ all states delivered: the members that kept their disks are a primary component
+//!       │ under every configuration reported? (same answer everywhere)
+//!       ├─ no ──► ReadOnly
+//!       ▼ yes: choose_primary, choose_donor, next_epoch
 //!  every member durably promises the epoch, multicasts Promise
 //!       │ all promises delivered
-//!       ├─► the chosen one: Primary; first commit = epoch marker (lineage entry)
+//!       ├─► the chosen one: catches up from the donor if it is another, then Primary; first
+//!       │   commit = epoch marker (lineage entry); finishes a voter change left joint
 //!       └─► the others: truncate what the lineage never had (Lost), recover what they
 //!           lack from the donor (transactions, objects, or a checkpoint), apply buffered
 //!           commits, report Applied, Backup
@@ -25,11 +25,15 @@
 
 use crate::config::{CommitMode, ReplicaConfig, ServerId};
 use crate::election::LINEAGE_MAX;
-use crate::election::{choose_primary, common_prefix, next_epoch, Epoch, EpochStart, MemberState};
+use crate::election::{
+    choose_donor, choose_primary, common_prefix, is_primary_component, next_epoch, Epoch,
+    EpochStart, MemberState,
+};
 use crate::types::{
     CommitError, CommitRequest, Committed, Invalidation, LostReport, Output, ReqId, Role, RoleInfo,
     Staleness, TidChoice,
 };
+use crate::voters::{voters_oid, VoterConfig, VoterSet};
 use crate::wire::{ChunkBody, FetchReq, Msg};
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{ProcId, Service, Time, View, ViewKind};
@@ -50,6 +54,10 @@ mod recipient;
 mod recovery;
 mod swap;
 mod views;
+mod voter_change;
+
+use voter_change::VoterChange;
+pub use voter_change::ADDED_GROUP;
 
 /// The client whose record `oid` is, if it is one (see [`client_oid`]).
 pub fn client_of_oid(oid: &Oid) -> Option<u64> {
@@ -116,10 +124,13 @@ pub fn zeo_pack_oid() -> Oid {
     Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'z', b'p'])).expect("short oid")
 }
 
-/// Reserved oids the replica itself writes (the lineage, client records): commit requests
+/// Reserved oids the replica itself writes (the lineage, client records, the voters): commit requests
 /// may not. The other reserved oids belong to the shell.
 fn is_replica_owned(oid: &Oid) -> bool {
-    matches!(oid.as_bytes(), [RESERVED_OID_PREFIX, b'e' | b'c', ..])
+    matches!(
+        oid.as_bytes(),
+        [RESERVED_OID_PREFIX, b'e' | b'c' | b'v', ..]
+    )
 }
 
 /// A pack order (see [`zeo_pack_oid`]): the bound, then the 8-byte ZODB oids to collect.
@@ -187,6 +198,21 @@ fn read_lineage<S: Storage>(store: &S) -> Result<Vec<EpochStart>, StorageError> 
             decode_lineage(&d).ok_or_else(|| StorageError::corrupt("lineage object"))
         }
         _ => Ok(Vec::new()),
+    }
+}
+
+/// A store's voter configuration and the tid that wrote it (`Tid::ZERO`: the file's).
+fn read_voters<S: Storage>(
+    store: &S,
+    cfg: &ReplicaConfig,
+) -> Result<(VoterConfig, Tid), StorageError> {
+    match store.load(&voters_oid())? {
+        Some(Revision {
+            data: Some(d), tid, ..
+        }) => VoterConfig::decode(&d)
+            .map(|c| (c, tid))
+            .ok_or_else(|| StorageError::corrupt("voter configuration object")),
+        _ => Ok((VoterConfig::from_file(cfg), Tid::ZERO)),
     }
 }
 
@@ -384,6 +410,11 @@ pub struct Replica<S: Storage> {
     store: S,
     durable: Durable,
     lineage: Vec<EpochStart>,
+    /// The voter configuration of the store's history, and the tid that wrote it.
+    voters: VoterConfig,
+    voters_tid: Tid,
+    /// Primary only: the voter change it is carrying out.
+    voter_change: Option<VoterChange>,
     last: Tid,
     view: Option<CurrentView>,
     states: BTreeMap<ServerId, MemberState>,
@@ -439,6 +470,9 @@ impl<S: Storage> Replica<S> {
             store,
             durable: Durable::default(),
             lineage: Vec::new(),
+            voters: VoterConfig::default(),
+            voters_tid: Tid::ZERO,
+            voter_change: None,
             last: Tid::ZERO,
             view: None,
             states: BTreeMap::new(),
@@ -493,9 +527,21 @@ impl<S: Storage> Replica<S> {
     /// it (start, checkpoint, fill, truncation, a new epoch).
     fn after_store_change(&mut self) -> Result<(), StorageError> {
         self.lineage = read_lineage(&self.store)?;
+        self.reload_voters()?;
         // The store may have changed under the cache (a fill, a truncation, another store).
         self.client_cache.clear();
         self.out.push_back(Output::MembershipChanged);
+        Ok(())
+    }
+
+    /// Re-reads the voter configuration (a transaction wrote it, or the store changed).
+    fn reload_voters(&mut self) -> Result<(), StorageError> {
+        let (voters, tid) = read_voters(&self.store, &self.cfg)?;
+        if voters != self.voters {
+            tracing::info!(server = self.me, %voters, %tid, "voters");
+        }
+        self.voters = voters;
+        self.voters_tid = tid;
         Ok(())
     }
 
@@ -530,26 +576,26 @@ impl<S: Storage> Replica<S> {
         &self.store
     }
 
-    /// Servers added to (or removed from) the configuration while running: read replicas,
-    /// remote and without a vote (the shell's membership object, see
-    /// [`crate::membership_oid`]). Only their messages and view membership are affected:
-    /// a server without a vote changes no election, so servers that learn of a change at
-    /// different times still elect alike. Voting servers are never removed here.
+    /// Servers added to (or removed from) the configuration while running (the shell's
+    /// membership object, see [`crate::membership_oid`]): added ones join as read replicas
+    /// (group [`ADDED_GROUP`]) that a voter change may give a vote; removed ones no longer
+    /// count as members of a view. A server that votes is never removed here.
     pub fn set_read_replicas(&mut self, added: &[(ServerId, String)], removed: &[ServerId]) {
         for (id, name) in added {
             if self.cfg.server(*id).is_none() {
                 self.cfg.servers.push(crate::config::ServerSpec {
                     id: *id,
                     name: name.clone(),
-                    group: "added".into(),
+                    group: ADDED_GROUP.into(),
                     kind: crate::config::GroupKind::Remote,
                     weight: 0,
                 });
             }
         }
+        let voters = &self.voters;
         self.cfg
             .servers
-            .retain(|s| !removed.contains(&s.id) || crate::config::voting_weight(s) > 0);
+            .retain(|s| !removed.contains(&s.id) || voters.votes(s.id));
     }
 
     /// The current role.
@@ -575,6 +621,12 @@ impl<S: Storage> Replica<S> {
     /// Its last transaction.
     pub fn last_tid(&self) -> Tid {
         self.last
+    }
+
+    /// The voter configuration its store holds, and the tid that wrote it (`Tid::ZERO`: the
+    /// configuration file's voters).
+    pub fn voters(&self) -> (&VoterConfig, Tid) {
+        (&self.voters, self.voters_tid)
     }
 
     /// Its lineage.
@@ -686,6 +738,9 @@ impl<S: Storage> Replica<S> {
             for r in p.reqs {
                 self.reply(r, Err(CommitError::Down(why.clone())));
             }
+        }
+        if let Some(r) = self.voter_change.take().and_then(|c| c.req) {
+            self.reply(r, Err(CommitError::Down(why.clone())));
         }
     }
 

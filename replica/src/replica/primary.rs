@@ -267,6 +267,8 @@ impl<S: Storage> Replica<S> {
             if txn.records.iter().any(|r| r.oid == lineage_oid()) {
                 // The epoch marker: the store's lineage now names this epoch.
                 self.after_store_change()?;
+            } else if txn.records.iter().any(|r| r.oid == voters_oid()) {
+                self.reload_voters()?;
             }
             if let Some(req) = req {
                 if let Some(p) = self.pending.get_mut(&txn.tid) {

@@ -11,7 +11,7 @@ impl<S: Storage> Replica<S> {
         let Some((_, epoch)) = self.primary else {
             return Err(SwapError::NoPrimary);
         };
-        if !self.cfg.eligible(to) {
+        if !self.voters.eligible(to) {
             return Err(SwapError::NotEligible(to));
         }
         if !self.in_view(to) {
@@ -29,7 +29,7 @@ impl<S: Storage> Replica<S> {
         let Some((p, cur)) = self.primary else {
             return Ok(());
         };
-        if cur != epoch || p == to || !self.in_view(to) || !self.cfg.eligible(to) {
+        if cur != epoch || p == to || !self.in_view(to) || !self.voters.eligible(to) {
             return Ok(());
         }
         if !self.view.as_ref().is_some_and(|v| v.regular) {
@@ -92,6 +92,9 @@ impl<S: Storage> Replica<S> {
         if from == self.me {
             self.stopping = false;
             self.set_role(Role::Backup);
+            if let Some(r) = self.voter_change.take().and_then(|c| c.req) {
+                self.reply(r, Err(CommitError::NotPrimary { primary: Some(to) }));
+            }
         }
         for (req, _) in held {
             self.reply(req, Err(CommitError::NotPrimary { primary: Some(to) }));

@@ -31,7 +31,10 @@ impl<S: Storage> Replica<S> {
             }
             return;
         }
-        let primary_component = self.cfg.is_primary_component(&members);
+        // Under this server's own configuration; the members' states decide (every
+        // configuration they report must agree), so a server that says no here still tells
+        // the others its state.
+        let primary_component = self.voters.is_primary_component(&members);
         self.was_primary_in = match (self.role, self.primary) {
             (Role::Primary, Some((_, e))) => Some(e),
             _ => None,
@@ -54,6 +57,11 @@ impl<S: Storage> Replica<S> {
         self.primary = None;
         self.stopping = false;
         self.recovery = None;
+        if let Some(c) = self.voter_change.take() {
+            if let Some(r) = c.req {
+                self.reply(r, Err(CommitError::Retry));
+            }
+        }
         self.backlog.clear();
         self.backlog_overflowed = false;
         self.view = Some(CurrentView {
@@ -61,24 +69,33 @@ impl<S: Storage> Replica<S> {
             regular: true,
             primary_component,
         });
+        let fill_open = self.durable.fill_since.is_some();
+        let state = MemberState {
+            server: self.me,
+            promised: self.durable.promised,
+            last_tid: self.last,
+            lineage: self.lineage.clone(),
+            primary_in: self.was_primary_in,
+            consistent: !fill_open,
+            voter: self.durable.voter,
+            config: self.voters.clone(),
+        };
+        self.multicast(Service::Agreed, Msg::State(state));
         if primary_component {
             self.set_role(Role::Syncing);
-            let fill_open = self.durable.fill_since.is_some();
-            let state = MemberState {
-                server: self.me,
-                promised: self.durable.promised,
-                last_tid: self.last,
-                lineage: self.lineage.clone(),
-                primary_in: self.was_primary_in,
-                consistent: !fill_open,
-                voter: self.durable.voter,
-            };
-            self.multicast(Service::Agreed, Msg::State(state));
         } else {
-            self.set_role(Role::ReadOnly);
-            for (req, _) in std::mem::take(&mut self.held) {
-                self.reply(req, Err(CommitError::NotPrimary { primary: None }));
-            }
+            self.not_primary_component();
+        }
+    }
+
+    /// This view cannot elect: read-only, and held requests are sent away.
+    pub(super) fn not_primary_component(&mut self) {
+        if let Some(v) = self.view.as_mut() {
+            v.primary_component = false;
+        }
+        self.set_role(Role::ReadOnly);
+        for (req, _) in std::mem::take(&mut self.held) {
+            self.reply(req, Err(CommitError::NotPrimary { primary: None }));
         }
     }
 }

@@ -6,6 +6,9 @@
 //! standby --config standby.toml get KEY [--replica-lag N]
 //! standby --config standby.toml log [--from TID] [--to TID] [--max N]
 //! standby --config standby.toml switchover --to ID
+//! standby --config standby.toml add-server --id 3 --name s3 --gcs H:P --client H:P --admin H:P
+//! standby --config standby.toml replace-server --old 2 --id 3 --name s3 --gcs H:P ...
+//! standby --config standby.toml remove-server --id 3
 //! standby --config standby.toml lost --server ID
 //! standby --config standby.toml workload --seconds 10 --clients 8
 //! standby keygen --dir DIR          # cluster.key (servers) and client.token (clients)
@@ -39,6 +42,29 @@ struct Cli {
     token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// A server joining the cluster.
+#[derive(clap::Args)]
+struct NewServer {
+    /// Its id (never used before in this cluster).
+    #[arg(long)]
+    id: u32,
+    /// Its name.
+    #[arg(long)]
+    name: String,
+    /// Its gcs (ring) address, host:port.
+    #[arg(long)]
+    gcs: String,
+    /// Its client address, host:port.
+    #[arg(long)]
+    client: String,
+    /// Its admin address, host:port.
+    #[arg(long)]
+    admin: String,
+    /// Its vote weight.
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +118,39 @@ enum Cmd {
         /// The new primary.
         #[arg(long)]
         to: u32,
+    },
+    /// Add a voting server to the running cluster: it joins as a read replica (unless it
+    /// already has), prints the entry for its configuration file, and waits while you start
+    /// it: once it caught up (a learner), it is given a vote (joint configuration, then the
+    /// new one).
+    AddServer {
+        #[command(flatten)]
+        new: NewServer,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Replace voting server OLD (dead or alive) by a new one, as `add-server` does, in one
+    /// voter change; then OLD is removed from the cluster.
+    ReplaceServer {
+        /// The server replaced.
+        #[arg(long)]
+        old: u32,
+        #[command(flatten)]
+        new: NewServer,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Take a voting server's vote away, then remove it from the cluster. The primary cannot
+    /// be removed: swap first (`switchover`).
+    RemoveServer {
+        /// The server.
+        #[arg(long)]
+        id: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
     /// Add a read replica to the running cluster (it never votes nor becomes primary). Then
     /// start it with a configuration file listing the cluster's servers and itself (with
@@ -434,6 +493,32 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Cmd::AddServer { new, timeout } => {
+            add_voter(&cli, new, None, Duration::from_secs(*timeout)).await
+        }
+        Cmd::ReplaceServer { old, new, timeout } => {
+            add_voter(&cli, new, Some(*old), Duration::from_secs(*timeout)).await
+        }
+        Cmd::RemoveServer { id, timeout } => {
+            let mut c = connect(&cli, fresh_id()?).await?;
+            let done = c
+                .change_voters(vec![], vec![*id], Duration::from_secs(*timeout))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "s{id} no longer votes (voters written at tid {})",
+                done.tid.0
+            );
+            let done = c
+                .change_membership(
+                    server::membership::MembershipChange::Remove(*id),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("server s{id} removed at tid {}", done.tid.0);
+            Ok(())
+        }
         Cmd::RemoveReplica { id } => {
             let mut c = connect(&cli, fresh_id()?).await?;
             let done = c
@@ -483,6 +568,77 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
+}
+
+/// `add-server` and `replace-server`: the new server joins as a replica, then gets a vote
+/// (taking `old`'s in the same change), then `old` leaves the cluster.
+async fn add_voter(
+    cli: &Cli,
+    new: &NewServer,
+    old: Option<u32>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let id = new.id;
+    let gcs_addr = server::config::resolve(&new.gcs)?;
+    let added = server::membership::AddedServer {
+        id,
+        name: new.name.clone(),
+        gcs: gcs_addr,
+        client: new.client.clone(),
+        admin: new.admin.clone(),
+    };
+    let mut c = connect(cli, fresh_id()?).await?;
+    let done = c
+        .change_membership(
+            server::membership::MembershipChange::Add(added),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "s{id} ({}) is a member (tid {}); start it with the cluster's servers and this entry:",
+        new.name, done.tid.0
+    );
+    println!(
+        "[[server]]\nid = {id}\nname = \"{}\"\ngcs = \"{gcs_addr}\"\nclient = \"{}\"\nadmin = \"{}\"\ngroup = \"added\"\nkind = \"remote\"\nweight = 0",
+        new.name, new.client, new.admin
+    );
+    println!("waiting for s{id} to join and catch up...");
+    let remove: Vec<u32> = old.into_iter().collect();
+    let done = loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(format!(
+                "s{id} did not join and catch up within {timeout:?}"
+            ));
+        }
+        match c
+            .change_voters(vec![(id, new.weight)], remove.clone(), left)
+            .await
+        {
+            Ok(d) => break d,
+            // Not started yet, or not yet in the ring: ask again.
+            Err(server::netclient::ClientError::Commit(replica::CommitError::Invalid(why)))
+                if why.contains("not in the primary's view") =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    println!("s{id} votes (voters written at tid {})", done.tid.0);
+    if let Some(old) = old {
+        let done = c
+            .change_membership(
+                server::membership::MembershipChange::Remove(old),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("server s{old} removed at tid {}", done.tid.0);
+    }
+    Ok(())
 }
 
 /// A table of transactions: tid, record count, the first objects.

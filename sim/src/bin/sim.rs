@@ -97,6 +97,9 @@ fn main() -> ExitCode {
                     t.checkpoints,
                     t.fills_restarted,
                     t.store_failures,
+                    t.voter_changes,
+                    t.voter_changes_done,
+                    t.voter_changes_refused,
                 ],
             }
         }
@@ -115,6 +118,9 @@ fn main() -> ExitCode {
             "checkpoints",
             "object fills started over",
             "store failures (left the ring)",
+            "voter changes asked",
+            "voter changes carried out",
+            "voter changes refused",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)

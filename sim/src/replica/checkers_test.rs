@@ -115,6 +115,8 @@ fn at_of(e: &REvent) -> Time {
         | REvent::Ack { at, .. }
         | REvent::Read { at, .. }
         | REvent::Wiped { at, .. }
+        | REvent::Elected { at, .. }
+        | REvent::Stopped { at, .. }
         | REvent::Failed { at, .. } => *at,
     }
 }
@@ -316,10 +318,16 @@ fn every_checker_of_the_table_passes_the_good_history_on_its_own() {
 #[test]
 fn every_checker_of_the_table_reports_under_its_own_name() {
     // One bad history per checker, in table order.
-    let bad: [RHistory; 9] = [
+    let bad: [RHistory; 10] = [
         {
             let mut h = good_sync();
             add(&mut h, becomes_primary(10, S1, 1));
+            h
+        },
+        {
+            let mut h = good_sync();
+            add(&mut h, elected(45, 3, 7, &[3]));
+            add(&mut h, elected(50, 4, 8, &[4]));
             h
         },
         {
@@ -412,6 +420,56 @@ fn single_primary_ignores_a_primary_role_naming_another_server() {
     let mut h = good_sync();
     add(&mut h, role(12, S1, Role::Primary, Some((S0, 1)), 1, true));
     assert_passes(&h, single_primary);
+}
+
+// ---------------------------------------------------------------------------------------------
+// disjoint_primaries
+// ---------------------------------------------------------------------------------------------
+
+fn elected(at: u64, server: ServerId, epoch: u64, component: &[ServerId]) -> REvent {
+    REvent::Elected {
+        at: t(at),
+        server,
+        epoch: Epoch(epoch),
+        component: component.to_vec(),
+    }
+}
+
+#[test]
+fn disjoint_primaries_flags_two_disjoint_components_electing_at_once() {
+    // Seven servers: {3, 4} elect under the old voters while {5, 6} elect under the new.
+    let mut h = good_sync();
+    add(&mut h, elected(45, 3, 5, &[3, 4]));
+    add(&mut h, elected(50, 5, 6, &[5, 6]));
+    let out = assert_flags(&h, disjoint_primaries, "disjoint_primaries");
+    assert!(out.iter().any(|v| procs(v) == vec![3, 5]), "{out:#?}");
+}
+
+#[test]
+fn disjoint_primaries_accepts_disjoint_components_one_after_the_other() {
+    // The first primary stopped acting (a role change, or a crash) before the second began.
+    let mut h = good_sync();
+    add(&mut h, elected(41, 3, 5, &[3, 4]));
+    add(&mut h, role(42, 3, Role::ReadOnly, None, 5, false));
+    add(&mut h, elected(43, 5, 6, &[5, 6]));
+    add(
+        &mut h,
+        REvent::Stopped {
+            at: t(44),
+            server: 5,
+        },
+    );
+    add(&mut h, elected(45, 4, 7, &[3, 4]));
+    assert_passes(&h, disjoint_primaries);
+}
+
+#[test]
+fn disjoint_primaries_accepts_overlapping_primaries_that_share_a_server() {
+    // The old primary has not yet seen the partition; the new component shares s4 with its.
+    let mut h = good_sync();
+    add(&mut h, elected(45, 3, 5, &[3, 4, 5]));
+    add(&mut h, elected(50, 4, 6, &[4, 5]));
+    assert_passes(&h, disjoint_primaries);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,6 +68,26 @@ pub enum REvent {
         /// Its last transaction at the read.
         tid: Tid,
     },
+    /// A server became primary of `epoch`, elected by the members of `component` (its
+    /// view's servers).
+    Elected {
+        /// When.
+        at: Time,
+        /// Which server.
+        server: ServerId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The servers of its view.
+        component: Vec<ServerId>,
+    },
+    /// A server stopped acting: crashed, lost its disk, or froze (it acts again only after
+    /// a new role).
+    Stopped {
+        /// When.
+        at: Time,
+        /// Which server.
+        server: ServerId,
+    },
     /// A server lost its disk (it comes back empty).
     Wiped {
         /// When.
@@ -120,7 +140,8 @@ pub struct RHistory {
     pub sends_until: Time,
     /// End of the run.
     pub end: Time,
-    /// Servers that may become primary.
+    /// Servers that may become primary (voters, and the spares a voter change may make
+    /// voters).
     pub eligible: Vec<ServerId>,
 }
 

@@ -61,6 +61,11 @@ pub struct ReplicaOptions {
     pub recovery: RecoveryPolicy,
     /// Planned swaps in the storm, and one in calm weather.
     pub swaps: bool,
+    /// How many servers (before the remote ones) start without a vote: spares that voter
+    /// changes may give one.
+    pub spares: usize,
+    /// Voter changes (add, remove, replace) in the storm, and one in calm weather.
+    pub voter_changes: bool,
 }
 
 impl ReplicaOptions {
@@ -76,6 +81,8 @@ impl ReplicaOptions {
         o.mode = CommitMode::Sync;
         o.recovery = RecoveryPolicy::default();
         o.swaps = false;
+        o.spares = 0;
+        o.voter_changes = false;
         o
     }
 
@@ -85,6 +92,17 @@ impl ReplicaOptions {
         let mut r = Prng::new(seed ^ 0x4E9_11CA);
         base.gcs.max_message_size = 1 << 20;
         let remote = if servers >= 4 && r.chance(0.3) { 1 } else { 0 };
+        // Drawn from their own generator, so that adding them left every other draw of a
+        // seed as it was.
+        let mut rv = Prng::new(seed ^ 0x707E_5E75);
+        let voter_changes = rv.chance(0.5);
+        // At least three voters: with two, one lost disk stops the cluster (the other is no
+        // majority), which no protocol can help.
+        let spares = if voter_changes && servers - remote >= 4 {
+            rv.range(0, 1) as usize
+        } else {
+            0
+        };
         let mode = if r.chance(0.25) {
             CommitMode::Async {
                 window: r.pick(&[1, 8, 64]),
@@ -107,6 +125,8 @@ impl ReplicaOptions {
                 chunks_per_request: r.pick(&[1, 4]),
             },
             swaps: true,
+            spares,
+            voter_changes,
         }
     }
 
@@ -116,16 +136,24 @@ impl ReplicaOptions {
         let servers = (0..n)
             .map(|i| {
                 let remote = i >= n - self.remote;
+                let spare = !remote && i >= n - self.remote - self.spares;
                 ServerSpec {
                     id: i as u32,
                     name: format!("s{i}"),
-                    group: if remote { "remote" } else { "main" }.into(),
-                    kind: if remote {
+                    group: if remote {
+                        "remote"
+                    } else if spare {
+                        replica::ADDED_GROUP
+                    } else {
+                        "main"
+                    }
+                    .into(),
+                    kind: if remote || spare {
                         GroupKind::Remote
                     } else {
                         GroupKind::Failover
                     },
-                    weight: if remote { 0 } else { 1 },
+                    weight: if remote || spare { 0 } else { 1 },
                 }
             })
             .collect();
@@ -174,7 +202,29 @@ enum Ev {
         req: ReqId,
         result: Result<replica::Committed, CommitError>,
     },
+    /// The operator sends attempt `attempt` of voter change `op` to `server`.
+    OperatorSend {
+        op: usize,
+        attempt: u32,
+        server: usize,
+    },
+    /// The operator gives up waiting for attempt `attempt` of voter change `op`.
+    OperatorTimeout {
+        op: usize,
+        attempt: u32,
+    },
 }
+
+/// A voter change an operator asked for, followed until answered.
+struct VoterOp {
+    add: Vec<(u32, u32)>,
+    remove: Vec<u32>,
+    attempt: u32,
+    finished: bool,
+}
+
+/// Attempts an operator makes before giving up on a voter change.
+const OPERATOR_ATTEMPTS: u32 = 40;
 
 struct Server {
     core: Option<Core>,
@@ -232,6 +282,13 @@ pub struct RTotals {
     pub fills_restarted: u64,
     /// Servers that left the ring because their store failed.
     pub store_failures: u64,
+    /// Voter changes asked, carried out (answered with the new voters' tid), and refused
+    /// (the primary said why: the primary itself removed, no voter left, ...).
+    pub voter_changes: u64,
+    /// See [`Self::voter_changes`].
+    pub voter_changes_done: u64,
+    /// See [`Self::voter_changes`].
+    pub voter_changes_refused: u64,
 }
 
 /// A simulated storage cluster.
@@ -257,6 +314,11 @@ pub struct ReplicaCluster {
     incoming_files: BTreeMap<(usize, u64), Vec<u8>>,
     /// What a checkpoint holds, by (recipient, transfer id): the donor's store as it was made.
     underneath: BTreeMap<(usize, u64), MemStorage>,
+    /// Voter changes asked, and which attempt a request id belongs to.
+    voter_ops: Vec<VoterOp>,
+    op_reqs: BTreeMap<ReqId, (usize, u32)>,
+    /// The fewest voters an operator leaves: three, or as many as the cluster started with.
+    min_voters: usize,
 }
 
 /// The digest of a transaction's content (tid, records).
@@ -289,7 +351,14 @@ impl ReplicaCluster {
         let mut root = Prng::new(opts.base.seed ^ 0x5E7A_11CA);
         let n = opts.base.nodes;
         let mut history = RHistory::new(opts.mode);
-        history.eligible = (0..n as u32).filter(|i| cfg.eligible(*i)).collect();
+        history.eligible = (0..n as u32)
+            .filter(|i| {
+                cfg.eligible(*i)
+                    || cfg
+                        .server(*i)
+                        .is_some_and(|s| s.group == replica::ADDED_GROUP)
+            })
+            .collect();
         ReplicaCluster {
             now: Time::ZERO,
             queue: EventQueue::default(),
@@ -323,6 +392,9 @@ impl ReplicaCluster {
             outgoing_files: BTreeMap::new(),
             incoming_files: BTreeMap::new(),
             underneath: BTreeMap::new(),
+            voter_ops: Vec::new(),
+            op_reqs: BTreeMap::new(),
+            min_voters: replica::VoterConfig::from_file(&cfg).voters.len().min(3),
             cfg,
             opts,
         }
@@ -351,8 +423,91 @@ impl ReplicaCluster {
 
     /// The seeded scenario: boot, storm (with swaps), heal, calm (with one swap).
     pub fn plan_swarm(&mut self) {
-        let plan = faults::plan_swarm(&self.opts.base, self.opts.swaps);
+        let mut plan = faults::plan_swarm(&self.opts.base, self.opts.swaps);
+        if self.opts.voter_changes {
+            self.plan_voter_changes(&mut plan);
+        }
         self.install(plan);
+    }
+
+    /// Voter changes in the storm (one to three) and one in calm weather, through any
+    /// server: add a server, remove one, or replace one or two by others at once (the case
+    /// where the old and the new sets have disjoint majorities). Some are followed within
+    /// the change's window by a partition between the servers leaving and those arriving, or
+    /// by the crash of the server asked. Whether each is carried out or refused (removing the
+    /// primary, say) depends on the cluster then.
+    fn plan_voter_changes(&mut self, plan: &mut Plan) {
+        let mut r = Prng::new(self.opts.base.seed ^ 0x0C4A_66E5);
+        let n = self.opts.base.nodes;
+        let members = n - self.opts.remote;
+        let storm_end = plan.calm_from;
+        let draw = |r: &mut Prng| -> (usize, Vec<usize>, Vec<usize>) {
+            let mut order: Vec<usize> = (0..members).collect();
+            for k in (1..order.len()).rev() {
+                order.swap(k, r.range(0, k as u64) as usize);
+            }
+            let via = r.range(0, n as u64 - 1) as usize;
+            let (add, remove) = match r.range(0, 3) {
+                0 => (vec![order[0]], vec![]),
+                1 => (vec![], vec![order[0]]),
+                2 => (vec![order[0]], vec![order[1]]),
+                _ if members >= 4 => (vec![order[0], order[1]], vec![order[2], order[3]]),
+                _ => (vec![order[0]], vec![order[1]]),
+            };
+            (via, add, remove)
+        };
+        if storm_end.0 > 300_000 {
+            for _ in 0..r.range(1, 3) {
+                let at = Time(r.range(200_000, storm_end.0));
+                let (via, add, remove) = draw(&mut r);
+                // (Faults drawn after the heal are dropped: the calm phase has none.)
+                let fault_at = at.saturating_add(Duration::from_millis(r.range(0, 60)));
+                match r.range(0, 3) {
+                    _ if fault_at >= storm_end => {}
+                    // A partition in the middle: the arriving servers (and some others) on
+                    // one side, the leaving ones on the other.
+                    0 | 1 => {
+                        let cut = fault_at;
+                        let side: Vec<bool> = (0..n)
+                            .map(|k| {
+                                if add.contains(&k) {
+                                    true
+                                } else if remove.contains(&k) {
+                                    false
+                                } else {
+                                    r.chance(0.5)
+                                }
+                            })
+                            .collect();
+                        let links = (0..n)
+                            .map(|a| (0..n).map(|b| side[a] == side[b]).collect())
+                            .collect();
+                        plan.actions.push((cut, Action::SetLinks(links)));
+                        let back = cut.saturating_add(Duration::from_millis(r.range(100, 1500)));
+                        if back < storm_end {
+                            plan.actions
+                                .push((back, Action::SetLinks(vec![vec![true; n]; n])));
+                        }
+                    }
+                    // The server asked crashes in the middle (it may be the primary).
+                    2 => {
+                        let crash = fault_at;
+                        plan.actions.push((crash, Action::Crash(via)));
+                        let back = crash.saturating_add(Duration::from_millis(r.range(50, 1500)));
+                        if back < storm_end {
+                            plan.actions.push((back, Action::Restart(via)));
+                        }
+                    }
+                    _ => {}
+                }
+                plan.actions
+                    .push((at, Action::VoterChange { via, add, remove }));
+            }
+        }
+        let at = storm_end.saturating_add(self.opts.base.calm / 5);
+        let (via, add, remove) = draw(&mut r);
+        plan.actions
+            .push((at, Action::VoterChange { via, add, remove }));
     }
 
     /// A hand-written scenario: every server boots at once; add actions with [`Self::at`].
@@ -400,6 +555,17 @@ impl ReplicaCluster {
                 } => self.client_send(client, request, attempt),
                 Ev::Request { server, req, c } => self.request(server, req, c),
                 Ev::Answer { req, result } => self.answer(req, result),
+                Ev::OperatorSend {
+                    op,
+                    attempt,
+                    server,
+                } => self.operator_send(op, attempt, server),
+                Ev::OperatorTimeout { op, attempt } => {
+                    if !self.voter_ops[op].finished && self.voter_ops[op].attempt == attempt {
+                        let next = self.client_rng.range(0, self.servers.len() as u64 - 1);
+                        self.operator_retry(op, next as usize, Duration::ZERO);
+                    }
+                }
             }
         }
         self.now = end;
@@ -463,6 +629,10 @@ impl ReplicaCluster {
             Action::SetLinks(l) => self.net.links = l,
             Action::Crash(i) | Action::Wipe(i) => {
                 if let Some(core) = self.servers[i].core.take() {
+                    self.history.events.push(REvent::Stopped {
+                        at: self.now,
+                        server: i as u32,
+                    });
                     self.outgoing_files.retain(|k, _| k.0 != i);
                     self.incoming_files.retain(|k, _| k.0 != i);
                     self.underneath.retain(|k, _| k.0 != i);
@@ -531,7 +701,15 @@ impl ReplicaCluster {
                     }
                 }
             }
-            Action::Pause(i) => self.servers[i].io.paused = self.servers[i].core.is_some(),
+            Action::Pause(i) => {
+                self.servers[i].io.paused = self.servers[i].core.is_some();
+                if self.servers[i].io.paused {
+                    self.history.events.push(REvent::Stopped {
+                        at: self.now,
+                        server: i as u32,
+                    });
+                }
+            }
             Action::Resume(i) => self.resume(i),
             Action::Heal => {
                 let n = self.servers.len();
@@ -556,6 +734,17 @@ impl ReplicaCluster {
                     self.tr(|| format!("{now:?} s{via} swap to s{to}: {res:?}"));
                     self.drain(via);
                 }
+            }
+            Action::VoterChange { via, add, remove } => {
+                self.totals.voter_changes += 1;
+                let op = self.voter_ops.len();
+                self.voter_ops.push(VoterOp {
+                    add: add.iter().map(|a| (*a as u32, 1)).collect(),
+                    remove: remove.iter().map(|r| *r as u32).collect(),
+                    attempt: 0,
+                    finished: false,
+                });
+                self.operator_send(op, 0, via);
             }
         }
     }
@@ -699,6 +888,17 @@ impl ReplicaCluster {
                     promised,
                     in_primary_component: info.in_primary_component,
                 });
+                if let (replica::Role::Primary, Some((p, epoch))) = (info.role, info.primary) {
+                    if p == i as u32 {
+                        let component = self.core(i).view_members();
+                        self.history.events.push(REvent::Elected {
+                            at: now,
+                            server: p,
+                            epoch,
+                            component,
+                        });
+                    }
+                }
             }
             ServerEvent::Invalidate(inv) => {
                 let t = self
@@ -1054,7 +1254,107 @@ impl ReplicaCluster {
         self.drain(server);
     }
 
+    /// The operator's voter change `op` reaches `server` (attempt `attempt`).
+    fn operator_send(&mut self, op: usize, attempt: u32, server: usize) {
+        if self.voter_ops[op].finished || self.voter_ops[op].attempt != attempt {
+            return;
+        }
+        let now = self.now;
+        let t = now.saturating_add(Duration::from_millis(1000));
+        self.schedule(t, Ev::OperatorTimeout { op, attempt });
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.op_reqs.insert(req, (op, attempt));
+        let (add, remove) = (
+            self.voter_ops[op].add.clone(),
+            self.voter_ops[op].remove.clone(),
+        );
+        self.tr(|| {
+            format!("{now:?} operator voters +{add:?} -{remove:?} attempt {attempt} to s{server}")
+        });
+        // Like an operator reading `/status` first: never fewer than three voters (or than the
+        // cluster started with), for the same reason as the spares.
+        if let Some(core) = self.servers[server].core.as_ref() {
+            let voters = &core.replica().voters().0.voters;
+            let left = voters
+                .ids()
+                .into_iter()
+                .filter(|v| !remove.contains(v))
+                .chain(add.iter().map(|(a, _)| *a).filter(|a| !voters.contains(*a)))
+                .count();
+            if left < self.min_voters {
+                self.tr(|| {
+                    format!("{now:?} operator skips voters +{add:?} -{remove:?}: {left} voters would be left")
+                });
+                self.voter_ops[op].finished = true;
+                self.totals.voter_changes_refused += 1;
+                return;
+            }
+        }
+        let s = &mut self.servers[server];
+        if s.io.paused {
+            return;
+        }
+        if let Some(core) = s.core.as_mut() {
+            core.voter_change(now, req, &add, &remove);
+            self.drain(server);
+        }
+    }
+
+    fn operator_retry(&mut self, op: usize, server: usize, pause: Duration) {
+        let o = &mut self.voter_ops[op];
+        o.attempt += 1;
+        if o.attempt >= OPERATOR_ATTEMPTS {
+            o.finished = true;
+            return;
+        }
+        let attempt = o.attempt;
+        let at = self.now.saturating_add(pause);
+        self.schedule(
+            at,
+            Ev::OperatorSend {
+                op,
+                attempt,
+                server,
+            },
+        );
+    }
+
+    /// The answer to an operator's voter change.
+    fn operator_answer(
+        &mut self,
+        op: usize,
+        attempt: u32,
+        result: Result<replica::Committed, CommitError>,
+    ) {
+        if self.voter_ops[op].finished || self.voter_ops[op].attempt != attempt {
+            return;
+        }
+        let now = self.now;
+        self.tr(|| format!("{now:?} operator voter change {op}: {result:?}"));
+        match result {
+            Ok(_) => {
+                self.voter_ops[op].finished = true;
+                self.totals.voter_changes_done += 1;
+            }
+            Err(CommitError::Invalid(_)) => {
+                self.voter_ops[op].finished = true;
+                self.totals.voter_changes_refused += 1;
+            }
+            Err(CommitError::NotPrimary { primary: Some(p) }) => {
+                self.operator_retry(op, p as usize, Duration::from_millis(10));
+            }
+            Err(_) => {
+                let next = self.client_rng.range(0, self.servers.len() as u64 - 1);
+                self.operator_retry(op, next as usize, Duration::from_millis(100));
+            }
+        }
+    }
+
     fn answer(&mut self, req: ReqId, result: Result<replica::Committed, CommitError>) {
+        if let Some((op, attempt)) = self.op_reqs.remove(&req) {
+            return self.operator_answer(op, attempt, result);
+        }
         let Some((c, attempt, request)) = self.req_owner.remove(&req) else {
             return;
         };

@@ -3,6 +3,7 @@
 //! | property              | what must hold                                                       |
 //! |-----------------------|----------------------------------------------------------------------|
 //! | `single_primary`      | at most one server is primary per epoch, only in a primary component, never a remote server |
+//! | `disjoint_primaries`  | two primaries acting at the same time were elected by components that share a server (voters change in the mix) |
 //! | `acks_from_primary`   | every acknowledged commit came from a server that was primary of its epoch in a primary component |
 //! | `epochs_grow`         | a server's promise never goes down; its own primary epochs strictly grow |
 //! | `prefix_agreement`    | what each server applied (less what it reported lost) is in the final primary lineage, with the same content |
@@ -23,6 +24,7 @@ mod acked_durable;
 mod acks_from_primary;
 mod client_errors;
 mod convergence;
+mod disjoint_primaries;
 mod epochs_grow;
 mod idempotent_once;
 mod prefix_agreement;
@@ -32,6 +34,7 @@ pub use acked_durable::acked_durable;
 pub use acks_from_primary::acks_from_primary;
 pub use client_errors::client_errors;
 pub use convergence::convergence;
+pub use disjoint_primaries::disjoint_primaries;
 pub use epochs_grow::epochs_grow;
 pub use idempotent_once::idempotent_once;
 pub use prefix_agreement::prefix_agreement;
@@ -42,8 +45,9 @@ pub use single_primary::single_primary;
 pub type Checker = fn(&RHistory, &mut Vec<Violation>);
 
 /// Every replica property, in table order.
-pub const CHECKERS: [(&str, Checker); 9] = [
+pub const CHECKERS: [(&str, Checker); 10] = [
     ("single_primary", single_primary),
+    ("disjoint_primaries", disjoint_primaries),
     ("acks_from_primary", acks_from_primary),
     ("epochs_grow", epochs_grow),
     ("prefix_agreement", prefix_agreement),
