@@ -19,12 +19,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use replica::Role;
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-/// More lines for `/metrics` (the ZEO face's counters, for instance).
-pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// More metrics for `/metrics` (the ZEO face's counters, for instance), registered in the
+/// registry of one scrape (prefix `standby`).
+pub type ExtraMetrics = Arc<dyn Fn(&mut Registry) + Send + Sync>;
 
 #[derive(Clone)]
 struct AdminState {
@@ -106,49 +111,118 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// The status as JSON (what `/status` returns).
+/// The status as `/status` returns it (JSON, derived: the field names are the API).
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    id: u32,
+    role: &'static str,
+    down_reason: Option<&'a str>,
+    primary: Option<u32>,
+    epoch: Option<u64>,
+    promised_epoch: u64,
+    last_tid: u64,
+    newest_tid_known: u64,
+    lag_transactions: u64,
+    seconds_since_last_commit: Option<f64>,
+    behind_seconds: Option<f64>,
+    in_primary_component: bool,
+    view: &'a [u32],
+    voters: VotersJson,
+    replica: ReplicaJson,
+    gcs: GcsJson,
+}
+
+#[derive(serde::Serialize)]
+struct Voter {
+    id: u32,
+    weight: u32,
+}
+
+#[derive(serde::Serialize)]
+struct VotersJson {
+    voters: Vec<Voter>,
+    /// While a change is under way: the voters before it.
+    old: Option<Vec<Voter>>,
+    /// The tid that wrote them (0: the configuration file's).
+    tid: u64,
+    summary: String,
+}
+
+#[derive(serde::Serialize)]
+struct ReplicaJson {
+    applied: u64,
+    acked: u64,
+    elections: u64,
+    fenced: u64,
+    recovery_chunks: u64,
+    recoveries_full: u64,
+    recoveries_fast: u64,
+    checkpoints: u64,
+    lost: u64,
+}
+
+#[derive(serde::Serialize)]
+struct GcsJson {
+    views: u64,
+    retransmits: u64,
+    token_retransmits: u64,
+    malformed: u64,
+    ignored: u64,
+    pauses: u64,
+}
+
+impl<'a> From<&'a ServerStatus> for StatusJson<'a> {
+    fn from(st: &'a ServerStatus) -> StatusJson<'a> {
+        let s = &st.staleness;
+        let set = |v: &replica::VoterSet| -> Vec<Voter> {
+            v.iter().map(|(id, weight)| Voter { id, weight }).collect()
+        };
+        StatusJson {
+            id: st.id,
+            role: role_name(s.role),
+            down_reason: st.down_reason.as_deref(),
+            primary: st.primary.map(|p| p.0),
+            epoch: st.primary.map(|p| p.1 .0),
+            promised_epoch: st.promised.0,
+            last_tid: s.last_tid.0,
+            newest_tid_known: s.primary_last_known.0,
+            lag_transactions: s.primary_last_known.0.saturating_sub(s.last_tid.0),
+            seconds_since_last_commit: st.since_last_commit.map(|d| d.as_secs_f64()),
+            behind_seconds: s.behind_for.map(|d| d.as_secs_f64()),
+            in_primary_component: s.in_primary_component,
+            view: &st.view,
+            voters: VotersJson {
+                voters: set(&st.voters.0.voters),
+                old: st.voters.0.old.as_ref().map(set),
+                tid: st.voters.1 .0,
+                summary: st.voters.0.to_string(),
+            },
+            replica: ReplicaJson {
+                applied: st.stats.applied,
+                acked: st.stats.acked,
+                elections: st.stats.elections,
+                fenced: st.stats.fenced,
+                recovery_chunks: st.stats.recovery_chunks,
+                recoveries_full: st.stats.recoveries_full,
+                recoveries_fast: st.stats.recoveries_fast,
+                checkpoints: st.stats.checkpoints,
+                lost: st.stats.lost,
+            },
+            gcs: GcsJson {
+                views: st.gcs.views,
+                retransmits: st.gcs.retransmits,
+                token_retransmits: st.gcs.token_retransmits,
+                malformed: st.gcs.malformed,
+                ignored: st.gcs.ignored,
+                pauses: st.gcs.pauses,
+            },
+        }
+    }
+}
+
+/// The status as JSON (what `/status` returns, without the key state).
 pub fn status_json(st: &ServerStatus) -> serde_json::Value {
-    let s = &st.staleness;
-    serde_json::json!({
-        "id": st.id,
-        "role": role_name(s.role),
-        "down_reason": st.down_reason,
-        "primary": st.primary.map(|p| p.0),
-        "epoch": st.primary.map(|p| p.1 .0),
-        "promised_epoch": st.promised.0,
-        "last_tid": s.last_tid.0,
-        "newest_tid_known": s.primary_last_known.0,
-        "lag_transactions": s.primary_last_known.0.saturating_sub(s.last_tid.0),
-        "seconds_since_last_commit": st.since_last_commit.map(|d| d.as_secs_f64()),
-        "behind_seconds": s.behind_for.map(|d| d.as_secs_f64()),
-        "in_primary_component": s.in_primary_component,
-        "view": st.view,
-        "voters": {
-            "voters": st.voters.0.voters.iter().map(|(id, w)| serde_json::json!({"id": id, "weight": w})).collect::<Vec<_>>(),
-            "old": st.voters.0.old.as_ref().map(|o| o.iter().map(|(id, w)| serde_json::json!({"id": id, "weight": w})).collect::<Vec<_>>()),
-            "tid": st.voters.1 .0,
-            "summary": st.voters.0.to_string(),
-        },
-        "replica": {
-            "applied": st.stats.applied,
-            "acked": st.stats.acked,
-            "elections": st.stats.elections,
-            "fenced": st.stats.fenced,
-            "recovery_chunks": st.stats.recovery_chunks,
-            "recoveries_full": st.stats.recoveries_full,
-            "recoveries_fast": st.stats.recoveries_fast,
-            "checkpoints": st.stats.checkpoints,
-            "lost": st.stats.lost,
-        },
-        "gcs": {
-            "views": st.gcs.views,
-            "retransmits": st.gcs.retransmits,
-            "token_retransmits": st.gcs.token_retransmits,
-            "malformed": st.gcs.malformed,
-            "ignored": st.gcs.ignored,
-            "pauses": st.gcs.pauses,
-        },
-    })
+    serde_json::to_value(StatusJson::from(st)).unwrap_or(serde_json::Value::Null)
 }
 
 async fn with_status(server: &StorageServer, ok: impl Fn(&ServerStatus) -> bool) -> Response {
@@ -213,150 +287,211 @@ async fn status(State(st): State<AdminState>, headers: axum::http::HeaderMap) ->
     }
 }
 
-/// The Prometheus exposition text of a status.
-pub fn metrics_text(st: &ServerStatus) -> String {
+/// The server's label on every metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ServerLabel {
+    server: u32,
+}
+
+fn gauge(reg: &mut Registry, label: &ServerLabel, name: &str, help: &str, v: u64) {
+    let f = Family::<ServerLabel, Gauge>::default();
+    f.get_or_create(label)
+        .set(i64::try_from(v).unwrap_or(i64::MAX));
+    reg.register(name, help, f);
+}
+
+fn counter(reg: &mut Registry, label: &ServerLabel, name: &str, help: &str, v: u64) {
+    let f = Family::<ServerLabel, Counter>::default();
+    f.get_or_create(label).inc_by(v);
+    reg.register(name, help, f);
+}
+
+/// The metrics of a status, registered in `reg` (names `standby_*`, labelled by server).
+pub fn register_status(reg: &mut Registry, st: &ServerStatus) {
     let s = &st.staleness;
-    let mut o = String::new();
-    let mut m = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(o, "# HELP standby_{name} {help}\n# TYPE standby_{name} {kind}\nstandby_{name}{{server=\"{}\"}} {v}", st.id);
+    let l = ServerLabel { server: st.id };
+    let role = match s.role {
+        Role::Primary => 0,
+        Role::Backup => 1,
+        Role::Syncing => 2,
+        Role::ReadOnly => 3,
+        Role::Down => 4,
     };
-    m(
+    let lag = s.primary_last_known.0.saturating_sub(s.last_tid.0);
+    let epoch = st.primary.map(|p| p.1 .0).unwrap_or(0);
+    gauge(
+        reg,
+        &l,
         "is_primary",
-        "gauge",
-        "1 if this server is the working primary.",
+        "1 if this server is the working primary",
         (s.role == Role::Primary) as u64,
     );
-    m(
+    gauge(
+        reg,
+        &l,
         "role",
-        "gauge",
-        "0 primary, 1 backup, 2 syncing, 3 read-only, 4 down.",
-        match s.role {
-            Role::Primary => 0,
-            Role::Backup => 1,
-            Role::Syncing => 2,
-            Role::ReadOnly => 3,
-            Role::Down => 4,
-        },
+        "0 primary, 1 backup, 2 syncing, 3 read-only, 4 down",
+        role,
     );
-    m(
-        "epoch",
-        "gauge",
-        "Epoch of the working primary.",
-        st.primary.map(|p| p.1 .0).unwrap_or(0),
-    );
-    m(
+    gauge(reg, &l, "epoch", "Epoch of the working primary", epoch);
+    gauge(
+        reg,
+        &l,
         "last_tid",
-        "gauge",
-        "Last transaction in this store.",
+        "Last transaction in this store",
         s.last_tid.0,
     );
-    m(
+    gauge(
+        reg,
+        &l,
         "lag_transactions",
-        "gauge",
-        "Transactions behind the newest one this server knows of.",
-        s.primary_last_known.0.saturating_sub(s.last_tid.0),
+        "Transactions behind the newest one this server knows of",
+        lag,
     );
-    m(
+    gauge(
+        reg,
+        &l,
         "view_members",
-        "gauge",
-        "Servers in this server's current view.",
+        "Servers in this server's current view",
         st.view.len() as u64,
     );
-    m(
-        "commits_applied_total",
-        "counter",
-        "Transactions applied.",
+    gauge(
+        reg,
+        &l,
+        "voters",
+        "Servers with a vote (in the new set while a change is under way)",
+        st.voters.0.voters.len() as u64,
+    );
+    gauge(
+        reg,
+        &l,
+        "voter_change_under_way",
+        "1 while the voters are a joint configuration",
+        st.voters.0.is_joint() as u64,
+    );
+    counter(
+        reg,
+        &l,
+        "commits_applied",
+        "Transactions applied",
         st.stats.applied,
     );
-    m(
-        "commits_acknowledged_total",
-        "counter",
-        "Commits acknowledged to clients as primary.",
+    counter(
+        reg,
+        &l,
+        "commits_acknowledged",
+        "Commits acknowledged to clients as primary",
         st.stats.acked,
     );
-    m(
-        "commit_delivered_microseconds_total",
-        "counter",
-        "Sum over sync commits answered here of the time from multicast to delivery back here.",
+    counter(
+        reg,
+        &l,
+        "commit_delivered_microseconds",
+        "Sum over sync commits answered here of the time from multicast to delivery back here",
         st.stats.stage_delivered_us,
     );
-    m(
-        "commit_durable_microseconds_total",
-        "counter",
-        "Sum over the same commits of the time from delivery to durable on a majority.",
+    counter(
+        reg,
+        &l,
+        "commit_durable_microseconds",
+        "Sum over the same commits of the time from delivery to durable on a majority",
         st.stats.stage_durable_us,
     );
-    m(
-        "commit_stage_samples_total",
-        "counter",
-        "Sync commits the two stage sums cover.",
+    counter(
+        reg,
+        &l,
+        "commit_stage_samples",
+        "Sync commits the two stage sums cover",
         st.stats.stage_samples,
     );
-    m(
-        "elections_total",
-        "counter",
-        "Elections completed.",
+    counter(
+        reg,
+        &l,
+        "elections",
+        "Elections completed",
         st.stats.elections,
     );
-    m(
-        "fenced_total",
-        "counter",
-        "Messages refused (old epoch, not from the primary, malformed).",
+    counter(
+        reg,
+        &l,
+        "fenced",
+        "Messages refused (old epoch, not from the primary, malformed)",
         st.stats.fenced,
     );
-    m(
-        "checkpoints_total",
-        "counter",
-        "Checkpoints asked for.",
+    counter(
+        reg,
+        &l,
+        "checkpoints",
+        "Checkpoints asked for",
         st.stats.checkpoints,
     );
-    m(
-        "lost_transactions_total",
-        "counter",
-        "Transactions moved to the lost archive.",
+    counter(
+        reg,
+        &l,
+        "lost_transactions",
+        "Transactions moved to the lost archive",
         st.stats.lost,
     );
-    m(
-        "view_changes_total",
-        "counter",
-        "Regular views installed by the gcs daemon.",
+    counter(
+        reg,
+        &l,
+        "view_changes",
+        "Regular views installed by the gcs daemon",
         st.gcs.views,
     );
-    m(
-        "retransmissions_total",
-        "counter",
-        "Packets retransmitted on request.",
+    counter(
+        reg,
+        &l,
+        "retransmissions",
+        "Packets retransmitted on request",
         st.gcs.retransmits,
     );
-    m(
-        "tokens_total",
-        "counter",
-        "Tokens received (the ring's rotations, seen from this server).",
+    counter(
+        reg,
+        &l,
+        "tokens",
+        "Tokens received (the ring's rotations, seen from this server)",
         st.gcs.tokens,
     );
-    m(
-        "token_retransmissions_total",
-        "counter",
-        "Tokens re-sent after a silence.",
+    counter(
+        reg,
+        &l,
+        "token_retransmissions",
+        "Tokens re-sent after a silence",
         st.gcs.token_retransmits,
     );
-    m(
-        "dropped_packets_total",
-        "counter",
-        "Datagrams dropped as malformed or foreign.",
+    counter(
+        reg,
+        &l,
+        "dropped_packets",
+        "Datagrams dropped as malformed or foreign",
         st.gcs.malformed + st.gcs.ignored,
     );
-    // Seconds this server may have been missing commits: +Inf if it has not been current
+    // Seconds this server may have been missing commits: infinite if it has not been current
     // since it started (a gauge that alerting compares with a bound).
-    let behind = s
-        .behind_for
-        .map_or("+Inf".to_string(), |d| format!("{}", d.as_secs_f64()));
-    let _ = writeln!(
-        o,
-        "# HELP standby_behind_seconds Seconds this server may have been missing commits (0: current).\n# TYPE standby_behind_seconds gauge\nstandby_behind_seconds{{server=\"{}\"}} {behind}",
-        st.id
+    let behind = Family::<ServerLabel, Gauge<f64, AtomicU64>>::default();
+    behind
+        .get_or_create(&l)
+        .set(s.behind_for.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+    reg.register(
+        "behind_seconds",
+        "Seconds this server may have been missing commits (0: current)",
+        behind,
     );
-    o
+}
+
+/// The exposition text (OpenMetrics) of a status and of what `extra` registers.
+pub fn metrics_text(st: &ServerStatus, extra: Option<&ExtraMetrics>) -> String {
+    let mut reg = Registry::with_prefix("standby");
+    register_status(&mut reg, st);
+    if let Some(f) = extra {
+        f(&mut reg);
+    }
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &reg) {
+        Ok(()) => out,
+        Err(_) => String::new(),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
@@ -366,8 +501,11 @@ async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) ->
     match s.server.status().await {
         Ok(st) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            metrics_text(&st) + &s.extra.as_ref().map(|f| f()).unwrap_or_default(),
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            metrics_text(&st, s.extra.as_ref()),
         )
             .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response(),

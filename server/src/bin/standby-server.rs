@@ -294,7 +294,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         getrandom::fill(&mut seed).map_err(|e| format!("no random seed: {e}"))?;
         let face = ZeoFace::new(server.clone(), opts, u64::from_le_bytes(seed));
         let f = face.clone();
-        zeo_metrics = Some(Arc::new(move || f.metrics()));
+        zeo_metrics = Some(Arc::new(move |reg| f.register_metrics(reg)));
         let (ztx, zrx) = tokio::sync::mpsc::channel(1 << 16);
         tokio::spawn(async move {
             if let Err(e) = face.run(zrx).await {

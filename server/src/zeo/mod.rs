@@ -372,32 +372,66 @@ impl ZeoFace {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Prometheus lines for `/metrics`.
-    pub fn metrics(&self) -> String {
+    /// Registers the face's counters (`standby_zeo_*`, unlabelled) in `reg`.
+    pub fn register_metrics(&self, reg: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::gauge::Gauge;
         let s = &self.stats;
-        format!(
-            "# TYPE standby_zeo_connections_total counter\nstandby_zeo_connections_total {}\n\
-             # TYPE standby_zeo_open gauge\nstandby_zeo_open {}\n\
-             # TYPE standby_zeo_commits_total counter\nstandby_zeo_commits_total {}\n\
-             # TYPE standby_zeo_conflicts_total counter\nstandby_zeo_conflicts_total {}\n\
-             # TYPE standby_zeo_bad_input_total counter\nstandby_zeo_bad_input_total {}\n\
-             # TYPE standby_zeo_stranded_total counter\nstandby_zeo_stranded_total {}\n\
-             # HELP standby_zeo_finish_samples_total tpc_finish calls answered with a tid.\n\
-             # TYPE standby_zeo_finish_samples_total counter\nstandby_zeo_finish_samples_total {}\n\
-             # HELP standby_zeo_finish_microseconds_total Sum over them of the time from the call taken up to the reply queued.\n\
-             # TYPE standby_zeo_finish_microseconds_total counter\nstandby_zeo_finish_microseconds_total {}\n\
-             # HELP standby_zeo_finish_commit_microseconds_total The part of it up to the replicated commit answered.\n\
-             # TYPE standby_zeo_finish_commit_microseconds_total counter\nstandby_zeo_finish_commit_microseconds_total {}\n",
-            s.connections.load(Ordering::Relaxed),
-            s.open.load(Ordering::Relaxed),
-            s.commits.load(Ordering::Relaxed),
-            s.conflicts.load(Ordering::Relaxed),
-            s.bad_input.load(Ordering::Relaxed),
-            s.stranded.load(Ordering::Relaxed),
-            s.finishes.load(Ordering::Relaxed),
-            s.finish_us.load(Ordering::Relaxed),
-            s.finish_commit_us.load(Ordering::Relaxed),
-        )
+        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(v.load(Ordering::Relaxed));
+            reg.register(name, help, c);
+        };
+        counter(
+            "zeo_connections",
+            "ZEO connections accepted",
+            &s.connections,
+        );
+        counter("zeo_commits", "ZEO transactions committed", &s.commits);
+        counter(
+            "zeo_conflicts",
+            "ZEO conflicts sent back for resolution",
+            &s.conflicts,
+        );
+        counter(
+            "zeo_bad_input",
+            "ZEO connections closed for bad input",
+            &s.bad_input,
+        );
+        counter(
+            "zeo_stranded",
+            "ZEO clients whose cache is newer than every server",
+            &s.stranded,
+        );
+        counter(
+            "zeo_finish_samples",
+            "tpc_finish calls answered with a tid",
+            &s.finishes,
+        );
+        counter(
+            "zeo_finish_microseconds",
+            "Sum over them of the time from the call taken up to the reply queued",
+            &s.finish_us,
+        );
+        counter(
+            "zeo_finish_commit_microseconds",
+            "The part of it up to the replicated commit answered",
+            &s.finish_commit_us,
+        );
+        let open = Gauge::<i64>::default();
+        open.set(i64::try_from(s.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        reg.register("zeo_open", "ZEO connections open", open);
+    }
+
+    /// The face's metrics alone, as exposition text (for tests and tools).
+    pub fn metrics(&self) -> String {
+        let mut reg = prometheus_client::registry::Registry::with_prefix("standby");
+        self.register_metrics(&mut reg);
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, &reg) {
+            Ok(()) => out,
+            Err(_) => String::new(),
+        }
     }
 }
 
