@@ -125,7 +125,7 @@ pub enum Role {
 }
 
 /// A role change, with what the server knows of the primary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleInfo {
     /// The new role.
     pub role: Role,
@@ -135,6 +135,9 @@ pub struct RoleInfo {
     pub in_primary_component: bool,
     /// The server's durable promise at this moment.
     pub promised: Epoch,
+    /// The servers of the regular view the role was taken in (for a primary: the component
+    /// that elected it).
+    pub view: Vec<ServerId>,
 }
 
 /// Objects a committed transaction changed: clients drop them from their caches.

@@ -709,8 +709,9 @@ impl<S: Storage + 'static> ServerCore<S> {
                     if r.role == Role::Down {
                         self.leave_ring();
                     }
+                    let primary = r.role == Role::Primary;
                     self.out.push_back(Output::Event(ServerEvent::Role(r)));
-                    if r.role == Role::Primary && self.lapsed.is_some() {
+                    if primary && self.lapsed.is_some() {
                         // Not claimed until the token went round again (`check_claim`).
                         self.push_claim();
                     }
@@ -857,6 +858,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             primary: self.replica.primary(),
             in_primary_component: self.replica.staleness().in_primary_component,
             promised: self.replica.promised(),
+            view: self.view_members(),
         };
         if self.lapsed.is_some() {
             info.role = Role::Syncing;

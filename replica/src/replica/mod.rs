@@ -702,6 +702,11 @@ impl<S: Storage> Replica<S> {
             primary: self.primary,
             in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
             promised: self.durable.promised,
+            view: self
+                .view
+                .as_ref()
+                .map(|v| v.members.clone())
+                .unwrap_or_default(),
         };
         if self.role != role || role == Role::Primary || role == Role::Backup {
             tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");

@@ -890,12 +890,12 @@ impl ReplicaCluster {
                 });
                 if let (replica::Role::Primary, Some((p, epoch))) = (info.role, info.primary) {
                     if p == i as u32 {
-                        let component = self.core(i).view_members();
+                        // The view the replica was elected in (the core's may be newer).
                         self.history.events.push(REvent::Elected {
                             at: now,
                             server: p,
                             epoch,
-                            component,
+                            component: info.view.clone(),
                         });
                     }
                 }
