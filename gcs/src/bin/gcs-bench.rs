@@ -1,7 +1,8 @@
 //! One daemon of a throughput / latency benchmark. Run one per host (or network namespace):
 //!
 //! ```text
-//! gcs-bench --config cluster.toml --id 0 --size 1024 --senders 0,1,2 --duration 5 --service agreed [--key FILE]
+//! gcs-bench --config cluster.toml --id 0 [--size 1024] [--senders 0,1,2] [--duration 5] \
+//!           [--warmup 2] [--rate N] [--service agreed|safe|fifo|reliable] [--expect N] [--key FILE]
 //! ```
 //!
 //! Every process waits for a view holding all `--expect` daemons, the senders multicast as fast as
@@ -12,74 +13,70 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::net::{ClusterConfig, Event, Gcs, Security};
 use gcs::{ClusterKey, Service, ViewKind};
+use std::path::PathBuf;
 use std::time::Duration;
 
+/// One daemon of a throughput / latency benchmark: joins the ring of `--config` as daemon `--id`,
+/// waits for the others, then measures the messages it delivers and their one-way latency over
+/// `--duration` seconds. Prints one RESULT line.
+#[derive(clap::Parser)]
+#[command(name = "gcs-bench", version)]
 struct Args {
-    config: String,
+    /// The cluster configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// This daemon's id in the configuration.
+    #[arg(long, default_value_t = 0)]
     id: u32,
+    /// Payload bytes of each message (at least 20 are sent: the sender, a sequence number and the
+    /// send time).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     size: usize,
+    /// The daemons that send, comma-separated ids.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', default_value = "0")]
     senders: Vec<u32>,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     duration: f64,
+    /// Seconds delivered but not measured, from the start of sending.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     warmup: f64,
+    /// Messages per second each sender offers; 0 sends as fast as the ring accepts.
+    #[arg(long, value_name = "MSGS", default_value_t = 0)]
     rate: u64,
-    service: Service,
+    /// The ordering service of the messages sent.
+    #[arg(long, value_enum, default_value_t = BenchService::Agreed)]
+    service: BenchService,
+    /// Daemons the view must hold before sending starts; 0 means all of the configuration.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     expect: usize,
-    key: Option<String>,
+    /// The cluster key file (made by `gcs-keygen`); without it, plaintext datagrams.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        config: String::new(),
-        id: 0,
-        size: 1024,
-        senders: vec![0],
-        duration: 5.0,
-        warmup: 2.0,
-        rate: 0,
-        service: Service::Agreed,
-        expect: 0,
-        key: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let v = argv
-            .get(i + 1)
-            .cloned()
-            .ok_or(format!("{} needs a value", argv[i]))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", argv[i]);
-        match argv[i].as_str() {
-            "--config" => a.config = v,
-            "--id" => a.id = v.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = v.parse().map_err(|e| bad(&e))?,
-            "--senders" => {
-                a.senders = v
-                    .split(',')
-                    .map(|s| s.parse().map_err(|e| bad(&e)))
-                    .collect::<Result<_, _>>()?
-            }
-            "--duration" => a.duration = v.parse().map_err(|e| bad(&e))?,
-            "--warmup" => a.warmup = v.parse().map_err(|e| bad(&e))?,
-            "--rate" => a.rate = v.parse().map_err(|e| bad(&e))?,
-            "--expect" => a.expect = v.parse().map_err(|e| bad(&e))?,
-            "--key" => a.key = Some(v),
-            "--service" => {
-                a.service = match v.as_str() {
-                    "agreed" => Service::Agreed,
-                    "safe" => Service::Safe,
-                    "fifo" => Service::Fifo,
-                    "reliable" => Service::Reliable,
-                    _ => return Err(format!("unknown service {v}")),
-                }
-            }
-            other => return Err(format!("unknown argument {other}")),
+/// The services a benchmark can ask for (the names scripts pass to `--service`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchService {
+    /// One total order seen by all members.
+    Agreed,
+    /// Agreed, delivered once every member has the message.
+    Safe,
+    /// In the order each sender sent.
+    Fifo,
+    /// No order promised.
+    Reliable,
+}
+
+impl From<BenchService> for Service {
+    fn from(s: BenchService) -> Service {
+        match s {
+            BenchService::Agreed => Service::Agreed,
+            BenchService::Safe => Service::Safe,
+            BenchService::Fifo => Service::Fifo,
+            BenchService::Reliable => Service::Reliable,
         }
-        i += 2;
     }
-    if a.config.is_empty() {
-        return Err("--config is required".into());
-    }
-    Ok(a)
 }
 
 #[allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
@@ -101,14 +98,10 @@ fn payload(size: usize, id: u32, seq: u64) -> Bytes {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("gcs-bench: {e}");
-            std::process::exit(2);
-        }
-    };
-    let cluster = match ClusterConfig::from_file(a.config.as_ref()) {
+    // Usage errors exit 2 with clap's message, as before.
+    let a = <Args as clap::Parser>::parse();
+    let service = Service::from(a.service);
+    let cluster = match ClusterConfig::from_file(&a.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gcs-bench: {e}");
@@ -128,7 +121,7 @@ async fn main() {
             match key {
                 Ok(key) => Security::Key { id: 1, key },
                 Err(e) => {
-                    eprintln!("gcs-bench: key {f}: {e}");
+                    eprintln!("gcs-bench: key {}: {e}", f.display());
                     std::process::exit(2);
                 }
             }
@@ -162,7 +155,7 @@ async fn main() {
     let total = a.warmup + a.duration;
     if a.senders.contains(&a.id) {
         let g = gcs.clone();
-        let (size, id, rate, service) = (a.size, a.id, a.rate, a.service);
+        let (size, id, rate) = (a.size, a.id, a.rate);
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let stop = start + Duration::from_secs_f64(total + 1.0);
@@ -220,7 +213,7 @@ async fn main() {
         "RESULT id={} size={} service={:?} senders={} msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} samples={}",
         a.id,
         a.size,
-        a.service,
+        service,
         a.senders.len(),
         msgs as f64 / a.duration,
         bytes as f64 / a.duration / 1e6,
