@@ -36,14 +36,20 @@ struct Args {
     /// The daemons that send, comma-separated ids.
     #[arg(long, value_name = "IDS", value_delimiter = ',', default_value = "0")]
     senders: Vec<u32>,
-    /// Seconds measured, after the warm-up.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    /// Seconds measured, after the warm-up (more than 0, at most 10^6).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = measured_seconds)]
     duration: f64,
-    /// Seconds delivered but not measured, from the start of sending.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    /// Seconds delivered but not measured, from the start of sending (at most 10^6).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = seconds)]
     warmup: f64,
-    /// Messages per second each sender offers; 0 sends as fast as the ring accepts.
-    #[arg(long, value_name = "MSGS", default_value_t = 0)]
+    /// Messages per second each sender offers (at most 10^9); 0 sends as fast as the ring
+    /// accepts.
+    #[arg(
+        long,
+        value_name = "MSGS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_RATE)
+    )]
     rate: u64,
     /// The ordering service of the messages sent.
     #[arg(long, value_enum, default_value_t = BenchService::Agreed)]
@@ -54,6 +60,33 @@ struct Args {
     /// The cluster key file (made by `gcs-keygen`); without it, plaintext datagrams.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+}
+
+/// The longest warm-up or measurement (11 days): beyond any benchmark, and low enough that the
+/// deadlines computed from it (nanoseconds since 1970 in a u64, tokio instants) cannot overflow.
+const MAX_SECONDS: f64 = 1_000_000.0;
+
+/// The highest `--rate`: one message a nanosecond. Above it the sending interval would round to
+/// zero, which tokio refuses with a panic.
+const MAX_RATE: u64 = 1_000_000_000;
+
+/// A warm-up: a number of seconds from 0 to `MAX_SECONDS` (NaN, infinities and negative values
+/// would panic when made into a `Duration`).
+fn seconds(v: &str) -> Result<f64, String> {
+    let s: f64 = v.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=MAX_SECONDS).contains(&s) {
+        return Err(format!("must be from 0 to {MAX_SECONDS} seconds"));
+    }
+    Ok(s)
+}
+
+/// A measurement: as `seconds`, and not 0, since the rates are divided by it.
+fn measured_seconds(v: &str) -> Result<f64, String> {
+    let s = seconds(v)?;
+    if s == 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(s)
 }
 
 /// The services a benchmark can ask for (the names scripts pass to `--service`).
@@ -135,6 +168,17 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // A message above the ring's limit is refused at every send, which used to end the sender
+    // silently and report 0 msgs/s; a size beyond memory panicked building the payload.
+    let max_message_size = cluster.protocol().max_message_size;
+    let sent_size = a.size.max(20);
+    if sent_size > max_message_size {
+        eprintln!(
+            "gcs-bench: messages of {sent_size} bytes (--size) are above the ring's \
+             max_message_size {max_message_size}"
+        );
+        std::process::exit(2);
+    }
     let expect = if a.expect == 0 {
         cluster.daemons.len()
     } else {
