@@ -1,7 +1,8 @@
 //! One daemon of a throughput / latency benchmark. Run one per host (or network namespace):
 //!
 //! ```text
-//! gcs-bench --config cluster.toml --id 0 --size 1024 --senders 0,1,2 --duration 5 --service agreed [--key FILE]
+//! gcs-bench --config cluster.toml --id 0 [--size 1024] [--senders 0,1,2] [--duration 5] \
+//!           [--warmup 2] [--rate N] [--service agreed|safe|fifo|reliable] [--expect N] [--key FILE]
 //! ```
 //!
 //! Every process waits for a view holding all `--expect` daemons, the senders multicast as fast as
@@ -12,74 +13,104 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::net::{ClusterConfig, Event, Gcs, Security};
 use gcs::{ClusterKey, Service, ViewKind};
+use hdrhistogram::Histogram;
+use std::path::PathBuf;
 use std::time::Duration;
 
+/// One daemon of a throughput / latency benchmark: joins the ring of `--config` as daemon `--id`,
+/// waits for the others, then measures the messages it delivers and their one-way latency over
+/// `--duration` seconds. Prints one RESULT line.
+#[derive(clap::Parser)]
+#[command(name = "gcs-bench", version)]
 struct Args {
-    config: String,
+    /// The cluster configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// This daemon's id in the configuration.
+    #[arg(long, default_value_t = 0)]
     id: u32,
+    /// Payload bytes of each message (at least 20 are sent: the sender, a sequence number and the
+    /// send time).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     size: usize,
+    /// The daemons that send, comma-separated ids.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', default_value = "0")]
     senders: Vec<u32>,
+    /// Seconds measured, after the warm-up (more than 0, at most 10^6).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = measured_seconds)]
     duration: f64,
+    /// Seconds delivered but not measured, from the start of sending (at most 10^6).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = seconds)]
     warmup: f64,
+    /// Messages per second each sender offers (at most 10^9); 0 sends as fast as the ring
+    /// accepts.
+    #[arg(
+        long,
+        value_name = "MSGS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_RATE)
+    )]
     rate: u64,
-    service: Service,
+    /// The ordering service of the messages sent.
+    #[arg(long, value_enum, default_value_t = BenchService::Agreed)]
+    service: BenchService,
+    /// Daemons the view must hold before sending starts; 0 means all of the configuration.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     expect: usize,
-    key: Option<String>,
+    /// The cluster key file (made by `gcs-keygen`); without it, plaintext datagrams.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        config: String::new(),
-        id: 0,
-        size: 1024,
-        senders: vec![0],
-        duration: 5.0,
-        warmup: 2.0,
-        rate: 0,
-        service: Service::Agreed,
-        expect: 0,
-        key: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let v = argv
-            .get(i + 1)
-            .cloned()
-            .ok_or(format!("{} needs a value", argv[i]))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", argv[i]);
-        match argv[i].as_str() {
-            "--config" => a.config = v,
-            "--id" => a.id = v.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = v.parse().map_err(|e| bad(&e))?,
-            "--senders" => {
-                a.senders = v
-                    .split(',')
-                    .map(|s| s.parse().map_err(|e| bad(&e)))
-                    .collect::<Result<_, _>>()?
-            }
-            "--duration" => a.duration = v.parse().map_err(|e| bad(&e))?,
-            "--warmup" => a.warmup = v.parse().map_err(|e| bad(&e))?,
-            "--rate" => a.rate = v.parse().map_err(|e| bad(&e))?,
-            "--expect" => a.expect = v.parse().map_err(|e| bad(&e))?,
-            "--key" => a.key = Some(v),
-            "--service" => {
-                a.service = match v.as_str() {
-                    "agreed" => Service::Agreed,
-                    "safe" => Service::Safe,
-                    "fifo" => Service::Fifo,
-                    "reliable" => Service::Reliable,
-                    _ => return Err(format!("unknown service {v}")),
-                }
-            }
-            other => return Err(format!("unknown argument {other}")),
+/// The longest warm-up or measurement (11 days): beyond any benchmark, and low enough that the
+/// deadlines computed from it (nanoseconds since 1970 in a u64, tokio instants) cannot overflow.
+const MAX_SECONDS: f64 = 1_000_000.0;
+
+/// The highest `--rate`: one message a nanosecond. Above it the sending interval would round to
+/// zero, which tokio refuses with a panic.
+const MAX_RATE: u64 = 1_000_000_000;
+
+/// A warm-up: a number of seconds from 0 to `MAX_SECONDS` (NaN, infinities and negative values
+/// would panic when made into a `Duration`).
+fn seconds(v: &str) -> Result<f64, String> {
+    let s: f64 = v.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=MAX_SECONDS).contains(&s) {
+        return Err(format!("must be from 0 to {MAX_SECONDS} seconds"));
+    }
+    Ok(s)
+}
+
+/// A measurement: as `seconds`, and not 0, since the rates are divided by it.
+fn measured_seconds(v: &str) -> Result<f64, String> {
+    let s = seconds(v)?;
+    if s == 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(s)
+}
+
+/// The services a benchmark can ask for (the names scripts pass to `--service`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchService {
+    /// One total order seen by all members.
+    Agreed,
+    /// Agreed, delivered once every member has the message.
+    Safe,
+    /// In the order each sender sent.
+    Fifo,
+    /// No order promised.
+    Reliable,
+}
+
+impl From<BenchService> for Service {
+    fn from(s: BenchService) -> Service {
+        match s {
+            BenchService::Agreed => Service::Agreed,
+            BenchService::Safe => Service::Safe,
+            BenchService::Fifo => Service::Fifo,
+            BenchService::Reliable => Service::Reliable,
         }
-        i += 2;
     }
-    if a.config.is_empty() {
-        return Err("--config is required".into());
-    }
-    Ok(a)
 }
 
 #[allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
@@ -99,22 +130,55 @@ fn payload(size: usize, id: u32, seq: u64) -> Bytes {
     b.freeze()
 }
 
+/// The latency below which `fraction` of the samples fall, by the rank this benchmark has always
+/// reported: the sample at index floor(fraction * n) of the sorted samples (so the p50 of an even
+/// count is the upper middle one). hdrhistogram's own rank is ceil(fraction * n), one sample
+/// lower whenever fraction * n is whole, which moved a sparse p99 tail by a few percent.
+fn percentile(latency_us: &Histogram<u64>, fraction: f64) -> u64 {
+    let n = latency_us.len();
+    if n == 0 {
+        return 0;
+    }
+    let rank = ((n as f64 * fraction) as u64).saturating_add(1).min(n);
+    // value_at_quantile takes the ceil(q * n)-th sample: half a sample below `rank` is exactly
+    // `rank`, whatever the rounding of q * n.
+    latency_us.value_at_quantile((rank as f64 - 0.5) / n as f64)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = match parse() {
-        Ok(a) => a,
+    // Usage errors exit 2 with clap's message, as before.
+    let a = <Args as clap::Parser>::parse();
+    let service = Service::from(a.service);
+    // One-way latencies in microseconds, to 3 significant digits: exact below 2048 us, within
+    // 0.1 % above; longer than u32::MAX us (71 minutes) counts as that, as when every sample
+    // was kept as a u32. A fixed 184 KiB however long the run, where keeping every sample took
+    // 4 bytes a message and a sort at the end.
+    let mut latency_us = match Histogram::<u64>::new_with_bounds(1, u64::from(u32::MAX), 3) {
+        Ok(h) => h,
         Err(e) => {
-            eprintln!("gcs-bench: {e}");
-            std::process::exit(2);
+            eprintln!("gcs-bench: latency histogram: {e}");
+            std::process::exit(1);
         }
     };
-    let cluster = match ClusterConfig::from_file(a.config.as_ref()) {
+    let cluster = match ClusterConfig::from_file(&a.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gcs-bench: {e}");
             std::process::exit(2);
         }
     };
+    // A message above the ring's limit is refused at every send, which used to end the sender
+    // silently and report 0 msgs/s; a size beyond memory panicked building the payload.
+    let max_message_size = cluster.protocol().max_message_size;
+    let sent_size = a.size.max(20);
+    if sent_size > max_message_size {
+        eprintln!(
+            "gcs-bench: messages of {sent_size} bytes (--size) are above the ring's \
+             max_message_size {max_message_size}"
+        );
+        std::process::exit(2);
+    }
     let expect = if a.expect == 0 {
         cluster.daemons.len()
     } else {
@@ -128,7 +192,7 @@ async fn main() {
             match key {
                 Ok(key) => Security::Key { id: 1, key },
                 Err(e) => {
-                    eprintln!("gcs-bench: key {f}: {e}");
+                    eprintln!("gcs-bench: key {}: {e}", f.display());
                     std::process::exit(2);
                 }
             }
@@ -162,7 +226,7 @@ async fn main() {
     let total = a.warmup + a.duration;
     if a.senders.contains(&a.id) {
         let g = gcs.clone();
-        let (size, id, rate, service) = (a.size, a.id, a.rate, a.service);
+        let (size, id, rate) = (a.size, a.id, a.rate);
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let stop = start + Duration::from_secs_f64(total + 1.0);
@@ -187,7 +251,6 @@ async fn main() {
     let from = t0 + (a.warmup * 1e9) as u64;
     let until = from + (a.duration * 1e9) as u64;
     let (mut msgs, mut bytes) = (0u64, 0u64);
-    let mut lat_us: Vec<u32> = Vec::new();
     loop {
         let left = until.saturating_sub(now_ns());
         if left == 0 {
@@ -200,7 +263,7 @@ async fn main() {
                     msgs += 1;
                     bytes += d.payload.len() as u64;
                     let sent = u64::from_le_bytes(d.payload[12..20].try_into().expect("8 bytes"));
-                    lat_us.push((t.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+                    latency_us.saturating_record(t.saturating_sub(sent) / 1000);
                 }
             }
             Ok(Some(Event::View(v))) => {
@@ -209,24 +272,17 @@ async fn main() {
             Ok(None) | Err(_) => break,
         }
     }
-    lat_us.sort_unstable();
-    let pct = |p: f64| {
-        lat_us
-            .get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     println!(
         "RESULT id={} size={} service={:?} senders={} msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} samples={}",
         a.id,
         a.size,
-        a.service,
+        service,
         a.senders.len(),
         msgs as f64 / a.duration,
         bytes as f64 / a.duration / 1e6,
-        pct(0.50),
-        pct(0.99),
-        lat_us.len()
+        percentile(&latency_us, 0.50),
+        percentile(&latency_us, 0.99),
+        latency_us.len()
     );
     // Keep serving the ring until the others are done measuring, then leave.
     let linger = tokio::time::Instant::now() + Duration::from_secs(2);
