@@ -142,8 +142,9 @@ impl<'a> Input<'a> {
 // To get an arbitrary payload past the gcs layer, a live data packet keeps its header, ring
 // and sequence number (which the receiving node checks against its ring) and gets a new
 // body: one whole message. The offsets below mirror gcs's encoding (wire version 1); every
-// forged packet is checked with `gcs::wire::validate`, so a change of format there stops this
-// target at once instead of making it forge packets that are all dropped.
+// packet re-framed from one gcs accepts is checked with `gcs::wire::validate`, so a change of
+// format there stops this target at once instead of making it forge packets that are all
+// dropped.
 
 /// Header (16), ring (20), sequence number (8), body tag (1).
 const APP_BODY: usize = 45;
@@ -611,7 +612,9 @@ impl Cluster {
         }
         let k = k % self.wire.len();
         let original = self.wire[k].bytes.clone();
-        let forged = if app_packet(&original) {
+        // Only a packet gcs accepts is re-framed (one an earlier edit broke is edited again):
+        // then a forgery gcs refuses can only mean that the offsets here are out of date.
+        let forged = if app_packet(&original) && gcs::wire::validate(original.clone()).is_ok() {
             let payload: Vec<u8> = match mode % 4 {
                 // A channel byte (the two known, or any) and arbitrary bytes.
                 0 => {
