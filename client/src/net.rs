@@ -5,6 +5,15 @@
 //! or swap reconnects and retries with the same idempotency key (client id, request number), so
 //! the application sees neither. Reads go to the primary, or to any server whose lag behind the
 //! newest transaction it knows of is within the caller's bound.
+//!
+//! Time bounds: the connect, the TLS handshake and the hello each wait at most 500 ms; a
+//! commit attempt waits `commit_patience` (500 ms by default) before the request goes
+//! elsewhere with the same key. Where reads go is [`ReadFrom`]: the primary, any replica within a lag bound in
+//! transactions and in time, or one named server ([`Client::load_reporting`] says how stale the
+//! answer was). The optional object cache ([`Client::enable_cache`]) follows the pushed
+//! invalidation stream: a revision read from a server is cached only if no invalidation of that
+//! object arrived during the read and the answering server had applied the last commit that
+//! invalidated it.
 
 use crate::proto::{read_frame, ErrorKind, Request, Response, StatusInfo};
 use crate::retry::{Answer, CommitRetry, Verdict, RETRY_PAUSE};

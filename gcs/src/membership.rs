@@ -15,6 +15,35 @@
 //!          └───────────────────────────────────────────────────────────────┴─────────┘
 //! ```
 //!
+//! - **Gather.** Every process multicasts a join naming the processes it has heard of and those
+//!   it gave up on; sets received are merged into its own. Once every process not given up on
+//!   has sent a join with identical sets, the smallest of them (the representative) forms the
+//!   ring. Those that do not come to agree within `consensus_timeout` are given up on; any
+//!   change of the sets restarts that timeout, so processes whose timeouts would fire together
+//!   do not give up on each other. A newer incarnation of a node makes the older one failed at
+//!   once.
+//! - **Commit.** The commit token goes round twice: the first rotation collects every member's
+//!   previous ring id, aru, highest delivered and highest received seq, the second tells
+//!   everyone what was collected.
+//! - **Recovery.** The new ring runs, and each member re-sends, wrapped in new-ring packets, the
+//!   old-ring packets its transitional set may be missing. It is complete when, on two
+//!   consecutive visits, nobody had anything left to re-send and everything sent had reached
+//!   every member; the member that notices marks the token `recovered`, and the others install
+//!   at their next visit.
+//! - **Install.** The transitional view, then the regular one, with the delivery split below;
+//!   then Operational.
+//! - **Merge.** The representative of an operational ring multicasts a merge-detect every
+//!   `merge_detect_interval`. A member of another ring that hears it answers it directly, and
+//!   that answer starts the membership round (neither the announcement nor another ring's data
+//!   does). So rings merge only across a link that works in both directions: a daemon that can
+//!   send but not receive is heard and answered, never hears the answer, and leaves the others'
+//!   ring alone.
+//!
+//! One reading of EVS we chose (and the checkers test): a member that never installs a view,
+//! because it gave up during that view's recovery, counts as failed *for that view*. Safe
+//! delivery binds the members that installed it, and `view_agreement` requires the others to
+//! move on to a view without it.
+//!
 //! Where EVS is enforced:
 //! - Failure atomicity and transitional views: at `install`, each member of the new ring that
 //!   comes from the same old ring (the transitional set) has, thanks to recovery, exactly the same

@@ -20,6 +20,9 @@
 //! the application in that order (that order *is* the EVS history). Transmits may be sent as soon
 //! as they are polled. The node never reads a clock, sleeps, spawns or draws random numbers: the
 //! same inputs give the same outputs, which is what lets the simulator replay a seed.
+//!
+//! The token visit and the delivery rule are described in `ring.rs`, the membership protocol
+//! (gather, commit, recovery, install, merge) in `membership.rs`.
 
 use crate::config::{Config, ConfigError};
 use crate::ring::{Reassembly, Ring, SendQueue, Stored};

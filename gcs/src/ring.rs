@@ -1,5 +1,43 @@
 //! The ordering half of Totem: per-ring receive window, the local send queue and packing, and
 //! reassembly of fragmented messages. Membership calls into this module; it never calls back.
+//!
+//! Small application messages are packed several to a packet; a large one is cut into
+//! fragments carried by consecutive packets of its sender and put back together here, by
+//! sender, with offset checks. The token visit itself runs in `Node::on_token` (`node.rs`);
+//! this is the rule it follows.
+//!
+//! # The token
+//!
+//! A ring is its members in ascending `ProcId` order, and the token (`wire::Token`) visits them
+//! in that order. What it carries:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `token_seq` | grows at every pass, so a stale or duplicated token is recognised and ignored |
+//! | `seq` | the highest sequence number handed out in this ring so far |
+//! | `aru`, `aru_addr` | all-received-up-to: a member whose gap-free receipt is lower lowers it and becomes `aru_addr`; only `aru_addr` may raise it again |
+//! | `rtr` | sequence numbers someone asked to have retransmitted |
+//! | `fcc`, `backlog` | flow control: packets sent during the last rotation, packets queued |
+//! | `recovery_owner`, `recovered` | progress of the recovery after a membership change (`membership`) |
+//!
+//! At each visit a member, in order: retransmits the `rtr` packets it holds; originates new
+//! packets within its personal window and what remains of the global one; updates `aru`;
+//! asks (in `rtr`) for the packets it lacks among those certainly sent, up to the `seq` it saw
+//! at its previous visit; passes the token on; and only then sends its last
+//! `accelerated_window` packets. Sending those after the token is the Accelerated Ring
+//! refinement: the next member starts its visit while this one is still transmitting. An idle
+//! ring does not spin: once nothing was sent, missing or undelivered for `idle_before_hold`,
+//! the representative keeps the token for `token_hold` at each visit, and a local multicast
+//! ends the hold at once. Any steady load, however light, keeps the token moving.
+//!
+//! # Delivery
+//!
+//! Packets are delivered in `seq` order, never across a gap. A packet holding a SAFE message
+//! also waits until its `seq` is at most the smaller of two `aru` sightings: the one this member
+//! passed on at its previous visit and the one arriving now. Between those two sightings the
+//! token went all the way round, and any member still missing the packet would have pulled
+//! `aru` below it, so everyone has it. Weaker services use the same total order (FIFO and causal
+//! order follow from it); an UNRELIABLE message may be refused when the send queue is full.
 
 use crate::wire::{AppBody, Body, Data, DataBuilder};
 use crate::{ProcId, RingId, Service};

@@ -6,6 +6,17 @@
 //! detect) go through bincode with options fixed here, behind the header version, so that a
 //! dependency bump cannot silently change the format. Decoding never panics: any byte string
 //! yields a packet or a `WireError`.
+//!
+//! # Forged input
+//!
+//! The packet security layer (`crypto`) keeps out anyone without the cluster key, so the core
+//! is written for the remaining case: a key holder sending anything well-formed. Every counter
+//! a packet carries (ring numbers, sequence numbers, token passes) is below [`COUNTER_MAX`],
+//! refused here otherwise, so adding one or a window to it never overflows. Past decoding, the
+//! node ignores a token that claims packets beyond its own receipt plus the receive window
+//! (which never grows past `recv_window_max`), and a join or commit token whose ring number is
+//! more than 2^32 ahead of its own. The fuzz targets `node_packets` and `ring_traffic` (which
+//! edits the live traffic of a formed ring) reach these paths.
 
 use crate::{ProcId, RingId, Service};
 use bincode::Options;

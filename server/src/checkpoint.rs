@@ -10,6 +10,10 @@
 //!   closed by the replica when it lets go of it, and its directory is kept as
 //!   `replaced-<n>` for the operator (its lost archive is there). No file is ever swapped
 //!   under an open store.
+//!
+//! `CURRENT` is written only once the first store exists, so a `CURRENT` that names a missing
+//! or empty store means the store was lost, and the server refuses to start rather than begin
+//! again empty. Stores set aside by `standby-server --rebuild` are kept as `corrupt-<n>`.
 
 use bytes::Bytes;
 use std::fs;

@@ -1,6 +1,13 @@
 //! The client port: one task per TCP connection speaking [`crate::proto`]. Bad input gets an
 //! `Error` frame (and, when the framing itself is broken, the connection is closed); it never
 //! affects other connections or the server.
+//!
+//! A connection must say `Hello` (with the client token, when the cluster has tokens) first:
+//! until then a frame holds at most 4 KiB (`HELLO_FRAME_MAX`) and the greeting must be done
+//! within [`HELLO_TIMEOUT`]; a server takes at most [`CONNECTIONS_MAX`] connections. Each
+//! request is checked against its token's role ([`Access`]: read, write, admin). A client whose
+//! answer waits longer than [`WRITE_STALL_MAX`] for room in its socket is cut off as one that
+//! stopped reading, so a stuck reader holds no server memory for long.
 
 use crate::membership::{Membership, MembershipChange};
 use crate::proto::{

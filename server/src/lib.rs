@@ -4,6 +4,23 @@
 //! [`ServerCore`] (crate `servercore`) is the whole server as one sans-IO state machine: the
 //! simulator drives it too. Here [`core::ServerShell`] executes its outputs (answers through
 //! channels, checkpoint files, the read handle) inside the gcs tokio driver.
+//!
+//! [`StorageServer`] is the async handle the client-facing side uses: `commit`, `swap`,
+//! `change_membership`, `change_voters`, `readdress`, `status`, `load` (with its staleness),
+//! `inspect` (a read in the server's task), `kill`, and two ways to read without waiting behind
+//! the ring's work: `direct_reads`, the store's own read handle (`Storage::read_handle`,
+//! RocksDB only), published by the shell only while the replica serves reads and taken back
+//! before a checkpoint replaces the store and when the core stops; and `read_fast`, which reads
+//! through it on the caller's task and falls back to the server's task when a fill began
+//! meanwhile.
+//!
+//! The primary's replica times each sync commit's two stages, to its delivery back at the
+//! primary and then to durable on a majority (`ReplicaStats::stage_*`, on `/metrics` beside
+//! the token count): that is how to see, in token rotations, what a commit is waiting for.
+//!
+//! Beside it: [`front`] the client port, [`tls`] its TLS, [`admin`] the HTTP endpoint,
+//! [`config`] the cluster file, [`client`] the in-process client, [`checkpoint`] the data
+//! directory, `zeo` the ZEO 5 face for stock ZODB clients.
 
 pub mod admin;
 pub mod checkpoint;

@@ -16,6 +16,11 @@
 //!   replica. How the server lays this out on disk is in `server::checkpoint`.
 //! - Anything wrong (a missing chunk after a view change, a checksum, a donor that cannot make
 //!   checkpoints) abandons the attempt; the replica asks again at its next election.
+//! - A transfer is bound to the processes (gcs incarnations) of its donor and recipient, not
+//!   to their server ids: a regular view without either ends it, since a peer that restarted
+//!   between two views is there under a newer incarnation and knows nothing of the transfer.
+//! - Files travel in chunks of [`CHUNK`] (256 KiB). What the old store held beyond the history
+//!   it shares with the checkpoint is reported lost by the replica, as for any truncation.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use replica::ServerId;

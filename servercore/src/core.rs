@@ -1,6 +1,13 @@
 //! `ServerCore`: see the crate docs. The node's datagrams of an input leave first; then the
 //! replica sees that input's views and deliveries in the order the node produced them, and its
 //! multicasts enter the node's send queue at once.
+//!
+//! Datagrams first because the token is among them: the next servers take their token hops
+//! while this one writes its store, instead of every rotation waiting for a disk. Every
+//! delivery of one input reaches the replica before the replica is polled, so the commits of
+//! one token visit are applied as one batch (`Storage::apply_batch`: on RocksDB one write batch
+//! and one fsync); the replica applies what it queued before handling any view or other
+//! message.
 
 use crate::checkpoint::{self, CheckpointCommand, CkptMsg, Manifest};
 use crate::envelope::{self, Channel};

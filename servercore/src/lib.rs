@@ -21,6 +21,34 @@
 //! executing each output in order (a checkpoint command's report is itself an input, which
 //! may be given at once or later); then sleep until [`ServerCore::poll_deadline`] and call
 //! [`ServerCore::handle_timeout`].
+//!
+//! # Inputs and outputs
+//!
+//! Every input carries `now`. Inputs: a datagram ([`ServerCore::handle_packet`]), a timer
+//! ([`ServerCore::handle_timeout`]), requests that carry an id and are answered later by
+//! `Reply { id }` (commit, membership change, voter change), calls answered at once (swap,
+//! readdress, read, status), and the reports of checkpoint commands (`checkpoint_made`,
+//! `chunk_read`, `checkpoint_ready`, `transfer_failed`). Outputs ([`Output`]): datagrams, a
+//! new address book (`Peers`), events for the application ([`ServerEvent`]: role, claim,
+//! invalidation, durable point, loss, a needed checkpoint, membership), replies by id, and
+//! checkpoint commands ([`checkpoint::CheckpointCommand`]: make, read, discard on the donor;
+//! prepare, write, install, abandon on the recipient). [`open_replica`] is how a server starts
+//! over its store; a store that cannot take a synced write is refused before anything else.
+//!
+//! # What the core adds to the replica under faults
+//!
+//! - A replica that goes `Down` (its store failed) gets its node fed nothing more, so the other
+//!   servers see it leave and elect without it; `standby-server` then exits 75 for its
+//!   supervisor.
+//! - A primary claims to be primary (status, `/primary`, the role pushed to clients) only while
+//!   its node had the token within half the token timeout; the others need a whole token
+//!   timeout and a membership round to elect someone else, so two claims never overlap. After
+//!   a lapse it claims again only once the token went round twice or a new view elected it. A
+//!   server that has not had the token lately names no primary.
+//! - `Staleness::behind_for` is the time since the last token visit at which the replica was
+//!   current (zero while it is).
+//! - The configured servers' addresses can change under it: `readdress` (which `standby-server`
+//!   calls every 10 s with freshly resolved host names) updates the address book.
 
 pub mod checkpoint;
 mod core;

@@ -13,6 +13,11 @@
 //! protocol), and only a server that votes in no configuration can be removed (a voter loses
 //! its vote first). So the address book and the voters change in two steps, each a
 //! transaction, and a server is never a voter the others cannot reach.
+//!
+//! After each change the core hands the driver a new address book (`Output::Peers`, the gcs
+//! driver's `CoreOutput::Peers`): datagrams go only to those addresses and are accepted only
+//! from them, so a removed server cannot rejoin. It also tells the replica its non-voting
+//! members (`Replica::set_read_replicas`) and updates the topology pushed to clients.
 
 use bytes::Bytes;
 use replica::{ReplicaConfig, ServerId, VoterConfig};

@@ -1,5 +1,12 @@
 //! What both simulated clusters (gcs daemons, storage servers) share: the seeded fault
 //! schedule and the faulty network between nodes.
+//!
+//! A run has three phases: a storm (faults on), `Heal`, then a calm phase after which liveness
+//! and convergence are checked. For storage servers the storm also holds planned swaps, at most
+//! one disk loss per run (losing a majority of disks loses data by definition), and up to two
+//! stores that start failing, drawn from a generator of their own so that adding them left every
+//! other draw of a seed unchanged; the calm phase holds one swap, which must succeed without a
+//! failed request.
 
 use crate::options::{DelayDist, NetParams, Options, PartitionMode};
 use crate::prng::Prng;

@@ -1,4 +1,6 @@
-//! Deterministic simulation of `gcs` daemons: virtual time, a seeded faulty network, checkers.
+//! Deterministic simulation of `gcs` daemons ([`cluster`], command `gcs`) and of storage
+//! servers ([`replica`], command `replica`): virtual time, a seeded faulty network, checkers.
+//! Both run the production cores unmodified.
 //!
 //! Everything in a run derives from one `u64` seed: the fault mix ([`options::Options::swarm`]),
 //! the scenario ([`cluster::Cluster::plan_swarm`]) and every network decision. The same seed gives

@@ -1,5 +1,11 @@
 //! What one seed's run looks like: the network, the faults, the load. All drawn from the seed
 //! ("swarm testing": each seed explores a different mix of faults).
+//!
+//! A seed draws: loss from none up to 15 %, duplication, a delay spread with optional long
+//! tails (which reorder), a partition mode (splits, isolation, one-way links, or a mix), whether
+//! daemons crash (and restart as new incarnations) and whether they pause (a frozen daemon
+//! resumes with stale timers and a socket backlog), the share of large (fragmented) messages,
+//! and the accelerated window.
 
 use crate::prng::Prng;
 use std::time::Duration;

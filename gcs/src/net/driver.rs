@@ -1,6 +1,20 @@
 //! The tokio driver: one task per daemon runs the sans-IO core against a UDP socket, real timers
 //! and a request channel. It adds no protocol logic: everything it does is move bytes, read the
 //! clock and hand events over.
+//!
+//! The task `select!`s over the socket, the core's earliest deadline and its request channel;
+//! each turn takes every datagram and request already waiting (up to a bound), not just one,
+//! so a busy daemon pays one wake-up per burst. With a cluster key every outgoing datagram is
+//! sealed and every incoming one opened by [`crate::crypto`], and the key rotation runs here
+//! beside the core: its announcements never reach the core. Reading the key file again
+//! (`KeyControl::Reload`, which `gcsd` and `standby-server` do on SIGHUP) starts a rotation that
+//! finishes by itself without a view change; `GroupDaemon::{add_key, set_send_key,
+//! remove_key}` are the manual steps.
+//!
+//! IP multicast is optional (`[socket] multicast` in the cluster file); tokens always go by
+//! unicast. A core may replace the address book while running ([`CoreOutput::Peers`]): from
+//! then on datagrams go only to those addresses and are accepted only from them, which is how
+//! the storage server adds and removes replicas, and why a removed one cannot rejoin.
 
 use super::config::ClusterConfig;
 use crate::crypto::rotation::{is_announcement, KeyRotation, KeyStatus};

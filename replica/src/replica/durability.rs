@@ -1,4 +1,14 @@
 //! Direct `Applied` reports: what a majority holds on disk, and the acknowledgements it releases.
+//!
+//! Each server reports `Applied { epoch, tid }` once per batch of deliveries, twice: straight to
+//! the primary in a datagram of its own ([`crate::Output::Direct`], which the shells tell apart
+//! from gcs packets with [`crate::Replica::is_direct`]), and through the ring in agreed order,
+//! the reliable copy should the datagram be lost. The direct copy exists for speed: in the
+//! ring's total order a report waits behind every commit sent before it, about two rotations
+//! under load. A direct report counts only if it names the primary's current epoch; within an
+//! epoch a server's durable history only grows, so a late or repeated report is still true.
+//! Direct reports may arrive before the primary's own delivery of the commit; the answer still
+//! waits for that delivery (the rule is in `primary.rs`).
 
 use super::*;
 

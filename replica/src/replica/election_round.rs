@@ -1,4 +1,35 @@
 //! The election round: members' states, the promise of the next epoch, and the primary's start.
+//!
+//! No vote messages exist: every member runs the same pure rules ([`crate::election`]) on the
+//! same states, delivered in agreed order, and reaches the same answer.
+//!
+//! 1. **States.** In every regular view each member multicasts `State` (agreed order): its
+//!    promised epoch, last tid, lineage, whether it was primary, whether its store is
+//!    consistent, whether it votes, and its voter configuration. A member whose own
+//!    configuration says the view cannot elect goes `ReadOnly` at once, but still sends its
+//!    state, since the others need it.
+//! 2. **Primary component.** Once every member's state is delivered, each checks that the
+//!    members that kept their disks form a primary component under *every* voter
+//!    configuration reported: more than half the weight, or exactly half including the
+//!    lowest-id voter (the tie-breaker), of each set (both sets of a joint configuration, see
+//!    [`crate::voters`]). Two disjoint sets can never both pass. Otherwise everyone is
+//!    `ReadOnly`.
+//! 3. **Choice.** `choose_primary`: among consistent members that kept their disks and vote in
+//!    the configuration they report, the greatest `(epoch of last transaction, last tid)`,
+//!    then the sitting primary, then the lowest id. `choose_donor` ranks the same way over the
+//!    voters of either set (a leaving voter may hold more, and the new primary catches up
+//!    from it first). `next_epoch` is one above every promise and every epoch in any state.
+//!    A server that lost its disk (`Replica::after_disk_loss`) has no vote until it has caught
+//!    up.
+//! 4. **Promise.** Each member writes the epoch durably (the store's replication-state slot),
+//!    then multicasts `Promise`. The chosen server starts as primary only once every member's
+//!    promise is delivered in the same regular view. So a majority has promised before any
+//!    commit of the epoch exists, and any later election, needing a majority, meets that
+//!    promise and picks a higher epoch: one primary per epoch, and epochs only grow.
+//! 5. **Start.** The primary's first transaction is the epoch marker, which appends
+//!    `(epoch, base = its last tid)` to the lineage object. Its tids continue above every tid
+//!    any member reported, so the tids of a lost tail are never reused for other content while
+//!    that loss is being reported.
 
 use super::*;
 

@@ -22,6 +22,18 @@
 //! A planned swap runs the promise round again without a view change: the primary stops
 //! assigning tids, multicasts Handover (ordered after its last commit), every member
 //! promises epoch + 1, and the target becomes primary once all promises are delivered.
+//!
+//! Inputs: gcs views and deliveries (`handle_view`, `handle_delivery`), direct datagrams from
+//! other replicas (`handle_direct`), client commits (`handle_commit`, with a `TidChoice`: the
+//! next tid, at least a clock reading the shell passes, or exactly a restored tid), an
+//! operator's swap (`request_swap`) or voter change (`handle_voter_change`), and a checkpoint the shell installed
+//! (`install_checkpoint`). Outputs ([`Output`]): `Multicast`, `Direct`, `Reply`, `Role`,
+//! `Invalidate` (naming the committing client), `Durable` (primary only: the point up to which
+//! a majority holds every commit on disk), `Lost`, `NeedCheckpoint`, `MembershipChanged`.
+//!
+//! One file per handler beside this one: `views`, `delivery`, `election_round`, `recovery`,
+//! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, and
+//! `invariants` (checked between inputs when the shell asks, as the simulator does).
 
 use crate::config::{CommitMode, ReplicaConfig, ServerId};
 use crate::election::LINEAGE_MAX;

@@ -1,4 +1,31 @@
 //! The primary's commit path: admission, conflict checks, idempotency, and the multicast.
+//!
+//! A commit from client to every replica:
+//!
+//! 1. The client sends `CommitRequest { client, request, records (with expected serials) }`
+//!    to any server. A server that is not primary redirects it (`NotPrimary { primary }`) or,
+//!    while an election or swap settles, holds it.
+//! 2. The primary checks the idempotency key: its record for that client (read through a cache
+//!    that applied transactions move forward and any other change of the store clears), or an
+//!    in-flight commit with the same key; either way a retry gets the first outcome. Then the
+//!    reserved oids and the sizes (`validate_txn`), then conflicts against the newest serial,
+//!    in-flight commits first, then the store.
+//! 3. It assigns `tid = last assigned + 1`, adds the client's record to the transaction, and
+//!    multicasts `Commit { epoch, prev, txn }`: AGREED in sync mode (the majority's `Applied`
+//!    reports prove more than SAFE would, two rotations sooner), SAFE in async mode.
+//! 4. Every server, the primary included, applies it at delivery (`apply.rs`), durably and in
+//!    delivery order, refusing it if the epoch or the sender is not the working primary's; it
+//!    emits an `Invalidation` for its clients and reports `Applied` (`durability.rs`).
+//! 5. **Sync mode** (the default): the primary answers once the commit was delivered in its
+//!    regular view, applied durably by the primary itself, and reported durable by servers
+//!    holding a majority of the vote weight. A commit delivered only in a transitional view is
+//!    answered `Retry`: its outcome is unknown, and the retry finds the client record. So an
+//!    acknowledged commit is on a majority of disks, and every later primary is elected by a
+//!    majority that includes one of them with the newest epoch: it is lost only if a majority
+//!    of disks is. **Async mode**: the primary commits locally (`Storage::commit`), answers at
+//!    once, then multicasts; at most `window` transactions may lack a majority's durable copy,
+//!    so a failover loses at most the window, and what it loses is archived and reported
+//!    (`recovery.rs`).
 
 use super::*;
 

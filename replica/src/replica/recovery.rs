@@ -1,4 +1,33 @@
 //! The start of a recovery (by transactions, by objects or from a checkpoint), truncation of a parted history, and catching up.
+//!
+//! After an election each member compares its lineage with the primary's
+//! ([`crate::election::common_prefix`]):
+//!
+//! - **Parted history** (an async tail the cluster lost): `truncate_after(common)` moves the
+//!   extra transactions to the store's lost archive, and a `Lost { tids, oids }` report goes to
+//!   this server's clients at once and to every server's clients at its delivery.
+//! - **Behind**: it fetches from the donor (the primary; the old primary during a swap), a
+//!   window of chunks per request for back-pressure (the donor side is `donor.rs`, the
+//!   receiving side `recipient.rs`), resuming from its own last tid after any break:
+//!   - *by transactions* (behind by at most `fast_after` tids): whole transactions, applied in
+//!     order;
+//!   - *by objects* (further behind, or the donor packed that history): the newest revision of
+//!     each object changed since (`Storage::fast_recovery`, `fill`), resumable from the fill
+//!     progress; then the transactions written meanwhile are filled as revisions and
+//!     `fill_finish` makes the store consistent. The consistency point and the lineage the fill
+//!     came from survive restarts in the replication-state slot. A fill resumes only from a
+//!     primary whose history holds that lineage up to the consistency point; otherwise it
+//!     starts over (when everything filled so far lies in the shared history) or the server
+//!     takes a checkpoint;
+//!   - *from a checkpoint* (an empty store further behind than `checkpoint_after`, or a history
+//!     that cannot be reconciled): `Output::NeedCheckpoint { donor }`; the transfer is the
+//!     storage server's (`servercore::checkpoint`), which hands the opened store back through
+//!     `install_checkpoint`. What the old store held beyond the shared history is reported lost.
+//! - Commits delivered meanwhile are buffered and applied once the stream reaches them.
+//!
+//! A server outside the primary component keeps serving reads ([`crate::Replica::staleness`]:
+//! its last tid, the newest tid it knows of, the time of its last commit) and rejoins by itself:
+//! the healed view runs an election, then the recovery above.
 
 use super::*;
 

@@ -1,4 +1,14 @@
 //! Planned swap: the request and the handover.
+//!
+//! Any server forwards `SwapRequest { epoch, to }` through the ring. The primary stops assigning
+//! tids (new writes are held, not failed) and multicasts `Handover { epoch, to, last }`, ordered
+//! after its last commit. At its delivery every member durably promises `epoch + 1` and
+//! multicasts `Promise`; once all promises are delivered, `to` applies up to `last`, starts as
+//! primary, writes its epoch marker and serves the writes held meanwhile, which the old primary
+//! redirects to it. The cost is one round of agreed messages and one promise fsync, with no
+//! view change: in the simulator the longest pause between acknowledged commits across a swap
+//! is about 12 ms (`sim/tests/replica.rs`,
+//! `planned_swap_has_no_failed_request_and_a_short_pause`).
 
 use super::*;
 

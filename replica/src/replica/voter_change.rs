@@ -12,6 +12,11 @@
 //!
 //! A view change ends the request (answered `Retry`); a primary that starts on a store whose
 //! configuration is joint finishes that change by itself, so a change never stays half done.
+//!
+//! Operators reach it through `standby add-server` and `replace-server` (the new server joins
+//! as a read replica, then gets a vote, taking the old one's in the same change, then the old
+//! one leaves) and `remove-server` (the vote first, then the server): each combines a voter
+//! change with the storage server's membership of read replicas.
 
 use super::*;
 

@@ -42,6 +42,16 @@
 //! closed so clients verify their caches again; a client whose cache is newer than every
 //! server is stranded, which the server logs and counts (`zeo_stranded` in `/metrics`).
 //!
+//! # Reads, and the order on a connection
+//! `loadBefore` and the vote's checks run on the connection's own task
+//! (`StorageServer::read_fast`: through the store's read handle, checking afterwards that no
+//! fill began, else in the server's task), so reads neither wait behind the ring's work nor
+//! add to it. On each connection tids only increase: one dispatcher task writes every
+//! invalidation, and raises the connection's `sent` mark under the lock that `register` also
+//! takes. A `loadBefore` answer saying "current" is written under that same lock and only if
+//! the connection was told of nothing newer than the state it was read from; otherwise the
+//! read is done again, since a stale "current" would stay in the client's cache.
+//!
 //! # Oids
 //! `new_oids` hands out blocks from a high-water mark replicated as the shell-owned object
 //! [`replica::zeo_oids_oid`]: a block is committed (durable on a majority) before any oid of it
@@ -51,6 +61,14 @@
 //! Blobs (`IBlobStorage` is not claimed; a blob store fails the vote with a clear error),
 //! server-side conflict resolution (the server cannot run the application's classes: ZEO's
 //! client-side mode is used), pickle marshalling (`Z5`).
+//!
+//! # Files
+//! `codec` frames and msgpack calls; `session` one connection (handshake, `register`,
+//! reads as tasks of their own, transaction calls in order on a task that may wait);
+//! `commit` what a vote reads in one consistent read (serial and read-current checks, undo
+//! records) and pack's reachability walk; `pickle` the references inside a ZODB record, read
+//! without running Python; `dispatch` events to clients; `tid` ZODB timestamps (a store
+//! tid is the ZEO tid plus an offset, so the first epoch markers show as `z64`).
 
 pub mod codec;
 mod commit;

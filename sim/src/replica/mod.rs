@@ -5,6 +5,18 @@
 //! (disk). This file is the core's second shell: it executes the core's checkpoint commands
 //! over simulated files (the checkpoint's content travels underneath as a store snapshot; its
 //! files, chunks, checksums and messages are real).
+//!
+//! Around the core it plays the rest of a server's world. A server whose store failed is
+//! started again a second later, as a supervisor does after `standby-server` exits with 75;
+//! every start goes through `servercore::open_replica`, as the server's does. A crash keeps
+//! the store, a disk loss replaces it with an empty one. The replicas' direct datagrams cross
+//! the same faulty network as the gcs packets. Clients follow the client library's retry
+//! policy (`standby_client::retry`) and read through `ServerCore::read`, the production read
+//! path; an operator changes voters in about half the seeds. Not simulated yet: read replicas
+//! added and removed while running (`ServerCore::membership_change`; no simulated client asks
+//! for it). What a run records is in [`history`] (roles, applies, acknowledgements, reads,
+//! losses, final stores); the properties judged on it are in [`checkers`], tested on hand-made
+//! histories in `checkers_test.rs`.
 
 pub mod checkers;
 pub mod history;
