@@ -814,6 +814,58 @@ mod tests {
         }
     }
 
+    /// The cost of encoding and decoding a Commit carrying a 1 KiB transaction (four records
+    /// of 256 bytes, the shape of a small ZODB commit). A measurement, not a check: run it in
+    /// release with `cargo test --release -p replica commit_codec_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    // Reading the clock is the point of a timing loop; no core code runs here.
+    #[allow(clippy::disallowed_methods)]
+    fn commit_codec_cost() {
+        let m = Msg::Commit {
+            epoch: Epoch(7),
+            prev: Tid(41),
+            txn: Transaction {
+                tid: Tid(42),
+                meta: TxnMeta {
+                    user: Bytes::from_static(b"alice"),
+                    description: Bytes::from_static(b"/app/save"),
+                    extension: Bytes::from(vec![0x7d; 16]),
+                    time: 1_700_000_000,
+                },
+                records: (0..4)
+                    .map(|i| Record {
+                        oid: Oid::from_u64(i),
+                        data: Some(Bytes::from(vec![i as u8; 256])),
+                        expected_serial: None,
+                    })
+                    .collect(),
+            },
+        };
+        // The best of many short batches: on a shared machine the minimum is what the code
+        // costs, the rest is other processes.
+        let rounds = 20_000;
+        let bytes = m.encode();
+        let (mut encode, mut decode) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..50 {
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(std::hint::black_box(&m).encode());
+            }
+            encode = encode.min(start.elapsed() / rounds);
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(Msg::decode(std::hint::black_box(&bytes)).unwrap());
+            }
+            decode = decode.min(start.elapsed() / rounds);
+        }
+        println!(
+            "commit of {} bytes: encode {encode:?}, decode {decode:?}, both {:?} (best of 50)",
+            bytes.len(),
+            encode + decode
+        );
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
