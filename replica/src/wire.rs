@@ -1,7 +1,7 @@
 //! The messages storage servers multicast to each other through the ring, and their encoding.
 //!
 //! A message is a version byte ([`WIRE_VERSION`]) and then the [`Msg`] as serde derives it,
-//! encoded by bincode with settings fixed in [`bincode_options`] (as `gcs::wire` fixes its
+//! encoded by bincode with settings fixed in `bincode_options` (as `gcs::wire` fixes its
 //! own), so that a dependency bump cannot change the format. Nothing here is encoded by hand:
 //! no field is a stored value whose checksum covers fixed bytes, and the derived codec costs
 //! a commit a fraction of a microsecond more (`commit_codec_cost` below). The format is what
@@ -175,7 +175,7 @@ pub enum Msg {
 }
 
 /// Format version, first byte of every message: a server refuses messages of another format.
-/// 2: serde and bincode ([`bincode_options`]); 1 was encoded by hand.
+/// 2: serde and bincode (`bincode_options`); 1 was encoded by hand.
 pub const WIRE_VERSION: u8 = 2;
 
 /// Largest message a server reads, in bytes: the largest payload the ring carries (gcs refuses
