@@ -4,12 +4,16 @@
 
 use crate::config::ServerId;
 use crate::voters::VoterConfig;
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use storage::Tid;
 
 /// A primary's term. Each primary has its own epoch, strictly greater than every epoch any
 /// earlier primary had; commits carry it and servers refuse older ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct Epoch(pub u64);
 
 impl std::fmt::Display for Epoch {
@@ -21,7 +25,7 @@ impl std::fmt::Display for Epoch {
 /// One step of a lineage: the primary of `epoch` wrote its first transaction right after
 /// `base`. A store's lineage (the list of these, oldest first) says which primary wrote each
 /// of its transactions, which is how two stores find where their histories part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochStart {
     /// The primary's epoch.
     pub epoch: Epoch,
@@ -34,7 +38,7 @@ pub struct EpochStart {
 pub const LINEAGE_MAX: usize = 64;
 
 /// What a member tells the others at the start of every regular view of a primary component.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberState {
     /// Who.
     pub server: ServerId,

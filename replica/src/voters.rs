@@ -25,6 +25,7 @@
 
 use crate::config::{ReplicaConfig, ServerId};
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use storage::Oid;
 
@@ -35,8 +36,54 @@ pub fn voters_oid() -> Oid {
 }
 
 /// Servers with a vote and their weights (every weight above zero).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Its serde form is the list of `(server, weight)` by id; deserializing checks it like the
+/// stored form (see [`VoterSetError`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<(ServerId, u32)>", into = "Vec<(ServerId, u32)>")]
 pub struct VoterSet(BTreeMap<ServerId, u32>);
+
+/// Why a list of `(server, weight)` is not a voter set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VoterSetError {
+    /// More than [`VOTERS_MAX`] voters.
+    #[error("{0} voters, max {VOTERS_MAX}")]
+    TooMany(usize),
+    /// A voter of weight zero (a server without a vote is left out, not listed with zero).
+    #[error("voter {0} has weight zero")]
+    ZeroWeight(ServerId),
+    /// The same server twice.
+    #[error("voter {0} is listed twice")]
+    Duplicate(ServerId),
+}
+
+impl TryFrom<Vec<(ServerId, u32)>> for VoterSet {
+    type Error = VoterSetError;
+
+    /// Unlike [`VoterSet::new`], which leaves zero weights out, refuses anything a correct
+    /// writer would not have written: this is how sets are read back.
+    fn try_from(voters: Vec<(ServerId, u32)>) -> Result<VoterSet, VoterSetError> {
+        if voters.len() > VOTERS_MAX {
+            return Err(VoterSetError::TooMany(voters.len()));
+        }
+        let mut set = BTreeMap::new();
+        for (id, weight) in voters {
+            if weight == 0 {
+                return Err(VoterSetError::ZeroWeight(id));
+            }
+            if set.insert(id, weight).is_some() {
+                return Err(VoterSetError::Duplicate(id));
+            }
+        }
+        Ok(VoterSet(set))
+    }
+}
+
+impl From<VoterSet> for Vec<(ServerId, u32)> {
+    fn from(set: VoterSet) -> Self {
+        set.0.into_iter().collect()
+    }
+}
 
 impl VoterSet {
     /// The set of `(server, weight)`; zero weights are left out.
@@ -101,7 +148,10 @@ impl VoterSet {
 }
 
 /// The voter configuration: one voter set, or two while a change is under way.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Deserializing checks each set but not that `voters` is non-empty: whoever reads one from
+/// outside checks that (a member's state in `wire.rs`, the stored form in [`Self::decode`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoterConfig {
     /// The voters (the new ones while joint).
     pub voters: VoterSet,
@@ -238,28 +288,13 @@ fn get_set(r: &mut &[u8]) -> Option<VoterSet> {
     if n > VOTERS_MAX {
         return None;
     }
-    let mut m = BTreeMap::new();
+    let mut voters = Vec::with_capacity(n);
     for _ in 0..n {
         let id = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
         let w = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
-        if w == 0 || m.insert(id, w).is_some() {
-            return None;
-        }
+        voters.push((id, w));
     }
-    Some(VoterSet(m))
-}
-
-/// The wire form of a configuration inside another message (a member's state).
-pub(crate) fn put_config(b: &mut BytesMut, c: &VoterConfig) {
-    let e = c.encode();
-    b.put_u16(e.len() as u16);
-    b.put_slice(&e);
-}
-
-/// Reads [`put_config`].
-pub(crate) fn get_config(r: &mut &[u8]) -> Option<VoterConfig> {
-    let n = u16::from_be_bytes(take(r, 2)?.try_into().ok()?) as usize;
-    VoterConfig::decode(take(r, n)?)
+    VoterSet::try_from(voters).ok()
 }
 
 /// Whether two components could both be primary: both are primary components under every
@@ -309,6 +344,36 @@ mod tests {
         }
         assert_eq!(VoterConfig::decode(&[1, 0, 0]), None, "no voters");
         assert_eq!(c.to_string(), "{s1,s2,s3} -> {s1x2,s4}");
+    }
+
+    #[test]
+    fn a_set_read_back_refuses_what_no_writer_writes() {
+        assert_eq!(
+            VoterSet::try_from(vec![(2, 1), (1, 3)]),
+            Ok(VoterSet::new([(1, 3), (2, 1)]))
+        );
+        assert_eq!(
+            VoterSet::try_from(vec![(1, 1), (2, 0)]),
+            Err(VoterSetError::ZeroWeight(2))
+        );
+        assert_eq!(
+            VoterSet::try_from(vec![(1, 1), (1, 2)]),
+            Err(VoterSetError::Duplicate(1))
+        );
+        let many: Vec<(ServerId, u32)> = (0..=VOTERS_MAX as u32).map(|i| (i, 1)).collect();
+        assert_eq!(
+            VoterSet::try_from(many),
+            Err(VoterSetError::TooMany(VOTERS_MAX + 1))
+        );
+        // The stored form goes through the same checks: version, two voters (1, 1) and
+        // (1, 1), no old set.
+        let twice = [1, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0];
+        assert_eq!(VoterConfig::decode(&twice), None);
+        let once = [1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0];
+        assert_eq!(
+            VoterConfig::decode(&once),
+            Some(VoterConfig::single(set(&[1])))
+        );
     }
 
     proptest! {

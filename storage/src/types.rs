@@ -3,6 +3,8 @@
 use std::fmt;
 
 use bytes::Bytes;
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
 
 use crate::error::StorageError;
 
@@ -25,6 +27,7 @@ pub const RECORDS_MAX: usize = 1 << 20;
 /// `Tid::ZERO` means "no transaction": it is what an empty store reports as its last
 /// transaction, and it is never a valid tid for a commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(transparent))]
 pub struct Tid(pub u64);
 
 impl Tid {
@@ -46,7 +49,16 @@ impl fmt::Display for Tid {
 }
 
 /// An object id: opaque bytes, at most [`OID_LEN_MAX`] long (the empty oid is valid).
+///
+/// With feature `serde` it is its bytes; deserializing goes through [`Oid::new`], so an oid
+/// too long is refused there as everywhere else. (The serde forms of the types here are part
+/// of the replica's message format: changing their fields changes it.)
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(Serialize, Deserialize),
+    serde(try_from = "Bytes")
+)]
 pub struct Oid(Bytes);
 
 impl Oid {
@@ -78,6 +90,14 @@ impl Oid {
     }
 }
 
+impl TryFrom<Bytes> for Oid {
+    type Error = StorageError;
+
+    fn try_from(bytes: Bytes) -> Result<Oid, StorageError> {
+        Oid::new(bytes)
+    }
+}
+
 impl fmt::Debug for Oid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Oid(")?;
@@ -96,6 +116,7 @@ impl fmt::Display for Oid {
 
 /// Transaction metadata, as in ZODB: who, why, free-form extension bytes, and when.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct TxnMeta {
     /// The user name.
     pub user: Bytes,
@@ -109,6 +130,7 @@ pub struct TxnMeta {
 
 /// One change in a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Record {
     /// The object changed.
     pub oid: Oid,
@@ -122,6 +144,7 @@ pub struct Record {
 
 /// A transaction: a tid, metadata and records (at most one per oid).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Transaction {
     /// The transaction id.
     pub tid: Tid,
@@ -133,6 +156,7 @@ pub struct Transaction {
 
 /// One revision of one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Revision {
     /// The object.
     pub oid: Oid,
@@ -290,4 +314,48 @@ pub(crate) fn same_content(a: &Transaction, b: &Transaction) -> bool {
             .iter()
             .zip(&b.records)
             .all(|(x, y)| x.oid == y.oid && x.data == y.data)
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn an_oid_is_its_bytes_and_too_long_one_is_refused() {
+        let oid = Oid::new(vec![7u8; OID_LEN_MAX]).unwrap();
+        let encoded = bincode::serialize(&oid).unwrap();
+        assert_eq!(encoded, bincode::serialize(&oid.to_bytes()).unwrap());
+        assert_eq!(bincode::deserialize::<Oid>(&encoded).unwrap(), oid);
+
+        let too_long = bincode::serialize(&Bytes::from(vec![7u8; OID_LEN_MAX + 1])).unwrap();
+        let e = bincode::deserialize::<Oid>(&too_long).unwrap_err();
+        assert!(e.to_string().contains("longer than the maximum"), "{e}");
+    }
+
+    #[test]
+    fn a_transaction_round_trips() {
+        let txn = Transaction {
+            tid: Tid(9),
+            meta: TxnMeta {
+                user: Bytes::from_static(b"u"),
+                description: Bytes::new(),
+                extension: Bytes::from_static(b"x"),
+                time: 3,
+            },
+            records: vec![
+                Record {
+                    oid: Oid::from_u64(1),
+                    data: Some(Bytes::from_static(b"v")),
+                    expected_serial: Some(Tid(4)),
+                },
+                Record {
+                    oid: Oid::from_u64(2),
+                    data: None,
+                    expected_serial: None,
+                },
+            ],
+        };
+        let encoded = bincode::serialize(&txn).unwrap();
+        assert_eq!(bincode::deserialize::<Transaction>(&encoded).unwrap(), txn);
+    }
 }
