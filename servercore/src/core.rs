@@ -229,11 +229,6 @@ pub struct ServerCore<S: Storage + 'static> {
     /// announced to the shell and the application).
     configured: Configured,
     membership: Option<Membership>,
-    /// The store failed: the node is no longer fed, so the others see this server leave.
-    left_ring: bool,
-    /// How long a primary goes on claiming to be primary without having the token (half the
-    /// token timeout; see [`Self::check_claim`]).
-    lease: std::time::Duration,
     /// The primary stopped claiming: the node's token-visit count then. It claims again after
     /// two more visits, or when a new view elects it.
     lapsed: Option<u64>,
@@ -266,22 +261,31 @@ impl<S: Storage + 'static> ServerCore<S> {
             now: Time::ZERO,
             configured,
             membership: None,
-            left_ring: false,
-            lease: std::time::Duration::ZERO,
             lapsed: None,
             current_at: None,
         };
-        core.lease = core.node.config().token_timeout / 2;
         // The address book and topology the store holds, before the first datagram.
         core.reload_membership();
         core
+    }
+
+    /// The store failed: the node is no longer fed, so the others see this server leave. (A
+    /// replica that went `Down` stays down: the process starts over on a fresh open.)
+    fn left_ring(&self) -> bool {
+        self.replica.role() == Role::Down
+    }
+
+    /// How long a primary goes on claiming to be primary without having the token: half the
+    /// token timeout (see [`Self::check_claim`]).
+    fn lease(&self) -> std::time::Duration {
+        self.node.config().token_timeout / 2
     }
 
     // ---- inputs -------------------------------------------------------------------------
 
     /// A datagram arrived: a gcs packet or a replica's direct message.
     pub fn handle_packet(&mut self, now: Time, bytes: Bytes) {
-        if self.left_ring {
+        if self.left_ring() {
             return;
         }
         self.check_claim(now);
@@ -295,7 +299,7 @@ impl<S: Storage + 'static> ServerCore<S> {
 
     /// The deadline of [`Self::poll_deadline`] passed.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.left_ring {
+        if self.left_ring() {
             return;
         }
         self.check_claim(now);
@@ -418,7 +422,7 @@ impl<S: Storage + 'static> ServerCore<S> {
 
     /// When to call [`Self::handle_timeout`].
     pub fn poll_deadline(&self) -> Option<Time> {
-        if self.left_ring {
+        if self.left_ring() {
             return None;
         }
         let node = self.node.poll_deadline();
@@ -429,7 +433,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             self.node.last_token_visit(),
         ) {
             (Role::Primary, None, Some((t, _))) => {
-                Some(t.saturating_add(self.lease + std::time::Duration::from_micros(1)))
+                Some(t.saturating_add(self.lease() + std::time::Duration::from_micros(1)))
             }
             _ => None,
         };
@@ -611,7 +615,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                     self.out.push_back(Output::Transmit { dest, bytes })
                 }
                 // A server that left the ring takes nothing more from it.
-                gcs::Output::Deliver(_) | gcs::Output::View(_) if self.left_ring => {}
+                gcs::Output::Deliver(_) | gcs::Output::View(_) if self.left_ring() => {}
                 gcs::Output::Deliver(d) => self.for_replica.push_back(ForReplica::Deliver(d)),
                 gcs::Output::View(v) => self.for_replica.push_back(ForReplica::View(v)),
             }
@@ -753,10 +757,6 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// does next is the shell's choice (`standby-server` exits so that its supervisor
     /// restarts it on a fresh open of the store).
     fn leave_ring(&mut self) {
-        if self.left_ring {
-            return;
-        }
-        self.left_ring = true;
         tracing::error!(
             server = self.replica.id(),
             reason = self.replica.down_reason().unwrap_or("unknown"),
@@ -818,7 +818,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             && self
                 .node
                 .last_token_visit()
-                .is_some_and(|(t, _)| now.since(t) <= self.lease)
+                .is_some_and(|(t, _)| now.since(t) <= self.lease())
     }
 
     /// A primary stops claiming to be primary (the `/primary` probe, the status clients read,
@@ -831,7 +831,7 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// round the whole ring since) or when a new view elects it.
     fn check_claim(&mut self, now: Time) {
         self.observe_currency(now);
-        if self.left_ring || self.replica.role() != Role::Primary {
+        if self.left_ring() || self.replica.role() != Role::Primary {
             self.lapsed = None;
             return;
         }
@@ -841,7 +841,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 self.lapsed = Some(visits);
                 tracing::warn!(
                     server = self.replica.id(),
-                    lease = ?self.lease,
+                    lease = ?self.lease(),
                     "no token within the lease: no longer claiming to be primary"
                 );
                 self.push_claim();
