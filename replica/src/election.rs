@@ -57,6 +57,9 @@ pub struct MemberState {
     pub voter: bool,
     /// The voter configuration its store holds.
     pub config: VoterConfig,
+    /// The tid that wrote it (`Tid::ZERO`: the configuration file's). Tids only grow across
+    /// primaries, so the highest one reported is the newest configuration step.
+    pub config_tid: Tid,
 }
 
 impl MemberState {
@@ -106,19 +109,27 @@ pub fn choose_donor(states: &[MemberState]) -> Option<ServerId> {
 }
 
 /// Whether the members whose states these are form a primary component: the servers that
-/// kept their disks are one under every configuration they report.
+/// kept their disks are one under the newest voter configuration any of them reports (both
+/// sets of a joint one; every one written at that tid, should two histories have parted
+/// there).
+///
+/// Why the newest alone: a configuration step is written only once the step before it is
+/// durable on a majority of its sets, so a component that is a primary component under an
+/// older configuration than another component's newest holds a server of that majority, which
+/// reports the later step: the two components then answer to one configuration, or to two
+/// adjacent ones whose majorities meet (see `voters.rs`). Older reports must not count: a
+/// server that joins with an empty store reports its configuration file, and a server that
+/// was down through two changes the voters of long ago; either would stop every election.
 pub fn is_primary_component(states: &[MemberState]) -> bool {
-    let members: Vec<ServerId> = states
+    let counted: Vec<&MemberState> = states.iter().filter(|s| s.voter).collect();
+    let members: Vec<ServerId> = counted.iter().map(|s| s.server).collect();
+    let Some(newest) = counted.iter().map(|s| s.config_tid).max() else {
+        return false;
+    };
+    counted
         .iter()
-        .filter(|s| s.voter)
-        .map(|s| s.server)
-        .collect();
-    let mut configs = states
-        .iter()
-        .filter(|s| s.voter)
-        .map(|s| &s.config)
-        .peekable();
-    configs.peek().is_some() && configs.all(|c| c.is_primary_component(&members))
+        .filter(|s| s.config_tid == newest)
+        .all(|s| s.config.is_primary_component(&members))
 }
 
 /// The epoch the next primary takes: above every epoch any member promised or wrote in.
@@ -183,6 +194,7 @@ mod tests {
     fn with(c: &VoterConfig, mut v: Vec<MemberState>) -> Vec<MemberState> {
         for s in &mut v {
             s.config = c.clone();
+            s.config_tid = Tid(10);
         }
         v
     }
@@ -203,6 +215,7 @@ mod tests {
             consistent: true,
             voter: true,
             config: cfg(3, &[]),
+            config_tid: Tid::ZERO,
         }
     }
 
@@ -267,15 +280,48 @@ mod tests {
         assert_eq!(choose_primary(&states), Some(0));
         assert_eq!(choose_donor(&states), Some(2));
         assert!(is_primary_component(&states));
-        // A member that reports the old set alone still holds the others to it.
+        // Under the joint configuration (the newest reported), {0, 3} is no majority of the
+        // old set; a member still on the old set (older) changes nothing.
         let mut old_only = states.clone();
         old_only[2].config = VoterConfig::single(VoterSet::new([(0, 1), (1, 1), (2, 1)]));
+        old_only[2].config_tid = Tid(5);
         assert!(is_primary_component(&old_only));
         old_only.remove(1);
         assert!(
             !is_primary_component(&old_only),
             "{{0,3}} is no majority of {{0,1,2}}"
         );
+    }
+
+    #[test]
+    fn only_the_newest_configuration_reported_binds() {
+        // Voters {0,3,4} since tid 20; s5 joins on an empty store with the file's {0,1,2}.
+        let now = VoterConfig::single(VoterSet::new([(0, 1), (3, 1), (4, 1)]));
+        let mut states = vec![
+            st(0, &[(1, 0)], 30),
+            st(3, &[(1, 0)], 30),
+            st(4, &[(1, 0)], 30),
+        ];
+        for s in &mut states {
+            s.config = now.clone();
+            s.config_tid = Tid(20);
+        }
+        let mut fresh = st(5, &[], 0);
+        fresh.config = cfg(3, &[]);
+        assert!(is_primary_component(&states));
+        states.push(fresh);
+        assert!(
+            is_primary_component(&states),
+            "a file's voters never bind a stored set"
+        );
+        // Two histories that parted at one tid: both configurations bind.
+        let mut forked = states.clone();
+        forked[1].config = VoterConfig::single(VoterSet::new([(1, 1), (2, 1), (3, 1)]));
+        assert!(!is_primary_component(&forked));
+        // A brand-new cluster: every member on the file's voters.
+        let new: Vec<MemberState> = (0..2).map(|i| st(i, &[], 0)).collect();
+        assert!(is_primary_component(&new), "2 of {{0,1,2}}");
+        assert!(!is_primary_component(&new[1..]));
     }
 
     #[test]
@@ -353,6 +399,7 @@ mod tests {
                     consistent,
                     voter,
                     config: cfg(6, &[5]),
+                    config_tid: Tid::ZERO,
                 }
             })
     }

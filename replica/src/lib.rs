@@ -7,8 +7,8 @@
 //!
 //! Rules, each enforced in one place:
 //! - primary component = a strict majority of the vote weight, or exactly half with the lowest
-//!   voter ([`voters::VoterSet::is_primary_component`]), under every voter configuration the
-//!   view's members report (voters change through joint configurations, [`voters`]);
+//!   voter ([`voters::VoterSet::is_primary_component`]), under the newest voter configuration
+//!   the view's members report (voters change through joint configurations, [`voters`]);
 //! - the primary is the most up-to-date eligible member, sitting primary on ties
 //!   ([`election::choose_primary`]), with an epoch above every promise
 //!   ([`election::next_epoch`]), and acts only once every member durably promised it;

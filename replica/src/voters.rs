@@ -11,8 +11,10 @@
 //! `new`, and a commit is durable only once it is durable on a strict majority of both. The
 //! primary writes the joint configuration, waits until a majority of both sets holds it, then
 //! writes `new`; the next change waits until a majority of `new` holds that. In every regular
-//! view each member reports its configuration in its state; a component is primary only if it
-//! is a primary component under **every** configuration its members report.
+//! view each member reports its configuration, and the tid that wrote it, in its state; a
+//! component is primary only if it is a primary component under the **newest** configuration
+//! its members report (older reports, such as the configuration file of a server joining on
+//! an empty store, bind nobody).
 //!
 //! Why two disjoint components can never both be primary: take the newest configuration step
 //! either of them reports. A component whose members all report configurations older than a

@@ -248,6 +248,7 @@ impl Msg {
                 check_epoch(s.promised)?;
                 check_tid(s.last_tid)?;
                 check_lineage(&s.lineage)?;
+                check_tid(s.config_tid)?;
                 s.primary_in.map(check_epoch).transpose()?;
                 if s.config.voters.is_empty() {
                     return Err(WireError::Invalid("voter configuration without voters"));
@@ -474,6 +475,7 @@ mod tests {
                     voters: crate::VoterSet::new([(1, 1), (3, 2)]),
                     old: Some(crate::VoterSet::new([(1, 1), (2, 1)])),
                 },
+                config_tid: Tid(7),
             }),
             Msg::Promise {
                 server: 1,
@@ -590,6 +592,7 @@ mod tests {
                 consistent: true,
                 voter: true,
                 config: crate::VoterConfig::single(crate::VoterSet::new([(3, 1)])),
+                config_tid: Tid(4),
             }),
         ];
         for m in msgs {
@@ -826,6 +829,7 @@ mod tests {
             consistent: true,
             voter: true,
             config,
+            config_tid: Tid(2),
         })
     }
 
@@ -851,10 +855,11 @@ mod tests {
             Msg::decode(&state(1, joint).encode()),
             Err(WireError::Malformed(_))
         ));
-        // The voter set is last: its count, then (id, weight) pairs, then `old`'s tag (none).
-        // Make its one voter's weight zero, then list it twice.
+        // The voter set comes last but the configuration's tid: its count, then (id, weight)
+        // pairs, then `old`'s tag (none), then the 8-byte tid. Make its one voter's weight
+        // zero, then list it twice.
         let b = state(1, one).encode().to_vec();
-        let weight = b.len() - 1 - 4;
+        let weight = b.len() - 8 - 1 - 4;
         let mut zero = b.clone();
         zero[weight..weight + 4].copy_from_slice(&0u32.to_le_bytes());
         let Err(WireError::Malformed(why)) = Msg::decode(&zero) else {

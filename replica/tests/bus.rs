@@ -772,3 +772,32 @@ fn voter_changes_that_cannot_work_are_refused_with_a_reason() {
     b.commit(0, 5, bad);
     assert!(matches!(b.reply(5), Err(CommitError::Invalid(_))));
 }
+
+#[test]
+fn a_server_joining_on_its_configuration_file_does_not_stop_elections() {
+    // Voters 0, 1, 2; spares 3, 4 and 5. Two replaces make the voters {0, 3, 4}; then s5
+    // starts on an empty store, whose voters are still the file's {0, 1, 2}.
+    let mut c = cfg(6, CommitMode::Sync);
+    for s in 3..6 {
+        c.servers[s].group = replica::ADDED_GROUP.into();
+        c.servers[s].kind = replica::GroupKind::Remote;
+        c.servers[s].weight = 0;
+    }
+    let mut b = Bus::with(c);
+    b.view(&[0, 1, 2, 3, 4]);
+    change_voters(&mut b, 0, 10, &[(3, 1)], &[1]);
+    b.run();
+    b.reply(10).clone().expect("s3 replaces s1");
+    change_voters(&mut b, 0, 11, &[(4, 1)], &[2]);
+    b.run();
+    b.reply(11).clone().expect("s4 replaces s2");
+    assert_eq!(voters_of(&b, 0), "{s0,s3,s4}");
+    assert_eq!(voters_of(&b, 5), "{s0,s1,s2}", "s5 never joined");
+    b.view(&[0, 3, 4, 5]);
+    assert_eq!(
+        b.r(0).role(),
+        Role::Primary,
+        "the file's voters of s5 bind nobody"
+    );
+    assert_eq!(voters_of(&b, 5), "{s0,s3,s4}", "s5 caught up");
+}

@@ -9,8 +9,8 @@
 //!    configuration says the view cannot elect goes `ReadOnly` at once, but still sends its
 //!    state, since the others need it.
 //! 2. **Primary component.** Once every member's state is delivered, each checks that the
-//!    members that kept their disks form a primary component under *every* voter
-//!    configuration reported: more than half the weight, or exactly half including the
+//!    members that kept their disks form a primary component under the *newest* voter
+//!    configuration reported (by the tid that wrote it; a joining server's file binds nobody): more than half the weight, or exactly half including the
 //!    lowest-id voter (the tie-breaker), of each set (both sets of a joint configuration, see
 //!    [`crate::voters`]). Two disjoint sets can never both pass. Otherwise everyone is
 //!    `ReadOnly`.
@@ -56,8 +56,8 @@ impl<S: Storage> Replica<S> {
         }
         let states: Vec<MemberState> = self.states.values().cloned().collect();
         // A server that lost its disk lost its promises: it does not vote until it has
-        // caught up under a primary elected without it. Every configuration reported by the
-        // others must agree that this is a primary component.
+        // caught up under a primary elected without it. The newest configuration reported
+        // decides whether this is a primary component.
         if !is_primary_component(&states) {
             let voters: Vec<ServerId> = states
                 .iter()
@@ -69,7 +69,7 @@ impl<S: Storage> Replica<S> {
                 server = self.me,
                 ?voters,
                 ?configs,
-                "not a primary component under every configuration reported"
+                "not a primary component under the newest configuration reported"
             );
             if self.view.as_ref().is_some_and(|v| v.primary_component) {
                 self.not_primary_component();

@@ -7,7 +7,7 @@
 //! ```text
 //!  regular view: every member multicasts State (agreed order), with its voter configuration
 //!       │ all states delivered: the members that kept their disks are a primary component
-//!       │ under every configuration reported? (same answer everywhere)
+//!       │ under the newest configuration reported? (same answer everywhere)
 //!       ├─ no ──► ReadOnly
 //!       ▼ yes: choose_primary, choose_donor, next_epoch
 //!  every member durably promises the epoch, multicasts Promise

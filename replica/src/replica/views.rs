@@ -79,6 +79,7 @@ impl<S: Storage> Replica<S> {
             consistent: !fill_open,
             voter: self.durable.voter,
             config: self.voters.clone(),
+            config_tid: self.voters_tid,
         };
         self.multicast(Service::Agreed, Msg::State(state));
         if primary_component {

@@ -219,6 +219,17 @@ impl<S: Storage> Replica<S> {
                     if self.voters_tid < tid || !self.voters.is_joint() || durable < tid {
                         return;
                     }
+                    // A primary elected on the old set alone (a change left joint by another)
+                    // does not vote in the new one: it leaves the change joint, which is safe,
+                    // until an operator swaps to a voter of the new set, who finishes it.
+                    if !c.target.contains(self.me) {
+                        tracing::warn!(
+                            server = self.me,
+                            voters = %self.voters,
+                            "not a voter of the new set: swap to one to finish the change"
+                        );
+                        return;
+                    }
                     match self.send_voters(&VoterConfig::single(c.target.clone())) {
                         Ok(tid) => ChangeStep::Final { tid },
                         Err(e) => return self.fail(e),
