@@ -10,8 +10,9 @@
 //!    state, since the others need it.
 //! 2. **Primary component.** Once every member's state is delivered, each checks that the
 //!    members that kept their disks form a primary component under the *newest* voter
-//!    configuration reported (by the tid that wrote it; a joining server's file binds nobody): more than half the weight, or exactly half including the
-//!    lowest-id voter (the tie-breaker), of each set (both sets of a joint configuration, see
+//!    configuration reported (by the tid that wrote it; a joining server's file binds
+//!    nobody): more than half the weight, or exactly half including the lowest-id voter (the
+//!    tie-breaker), of each set (both sets of a joint configuration, see
 //!    [`crate::voters`]). Two disjoint sets can never both pass. Otherwise everyone is
 //!    `ReadOnly`.
 //! 3. **Choice.** `choose_primary`: among consistent members that kept their disks and vote in
