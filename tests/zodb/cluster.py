@@ -495,6 +495,23 @@ class StandbyCluster(_Backend):
                         f"{timeout:.0f} s\n{self.log_tails()}"
                     )
                 time.sleep(0.05)
+        # And the ring whole: every server the primary or a caught-up backup of its
+        # component. A test that starts while the last server is still joining sees the
+        # ring re-form under its first call (a stock client then gets "Connection lost").
+        while True:
+            self._check_alive()
+            roles = [(probe_http((HOST, s["admin"]), "/primary"),
+                      probe_http((HOST, s["admin"]), "/replica")) for s in self.servers]
+            primaries = [i for i, (p, _) in enumerate(roles) if p == 200]
+            if len(primaries) == 1 and all(200 in r for r in roles):
+                self.primary = primaries[0]
+                break
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"standby: the servers did not all join one primary component within "
+                    f"{timeout:.0f} s (/primary, /replica: {roles})\n{self.log_tails()}"
+                )
+            time.sleep(0.05)
         return self
 
 
