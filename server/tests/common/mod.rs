@@ -392,6 +392,26 @@ impl Load {
     }
 }
 
+/// What every load must end with: no request failed for the application, the load ran,
+/// each epoch's commits were acknowledged by one server, and every acknowledged write is there.
+pub(crate) async fn check_load(c: &Cluster, s: &Seen) {
+    assert!(
+        s.failed.is_empty(),
+        "failed requests: {:?}\n{}",
+        s.failed,
+        c.logs()
+    );
+    assert!(s.acked.len() > 50, "the load ran: {} keys", s.acked.len());
+    for (epoch, servers) in &s.by_epoch {
+        assert_eq!(
+            servers.len(),
+            1,
+            "epoch {epoch} acknowledged by {servers:?}"
+        );
+    }
+    check_acked(c, s).await;
+}
+
 /// Every acknowledged write is there (or a later one of the same key), read from the primary.
 pub(crate) async fn check_acked(c: &Cluster, s: &Seen) {
     let mut cl = client(c, 8).await;
