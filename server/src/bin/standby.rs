@@ -589,6 +589,16 @@ async fn add_voter(
         admin: new.admin.clone(),
     };
     let mut c = connect(cli, fresh_id()?).await?;
+    // Refused before anything changes: the primary cannot give its vote away (the primary
+    // would refuse the voter change only after the new server had joined the membership).
+    if let Some(old) = old {
+        let st = c.refresh().await.map_err(|e| e.to_string())?;
+        if st.primary.is_some_and(|(p, _)| p == old) {
+            return Err(format!(
+                "s{old} is the primary: swap to another voter first (`standby switchover --to ID`)"
+            ));
+        }
+    }
     let done = c
         .change_membership(
             server::membership::MembershipChange::Add(added),
