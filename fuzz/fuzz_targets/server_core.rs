@@ -393,9 +393,14 @@ impl Cluster {
     /// shell's queue; the rest is the application's.
     fn drain(&mut self, i: usize) {
         let mut outs = Vec::new();
+        let now = self.now;
         if let Some(core) = self.core(i) {
             while let Some(o) = core.poll_output() {
-                outs.push(o);
+                // Store syncs return at once (the in-memory store syncs every write).
+                match o {
+                    Output::SyncStore { id } => core.store_synced(now, id, Ok(())),
+                    o => outs.push(o),
+                }
             }
         }
         for o in outs {
@@ -436,7 +441,10 @@ impl Cluster {
                     }
                     self.servers[i].commands.push_back(c);
                 }
-                Output::Peers(_) | Output::Event(_) | Output::Reply { .. } => {}
+                Output::Peers(_)
+                | Output::Event(_)
+                | Output::Reply { .. }
+                | Output::SyncStore { .. } => {}
             }
         }
     }

@@ -213,6 +213,15 @@ pub enum Output {
     /// transaction wrote it, or the store was rebuilt, truncated or replaced): the shell
     /// reads it again and updates its address book and topology.
     MembershipChanged,
+    /// Make the store's applied transactions durable: the shell runs [`storage::Storage::sync`]
+    /// off the ring's task (one fsync may serve several of these) and then hands
+    /// [`crate::Replica::handle_synced`] the highest `id` it covered. Commits are applied
+    /// without waiting for the disk; nothing counts as durable here (reports to the primary,
+    /// the primary's own vote) until the sync that covers it returned.
+    Sync {
+        /// Increases with every request.
+        id: u64,
+    },
 }
 
 /// How stale a server's reads are.

@@ -26,6 +26,10 @@ struct Bus {
     muted: Vec<u32>,
     /// Direct datagrams sent (`Output::Direct`): (from, to, datagram), kept, not delivered.
     direct: Vec<(u32, u32, Bytes)>,
+    /// Servers whose store syncs are held back (`Output::Sync`): (server, sync id), answered
+    /// by `release_syncs`. Everyone else's are answered at once.
+    slow_disks: Vec<u32>,
+    held_syncs: Vec<(u32, u64)>,
 }
 
 fn cfg(n: u32, mode: CommitMode) -> ReplicaConfig {
@@ -56,6 +60,8 @@ impl Bus {
             durable: Vec::new(),
             muted: Vec::new(),
             direct: Vec::new(),
+            slow_disks: Vec::new(),
+            held_syncs: Vec::new(),
         }
     }
 
@@ -151,10 +157,29 @@ impl Bus {
                 Output::Invalidate(inv) => self.invalidations.push((i, inv.tid)),
                 Output::Direct { to, payload } => self.direct.push((i, to, payload)),
                 Output::Durable(t) => self.durable.push((i, t)),
+                Output::Sync { id } if self.slow_disks.contains(&i) => {
+                    self.held_syncs.push((i, id))
+                }
+                Output::Sync { id } => r.handle_synced(now(), id),
                 Output::Role(_) | Output::NeedCheckpoint { .. } | Output::MembershipChanged => {}
             }
         }
         r.check_invariants();
+    }
+
+    /// Answers the syncs held back for `i`'s disk (one sync covers every id up to the last).
+    fn release_syncs(&mut self, i: u32) {
+        let last = self
+            .held_syncs
+            .iter()
+            .filter(|(s, _)| *s == i)
+            .map(|(_, id)| *id)
+            .max();
+        self.held_syncs.retain(|(s, _)| *s != i);
+        if let (Some(id), Some(r)) = (last, self.servers[i as usize].as_mut()) {
+            r.handle_synced(now(), id);
+        }
+        self.run();
     }
 
     fn commit(&mut self, at: u32, req: u64, c: CommitRequest) {
@@ -302,6 +327,41 @@ fn sync_commits_wait_for_a_majority_on_disk() {
     b.commit(0, 2, put(8, 1, 2, "b", None));
     assert!(b.reply(1).is_ok());
     assert!(b.reply(2).is_ok());
+}
+
+/// Commits are applied without waiting for the disk, and nothing counts as durable before the
+/// sync that covers it returned: not a backup's report, not the primary's own vote.
+#[test]
+fn a_commit_counts_as_durable_only_once_its_sync_returned() {
+    let mut b = Bus::new(3, CommitMode::Sync);
+    b.view(&[0, 1, 2]);
+    b.slow_disks = vec![0, 1];
+    b.commit(0, 1, put(7, 1, 1, "a", None));
+    // Applied everywhere (visible), durable on s2 alone: no majority, no answer.
+    for s in 0..3 {
+        assert!(b.r(s).last_tid() > b.r(s).synced_tid() || s == 2, "s{s}");
+    }
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
+    let applied = b.r(0).last_tid();
+    assert!(
+        b.durable.iter().all(|(_, t)| *t < applied),
+        "{:?}",
+        b.durable
+    );
+    // s1's sync returns: s1 reports, a majority (s1, s2) holds it.
+    b.release_syncs(1);
+    let tid = b.reply(1).as_ref().expect("answered").tid;
+    assert_eq!(b.r(1).synced_tid(), tid);
+    // The primary's own disk counts once synced: with s2 gone quiet, s0 and s1 make a
+    // majority only after s0's sync.
+    b.slow_disks = vec![0];
+    b.muted = vec![2];
+    b.commit(0, 2, put(8, 1, 2, "b", None));
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(2)));
+    b.release_syncs(0);
+    b.muted.clear();
+    assert!(b.reply(2).is_ok());
+    assert_eq!(b.r(0).synced_tid(), b.r(0).last_tid());
 }
 
 /// A report sent straight to the primary counts only for the primary's current epoch: a late

@@ -75,6 +75,90 @@ pub enum ServerRequest {
         /// The answer.
         reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
+    /// The shell's own sync thread reports a store sync (see [`SyncWorker`]); not for
+    /// applications.
+    StoreSynced {
+        /// The highest sync id it covered.
+        id: u64,
+        /// Which store it synced (a checkpoint install opens another).
+        generation: u64,
+        /// `Err`: the store failed.
+        result: Result<(), String>,
+    },
+}
+
+/// The store's fsyncs, on a thread of their own: the server's task applies delivered commits
+/// without waiting for the disk and goes on passing the token, while this thread syncs and
+/// reports back through the server's request channel ([`ServerRequest::StoreSynced`]).
+/// Syncs asked while one runs are served by the next one together (group commit).
+pub struct SyncWorker {
+    jobs: std::sync::mpsc::Sender<SyncJob>,
+    /// Hands the thread the request channel once the driver exists.
+    completions: Option<std::sync::mpsc::Sender<tokio::sync::mpsc::Sender<ServerRequest>>>,
+}
+
+/// Gives the sync thread the server's request channel ([`ServerShell::take_sync_handoff`]).
+pub struct SyncHandoff(Option<std::sync::mpsc::Sender<tokio::sync::mpsc::Sender<ServerRequest>>>);
+
+impl SyncHandoff {
+    /// From now on the sync thread reports through `requests` (until then it reports nothing).
+    pub fn reports_to(self, requests: tokio::sync::mpsc::Sender<ServerRequest>) {
+        if let Some(c) = self.0 {
+            let _ = c.send(requests);
+        }
+    }
+}
+
+struct SyncJob {
+    id: u64,
+    generation: u64,
+    store: Arc<dyn Storage>,
+}
+
+impl SyncWorker {
+    fn spawn() -> std::io::Result<SyncWorker> {
+        let (jobs, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let (completions, sender) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("standby-sync".into())
+            .spawn(move || {
+                let Ok(requests) = sender.recv() else { return };
+                Self::run(rx, requests);
+            })?;
+        Ok(SyncWorker {
+            jobs,
+            completions: Some(completions),
+        })
+    }
+
+    fn run(
+        rx: std::sync::mpsc::Receiver<SyncJob>,
+        requests: tokio::sync::mpsc::Sender<ServerRequest>,
+    ) {
+        while let Ok(first) = rx.recv() {
+            // Everything asked by now is covered by one sync per store.
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let mut k = 0;
+            while k < batch.len() {
+                let run = batch[k..]
+                    .iter()
+                    .take_while(|j| Arc::ptr_eq(&j.store, &batch[k].store))
+                    .count();
+                let last = &batch[k + run - 1];
+                let result = batch[k].store.sync().map_err(|e| e.to_string());
+                let done = ServerRequest::StoreSynced {
+                    id: last.id,
+                    generation: last.generation,
+                    result,
+                };
+                if requests.blocking_send(done).is_err() {
+                    return; // the server stopped
+                }
+                k += run;
+            }
+        }
+    }
 }
 
 /// A function run on the store by [`ServerRequest::Inspect`]: given the store and its
@@ -225,6 +309,10 @@ impl DirectReads {
 pub struct ServerShell<S: Storage + 'static> {
     core: ServerCore<S>,
     direct: Arc<DirectReads>,
+    /// Syncs off this task, for a store that has a handle to sync through (else inline).
+    sync: Option<SyncWorker>,
+    /// The store a sync is for: one more at each checkpoint install.
+    store_generation: u64,
     ckpt: Option<CheckpointSupport<S>>,
     waiting: BTreeMap<ReqId, oneshot::Sender<Result<Committed, CommitError>>>,
     next_req: u64,
@@ -247,9 +335,18 @@ impl<S: Storage + 'static> ServerShell<S> {
             checkpoints: ckpt.is_some(),
             ..CoreOptions::default()
         };
+        let sync = match SyncWorker::spawn() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sync thread: the store syncs in the server's task");
+                None
+            }
+        };
         ServerShell {
             core: ServerCore::new(node, replica, configured, opts),
             direct,
+            sync,
+            store_generation: 0,
             ckpt,
             waiting: BTreeMap::new(),
             next_req: 1,
@@ -260,6 +357,36 @@ impl<S: Storage + 'static> ServerShell<S> {
     /// The read handle for readers outside the server's task.
     pub fn direct_reads(&self) -> Arc<DirectReads> {
         self.direct.clone()
+    }
+
+    /// Where the sync thread will send its reports, to be given the driver's request channel
+    /// once the driver runs (`driver::spawn` returns it): see [`SyncHandoff::reports_to`].
+    pub fn take_sync_handoff(&mut self) -> SyncHandoff {
+        SyncHandoff(self.sync.as_mut().and_then(|w| w.completions.take()))
+    }
+
+    /// Syncs the store: on the sync thread if the store has a handle for it, else here.
+    fn sync_store(&mut self, id: u64) {
+        let handle = self.core.store().read_handle();
+        match (self.sync.as_ref(), handle) {
+            (Some(w), Some(store)) => {
+                let job = SyncJob {
+                    id,
+                    generation: self.store_generation,
+                    store,
+                };
+                if w.jobs.send(job).is_ok() {
+                    return;
+                }
+                tracing::warn!("the sync thread stopped: the store syncs in the server's task");
+                self.sync = None;
+                self.sync_store(id)
+            }
+            _ => {
+                let result = self.core.store().sync().map_err(|e| e.to_string());
+                self.core.store_synced(self.now, id, result);
+            }
+        }
     }
 
     fn wait(&mut self, reply: oneshot::Sender<Result<Committed, CommitError>>) -> ReqId {
@@ -378,6 +505,8 @@ impl<S: Storage + 'static> ServerShell<S> {
                 // in `checkpoint_ready`, and only then is its directory moved.
                 self.direct.readable.store(false, Ordering::Release);
                 self.direct.set_store(None);
+                // Syncs still running are for the old store: their reports are dropped.
+                self.store_generation += 1;
                 let r = self.core.checkpoint_ready(now, id, Ok(store));
                 self.direct.set_store(self.core.store().read_handle());
                 if r.is_ok() {
@@ -450,6 +579,15 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 let id = self.wait(reply);
                 self.core.voter_change(now, id, &add, &remove);
             }
+            ServerRequest::StoreSynced {
+                id,
+                generation,
+                result,
+            } => {
+                if generation == self.store_generation {
+                    self.core.store_synced(now, id, result);
+                }
+            }
         }
         self.after_input();
         None
@@ -475,6 +613,10 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 }
                 Output::Checkpoint(c) => {
                     self.execute(c);
+                    self.after_input();
+                }
+                Output::SyncStore { id } => {
+                    self.sync_store(id);
                     self.after_input();
                 }
             }

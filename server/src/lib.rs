@@ -165,9 +165,11 @@ impl StorageServer {
             // The replication state now says "no vote until caught up".
             std::fs::remove_file(&mark).map_err(storage::StorageError::from)?;
         }
-        let core = ServerShell::new(node, replica, ckpt, configured);
+        let mut core = ServerShell::new(node, replica, ckpt, configured);
         let direct = core.direct_reads();
+        let sync_handoff = core.take_sync_handoff();
         let r = driver::spawn(core, clock, cluster, id, me, &opts.security, event_capacity)?;
+        sync_handoff.reports_to(r.requests.clone());
         Ok((
             StorageServer {
                 id,

@@ -144,6 +144,13 @@ pub enum Output {
     },
     /// File work for a checkpoint transfer (see [`checkpoint`]).
     Checkpoint(CheckpointCommand),
+    /// Sync the store off this task (`Storage::sync`, which may serve several of these at
+    /// once), then report with [`ServerCore::store_synced`] and the highest id it covered.
+    /// Until then what the server applied is visible but not counted as durable.
+    SyncStore {
+        /// Increases with every request.
+        id: u64,
+    },
 }
 
 /// How a core is set up beyond its node and replica.
@@ -744,6 +751,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                     dest: gcs::Dest::Node(to),
                     bytes: payload,
                 }),
+                replica::Output::Sync { id } => self.out.push_back(Output::SyncStore { id }),
             }
         }
         self.feed_outgoing(now);
@@ -933,6 +941,17 @@ impl<S: Storage + 'static> ServerCore<S> {
             tracing::warn!(donor = i.donor, "checkpoint donor left: transfer abandoned");
             self.command(CheckpointCommand::Abandon { id: i.id });
         }
+    }
+
+    /// The shell's sync that started after [`Output::SyncStore`] `id` was asked returned
+    /// (`Err`: the store failed, and the server leaves the ring).
+    pub fn store_synced(&mut self, now: Time, id: u64, result: Result<(), String>) {
+        self.now = now;
+        match result {
+            Ok(()) => self.replica.handle_synced(now, id),
+            Err(e) => self.replica.handle_sync_failed(now, &e),
+        }
+        self.pump(now);
     }
 
     /// Donor: the shell made the checkpoint of transfer `id` (or could not).

@@ -129,6 +129,15 @@ pub trait Storage: Send + Sync {
         txns.iter().map(|(p, t)| self.apply(*p, t)).collect()
     }
 
+    /// [`Self::apply_batch`] without waiting for the disk: what it applied is visible at once
+    /// and durable after the next [`Self::sync`] that starts once this returned, or after any
+    /// later write that syncs (every other write method does, when the store syncs). A server
+    /// applies delivered commits this way and syncs on another thread, so that its ring's
+    /// task never waits for an fsync. Backends without that distinction apply and sync.
+    fn apply_batch_unsynced(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
+        self.apply_batch(txns)
+    }
+
     /// Sender side of fast recovery: the newest revision of every object changed after
     /// `since` (`Tid::ZERO`: every object), with oid greater than `after` if given, in oid
     /// order, consistent at the returned tid.
@@ -231,7 +240,9 @@ pub trait Storage: Send + Sync {
     /// backend's `open` on `dir` gives a store in that state.
     fn checkpoint(&self, dir: &Path) -> Result<Tid>;
 
-    /// Makes every write that returned durable (a no-op when the store syncs each write).
+    /// Makes every write that returned durable, those of [`Self::apply_batch_unsynced`]
+    /// included (a no-op when the store keeps nothing unsynced). Safe to call from another
+    /// thread while the owner goes on writing (through [`Self::read_handle`]).
     fn sync(&self) -> Result<()>;
 
     /// Checks that the store takes a synced write now: a sync, then the replication state

@@ -78,9 +78,12 @@ enum MemOp {
 #[derive(Debug)]
 struct Inner {
     live: MemState,
-    /// `None` when the store syncs: `live` is then durable.
+    /// What a crash keeps. `None` while everything is durable (a syncing store before its
+    /// first [`Storage::apply_batch_unsynced`]): `live` is then durable.
     durable: Option<MemState>,
     pending: Vec<MemOp>,
+    /// Every write but `apply_batch_unsynced` syncs (see [`MemOptions::sync`]).
+    syncs: bool,
     /// Set: every write fails with this I/O error (a full or failed disk, simulated).
     failing: Option<String>,
 }
@@ -509,6 +512,7 @@ impl MemStorage {
                     Some(MemState::default())
                 },
                 pending: Vec::new(),
+                syncs: opts.sync,
                 failing: None,
             }),
         }
@@ -558,12 +562,13 @@ impl MemStorage {
         let g = lock(&self.inner);
         // Object states are shared `Bytes`: the copy clones maps, not payloads.
         let state = g.durable.as_ref().unwrap_or(&g.live).clone();
-        let sync = g.durable.is_none();
+        let sync = g.syncs;
         MemStorage {
             inner: Mutex::new(Inner {
                 durable: if sync { None } else { Some(state.clone()) },
                 live: state,
                 pending: Vec::new(),
+                syncs: sync,
                 failing: None,
             }),
         }
@@ -580,8 +585,21 @@ impl MemStorage {
         let out = f(&mut g.live)?;
         if g.durable.is_some() {
             g.pending.push(op);
+            if g.syncs {
+                Self::flush(&mut g);
+            }
         }
         Ok(out)
+    }
+
+    /// Makes every pending write durable, in order.
+    fn flush(inner: &mut Inner) {
+        if let Some(durable) = inner.durable.as_mut() {
+            for op in inner.pending.drain(..) {
+                let r = durable.exec(&op);
+                debug_assert!(r.is_ok(), "replaying a write that succeeded: {r:?}");
+            }
+        }
     }
 }
 
@@ -660,8 +678,33 @@ impl Storage for MemStorage {
         let out = g.live.apply(prev, txn)?;
         if out == ApplyOutcome::Applied && g.durable.is_some() {
             g.pending.push(MemOp::Apply(prev, txn.clone()));
+            if g.syncs {
+                Self::flush(&mut g);
+            }
         }
         Ok(out)
+    }
+
+    fn apply_batch_unsynced(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
+        let mut g = lock(&self.inner);
+        if let Err(e) = Self::check_writable(&g) {
+            return txns.iter().map(|_| Err(e.clone())).collect();
+        }
+        let inner = &mut *g;
+        if inner.durable.is_none() {
+            // From now on a crash keeps only what was synced (a syncing store pays for the
+            // copy once, at its first unsynced write).
+            inner.durable = Some(inner.live.clone());
+        }
+        txns.iter()
+            .map(|(prev, txn)| {
+                let out = inner.live.apply(*prev, txn)?;
+                if out == ApplyOutcome::Applied {
+                    inner.pending.push(MemOp::Apply(*prev, txn.clone()));
+                }
+                Ok(out)
+            })
+            .collect()
     }
 
     fn fast_recovery(&self, since: Tid, after: Option<&Oid>) -> Result<FastRecovery<'_>> {
@@ -751,13 +794,7 @@ impl Storage for MemStorage {
     fn sync(&self) -> Result<()> {
         let mut g = lock(&self.inner);
         Self::check_writable(&g)?;
-        let inner = &mut *g;
-        if let Some(durable) = inner.durable.as_mut() {
-            for op in inner.pending.drain(..) {
-                let r = durable.exec(&op);
-                debug_assert!(r.is_ok(), "replaying a write that succeeded: {r:?}");
-            }
-        }
+        Self::flush(&mut g);
         Ok(())
     }
 }
@@ -861,6 +898,30 @@ mod tests {
         c.crash();
         assert_eq!(c.last_transaction().unwrap(), Tid(4));
         assert_eq!(state(&c), b(b"copy"));
+    }
+
+    /// A syncing store keeps unsynced applies until a sync or a synced write, and a crash
+    /// before either loses them (what the simulator's crashes rely on).
+    #[test]
+    fn a_crash_loses_unsynced_applies_of_a_syncing_store() {
+        let s = MemStorage::default();
+        s.commit(&txn(1, &[(1, Some("a1"))])).unwrap();
+        let r = s.apply_batch_unsynced(&[(Tid(1), txn(2, &[(1, Some("a2"))]))]);
+        assert_eq!(r, vec![Ok(ApplyOutcome::Applied)]);
+        assert_eq!(s.pending_writes(), 1);
+        assert_eq!(s.snapshot().last_transaction().unwrap(), Tid(1));
+        s.crash();
+        assert_eq!(s.last_transaction().unwrap(), Tid(1));
+        assert_eq!(s.load(&oid(1)).unwrap().unwrap().tid, Tid(1));
+        // Synced by `sync`, or by the next synced write: kept.
+        s.apply_batch_unsynced(&[(Tid(1), txn(2, &[(1, Some("a2"))]))]);
+        s.sync().unwrap();
+        s.apply_batch_unsynced(&[(Tid(2), txn(3, &[(1, Some("a3"))]))]);
+        s.set_replication_state(b"promise").unwrap();
+        assert_eq!(s.pending_writes(), 0);
+        s.crash();
+        assert_eq!(s.last_transaction().unwrap(), Tid(3));
+        assert_eq!(state(&s), b(b"promise"));
     }
 
     #[test]

@@ -426,7 +426,18 @@ impl RocksStorage {
     /// Writes `batch` (which must include the new meta state, if it changed) and installs
     /// `meta`; a failed write poisons the store.
     fn commit_batch(&self, w: &mut WriterState, batch: WriteBatch, meta: MetaState) -> Result<()> {
-        match self.write_batch(batch, self.sync) {
+        self.commit_batch_opt(w, batch, meta, self.sync)
+    }
+
+    /// [`Self::commit_batch`] with an explicit sync (`false`: durable at the next sync).
+    fn commit_batch_opt(
+        &self,
+        w: &mut WriterState,
+        batch: WriteBatch,
+        meta: MetaState,
+        sync: bool,
+    ) -> Result<()> {
+        match self.write_batch(batch, sync) {
             Ok(()) => {
                 w.meta = meta;
                 Ok(())
@@ -460,7 +471,7 @@ impl RocksStorage {
                     store: self,
                     armed: true,
                 };
-                let results = self.run_group(batch);
+                let results = self.run_group(batch, self.sync);
                 q = lock(&self.queue);
                 q.done.extend(results);
                 q.leader = false;
@@ -475,7 +486,25 @@ impl RocksStorage {
         }
     }
 
-    fn run_group(&self, mut reqs: Vec<(u64, Request)>) -> Vec<(u64, Result<ApplyOutcome>)> {
+    /// One group of applies: validated in order against the state the earlier ones leave,
+    /// written as one batch (with one fsync if `sync`). The writer lock serialises it with
+    /// the commit queue.
+    fn apply_group(&self, txns: &[(Tid, Transaction)], sync: bool) -> Vec<Result<ApplyOutcome>> {
+        let reqs = txns
+            .iter()
+            .enumerate()
+            .map(|(i, (p, t))| (i as u64, Request::Apply(*p, t.clone())))
+            .collect();
+        let mut results = self.run_group(reqs, sync);
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn run_group(
+        &self,
+        mut reqs: Vec<(u64, Request)>,
+        sync: bool,
+    ) -> Vec<(u64, Result<ApplyOutcome>)> {
         // Tid order inside the group, so that concurrent committers that drew increasing
         // tids do not fail because they queued in another order.
         reqs.sort_by_key(|(_, r)| r.txn().tid);
@@ -515,7 +544,7 @@ impl RocksStorage {
             group
                 .batch
                 .put_cf(meta_cf, keys::META_STATE, group.meta.encode());
-            if let Err(e) = self.commit_batch(&mut w, group.batch, group.meta) {
+            if let Err(e) = self.commit_batch_opt(&mut w, group.batch, group.meta, sync) {
                 for i in applied {
                     results[i].1 = Err(e.clone());
                 }
@@ -1174,16 +1203,11 @@ impl Storage for RocksStorage {
     }
 
     fn apply_batch(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
-        // One group: validated in order against the state the earlier ones leave, written as
-        // one batch with one fsync. The writer lock serialises it with the commit queue.
-        let reqs = txns
-            .iter()
-            .enumerate()
-            .map(|(i, (p, t))| (i as u64, Request::Apply(*p, t.clone())))
-            .collect();
-        let mut results = self.run_group(reqs);
-        results.sort_by_key(|(i, _)| *i);
-        results.into_iter().map(|(_, r)| r).collect()
+        self.apply_group(txns, self.sync)
+    }
+
+    fn apply_batch_unsynced(&self, txns: &[(Tid, Transaction)]) -> Vec<Result<ApplyOutcome>> {
+        self.apply_group(txns, false)
     }
 
     fn fast_recovery(&self, since: Tid, after: Option<&Oid>) -> Result<FastRecovery<'_>> {

@@ -47,7 +47,8 @@ impl<S: Storage> Replica<S> {
         let queue = std::mem::take(&mut self.apply_queue);
         let batch: Vec<(Tid, Transaction)> =
             queue.iter().map(|q| (q.prev, q.txn.clone())).collect();
-        let results = self.store.apply_batch(&batch);
+        // Not synced here: the shell syncs off the ring's task (`sync.rs`).
+        let results = self.store.apply_batch_unsynced(&batch);
         let mut mine = false;
         for (k, (q, r)) in queue.iter().zip(results).enumerate() {
             match r {
@@ -82,7 +83,8 @@ impl<S: Storage> Replica<S> {
             }
         }
         if mine {
-            self.applied.insert(self.me, self.last);
+            // Its own vote waits for its sync (`sync.rs`); reports from the backups may
+            // already hold a majority that only waited for this delivery.
             self.release_acks();
         }
         Ok(())
@@ -105,7 +107,6 @@ impl<S: Storage> Replica<S> {
         self.stats.applied += 1;
         self.note_client_records(txn);
         self.last_commit_at = Some(now);
-        self.applied_dirty = true;
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
             self.after_store_change()?;
         } else if txn.records.iter().any(|r| r.oid == voters_oid()) {

@@ -221,7 +221,8 @@ impl<S: Storage> Replica<S> {
                 expected_serial: None,
             }],
         };
-        self.applied.insert(self.me, self.last);
+        // Its own vote counts what its disk holds (`sync.rs`).
+        self.applied.insert(self.me, self.synced);
         self.set_role(Role::Primary);
         self.primary_send(marker, None)?;
         self.start_pending_change();

@@ -48,6 +48,20 @@ impl<S: Storage> Replica<S> {
         if self.voters.voters.is_empty() || self.voters.old.as_ref().is_some_and(|o| o.is_empty()) {
             fail("an empty voter set");
         }
+        // Nothing counts as durable here beyond what the store holds, and syncs are asked
+        // in order, each for more than the one before.
+        if self.synced > self.last {
+            fail("synced beyond the last transaction");
+        }
+        if !self
+            .syncs
+            .iter()
+            .zip(self.syncs.iter().skip(1))
+            .all(|(a, b)| a.0 < b.0 && a.1 < b.1 && b.1 <= self.last)
+            || self.syncs.front().is_some_and(|s| s.1 <= self.synced)
+        {
+            fail("syncs asked out of order");
+        }
         // The lineage: epochs strictly increase, and so do (weakly) their starting tids.
         if !self
             .lineage

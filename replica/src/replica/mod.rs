@@ -65,6 +65,7 @@ mod primary;
 mod recipient;
 mod recovery;
 mod swap;
+mod sync;
 mod views;
 mod voter_change;
 
@@ -454,6 +455,15 @@ pub struct Replica<S: Storage> {
     backlog: VecDeque<(Tid, Transaction)>,
     backlog_overflowed: bool,
     applied_dirty: bool,
+    /// The highest tid durable on this server's disk (at most `last`): what it reports to the
+    /// primary, and the primary's own vote. Applies do not wait for the disk
+    /// ([`Output::Sync`]).
+    synced: Tid,
+    /// The primary's own vote grew: answers may be due (see `sync.rs`).
+    acks_due: bool,
+    /// Syncs asked of the shell and not yet done: (id, the last tid applied when asked).
+    syncs: VecDeque<(u64, Tid)>,
+    next_sync_id: u64,
     /// The highest tid announced as [`Output::Durable`].
     durable_announced: Tid,
     /// Client records as the store has them (tid, last request; `None`: no record), so that
@@ -505,6 +515,10 @@ impl<S: Storage> Replica<S> {
             backlog: VecDeque::new(),
             backlog_overflowed: false,
             applied_dirty: false,
+            synced: Tid::ZERO,
+            acks_due: false,
+            syncs: VecDeque::new(),
+            next_sync_id: 1,
             durable_announced: Tid::ZERO,
             client_cache: BTreeMap::new(),
             last_commit_at: None,
@@ -532,6 +546,8 @@ impl<S: Storage> Replica<S> {
             )));
         }
         self.primary_last_known = self.primary_last_known.max(self.last);
+        // What a store holds when it is opened is what its disk holds.
+        self.synced_write();
         self.after_store_change()
     }
 
@@ -674,6 +690,10 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             self.fail(e);
         }
+        if std::mem::take(&mut self.acks_due) && self.role == Role::Primary {
+            self.release_acks();
+        }
+        self.ask_sync();
         if self.applied_dirty {
             self.applied_dirty = false;
             if let Some((p, epoch)) = self.primary {
@@ -681,7 +701,7 @@ impl<S: Storage> Replica<S> {
                     let m = Msg::Applied {
                         server: self.me,
                         epoch,
-                        tid: self.last,
+                        tid: self.synced,
                     };
                     // Straight to the primary first: in the ring's total order the report
                     // would wait behind every commit sent before it (a rotation or more
@@ -769,7 +789,9 @@ impl<S: Storage> Replica<S> {
     }
 
     fn persist(&mut self) -> Result<(), StorageError> {
-        self.store.set_replication_state(&self.durable.encode())
+        self.store.set_replication_state(&self.durable.encode())?;
+        self.synced_write();
+        Ok(())
     }
 }
 

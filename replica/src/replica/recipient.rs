@@ -32,13 +32,13 @@ impl<S: Storage> Replica<S> {
             }
             (ChunkBody::Unavailable { .. }, _) => return self.need_checkpoint(rec.donor),
             (ChunkBody::Txns { txns, done: d }, RecoveryStep::Txns { .. }) => {
-                // One batch, one sync per chunk: a recovering server must keep passing the
-                // token in time.
+                // One batch per chunk, synced off the ring's task (`sync.rs`): a recovering
+                // server must keep passing the token in time.
                 let fresh: Vec<(Tid, Transaction)> = txns
                     .into_iter()
                     .filter(|(_, t)| t.tid > self.last)
                     .collect();
-                let results = self.store.apply_batch(&fresh);
+                let results = self.store.apply_batch_unsynced(&fresh);
                 for ((_, t), r) in fresh.iter().zip(results) {
                     match r? {
                         ApplyOutcome::Applied | ApplyOutcome::AlreadyPresent => {}
@@ -167,7 +167,7 @@ impl<S: Storage> Replica<S> {
             run.push(self.backlog.pop_front().expect("front"));
         }
         tracing::debug!(server = self.me, last = %self.last, run = run.len(), left = self.backlog.len(), "backlog drained");
-        let results = self.store.apply_batch(&run);
+        let results = self.store.apply_batch_unsynced(&run);
         for ((_, t), r) in run.iter().zip(results) {
             r?;
             self.last = t.tid;

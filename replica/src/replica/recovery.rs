@@ -217,6 +217,8 @@ impl<S: Storage> Replica<S> {
         };
         tracing::warn!(server = self.me, after = %tid, n = tids.len(), "lost transactions archived");
         self.last = self.store.last_transaction()?;
+        // The truncation synced, and `synced` may not name a tid the store no longer has.
+        self.synced_write();
         self.after_store_change()?;
         self.report_lost(tid, tids, oids.into_iter().collect());
         Ok(true)

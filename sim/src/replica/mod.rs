@@ -225,6 +225,13 @@ enum Ev {
         op: usize,
         attempt: u32,
     },
+    /// A server's store sync (`servercore::Output::SyncStore`) returns, unless the server
+    /// restarted since (another incarnation).
+    Synced {
+        server: usize,
+        incarnation: u64,
+        id: u64,
+    },
 }
 
 /// A voter change an operator asked for, followed until answered.
@@ -313,6 +320,8 @@ pub struct ReplicaCluster {
     clients: Vec<Client>,
     net: Net,
     client_rng: Prng,
+    /// How long each store sync takes.
+    disk_rng: Prng,
     next_req: u64,
     /// Which client attempt a request id belongs to.
     req_owner: BTreeMap<ReqId, (usize, u64, u64)>,
@@ -395,6 +404,7 @@ impl ReplicaCluster {
                 .collect(),
             net: Net::new(n, opts.base.calm_net, root.fork()),
             client_rng: root.fork(),
+            disk_rng: root.fork(),
             next_req: 1,
             req_owner: BTreeMap::new(),
             history,
@@ -572,6 +582,11 @@ impl ReplicaCluster {
                     attempt,
                     server,
                 } => self.operator_send(op, attempt, server),
+                Ev::Synced {
+                    server,
+                    incarnation,
+                    id,
+                } => self.synced(server, incarnation, id),
                 Ev::OperatorTimeout { op, attempt } => {
                     if !self.voter_ops[op].finished && self.voter_ops[op].attempt == attempt {
                         let next = self.client_rng.range(0, self.servers.len() as u64 - 1);
@@ -870,7 +885,36 @@ impl ReplicaCluster {
             // cluster keeps its configured servers and their addresses.
             Output::Peers(_) => {}
             Output::Checkpoint(c) => self.checkpoint_command(i, c),
+            Output::SyncStore { id } => {
+                // An fsync's time; a crash before it returns loses what it would have made
+                // durable (`MemStorage::crash`).
+                let d = Duration::from_micros(self.disk_rng.range(20, 1500));
+                let incarnation = self.servers[i].incarnation;
+                self.schedule(
+                    now.saturating_add(d),
+                    Ev::Synced {
+                        server: i,
+                        incarnation,
+                        id,
+                    },
+                );
+            }
         }
+    }
+
+    /// A store sync returns: the sync itself runs now, covering at least what was applied
+    /// when it was asked.
+    fn synced(&mut self, i: usize, incarnation: u64, id: u64) {
+        let now = self.now;
+        if self.servers[i].incarnation != incarnation {
+            return;
+        }
+        let Some(core) = self.servers[i].core.as_mut() else {
+            return;
+        };
+        let result = core.store().sync().map_err(|e| e.to_string());
+        core.store_synced(now, id, result);
+        self.drain(i);
     }
 
     fn event(&mut self, i: usize, e: ServerEvent) {

@@ -76,6 +76,7 @@ fn tids(s: &impl Storage, range: TidRange, dir: Direction) -> Vec<u64> {
 /// Runs every check.
 pub fn run_all<H: Harness>(h: &mut H) {
     apply_batch_matches_apply(h);
+    unsynced_applies_are_visible_and_durable_after_sync(h);
     empty_store(h);
     commit_and_load(h);
     tids_must_increase(h);
@@ -1034,4 +1035,38 @@ pub fn apply_batch_matches_apply<H: Harness>(h: &mut H) {
         tids(&s, TidRange::new(None, None), Direction::Forward),
         vec![1, 2, 3]
     );
+}
+
+/// Applies without a sync: visible at once, judged as `apply_batch` judges, and durable
+/// once a sync from another handle (a sync thread's) or a later synced write returned.
+pub fn unsynced_applies_are_visible_and_durable_after_sync<H: Harness>(h: &mut H) {
+    let s = h.fresh();
+    let t1 = txn(1, &[(1, Some("a"))]);
+    let t2 = txn(2, &[(1, Some("b"))]);
+    let r = s.apply_batch_unsynced(&[(Tid(0), t1.clone()), (Tid(1), t2.clone())]);
+    assert_eq!(r, vec![Ok(ApplyOutcome::Applied); 2]);
+    assert_eq!(s.last_transaction().unwrap(), Tid(2));
+    assert_eq!(s.load(&oid(1)).unwrap().unwrap().data, data("b"));
+    let r = s.apply_batch_unsynced(&[(Tid(1), t2), (Tid(5), txn(6, &[(2, Some("x"))]))]);
+    assert_eq!(r[0], Ok(ApplyOutcome::AlreadyPresent));
+    assert!(matches!(r[1], Err(StorageError::Gap { .. })), "{r:?}");
+    // Synced through another handle where the backend has one (a server's sync thread).
+    match s.read_handle() {
+        Some(other) => other.sync().unwrap(),
+        None => s.sync().unwrap(),
+    }
+    let t3 = txn(3, &[(2, Some("c"))]);
+    assert_eq!(
+        s.apply_batch_unsynced(&[(Tid(2), t3)]),
+        vec![Ok(ApplyOutcome::Applied)]
+    );
+    // A later synced write makes the unsynced one before it durable too.
+    s.set_replication_state(b"promise").unwrap();
+    let s = h.restart(s);
+    assert_eq!(s.last_transaction().unwrap(), Tid(3));
+    assert_eq!(
+        tids(&s, TidRange::new(None, None), Direction::Forward),
+        vec![1, 2, 3]
+    );
+    assert_eq!(s.load(&oid(2)).unwrap().unwrap().data, data("c"));
 }

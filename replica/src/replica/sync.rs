@@ -1,0 +1,86 @@
+//! Durability off the ring's task: commits are applied without an fsync
+//! (`Storage::apply_batch_unsynced`), and the shell syncs the store on a thread of its own
+//! ([`Output::Sync`], answered by [`Replica::handle_synced`]).
+//!
+//! Why: an fsync takes from tens of microseconds to milliseconds, and a server that waits for
+//! it in the task that passes the token holds the whole ring for that long. Applied
+//! transactions are visible at once (reads may see them, as they may see a commit a later
+//! view change truncates), but nothing counts as durable before its sync returned: the
+//! `Applied` reports a backup sends carry `synced`, and the primary's own vote in
+//! `majority_applied` is its `synced`. Every other store write syncs (promises, fills,
+//! truncations, recovery applies) and makes what was applied before it durable too, so
+//! `synced` catches up with `last` after each of them.
+
+use super::*;
+
+impl<S: Storage> Replica<S> {
+    /// The shell's sync that started after [`Output::Sync`] `id` (and every earlier one) was
+    /// asked has returned: what was applied then is durable here.
+    pub fn handle_synced(&mut self, now: Time, id: u64) {
+        self.now = now;
+        if self.role == Role::Down {
+            return;
+        }
+        let mut upto = None;
+        while let Some(&(i, t)) = self.syncs.front() {
+            if i > id {
+                break;
+            }
+            upto = Some(t);
+            self.syncs.pop_front();
+        }
+        if let Some(t) = upto {
+            self.advance_synced(t.min(self.last));
+        }
+    }
+
+    /// The shell's sync failed: the store can no longer promise anything, so the server
+    /// stops (as for any failed write).
+    pub fn handle_sync_failed(&mut self, now: Time, error: &str) {
+        self.now = now;
+        self.fail(format!("sync: {error}"));
+    }
+
+    /// The highest tid durable on this server's disk.
+    pub fn synced_tid(&self) -> Tid {
+        self.synced
+    }
+
+    /// After a write that synced: everything applied before it is durable. Syncs still
+    /// asked are covered (their answers find nothing left to do), and a truncation that
+    /// lowered `last` lowers `synced` with it.
+    pub(super) fn synced_write(&mut self) {
+        self.syncs.clear();
+        if self.synced > self.last {
+            self.synced = self.last;
+        }
+        self.advance_synced(self.last);
+    }
+
+    /// Asks the shell for a sync if something was applied since the last one asked.
+    pub(super) fn ask_sync(&mut self) {
+        let asked = self.syncs.back().map_or(self.synced, |(_, t)| *t);
+        if self.last > asked && self.role != Role::Down {
+            let id = self.next_sync_id;
+            self.next_sync_id += 1;
+            self.syncs.push_back((id, self.last));
+            self.out.push_back(Output::Sync { id });
+        }
+    }
+
+    fn advance_synced(&mut self, t: Tid) {
+        if t <= self.synced {
+            return;
+        }
+        self.synced = t;
+        self.applied_dirty = true;
+        if self.role == Role::Primary {
+            // The primary's own vote: only what its disk holds. Answers it releases go out
+            // when the shell next polls (`poll_output`), not in the middle of the write that
+            // synced (a promise, a fill), which may be part of sending something else.
+            let e = self.applied.entry(self.me).or_default();
+            *e = (*e).max(t);
+            self.acks_due = true;
+        }
+    }
+}
