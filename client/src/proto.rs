@@ -1239,6 +1239,53 @@ mod tests {
         assert_eq!(Request::decode(&f[4..]), Err(ProtoError::Version(9)));
     }
 
+    /// The cost of encoding and decoding a Commit carrying one record of 1 KiB. A
+    /// measurement, not a check: run it in release with
+    /// `cargo test --release -p standby-client commit_codec_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    // Reading the clock is the point of a timing loop.
+    #[allow(clippy::disallowed_methods)]
+    fn commit_codec_cost() {
+        let q = Request::Commit {
+            client: 7,
+            request: 42,
+            meta: TxnMeta {
+                user: Bytes::from_static(b"alice"),
+                description: Bytes::from_static(b"/app/save"),
+                extension: Bytes::from(vec![0x7d; 16]),
+                time: 1_700_000_000,
+            },
+            records: vec![Record {
+                oid: Oid::from_u64(1),
+                data: Some(Bytes::from(vec![0xab; 1024])),
+                expected_serial: Some(Tid(41)),
+            }],
+        };
+        // The best of many short batches: on a shared machine the minimum is what the code
+        // costs, the rest is other processes.
+        let rounds = 20_000;
+        let frame = q.encode(3);
+        let (mut encode, mut decode) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..50 {
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(std::hint::black_box(&q).encode(3));
+            }
+            encode = encode.min(start.elapsed() / rounds);
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(Request::decode(std::hint::black_box(&frame[4..])).unwrap());
+            }
+            decode = decode.min(start.elapsed() / rounds);
+        }
+        println!(
+            "commit frame of {} bytes: encode {encode:?}, decode {decode:?}, both {:?} (best of 50)",
+            frame.len(),
+            encode + decode
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
