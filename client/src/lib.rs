@@ -7,8 +7,11 @@
 //! failover or swap reconnects and retries with the same idempotency key (client id, request
 //! number), so the application sees neither. Reads go to the primary, or to any server whose
 //! lag behind the newest transaction it knows of is within the caller's bound ([`ReadFrom`]).
-//! [`proto`] is the wire protocol the client port speaks.
+//! [`proto`] is the wire protocol the client port speaks; `framing` (with the `net` feature)
+//! the framing of both TCP ports, the client port's and ZEO's.
 
+#[cfg(feature = "net")]
+pub mod framing;
 #[cfg(feature = "net")]
 mod net;
 pub mod proto;

@@ -4,6 +4,8 @@ use crate::config::ServerId;
 use crate::election::Epoch;
 use bytes::Bytes;
 use gcs::{Service, Time};
+// Commit outcomes and roles travel in the client protocol (`standby_client::proto`).
+use serde::{Deserialize, Serialize};
 use storage::{Oid, Record, Tid, TxnMeta};
 
 /// A client request's handle, chosen by the shell; replies name it.
@@ -44,7 +46,7 @@ pub enum TidChoice {
 }
 
 /// A commit that succeeded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     /// Its tid.
     pub tid: Tid,
@@ -56,7 +58,7 @@ pub struct Committed {
 
 /// Why a commit was not done. Only `Conflict`, `Stale` and `Invalid` are final for the
 /// application; the others tell the client library where or when to retry.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommitError {
     /// This server is not the primary; retry at `primary` (or wait for one, if `None`).
     #[error("not the primary (primary: {primary:?})")]
@@ -109,7 +111,7 @@ impl CommitError {
 }
 
 /// A server's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// Accepts writes.
     Primary,
