@@ -10,15 +10,15 @@
 //! stopped reading, so a stuck reader holds no server memory for long.
 
 use crate::membership::{Membership, MembershipChange};
-use crate::proto::{
-    read_frame, read_hello_frame, ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo,
-    StatusInfo,
-};
+use crate::proto::{ErrorKind, FrameError, ProtoError, Request, Response, ServerInfo, StatusInfo};
 use crate::{ReadAnswer, ReadOp, ServerEvent, StorageServer};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use standby_client::framing::FrameCodec;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_util::codec::FramedRead;
 
 /// A client connection: plain TCP, or TLS over it.
 pub use standby_client::ClientStream;
@@ -219,7 +219,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::Result<()> {
-    let (mut rd, wr) = tokio::io::split(sock);
+    let (rd, wr) = tokio::io::split(sock);
+    // Frames of at most 4 KiB until the Hello is accepted (see `FrameCodec::client_port`).
+    let mut frames = FramedRead::new(rd, FrameCodec::client_port());
     // Answers and pushed events share the socket: each frame is written whole under a lock,
     // by the task that has it (no hop through a writer task for every answer).
     let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
@@ -235,13 +237,13 @@ async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::
     let result = loop {
         let read = if hello {
             tokio::select! {
-                r = read_frame(&mut rd) => r,
+                r = frames.next() => r.transpose(),
                 _ = cut_rx.wait_for(|c| *c) => break Ok(()),
             }
         } else {
             // Before Hello: small frames only, and not forever.
-            match tokio::time::timeout_at(hello_deadline, read_hello_frame(&mut rd)).await {
-                Ok(r) => r,
+            match tokio::time::timeout_at(hello_deadline, frames.next()).await {
+                Ok(r) => r.transpose(),
                 Err(_) => {
                     let m = format!("no Hello within {:?}", front.hello_timeout);
                     let _ = tx.send(err(ErrorKind::Unauthorized, m).encode(0)).await;
@@ -273,11 +275,7 @@ async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::
             }
             Err(e) => {
                 // The frame was delimited correctly: answer and keep the connection.
-                let id = if body.len() >= 10 {
-                    u64::from_be_bytes(body[2..10].try_into().unwrap_or([0; 8]))
-                } else {
-                    0
-                };
+                let id = crate::proto::frame_id(&body).unwrap_or(0);
                 if tx
                     .send(err(ErrorKind::BadRequest, e.to_string()).encode(id))
                     .await
@@ -308,6 +306,7 @@ async fn connection(sock: Box<dyn ClientStream>, front: Arc<Front>) -> std::io::
             };
             access = granted;
             hello = true;
+            frames.decoder_mut().hello_accepted();
             let _ = tx
                 .send(
                     Response::Welcome {

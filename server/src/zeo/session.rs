@@ -12,15 +12,18 @@ use super::commit::{self, Held, Store};
 use super::tid::{self, to_store, to_zeo};
 use super::ZeoFace;
 use crate::ReadError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use replica::{CommitError, CommitRequest, Role, TidChoice};
+use standby_client::framing::{FrameCodec, FrameError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use storage::{Direction, Oid, Record, Storage, StorageError, Tid, TidRange, TxnMeta};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_util::codec::FramedRead;
 
 /// The newest store tid a ZEO tid may map to (tids at or above 2^62 are refused everywhere).
 const TID_LIMIT: Tid = Tid((1 << 62) - 1);
@@ -73,27 +76,21 @@ enum End {
     Bad(String),
 }
 
-async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), max: usize) -> Result<Vec<u8>, End> {
-    let len = match rd.read_u32().await {
-        Ok(n) => n as usize,
-        Err(_) => return Err(End::Quiet),
-    };
-    if len > max {
-        return Err(End::Bad(format!(
-            "a frame of {len} bytes announced, the limit is {max}"
-        )));
+/// ZEO frames: the client port's framing ([`FrameCodec::lazy`]: clients are not
+/// authenticated, so the buffer grows with the bytes that arrive, not with what a header
+/// claims).
+type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
+
+async fn read_frame(frames: &mut Frames) -> Result<BytesMut, End> {
+    match frames.next().await {
+        None => Err(End::Quiet),
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(FrameError::Proto(e))) => Err(End::Bad(e.to_string())),
+        Some(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(End::Bad(format!("frame truncated: {e}")))
+        }
+        Some(Err(FrameError::Io(_))) => Err(End::Quiet),
     }
-    // Grows with the bytes that arrive, not with what the header claims.
-    let mut buf = Vec::with_capacity(len.min(1 << 16));
-    let n = rd
-        .take(len as u64)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|_| End::Quiet)?;
-    if n < len {
-        return Err(End::Bad(format!("frame truncated: {n} of {len} bytes")));
-    }
-    Ok(buf)
 }
 
 async fn connection(
@@ -103,7 +100,8 @@ async fn connection(
     writable: bool,
     stop: Option<watch::Receiver<bool>>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, FrameCodec::lazy(64));
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let queued = Arc::new(AtomicU64::new(0));
     let (closed_tx, mut closed_rx) = watch::channel(false);
@@ -152,10 +150,10 @@ async fn connection(
     };
     let result = async {
         // The handshake: the client echoes the protocol (or asks `ruok`).
-        let hs = tokio::time::timeout(face.opts.handshake_timeout, read_frame(&mut rd, 64))
+        let hs = tokio::time::timeout(face.opts.handshake_timeout, read_frame(&mut frames))
             .await
             .map_err(|_| End::Bad("no handshake within the deadline".into()))??;
-        if hs == b"ruok" {
+        if &hs[..] == b"ruok" {
             session.ruok().await;
             return Err::<(), End>(End::Quiet);
         }
@@ -167,10 +165,13 @@ async fn connection(
                 "the client wants pickle marshalling (Z5); this server speaks msgpack (M5)".into(),
             ));
         }
+        frames
+            .decoder_mut()
+            .set_max_frame_length(face.opts.max_frame);
         loop {
             let mut stop_rx = stop.clone();
             let frame = tokio::select! {
-                f = read_frame(&mut rd, face.opts.max_frame) => f?,
+                f = read_frame(&mut frames) => f?,
                 _ = closed_rx.changed() => return Err(End::Quiet),
                 _ = async {
                     match &mut stop_rx {
