@@ -45,6 +45,7 @@
 //!   new process.
 //! - **hole**: an old-ring packet that no member of the transitional set holds.
 
+pub mod bincode_slice;
 mod config;
 pub mod crypto;
 pub mod groups;

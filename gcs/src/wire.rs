@@ -493,6 +493,22 @@ fn sorted_unique(v: &[ProcId]) -> bool {
     v.windows(2).all(|w| w[0] < w[1])
 }
 
+/// Decodes a control packet's body, with the datagram limit enforced
+/// ([`crate::bincode_slice`]) and nothing after it.
+fn control<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    match crate::bincode_slice::decode(body, bincode_options()) {
+        Ok((v, 0)) => Ok(v),
+        Ok(_) => Err(WireError::Malformed("bytes after a control packet")),
+        Err(e) => match *e {
+            bincode::ErrorKind::SizeLimit => Err(WireError::Truncated),
+            bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(WireError::Truncated)
+            }
+            _ => Err(WireError::Malformed("control packet encoding")),
+        },
+    }
+}
+
 /// Decodes a datagram: the sending process and the packet.
 pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
     if buf.len() > MAX_PACKET_SIZE {
@@ -508,11 +524,10 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
     }
     let kind = buf.get_u8();
     let from = ProcId::new(buf.get_u32_le(), buf.get_u64_le());
-    let bad = |_| WireError::Malformed("control packet encoding");
     let packet = match kind {
         k if k == Kind::Data as u8 => Packet::Data(decode_data(buf, from)?),
         k if k == Kind::Token as u8 => {
-            let t: Token = bincode_options().deserialize(&buf).map_err(bad)?;
+            let t: Token = control(&buf)?;
             if t.rtr.len() > RTR_MAX
                 || t.aru > t.seq
                 || [t.ring.seq, t.token_seq, t.seq]
@@ -525,7 +540,7 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
             Packet::Token(t)
         }
         k if k == Kind::Join as u8 => {
-            let j: Join = bincode_options().deserialize(&buf).map_err(bad)?;
+            let j: Join = control(&buf)?;
             if j.proc_set.len() > MEMBERS_MAX
                 || j.fail_set.len() > MEMBERS_MAX
                 || !sorted_unique(&j.proc_set)
@@ -537,7 +552,7 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
             Packet::Join(j)
         }
         k if k == Kind::Commit as u8 => {
-            let c: CommitToken = bincode_options().deserialize(&buf).map_err(bad)?;
+            let c: CommitToken = control(&buf)?;
             if c.members.is_empty()
                 || c.members.len() > MEMBERS_MAX
                 || c.entries.len() != c.members.len()
@@ -559,7 +574,7 @@ pub(crate) fn decode(mut buf: Bytes) -> Result<(ProcId, Packet), WireError> {
             Packet::Commit(c)
         }
         k if k == Kind::MergeDetect as u8 => {
-            let m: MergeDetect = bincode_options().deserialize(&buf).map_err(bad)?;
+            let m: MergeDetect = control(&buf)?;
             counter(m.ring.seq, "ring number")?;
             Packet::MergeDetect(m)
         }

@@ -222,20 +222,11 @@ impl Msg {
         if rest.len() > MSG_LEN_MAX {
             return Err(WireError::Invalid("message too large"));
         }
-        // bincode 1.3 drops the size limit when it decodes a slice (`Options::deserialize`):
-        // read through a deserializer built here instead, with the limit tightened to this
-        // message's length, so that a length field claiming more than the message holds is
-        // refused before anything is allocated for it. (Sequences are bounded by serde, which
-        // preallocates at most 1 MiB whatever their count says.) The reader also says how
-        // many bytes are left, which bincode's slice check does not.
-        let mut reader = Remaining(rest);
-        let mut de = bincode::Deserializer::with_bincode_read(
-            &mut reader,
-            bincode_options().with_limit(rest.len() as u64),
-        );
-        let m = Msg::deserialize(&mut de).map_err(|e| from_bincode(*e))?;
-        if !reader.0.is_empty() {
-            return Err(WireError::Trailing(reader.0.len()));
+        // The limit enforced on a slice, and the bytes left counted (`gcs::bincode_slice`).
+        let (m, left) = gcs::bincode_slice::decode::<Msg>(rest, bincode_options())
+            .map_err(|e| from_bincode(*e))?;
+        if left != 0 {
+            return Err(WireError::Trailing(left));
         }
         m.check()?;
         Ok(m)
@@ -318,57 +309,6 @@ impl Msg {
             }
         }
         Ok(())
-    }
-}
-
-/// The bytes of a message not read yet: what bincode reads a message from.
-struct Remaining<'a>(&'a [u8]);
-
-impl<'a> Remaining<'a> {
-    fn take(&mut self, n: usize) -> std::io::Result<&'a [u8]> {
-        if n > self.0.len() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-}
-
-impl std::io::Read for Remaining<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = out.len().min(self.0.len());
-        out[..n].copy_from_slice(self.take(n)?);
-        Ok(n)
-    }
-
-    fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
-        out.copy_from_slice(self.take(out.len())?);
-        Ok(())
-    }
-}
-
-impl<'a> bincode::BincodeRead<'a> for &mut Remaining<'a> {
-    fn forward_read_str<V: serde::de::Visitor<'a>>(
-        &mut self,
-        length: usize,
-        visitor: V,
-    ) -> bincode::Result<V::Value> {
-        let s = std::str::from_utf8(self.take(length)?)
-            .map_err(bincode::ErrorKind::InvalidUtf8Encoding)?;
-        visitor.visit_borrowed_str(s)
-    }
-
-    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
-        Ok(self.take(length)?.to_vec())
-    }
-
-    fn forward_read_bytes<V: serde::de::Visitor<'a>>(
-        &mut self,
-        length: usize,
-        visitor: V,
-    ) -> bincode::Result<V::Value> {
-        visitor.visit_borrowed_bytes(self.take(length)?)
     }
 }
 
