@@ -427,11 +427,23 @@ fn single_primary_ignores_a_primary_role_naming_another_server() {
 // ---------------------------------------------------------------------------------------------
 
 fn elected(at: u64, server: ServerId, epoch: u64, component: &[ServerId]) -> REvent {
+    elected_by(at, server, epoch, component, component)
+}
+
+/// Elected by `component`, of which only `weighted` vote.
+fn elected_by(
+    at: u64,
+    server: ServerId,
+    epoch: u64,
+    component: &[ServerId],
+    weighted: &[ServerId],
+) -> REvent {
     REvent::Elected {
         at: t(at),
         server,
         epoch: Epoch(epoch),
         component: component.to_vec(),
+        weighted: weighted.to_vec(),
     }
 }
 
@@ -441,6 +453,17 @@ fn disjoint_primaries_flags_two_disjoint_components_electing_at_once() {
     let mut h = good_sync();
     add(&mut h, elected(45, 3, 5, &[3, 4]));
     add(&mut h, elected(50, 5, 6, &[5, 6]));
+    let out = assert_flags(&h, disjoint_primaries, "disjoint_primaries");
+    assert!(out.iter().any(|v| procs(v) == vec![3, 5]), "{out:#?}");
+}
+
+#[test]
+fn disjoint_primaries_flags_components_that_share_only_a_server_without_a_vote() {
+    // s6 is a read replica (or a spare) in both views: it carries no vote, so {3, 4} and
+    // {5} are disjoint majorities as far as the election goes.
+    let mut h = good_sync();
+    add(&mut h, elected_by(45, 3, 5, &[3, 4, 6], &[3, 4]));
+    add(&mut h, elected_by(50, 5, 6, &[5, 6], &[5]));
     let out = assert_flags(&h, disjoint_primaries, "disjoint_primaries");
     assert!(out.iter().any(|v| procs(v) == vec![3, 5]), "{out:#?}");
 }

@@ -69,7 +69,8 @@ pub enum REvent {
         tid: Tid,
     },
     /// A server became primary of `epoch`, elected by the members of `component` (its
-    /// view's servers).
+    /// view's servers), of which `weighted` vote under the configuration it was elected under
+    /// (either set of a joint one): read replicas and spares elect nothing.
     Elected {
         /// When.
         at: Time,
@@ -79,6 +80,8 @@ pub enum REvent {
         epoch: Epoch,
         /// The servers of its view.
         component: Vec<ServerId>,
+        /// Those of them with a vote.
+        weighted: Vec<ServerId>,
     },
     /// A server stopped acting: crashed, lost its disk, or froze (it acts again only after
     /// a new role).

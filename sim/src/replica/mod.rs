@@ -946,12 +946,26 @@ impl ReplicaCluster {
                 });
                 if let (replica::Role::Primary, Some((p, epoch))) = (info.role, info.primary) {
                     if p == i as u32 {
-                        // The view the replica was elected in (the core's may be newer).
+                        // The view the replica was elected in (the core's may be newer), and
+                        // who votes under the configuration it now holds: the newest one
+                        // reported at the election (it caught up from the most advanced voter
+                        // before taking the role).
+                        let (voters, _) = self.core(i).replica().voters();
+                        let weighted = info
+                            .view
+                            .iter()
+                            .copied()
+                            .filter(|s| {
+                                voters.voters.ids().contains(s)
+                                    || voters.old.as_ref().is_some_and(|o| o.ids().contains(s))
+                            })
+                            .collect();
                         self.history.events.push(REvent::Elected {
                             at: now,
                             server: p,
                             epoch,
                             component: info.view.clone(),
+                            weighted,
                         });
                     }
                 }

@@ -2,11 +2,13 @@
 
 use super::*;
 
-/// Two primaries that act at the same time were elected by components that share a server:
-/// two disjoint majorities (of whatever voter configurations) never both elect. A primary acts
-/// from its election until its next role change or until it stops (crash, lost disk, pause).
+/// Two primaries that act at the same time were elected by components that share a server
+/// with a vote (under the configuration each was elected under): two disjoint majorities (of
+/// whatever voter configurations) never both elect, and servers without a vote (read
+/// replicas, spares) make no majority. A primary acts from its election until its next role
+/// change or until it stops (crash, lost disk, pause).
 pub fn disjoint_primaries(h: &RHistory, out: &mut Vec<Violation>) {
-    // (server, epoch, from, until, component)
+    // (server, epoch, from, until, the component's servers with a vote)
     let mut tenures: Vec<(ServerId, Epoch, Time, Time, &[ServerId])> = Vec::new();
     let mut open: BTreeMap<ServerId, usize> = BTreeMap::new();
     for e in &h.events {
@@ -15,7 +17,8 @@ pub fn disjoint_primaries(h: &RHistory, out: &mut Vec<Violation>) {
                 at,
                 server,
                 epoch,
-                component,
+                weighted,
+                ..
             } => {
                 if let Some(k) = open.get(server) {
                     if tenures[*k].1 == *epoch {
@@ -24,7 +27,7 @@ pub fn disjoint_primaries(h: &RHistory, out: &mut Vec<Violation>) {
                     tenures[*k].3 = *at;
                 }
                 open.insert(*server, tenures.len());
-                tenures.push((*server, *epoch, *at, h.end, component));
+                tenures.push((*server, *epoch, *at, h.end, weighted));
             }
             REvent::Role {
                 at, server, role, ..
