@@ -3,7 +3,8 @@
 //!
 //! Runs seeds, prints one line per failing seed with the command that replays it, then a summary.
 //! Exits non-zero if any property was violated. `--seed N --trace` replays one seed with a
-//! readable event log (one line per event: virtual time, node, what happened).
+//! readable event log (one line per event: virtual time, node, what happened). `--digests`
+//! prints every seed's run digest and verdict, to compare two builds seed by seed.
 
 use clap::{Args, Parser, Subcommand};
 use sim::checkers::Violation;
@@ -45,6 +46,10 @@ struct Sweep {
     /// Worker threads (seeds are independent; each run is single-threaded).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Print one line per seed, `digest SEED HEX ok|FAIL` (in completion order: sort to
+    /// compare two sweeps).
+    #[arg(long)]
+    digests: bool,
 }
 
 fn parse_range(s: &str) -> Option<(u64, u64)> {
@@ -58,6 +63,7 @@ struct SeedResult {
     violations: Vec<Violation>,
     sim_us: u64,
     counters: Vec<u64>,
+    digest: u64,
 }
 
 type Tracer = Box<dyn FnMut(&str)>;
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
                 violations: r.violations,
                 sim_us: r.sim_time.as_micros(),
                 counters: vec![r.totals.sent, r.totals.delivered, r.totals.views],
+                digest: r.digest,
             }
         } else {
             let r = sim::replica::run_replica_seed(seed, nodes, tracer);
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
                     t.voter_changes_done,
                     t.voter_changes_refused,
                 ],
+                digest: r.digest,
             }
         }
     };
@@ -187,6 +195,15 @@ fn sweep_seeds(
             if !r.violations.is_empty() {
                 t.1 += 1;
             }
+        }
+        if sweep.digests {
+            let _g = print.lock().expect("print lock");
+            let ok = if r.violations.is_empty() {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            println!("digest {s} {:016x} {ok}", r.digest);
         }
         if !r.violations.is_empty() {
             let _g = print.lock().expect("print lock");
