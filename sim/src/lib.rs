@@ -16,3 +16,4 @@ pub mod prng;
 pub mod queue;
 pub mod replica;
 pub mod run;
+pub mod world;
