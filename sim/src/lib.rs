@@ -9,6 +9,7 @@
 pub mod checkers;
 pub mod cluster;
 pub mod faults;
+pub mod groups;
 pub mod history;
 mod host;
 pub mod options;
