@@ -1,36 +1,29 @@
-//! The simulator driver: N production `gcs::Node`s in one thread over virtual time.
-//!
-//! One priority queue ordered by `(time, insertion number)` holds datagram arrivals, node
-//! deadlines, application sends and scenario actions. The loop pops the earliest event, sets the
-//! clock, steps the node and routes its outputs through the faulty network. Nothing here reads a
-//! clock or an OS random source, so a seed replays the same history byte for byte.
+//! The `gcs` mode: N production `gcs::Node`s on the [`world`] framework. This file holds only
+//! what is particular to it: the application on each daemon (seeded multicasts of
+//! self-checking payloads, [`encode_payload`]) and the recording of sends, deliveries, views
+//! and crashes in the [`History`] the EVS checkers judge. Time, the queue, the faulty network,
+//! crashes, pauses, trace and digest are the world's.
 
 pub use crate::faults::Action;
-use crate::faults::{self, Net, Plan};
+use crate::faults::{self, Plan};
 use crate::history::{Event as HEvent, History, MsgId};
-use crate::host::{recipients, HostIo};
 use crate::options::Options;
 use crate::prng::Prng;
-use crate::queue::{fnv, EventQueue, DIGEST_START};
+use crate::queue::fnv;
+pub use crate::world::Tracer;
+use crate::world::{self, App, World};
 use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{Node, Output, ProcId, Service, Time};
 use std::time::Duration;
 
-/// Receives one trace line per simulated event.
-pub type Tracer = Box<dyn FnMut(&str)>;
-
+/// The gcs simulator's own event: a daemon's application sends a multicast.
 #[derive(Debug)]
-enum Ev {
-    Arrive { to: usize, bytes: Bytes },
-    Timer { node: usize, gen: u64 },
-    AppSend { node: usize },
-    Action(Action),
+pub struct AppSend {
+    node: usize,
 }
 
 struct SimNode {
     node: Option<Node>,
-    incarnation: u64,
-    io: HostIo,
     next_msg: u64,
     phase: Option<gcs::Phase>,
 }
@@ -50,18 +43,14 @@ pub struct Totals {
     pub sent: u64,
 }
 
-/// A simulated cluster.
+/// A simulated cluster of gcs daemons: the [`App`] of the `gcs` mode.
 pub struct Cluster {
+    w: World<AppSend>,
     opts: Options,
-    now: Time,
-    queue: EventQueue<Ev>,
     nodes: Vec<SimNode>,
-    net: Net,
     app_rng: Prng,
     history: History,
     totals: Totals,
-    digest: u64,
-    trace: Option<Tracer>,
 }
 
 impl Cluster {
@@ -69,47 +58,32 @@ impl Cluster {
     pub fn new(opts: Options) -> Cluster {
         let mut root = Prng::new(opts.seed);
         let n = opts.nodes;
+        let mut w = World::new(n, opts.calm_net, root.fork());
+        w.trace_io(gcs::wire::describe);
         Cluster {
-            now: Time::ZERO,
-            queue: EventQueue::default(),
+            w,
             nodes: (0..n)
                 .map(|_| SimNode {
                     node: None,
-                    incarnation: 0,
-                    io: HostIo::default(),
                     next_msg: 0,
                     phase: None,
                 })
                 .collect(),
-            net: Net::new(n, opts.calm_net, root.fork()),
             app_rng: root.fork(),
             history: History::default(),
             totals: Totals::default(),
-            digest: DIGEST_START,
-            trace: None,
             opts,
         }
     }
 
     /// Prints (through `f`) one line per event.
     pub fn set_trace(&mut self, f: Tracer) {
-        self.trace = Some(f);
-    }
-
-    fn tr(&mut self, line: impl FnOnce() -> String) {
-        if let Some(t) = self.trace.as_mut() {
-            let s = line();
-            t(&s);
-        }
-    }
-
-    fn schedule(&mut self, at: Time, ev: Ev) {
-        self.queue.push(at, ev);
+        self.w.set_trace(f);
     }
 
     /// Adds a scenario action at `at`.
     pub fn at(&mut self, at: Time, action: Action) {
-        self.schedule(at, Ev::Action(action));
+        self.w.at(at, action);
     }
 
     /// Builds the seeded scenario: boot, a storm of faults, heal, calm.
@@ -126,101 +100,21 @@ impl Cluster {
     }
 
     fn install(&mut self, plan: Plan) {
-        for (t, a) in plan.actions {
-            self.at(t, a);
-        }
+        self.w.install(&plan);
         self.history.calm_from = Some(plan.calm_from);
         self.history.end = plan.end;
         self.history.sends_until = plan.sends_until;
     }
 
-    /// Runs until the history's end time; returns the history and totals.
+    /// Runs until the history's end time; returns the history, the totals and the digest.
     pub fn run(mut self) -> (History, Totals, u64) {
-        let end = self.history.end;
-        while let Some((at, ev)) = self.queue.pop() {
-            if at > end {
-                break;
-            }
-            self.now = at;
-            self.digest = fnv(self.digest, &at.0.to_le_bytes());
-            match ev {
-                Ev::Arrive { to, bytes } => self.arrive(to, bytes),
-                Ev::Timer { node, gen } => self.timer(node, gen),
-                Ev::AppSend { node } => self.app_send(node),
-                Ev::Action(a) => self.action(a),
-            }
-        }
-        self.now = end;
-        (self.history, self.totals, self.digest)
+        world::run(&mut self);
+        self.totals.datagrams = self.w.datagrams;
+        (self.history, self.totals, self.w.digest())
     }
 
     fn proc_of(&self, i: usize) -> ProcId {
-        ProcId::new(i as u32, self.nodes[i].incarnation)
-    }
-
-    fn action(&mut self, a: Action) {
-        let now = self.now;
-        self.tr(|| format!("{now:?} action {a:?}"));
-        match a {
-            Action::SetNet(p) => self.net.params = p,
-            Action::SetLinks(l) => self.net.links = l,
-            Action::Swap { .. }
-            | Action::VoterChange { .. }
-            | Action::StoreFails(_)
-            | Action::StoreHeals(_) => {}
-            Action::Crash(i) | Action::Wipe(i) => {
-                if self.nodes[i].node.take().is_some() {
-                    let p = self.proc_of(i);
-                    self.log(p, HEvent::Crashed { at: self.now });
-                    self.nodes[i].io.crashed();
-                }
-            }
-            Action::Restart(i) => {
-                if self.nodes[i].node.is_none() {
-                    self.nodes[i].incarnation += 1;
-                    self.nodes[i].next_msg = 0;
-                    let p = self.proc_of(i);
-                    let node = Node::new(self.opts.gcs.clone(), p, self.now)
-                        .expect("simulator configuration is valid");
-                    self.nodes[i].node = Some(node);
-                    self.history.procs.entry(p).or_default();
-                    self.drain(i);
-                    let first = self.send_delay();
-                    self.schedule(self.now.saturating_add(first), Ev::AppSend { node: i });
-                }
-            }
-            Action::Pause(i) => self.nodes[i].io.paused = self.nodes[i].node.is_some(),
-            Action::Resume(i) => self.resume(i),
-            Action::Heal => {
-                let n = self.opts.nodes;
-                self.net.params = self.opts.calm_net;
-                self.net.links = vec![vec![true; n]; n];
-                for i in 0..n {
-                    self.resume(i);
-                    if self.nodes[i].node.is_none() {
-                        self.action(Action::Restart(i));
-                    }
-                }
-            }
-        }
-    }
-
-    fn resume(&mut self, i: usize) {
-        if !self.nodes[i].io.paused {
-            return;
-        }
-        self.nodes[i].io.paused = false;
-        // Stale timers fire first (the daemon notices the time that passed), then the backlog.
-        if let Some(node) = self.nodes[i].node.as_mut() {
-            node.handle_timeout(self.now);
-        }
-        self.drain(i);
-        while let Some(b) = self.nodes[i].io.next_buffered() {
-            if let Some(node) = self.nodes[i].node.as_mut() {
-                node.handle_packet(self.now, b);
-            }
-            self.drain(i);
-        }
+        ProcId::new(i as u32, self.w.incarnation(i))
     }
 
     fn send_delay(&mut self) -> Duration {
@@ -233,8 +127,10 @@ impl Cluster {
             return; // This incarnation's sender dies with it; a restart schedules a new one.
         }
         let next = self.send_delay();
-        self.schedule(self.now.saturating_add(next), Ev::AppSend { node: i });
-        if self.nodes[i].io.paused || self.now >= self.history.sends_until {
+        let now = self.w.now;
+        self.w
+            .schedule(now.saturating_add(next), AppSend { node: i });
+        if self.w.paused(i) || now >= self.history.sends_until {
             return;
         }
         let service = self.app_rng.pick(&Service::ALL);
@@ -250,7 +146,7 @@ impl Cluster {
         };
         let payload = encode_payload(msg, service, len);
         let node = self.nodes[i].node.as_mut().expect("running");
-        if node.multicast(self.now, service, payload).is_ok() {
+        if node.multicast(now, service, payload).is_ok() {
             self.nodes[i].next_msg += 1;
             self.totals.sent += 1;
             self.log(
@@ -258,52 +154,66 @@ impl Cluster {
                 HEvent::Sent {
                     msg,
                     service,
-                    at: self.now,
+                    at: now,
                 },
             );
-            let now = self.now;
-            self.tr(|| format!("{now:?} n{i} send {p:?}#{} {service:?} {len}B", msg.n));
+            self.w
+                .tr(|| format!("{now:?} n{i} send {p:?}#{} {service:?} {len}B", msg.n));
         }
-        self.drain(i);
+        world::drain(self, i);
     }
 
-    fn arrive(&mut self, to: usize, bytes: Bytes) {
-        let sn = &mut self.nodes[to];
-        if sn.node.is_none() {
-            return;
-        }
-        if sn.io.paused {
-            sn.io.buffer(bytes);
-            return;
-        }
-        self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
-        if self.trace.is_some() {
-            let d = gcs::wire::describe(&bytes);
-            let now = self.now;
-            self.tr(|| format!("{now:?} n{to} recv {d}"));
-        }
-        let node = self.nodes[to].node.as_mut().expect("running");
-        node.handle_packet(self.now, bytes);
-        self.drain(to);
+    fn log(&mut self, p: ProcId, e: HEvent) {
+        self.history.procs.entry(p).or_default().push(e);
+    }
+}
+
+impl App for Cluster {
+    type Core = Node;
+    type Event = AppSend;
+
+    fn world(&mut self) -> &mut World<AppSend> {
+        &mut self.w
     }
 
-    fn timer(&mut self, i: usize, gen: u64) {
-        let sn = &mut self.nodes[i];
-        if !sn.io.fires(gen) || sn.node.is_none() {
-            return;
-        }
-        if self.trace.is_some() {
-            let now = self.now;
-            self.tr(|| format!("{now:?} n{i} timeout"));
-        }
-        let node = self.nodes[i].node.as_mut().expect("running");
-        node.handle_timeout(self.now);
-        self.drain(i);
+    fn core(&mut self, host: usize) -> Option<&mut Node> {
+        self.nodes[host].node.as_mut()
     }
 
-    /// Routes everything node `i` produced, and re-arms its deadline.
-    fn drain(&mut self, i: usize) {
+    fn start(&mut self, i: usize, incarnation: u64) -> bool {
+        self.nodes[i].next_msg = 0;
+        let p = ProcId::new(i as u32, incarnation);
+        let node = Node::new(self.opts.gcs.clone(), p, self.w.now)
+            .expect("simulator configuration is valid");
+        self.nodes[i].node = Some(node);
+        self.history.procs.entry(p).or_default();
+        true
+    }
+
+    fn on_started(&mut self, i: usize) {
+        let first = self.send_delay();
+        let now = self.w.now;
+        self.w
+            .schedule(now.saturating_add(first), AppSend { node: i });
+    }
+
+    fn stop(&mut self, i: usize, _wiped: bool) -> bool {
+        if self.nodes[i].node.take().is_none() {
+            return false;
+        }
+        let p = self.proc_of(i);
+        self.log(p, HEvent::Crashed { at: self.w.now });
+        true
+    }
+
+    fn on_event(&mut self, e: AppSend) {
+        self.app_send(e.node);
+    }
+
+    /// Routes everything node `i` produced.
+    fn on_outputs(&mut self, i: usize) {
         let from = self.proc_of(i);
+        let now = self.w.now;
         loop {
             let Some(node) = self.nodes[i].node.as_mut() else {
                 return;
@@ -312,16 +222,11 @@ impl Cluster {
                 break;
             };
             match out {
-                Output::Transmit { dest, bytes } => {
-                    for j in recipients(dest, i, self.opts.nodes) {
-                        self.send(i, j, bytes.clone());
-                    }
-                }
+                Output::Transmit { dest, bytes } => self.w.transmit(i, dest, &bytes),
                 Output::Deliver(d) => {
                     let (msg, ok) = decode_payload(&d.payload, d.sender);
                     self.totals.delivered += 1;
-                    let now = self.now;
-                    self.tr(|| {
+                    self.w.tr(|| {
                         format!(
                             "{now:?} n{i} deliver {:?}#{} {:?} {}B",
                             msg.sender,
@@ -335,52 +240,26 @@ impl Cluster {
                         HEvent::Delivered {
                             msg,
                             service: d.service,
-                            at: self.now,
+                            at: now,
                             payload_ok: ok,
                         },
                     );
                 }
                 Output::View(v) => {
                     self.totals.views += 1;
-                    let now = self.now;
-                    self.tr(|| format!("{now:?} n{i} view {:?} {:?}", v.id, v.members));
-                    self.digest = fnv(self.digest, &v.id.ring.seq.to_le_bytes());
-                    self.log(
-                        from,
-                        HEvent::View {
-                            view: v,
-                            at: self.now,
-                        },
-                    );
+                    self.w
+                        .tr(|| format!("{now:?} n{i} view {:?} {:?}", v.id, v.members));
+                    self.w.fold(&v.id.ring.seq.to_le_bytes());
+                    self.log(from, HEvent::View { view: v, at: now });
                 }
             }
         }
         let phase = self.nodes[i].node.as_ref().map(|n| n.phase());
         if phase != self.nodes[i].phase {
-            let (now, was) = (self.now, self.nodes[i].phase);
-            self.tr(|| format!("{now:?} n{i} phase {was:?} -> {phase:?}"));
+            let was = self.nodes[i].phase;
+            self.w
+                .tr(|| format!("{now:?} n{i} phase {was:?} -> {phase:?}"));
             self.nodes[i].phase = phase;
-        }
-        let deadline = self.nodes[i].node.as_ref().and_then(|n| n.poll_deadline());
-        if let Some((at, gen)) = self.nodes[i].io.rearm(deadline, self.now) {
-            self.schedule(at, Ev::Timer { node: i, gen });
-        }
-    }
-
-    fn log(&mut self, p: ProcId, e: HEvent) {
-        self.history.procs.entry(p).or_default().push(e);
-    }
-
-    fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
-        self.totals.datagrams += 1;
-        for d in self.net.delays(from, to) {
-            self.schedule(
-                Time(self.now.0 + d),
-                Ev::Arrive {
-                    to,
-                    bytes: bytes.clone(),
-                },
-            );
         }
     }
 }

@@ -1,5 +1,5 @@
-//! What both simulated clusters (gcs daemons, storage servers) share: the seeded fault
-//! schedule and the faulty network between nodes.
+//! The [`crate::world`]'s seeded fault schedule and the faulty network between nodes, the same
+//! for every mode (gcs daemons, storage servers, group daemons).
 //!
 //! A run has three phases: a storm (faults on), `Heal`, then a calm phase after which liveness
 //! and convergence are checked. For storage servers the storm also holds planned swaps, at most

@@ -1,6 +1,6 @@
-//! What every simulated host has around its cores, whatever runs on it (a gcs daemon in
-//! `cluster`, a storage server in `replica`): the socket buffer that fills while the host is
-//! paused, the one timer that tracks its core's deadline, and the routing of its datagrams.
+//! What every simulated host has around its core, whatever runs on it (part of the
+//! [`crate::world`]): the socket buffer that fills while the host is paused, the one timer that
+//! tracks its core's deadline, and the routing of its datagrams.
 //!
 //! The timer carries a generation that every re-arm increases, so a timer event scheduled
 //! before the deadline moved is recognised as stale and ignored rather than removed from the

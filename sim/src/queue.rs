@@ -1,6 +1,6 @@
-//! The simulators' event queue: events ordered by `(virtual time, insertion number)`, so
-//! that equal times keep their scheduling order and a seed replays identically; and the
-//! digest both simulators fold their runs into.
+//! The [`crate::world`]'s event queue: events ordered by `(virtual time, insertion number)`,
+//! so that equal times keep their scheduling order and a seed replays identically; and the
+//! digest every run folds into.
 
 use gcs::Time;
 use std::cmp::Reverse;

@@ -1,8 +1,10 @@
 //! The storage-server simulator: N servers, each the production `servercore::ServerCore` (the
 //! gcs `Node` and the `Replica` as the server wires them) over an in-memory store, and a set
-//! of clients with retries, in one thread over virtual time, on the same seeded faulty network
-//! and fault schedule as the gcs simulator. A crash drops the core (memory) and keeps the store
-//! (disk). This file is the core's second shell: it executes the core's checkpoint commands
+//! of clients with retries, on the [`crate::world`] framework: the same virtual time, event
+//! loop, seeded faulty network, fault schedule, host lifecycle, trace and digest as the gcs
+//! simulator. This file is the [`App`] of the `replica` mode: it starts and stops servers
+//! over their disks, runs the clients and the operator, and records the history. A crash
+//! drops the core (memory) and keeps the store (disk). This file is the core's second shell: it executes the core's checkpoint commands
 //! over simulated files (the checkpoint's content travels underneath as a store snapshot; its
 //! files, chunks, checksums and messages are real).
 //!
@@ -21,11 +23,12 @@
 pub mod checkers;
 pub mod history;
 
-use crate::faults::{self, Action, Net, Plan};
-use crate::host::{recipients, HostIo};
+use crate::faults::{self, Action, Plan};
 use crate::options::Options;
 use crate::prng::Prng;
-use crate::queue::{fnv, EventQueue, DIGEST_START};
+use crate::queue::{fnv, DIGEST_START};
+pub use crate::world::Tracer;
+use crate::world::{self, App, World};
 use bytes::Bytes;
 use gcs::{Node, ProcId, Time};
 use history::{FinalStore, REvent, RHistory};
@@ -48,9 +51,6 @@ const SIM_CHECKPOINT_CHUNK: usize = 1024;
 
 /// The largest simulated checkpoint file (what the simulator makes is at most 1 MiB).
 const SIM_CHECKPOINT_FILE_MAX: usize = 64 << 20;
-
-/// Receives one trace line per simulated event.
-pub type Tracer = Box<dyn FnMut(&str)>;
 
 /// The options of one replica run.
 #[derive(Clone, Debug)]
@@ -177,18 +177,12 @@ impl ReplicaOptions {
     }
 }
 
+/// The replica simulator's own events (the world carries datagrams, timers and actions).
 #[derive(Debug)]
-enum Ev {
-    Arrive {
-        to: usize,
-        bytes: Bytes,
-    },
-    Timer {
-        node: usize,
-        gen: u64,
-    },
-    Action(Action),
+pub enum Ev {
+    /// A client thinks of its next request.
     ClientTick {
+        /// The client.
         client: usize,
     },
     /// A client gives up waiting for attempt `attempt` and tries the next server.
@@ -221,10 +215,7 @@ enum Ev {
         server: usize,
     },
     /// The operator gives up waiting for attempt `attempt` of voter change `op`.
-    OperatorTimeout {
-        op: usize,
-        attempt: u32,
-    },
+    OperatorTimeout { op: usize, attempt: u32 },
     /// A server's store sync (`servercore::Output::SyncStore`) returns, unless the server
     /// restarted since (another incarnation).
     Synced {
@@ -253,8 +244,6 @@ struct Server {
     disk_lost: bool,
     /// Its store fails every write (see `Action::StoreFails`).
     store_failing: bool,
-    incarnation: u64,
-    io: HostIo,
 }
 
 struct Inflight {
@@ -314,11 +303,9 @@ pub struct RTotals {
 pub struct ReplicaCluster {
     opts: ReplicaOptions,
     cfg: ReplicaConfig,
-    now: Time,
-    queue: EventQueue<Ev>,
+    w: World<Ev>,
     servers: Vec<Server>,
     clients: Vec<Client>,
-    net: Net,
     client_rng: Prng,
     /// How long each store sync takes.
     disk_rng: Prng,
@@ -327,8 +314,6 @@ pub struct ReplicaCluster {
     req_owner: BTreeMap<ReqId, (usize, u64, u64)>,
     history: RHistory,
     totals: RTotals,
-    digest: u64,
-    trace: Option<Tracer>,
     /// Simulated checkpoint files, by (server, transfer id): a donor's `outgoing` file, a
     /// recipient's `incoming` one.
     outgoing_files: BTreeMap<(usize, u64), Bytes>,
@@ -381,16 +366,13 @@ impl ReplicaCluster {
             })
             .collect();
         ReplicaCluster {
-            now: Time::ZERO,
-            queue: EventQueue::default(),
+            w: World::new(n, opts.base.calm_net, root.fork()),
             servers: (0..n)
                 .map(|_| Server {
                     core: None,
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
                     disk_lost: false,
                     store_failing: false,
-                    incarnation: 0,
-                    io: HostIo::default(),
                 })
                 .collect(),
             clients: (0..opts.clients)
@@ -402,15 +384,12 @@ impl ReplicaCluster {
                     serials: BTreeMap::new(),
                 })
                 .collect(),
-            net: Net::new(n, opts.base.calm_net, root.fork()),
             client_rng: root.fork(),
             disk_rng: root.fork(),
             next_req: 1,
             req_owner: BTreeMap::new(),
             history,
             totals: RTotals::default(),
-            digest: DIGEST_START,
-            trace: None,
             outgoing_files: BTreeMap::new(),
             incoming_files: BTreeMap::new(),
             underneath: BTreeMap::new(),
@@ -424,23 +403,20 @@ impl ReplicaCluster {
 
     /// Prints (through `f`) one line per event.
     pub fn set_trace(&mut self, f: Tracer) {
-        self.trace = Some(f);
+        self.w.set_trace(f);
     }
 
     fn tr(&mut self, line: impl FnOnce() -> String) {
-        if let Some(t) = self.trace.as_mut() {
-            let s = line();
-            t(&s);
-        }
+        self.w.tr(line);
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
-        self.queue.push(at, ev);
+        self.w.schedule(at, ev);
     }
 
     /// Adds a scenario action at `at`.
     pub fn at(&mut self, at: Time, action: Action) {
-        self.schedule(at, Ev::Action(action));
+        self.w.at(at, action);
     }
 
     /// The seeded scenario: boot, storm (with swaps), heal, calm (with one swap).
@@ -539,9 +515,7 @@ impl ReplicaCluster {
     }
 
     fn install(&mut self, plan: Plan) {
-        for (t, a) in plan.actions {
-            self.at(t, a);
-        }
+        self.w.install(&plan);
         self.history.calm_from = plan.calm_from;
         self.history.end = plan.end;
         self.history.sends_until = plan.sends_until;
@@ -553,51 +527,10 @@ impl ReplicaCluster {
 
     /// Runs to the end; returns the history, the totals and the run's digest.
     pub fn run(mut self) -> (RHistory, RTotals, u64) {
-        let end = self.history.end;
-        while let Some((at, ev)) = self.queue.pop() {
-            if at > end {
-                break;
-            }
-            self.now = at;
-            self.digest = fnv(self.digest, &at.0.to_le_bytes());
-            match ev {
-                Ev::Arrive { to, bytes } => self.arrive(to, bytes),
-                Ev::Timer { node, gen } => self.timer(node, gen),
-                Ev::Action(a) => self.action(a),
-                Ev::ClientTick { client } => self.client_tick(client),
-                Ev::ClientTimeout {
-                    client,
-                    request,
-                    attempt,
-                } => self.client_timeout(client, request, attempt),
-                Ev::ClientSend {
-                    client,
-                    request,
-                    attempt,
-                } => self.client_send(client, request, attempt),
-                Ev::Request { server, req, c } => self.request(server, req, c),
-                Ev::Answer { req, result } => self.answer(req, result),
-                Ev::OperatorSend {
-                    op,
-                    attempt,
-                    server,
-                } => self.operator_send(op, attempt, server),
-                Ev::Synced {
-                    server,
-                    incarnation,
-                    id,
-                } => self.synced(server, incarnation, id),
-                Ev::OperatorTimeout { op, attempt } => {
-                    if !self.voter_ops[op].finished && self.voter_ops[op].attempt == attempt {
-                        let next = self.client_rng.range(0, self.servers.len() as u64 - 1);
-                        self.operator_retry(op, next as usize, Duration::ZERO);
-                    }
-                }
-            }
-        }
-        self.now = end;
+        world::run(&mut self);
         self.finish();
-        (self.history, self.totals, self.digest)
+        let digest = self.w.digest();
+        (self.history, self.totals, digest)
     }
 
     fn finish(&mut self) {
@@ -648,38 +581,77 @@ impl ReplicaCluster {
         }
     }
 
-    fn action(&mut self, a: Action) {
-        let now = self.now;
-        self.tr(|| format!("{now:?} action {a:?}"));
-        match a {
-            Action::SetNet(p) => self.net.params = p,
-            Action::SetLinks(l) => self.net.links = l,
-            Action::Crash(i) | Action::Wipe(i) => {
-                if let Some(core) = self.servers[i].core.take() {
-                    self.history.events.push(REvent::Stopped {
-                        at: self.now,
-                        server: i as u32,
-                    });
-                    self.outgoing_files.retain(|k, _| k.0 != i);
-                    self.incoming_files.retain(|k, _| k.0 != i);
-                    self.underneath.retain(|k, _| k.0 != i);
-                    let store = core.into_store();
-                    store.crash();
-                    if matches!(a, Action::Wipe(_)) {
-                        self.servers[i].disk_lost = true;
-                        self.history.events.push(REvent::Wiped {
-                            at: self.now,
-                            server: i as u32,
-                        });
-                    }
-                    self.servers[i].disk = Some(if matches!(a, Action::Wipe(_)) {
-                        MemStorage::new(MemOptions { sync: true })
-                    } else {
-                        store
-                    });
-                    self.servers[i].io.crashed();
-                }
+    /// Stops server `i` (see [`App::stop`]): the core's memory is lost, its store stays as
+    /// its disk, or is replaced by an empty one if `wiped`.
+    fn stop_server(&mut self, i: usize, wiped: bool) -> bool {
+        let Some(core) = self.servers[i].core.take() else {
+            return false;
+        };
+        self.history.events.push(REvent::Stopped {
+            at: self.w.now,
+            server: i as u32,
+        });
+        self.outgoing_files.retain(|k, _| k.0 != i);
+        self.incoming_files.retain(|k, _| k.0 != i);
+        self.underneath.retain(|k, _| k.0 != i);
+        let store = core.into_store();
+        store.crash();
+        if wiped {
+            self.servers[i].disk_lost = true;
+            self.history.events.push(REvent::Wiped {
+                at: self.w.now,
+                server: i as u32,
+            });
+        }
+        self.servers[i].disk = Some(if wiped {
+            MemStorage::new(MemOptions { sync: true })
+        } else {
+            store
+        });
+        true
+    }
+
+    /// Starts server `i` as incarnation `incarnation` over its disk (see [`App::start`]).
+    fn start_server(&mut self, i: usize, incarnation: u64) -> bool {
+        let now = self.w.now;
+        let store = self.servers[i]
+            .disk
+            .take()
+            .expect("a stopped server has its disk");
+        let cfg = self.cfg.clone();
+        let lost = self.servers[i].disk_lost;
+        match servercore::open_replica(cfg, i as u32, store, lost) {
+            // Refused as `standby-server` refuses it: the process exits for its
+            // supervisor to try again later.
+            Err(servercore::OpenError::NotWritable { store, error }) => {
+                self.tr(|| format!("{now:?} s{i} store refused at start: {error}"));
+                self.servers[i].disk = Some(store);
+                self.supervisor_restart(i);
+                false
             }
+            Ok(r) => {
+                self.servers[i].disk_lost = false;
+                let p = ProcId::new(i as u32, incarnation);
+                let node = Node::new(self.opts.base.gcs.clone(), p, self.w.now)
+                    .expect("simulator configuration is valid");
+                let opts = CoreOptions {
+                    checkpoints: true,
+                    checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
+                    check_invariants: true,
+                };
+                let core = Core::new(node, r, self.configured(), opts);
+                self.servers[i].core = Some(core);
+                true
+            }
+            Err(servercore::OpenError::Replica(e)) => {
+                panic!("server {i} cannot reopen its store: {e}")
+            }
+        }
+    }
+
+    /// The actions only storage servers have (see [`App::on_action`]).
+    fn server_action(&mut self, a: Action) {
+        match a {
             Action::StoreFails(i) | Action::StoreHeals(i) => {
                 let failing = matches!(a, Action::StoreFails(_));
                 let s = &mut self.servers[i];
@@ -691,71 +663,10 @@ impl ReplicaCluster {
                     (None, None) => {}
                 }
             }
-            Action::Restart(i) => {
-                if self.servers[i].core.is_none() {
-                    let store = self.servers[i]
-                        .disk
-                        .take()
-                        .expect("a stopped server has its disk");
-                    let cfg = self.cfg.clone();
-                    let lost = self.servers[i].disk_lost;
-                    match servercore::open_replica(cfg, i as u32, store, lost) {
-                        // Refused as `standby-server` refuses it: the process exits for its
-                        // supervisor to try again later.
-                        Err(servercore::OpenError::NotWritable { store, error }) => {
-                            self.tr(|| format!("{now:?} s{i} store refused at start: {error}"));
-                            self.servers[i].disk = Some(store);
-                            self.supervisor_restart(i);
-                        }
-                        Ok(r) => {
-                            self.servers[i].disk_lost = false;
-                            self.servers[i].incarnation += 1;
-                            let p = ProcId::new(i as u32, self.servers[i].incarnation);
-                            let node = Node::new(self.opts.base.gcs.clone(), p, self.now)
-                                .expect("simulator configuration is valid");
-                            let opts = CoreOptions {
-                                checkpoints: true,
-                                checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
-                                check_invariants: true,
-                            };
-                            let core = Core::new(node, r, self.configured(), opts);
-                            self.servers[i].core = Some(core);
-                            self.drain(i);
-                        }
-                        Err(servercore::OpenError::Replica(e)) => {
-                            panic!("server {i} cannot reopen its store: {e}")
-                        }
-                    }
-                }
-            }
-            Action::Pause(i) => {
-                self.servers[i].io.paused = self.servers[i].core.is_some();
-                if self.servers[i].io.paused {
-                    self.history.events.push(REvent::Stopped {
-                        at: self.now,
-                        server: i as u32,
-                    });
-                }
-            }
-            Action::Resume(i) => self.resume(i),
-            Action::Heal => {
-                let n = self.servers.len();
-                self.net.params = self.opts.base.calm_net;
-                self.net.links = vec![vec![true; n]; n];
-                for i in 0..n {
-                    if self.servers[i].store_failing {
-                        self.action(Action::StoreHeals(i));
-                    }
-                    self.resume(i);
-                    if self.servers[i].core.is_none() {
-                        self.action(Action::Restart(i));
-                    }
-                }
-            }
             Action::Swap { via, to } => {
                 self.totals.swaps += 1;
-                let now = self.now;
-                let paused = self.servers[via].io.paused;
+                let now = self.w.now;
+                let paused = self.w.paused(via);
                 if let Some(c) = self.servers[via].core.as_mut().filter(|_| !paused) {
                     let res = c.request_swap(now, to as u32);
                     self.tr(|| format!("{now:?} s{via} swap to s{to}: {res:?}"));
@@ -773,6 +684,7 @@ impl ReplicaCluster {
                 });
                 self.operator_send(op, 0, via);
             }
+            _ => {}
         }
     }
 
@@ -780,71 +692,15 @@ impl ReplicaCluster {
     /// little later, as systemd does after `standby-server` exits with status 75.
     fn supervisor_restart(&mut self, i: usize) {
         let at = self
+            .w
             .now
             .saturating_add(std::time::Duration::from_millis(1000));
-        self.schedule(at, Ev::Action(Action::Restart(i)));
-    }
-
-    fn resume(&mut self, i: usize) {
-        if !self.servers[i].io.paused {
-            return;
-        }
-        self.servers[i].io.paused = false;
-        if let Some(core) = self.servers[i].core.as_mut() {
-            core.handle_timeout(self.now);
-        }
-        self.drain(i);
-        while let Some(b) = self.servers[i].io.next_buffered() {
-            self.datagram(i, b);
-            self.drain(i);
-        }
-    }
-
-    fn arrive(&mut self, to: usize, bytes: Bytes) {
-        let s = &mut self.servers[to];
-        if s.core.is_none() {
-            return;
-        }
-        if s.io.paused {
-            s.io.buffer(bytes);
-            return;
-        }
-        self.digest = fnv(self.digest, &bytes[..bytes.len().min(48)]);
-        self.datagram(to, bytes);
-        self.drain(to);
-    }
-
-    /// A datagram reaches a running server.
-    fn datagram(&mut self, to: usize, bytes: Bytes) {
-        if let Some(core) = self.servers[to].core.as_mut() {
-            core.handle_packet(self.now, bytes);
-        }
-    }
-
-    fn timer(&mut self, i: usize, gen: u64) {
-        let s = &mut self.servers[i];
-        if !s.io.fires(gen) {
-            return;
-        }
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        core.handle_timeout(self.now);
-        self.drain(i);
+        self.w.at(at, Action::Restart(i));
     }
 
     /// Executes server `i`'s outputs until its core is quiet, then re-arms its timer.
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.servers[i].core.as_mut().and_then(|c| c.poll_output()) {
-            self.output(i, out);
-        }
-        let deadline = self.servers[i]
-            .core
-            .as_ref()
-            .and_then(|c| c.poll_deadline());
-        if let Some((at, gen)) = self.servers[i].io.rearm(deadline, self.now) {
-            self.schedule(at, Ev::Timer { node: i, gen });
-        }
+        world::drain(self, i);
     }
 
     fn core(&mut self, i: usize) -> &mut Core {
@@ -855,12 +711,10 @@ impl ReplicaCluster {
     }
 
     fn output(&mut self, i: usize, out: Output) {
-        let now = self.now;
+        let now = self.w.now;
         match out {
             Output::Transmit { dest, bytes } => {
-                for j in recipients(dest, i, self.servers.len()) {
-                    self.send(i, j, bytes.clone());
-                }
+                self.w.transmit(i, dest, &bytes);
             }
             Output::Reply { id: req, result } => {
                 self.tr(|| format!("{now:?} s{i} reply {req:?} {result:?}"));
@@ -889,7 +743,7 @@ impl ReplicaCluster {
                 // An fsync's time; a crash before it returns loses what it would have made
                 // durable (`MemStorage::crash`).
                 let d = Duration::from_micros(self.disk_rng.range(20, 1500));
-                let incarnation = self.servers[i].incarnation;
+                let incarnation = self.w.incarnation(i);
                 self.schedule(
                     now.saturating_add(d),
                     Ev::Synced {
@@ -905,8 +759,8 @@ impl ReplicaCluster {
     /// A store sync returns: the sync itself runs now, covering at least what was applied
     /// when it was asked.
     fn synced(&mut self, i: usize, incarnation: u64, id: u64) {
-        let now = self.now;
-        if self.servers[i].incarnation != incarnation {
+        let now = self.w.now;
+        if self.w.incarnation(i) != incarnation {
             return;
         }
         let Some(core) = self.servers[i].core.as_mut() else {
@@ -918,7 +772,7 @@ impl ReplicaCluster {
     }
 
     fn event(&mut self, i: usize, e: ServerEvent) {
-        let now = self.now;
+        let now = self.w.now;
         match e {
             ServerEvent::Role(info) => {
                 if info.role == replica::Role::Down {
@@ -926,7 +780,7 @@ impl ReplicaCluster {
                     // its supervisor starts it again, as `standby-server` does.
                     self.tr(|| format!("{now:?} s{i} store failed: leaves the ring"));
                     self.totals.store_failures += 1;
-                    self.schedule(now, Ev::Action(Action::Crash(i)));
+                    self.w.at(now, Action::Crash(i));
                     self.supervisor_restart(i);
                 }
                 let promised = info.promised;
@@ -1012,7 +866,7 @@ impl ReplicaCluster {
     /// Executes a checkpoint command over simulated files and reports back, as the server's
     /// shell does over real ones.
     fn checkpoint_command(&mut self, i: usize, c: CheckpointCommand) {
-        let now = self.now;
+        let now = self.w.now;
         self.tr(|| format!("{now:?} s{i} checkpoint {}", command_line(&c)));
         match c {
             CheckpointCommand::Make { id, to } => {
@@ -1125,18 +979,6 @@ impl ReplicaCluster {
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
-        for d in self.net.delays(from, to) {
-            self.schedule(
-                Time(self.now.0 + d),
-                Ev::Arrive {
-                    to,
-                    bytes: bytes.clone(),
-                },
-            );
-        }
-    }
-
     // ---- clients ---------------------------------------------------------------------
 
     fn client_delay(&mut self) -> Duration {
@@ -1144,13 +986,16 @@ impl ReplicaCluster {
     }
 
     fn client_tick(&mut self, c: usize) {
-        if self.now >= self.history.sends_until || self.clients[c].inflight.is_some() {
+        if self.w.now >= self.history.sends_until || self.clients[c].inflight.is_some() {
             return;
         }
         if self.client_rng.chance(0.3) {
             self.client_read(c);
             let think = self.think();
-            self.schedule(self.now.saturating_add(think), Ev::ClientTick { client: c });
+            self.schedule(
+                self.w.now.saturating_add(think),
+                Ev::ClientTick { client: c },
+            );
             return;
         }
         let n = self.client_rng.range(1, 3);
@@ -1204,10 +1049,10 @@ impl ReplicaCluster {
 
     fn client_read(&mut self, c: usize) {
         let i = self.client_rng.range(0, self.servers.len() as u64 - 1) as usize;
-        if self.servers[i].io.paused {
+        if self.w.paused(i) {
             return;
         }
-        let now = self.now;
+        let now = self.w.now;
         let Some(core) = self.servers[i].core.as_mut() else {
             return;
         };
@@ -1224,7 +1069,7 @@ impl ReplicaCluster {
         self.drain(i);
         self.totals.reads += 1;
         self.history.events.push(REvent::Read {
-            at: self.now,
+            at: self.w.now,
             server: i as u32,
             tid,
         });
@@ -1266,7 +1111,7 @@ impl ReplicaCluster {
         self.next_req += 1;
         self.req_owner.insert(req, (c, attempt, cr.request));
         self.totals.attempts += 1;
-        let now = self.now;
+        let now = self.w.now;
         self.tr(|| {
             format!(
                 "{now:?} c{c} request {} attempt {attempt} to s{server}",
@@ -1302,25 +1147,25 @@ impl ReplicaCluster {
             Verdict::Done => Duration::ZERO,
         };
         self.clients[c].inflight = None;
-        self.resend_at(c, cr, attempt + 1, self.now.saturating_add(pause));
+        self.resend_at(c, cr, attempt + 1, self.w.now.saturating_add(pause));
     }
 
     fn request(&mut self, server: usize, req: ReqId, c: CommitRequest) {
-        let now = self.now;
+        let now = self.w.now;
         self.tr(|| {
             format!(
                 "{now:?} s{server} gets {req:?} c{} r{}",
                 c.client, c.request
             )
         });
-        let s = &mut self.servers[server];
-        if s.io.paused {
+        if self.w.paused(server) {
             return;
         }
+        let s = &mut self.servers[server];
         let Some(core) = s.core.as_mut() else {
             return;
         };
-        core.commit(self.now, req, c);
+        core.commit(self.w.now, req, c);
         self.drain(server);
     }
 
@@ -1329,7 +1174,7 @@ impl ReplicaCluster {
         if self.voter_ops[op].finished || self.voter_ops[op].attempt != attempt {
             return;
         }
-        let now = self.now;
+        let now = self.w.now;
         let t = now.saturating_add(Duration::from_millis(1000));
         self.schedule(t, Ev::OperatorTimeout { op, attempt });
         let req = ReqId(self.next_req);
@@ -1361,10 +1206,10 @@ impl ReplicaCluster {
                 return;
             }
         }
-        let s = &mut self.servers[server];
-        if s.io.paused {
+        if self.w.paused(server) {
             return;
         }
+        let s = &mut self.servers[server];
         if let Some(core) = s.core.as_mut() {
             core.voter_change(now, req, &add, &remove);
             self.drain(server);
@@ -1379,7 +1224,7 @@ impl ReplicaCluster {
             return;
         }
         let attempt = o.attempt;
-        let at = self.now.saturating_add(pause);
+        let at = self.w.now.saturating_add(pause);
         self.schedule(
             at,
             Ev::OperatorSend {
@@ -1400,7 +1245,7 @@ impl ReplicaCluster {
         if self.voter_ops[op].finished || self.voter_ops[op].attempt != attempt {
             return;
         }
-        let now = self.now;
+        let now = self.w.now;
         self.tr(|| format!("{now:?} operator voter change {op}: {result:?}"));
         match result {
             Ok(_) => {
@@ -1434,7 +1279,7 @@ impl ReplicaCluster {
         let f = self.clients[c].inflight.as_ref().expect("current");
         let cr = f.c.clone();
         let target = f.target;
-        let now = self.now;
+        let now = self.w.now;
         self.tr(|| {
             format!(
                 "{now:?} c{c} request {} attempt {attempt}: {result:?}",
@@ -1492,6 +1337,84 @@ impl ReplicaCluster {
                 attempt,
             },
         );
+    }
+}
+
+impl App for ReplicaCluster {
+    type Core = Core;
+    type Event = Ev;
+
+    fn world(&mut self) -> &mut World<Ev> {
+        &mut self.w
+    }
+
+    fn core(&mut self, host: usize) -> Option<&mut Core> {
+        self.servers[host].core.as_mut()
+    }
+
+    fn start(&mut self, host: usize, incarnation: u64) -> bool {
+        self.start_server(host, incarnation)
+    }
+
+    fn stop(&mut self, host: usize, wiped: bool) -> bool {
+        self.stop_server(host, wiped)
+    }
+
+    fn on_paused(&mut self, host: usize) {
+        self.history.events.push(REvent::Stopped {
+            at: self.w.now,
+            server: host as u32,
+        });
+    }
+
+    fn on_heal(&mut self, host: usize) {
+        if self.servers[host].store_failing {
+            world::act(self, Action::StoreHeals(host));
+        }
+    }
+
+    fn on_outputs(&mut self, i: usize) {
+        while let Some(out) = self.servers[i].core.as_mut().and_then(|c| c.poll_output()) {
+            self.output(i, out);
+        }
+    }
+
+    fn on_action(&mut self, a: Action) {
+        self.server_action(a);
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::ClientTick { client } => self.client_tick(client),
+            Ev::ClientTimeout {
+                client,
+                request,
+                attempt,
+            } => self.client_timeout(client, request, attempt),
+            Ev::ClientSend {
+                client,
+                request,
+                attempt,
+            } => self.client_send(client, request, attempt),
+            Ev::Request { server, req, c } => self.request(server, req, c),
+            Ev::Answer { req, result } => self.answer(req, result),
+            Ev::OperatorSend {
+                op,
+                attempt,
+                server,
+            } => self.operator_send(op, attempt, server),
+            Ev::OperatorTimeout { op, attempt } => {
+                if !self.voter_ops[op].finished && self.voter_ops[op].attempt == attempt {
+                    let next = self.client_rng.range(0, self.servers.len() as u64 - 1);
+                    self.operator_retry(op, next as usize, Duration::ZERO);
+                }
+            }
+            Ev::Synced {
+                server,
+                incarnation,
+                id,
+            } => self.synced(server, incarnation, id),
+        }
     }
 }
 
