@@ -284,3 +284,83 @@ async fn replace_a_killed_voter_then_grow_to_five_and_shrink_to_three_under_load
         .collect();
     members_converge(&clients, &c).await;
 }
+
+/// The case a review found in the bus first: once two of the first voters were replaced, a
+/// server that joins on an empty store reports its configuration file's voters (the first
+/// three, two of them gone). Only the newest configuration reported may bind the election, or
+/// no view elects again. Here: two replaces, then an `add-server`, then a kill -9 of the
+/// primary, which the three newer voters fail over from on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_two_first_voters_then_add_a_server_that_starts_from_its_file() {
+    let mut c = Cluster::new(3);
+    let load = Load::start(&c, 4, 8).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = primary_of(&c).await;
+    let (s3, s4, s5) = (Joining::new(3), Joining::new(4), Joining::new(5));
+    let mut joined: Vec<&Joining> = Vec::new();
+    for (old, j) in [((p + 1) % 3, &s3), ((p + 2) % 3, &s4)] {
+        c.kill9(old);
+        let mut args = vec![
+            "replace-server".to_string(),
+            "--old".into(),
+            old.to_string(),
+        ];
+        args.extend(j.args());
+        let cmd = standby(&c, &args);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        joined.push(j);
+        start_joining(&mut c, &joined);
+        let out = finish(cmd, Duration::from_secs(60), &c).await;
+        assert!(out.contains(&format!("s{} votes", j.id)), "{out}");
+        assert!(out.contains(&format!("server s{old} removed")), "{out}");
+    }
+    let mut voters = vec![format!("s{p}"), "s3".into(), "s4".into()];
+    voters.sort();
+    let want = format!("{{{}}}", voters.join(","));
+    let admins = vec![
+        c.admins[p as usize].clone(),
+        s3.admin.clone(),
+        s4.admin.clone(),
+    ];
+    voters_become(&admins, &want, &c).await;
+    eprintln!("two first voters replaced: voters {want}");
+
+    // s5 starts from a file whose voters are the first three: the cluster still elects.
+    let mut args = vec!["add-server".to_string()];
+    args.extend(s5.args());
+    let cmd = standby(&c, &args);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    joined.push(&s5);
+    start_joining(&mut c, &joined);
+    let out = finish(cmd, Duration::from_secs(60), &c).await;
+    assert!(out.contains("s5 votes"), "{out}");
+    voters.push("s5".into());
+    let want = format!("{{{}}}", voters.join(","));
+    let mut admins = admins;
+    admins.push(s5.admin.clone());
+    voters_become(&admins, &want, &c).await;
+    eprintln!("added s5: voters {want}");
+
+    // The first primary goes: s3, s4 and s5 (three of four votes) elect among themselves.
+    let killed_at = tokio::time::Instant::now();
+    c.kill9(p);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let resumed = load
+        .first_ack_after(killed_at + Duration::from_millis(1))
+        .unwrap_or_else(|| panic!("no commit after the kill:\n{}", c.logs()));
+    eprintln!(
+        "kill -9 of s{p}: writes again after {:?}",
+        resumed - killed_at
+    );
+    c.start(p);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = load.stop().await;
+    check_load(&c, &s).await;
+    let clients = vec![
+        c.clients[p as usize].clone(),
+        s3.client.clone(),
+        s4.client.clone(),
+        s5.client.clone(),
+    ];
+    members_converge(&clients, &c).await;
+}

@@ -44,9 +44,10 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// A server joining the cluster.
+/// A server joining the cluster: who it is and where (a read replica's flags, and a voter's
+/// with its weight).
 #[derive(clap::Args)]
-struct NewServer {
+struct JoiningServer {
     /// Its id (never used before in this cluster).
     #[arg(long)]
     id: u32,
@@ -62,6 +63,26 @@ struct NewServer {
     /// Its admin address, host:port.
     #[arg(long)]
     admin: String,
+}
+
+impl JoiningServer {
+    /// Its membership entry (the gcs address resolved now).
+    fn added(&self) -> Result<server::membership::AddedServer, String> {
+        Ok(server::membership::AddedServer {
+            id: self.id,
+            name: self.name.clone(),
+            gcs: server::config::resolve(&self.gcs)?,
+            client: self.client.clone(),
+            admin: self.admin.clone(),
+        })
+    }
+}
+
+/// A voting server joining the cluster.
+#[derive(clap::Args)]
+struct NewServer {
+    #[command(flatten)]
+    server: JoiningServer,
     /// Its vote weight.
     #[arg(long, default_value_t = 1)]
     weight: u32,
@@ -156,21 +177,8 @@ enum Cmd {
     /// start it with a configuration file listing the cluster's servers and itself (with
     /// `kind = "remote"` and `weight = 0`); it joins and copies the store by itself.
     AddReplica {
-        /// Its id (never used before in this cluster).
-        #[arg(long)]
-        id: u32,
-        /// Its name.
-        #[arg(long)]
-        name: String,
-        /// Its gcs (ring) address, host:port.
-        #[arg(long)]
-        gcs: String,
-        /// Its client address, host:port.
-        #[arg(long)]
-        client: String,
-        /// Its admin address, host:port.
-        #[arg(long)]
-        admin: String,
+        #[command(flatten)]
+        new: JoiningServer,
     },
     /// Remove a server without a vote (an added replica or a remote one): the others stop
     /// sending to it and ignore it from then on.
@@ -461,21 +469,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Err(format!("s{to} did not become primary within 5 s"))
         }
-        Cmd::AddReplica {
-            id,
-            name,
-            gcs,
-            client,
-            admin,
-        } => {
-            let gcs_addr = server::config::resolve(gcs)?;
-            let added = server::membership::AddedServer {
-                id: *id,
-                name: name.clone(),
-                gcs: gcs_addr,
-                client: client.clone(),
-                admin: admin.clone(),
-            };
+        Cmd::AddReplica { new } => {
+            let added = new.added()?;
+            let (id, name, gcs_addr, client, admin) =
+                (added.id, &new.name, added.gcs, &new.client, &new.admin);
             let mut c = connect(&cli, fresh_id()?).await?;
             let done = c
                 .change_membership(
@@ -579,15 +576,8 @@ async fn add_voter(
     timeout: Duration,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    let id = new.id;
-    let gcs_addr = server::config::resolve(&new.gcs)?;
-    let added = server::membership::AddedServer {
-        id,
-        name: new.name.clone(),
-        gcs: gcs_addr,
-        client: new.client.clone(),
-        admin: new.admin.clone(),
-    };
+    let added = new.server.added()?;
+    let (id, gcs_addr) = (added.id, added.gcs);
     let mut c = connect(cli, fresh_id()?).await?;
     // Refused before anything changes: the primary cannot give its vote away (the primary
     // would refuse the voter change only after the new server had joined the membership).
@@ -608,11 +598,11 @@ async fn add_voter(
         .map_err(|e| e.to_string())?;
     println!(
         "s{id} ({}) is a member (tid {}); start it with the cluster's servers and this entry:",
-        new.name, done.tid.0
+        new.server.name, done.tid.0
     );
     println!(
         "[[server]]\nid = {id}\nname = \"{}\"\ngcs = \"{gcs_addr}\"\nclient = \"{}\"\nadmin = \"{}\"\ngroup = \"added\"\nkind = \"remote\"\nweight = 0",
-        new.name, new.client, new.admin
+        new.server.name, new.server.client, new.server.admin
     );
     println!("waiting for s{id} to join and catch up...");
     let remove: Vec<u32> = old.into_iter().collect();
