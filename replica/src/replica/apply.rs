@@ -70,7 +70,7 @@ impl<S: Storage> Replica<S> {
             self.after_apply(now, &q.txn)?;
             if q.mine {
                 mine = true;
-                if let Some(p) = self.pending.get_mut(&q.txn.tid) {
+                if let Some(p) = self.in_flight.pending.get_mut(&q.txn.tid) {
                     p.delivered_regular = q.regular;
                     p.delivered_at = Some(now);
                     if !q.regular && !p.answered {

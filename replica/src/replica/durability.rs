@@ -80,16 +80,21 @@ impl<S: Storage> Replica<S> {
             self.out.push_back(Output::Durable(durable));
         }
         self.drive_voter_change();
-        if self.pending.is_empty() && self.dup_waiting.is_empty() {
+        if self.in_flight.pending.is_empty() && self.in_flight.dup_waiting.is_empty() {
             return;
         }
-        let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
+        let done: Vec<Tid> = self
+            .in_flight
+            .pending
+            .range(..=durable)
+            .map(|(t, _)| *t)
+            .collect();
         for tid in done {
-            let p = self.pending.remove(&tid).expect("listed");
-            self.pending_keys.remove(&p.key);
+            let p = self.in_flight.pending.remove(&tid).expect("listed");
+            self.in_flight.keys.remove(&p.key);
             for o in &p.oids {
-                if self.pending_serial.get(o) == Some(&tid) {
-                    self.pending_serial.remove(o);
+                if self.in_flight.serial.get(o) == Some(&tid) {
+                    self.in_flight.serial.remove(o);
                 }
             }
             if p.answered {
@@ -119,7 +124,7 @@ impl<S: Storage> Replica<S> {
                 self.reply(r, res);
             }
         }
-        let waiting = std::mem::take(&mut self.dup_waiting);
+        let waiting = std::mem::take(&mut self.in_flight.dup_waiting);
         for (tid, r, epoch) in waiting {
             if tid <= durable {
                 self.reply(
@@ -131,7 +136,7 @@ impl<S: Storage> Replica<S> {
                     }),
                 );
             } else {
-                self.dup_waiting.push((tid, r, epoch));
+                self.in_flight.dup_waiting.push((tid, r, epoch));
             }
         }
         // Async mode: requests held for the loss window may go now.
@@ -150,7 +155,7 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn async_window_open(&self) -> bool {
         match self.cfg.mode {
-            CommitMode::Async { window } => (self.pending.len() as u64) < window.max(1),
+            CommitMode::Async { window } => (self.in_flight.pending.len() as u64) < window.max(1),
             CommitMode::Sync => true,
         }
     }

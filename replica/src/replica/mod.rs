@@ -342,6 +342,21 @@ struct Pending {
     delivered_at: Option<Time>,
 }
 
+/// The commits this server sent as primary and has not answered, and the retries waiting for
+/// them to be durable.
+#[derive(Clone, Debug, Default)]
+struct InFlight {
+    /// By tid.
+    pending: BTreeMap<Tid, Pending>,
+    /// The newest pending tid writing each oid (conflicts are checked against it first).
+    serial: BTreeMap<Oid, Tid>,
+    /// The pending tid of each idempotency key (client, request).
+    keys: BTreeMap<(u64, u64), Tid>,
+    /// Retries of applied commits waiting for a majority to hold them: (tid, request, the
+    /// epoch this server was primary of when it took the retry).
+    dup_waiting: Vec<(Tid, ReqId, Epoch)>,
+}
+
 /// A delivered commit waiting for the next batch apply.
 #[derive(Clone, Debug)]
 struct QueuedCommit {
@@ -441,12 +456,7 @@ pub struct Replica<S: Storage> {
     // Primary side.
     last_assigned: Tid,
     stopping: bool,
-    pending: BTreeMap<Tid, Pending>,
-    pending_serial: BTreeMap<Oid, Tid>,
-    pending_keys: BTreeMap<(u64, u64), Tid>,
-    /// Retries of applied commits waiting for a majority to hold them: (tid, request, the
-    /// epoch this server was primary of when it took the retry).
-    dup_waiting: Vec<(Tid, ReqId, Epoch)>,
+    in_flight: InFlight,
     held: VecDeque<(ReqId, CommitRequest)>,
     /// Durable positions reported in this view (`Applied`), by server.
     applied: BTreeMap<ServerId, Tid>,
@@ -505,10 +515,7 @@ impl<S: Storage> Replica<S> {
             was_primary_in: None,
             last_assigned: Tid::ZERO,
             stopping: false,
-            pending: BTreeMap::new(),
-            pending_serial: BTreeMap::new(),
-            pending_keys: BTreeMap::new(),
-            dup_waiting: Vec::new(),
+            in_flight: InFlight::default(),
             held: VecDeque::new(),
             applied: BTreeMap::new(),
             recovery: None,
@@ -770,7 +777,7 @@ impl<S: Storage> Replica<S> {
         for (req, _) in std::mem::take(&mut self.held) {
             self.reply(req, Err(CommitError::Down(why.clone())));
         }
-        let pending = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.in_flight.pending);
         for p in pending.into_values().filter(|p| !p.answered) {
             for r in p.reqs {
                 self.reply(r, Err(CommitError::Down(why.clone())));

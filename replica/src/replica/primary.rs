@@ -123,8 +123,8 @@ impl<S: Storage> Replica<S> {
         c: CommitRequest,
     ) -> Result<(), StorageError> {
         let key = (c.client, c.request);
-        if let Some(tid) = self.pending_keys.get(&key) {
-            if let Some(p) = self.pending.get_mut(tid) {
+        if let Some(tid) = self.in_flight.keys.get(&key) {
+            if let Some(p) = self.in_flight.pending.get_mut(tid) {
                 if !p.answered {
                     p.reqs.push(req);
                     return Ok(());
@@ -146,7 +146,7 @@ impl<S: Storage> Replica<S> {
                         }),
                     );
                 } else {
-                    self.dup_waiting.push((rev_tid, req, epoch));
+                    self.in_flight.dup_waiting.push((rev_tid, req, epoch));
                 }
                 return Ok(());
             }
@@ -178,7 +178,7 @@ impl<S: Storage> Replica<S> {
                 return Ok(());
             }
             if let Some(expected) = r.expected_serial {
-                let actual = match self.pending_serial.get(&r.oid) {
+                let actual = match self.in_flight.serial.get(&r.oid) {
                     Some(t) => *t,
                     None => self.store.load(&r.oid)?.map(|v| v.tid).unwrap_or(Tid::ZERO),
                 };
@@ -261,10 +261,10 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         for o in &oids {
-            self.pending_serial.insert(o.clone(), tid);
+            self.in_flight.serial.insert(o.clone(), tid);
         }
-        self.pending_keys.insert(key, tid);
-        self.pending.insert(
+        self.in_flight.keys.insert(key, tid);
+        self.in_flight.pending.insert(
             tid,
             Pending {
                 reqs: vec![req],
@@ -298,7 +298,7 @@ impl<S: Storage> Replica<S> {
                 self.reload_voters()?;
             }
             if let Some(req) = req {
-                if let Some(p) = self.pending.get_mut(&txn.tid) {
+                if let Some(p) = self.in_flight.pending.get_mut(&txn.tid) {
                     p.answered = true;
                 }
                 self.reply(

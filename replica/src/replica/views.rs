@@ -40,17 +40,17 @@ impl<S: Storage> Replica<S> {
             _ => None,
         };
         // Everything in flight from the previous view has an unknown outcome now.
-        let pending = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.in_flight.pending);
         for p in pending.into_values().filter(|p| !p.answered) {
             for r in p.reqs {
                 self.reply(r, Err(CommitError::Retry));
             }
         }
-        for (_, r, _) in std::mem::take(&mut self.dup_waiting) {
+        for (_, r, _) in std::mem::take(&mut self.in_flight.dup_waiting) {
             self.reply(r, Err(CommitError::Retry));
         }
-        self.pending_serial.clear();
-        self.pending_keys.clear();
+        self.in_flight.serial.clear();
+        self.in_flight.keys.clear();
         self.applied.clear();
         self.states.clear();
         self.election = None;
