@@ -53,7 +53,12 @@ impl<S: Storage> Replica<S> {
         for (k, (q, r)) in queue.iter().zip(results).enumerate() {
             match r {
                 Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
-                Err(StorageError::Gap { .. }) if q.txn.tid > self.last => {
+                // A primary's own commits chain onto its store (it assigned them; the ring
+                // delivers one sender's messages in order): a gap there means the store is
+                // not what it thinks, and it stops, below.
+                Err(StorageError::Gap { .. })
+                    if q.txn.tid > self.last && self.role != Role::Primary =>
+                {
                     // We missed transactions: keep these, recover the gap from the primary.
                     tracing::debug!(server = self.me, last = %self.last, tid = %q.txn.tid, prev = %q.prev, "gap in delivered commits");
                     for q in &queue[k..] {

@@ -206,6 +206,10 @@ impl<S: Storage> Replica<S> {
         }
         self.last_assigned = self.last;
         self.stopping = false;
+        // What is left of a backlog (commits a handover left buffered) is applied already:
+        // the base is at most our last.
+        self.backlog.clear();
+        self.backlog_overflowed = false;
         let tid = el.tid_floor.max(Tid(self.last.0 + 1));
         let marker = Transaction {
             tid,
