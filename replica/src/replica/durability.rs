@@ -25,7 +25,7 @@ impl<S: Storage> Replica<S> {
     /// server's durable history only grows, so a late or repeated report is still true.
     pub fn handle_direct(&mut self, now: Time, datagram: &[u8]) {
         self.now = now;
-        if self.role != Role::Primary || !Self::is_direct(datagram) {
+        if self.role.primary().is_none() || !Self::is_direct(datagram) {
             return;
         }
         if let Err(e) = self.flush_applies() {
@@ -75,7 +75,7 @@ impl<S: Storage> Replica<S> {
         // Durable on a majority, and here: this server applied it (so it was delivered here).
         // Reports can come straight from the backups, ahead of our own delivery.
         let durable = self.majority_applied().min(self.last);
-        if self.role == Role::Primary && durable > self.durable_announced {
+        if self.role.primary().is_some() && durable > self.durable_announced {
             self.durable_announced = durable;
             self.out.push_back(Output::Durable(durable));
         }
@@ -145,7 +145,7 @@ impl<S: Storage> Replica<S> {
 
     /// Serves held requests while this server is a working primary with room in its window.
     pub(super) fn release_held(&mut self) {
-        while self.role == Role::Primary && !self.stopping && self.async_window_open() {
+        while self.role.primary().is_some_and(|p| !p.stopping) && self.async_window_open() {
             let Some((req, c)) = self.held.pop_front() else {
                 break;
             };

@@ -395,6 +395,154 @@ struct CurrentView {
     primary_component: bool,
 }
 
+/// The server's role, holding the state only that role has: the primary's commit path
+/// cannot exist on a server that is not the primary, nor a recovery on the primary. The
+/// public [`Role`] is derived from it ([`RoleState::role`]).
+///
+/// What every role shares stays in [`Replica`]: the view and its election (every member
+/// runs it), the working primary (every member knows it), the durable positions reported
+/// in the view (`applied`: filled by the election at every member, and the next primary
+/// of the view counts them), the commits this server sent as primary and has not answered
+/// (`in_flight`: a primary that hands over still answers them once a majority holds them;
+/// they end with the view), and the requests held while a primary starts (`held`: taken
+/// before there is one, served by it).
+#[derive(Debug)]
+enum RoleState {
+    /// Not the working primary: electing or catching up ([`Role::Syncing`]), outside a
+    /// primary component ([`Role::ReadOnly`]), or applying the primary's commits
+    /// ([`Role::Backup`]). The chosen primary is one until it holds the base.
+    Follower(FollowerState),
+    /// The working primary: from the end of its promise round (and its catching up) to the
+    /// end of its view, its handover or its store.
+    Primary(PrimaryState),
+    /// Stopped after a storage failure.
+    Down {
+        /// Why the store failed.
+        reason: String,
+    },
+}
+
+/// Which role a follower has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FollowerRole {
+    Syncing,
+    ReadOnly,
+    Backup,
+}
+
+impl From<FollowerRole> for Role {
+    fn from(r: FollowerRole) -> Role {
+        match r {
+            FollowerRole::Syncing => Role::Syncing,
+            FollowerRole::ReadOnly => Role::ReadOnly,
+            FollowerRole::Backup => Role::Backup,
+        }
+    }
+}
+
+/// A follower's own state: catching up with the primary's history.
+#[derive(Debug)]
+struct FollowerState {
+    role: FollowerRole,
+    /// The recovery under way.
+    recovery: Option<Recovery>,
+    /// Commits delivered during a recovery (or after a gap), applied once the stream
+    /// reaches them; in delivery order.
+    backlog: VecDeque<(Tid, Transaction)>,
+    /// The backlog outgrew [`BACKLOG_MAX`] and was dropped: fetch again before draining.
+    backlog_overflowed: bool,
+}
+
+impl FollowerState {
+    fn new(role: FollowerRole) -> FollowerState {
+        FollowerState {
+            role,
+            recovery: None,
+            backlog: VecDeque::new(),
+            backlog_overflowed: false,
+        }
+    }
+}
+
+/// The primary's own state, which starts with its first commit (the epoch marker).
+#[derive(Debug)]
+struct PrimaryState {
+    /// The last tid it assigned: its next commit's `prev`.
+    last_assigned: Tid,
+    /// It assigns no more tids (its view ended, or it is handing over): writes are held.
+    stopping: bool,
+    /// The voter change it is carrying out.
+    voter_change: Option<VoterChange>,
+    /// Its own vote grew: answers may be due (see `sync.rs`).
+    acks_due: bool,
+}
+
+impl PrimaryState {
+    /// A primary whose store ends at `last`.
+    fn new(last: Tid) -> PrimaryState {
+        PrimaryState {
+            last_assigned: last,
+            stopping: false,
+            voter_change: None,
+            acks_due: false,
+        }
+    }
+
+    /// The role ends: who is owed an answer (the requester of its voter change; how it is
+    /// answered depends on why the role ended).
+    fn end(self) -> Option<ReqId> {
+        self.voter_change.and_then(|c| c.req)
+    }
+}
+
+impl RoleState {
+    /// The public role.
+    fn role(&self) -> Role {
+        match self {
+            RoleState::Follower(f) => f.role.into(),
+            RoleState::Primary(_) => Role::Primary,
+            RoleState::Down { .. } => Role::Down,
+        }
+    }
+
+    fn primary(&self) -> Option<&PrimaryState> {
+        match self {
+            RoleState::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn primary_mut(&mut self) -> Option<&mut PrimaryState> {
+        match self {
+            RoleState::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn follower(&self) -> Option<&FollowerState> {
+        match self {
+            RoleState::Follower(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn follower_mut(&mut self) -> Option<&mut FollowerState> {
+        match self {
+            RoleState::Follower(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The recovery under way, if a follower has one.
+    fn recovery(&self) -> Option<&Recovery> {
+        self.follower().and_then(|f| f.recovery.as_ref())
+    }
+
+    fn recovery_mut(&mut self) -> Option<&mut Recovery> {
+        self.follower_mut().and_then(|f| f.recovery.as_mut())
+    }
+}
+
 /// Counters for status pages and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaStats {
@@ -441,40 +589,33 @@ pub struct Replica<S: Storage> {
     /// The voter configuration of the store's history, and the tid that wrote it.
     voters: VoterConfig,
     voters_tid: Tid,
-    /// Primary only: the voter change it is carrying out.
-    voter_change: Option<VoterChange>,
     last: Tid,
     view: Option<CurrentView>,
     states: BTreeMap<ServerId, MemberState>,
     election: Option<Election>,
     /// The working primary (after its promise round).
     primary: Option<(ServerId, Epoch)>,
-    role: Role,
-    /// Why the store failed (`role` is then `Down`).
-    down_reason: Option<String>,
-    was_primary_in: Option<Epoch>,
-    // Primary side.
-    last_assigned: Tid,
-    stopping: bool,
+    /// The role and its own state.
+    role: RoleState,
+    /// Commits sent as primary and not answered (see [`RoleState`] for why not the
+    /// primary's own).
     in_flight: InFlight,
+    /// Commit requests held while an election or a swap settles, or while the primary
+    /// stops or its async window is full.
     held: VecDeque<(ReqId, CommitRequest)>,
     /// Durable positions reported in this view (`Applied`), by server.
     applied: BTreeMap<ServerId, Tid>,
-    // Backup side.
-    recovery: Option<Recovery>,
-    backlog: VecDeque<(Tid, Transaction)>,
-    backlog_overflowed: bool,
+    /// `synced` grew since it was last reported (see `poll_output`).
     applied_dirty: bool,
     /// The highest tid durable on this server's disk (at most `last`): what it reports to the
     /// primary, and the primary's own vote. Applies do not wait for the disk
     /// ([`Output::Sync`]).
     synced: Tid,
-    /// The primary's own vote grew: answers may be due (see `sync.rs`).
-    acks_due: bool,
     /// Syncs asked of the shell and not yet done: (id, the last tid applied when asked).
     syncs: VecDeque<(u64, Tid)>,
     next_sync_id: u64,
-    /// The highest tid announced as [`Output::Durable`].
+    /// The highest tid announced as [`Output::Durable`], across the server's terms as
+    /// primary (what it announces never goes back).
     durable_announced: Tid,
     /// Client records as the store has them (tid, last request; `None`: no record), so that
     /// the primary's idempotency check does not read the store for every commit. Filled on
@@ -504,26 +645,17 @@ impl<S: Storage> Replica<S> {
             lineage: Vec::new(),
             voters: VoterConfig::default(),
             voters_tid: Tid::ZERO,
-            voter_change: None,
             last: Tid::ZERO,
             view: None,
             states: BTreeMap::new(),
             election: None,
             primary: None,
-            role: Role::ReadOnly,
-            down_reason: None,
-            was_primary_in: None,
-            last_assigned: Tid::ZERO,
-            stopping: false,
+            role: RoleState::Follower(FollowerState::new(FollowerRole::ReadOnly)),
             in_flight: InFlight::default(),
             held: VecDeque::new(),
             applied: BTreeMap::new(),
-            recovery: None,
-            backlog: VecDeque::new(),
-            backlog_overflowed: false,
             applied_dirty: false,
             synced: Tid::ZERO,
-            acks_due: false,
             syncs: VecDeque::new(),
             next_sync_id: 1,
             durable_announced: Tid::ZERO,
@@ -635,12 +767,15 @@ impl<S: Storage> Replica<S> {
 
     /// The current role.
     pub fn role(&self) -> Role {
-        self.role
+        self.role.role()
     }
 
     /// Why the store failed, once it has (the role is then [`Role::Down`]).
     pub fn down_reason(&self) -> Option<&str> {
-        self.down_reason.as_deref()
+        match &self.role {
+            RoleState::Down { reason } => Some(reason),
+            _ => None,
+        }
     }
 
     /// The working primary and its epoch, if known.
@@ -677,7 +812,7 @@ impl<S: Storage> Replica<S> {
     /// How stale this server's reads are.
     pub fn staleness(&self) -> Staleness {
         Staleness {
-            role: self.role,
+            role: self.role(),
             last_tid: self.last,
             primary_last_known: self.primary_last_known.max(self.last),
             last_commit_at: self.last_commit_at,
@@ -689,7 +824,7 @@ impl<S: Storage> Replica<S> {
     /// Whether reads are served: not while an object fill leaves the store inconsistent, nor
     /// after a storage failure.
     pub fn readable(&self) -> bool {
-        self.role != Role::Down && self.durable.fill_since.is_none()
+        self.role() != Role::Down && self.durable.fill_since.is_none()
     }
 
     /// The next output, if any.
@@ -697,14 +832,18 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             self.fail(e);
         }
-        if std::mem::take(&mut self.acks_due) && self.role == Role::Primary {
-            self.release_acks();
+        if let RoleState::Primary(p) = &mut self.role {
+            if std::mem::take(&mut p.acks_due) {
+                self.release_acks();
+            }
         }
         self.ask_sync();
         if self.applied_dirty {
             self.applied_dirty = false;
             if let Some((p, epoch)) = self.primary {
-                if p != self.me && self.recovery.is_none() && self.role == Role::Backup {
+                let backup = matches!(&self.role, RoleState::Follower(f)
+                    if f.role == FollowerRole::Backup && f.recovery.is_none());
+                if p != self.me && backup {
                     let m = Msg::Applied {
                         server: self.me,
                         epoch,
@@ -735,7 +874,39 @@ impl<S: Storage> Replica<S> {
         });
     }
 
-    fn set_role(&mut self, role: Role) {
+    /// Takes a follower's `role`, announced. A primary steps down: its voter change, if any,
+    /// has an unknown outcome (`Retry`). A stopped server stays stopped.
+    fn set_role(&mut self, role: FollowerRole) {
+        if let Some(r) = self.step_down(role).and_then(PrimaryState::end) {
+            self.reply(r, Err(CommitError::Retry));
+        }
+    }
+
+    /// Takes a follower's `role`, announced. A primary steps down: its own state ends here
+    /// and is handed back, for the caller to answer what it owed ([`PrimaryState::end`]).
+    /// A stopped server stays stopped.
+    #[must_use]
+    fn step_down(&mut self, role: FollowerRole) -> Option<PrimaryState> {
+        let from = self.role();
+        let fresh = RoleState::Follower(FollowerState::new(role));
+        let ended = match std::mem::replace(&mut self.role, fresh) {
+            RoleState::Follower(f) => {
+                self.role = RoleState::Follower(FollowerState { role, ..f });
+                None
+            }
+            RoleState::Primary(p) => Some(p),
+            down @ RoleState::Down { .. } => {
+                self.role = down;
+                return None;
+            }
+        };
+        self.announce_role(from);
+        ended
+    }
+
+    /// Tells the shell (and the log) the role it has now, `from` being the one before.
+    fn announce_role(&mut self, from: Role) {
+        let role = self.role();
         let info = RoleInfo {
             role,
             primary: self.primary,
@@ -747,20 +918,18 @@ impl<S: Storage> Replica<S> {
                 .map(|v| v.members.clone())
                 .unwrap_or_default(),
         };
-        if self.role != role || role == Role::Primary || role == Role::Backup {
+        if from != role || role == Role::Primary || role == Role::Backup {
             tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");
         }
-        self.role = role;
         self.out.push_back(Output::Role(info));
     }
 
     fn fail(&mut self, e: impl std::fmt::Display) {
-        if self.role == Role::Down {
+        if self.role() == Role::Down {
             return;
         }
         tracing::error!(server = self.me, error = %e, "storage failure: stopping");
         let why = e.to_string();
-        self.down_reason = Some(why.clone());
         // The durable mirror may hold what a failed write meant to store (a promise raised in
         // memory, then refused by the disk): report what the store holds instead.
         match self.store.replication_state() {
@@ -773,7 +942,13 @@ impl<S: Storage> Replica<S> {
             Err(_) => {}
         }
         self.primary = None;
-        self.set_role(Role::Down);
+        // Whatever the role held ends: a follower's recovery, a primary's own state.
+        let from = self.role();
+        let down = RoleState::Down {
+            reason: why.clone(),
+        };
+        let ended = std::mem::replace(&mut self.role, down);
+        self.announce_role(from);
         for (req, _) in std::mem::take(&mut self.held) {
             self.reply(req, Err(CommitError::Down(why.clone())));
         }
@@ -783,8 +958,10 @@ impl<S: Storage> Replica<S> {
                 self.reply(r, Err(CommitError::Down(why.clone())));
             }
         }
-        if let Some(r) = self.voter_change.take().and_then(|c| c.req) {
-            self.reply(r, Err(CommitError::Down(why.clone())));
+        if let RoleState::Primary(p) = ended {
+            if let Some(r) = p.end() {
+                self.reply(r, Err(CommitError::Down(why.clone())));
+            }
         }
     }
 
@@ -850,7 +1027,8 @@ mod tests {
     use super::*;
 
     /// Each invariant `check_invariants` states fails on a replica whose state breaks it
-    /// (the checker checks something), and a fresh replica passes.
+    /// (the checker checks something), and a fresh replica passes, as does a working
+    /// primary.
     #[test]
     fn invariants_catch_each_broken_state() {
         let fresh = || {
@@ -858,65 +1036,109 @@ mod tests {
             Replica::new(cfg, 0, storage::MemStorage::default()).expect("open")
         };
         fresh().check_invariants();
+        // A primary whose last assigned tid is its last: the state the transition into the
+        // role builds (`maybe_become_primary`).
+        let primary = || RoleState::Primary(PrimaryState::new(Tid::ZERO));
+        let component = || {
+            Some(CurrentView {
+                members: vec![0, 1, 2],
+                regular: true,
+                primary_component: true,
+            })
+        };
+        let mut working = fresh();
+        working.role = primary();
+        working.primary = Some((0, Epoch(1)));
+        working.durable.promised = Epoch(1);
+        working.view = component();
+        working.check_invariants();
         type Break = Box<dyn Fn(&mut Replica<storage::MemStorage>)>;
         let broken: Vec<(&str, Break)> = vec![
-            ("Down without a reason", Box::new(|r| r.role = Role::Down)),
             (
                 "primary role without a working primary",
-                Box::new(|r| r.role = Role::Primary),
+                Box::new(move |r| r.role = primary()),
             ),
             (
                 "another server is the working primary",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((1, Epoch(1)));
                 }),
             ),
             (
                 "primary outside a primary component",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                 }),
             ),
             (
                 "above its durable promise",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                 }),
             ),
             (
                 "object fill open",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                     r.durable.promised = Epoch(1);
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                     r.durable.fill_since = Some(Tid(3));
                 }),
             ),
             (
                 "a tid it never assigned",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                     r.durable.promised = Epoch(1);
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                     r.last = Tid(5);
+                }),
+            ),
+            (
+                "an empty voter set",
+                Box::new(|r| r.voters.voters = VoterSet::new([])),
+            ),
+            (
+                "an empty voter set",
+                Box::new(|r| r.voters.old = Some(VoterSet::new([]))),
+            ),
+            (
+                "synced beyond the last transaction",
+                Box::new(|r| r.synced = Tid(1)),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.synced = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(4))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(3)), (2, Tid(2))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(2, Tid(2)), (1, Tid(3))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(2)), (2, Tid(5))]);
                 }),
             ),
             (
@@ -935,6 +1157,21 @@ mod tests {
                 }),
             ),
             (
+                "lineage out of order",
+                Box::new(|r| {
+                    r.lineage = vec![
+                        EpochStart {
+                            epoch: Epoch(1),
+                            base: Tid(2),
+                        },
+                        EpochStart {
+                            epoch: Epoch(2),
+                            base: Tid(1),
+                        },
+                    ]
+                }),
+            ),
+            (
                 "backlog out of tid order",
                 Box::new(|r| {
                     let txn = |t: u64| Transaction {
@@ -942,7 +1179,9 @@ mod tests {
                         meta: TxnMeta::default(),
                         records: Vec::new(),
                     };
-                    r.backlog = VecDeque::from([(Tid(1), txn(3)), (Tid(3), txn(2))]);
+                    if let RoleState::Follower(f) = &mut r.role {
+                        f.backlog = VecDeque::from([(Tid(1), txn(3)), (Tid(3), txn(2))]);
+                    }
                 }),
             ),
         ];

@@ -48,13 +48,13 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn on_commit_request(&mut self, req: ReqId, c: CommitRequest) {
-        match self.role {
-            Role::Down => {
+        let last_assigned = match &self.role {
+            RoleState::Down { .. } => {
                 return self.reply(req, Err(CommitError::Down("stopped".into())));
             }
-            Role::Primary if !self.stopping => {}
-            Role::Primary => return self.hold(req, c),
-            _ => {
+            RoleState::Primary(p) if !p.stopping => p.last_assigned,
+            RoleState::Primary(_) => return self.hold(req, c),
+            RoleState::Follower(_) => {
                 let component = self.view.as_ref().is_some_and(|v| v.primary_component);
                 return match self.primary {
                     Some((p, _)) if p != self.me => {
@@ -67,11 +67,11 @@ impl<S: Storage> Replica<S> {
                     None => self.reply(req, Err(CommitError::NotPrimary { primary: None })),
                 };
             }
-        }
+        };
         if !self.async_window_open() {
             return self.hold(req, c);
         }
-        if let Err(e) = self.primary_commit(req, c) {
+        if let Err(e) = self.primary_commit(req, c, last_assigned) {
             self.fail(e);
         }
     }
@@ -117,10 +117,13 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// A commit request reaches the working primary, whose last assigned tid is
+    /// `last_assigned`.
     pub(super) fn primary_commit(
         &mut self,
         req: ReqId,
         c: CommitRequest,
+        last_assigned: Tid,
     ) -> Result<(), StorageError> {
         let key = (c.client, c.request);
         if let Some(tid) = self.in_flight.keys.get(&key) {
@@ -195,13 +198,13 @@ impl<S: Storage> Replica<S> {
                 }
             }
         }
-        let next = Tid(self.last_assigned.0 + 1);
+        let next = Tid(last_assigned.0 + 1);
         let tid = match c.tid {
             TidChoice::Next => next,
             TidChoice::AtLeast(t) => next.max(t),
             TidChoice::Exactly(t) if t >= next => t,
             TidChoice::Exactly(t) => {
-                let last = self.last_assigned;
+                let last = last_assigned;
                 self.reply(
                     req,
                     Err(CommitError::Invalid(format!(
@@ -280,7 +283,8 @@ impl<S: Storage> Replica<S> {
         self.primary_send(txn, Some(req))
     }
 
-    /// Sends a transaction as primary: async mode commits it locally first and answers.
+    /// Sends a transaction as primary: async mode commits it locally first and answers. Only
+    /// the primary sends (its commit path, its start, its voter change).
     pub(super) fn primary_send(
         &mut self,
         txn: Transaction,
@@ -311,8 +315,10 @@ impl<S: Storage> Replica<S> {
                 );
             }
         }
-        let prev = self.last_assigned;
-        self.last_assigned = txn.tid;
+        let Some(p) = self.role.primary_mut() else {
+            return Ok(());
+        };
+        let prev = std::mem::replace(&mut p.last_assigned, txn.tid);
         self.primary_last_known = self.primary_last_known.max(txn.tid);
         // Sync mode needs no SAFE delivery: the answer waits for servers with a majority of
         // the vote to report the commit durable, which says more than "received by every
