@@ -32,8 +32,8 @@
 //! a majority holds every commit on disk), `Lost`, `NeedCheckpoint`, `MembershipChanged`.
 //!
 //! One file per handler beside this one: `views`, `delivery`, `election_round`, `recovery`,
-//! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, and
-//! `invariants` (checked between inputs when the shell asks, as the simulator does).
+//! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, `role`
+//! (the role and its own state), and `invariants` (checked between inputs when the shell asks, as the simulator does).
 
 use crate::config::{CommitMode, ReplicaConfig, ServerId};
 use crate::election::LINEAGE_MAX;
@@ -64,11 +64,13 @@ mod invariants;
 mod primary;
 mod recipient;
 mod recovery;
+mod role;
 mod swap;
 mod sync;
 mod views;
 mod voter_change;
 
+use role::{FollowerRole, FollowerState, PrimaryState, RoleState};
 use voter_change::VoterChange;
 pub use voter_change::ADDED_GROUP;
 
@@ -393,154 +395,6 @@ struct CurrentView {
     members: Vec<ServerId>,
     regular: bool,
     primary_component: bool,
-}
-
-/// The server's role, holding the state only that role has: the primary's commit path
-/// cannot exist on a server that is not the primary, nor a recovery on the primary. The
-/// public [`Role`] is derived from it ([`RoleState::role`]).
-///
-/// What every role shares stays in [`Replica`]: the view and its election (every member
-/// runs it), the working primary (every member knows it), the durable positions reported
-/// in the view (`applied`: filled by the election at every member, and the next primary
-/// of the view counts them), the commits this server sent as primary and has not answered
-/// (`in_flight`: a primary that hands over still answers them once a majority holds them;
-/// they end with the view), and the requests held while a primary starts (`held`: taken
-/// before there is one, served by it).
-#[derive(Debug)]
-enum RoleState {
-    /// Not the working primary: electing or catching up ([`Role::Syncing`]), outside a
-    /// primary component ([`Role::ReadOnly`]), or applying the primary's commits
-    /// ([`Role::Backup`]). The chosen primary is one until it holds the base.
-    Follower(FollowerState),
-    /// The working primary: from the end of its promise round (and its catching up) to the
-    /// end of its view, its handover or its store.
-    Primary(PrimaryState),
-    /// Stopped after a storage failure.
-    Down {
-        /// Why the store failed.
-        reason: String,
-    },
-}
-
-/// Which role a follower has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FollowerRole {
-    Syncing,
-    ReadOnly,
-    Backup,
-}
-
-impl From<FollowerRole> for Role {
-    fn from(r: FollowerRole) -> Role {
-        match r {
-            FollowerRole::Syncing => Role::Syncing,
-            FollowerRole::ReadOnly => Role::ReadOnly,
-            FollowerRole::Backup => Role::Backup,
-        }
-    }
-}
-
-/// A follower's own state: catching up with the primary's history.
-#[derive(Debug)]
-struct FollowerState {
-    role: FollowerRole,
-    /// The recovery under way.
-    recovery: Option<Recovery>,
-    /// Commits delivered during a recovery (or after a gap), applied once the stream
-    /// reaches them; in delivery order.
-    backlog: VecDeque<(Tid, Transaction)>,
-    /// The backlog outgrew [`BACKLOG_MAX`] and was dropped: fetch again before draining.
-    backlog_overflowed: bool,
-}
-
-impl FollowerState {
-    fn new(role: FollowerRole) -> FollowerState {
-        FollowerState {
-            role,
-            recovery: None,
-            backlog: VecDeque::new(),
-            backlog_overflowed: false,
-        }
-    }
-}
-
-/// The primary's own state, which starts with its first commit (the epoch marker).
-#[derive(Debug)]
-struct PrimaryState {
-    /// The last tid it assigned: its next commit's `prev`.
-    last_assigned: Tid,
-    /// It assigns no more tids (its view ended, or it is handing over): writes are held.
-    stopping: bool,
-    /// The voter change it is carrying out.
-    voter_change: Option<VoterChange>,
-    /// Its own vote grew: answers may be due (see `sync.rs`).
-    acks_due: bool,
-}
-
-impl PrimaryState {
-    /// A primary whose store ends at `last`.
-    fn new(last: Tid) -> PrimaryState {
-        PrimaryState {
-            last_assigned: last,
-            stopping: false,
-            voter_change: None,
-            acks_due: false,
-        }
-    }
-
-    /// The role ends: who is owed an answer (the requester of its voter change; how it is
-    /// answered depends on why the role ended).
-    fn end(self) -> Option<ReqId> {
-        self.voter_change.and_then(|c| c.req)
-    }
-}
-
-impl RoleState {
-    /// The public role.
-    fn role(&self) -> Role {
-        match self {
-            RoleState::Follower(f) => f.role.into(),
-            RoleState::Primary(_) => Role::Primary,
-            RoleState::Down { .. } => Role::Down,
-        }
-    }
-
-    fn primary(&self) -> Option<&PrimaryState> {
-        match self {
-            RoleState::Primary(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    fn primary_mut(&mut self) -> Option<&mut PrimaryState> {
-        match self {
-            RoleState::Primary(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    fn follower(&self) -> Option<&FollowerState> {
-        match self {
-            RoleState::Follower(f) => Some(f),
-            _ => None,
-        }
-    }
-
-    fn follower_mut(&mut self) -> Option<&mut FollowerState> {
-        match self {
-            RoleState::Follower(f) => Some(f),
-            _ => None,
-        }
-    }
-
-    /// The recovery under way, if a follower has one.
-    fn recovery(&self) -> Option<&Recovery> {
-        self.follower().and_then(|f| f.recovery.as_ref())
-    }
-
-    fn recovery_mut(&mut self) -> Option<&mut Recovery> {
-        self.follower_mut().and_then(|f| f.recovery.as_mut())
-    }
 }
 
 /// Counters for status pages and metrics.
@@ -872,56 +726,6 @@ impl<S: Storage> Replica<S> {
             service,
             payload: m.encode(),
         });
-    }
-
-    /// Takes a follower's `role`, announced. A primary steps down: its voter change, if any,
-    /// has an unknown outcome (`Retry`). A stopped server stays stopped.
-    fn set_role(&mut self, role: FollowerRole) {
-        if let Some(r) = self.step_down(role).and_then(PrimaryState::end) {
-            self.reply(r, Err(CommitError::Retry));
-        }
-    }
-
-    /// Takes a follower's `role`, announced. A primary steps down: its own state ends here
-    /// and is handed back, for the caller to answer what it owed ([`PrimaryState::end`]).
-    /// A stopped server stays stopped.
-    #[must_use]
-    fn step_down(&mut self, role: FollowerRole) -> Option<PrimaryState> {
-        let from = self.role();
-        let fresh = RoleState::Follower(FollowerState::new(role));
-        let ended = match std::mem::replace(&mut self.role, fresh) {
-            RoleState::Follower(f) => {
-                self.role = RoleState::Follower(FollowerState { role, ..f });
-                None
-            }
-            RoleState::Primary(p) => Some(p),
-            down @ RoleState::Down { .. } => {
-                self.role = down;
-                return None;
-            }
-        };
-        self.announce_role(from);
-        ended
-    }
-
-    /// Tells the shell (and the log) the role it has now, `from` being the one before.
-    fn announce_role(&mut self, from: Role) {
-        let role = self.role();
-        let info = RoleInfo {
-            role,
-            primary: self.primary,
-            in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
-            promised: self.durable.promised,
-            view: self
-                .view
-                .as_ref()
-                .map(|v| v.members.clone())
-                .unwrap_or_default(),
-        };
-        if from != role || role == Role::Primary || role == Role::Backup {
-            tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");
-        }
-        self.out.push_back(Output::Role(info));
     }
 
     fn fail(&mut self, e: impl std::fmt::Display) {
