@@ -16,13 +16,15 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         self.primary_last_known = self.primary_last_known.max(txn.tid);
-        if self.recovery.is_some() || !self.backlog.is_empty() {
-            if self.backlog.len() >= BACKLOG_MAX {
-                self.backlog.clear();
-                self.backlog_overflowed = true;
+        if let Some(f) = self.role.follower_mut() {
+            if f.recovery.is_some() || !f.backlog.is_empty() {
+                if f.backlog.len() >= BACKLOG_MAX {
+                    f.backlog.clear();
+                    f.backlog_overflowed = true;
+                }
+                f.backlog.push_back((prev, txn));
+                return Ok(());
             }
-            self.backlog.push_back((prev, txn));
-            return Ok(());
         }
         // Applied in a batch (one sync) before anything that depends on it: the next
         // non-commit delivery, a view, a client request, or the end of this input.
@@ -53,12 +55,18 @@ impl<S: Storage> Replica<S> {
         for (k, (q, r)) in queue.iter().zip(results).enumerate() {
             match r {
                 Ok(ApplyOutcome::Applied) | Ok(ApplyOutcome::AlreadyPresent) => {}
-                Err(StorageError::Gap { .. }) if q.txn.tid > self.last => {
+                Err(e @ StorageError::Gap { .. }) if q.txn.tid > self.last => {
+                    // A primary's own commits chain onto its store (it assigned them; the
+                    // ring delivers one sender's messages in order): a gap there means the
+                    // store is not what it thinks, and it stops.
+                    let Some(f) = self.role.follower_mut() else {
+                        return Err(e);
+                    };
                     // We missed transactions: keep these, recover the gap from the primary.
-                    tracing::debug!(server = self.me, last = %self.last, tid = %q.txn.tid, prev = %q.prev, "gap in delivered commits");
                     for q in &queue[k..] {
-                        self.backlog.push_back((q.prev, q.txn.clone()));
+                        f.backlog.push_back((q.prev, q.txn.clone()));
                     }
+                    tracing::debug!(server = self.me, last = %self.last, tid = %q.txn.tid, prev = %q.prev, "gap in delivered commits");
                     self.start_gap_recovery();
                     break;
                 }
@@ -70,7 +78,7 @@ impl<S: Storage> Replica<S> {
             self.after_apply(now, &q.txn)?;
             if q.mine {
                 mine = true;
-                if let Some(p) = self.pending.get_mut(&q.txn.tid) {
+                if let Some(p) = self.in_flight.pending.get_mut(&q.txn.tid) {
                     p.delivered_regular = q.regular;
                     p.delivered_at = Some(now);
                     if !q.regular && !p.answered {
@@ -92,13 +100,15 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn start_gap_recovery(&mut self) {
         if let Some((p, _)) = self.primary {
-            self.recovery = Some(Recovery {
-                donor: p,
-                fetch_id: 0,
-                step: RecoveryStep::Txns { until: None },
-                outstanding: 0,
-            });
-            self.set_role(Role::Syncing);
+            if let Some(f) = self.role.follower_mut() {
+                f.recovery = Some(Recovery {
+                    donor: p,
+                    fetch_id: 0,
+                    step: RecoveryStep::Txns { until: None },
+                    outstanding: 0,
+                });
+            }
+            self.set_role(FollowerRole::Syncing);
             self.fetch();
         }
     }

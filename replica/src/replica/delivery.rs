@@ -6,7 +6,7 @@ impl<S: Storage> Replica<S> {
     /// A gcs delivery. Messages that are not replication messages, or come from a server
     /// not in the configuration, are counted and dropped.
     pub fn handle_delivery(&mut self, now: Time, sender: ProcId, payload: &[u8]) {
-        if self.role == Role::Down {
+        if self.role() == Role::Down {
             return;
         }
         let from = sender.node;
@@ -53,7 +53,7 @@ impl<S: Storage> Replica<S> {
                         | StorageError::Gap { .. }
                         | StorageError::DivergentApply { .. }
                         | StorageError::NonIncreasingTid { .. },
-                    ) => match self.recovery.as_ref().map(|r| r.donor) {
+                    ) => match self.role.recovery().map(|r| r.donor) {
                         Some(d) => self.need_checkpoint(d),
                         None => Ok(()),
                     },

@@ -25,7 +25,7 @@ impl<S: Storage> Replica<S> {
     /// server's durable history only grows, so a late or repeated report is still true.
     pub fn handle_direct(&mut self, now: Time, datagram: &[u8]) {
         self.now = now;
-        if self.role != Role::Primary || !Self::is_direct(datagram) {
+        if self.role.primary().is_none() || !Self::is_direct(datagram) {
             return;
         }
         if let Err(e) = self.flush_applies() {
@@ -75,21 +75,26 @@ impl<S: Storage> Replica<S> {
         // Durable on a majority, and here: this server applied it (so it was delivered here).
         // Reports can come straight from the backups, ahead of our own delivery.
         let durable = self.majority_applied().min(self.last);
-        if self.role == Role::Primary && durable > self.durable_announced {
+        if self.role.primary().is_some() && durable > self.durable_announced {
             self.durable_announced = durable;
             self.out.push_back(Output::Durable(durable));
         }
         self.drive_voter_change();
-        if self.pending.is_empty() && self.dup_waiting.is_empty() {
+        if self.in_flight.pending.is_empty() && self.in_flight.dup_waiting.is_empty() {
             return;
         }
-        let done: Vec<Tid> = self.pending.range(..=durable).map(|(t, _)| *t).collect();
+        let done: Vec<Tid> = self
+            .in_flight
+            .pending
+            .range(..=durable)
+            .map(|(t, _)| *t)
+            .collect();
         for tid in done {
-            let p = self.pending.remove(&tid).expect("listed");
-            self.pending_keys.remove(&p.key);
+            let p = self.in_flight.pending.remove(&tid).expect("listed");
+            self.in_flight.keys.remove(&p.key);
             for o in &p.oids {
-                if self.pending_serial.get(o) == Some(&tid) {
-                    self.pending_serial.remove(o);
+                if self.in_flight.serial.get(o) == Some(&tid) {
+                    self.in_flight.serial.remove(o);
                 }
             }
             if p.answered {
@@ -119,7 +124,7 @@ impl<S: Storage> Replica<S> {
                 self.reply(r, res);
             }
         }
-        let waiting = std::mem::take(&mut self.dup_waiting);
+        let waiting = std::mem::take(&mut self.in_flight.dup_waiting);
         for (tid, r, epoch) in waiting {
             if tid <= durable {
                 self.reply(
@@ -131,7 +136,7 @@ impl<S: Storage> Replica<S> {
                     }),
                 );
             } else {
-                self.dup_waiting.push((tid, r, epoch));
+                self.in_flight.dup_waiting.push((tid, r, epoch));
             }
         }
         // Async mode: requests held for the loss window may go now.
@@ -140,7 +145,7 @@ impl<S: Storage> Replica<S> {
 
     /// Serves held requests while this server is a working primary with room in its window.
     pub(super) fn release_held(&mut self) {
-        while self.role == Role::Primary && !self.stopping && self.async_window_open() {
+        while self.role.primary().is_some_and(|p| !p.stopping) && self.async_window_open() {
             let Some((req, c)) = self.held.pop_front() else {
                 break;
             };
@@ -150,7 +155,7 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn async_window_open(&self) -> bool {
         match self.cfg.mode {
-            CommitMode::Async { window } => (self.pending.len() as u64) < window.max(1),
+            CommitMode::Async { window } => (self.in_flight.pending.len() as u64) < window.max(1),
             CommitMode::Sync => true,
         }
     }

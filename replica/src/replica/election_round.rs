@@ -80,7 +80,7 @@ impl<S: Storage> Replica<S> {
         if let Some(v) = self.view.as_mut() {
             if !v.primary_component {
                 v.primary_component = true;
-                self.set_role(Role::Syncing);
+                self.set_role(FollowerRole::Syncing);
             }
         }
         let (Some(p), Some(donor)) = (choose_primary(&states), choose_donor(&states)) else {
@@ -169,15 +169,8 @@ impl<S: Storage> Replica<S> {
             self.start_recovery(&el)?;
             self.maybe_become_primary()
         } else {
-            for (req, _) in std::mem::take(&mut self.held) {
-                self.reply(
-                    req,
-                    Err(CommitError::NotPrimary {
-                        primary: Some(el.primary),
-                    }),
-                );
-            }
-            self.set_role(Role::Syncing);
+            self.send_held_away(Some(el.primary));
+            self.set_role(FollowerRole::Syncing);
             self.start_recovery(&el)
         }
     }
@@ -188,10 +181,12 @@ impl<S: Storage> Replica<S> {
         let Some(el) = self.election.clone() else {
             return Ok(());
         };
+        // Only a follower that recovers nothing starts (a primary is one already, and a
+        // stopped server never starts).
+        let ready = matches!(&self.role, RoleState::Follower(f) if f.recovery.is_none());
         if el.primary != self.me
             || self.primary != Some((self.me, el.epoch))
-            || self.role == Role::Primary
-            || self.recovery.is_some()
+            || !ready
             || self.last < el.base
         {
             return Ok(());
@@ -204,8 +199,6 @@ impl<S: Storage> Replica<S> {
         if lineage.len() > LINEAGE_MAX {
             lineage.drain(..lineage.len() - LINEAGE_MAX);
         }
-        self.last_assigned = self.last;
-        self.stopping = false;
         let tid = el.tid_floor.max(Tid(self.last.0 + 1));
         let marker = Transaction {
             tid,
@@ -223,7 +216,12 @@ impl<S: Storage> Replica<S> {
         };
         // Its own vote counts what its disk holds (`sync.rs`).
         self.applied.insert(self.me, self.synced);
-        self.set_role(Role::Primary);
+        // The follower's state ends: it recovers nothing (above), and what is left of a
+        // backlog (commits a handover left buffered) is applied already, the base being at
+        // most our last. The primary's starts.
+        let from = self.role();
+        self.role = RoleState::Primary(PrimaryState::new(self.last));
+        self.announce_role(from);
         self.primary_send(marker, None)?;
         self.start_pending_change();
         self.drive_voter_change();

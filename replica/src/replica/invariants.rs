@@ -1,4 +1,8 @@
 //! What must hold between inputs (`Replica::check_invariants`).
+//!
+//! What the types already say is not checked here: a stopped server has a reason
+//! (`RoleState::Down`), only the primary has a voter change, an assigned tid or a stop
+//! (`PrimaryState`), and only a follower recovers or buffers commits (`FollowerState`).
 
 use super::*;
 
@@ -10,13 +14,9 @@ impl<S: Storage> Replica<S> {
         let me = self.me;
         let fail = |what: &str| -> ! {
             panic!("replica s{me} invariant broken: {what} (role {:?}, primary {:?}, last {}, promised {})",
-                self.role, self.primary, self.last, self.durable.promised.0)
+                self.role(), self.primary, self.last, self.durable.promised.0)
         };
-        // A server is Down exactly when its store failed, and says why.
-        if (self.role == Role::Down) != self.down_reason.is_some() {
-            fail("Down without a reason, or a reason without Down");
-        }
-        if self.role == Role::Primary {
+        if let RoleState::Primary(ps) = &self.role {
             // Only an elected primary of a primary component acts as one...
             let Some((p, epoch)) = self.primary else {
                 fail("primary role without a working primary");
@@ -31,18 +31,14 @@ impl<S: Storage> Replica<S> {
             if self.durable.promised < epoch {
                 fail("primary of an epoch above its durable promise");
             }
-            // ...over a whole, consistent store...
-            if self.recovery.is_some() || self.durable.fill_since.is_some() {
-                fail("primary while recovering or with an object fill open");
+            // ...over a consistent store...
+            if self.durable.fill_since.is_some() {
+                fail("primary with an object fill open");
             }
             // ...and every transaction it applied since is one it assigned.
-            if self.last > self.last_assigned {
+            if self.last > ps.last_assigned {
                 fail("primary applied a tid it never assigned");
             }
-        }
-        // A voter change is carried out by the working primary alone.
-        if self.voter_change.is_some() && self.role != Role::Primary {
-            fail("a voter change on a server that is not the primary");
         }
         // Voters come from the store: never none, and a joint configuration's old set is one.
         if self.voters.voters.is_empty() || self.voters.old.as_ref().is_some_and(|o| o.is_empty()) {
@@ -72,13 +68,15 @@ impl<S: Storage> Replica<S> {
         }
         // Commits held back during a recovery are kept in delivery order, which is tid order
         // (some may already be applied by the recovery: they are skipped when it ends).
-        if !self
-            .backlog
-            .iter()
-            .zip(self.backlog.iter().skip(1))
-            .all(|((_, a), (_, b))| a.tid < b.tid)
-        {
-            fail("backlog out of tid order");
+        if let RoleState::Follower(f) = &self.role {
+            if !f
+                .backlog
+                .iter()
+                .zip(f.backlog.iter().skip(1))
+                .all(|((_, a), (_, b))| a.tid < b.tid)
+            {
+                fail("backlog out of tid order");
+            }
         }
     }
 }

@@ -32,8 +32,8 @@
 //! a majority holds every commit on disk), `Lost`, `NeedCheckpoint`, `MembershipChanged`.
 //!
 //! One file per handler beside this one: `views`, `delivery`, `election_round`, `recovery`,
-//! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, and
-//! `invariants` (checked between inputs when the shell asks, as the simulator does).
+//! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, `role`
+//! (the role and its own state), and `invariants` (checked between inputs when the shell asks, as the simulator does).
 
 use crate::config::{CommitMode, ReplicaConfig, ServerId};
 use crate::election::LINEAGE_MAX;
@@ -64,11 +64,13 @@ mod invariants;
 mod primary;
 mod recipient;
 mod recovery;
+mod role;
 mod swap;
 mod sync;
 mod views;
 mod voter_change;
 
+use role::{FollowerRole, FollowerState, PrimaryState, RoleState};
 use voter_change::VoterChange;
 pub use voter_change::ADDED_GROUP;
 
@@ -342,6 +344,21 @@ struct Pending {
     delivered_at: Option<Time>,
 }
 
+/// The commits this server sent as primary and has not answered, and the retries waiting for
+/// them to be durable.
+#[derive(Clone, Debug, Default)]
+struct InFlight {
+    /// By tid.
+    pending: BTreeMap<Tid, Pending>,
+    /// The newest pending tid writing each oid (conflicts are checked against it first).
+    serial: BTreeMap<Oid, Tid>,
+    /// The pending tid of each idempotency key (client, request).
+    keys: BTreeMap<(u64, u64), Tid>,
+    /// Retries of applied commits waiting for a majority to hold them: (tid, request, the
+    /// epoch this server was primary of when it took the retry).
+    dup_waiting: Vec<(Tid, ReqId, Epoch)>,
+}
+
 /// A delivered commit waiting for the next batch apply.
 #[derive(Clone, Debug)]
 struct QueuedCommit {
@@ -426,45 +443,33 @@ pub struct Replica<S: Storage> {
     /// The voter configuration of the store's history, and the tid that wrote it.
     voters: VoterConfig,
     voters_tid: Tid,
-    /// Primary only: the voter change it is carrying out.
-    voter_change: Option<VoterChange>,
     last: Tid,
     view: Option<CurrentView>,
     states: BTreeMap<ServerId, MemberState>,
     election: Option<Election>,
     /// The working primary (after its promise round).
     primary: Option<(ServerId, Epoch)>,
-    role: Role,
-    /// Why the store failed (`role` is then `Down`).
-    down_reason: Option<String>,
-    was_primary_in: Option<Epoch>,
-    // Primary side.
-    last_assigned: Tid,
-    stopping: bool,
-    pending: BTreeMap<Tid, Pending>,
-    pending_serial: BTreeMap<Oid, Tid>,
-    pending_keys: BTreeMap<(u64, u64), Tid>,
-    /// Retries of applied commits waiting for a majority to hold them: (tid, request, the
-    /// epoch this server was primary of when it took the retry).
-    dup_waiting: Vec<(Tid, ReqId, Epoch)>,
+    /// The role and its own state.
+    role: RoleState,
+    /// Commits sent as primary and not answered (see [`RoleState`] for why not the
+    /// primary's own).
+    in_flight: InFlight,
+    /// Commit requests held while an election or a swap settles, or while the primary
+    /// stops or its async window is full.
     held: VecDeque<(ReqId, CommitRequest)>,
     /// Durable positions reported in this view (`Applied`), by server.
     applied: BTreeMap<ServerId, Tid>,
-    // Backup side.
-    recovery: Option<Recovery>,
-    backlog: VecDeque<(Tid, Transaction)>,
-    backlog_overflowed: bool,
+    /// `synced` grew since it was last reported (see `poll_output`).
     applied_dirty: bool,
     /// The highest tid durable on this server's disk (at most `last`): what it reports to the
     /// primary, and the primary's own vote. Applies do not wait for the disk
     /// ([`Output::Sync`]).
     synced: Tid,
-    /// The primary's own vote grew: answers may be due (see `sync.rs`).
-    acks_due: bool,
     /// Syncs asked of the shell and not yet done: (id, the last tid applied when asked).
     syncs: VecDeque<(u64, Tid)>,
     next_sync_id: u64,
-    /// The highest tid announced as [`Output::Durable`].
+    /// The highest tid announced as [`Output::Durable`], across the server's terms as
+    /// primary (what it announces never goes back).
     durable_announced: Tid,
     /// Client records as the store has them (tid, last request; `None`: no record), so that
     /// the primary's idempotency check does not read the store for every commit. Filled on
@@ -494,29 +499,17 @@ impl<S: Storage> Replica<S> {
             lineage: Vec::new(),
             voters: VoterConfig::default(),
             voters_tid: Tid::ZERO,
-            voter_change: None,
             last: Tid::ZERO,
             view: None,
             states: BTreeMap::new(),
             election: None,
             primary: None,
-            role: Role::ReadOnly,
-            down_reason: None,
-            was_primary_in: None,
-            last_assigned: Tid::ZERO,
-            stopping: false,
-            pending: BTreeMap::new(),
-            pending_serial: BTreeMap::new(),
-            pending_keys: BTreeMap::new(),
-            dup_waiting: Vec::new(),
+            role: RoleState::Follower(FollowerState::new(FollowerRole::ReadOnly)),
+            in_flight: InFlight::default(),
             held: VecDeque::new(),
             applied: BTreeMap::new(),
-            recovery: None,
-            backlog: VecDeque::new(),
-            backlog_overflowed: false,
             applied_dirty: false,
             synced: Tid::ZERO,
-            acks_due: false,
             syncs: VecDeque::new(),
             next_sync_id: 1,
             durable_announced: Tid::ZERO,
@@ -628,12 +621,15 @@ impl<S: Storage> Replica<S> {
 
     /// The current role.
     pub fn role(&self) -> Role {
-        self.role
+        self.role.role()
     }
 
     /// Why the store failed, once it has (the role is then [`Role::Down`]).
     pub fn down_reason(&self) -> Option<&str> {
-        self.down_reason.as_deref()
+        match &self.role {
+            RoleState::Down { reason } => Some(reason),
+            _ => None,
+        }
     }
 
     /// The working primary and its epoch, if known.
@@ -670,7 +666,7 @@ impl<S: Storage> Replica<S> {
     /// How stale this server's reads are.
     pub fn staleness(&self) -> Staleness {
         Staleness {
-            role: self.role,
+            role: self.role(),
             last_tid: self.last,
             primary_last_known: self.primary_last_known.max(self.last),
             last_commit_at: self.last_commit_at,
@@ -682,7 +678,7 @@ impl<S: Storage> Replica<S> {
     /// Whether reads are served: not while an object fill leaves the store inconsistent, nor
     /// after a storage failure.
     pub fn readable(&self) -> bool {
-        self.role != Role::Down && self.durable.fill_since.is_none()
+        self.role() != Role::Down && self.durable.fill_since.is_none()
     }
 
     /// The next output, if any.
@@ -690,14 +686,18 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             self.fail(e);
         }
-        if std::mem::take(&mut self.acks_due) && self.role == Role::Primary {
-            self.release_acks();
+        if let RoleState::Primary(p) = &mut self.role {
+            if std::mem::take(&mut p.acks_due) {
+                self.release_acks();
+            }
         }
         self.ask_sync();
         if self.applied_dirty {
             self.applied_dirty = false;
             if let Some((p, epoch)) = self.primary {
-                if p != self.me && self.recovery.is_none() && self.role == Role::Backup {
+                let backup = matches!(&self.role, RoleState::Follower(f)
+                    if f.role == FollowerRole::Backup && f.recovery.is_none());
+                if p != self.me && backup {
                     let m = Msg::Applied {
                         server: self.me,
                         epoch,
@@ -728,32 +728,12 @@ impl<S: Storage> Replica<S> {
         });
     }
 
-    fn set_role(&mut self, role: Role) {
-        let info = RoleInfo {
-            role,
-            primary: self.primary,
-            in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),
-            promised: self.durable.promised,
-            view: self
-                .view
-                .as_ref()
-                .map(|v| v.members.clone())
-                .unwrap_or_default(),
-        };
-        if self.role != role || role == Role::Primary || role == Role::Backup {
-            tracing::info!(server = self.me, ?role, primary = ?self.primary, "role");
-        }
-        self.role = role;
-        self.out.push_back(Output::Role(info));
-    }
-
     fn fail(&mut self, e: impl std::fmt::Display) {
-        if self.role == Role::Down {
+        if self.role() == Role::Down {
             return;
         }
         tracing::error!(server = self.me, error = %e, "storage failure: stopping");
         let why = e.to_string();
-        self.down_reason = Some(why.clone());
         // The durable mirror may hold what a failed write meant to store (a promise raised in
         // memory, then refused by the disk): report what the store holds instead.
         match self.store.replication_state() {
@@ -766,18 +746,26 @@ impl<S: Storage> Replica<S> {
             Err(_) => {}
         }
         self.primary = None;
-        self.set_role(Role::Down);
+        // Whatever the role held ends: a follower's recovery, a primary's own state.
+        let from = self.role();
+        let down = RoleState::Down {
+            reason: why.clone(),
+        };
+        let ended = std::mem::replace(&mut self.role, down);
+        self.announce_role(from);
         for (req, _) in std::mem::take(&mut self.held) {
             self.reply(req, Err(CommitError::Down(why.clone())));
         }
-        let pending = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.in_flight.pending);
         for p in pending.into_values().filter(|p| !p.answered) {
             for r in p.reqs {
                 self.reply(r, Err(CommitError::Down(why.clone())));
             }
         }
-        if let Some(r) = self.voter_change.take().and_then(|c| c.req) {
-            self.reply(r, Err(CommitError::Down(why.clone())));
+        if let RoleState::Primary(p) = ended {
+            if let Some(r) = p.end() {
+                self.reply(r, Err(CommitError::Down(why.clone())));
+            }
         }
     }
 
@@ -843,7 +831,8 @@ mod tests {
     use super::*;
 
     /// Each invariant `check_invariants` states fails on a replica whose state breaks it
-    /// (the checker checks something), and a fresh replica passes.
+    /// (the checker checks something), and a fresh replica passes, as does a working
+    /// primary.
     #[test]
     fn invariants_catch_each_broken_state() {
         let fresh = || {
@@ -851,65 +840,109 @@ mod tests {
             Replica::new(cfg, 0, storage::MemStorage::default()).expect("open")
         };
         fresh().check_invariants();
+        // A primary whose last assigned tid is its last: the state the transition into the
+        // role builds (`maybe_become_primary`).
+        let primary = || RoleState::Primary(PrimaryState::new(Tid::ZERO));
+        let component = || {
+            Some(CurrentView {
+                members: vec![0, 1, 2],
+                regular: true,
+                primary_component: true,
+            })
+        };
+        let mut working = fresh();
+        working.role = primary();
+        working.primary = Some((0, Epoch(1)));
+        working.durable.promised = Epoch(1);
+        working.view = component();
+        working.check_invariants();
         type Break = Box<dyn Fn(&mut Replica<storage::MemStorage>)>;
         let broken: Vec<(&str, Break)> = vec![
-            ("Down without a reason", Box::new(|r| r.role = Role::Down)),
             (
                 "primary role without a working primary",
-                Box::new(|r| r.role = Role::Primary),
+                Box::new(move |r| r.role = primary()),
             ),
             (
                 "another server is the working primary",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((1, Epoch(1)));
                 }),
             ),
             (
                 "primary outside a primary component",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                 }),
             ),
             (
                 "above its durable promise",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                 }),
             ),
             (
                 "object fill open",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                     r.durable.promised = Epoch(1);
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                     r.durable.fill_since = Some(Tid(3));
                 }),
             ),
             (
                 "a tid it never assigned",
-                Box::new(|r| {
-                    r.role = Role::Primary;
+                Box::new(move |r| {
+                    r.role = primary();
                     r.primary = Some((0, Epoch(1)));
                     r.durable.promised = Epoch(1);
-                    r.view = Some(CurrentView {
-                        members: vec![0, 1, 2],
-                        regular: true,
-                        primary_component: true,
-                    });
+                    r.view = component();
                     r.last = Tid(5);
+                }),
+            ),
+            (
+                "an empty voter set",
+                Box::new(|r| r.voters.voters = VoterSet::new([])),
+            ),
+            (
+                "an empty voter set",
+                Box::new(|r| r.voters.old = Some(VoterSet::new([]))),
+            ),
+            (
+                "synced beyond the last transaction",
+                Box::new(|r| r.synced = Tid(1)),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.synced = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(4))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(3)), (2, Tid(2))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(2, Tid(2)), (1, Tid(3))]);
+                }),
+            ),
+            (
+                "syncs asked out of order",
+                Box::new(|r| {
+                    r.last = Tid(4);
+                    r.syncs = VecDeque::from([(1, Tid(2)), (2, Tid(5))]);
                 }),
             ),
             (
@@ -928,6 +961,21 @@ mod tests {
                 }),
             ),
             (
+                "lineage out of order",
+                Box::new(|r| {
+                    r.lineage = vec![
+                        EpochStart {
+                            epoch: Epoch(1),
+                            base: Tid(2),
+                        },
+                        EpochStart {
+                            epoch: Epoch(2),
+                            base: Tid(1),
+                        },
+                    ]
+                }),
+            ),
+            (
                 "backlog out of tid order",
                 Box::new(|r| {
                     let txn = |t: u64| Transaction {
@@ -935,7 +983,9 @@ mod tests {
                         meta: TxnMeta::default(),
                         records: Vec::new(),
                     };
-                    r.backlog = VecDeque::from([(Tid(1), txn(3)), (Tid(3), txn(2))]);
+                    if let RoleState::Follower(f) = &mut r.role {
+                        f.backlog = VecDeque::from([(Tid(1), txn(3)), (Tid(3), txn(2))]);
+                    }
                 }),
             ),
         ];

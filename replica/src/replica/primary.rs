@@ -48,13 +48,13 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn on_commit_request(&mut self, req: ReqId, c: CommitRequest) {
-        match self.role {
-            Role::Down => {
+        let last_assigned = match &self.role {
+            RoleState::Down { .. } => {
                 return self.reply(req, Err(CommitError::Down("stopped".into())));
             }
-            Role::Primary if !self.stopping => {}
-            Role::Primary => return self.hold(req, c),
-            _ => {
+            RoleState::Primary(p) if !p.stopping => p.last_assigned,
+            RoleState::Primary(_) => return self.hold(req, c),
+            RoleState::Follower(_) => {
                 let component = self.view.as_ref().is_some_and(|v| v.primary_component);
                 return match self.primary {
                     Some((p, _)) if p != self.me => {
@@ -67,11 +67,11 @@ impl<S: Storage> Replica<S> {
                     None => self.reply(req, Err(CommitError::NotPrimary { primary: None })),
                 };
             }
-        }
+        };
         if !self.async_window_open() {
             return self.hold(req, c);
         }
-        if let Err(e) = self.primary_commit(req, c) {
+        if let Err(e) = self.primary_commit(req, c, last_assigned) {
             self.fail(e);
         }
     }
@@ -117,14 +117,17 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// A commit request reaches the working primary, whose last assigned tid is
+    /// `last_assigned`.
     pub(super) fn primary_commit(
         &mut self,
         req: ReqId,
         c: CommitRequest,
+        last_assigned: Tid,
     ) -> Result<(), StorageError> {
         let key = (c.client, c.request);
-        if let Some(tid) = self.pending_keys.get(&key) {
-            if let Some(p) = self.pending.get_mut(tid) {
+        if let Some(tid) = self.in_flight.keys.get(&key) {
+            if let Some(p) = self.in_flight.pending.get_mut(tid) {
                 if !p.answered {
                     p.reqs.push(req);
                     return Ok(());
@@ -146,7 +149,7 @@ impl<S: Storage> Replica<S> {
                         }),
                     );
                 } else {
-                    self.dup_waiting.push((rev_tid, req, epoch));
+                    self.in_flight.dup_waiting.push((rev_tid, req, epoch));
                 }
                 return Ok(());
             }
@@ -178,7 +181,7 @@ impl<S: Storage> Replica<S> {
                 return Ok(());
             }
             if let Some(expected) = r.expected_serial {
-                let actual = match self.pending_serial.get(&r.oid) {
+                let actual = match self.in_flight.serial.get(&r.oid) {
                     Some(t) => *t,
                     None => self.store.load(&r.oid)?.map(|v| v.tid).unwrap_or(Tid::ZERO),
                 };
@@ -195,13 +198,13 @@ impl<S: Storage> Replica<S> {
                 }
             }
         }
-        let next = Tid(self.last_assigned.0 + 1);
+        let next = Tid(last_assigned.0 + 1);
         let tid = match c.tid {
             TidChoice::Next => next,
             TidChoice::AtLeast(t) => next.max(t),
             TidChoice::Exactly(t) if t >= next => t,
             TidChoice::Exactly(t) => {
-                let last = self.last_assigned;
+                let last = last_assigned;
                 self.reply(
                     req,
                     Err(CommitError::Invalid(format!(
@@ -261,10 +264,10 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         for o in &oids {
-            self.pending_serial.insert(o.clone(), tid);
+            self.in_flight.serial.insert(o.clone(), tid);
         }
-        self.pending_keys.insert(key, tid);
-        self.pending.insert(
+        self.in_flight.keys.insert(key, tid);
+        self.in_flight.pending.insert(
             tid,
             Pending {
                 reqs: vec![req],
@@ -280,7 +283,8 @@ impl<S: Storage> Replica<S> {
         self.primary_send(txn, Some(req))
     }
 
-    /// Sends a transaction as primary: async mode commits it locally first and answers.
+    /// Sends a transaction as primary: async mode commits it locally first and answers. Only
+    /// the primary sends (its commit path, its start, its voter change).
     pub(super) fn primary_send(
         &mut self,
         txn: Transaction,
@@ -298,7 +302,7 @@ impl<S: Storage> Replica<S> {
                 self.reload_voters()?;
             }
             if let Some(req) = req {
-                if let Some(p) = self.pending.get_mut(&txn.tid) {
+                if let Some(p) = self.in_flight.pending.get_mut(&txn.tid) {
                     p.answered = true;
                 }
                 self.reply(
@@ -311,8 +315,10 @@ impl<S: Storage> Replica<S> {
                 );
             }
         }
-        let prev = self.last_assigned;
-        self.last_assigned = txn.tid;
+        let Some(p) = self.role.primary_mut() else {
+            return Ok(());
+        };
+        let prev = std::mem::replace(&mut p.last_assigned, txn.tid);
         self.primary_last_known = self.primary_last_known.max(txn.tid);
         // Sync mode needs no SAFE delivery: the answer waits for servers with a majority of
         // the vote to report the commit durable, which says more than "received by every

@@ -14,7 +14,7 @@ impl<S: Storage> Replica<S> {
         if to != self.me {
             return Ok(());
         }
-        let Some(rec) = self.recovery.clone() else {
+        let Some(rec) = self.role.recovery().cloned() else {
             return Ok(());
         };
         if rec.fetch_id != fetch_id || rec.donor != from {
@@ -118,7 +118,7 @@ impl<S: Storage> Replica<S> {
         if done {
             return self.drain_backlog(now);
         }
-        if let Some(r) = self.recovery.as_mut() {
+        if let Some(r) = self.role.recovery_mut() {
             r.outstanding = r.outstanding.saturating_sub(1);
             if r.outstanding == 0 {
                 self.fetch();
@@ -128,7 +128,7 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn set_step(&mut self, step: RecoveryStep) {
-        if let Some(r) = self.recovery.as_mut() {
+        if let Some(r) = self.role.recovery_mut() {
             r.step = step;
         }
     }
@@ -147,33 +147,38 @@ impl<S: Storage> Replica<S> {
 
     /// The transaction stream reached the donor's end: apply the commits buffered meanwhile.
     pub(super) fn drain_backlog(&mut self, now: Time) -> Result<(), StorageError> {
-        if self.backlog_overflowed {
-            self.backlog_overflowed = false;
+        // (Chunks come only to a follower's recovery.)
+        let Some(f) = self.role.follower_mut() else {
+            return Ok(());
+        };
+        if f.backlog_overflowed {
+            f.backlog_overflowed = false;
             self.fetch();
             return Ok(());
         }
         // The chained run at the front of the backlog, applied as one batch.
         let mut run: Vec<(Tid, Transaction)> = Vec::new();
         let mut end = self.last;
-        while let Some((prev, t)) = self.backlog.front() {
+        while let Some((prev, t)) = f.backlog.front() {
             if t.tid <= end {
-                self.backlog.pop_front();
+                f.backlog.pop_front();
                 continue;
             }
             if *prev != end {
                 break;
             }
             end = t.tid;
-            run.push(self.backlog.pop_front().expect("front"));
+            run.push(f.backlog.pop_front().expect("front"));
         }
-        tracing::debug!(server = self.me, last = %self.last, run = run.len(), left = self.backlog.len(), "backlog drained");
+        let left = f.backlog.len();
+        tracing::debug!(server = self.me, last = %self.last, run = run.len(), left, "backlog drained");
         let results = self.store.apply_batch_unsynced(&run);
         for ((_, t), r) in run.iter().zip(results) {
             r?;
             self.last = t.tid;
             self.after_apply(now, t)?;
         }
-        if !self.backlog.is_empty() {
+        if self.role.follower().is_some_and(|f| !f.backlog.is_empty()) {
             // Still a gap (the donor was behind what we buffered): fetch again.
             self.fetch();
             return Ok(());

@@ -108,12 +108,16 @@ impl<S: Storage> Replica<S> {
             RecoveryStep::Txns { .. } => self.stats.recoveries_full += 1,
             _ => self.stats.recoveries_fast += 1,
         }
-        self.recovery = Some(Recovery {
-            donor: el.donor,
-            fetch_id: 0,
-            step,
-            outstanding: 0,
-        });
+        // Only a follower recovers (every member after the promise round, the chosen primary
+        // included until it holds the base).
+        if let Some(f) = self.role.follower_mut() {
+            f.recovery = Some(Recovery {
+                donor: el.donor,
+                fetch_id: 0,
+                step,
+                outstanding: 0,
+            });
+        }
         self.fetch();
         Ok(())
     }
@@ -125,12 +129,14 @@ impl<S: Storage> Replica<S> {
             "history cannot be reconciled: checkpoint"
         );
         self.stats.checkpoints += 1;
-        self.recovery = Some(Recovery {
-            donor,
-            fetch_id: u64::MAX,
-            step: RecoveryStep::Txns { until: None },
-            outstanding: 0,
-        });
+        if let Some(f) = self.role.follower_mut() {
+            f.recovery = Some(Recovery {
+                donor,
+                fetch_id: u64::MAX,
+                step: RecoveryStep::Txns { until: None },
+                outstanding: 0,
+            });
+        }
         self.out.push_back(Output::NeedCheckpoint { donor });
         Ok(())
     }
@@ -177,11 +183,15 @@ impl<S: Storage> Replica<S> {
             self.durable.promised = promised;
             self.persist()?;
         }
-        let Some(rec) = self.recovery.take() else {
+        let resume = self.view.as_ref().is_some_and(|v| v.regular) && self.primary.is_some();
+        let Some(f) = self.role.follower_mut() else {
             return Ok(());
         };
-        if self.view.as_ref().is_some_and(|v| v.regular) && self.primary.is_some() {
-            self.recovery = Some(Recovery {
+        let Some(rec) = f.recovery.take() else {
+            return Ok(());
+        };
+        if resume {
+            f.recovery = Some(Recovery {
                 donor: rec.donor,
                 fetch_id: 0,
                 step: RecoveryStep::Txns { until: None },
@@ -248,7 +258,7 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn fetch(&mut self) {
-        let Some(rec) = self.recovery.as_mut() else {
+        let Some(rec) = self.role.recovery_mut() else {
             return;
         };
         rec.fetch_id = self.next_fetch_id;
@@ -286,7 +296,9 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn caught_up(&mut self) {
-        self.recovery = None;
+        if let Some(f) = self.role.follower_mut() {
+            f.recovery = None;
+        }
         if !self.durable.voter && self.primary.is_some() {
             self.durable.voter = true;
             if let Err(e) = self.persist() {
@@ -298,7 +310,7 @@ impl<S: Storage> Replica<S> {
             return;
         }
         if self.view.as_ref().is_some_and(|v| v.regular) && self.primary.is_some() {
-            self.set_role(Role::Backup);
+            self.set_role(FollowerRole::Backup);
             self.applied_dirty = true;
         }
     }

@@ -45,18 +45,15 @@ impl<S: Storage> Replica<S> {
         if !self.view.as_ref().is_some_and(|v| v.regular) {
             return Ok(());
         }
-        if p == self.me && self.role == Role::Primary && !self.stopping {
+        let RoleState::Primary(ps) = &mut self.role else {
+            return Ok(());
+        };
+        if p == self.me && !ps.stopping {
             // Stop assigning tids; the handover is ordered after every commit already sent.
-            self.stopping = true;
-            tracing::info!(server = self.me, to, last = %self.last_assigned, "swap: handing over");
-            self.multicast(
-                Service::Agreed,
-                Msg::Handover {
-                    epoch,
-                    to,
-                    last: self.last_assigned,
-                },
-            );
+            ps.stopping = true;
+            let last = ps.last_assigned;
+            tracing::info!(server = self.me, to, last = %last, "swap: handing over");
+            self.multicast(Service::Agreed, Msg::Handover { epoch, to, last });
         }
         Ok(())
     }
@@ -100,9 +97,12 @@ impl<S: Storage> Replica<S> {
             promises: BTreeSet::new(),
         });
         if from == self.me {
-            self.stopping = false;
-            self.set_role(Role::Backup);
-            if let Some(r) = self.voter_change.take().and_then(|c| c.req) {
+            // What it sent and has not answered stays in flight: it answers it as a backup
+            // once a majority holds it.
+            if let Some(r) = self
+                .step_down(FollowerRole::Backup)
+                .and_then(PrimaryState::end)
+            {
                 self.reply(r, Err(CommitError::NotPrimary { primary: Some(to) }));
             }
         }

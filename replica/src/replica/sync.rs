@@ -18,7 +18,7 @@ impl<S: Storage> Replica<S> {
     /// asked has returned: what was applied then is durable here.
     pub fn handle_synced(&mut self, now: Time, id: u64) {
         self.now = now;
-        if self.role == Role::Down {
+        if self.role() == Role::Down {
             return;
         }
         let mut upto = None;
@@ -60,7 +60,7 @@ impl<S: Storage> Replica<S> {
     /// Asks the shell for a sync if something was applied since the last one asked.
     pub(super) fn ask_sync(&mut self) {
         let asked = self.syncs.back().map_or(self.synced, |(_, t)| *t);
-        if self.last > asked && self.role != Role::Down {
+        if self.last > asked && self.role() != Role::Down {
             let id = self.next_sync_id;
             self.next_sync_id += 1;
             self.syncs.push_back((id, self.last));
@@ -74,13 +74,13 @@ impl<S: Storage> Replica<S> {
         }
         self.synced = t;
         self.applied_dirty = true;
-        if self.role == Role::Primary {
+        if let RoleState::Primary(p) = &mut self.role {
             // The primary's own vote: only what its disk holds. Answers it releases go out
             // when the shell next polls (`poll_output`), not in the middle of the write that
             // synced (a promise, a fill), which may be part of sending something else.
             let e = self.applied.entry(self.me).or_default();
             *e = (*e).max(t);
-            self.acks_due = true;
+            p.acks_due = true;
         }
     }
 }

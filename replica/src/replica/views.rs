@@ -5,7 +5,7 @@ use super::*;
 impl<S: Storage> Replica<S> {
     /// A gcs view was installed.
     pub fn handle_view(&mut self, now: Time, view: &View) {
-        if self.role == Role::Down {
+        if self.role() == Role::Down {
             return;
         }
         self.now = now;
@@ -26,8 +26,8 @@ impl<S: Storage> Replica<S> {
             if let Some(v) = self.view.as_mut() {
                 v.regular = false;
             }
-            if self.role == Role::Primary {
-                self.stopping = true;
+            if let RoleState::Primary(p) = &mut self.role {
+                p.stopping = true;
             }
             return;
         }
@@ -35,35 +35,43 @@ impl<S: Storage> Replica<S> {
         // configuration they report must agree), so a server that says no here still tells
         // the others its state.
         let primary_component = self.voters.is_primary_component(&members);
-        self.was_primary_in = match (self.role, self.primary) {
-            (Role::Primary, Some((_, e))) => Some(e),
+        let from = self.role();
+        let was_primary_in = match (&self.role, self.primary) {
+            (RoleState::Primary(_), Some((_, e))) => Some(e),
             _ => None,
         };
         // Everything in flight from the previous view has an unknown outcome now.
-        let pending = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.in_flight.pending);
         for p in pending.into_values().filter(|p| !p.answered) {
             for r in p.reqs {
                 self.reply(r, Err(CommitError::Retry));
             }
         }
-        for (_, r, _) in std::mem::take(&mut self.dup_waiting) {
+        for (_, r, _) in std::mem::take(&mut self.in_flight.dup_waiting) {
             self.reply(r, Err(CommitError::Retry));
         }
-        self.pending_serial.clear();
-        self.pending_keys.clear();
+        self.in_flight.serial.clear();
+        self.in_flight.keys.clear();
         self.applied.clear();
         self.states.clear();
         self.election = None;
         self.primary = None;
-        self.stopping = false;
-        self.recovery = None;
-        if let Some(c) = self.voter_change.take() {
-            if let Some(r) = c.req {
+        // The role's own state ends with the view: a primary's (its voter change has an
+        // unknown outcome), a follower's recovery and backlog.
+        let role = if primary_component {
+            FollowerRole::Syncing
+        } else {
+            FollowerRole::ReadOnly
+        };
+        let ended = std::mem::replace(
+            &mut self.role,
+            RoleState::Follower(FollowerState::new(role)),
+        );
+        if let RoleState::Primary(p) = ended {
+            if let Some(r) = p.end() {
                 self.reply(r, Err(CommitError::Retry));
             }
         }
-        self.backlog.clear();
-        self.backlog_overflowed = false;
         self.view = Some(CurrentView {
             members,
             regular: true,
@@ -75,28 +83,32 @@ impl<S: Storage> Replica<S> {
             promised: self.durable.promised,
             last_tid: self.last,
             lineage: self.lineage.clone(),
-            primary_in: self.was_primary_in,
+            primary_in: was_primary_in,
             consistent: !fill_open,
             voter: self.durable.voter,
             config: self.voters.clone(),
             config_tid: self.voters_tid,
         };
         self.multicast(Service::Agreed, Msg::State(state));
-        if primary_component {
-            self.set_role(Role::Syncing);
-        } else {
-            self.not_primary_component();
+        self.announce_role(from);
+        if !primary_component {
+            self.send_held_away(None);
         }
     }
 
-    /// This view cannot elect: read-only, and held requests are sent away.
+    /// This view cannot elect after all: read-only, and held requests are sent away.
     pub(super) fn not_primary_component(&mut self) {
         if let Some(v) = self.view.as_mut() {
             v.primary_component = false;
         }
-        self.set_role(Role::ReadOnly);
+        self.set_role(FollowerRole::ReadOnly);
+        self.send_held_away(None);
+    }
+
+    /// Held requests are answered: not here, `primary` is.
+    pub(super) fn send_held_away(&mut self, primary: Option<ServerId>) {
         for (req, _) in std::mem::take(&mut self.held) {
-            self.reply(req, Err(CommitError::NotPrimary { primary: None }));
+            self.reply(req, Err(CommitError::NotPrimary { primary }));
         }
     }
 }

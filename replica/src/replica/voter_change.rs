@@ -63,10 +63,12 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             return self.fail(e);
         }
-        if self.role != Role::Primary || self.stopping {
+        let Some(p) = self.role.primary().filter(|p| !p.stopping) else {
             let primary = self.primary.map(|(p, _)| p).filter(|p| *p != self.me);
             return self.reply(req, Err(CommitError::NotPrimary { primary }));
-        }
+        };
+        let last_assigned = p.last_assigned;
+        let under_way = p.voter_change.as_ref().map(|c| c.target.clone());
         if let Some(id) = add.iter().map(|(id, _)| *id).find(|id| remove.contains(id)) {
             let why = format!("s{id} both added and removed");
             return self.reply(req, Err(CommitError::Invalid(why)));
@@ -75,8 +77,8 @@ impl<S: Storage> Replica<S> {
             let why = format!("s{id} added with weight 0");
             return self.reply(req, Err(CommitError::Invalid(why)));
         }
-        let base = match &self.voter_change {
-            Some(c) => c.target.clone(),
+        let base = match &under_way {
+            Some(t) => t.clone(),
             None => self.voters.voters.clone(),
         };
         let target = VoterSet::new(
@@ -87,12 +89,16 @@ impl<S: Storage> Replica<S> {
         if let Err(why) = self.check_target(&target) {
             return self.reply(req, Err(CommitError::Invalid(why)));
         }
-        if let Some(c) = self.voter_change.as_mut() {
-            if c.target != target {
-                let why = format!("a change to {} is under way", c.target);
+        if let Some(t) = under_way {
+            if t != target {
+                let why = format!("a change to {t} is under way");
                 return self.reply(req, Err(CommitError::Invalid(why)));
             }
-            if let Some(old) = c.req.replace(req) {
+            let change = self
+                .role
+                .primary_mut()
+                .and_then(|p| p.voter_change.as_mut());
+            if let Some(old) = change.and_then(|c| c.req.replace(req)) {
                 self.reply(old, Err(CommitError::Retry));
             }
             return;
@@ -110,13 +116,14 @@ impl<S: Storage> Replica<S> {
                 );
             }
             // Written, not yet durable: wait for it like the last step of a change.
-            self.voter_change = Some(VoterChange {
-                req: Some(req),
-                target,
-                step: ChangeStep::Final {
-                    tid: self.voters_tid,
-                },
-            });
+            let tid = self.voters_tid;
+            if let Some(p) = self.role.primary_mut() {
+                p.voter_change = Some(VoterChange {
+                    req: Some(req),
+                    target,
+                    step: ChangeStep::Final { tid },
+                });
+            }
             return;
         }
         if self.voters.is_joint() {
@@ -125,13 +132,15 @@ impl<S: Storage> Replica<S> {
             return self.reply(req, Err(CommitError::Invalid(why)));
         }
         tracing::info!(server = self.me, from = %self.voters, to = %target, "voter change");
-        self.voter_change = Some(VoterChange {
-            req: Some(req),
-            target,
-            step: ChangeStep::CatchUp {
-                until: self.last_assigned,
-            },
-        });
+        if let Some(p) = self.role.primary_mut() {
+            p.voter_change = Some(VoterChange {
+                req: Some(req),
+                target,
+                step: ChangeStep::CatchUp {
+                    until: last_assigned,
+                },
+            });
+        }
         self.drive_voter_change();
     }
 
@@ -174,9 +183,12 @@ impl<S: Storage> Replica<S> {
 
     /// A new primary whose store holds a joint configuration finishes that change.
     pub(super) fn start_pending_change(&mut self) {
-        if self.voters.is_joint() && self.voter_change.is_none() {
+        let Some(p) = self.role.primary_mut() else {
+            return;
+        };
+        if self.voters.is_joint() && p.voter_change.is_none() {
             tracing::info!(server = self.me, voters = %self.voters, "finishing a voter change");
-            self.voter_change = Some(VoterChange {
+            p.voter_change = Some(VoterChange {
                 req: None,
                 target: self.voters.voters.clone(),
                 step: ChangeStep::Joint {
@@ -188,13 +200,14 @@ impl<S: Storage> Replica<S> {
 
     /// Moves the change on as reports come in (called with every durability update).
     pub(super) fn drive_voter_change(&mut self) {
-        if self.role != Role::Primary || self.stopping {
-            return;
-        }
         loop {
-            let Some(c) = self.voter_change.clone() else {
+            let Some(p) = self.role.primary().filter(|p| !p.stopping) else {
                 return;
             };
+            let Some(c) = p.voter_change.clone() else {
+                return;
+            };
+            let last_assigned = p.last_assigned;
             let durable = self.majority_applied().min(self.last);
             let next = match c.step {
                 ChangeStep::CatchUp { until } => {
@@ -208,7 +221,7 @@ impl<S: Storage> Replica<S> {
                         voters: c.target.clone(),
                         old: Some(self.voters.voters.clone()),
                     };
-                    match self.send_voters(&joint) {
+                    match self.send_voters(&joint, last_assigned) {
                         Ok(tid) => ChangeStep::Joint { tid },
                         Err(e) => return self.fail(e),
                     }
@@ -230,7 +243,7 @@ impl<S: Storage> Replica<S> {
                         );
                         return;
                     }
-                    match self.send_voters(&VoterConfig::single(c.target.clone())) {
+                    match self.send_voters(&VoterConfig::single(c.target.clone()), last_assigned) {
                         Ok(tid) => ChangeStep::Final { tid },
                         Err(e) => return self.fail(e),
                     }
@@ -240,7 +253,9 @@ impl<S: Storage> Replica<S> {
                         return;
                     }
                     tracing::info!(server = self.me, voters = %self.voters, %tid, "voter change done");
-                    self.voter_change = None;
+                    if let Some(p) = self.role.primary_mut() {
+                        p.voter_change = None;
+                    }
                     if let Some(req) = c.req {
                         let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
                         self.reply(
@@ -255,15 +270,24 @@ impl<S: Storage> Replica<S> {
                     return;
                 }
             };
-            if let Some(c) = self.voter_change.as_mut() {
+            if let Some(c) = self
+                .role
+                .primary_mut()
+                .and_then(|p| p.voter_change.as_mut())
+            {
                 c.step = next;
             }
         }
     }
 
-    /// Writes a voter configuration as the next transaction; its tid.
-    fn send_voters(&mut self, config: &VoterConfig) -> Result<Tid, StorageError> {
-        let tid = Tid(self.last_assigned.0 + 1);
+    /// Writes a voter configuration as the primary's next transaction (after
+    /// `last_assigned`); its tid.
+    fn send_voters(
+        &mut self,
+        config: &VoterConfig,
+        last_assigned: Tid,
+    ) -> Result<Tid, StorageError> {
+        let tid = Tid(last_assigned.0 + 1);
         tracing::info!(server = self.me, voters = %config, %tid, "writing voters");
         let txn = Transaction {
             tid,
