@@ -441,7 +441,7 @@ impl Cluster {
                     }
                     self.servers[i].commands.push_back(c);
                 }
-                Output::Peers(_)
+                Output::Peers { .. }
                 | Output::Event(_)
                 | Output::Reply { .. }
                 | Output::SyncStore { .. } => {}

@@ -493,6 +493,17 @@ fn sorted_unique(v: &[ProcId]) -> bool {
     v.windows(2).all(|w| w[0] < w[1])
 }
 
+/// The sending process a datagram's header names, if it is one of ours (not authenticated:
+/// the driver uses it to learn the address of a daemon its book does not hold).
+pub fn sender(datagram: &[u8]) -> Option<ProcId> {
+    let mut b = datagram.get(..HEADER_LEN)?;
+    if b.get_u16_le() != MAGIC || b.get_u8() != WIRE_VERSION {
+        return None;
+    }
+    let _kind = b.get_u8();
+    Some(ProcId::new(b.get_u32_le(), b.get_u64_le()))
+}
+
 /// Decodes a control packet's body, with the datagram limit enforced
 /// ([`crate::bincode_slice`]) and nothing after it.
 fn control<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {

@@ -604,7 +604,12 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 Output::Transmit { dest, bytes } => {
                     return Some(CoreOutput::Transmit { dest, bytes })
                 }
-                Output::Peers(p) => return Some(CoreOutput::Peers(p)),
+                Output::Peers { daemons, removed } => {
+                    return Some(CoreOutput::Peers(gcs::net::driver::AddressBook {
+                        daemons,
+                        removed,
+                    }))
+                }
                 Output::Event(e) => return Some(CoreOutput::Event(e)),
                 Output::Reply { id, result } => {
                     if let Some(tx) = self.waiting.remove(&id) {

@@ -131,8 +131,15 @@ pub enum Output {
         /// The datagram.
         bytes: Bytes,
     },
-    /// The gcs address book changed (a read replica was added or removed, a server moved).
-    Peers(Vec<(ServerId, SocketAddr)>),
+    /// The gcs address book changed (a read replica was added or removed, a server moved):
+    /// send to `daemons`, refuse datagrams from `removed` (the driver learns the address of a
+    /// sender it does not know, unless removed: see `gcs::net::driver`).
+    Peers {
+        /// The servers and their gcs addresses.
+        daemons: Vec<(ServerId, SocketAddr)>,
+        /// Servers removed from the cluster.
+        removed: Vec<ServerId>,
+    },
     /// Something for the application.
     Event(ServerEvent),
     /// The answer to the commit or membership change the shell gave with this id.
@@ -374,7 +381,10 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
         if changed {
             if let Some(m) = &self.membership {
-                self.out.push_back(Output::Peers(m.peers(&self.configured)));
+                self.out.push_back(Output::Peers {
+                    daemons: m.peers(&self.configured),
+                    removed: m.removed.clone(),
+                });
             }
         }
         self.pump(now);
@@ -471,6 +481,19 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.view.iter().map(|p| p.node).collect()
     }
 
+    /// The servers in this server's address book: its configuration file's, plus those
+    /// added, minus those removed (see [`crate::membership`]).
+    pub fn address_book(&self) -> Vec<ServerId> {
+        match &self.membership {
+            Some(m) => m
+                .peers(&self.configured)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+            None => self.configured.daemons.iter().map(|(id, _)| *id).collect(),
+        }
+    }
+
     /// The replica (for status and tests).
     pub fn replica(&self) -> &Replica<S> {
         &self.replica
@@ -530,7 +553,10 @@ impl<S: Storage + 'static> ServerCore<S> {
         let added: Vec<(ServerId, String)> =
             m.added.iter().map(|a| (a.id, a.name.clone())).collect();
         self.replica.set_read_replicas(&added, &m.removed);
-        self.out.push_back(Output::Peers(m.peers(&self.configured)));
+        self.out.push_back(Output::Peers {
+            daemons: m.peers(&self.configured),
+            removed: m.removed.clone(),
+        });
         self.out
             .push_back(Output::Event(ServerEvent::Membership(m.clone())));
         self.membership = Some(m);

@@ -15,8 +15,10 @@
 //! transaction, and a server is never a voter the others cannot reach.
 //!
 //! After each change the core hands the driver a new address book (`Output::Peers`, the gcs
-//! driver's `CoreOutput::Peers`): datagrams go only to those addresses and are accepted only
-//! from them, so a removed server cannot rejoin. It also tells the replica its non-voting
+//! driver's `CoreOutput::Peers`): datagrams go to those addresses, and a removed server's are
+//! refused, so it cannot rejoin. A server whose book is stale (it missed an addition while cut
+//! off) still accepts the newcomer's authenticated datagrams (the driver learns its address),
+//! so it rings with it and catches up on the change. It also tells the replica its non-voting
 //! members (`Replica::set_read_replicas`) and updates the topology pushed to clients.
 
 use bytes::Bytes;

@@ -13,8 +13,12 @@
 //!
 //! IP multicast is optional (`[socket] multicast` in the cluster file); tokens always go by
 //! unicast. A core may replace the address book while running ([`CoreOutput::Peers`]): from
-//! then on datagrams go only to those addresses and are accepted only from them, which is how
-//! the storage server adds and removes replicas, and why a removed one cannot rejoin.
+//! then on datagrams from the daemons it names as removed are refused (a removed server cannot
+//! rejoin), and a datagram from an address the book does not hold is accepted only if it
+//! opens with the cluster key and its sender is not removed; its address is then learned for
+//! the replies. A daemon whose book is stale (it missed the addition of a server while it was
+//! paused or cut off) so still rings with the newcomer and catches up on the change, instead of
+//! refusing it and never joining a view again.
 
 use super::config::ClusterConfig;
 use crate::crypto::rotation::{is_announcement, KeyRotation, KeyStatus};
@@ -82,8 +86,17 @@ pub enum CoreOutput<E> {
     /// Something for the application.
     Event(E),
     /// The cluster's address book changed (servers added or removed while running): send to
-    /// these daemons from now on, and accept datagrams only from their addresses.
-    Peers(Vec<(NodeId, SocketAddr)>),
+    /// these daemons from now on, and refuse the removed ones (see the module docs).
+    Peers(AddressBook),
+}
+
+/// A cluster's address book as a core sets it ([`CoreOutput::Peers`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressBook {
+    /// The daemons, and where they listen.
+    pub daemons: Vec<(NodeId, SocketAddr)>,
+    /// Daemons removed from the cluster: their datagrams are refused, wherever they come from.
+    pub removed: Vec<NodeId>,
 }
 
 /// A sans-IO state machine the driver can run (the ring `Node`, or the groups layer on it).
@@ -110,6 +123,8 @@ struct Peers {
     by_id: Vec<(NodeId, SocketAddr)>,
     /// Our own address (our multicasts come back from it).
     own: Option<SocketAddr>,
+    /// Daemons removed from the cluster (see [`AddressBook::removed`]).
+    removed: Vec<NodeId>,
 }
 
 impl Peers {
@@ -123,11 +138,29 @@ impl Peers {
             all: by_id.iter().map(|(_, a)| *a).collect(),
             by_id,
             own: mine.first().map(|(_, a)| *a),
+            removed: Vec::new(),
         }
+    }
+
+    fn book(book: AddressBook, me: NodeId) -> Peers {
+        let mut p = Peers::of(book.daemons.into_iter(), me);
+        p.removed = book.removed;
+        p
     }
 
     fn knows(&self, from: SocketAddr) -> bool {
         self.own == Some(from) || self.all.contains(&from)
+    }
+
+    /// A daemon the book did not hold sent from `from` (authenticated): send to it there.
+    fn learn(&mut self, id: NodeId, from: SocketAddr) {
+        if self.removed.contains(&id) {
+            return;
+        }
+        tracing::info!(daemon = id, %from, "a daemon the address book does not hold: learned from its traffic");
+        self.by_id.retain(|(i, _)| *i != id);
+        self.by_id.push((id, from));
+        self.all = self.by_id.iter().map(|(_, a)| *a).collect();
     }
 
     fn addr(&self, id: NodeId) -> Option<SocketAddr> {
@@ -153,42 +186,73 @@ async fn recv_multicast(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(us
     }
 }
 
-/// Whether a datagram from `from` may reach the core: any sender while the address book is
-/// the configured one (the cluster key authenticates members), only the book's addresses
-/// once the core has set it ([`CoreOutput::Peers`]): a removed server must not rejoin.
-fn admitted(peers: &Peers, strict: bool, from: SocketAddr) -> bool {
-    !strict || peers.knows(from)
+/// Whether a datagram from `from` may reach the core, and the sender to learn if it is one the
+/// book does not hold. Any sender while the address book is the configured one (the cluster
+/// key authenticates members). Once the core has set it ([`CoreOutput::Peers`]): the book's
+/// addresses, and others whose datagram names a sender that is not removed (sealed datagrams
+/// are only learned from once they open: see [`receive`]); a removed server must not rejoin.
+fn admitted(peers: &Peers, strict: bool, from: SocketAddr, datagram: &[u8], sealed: bool) -> Admit {
+    if !strict || peers.knows(from) {
+        return Admit::Yes;
+    }
+    let sender = if sealed {
+        SealedHeader::decode(datagram).ok().map(|h| h.sender.node)
+    } else {
+        crate::wire::sender(datagram).map(|p| p.node)
+    };
+    match sender {
+        Some(id) if !peers.removed.contains(&id) => Admit::Learn(id),
+        _ => Admit::No,
+    }
 }
 
-/// Opens (when security is on) and hands a datagram to the core. A datagram that fails to open
-/// is counted by the security layer and never reaches the core's parser.
-/// Hands a datagram to the core, or a key announcement to the rotation; true for the latter.
+/// See [`admitted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// From an address the book does not hold, naming this sender.
+    Learn(NodeId),
+    No,
+}
+
+/// Admits ([`admitted`]), opens (when security is on) and hands a datagram to the core, or a
+/// key announcement to the rotation; true for the latter. A datagram that fails to open is
+/// counted by the security layer and never reaches the core's parser; the address of a sender
+/// the book does not hold is learned once its datagram opened.
+#[allow(clippy::too_many_arguments)]
 fn receive<C: Core>(
     core: &mut C,
     security: &mut Option<PacketSecurity>,
     rotation: &mut Option<KeyRotation>,
+    peers: &mut Peers,
+    strict: bool,
     now: Time,
+    from: SocketAddr,
     datagram: &[u8],
 ) -> bool {
-    match security.as_mut() {
-        Some(sec) => {
-            if let Ok(plain) = sec.open(datagram) {
-                if is_announcement(&plain) {
-                    if let (Some(r), Ok(h)) = (rotation.as_mut(), SealedHeader::decode(datagram)) {
-                        r.on_announcement(now, h.sender.node, &plain);
-                        return true;
-                    }
-                    return false;
-                }
-                core.handle_packet(now, plain);
-            }
-            false
-        }
-        None => {
-            core.handle_packet(now, Bytes::copy_from_slice(datagram));
-            false
-        }
+    let admit = admitted(peers, strict, from, datagram, security.is_some());
+    if admit == Admit::No {
+        return false;
     }
+    let plain = match security.as_mut() {
+        Some(sec) => match sec.open(datagram) {
+            Ok(plain) => plain,
+            Err(_) => return false,
+        },
+        None => Bytes::copy_from_slice(datagram),
+    };
+    if let Admit::Learn(id) = admit {
+        peers.learn(id, from);
+    }
+    if security.is_some() && is_announcement(&plain) {
+        if let (Some(r), Ok(h)) = (rotation.as_mut(), SealedHeader::decode(datagram)) {
+            r.on_announcement(now, h.sender.node, &plain);
+            return true;
+        }
+        return false;
+    }
+    core.handle_packet(now, plain);
+    false
 }
 
 /// A change to the cluster keys of a running daemon (rotation without a view change: add the new
@@ -394,8 +458,8 @@ pub async fn run<C: Core>(
                         return Ok(()); // the application is gone
                     }
                 }
-                CoreOutput::Peers(list) => {
-                    peers = Peers::of(list.into_iter(), me);
+                CoreOutput::Peers(book) => {
+                    peers = Peers::book(book, me);
                     strict = true;
                 }
             }
@@ -457,20 +521,18 @@ pub async fn run<C: Core>(
             _ = &mut shutdown => return Ok(()),
             r = socket.recv_from(&mut buf) => {
                 match r {
-                    Ok((n, from)) if admitted(&peers, strict, from) => {
-                        announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &buf[..n])
+                    Ok((n, from)) => {
+                        announced |= receive(&mut core, &mut security, &mut rotation, &mut peers, strict, clock.now(), from, &buf[..n])
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::trace!(error = %e, "recv failed"),
                 }
                 // Drain what else is queued before timers: a daemon that was paused reads its
                 // backlog first (the core also detects the pause from its overdue timers).
                 for _ in 0..256 {
                     match socket.try_recv_from(&mut buf) {
-                        Ok((n, from)) if admitted(&peers, strict, from) => {
-                            announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &buf[..n])
+                        Ok((n, from)) => {
+                            announced |= receive(&mut core, &mut security, &mut rotation, &mut peers, strict, clock.now(), from, &buf[..n])
                         }
-                        Ok(_) => {}
                         Err(_) => break,
                     }
                 }
@@ -503,9 +565,7 @@ pub async fn run<C: Core>(
             }
             r = recv_multicast(&mcast_socket, &mut mbuf) => {
                 if let Ok((n, from)) = r {
-                    if admitted(&peers, strict, from) {
-                        announced |= receive(&mut core, &mut security, &mut rotation, clock.now(), &mbuf[..n]);
-                    }
+                    announced |= receive(&mut core, &mut security, &mut rotation, &mut peers, strict, clock.now(), from, &mbuf[..n]);
                 }
             }
             Some(k) = keys.recv() => key_control(&mut security, &mut rotation, clock.now(), k),
@@ -588,4 +648,64 @@ pub fn spawn<C: Core>(
         keys: keys_tx,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode_control, MergeDetect, Packet};
+    use crate::{ProcId, RingId};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn datagram_from(node: NodeId) -> Bytes {
+        let from = ProcId::new(node, 1);
+        let ring = RingId { seq: 4, rep: from };
+        encode_control(
+            from,
+            &Packet::MergeDetect(MergeDetect {
+                ring,
+                answer: false,
+            }),
+        )
+    }
+
+    /// A daemon whose book missed an addition accepts the newcomer (not removed) and learns
+    /// where to answer it; a removed daemon is refused wherever it sends from; before the core
+    /// set its book, every sender is accepted as configured.
+    #[test]
+    fn unknown_senders_are_learned_unless_removed() {
+        let book = AddressBook {
+            daemons: vec![(0, addr(7000)), (1, addr(7001)), (2, addr(7002))],
+            removed: vec![5],
+        };
+        let mut peers = Peers::book(book, 0);
+        let d4 = datagram_from(4);
+        assert_eq!(admitted(&peers, false, addr(7004), &d4, false), Admit::Yes);
+        assert_eq!(
+            admitted(&peers, true, addr(7001), &datagram_from(1), false),
+            Admit::Yes
+        );
+        assert_eq!(
+            admitted(&peers, true, addr(7004), &d4, false),
+            Admit::Learn(4)
+        );
+        assert_eq!(
+            admitted(&peers, true, addr(7005), &datagram_from(5), false),
+            Admit::No,
+            "a removed daemon"
+        );
+        assert_eq!(
+            admitted(&peers, true, addr(7009), b"not one of ours", false),
+            Admit::No
+        );
+        assert_eq!(peers.addr(4), None);
+        peers.learn(4, addr(7004));
+        assert_eq!(peers.addr(4), Some(addr(7004)));
+        assert!(peers.knows(addr(7004)) && peers.all.contains(&addr(7004)));
+        peers.learn(5, addr(7005));
+        assert_eq!(peers.addr(5), None, "a removed daemon is never learned");
+    }
 }
