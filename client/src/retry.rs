@@ -125,7 +125,11 @@ impl<T: Copy + Ord> CommitRetry<T> {
                 Verdict::Retry(Duration::ZERO)
             }
             Answer::NotPrimary(None) => {
+                // It knows no primary (cut off, or removed from the cluster): others first,
+                // as for a server that failed, or every client whose other servers once
+                // timed out would ask only it, forever.
                 self.primary = None;
+                self.suspects.insert(target);
                 Verdict::Retry(RETRY_PAUSE)
             }
             Answer::Final => Verdict::Done,

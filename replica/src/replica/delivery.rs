@@ -20,7 +20,9 @@ impl<S: Storage> Replica<S> {
                 return self.fail(e);
             }
         }
-        if self.cfg.server(from).is_none() {
+        // A ring member this configuration does not name may only ask for a recovery (see
+        // `CurrentView::outsiders`).
+        if self.cfg.server(from).is_none() && !matches!(msg, Msg::Fetch { .. }) {
             self.stats.fenced += 1;
             return;
         }

@@ -393,6 +393,10 @@ struct Recovery {
 #[derive(Clone, Debug)]
 struct CurrentView {
     members: Vec<ServerId>,
+    /// Members of the ring this server's configuration does not name yet (a server started
+    /// before an operator added it): they take no part in elections, but may recover from a
+    /// donor, so that they are caught up when the addition reaches them.
+    outsiders: Vec<ServerId>,
     regular: bool,
     primary_component: bool,
 }
@@ -846,6 +850,7 @@ mod tests {
         let component = || {
             Some(CurrentView {
                 members: vec![0, 1, 2],
+                outsiders: Vec::new(),
                 regular: true,
                 primary_component: true,
             })

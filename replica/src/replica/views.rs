@@ -12,13 +12,13 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             return self.fail(e);
         }
-        let mut members: Vec<ServerId> = view
+        let (mut members, mut outsiders): (Vec<ServerId>, Vec<ServerId>) = view
             .members
             .iter()
             .map(|p: &ProcId| p.node)
-            .filter(|n| self.cfg.server(*n).is_some())
-            .collect();
+            .partition(|n| self.cfg.server(*n).is_some());
         members.dedup();
+        outsiders.dedup();
         let regular = view.kind() == ViewKind::Regular;
         if !regular {
             // The old view ends: commits still arrive (the transitional set's), but nothing
@@ -74,6 +74,7 @@ impl<S: Storage> Replica<S> {
         }
         self.view = Some(CurrentView {
             members,
+            outsiders,
             regular: true,
             primary_component,
         });
