@@ -55,6 +55,17 @@ pub enum Action {
         /// Nodes whose vote is taken away.
         remove: Vec<usize>,
     },
+    /// An operator asks (through node `via`, then wherever it is redirected) that node
+    /// `server` be added to the cluster's address book as a read replica, or removed from it
+    /// (storage servers).
+    Membership {
+        /// The node that receives the operator's request first.
+        via: usize,
+        /// The node added or removed.
+        server: usize,
+        /// Added (else removed).
+        add: bool,
+    },
 }
 
 /// A seeded scenario: actions in time order, and the phases.

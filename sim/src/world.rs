@@ -234,7 +234,19 @@ impl<E> World<E> {
     /// Puts a datagram from host `from` to `dest` on the faulty network: each recipient gets
     /// zero, one or two copies after the network's delays.
     pub fn transmit(&mut self, from: usize, dest: Dest, bytes: &Bytes) {
-        for to in recipients(dest, from, self.hosts()) {
+        self.transmit_to(from, dest, bytes, |_| true)
+    }
+
+    /// [`Self::transmit`] to the recipients `reaches` admits (an address book: who the sender
+    /// sends to and who accepts its datagrams).
+    pub fn transmit_to(
+        &mut self,
+        from: usize,
+        dest: Dest,
+        bytes: &Bytes,
+        reaches: impl Fn(usize) -> bool,
+    ) {
+        for to in recipients(dest, from, self.hosts()).filter(|to| reaches(*to)) {
             self.datagrams += 1;
             for d in self.net.delays(from, to) {
                 self.queue.push(

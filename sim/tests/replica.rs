@@ -346,3 +346,19 @@ fn a_checkpoint_whose_donor_crashes_midway_is_asked_for_again() {
         "made {made}, abandoned {abandoned}, installed {installed}: {lines:#?}"
     );
 }
+
+/// Seed 284, found when the simulator began honouring address books: s3 is paused while the
+/// others add s4 (a spare that started outside their configuration files). Resumed, s3's book
+/// lacks s4; when its driver refused the newcomer's datagrams, s3 never joined a view again and
+/// so never learned of the addition. Its driver now accepts a sender it does not know unless
+/// removed (learning its address), so s3 rings with s4, catches up and converges.
+#[test]
+fn a_server_that_missed_a_replica_add_rejoins() {
+    let r = run_replica_seed(284, 5, None);
+    clean(&r);
+    assert!(r.options.joiner && r.options.address_books);
+    assert!(
+        r.totals.membership_changes_done >= 1,
+        "the addition was carried out"
+    );
+}

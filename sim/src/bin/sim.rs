@@ -130,6 +130,9 @@ fn main() -> ExitCode {
                     t.voter_changes,
                     t.voter_changes_done,
                     t.voter_changes_refused,
+                    t.membership_changes,
+                    t.membership_changes_done,
+                    t.membership_changes_refused,
                 ],
                 digest: r.digest,
             }
@@ -163,6 +166,9 @@ fn main() -> ExitCode {
             "voter changes asked",
             "voter changes carried out",
             "voter changes refused",
+            "replicas added or removed (asked)",
+            "carried out",
+            "refused",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)

@@ -126,6 +126,9 @@ pub struct FinalStore {
     pub txns: BTreeMap<Tid, (u64, Option<(u64, u64)>)>,
     /// Digest of its current object states (equal on converged servers, however recovered).
     pub state_digest: u64,
+    /// Outside the cluster at the end (removed from the address book, or never added): not
+    /// expected to run or converge.
+    pub outside: bool,
 }
 
 /// Everything the checkers read.

@@ -14,9 +14,10 @@
 //! the store, a disk loss replaces it with an empty one. The replicas' direct datagrams cross
 //! the same faulty network as the gcs packets. Clients follow the client library's retry
 //! policy (`standby_client::retry`) and read through `ServerCore::read`, the production read
-//! path; an operator changes voters in about half the seeds. Not simulated yet: read replicas
-//! added and removed while running (`ServerCore::membership_change`; no simulated client asks
-//! for it). What a run records is in [`history`] (roles, applies, acknowledgements, reads,
+//! path; an operator changes voters in about half the seeds, and adds a spare that starts
+//! outside the others' configuration files to the address book, or removes one
+//! (`ServerCore::membership_change`, as `standby add-replica` / `remove-replica` do); each
+//! server's address book (`Output::Peers`) decides whom its datagrams reach. What a run records is in [`history`] (roles, applies, acknowledgements, reads,
 //! losses, final stores); the properties judged on it are in [`checkers`], tested on hand-made
 //! histories in `checkers_test.rs`.
 
@@ -78,6 +79,15 @@ pub struct ReplicaOptions {
     pub spares: usize,
     /// Voter changes (add, remove, replace) in the storm, and one in calm weather.
     pub voter_changes: bool,
+    /// The spare (if there is one) starts outside the other servers' configuration files:
+    /// an operator adds it to the address book while running (`standby add-replica`), and
+    /// may remove it again later.
+    pub joiner: bool,
+    /// An operator removes the spare from the cluster (`standby remove-replica`) in the storm.
+    pub remove_spare: bool,
+    /// Each server's address book (`Output::Peers`) decides whom its datagrams reach, as the
+    /// server's driver does (off: every datagram reaches every server).
+    pub address_books: bool,
 }
 
 impl ReplicaOptions {
@@ -95,6 +105,8 @@ impl ReplicaOptions {
         o.swaps = false;
         o.spares = 0;
         o.voter_changes = false;
+        o.joiner = false;
+        o.remove_spare = false;
         o
     }
 
@@ -115,6 +127,10 @@ impl ReplicaOptions {
         } else {
             0
         };
+        // Address-book changes, from a stream of their own too.
+        let mut rm = Prng::new(seed ^ 0xADD2_E550);
+        let joiner = spares > 0 && rm.chance(0.5);
+        let remove_spare = spares > 0 && rm.chance(0.3);
         let mode = if r.chance(0.25) {
             CommitMode::Async {
                 window: r.pick(&[1, 8, 64]),
@@ -139,7 +155,16 @@ impl ReplicaOptions {
             swaps: true,
             spares,
             voter_changes,
+            joiner,
+            remove_spare,
+            address_books: true,
         }
+    }
+
+    /// The joining spare (see [`Self::joiner`]), if any.
+    pub fn joiner_id(&self) -> Option<u32> {
+        (self.joiner && self.spares > 0)
+            .then(|| (self.base.nodes - self.remote - self.spares) as u32)
     }
 
     /// The replication configuration every server holds.
@@ -225,12 +250,25 @@ pub enum Ev {
     },
 }
 
-/// A voter change an operator asked for, followed until answered.
+/// A change an operator asked for, followed until answered.
 struct VoterOp {
-    add: Vec<(u32, u32)>,
-    remove: Vec<u32>,
+    kind: OpKind,
     attempt: u32,
     finished: bool,
+}
+
+enum OpKind {
+    /// Who votes.
+    Voters {
+        add: Vec<(u32, u32)>,
+        remove: Vec<u32>,
+    },
+    /// The address book: a server added as a read replica, or removed. Retried under one
+    /// (client, request), so that it is applied once.
+    Membership {
+        change: servercore::membership::MembershipChange,
+        client: u64,
+    },
 }
 
 /// Attempts an operator makes before giving up on a voter change.
@@ -244,6 +282,12 @@ struct Server {
     disk_lost: bool,
     /// Its store fails every write (see `Action::StoreFails`).
     store_failing: bool,
+    /// Its address book (`Output::Peers`): whom it sends to and accepts datagrams from...
+    peers: Option<std::collections::BTreeSet<u32>>,
+    /// ...whom it refuses...
+    removed: std::collections::BTreeSet<u32>,
+    /// ...and the senders outside it it accepted, whose address its driver learned.
+    learned: std::collections::BTreeSet<u32>,
 }
 
 struct Inflight {
@@ -297,6 +341,12 @@ pub struct RTotals {
     pub voter_changes_done: u64,
     /// See [`Self::voter_changes`].
     pub voter_changes_refused: u64,
+    /// Address-book changes (a read replica added or removed) asked, carried out, refused.
+    pub membership_changes: u64,
+    /// See [`Self::membership_changes`].
+    pub membership_changes_done: u64,
+    /// See [`Self::membership_changes`].
+    pub membership_changes_refused: u64,
 }
 
 /// A simulated storage cluster.
@@ -325,6 +375,11 @@ pub struct ReplicaCluster {
     op_reqs: BTreeMap<ReqId, (usize, u32)>,
     /// The fewest voters an operator leaves: three, or as many as the cluster started with.
     min_voters: usize,
+}
+
+/// The gcs address a simulated server stands at (never used for a socket).
+fn sim_addr(id: u32) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7400 + id as u16))
 }
 
 /// The digest of a transaction's content (tid, records).
@@ -373,6 +428,9 @@ impl ReplicaCluster {
                     disk: Some(MemStorage::new(MemOptions { sync: true })),
                     disk_lost: false,
                     store_failing: false,
+                    peers: None,
+                    removed: Default::default(),
+                    learned: Default::default(),
                 })
                 .collect(),
             clients: (0..opts.clients)
@@ -425,7 +483,41 @@ impl ReplicaCluster {
         if self.opts.voter_changes {
             self.plan_voter_changes(&mut plan);
         }
+        self.plan_membership(&mut plan);
         self.install(plan);
+    }
+
+    /// Address-book changes: the joining spare is added (in the storm or in calm weather),
+    /// and the spare may be removed later (refused if a voter change gave it a vote).
+    fn plan_membership(&mut self, plan: &mut Plan) {
+        let mut r = Prng::new(self.opts.base.seed ^ 0x5EA7_B00C);
+        let n = self.opts.base.nodes;
+        let spare = n - self.opts.remote - self.opts.spares;
+        let late = plan.calm_from.saturating_add(self.opts.base.calm / 4);
+        let mut at = Time(r.range(150_000, late.0.max(150_001)));
+        if let Some(j) = self.opts.joiner_id() {
+            let via = r.range(0, n as u64 - 1) as usize;
+            plan.actions.push((
+                at,
+                Action::Membership {
+                    via,
+                    server: j as usize,
+                    add: true,
+                },
+            ));
+        }
+        if self.opts.remove_spare && self.opts.spares > 0 {
+            at = at.saturating_add(Duration::from_millis(r.range(100, 3000)));
+            let via = r.range(0, n as u64 - 1) as usize;
+            plan.actions.push((
+                at,
+                Action::Membership {
+                    via,
+                    server: spare,
+                    add: false,
+                },
+            ));
+        }
     }
 
     /// Voter changes in the storm (one to three) and one in calm weather, through any
@@ -534,6 +626,13 @@ impl ReplicaCluster {
     }
 
     fn finish(&mut self) {
+        // The cluster's address book as the primary (else any running server) has it.
+        let book: Option<Vec<u32>> = self
+            .servers
+            .iter()
+            .filter_map(|s| s.core.as_ref())
+            .max_by_key(|c| c.replica().role() == Role::Primary)
+            .map(|c| c.address_book());
         for (i, s) in self.servers.iter().enumerate() {
             let store: &MemStorage = match (&s.core, &s.disk) {
                 (Some(c), _) => c.store(),
@@ -545,6 +644,7 @@ impl ReplicaCluster {
                 role: s.core.as_ref().map(|c| c.replica().role()),
                 last: store.last_transaction().unwrap_or_default(),
                 horizon: store.horizon().unwrap_or_default(),
+                outside: book.as_ref().is_some_and(|b| !b.contains(&(i as u32))),
                 ..FinalStore::default()
             };
             let range = if f.horizon == Tid::ZERO {
@@ -618,7 +718,7 @@ impl ReplicaCluster {
             .disk
             .take()
             .expect("a stopped server has its disk");
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg_of(i);
         let lost = self.servers[i].disk_lost;
         match servercore::open_replica(cfg, i as u32, store, lost) {
             // Refused as `standby-server` refuses it: the process exits for its
@@ -639,7 +739,11 @@ impl ReplicaCluster {
                     checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
                     check_invariants: true,
                 };
-                let core = Core::new(node, r, self.configured(), opts);
+                let configured = self.configured(i);
+                self.servers[i].peers = Some(configured.daemons.iter().map(|(d, _)| *d).collect());
+                self.servers[i].removed.clear();
+                self.servers[i].learned.clear();
+                let core = Core::new(node, r, configured, opts);
                 self.servers[i].core = Some(core);
                 true
             }
@@ -677,8 +781,37 @@ impl ReplicaCluster {
                 self.totals.voter_changes += 1;
                 let op = self.voter_ops.len();
                 self.voter_ops.push(VoterOp {
-                    add: add.iter().map(|a| (*a as u32, 1)).collect(),
-                    remove: remove.iter().map(|r| *r as u32).collect(),
+                    kind: OpKind::Voters {
+                        add: add.iter().map(|a| (*a as u32, 1)).collect(),
+                        remove: remove.iter().map(|r| *r as u32).collect(),
+                    },
+                    attempt: 0,
+                    finished: false,
+                });
+                self.operator_send(op, 0, via);
+            }
+            Action::Membership { via, server, add } => {
+                self.totals.membership_changes += 1;
+                let op = self.voter_ops.len();
+                let id = server as u32;
+                let change = if add {
+                    servercore::membership::MembershipChange::Add(
+                        servercore::membership::AddedServer {
+                            id,
+                            name: format!("s{id}"),
+                            gcs: sim_addr(id),
+                            client: format!("127.0.0.1:{}", 8400 + id),
+                            admin: format!("127.0.0.1:{}", 9400 + id),
+                        },
+                    )
+                } else {
+                    servercore::membership::MembershipChange::Remove(id)
+                };
+                self.voter_ops.push(VoterOp {
+                    kind: OpKind::Membership {
+                        change,
+                        client: 0xAD00_0000 + op as u64,
+                    },
                     attempt: 0,
                     finished: false,
                 });
@@ -714,7 +847,10 @@ impl ReplicaCluster {
         let now = self.w.now;
         match out {
             Output::Transmit { dest, bytes } => {
-                self.w.transmit(i, dest, &bytes);
+                let books: Vec<bool> = (0..self.servers.len())
+                    .map(|to| self.reaches(i, to))
+                    .collect();
+                self.w.transmit_to(i, dest, &bytes, |to| books[to]);
             }
             Output::Reply { id: req, result } => {
                 self.tr(|| format!("{now:?} s{i} reply {req:?} {result:?}"));
@@ -737,7 +873,18 @@ impl ReplicaCluster {
             Output::Event(e) => self.event(i, e),
             // Membership (added and removed replicas) is the storage server's; the simulated
             // cluster keeps its configured servers and their addresses.
-            Output::Peers(_) => {}
+            Output::Peers { daemons, removed } => {
+                self.tr(|| {
+                    format!(
+                        "{now:?} s{i} address book {:?} removed {removed:?}",
+                        daemons.iter().map(|(id, _)| id).collect::<Vec<_>>()
+                    )
+                });
+                let s = &mut self.servers[i];
+                s.peers = Some(daemons.iter().map(|(id, _)| *id).collect());
+                s.removed = removed.into_iter().collect();
+                s.learned.clear();
+            }
             Output::Checkpoint(c) => self.checkpoint_command(i, c),
             Output::SyncStore { id } => {
                 // An fsync's time; a crash before it returns loses what it would have made
@@ -967,16 +1114,52 @@ impl ReplicaCluster {
 
     /// The configured servers (addresses are never used: the simulated network routes by
     /// index).
-    fn configured(&self) -> Configured {
-        Configured {
-            daemons: (0..self.servers.len())
-                .map(|i| {
-                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16));
-                    (i as u32, addr)
-                })
-                .collect(),
-            replica: self.cfg.clone(),
+    /// Server `i`'s configuration file: everyone's, but the joining spare is only in its own
+    /// (the others learn of it when an operator adds it).
+    fn cfg_of(&self, i: usize) -> ReplicaConfig {
+        let mut cfg = self.cfg.clone();
+        if let Some(j) = self.opts.joiner_id().filter(|j| *j != i as u32) {
+            cfg.servers.retain(|s| s.id != j);
         }
+        cfg
+    }
+
+    /// Server `i`'s configured daemons and replication configuration (see [`Self::cfg_of`]).
+    fn configured(&self, i: usize) -> Configured {
+        let replica = self.cfg_of(i);
+        Configured {
+            daemons: replica
+                .servers
+                .iter()
+                .map(|s| (s.id, sim_addr(s.id)))
+                .collect(),
+            replica,
+        }
+    }
+
+    /// Whether a datagram from `from` reaches `to`, as the servers' drivers decide
+    /// (`gcs::net::driver`): the sender sends to the addresses its book holds and those it
+    /// learned; the recipient accepts its book's, and learns any other sender it has not
+    /// been told was removed.
+    fn reaches(&mut self, from: usize, to: usize) -> bool {
+        if !self.opts.address_books {
+            return true;
+        }
+        let (f, t) = (from as u32, to as u32);
+        let s = &self.servers[from];
+        let sends = s.peers.as_ref().is_none_or(|p| p.contains(&t)) || s.learned.contains(&t);
+        if !sends {
+            return false;
+        }
+        let r = &mut self.servers[to];
+        if r.peers.as_ref().is_none_or(|p| p.contains(&f)) || r.learned.contains(&f) {
+            return true;
+        }
+        if r.removed.contains(&f) {
+            return false;
+        }
+        r.learned.insert(f);
+        true
     }
 
     // ---- clients ---------------------------------------------------------------------
@@ -1180,10 +1363,21 @@ impl ReplicaCluster {
         let req = ReqId(self.next_req);
         self.next_req += 1;
         self.op_reqs.insert(req, (op, attempt));
-        let (add, remove) = (
-            self.voter_ops[op].add.clone(),
-            self.voter_ops[op].remove.clone(),
-        );
+        let (add, remove) = match &self.voter_ops[op].kind {
+            OpKind::Voters { add, remove } => (add.clone(), remove.clone()),
+            OpKind::Membership { change, client } => {
+                let (change, client) = (change.clone(), *client);
+                self.tr(|| format!("{now:?} operator {change:?} attempt {attempt} to s{server}"));
+                if self.w.paused(server) {
+                    return;
+                }
+                if let Some(core) = self.servers[server].core.as_mut() {
+                    core.membership_change(now, req, client, 1, change);
+                    self.drain(server);
+                }
+                return;
+            }
+        };
         self.tr(|| {
             format!("{now:?} operator voters +{add:?} -{remove:?} attempt {attempt} to s{server}")
         });
@@ -1246,15 +1440,24 @@ impl ReplicaCluster {
             return;
         }
         let now = self.w.now;
-        self.tr(|| format!("{now:?} operator voter change {op}: {result:?}"));
+        self.tr(|| format!("{now:?} operator change {op}: {result:?}"));
+        let voters = matches!(self.voter_ops[op].kind, OpKind::Voters { .. });
         match result {
             Ok(_) => {
                 self.voter_ops[op].finished = true;
-                self.totals.voter_changes_done += 1;
+                if voters {
+                    self.totals.voter_changes_done += 1;
+                } else {
+                    self.totals.membership_changes_done += 1;
+                }
             }
             Err(CommitError::Invalid(_)) => {
                 self.voter_ops[op].finished = true;
-                self.totals.voter_changes_refused += 1;
+                if voters {
+                    self.totals.voter_changes_refused += 1;
+                } else {
+                    self.totals.membership_changes_refused += 1;
+                }
             }
             Err(CommitError::NotPrimary { primary: Some(p) }) => {
                 self.operator_retry(op, p as usize, Duration::from_millis(10));

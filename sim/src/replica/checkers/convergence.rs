@@ -4,8 +4,11 @@ use super::*;
 
 /// After the calm phase: one primary, everyone caught up with equal objects, commits flowing.
 pub fn convergence(h: &RHistory, out: &mut Vec<Violation>) {
-    let running: Vec<(&ServerId, &crate::replica::history::FinalStore)> =
-        h.finals.iter().filter(|(_, f)| f.running).collect();
+    let running: Vec<(&ServerId, &crate::replica::history::FinalStore)> = h
+        .finals
+        .iter()
+        .filter(|(_, f)| f.running && !f.outside)
+        .collect();
     let prim: Vec<ServerId> = running
         .iter()
         .filter(|(_, f)| f.role == Some(Role::Primary))
@@ -49,7 +52,7 @@ pub fn convergence(h: &RHistory, out: &mut Vec<Violation>) {
             );
         }
     }
-    if h.finals.values().any(|f| !f.running) {
+    if h.finals.values().any(|f| !f.running && !f.outside) {
         push(
             out,
             "convergence",
