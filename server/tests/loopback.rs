@@ -293,25 +293,26 @@ async fn a_wiped_replica_is_rebuilt_from_a_checkpoint() {
     }
 }
 
-/// A server whose configuration had a peer at a stale address (a host name that now resolves
-/// elsewhere): it neither reaches the peer nor accepts its datagrams, so the two never share
-/// a view, until it is given the new address (`StorageServer::readdress`, which
-/// `standby-server` calls after resolving the file's host names again); then they form one
-/// ring and elect.
+/// Two servers whose configurations each hold the other at a stale address (host names that
+/// now resolve elsewhere): neither reaches the other, so they never share a view, until each
+/// is given the new address (`StorageServer::readdress`, which `standby-server` calls after
+/// resolving the file's host names again); then they form one ring and elect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_at_a_new_address_is_followed_after_readdress() {
+async fn peers_at_new_addresses_are_followed_after_readdress() {
     let right = cluster(2);
-    let stale_addr = free_addrs(1)[0];
-    let mut stale = right.clone();
-    stale.daemons[1].addr = stale_addr;
+    let wrong = free_addrs(2);
+    let mut stale0 = right.clone();
+    stale0.daemons[1].addr = wrong[1];
+    let mut stale1 = right.clone();
+    stale1.daemons[0].addr = wrong[0];
     let cfg = replica_config(2);
     let s0 = start(
-        opts(&stale, &cfg, 0, false),
+        opts(&stale0, &cfg, 0, false),
         StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
     )
     .await;
     let s1 = start(
-        opts(&right, &cfg, 1, false),
+        opts(&stale1, &cfg, 1, false),
         StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
     )
     .await;
@@ -327,6 +328,37 @@ async fn a_peer_at_a_new_address_is_followed_after_readdress() {
     s0.readdress(vec![(1, right.daemons[1].addr)])
         .await
         .unwrap();
+    s1.readdress(vec![(0, right.daemons[0].addr)])
+        .await
+        .unwrap();
+    let both = [s0.clone(), s1.clone()];
+    wait_all(&both, "one view of both, with a primary", |st| {
+        st.view.len() == 2 && st.primary.is_some()
+    })
+    .await;
+}
+
+/// A server whose configuration holds a peer at a stale address, while the peer knows where
+/// it is: the peer's datagrams reach it from an address its book lacks, and its driver learns
+/// that address (the sender is not removed), so the two form one ring without a readdress.
+/// (The same rule lets a server that missed a replica's addition rejoin: the simulator's
+/// `a_server_that_missed_a_replica_add_rejoins`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_at_a_new_address_is_learned_from_its_traffic() {
+    let right = cluster(2);
+    let mut stale = right.clone();
+    stale.daemons[1].addr = free_addrs(1)[0];
+    let cfg = replica_config(2);
+    let s0 = start(
+        opts(&stale, &cfg, 0, false),
+        StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
+    )
+    .await;
+    let s1 = start(
+        opts(&right, &cfg, 1, false),
+        StoreSource::Open(storage::MemStorage::new(storage::MemOptions::default())),
+    )
+    .await;
     let both = [s0.clone(), s1.clone()];
     wait_all(&both, "one view of both, with a primary", |st| {
         st.view.len() == 2 && st.primary.is_some()

@@ -621,6 +621,25 @@ impl<S: Storage> Replica<S> {
         self.cfg
             .servers
             .retain(|s| !removed.contains(&s.id) || voters.votes(s.id));
+        // The current view follows: a ring member added meanwhile (it joined before the
+        // addition reached this server) is a member from now on, a removed one no longer is.
+        // Neither has a vote, so the view's election stands.
+        let cfg = &self.cfg;
+        if let Some(v) = self.view.as_mut() {
+            let (known, outside): (Vec<ServerId>, Vec<ServerId>) =
+                v.outsiders.iter().partition(|n| cfg.server(**n).is_some());
+            let gone: Vec<ServerId> = v
+                .members
+                .iter()
+                .copied()
+                .filter(|n| cfg.server(*n).is_none())
+                .collect();
+            v.members.retain(|n| cfg.server(*n).is_some());
+            v.members.extend(known);
+            v.members.sort_unstable();
+            v.outsiders = outside.into_iter().chain(gone).collect();
+            v.outsiders.sort_unstable();
+        }
     }
 
     /// The current role.
