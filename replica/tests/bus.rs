@@ -861,3 +861,48 @@ fn a_server_joining_on_its_configuration_file_does_not_stop_elections() {
     );
     assert_eq!(voters_of(&b, 5), "{s0,s3,s4}", "s5 caught up");
 }
+
+/// Async mode commits locally before anyone else has the transaction: a voter configuration the
+/// primary wrote that way can be part of a tail the cluster loses. When that primary comes back
+/// under a newer epoch, the truncation takes the configuration away with the tail, and the
+/// server reports the cluster's configuration again (the one that elected the new primary), not
+/// the lost one: configurations are ordered by the tid that wrote them, and a lost tid no longer
+/// names one.
+#[test]
+fn a_voter_configuration_in_a_lost_async_tail_is_lost_with_it() {
+    let mut c = cfg(4, CommitMode::Async { window: 10 });
+    c.servers[3].group = replica::ADDED_GROUP.into();
+    c.servers[3].kind = replica::GroupKind::Remote;
+    c.servers[3].weight = 0;
+    let mut b = Bus::with(c);
+    b.view(&[0, 1, 2, 3]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+    let before = voters_of(&b, 1);
+    // s0's multicasts are lost from here: it writes the joint configuration locally only.
+    b.muted = vec![0];
+    change_voters(&mut b, 0, 50, &[(3, 1)], &[1]);
+    b.run();
+    assert_ne!(
+        voters_of(&b, 0),
+        before,
+        "s0 holds a configuration nobody else has"
+    );
+    let lost_tid = b.r(0).voters().1;
+    assert!(lost_tid > Tid::ZERO);
+    b.muted.clear();
+    // s0 is cut off; s1, s2 (and the spare) elect under the configuration they have.
+    b.view(&[1, 2, 3]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    b.commit(1, 51, put(8, 1, 3, "d", None));
+    assert!(b.reply(51).is_ok());
+    // s0 comes back: its tail, configuration included, goes to the lost archive.
+    b.view(&[0, 1, 2, 3]);
+    assert_eq!(b.r(1).role(), Role::Primary);
+    let (_, lost) = b.lost.iter().find(|(s, _)| *s == 0).expect("s0 reported");
+    assert!(lost.contains(&lost_tid), "{lost:?} lacks {lost_tid}");
+    for s in 0..4 {
+        assert_eq!(voters_of(&b, s), before, "s{s}");
+        assert_eq!(b.r(s).voters().1, b.r(1).voters().1, "s{s}");
+    }
+    assert_eq!(b.r(0).last_tid(), b.r(1).last_tid());
+}
