@@ -88,6 +88,12 @@ pub struct ReplicaConfig {
     /// The largest transaction accepted, in bytes of data and metadata (it travels as one
     /// gcs message, whose limit must be larger).
     pub commit_bytes_max: usize,
+    /// Apply delivered commits without waiting for the disk and sync them off the ring's task
+    /// ([`crate::Output::Sync`]). Off by default: reads then see applied transactions that a
+    /// crash of the machine (not of the process) can take back, so a client may read a tid
+    /// and later read an older one there (the simulator's `reads_monotone`, seed 3183 of a
+    /// sweep with it on). On needs reads served as of the synced point.
+    pub defer_syncs: bool,
 }
 
 /// A configuration that cannot work.
@@ -113,6 +119,7 @@ impl ReplicaConfig {
             recovery: RecoveryPolicy::default(),
             held_max: 10_000,
             commit_bytes_max: 16 << 20,
+            defer_syncs: false,
         }
     }
 

@@ -333,7 +333,9 @@ fn sync_commits_wait_for_a_majority_on_disk() {
 /// sync that covers it returned: not a backup's report, not the primary's own vote.
 #[test]
 fn a_commit_counts_as_durable_only_once_its_sync_returned() {
-    let mut b = Bus::new(3, CommitMode::Sync);
+    let mut c = cfg(3, CommitMode::Sync);
+    c.defer_syncs = true;
+    let mut b = Bus::with(c);
     b.view(&[0, 1, 2]);
     b.slow_disks = vec![0, 1];
     b.commit(0, 1, put(7, 1, 1, "a", None));

@@ -49,8 +49,8 @@ impl<S: Storage> Replica<S> {
         let queue = std::mem::take(&mut self.apply_queue);
         let batch: Vec<(Tid, Transaction)> =
             queue.iter().map(|q| (q.prev, q.txn.clone())).collect();
-        // Not synced here: the shell syncs off the ring's task (`sync.rs`).
-        let results = self.store.apply_batch_unsynced(&batch);
+        // Synced here, or off the ring's task with `defer_syncs` (`sync.rs`).
+        let results = self.apply_run(&batch);
         let mut mine = false;
         for (k, (q, r)) in queue.iter().zip(results).enumerate() {
             match r {
@@ -90,8 +90,9 @@ impl<S: Storage> Replica<S> {
                 }
             }
         }
+        self.after_apply_run();
         if mine {
-            // Its own vote waits for its sync (`sync.rs`); reports from the backups may
+            // Its own vote counts once synced (`sync.rs`); reports from the backups may
             // already hold a majority that only waited for this delivery.
             self.release_acks();
         }

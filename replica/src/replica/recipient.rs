@@ -32,13 +32,13 @@ impl<S: Storage> Replica<S> {
             }
             (ChunkBody::Unavailable { .. }, _) => return self.need_checkpoint(rec.donor),
             (ChunkBody::Txns { txns, done: d }, RecoveryStep::Txns { .. }) => {
-                // One batch per chunk, synced off the ring's task (`sync.rs`): a recovering
-                // server must keep passing the token in time.
+                // One batch per chunk (its sync off the ring's task with `defer_syncs`): a
+                // recovering server must keep passing the token in time.
                 let fresh: Vec<(Tid, Transaction)> = txns
                     .into_iter()
                     .filter(|(_, t)| t.tid > self.last)
                     .collect();
-                let results = self.store.apply_batch_unsynced(&fresh);
+                let results = self.apply_run(&fresh);
                 for ((_, t), r) in fresh.iter().zip(results) {
                     match r? {
                         ApplyOutcome::Applied | ApplyOutcome::AlreadyPresent => {}
@@ -46,6 +46,7 @@ impl<S: Storage> Replica<S> {
                     self.last = t.tid;
                     self.after_apply(now, t)?;
                 }
+                self.after_apply_run();
                 done = d;
             }
             (ChunkBody::Txns { txns, done: d }, RecoveryStep::FillTxns { until, .. }) => {
@@ -172,12 +173,13 @@ impl<S: Storage> Replica<S> {
         }
         let left = f.backlog.len();
         tracing::debug!(server = self.me, last = %self.last, run = run.len(), left, "backlog drained");
-        let results = self.store.apply_batch_unsynced(&run);
+        let results = self.apply_run(&run);
         for ((_, t), r) in run.iter().zip(results) {
             r?;
             self.last = t.tid;
             self.after_apply(now, t)?;
         }
+        self.after_apply_run();
         if self.role.follower().is_some_and(|f| !f.backlog.is_empty()) {
             // Still a gap (the donor was behind what we buffered): fetch again.
             self.fetch();

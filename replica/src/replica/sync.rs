@@ -46,6 +46,27 @@ impl<S: Storage> Replica<S> {
         self.synced
     }
 
+    /// Applies a run of delivered (or recovered) commits: synced at once, unless
+    /// `defer_syncs` asks for the sync off the ring's task.
+    pub(super) fn apply_run(
+        &mut self,
+        run: &[(Tid, Transaction)],
+    ) -> Vec<Result<ApplyOutcome, StorageError>> {
+        if self.cfg.defer_syncs {
+            self.store.apply_batch_unsynced(run)
+        } else {
+            self.store.apply_batch(run)
+        }
+    }
+
+    /// After an apply run (see [`Self::apply_run`]): synced in line, everything applied is
+    /// durable now.
+    pub(super) fn after_apply_run(&mut self) {
+        if !self.cfg.defer_syncs {
+            self.synced_write();
+        }
+    }
+
     /// After a write that synced: everything applied before it is durable. Syncs still
     /// asked are covered (their answers find nothing left to do), and a truncation that
     /// lowered `last` lowers `synced` with it.
