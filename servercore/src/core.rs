@@ -221,12 +221,19 @@ struct Incoming {
     installing: Option<storage::Tid>,
 }
 
+/// How long after a failed checkpoint transfer the recipient asks again.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One storage server: a gcs node and a replica over store `S`.
 pub struct ServerCore<S: Storage + 'static> {
     opts: CoreOptions,
     outgoing: Option<Outgoing>,
     incoming: Option<Incoming>,
     next_ckpt_id: u64,
+    /// A checkpoint transfer that failed (the donor was busy with another, or a file could not
+    /// be written) is asked again at this time, from this donor, while the replica still
+    /// waits for one: the replica sets no timers, and would otherwise wait for the next view.
+    checkpoint_retry: Option<(Time, ServerId)>,
     node: Node,
     replica: Replica<S>,
     /// Replica and checkpoint multicasts the node's send queue had no room for yet.
@@ -266,6 +273,7 @@ impl<S: Storage + 'static> ServerCore<S> {
             outgoing: None,
             incoming: None,
             next_ckpt_id,
+            checkpoint_retry: None,
             node,
             replica,
             unsent: VecDeque::new(),
@@ -317,6 +325,15 @@ impl<S: Storage + 'static> ServerCore<S> {
             return;
         }
         self.check_claim(now);
+        if let Some((at, donor)) = self.checkpoint_retry {
+            if at <= now {
+                self.checkpoint_retry = None;
+                // Still waiting for a checkpoint (no other transfer open, still recovering).
+                if self.incoming.is_none() && self.replica.role() == Role::Syncing {
+                    self.ask_checkpoint(now, donor);
+                }
+            }
+        }
         self.node.handle_timeout(now);
         self.pump(now);
     }
@@ -442,7 +459,13 @@ impl<S: Storage + 'static> ServerCore<S> {
         if self.left_ring() {
             return None;
         }
-        let node = self.node.poll_deadline();
+        let node = match (
+            self.node.poll_deadline(),
+            self.checkpoint_retry.map(|(t, _)| t),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // A claiming primary wakes when its lease would run out, to stop claiming on time.
         let lease_end = match (
             self.replica.role(),
@@ -955,6 +978,9 @@ impl<S: Storage + 'static> ServerCore<S> {
         // then its supervisor) is in the new view under a newer incarnation, and knows nothing
         // of the transfer; waiting for it would wait forever.
         let procs = self.view.clone();
+        // A new view elects again: the replica asks for a checkpoint itself if it still needs
+        // one, from the donor of that election.
+        self.checkpoint_retry = None;
         if let Some(o) = self.outgoing.take_if(|o| !procs.contains(&o.to_proc)) {
             tracing::warn!(to = o.to, "checkpoint recipient left: transfer abandoned");
             self.command(CheckpointCommand::Discard { id: o.id });
@@ -1203,8 +1229,10 @@ impl<S: Storage + 'static> ServerCore<S> {
             }
             CkptMsg::Failed { to, id, reason } if to == me => {
                 if let Some(i) = self.incoming.take_if(|i| ours(i, id)) {
-                    tracing::error!(%reason, "the donor could not send a checkpoint");
+                    tracing::error!(%reason, "the donor could not send a checkpoint: asking again shortly");
                     self.command(CheckpointCommand::Abandon { id: i.id });
+                    self.checkpoint_retry =
+                        Some((self.now.saturating_add(CHECKPOINT_RETRY), i.donor));
                 }
             }
             _ => {}
@@ -1216,8 +1244,9 @@ impl<S: Storage + 'static> ServerCore<S> {
     pub fn transfer_failed(&mut self, now: Time, id: u64, reason: &str) {
         self.now = now;
         if let Some(i) = self.incoming.take_if(|i| i.id == id) {
-            tracing::error!(%reason, "checkpoint transfer abandoned");
+            tracing::error!(%reason, "checkpoint transfer abandoned: asking again shortly");
             self.command(CheckpointCommand::Abandon { id: i.id });
+            self.checkpoint_retry = Some((now.saturating_add(CHECKPOINT_RETRY), i.donor));
         }
         self.pump(now);
     }
