@@ -354,7 +354,7 @@ fn a_checkpoint_whose_donor_crashes_midway_is_asked_for_again() {
 /// removed (learning its address), so s3 rings with s4, catches up and converges.
 #[test]
 fn a_server_that_missed_a_replica_add_rejoins() {
-    // Joiners are off in the swarm for now (see `ReplicaOptions::joiner`); on for this seed.
+    // (Explicit, so that the scenario stays a joiner's whatever the swarm draws.)
     let mut o = ReplicaOptions::swarm(284, 5);
     o.joiner = true;
     let r = sim::replica::run_replica_options(o, None);

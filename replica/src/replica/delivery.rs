@@ -20,12 +20,6 @@ impl<S: Storage> Replica<S> {
                 return self.fail(e);
             }
         }
-        // A ring member this configuration does not name may only ask for a recovery (see
-        // `CurrentView::outsiders`).
-        if self.cfg.server(from).is_none() && !matches!(msg, Msg::Fetch { .. }) {
-            self.stats.fenced += 1;
-            return;
-        }
         let r = match msg {
             Msg::State(s) => self.on_state(from, s),
             Msg::Promise { server, epoch } => self.on_promise(from, server, epoch),

@@ -11,11 +11,7 @@ impl<S: Storage> Replica<S> {
         chunks: u32,
         req: FetchReq,
     ) -> Result<(), StorageError> {
-        let outsider = self
-            .view
-            .as_ref()
-            .is_some_and(|v| v.outsiders.contains(&who));
-        if donor != self.me || !(self.in_view(who) || outsider) {
+        if donor != self.me || !self.in_view(who) {
             return Ok(());
         }
         let chunk_bytes = self.cfg.recovery.chunk_bytes.max(1);

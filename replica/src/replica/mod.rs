@@ -392,11 +392,9 @@ struct Recovery {
 
 #[derive(Clone, Debug)]
 struct CurrentView {
+    /// Every member of the ring's view, whether or not this server's configuration names it
+    /// yet (see `views.rs`).
     members: Vec<ServerId>,
-    /// Members of the ring this server's configuration does not name yet (a server started
-    /// before an operator added it): they take no part in elections, but may recover from a
-    /// donor, so that they are caught up when the addition reaches them.
-    outsiders: Vec<ServerId>,
     regular: bool,
     primary_component: bool,
 }
@@ -621,25 +619,6 @@ impl<S: Storage> Replica<S> {
         self.cfg
             .servers
             .retain(|s| !removed.contains(&s.id) || voters.votes(s.id));
-        // The current view follows: a ring member added meanwhile (it joined before the
-        // addition reached this server) is a member from now on, a removed one no longer is.
-        // Neither has a vote, so the view's election stands.
-        let cfg = &self.cfg;
-        if let Some(v) = self.view.as_mut() {
-            let (known, outside): (Vec<ServerId>, Vec<ServerId>) =
-                v.outsiders.iter().partition(|n| cfg.server(**n).is_some());
-            let gone: Vec<ServerId> = v
-                .members
-                .iter()
-                .copied()
-                .filter(|n| cfg.server(*n).is_none())
-                .collect();
-            v.members.retain(|n| cfg.server(*n).is_some());
-            v.members.extend(known);
-            v.members.sort_unstable();
-            v.outsiders = outside.into_iter().chain(gone).collect();
-            v.outsiders.sort_unstable();
-        }
     }
 
     /// The current role.
@@ -869,7 +848,6 @@ mod tests {
         let component = || {
             Some(CurrentView {
                 members: vec![0, 1, 2],
-                outsiders: Vec::new(),
                 regular: true,
                 primary_component: true,
             })

@@ -12,13 +12,12 @@ impl<S: Storage> Replica<S> {
         if let Err(e) = self.flush_applies() {
             return self.fail(e);
         }
-        let (mut members, mut outsiders): (Vec<ServerId>, Vec<ServerId>) = view
-            .members
-            .iter()
-            .map(|p: &ProcId| p.node)
-            .partition(|n| self.cfg.server(*n).is_some());
+        // Every ring member takes part, whether or not this server's configuration names it
+        // yet (a replica added while this server was rebuilt or cut off): the election is a
+        // function of the states delivered, the same at every member, never of a local file.
+        // Votes come from the configurations reported, so an unknown member weighs nothing.
+        let mut members: Vec<ServerId> = view.members.iter().map(|p: &ProcId| p.node).collect();
         members.dedup();
-        outsiders.dedup();
         let regular = view.kind() == ViewKind::Regular;
         if !regular {
             // The old view ends: commits still arrive (the transitional set's), but nothing
@@ -74,7 +73,6 @@ impl<S: Storage> Replica<S> {
         }
         self.view = Some(CurrentView {
             members,
-            outsiders,
             regular: true,
             primary_component,
         });
