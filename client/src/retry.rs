@@ -129,7 +129,6 @@ impl<T: Copy + Ord> CommitRetry<T> {
                 // as for a server that failed, or every client whose other servers once
                 // timed out would ask only it, forever.
                 self.primary = None;
-                self.suspects.insert(target);
                 Verdict::Retry(RETRY_PAUSE)
             }
             Answer::Final => Verdict::Done,
