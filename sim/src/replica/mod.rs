@@ -15,8 +15,8 @@
 //! the same faulty network as the gcs packets. Clients follow the client library's retry
 //! policy (`standby_client::retry`) and read through `ServerCore::read`, the production read
 //! path; an operator changes voters in about half the seeds, and adds a spare that starts
-//! outside the others' configuration files to the address book, or removes one
-//! (`ServerCore::membership_change`, as `standby add-replica` / `remove-replica` do); each
+//! outside the others' configuration files to the address book (`ServerCore::membership_change`,
+//! as `standby add-replica` does; removals are off, see `ReplicaOptions::remove_spare`); each
 //! server's address book (`Output::Peers`) decides whom its datagrams reach. What a run records is in [`history`] (roles, applies, acknowledgements, reads,
 //! losses, final stores); the properties judged on it are in [`checkers`], tested on hand-made
 //! histories in `checkers_test.rs`.
