@@ -89,10 +89,9 @@ pub struct ReplicaConfig {
     /// gcs message, whose limit must be larger).
     pub commit_bytes_max: usize,
     /// Apply delivered commits without waiting for the disk and sync them off the ring's task
-    /// ([`crate::Output::Sync`]). Off by default: reads then see applied transactions that a
-    /// crash of the machine (not of the process) can take back, so a client may read a tid
-    /// and later read an older one there (the simulator's `reads_monotone`, seed 3183 of a
-    /// sweep with it on). On needs reads served as of the synced point.
+    /// ([`crate::Output::Sync`], see `replica/src/replica/sync.rs`): on by default. Reads and
+    /// invalidations still only show what is synced; off, every apply syncs in the task
+    /// that passes the token.
     pub defer_syncs: bool,
 }
 
@@ -119,7 +118,7 @@ impl ReplicaConfig {
             recovery: RecoveryPolicy::default(),
             held_max: 10_000,
             commit_bytes_max: 16 << 20,
-            defer_syncs: false,
+            defer_syncs: true,
         }
     }
 

@@ -231,7 +231,9 @@ pub enum Output {
 pub struct Staleness {
     /// Its role.
     pub role: Role,
-    /// Its last transaction.
+    /// The last transaction its reads see: the last one durable on its disk. (With
+    /// `ReplicaConfig::defer_syncs` the store may hold newer ones, applied but not yet
+    /// synced: readers bound what they read by this tid, `Storage::load_at`.)
     pub last_tid: Tid,
     /// The newest tid it knows the primary lineage reached (its own last if it knows no more).
     pub primary_last_known: Tid,

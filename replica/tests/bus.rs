@@ -330,7 +330,8 @@ fn sync_commits_wait_for_a_majority_on_disk() {
 }
 
 /// Commits are applied without waiting for the disk, and nothing counts as durable before the
-/// sync that covers it returned: not a backup's report, not the primary's own vote.
+/// sync that covers it returned: not a backup's report, not the primary's own vote. Nor is
+/// anything shown before: reads (the staleness's last tid) and invalidations wait for it.
 #[test]
 fn a_commit_counts_as_durable_only_once_its_sync_returned() {
     let mut c = cfg(3, CommitMode::Sync);
@@ -338,29 +339,53 @@ fn a_commit_counts_as_durable_only_once_its_sync_returned() {
     let mut b = Bus::with(c);
     b.view(&[0, 1, 2]);
     b.slow_disks = vec![0, 1];
+    let before = b.r(0).last_tid();
     b.commit(0, 1, put(7, 1, 1, "a", None));
-    // Applied everywhere (visible), durable on s2 alone: no majority, no answer.
+    // Applied everywhere, durable on s2 alone: no majority, no answer; shown on s2 alone.
     for s in 0..3 {
         assert!(b.r(s).last_tid() > b.r(s).synced_tid() || s == 2, "s{s}");
+        assert_eq!(b.r(s).staleness().last_tid, b.r(s).synced_tid(), "s{s}");
     }
-    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
     let applied = b.r(0).last_tid();
+    assert_eq!(
+        b.r(0).staleness().last_tid,
+        before,
+        "reads wait for the sync"
+    );
+    let told: Vec<u32> = b
+        .invalidations
+        .iter()
+        .filter(|(_, t)| *t == applied)
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        told,
+        vec![2],
+        "only the server that synced tells its clients"
+    );
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
     assert!(
         b.durable.iter().all(|(_, t)| *t < applied),
         "{:?}",
         b.durable
     );
-    // s1's sync returns: s1 reports, a majority (s1, s2) holds it.
+    // s1's sync returns: s1 reports, a majority (s1, s2) holds it; the primary still waits
+    // for its own disk, so that its reads show the committer what it was told.
     b.release_syncs(1);
+    assert_eq!(b.r(1).synced_tid(), applied);
+    assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(1)));
+    b.release_syncs(0);
     let tid = b.reply(1).as_ref().expect("answered").tid;
-    assert_eq!(b.r(1).synced_tid(), tid);
-    // The primary's own disk counts once synced: with s2 gone quiet, s0 and s1 make a
-    // majority only after s0's sync.
-    b.slow_disks = vec![0];
+    assert_eq!(tid, applied);
+    assert_eq!(b.r(0).staleness().last_tid, tid);
+    assert!(b.durable.iter().any(|(s, t)| *s == 0 && *t == tid));
+    // And with the primary synced, it is a majority's reports it waits for: with s2 gone
+    // quiet, s0 and s1 make a majority only after s1's sync.
+    b.slow_disks = vec![1];
     b.muted = vec![2];
     b.commit(0, 2, put(8, 1, 2, "b", None));
     assert!(b.replies.iter().all(|(_, r, _)| *r != ReqId(2)));
-    b.release_syncs(0);
+    b.release_syncs(1);
     b.muted.clear();
     assert!(b.reply(2).is_ok());
     assert_eq!(b.r(0).synced_tid(), b.r(0).last_tid());

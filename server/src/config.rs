@@ -8,6 +8,7 @@
 //! client_tokens_file = "tokens"        # optional: `ROLE TOKEN` lines, role read, write or admin
 //! fast_recovery_after = 100000   # recover by objects when further behind (tids)
 //! checkpoint_after = 1000000     # an empty store further behind gets a checkpoint
+//! sync_off_ring = true           # fsync applied commits on a thread of their own (default)
 //! zeo_storage = "1"              # the storage name ZEO clients register with
 //!
 //! [[server]]
@@ -149,6 +150,11 @@ pub struct StandbyConfig {
     /// Recovery threshold: checkpoint for an empty store beyond this many tids.
     #[serde(default)]
     pub checkpoint_after: Option<u64>,
+    /// Applied commits are synced on a thread of their own, not in the task that passes the
+    /// gcs token (`ReplicaConfig::defer_syncs`; default true). False: each apply run syncs
+    /// in that task.
+    #[serde(default)]
+    pub sync_off_ring: Option<bool>,
     /// The storage name ZEO clients register with (`"1"`, ZEO's default).
     #[serde(default = "default_zeo_storage")]
     pub zeo_storage: String,
@@ -341,6 +347,7 @@ impl StandbyConfig {
         };
         r.recovery.fast_after = self.fast_recovery_after.unwrap_or(d.fast_after);
         r.recovery.checkpoint_after = self.checkpoint_after.unwrap_or(d.checkpoint_after);
+        r.defer_syncs = self.sync_off_ring.unwrap_or(r.defer_syncs);
         r.validate().map_err(|e| e.to_string())?;
         Ok(r)
     }

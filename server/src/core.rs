@@ -15,7 +15,7 @@ use servercore::checkpoint::CheckpointCommand;
 use servercore::{CoreOptions, Output};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use storage::{Oid, Revision, Storage, StorageError};
 use tokio::sync::oneshot;
@@ -219,18 +219,33 @@ pub enum ReadAnswer {
 /// Object bytes above which a page of iteration ends (the client asks for the next page).
 pub(crate) const ITERATE_PAGE_BYTES: usize = 8 << 20;
 
+/// Runs `op` on `store` as of `at`, the server's read point (what its disk holds: newer
+/// transactions may be applied and not yet synced, and stay unseen).
 pub(crate) fn read_store<S: Storage + ?Sized>(
     store: &S,
     op: ReadOp,
+    at: storage::Tid,
 ) -> Result<ReadAnswer, StorageError> {
     Ok(match op {
-        ReadOp::Load(oid) => ReadAnswer::Revision(store.load(&oid)?),
-        ReadOp::LoadBefore(oid, tid) => ReadAnswer::Revision(store.load_before(&oid, tid)?),
+        ReadOp::Load(oid) => ReadAnswer::Revision(store.load_at(&oid, at)?),
+        ReadOp::LoadBefore(oid, tid) => {
+            ReadAnswer::Revision(store.load_before(&oid, tid.min(at.next()))?)
+        }
         ReadOp::History(oid, n) => {
-            ReadAnswer::Revisions(store.history(&oid, n.min(10_000) as usize)?)
+            let n = n.min(10_000) as usize;
+            // Revisions past `at` are left out; asked for as many more as there were.
+            let mut revs = store.history(&oid, n)?;
+            let unseen = revs.iter().filter(|r| r.tid > at).count();
+            if unseen > 0 {
+                revs = store.history(&oid, n + unseen)?;
+                revs.retain(|r| r.tid <= at);
+                revs.truncate(n);
+            }
+            ReadAnswer::Revisions(revs)
         }
         ReadOp::Last => ReadAnswer::Last,
         ReadOp::Iterate { start, stop, max } => {
+            let stop = stop.min(at);
             let max = max.clamp(1, 10_000) as usize;
             let mut txns = Vec::new();
             let mut bytes = 0usize;
@@ -284,6 +299,8 @@ pub struct CheckpointSupport<S> {
 pub struct DirectReads {
     store: RwLock<Option<Arc<dyn Storage>>>,
     readable: AtomicBool,
+    /// The read point ([`ServerCore::read_point`]) after the last input.
+    point: AtomicU64,
 }
 
 impl DirectReads {
@@ -298,6 +315,12 @@ impl DirectReads {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The point reads are served as of (see [`ServerCore::read_point`]): a reader bounds
+    /// what it reads by it, whatever the store holds beyond.
+    pub fn read_point(&self) -> storage::Tid {
+        storage::Tid(self.point.load(Ordering::Acquire))
     }
 
     fn set_store(&self, store: Option<Arc<dyn Storage>>) {
@@ -331,6 +354,9 @@ impl<S: Storage + 'static> ServerShell<S> {
         let direct = Arc::new(DirectReads::default());
         direct.set_store(replica.store().read_handle());
         direct.readable.store(replica.readable(), Ordering::Release);
+        direct
+            .point
+            .store(replica.synced_tid().0, Ordering::Release);
         let opts = CoreOptions {
             checkpoints: ckpt.is_some(),
             ..CoreOptions::default()
@@ -397,6 +423,12 @@ impl<S: Storage + 'static> ServerShell<S> {
     }
 
     fn after_input(&mut self) {
+        // The point first: a reader that sees the flag set reads at a point no older than
+        // the input's (points only grow, except across a checkpoint install, which clears
+        // the flag first).
+        self.direct
+            .point
+            .store(self.core.read_point().0, Ordering::Release);
         self.direct
             .readable
             .store(self.core.readable(), Ordering::Release);
@@ -626,5 +658,71 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{MemOptions, MemStorage, Tid, Transaction, TxnMeta};
+
+    fn put(tid: u64, oid: u64, v: &str) -> Transaction {
+        Transaction {
+            tid: Tid(tid),
+            meta: TxnMeta::default(),
+            records: vec![storage::Record {
+                oid: Oid::from_u64(oid),
+                data: Some(bytes::Bytes::from(v.to_string())),
+                expected_serial: None,
+            }],
+        }
+    }
+
+    /// What a store holds past the read point (applied, not yet synced) stays unseen by
+    /// every read: loads, loads before, histories and iterations.
+    #[test]
+    fn reads_are_served_as_of_the_read_point() {
+        let s = MemStorage::new(MemOptions::default());
+        for (t, v) in [(10, "a"), (20, "b"), (30, "c")] {
+            s.commit(&put(t, 1, v)).unwrap();
+        }
+        let at = Tid(20);
+        let tid_of = |a: ReadAnswer| match a {
+            ReadAnswer::Revision(r) => r.map(|r| r.tid),
+            a => panic!("{a:?}"),
+        };
+        let load = read_store(&s, ReadOp::Load(Oid::from_u64(1)), at).unwrap();
+        assert_eq!(tid_of(load), Some(Tid(20)));
+        let before = read_store(&s, ReadOp::LoadBefore(Oid::from_u64(1), Tid::MAX), at).unwrap();
+        assert_eq!(tid_of(before), Some(Tid(20)));
+        let before = read_store(&s, ReadOp::LoadBefore(Oid::from_u64(1), Tid(20)), at).unwrap();
+        assert_eq!(tid_of(before), Some(Tid(10)));
+        match read_store(&s, ReadOp::History(Oid::from_u64(1), 2), at).unwrap() {
+            ReadAnswer::Revisions(v) => {
+                assert_eq!(
+                    v.iter().map(|r| r.tid).collect::<Vec<_>>(),
+                    [Tid(20), Tid(10)]
+                )
+            }
+            a => panic!("{a:?}"),
+        }
+        let op = ReadOp::Iterate {
+            start: Tid::ZERO,
+            stop: Tid::MAX,
+            max: 100,
+        };
+        match read_store(&s, op, at).unwrap() {
+            ReadAnswer::Transactions(t, more) => {
+                assert_eq!(
+                    t.iter().map(|t| t.tid).collect::<Vec<_>>(),
+                    [Tid(10), Tid(20)]
+                );
+                assert!(!more);
+            }
+            a => panic!("{a:?}"),
+        }
+        // At the store's last transaction, everything is seen.
+        let load = read_store(&s, ReadOp::Load(Oid::from_u64(1)), Tid(30)).unwrap();
+        assert_eq!(tid_of(load), Some(Tid(30)));
     }
 }

@@ -434,7 +434,7 @@ async fn handle(front: &Front, req: Request, tx: &Out) -> Response {
             let op = ReadOp::Iterate { start, stop, max };
             match front
                 .server
-                .read_fast(move |store, _| crate::core::read_store(store, op.clone()))
+                .read_fast(move |store, at| crate::core::read_store(store, op.clone(), at))
                 .await
             {
                 Ok(Ok(ReadAnswer::Transactions(txns, more))) => {

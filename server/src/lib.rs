@@ -293,7 +293,7 @@ impl StorageServer {
         &self,
         op: ReadOp,
     ) -> Result<Result<(ReadAnswer, replica::Staleness), ReadError>, Stopped> {
-        self.inspect(move |store, st| Ok((core::read_store(store, op)?, st)))
+        self.inspect(move |store, st| Ok((core::read_store(store, op, st.last_tid)?, st)))
             .await
     }
 
@@ -306,7 +306,9 @@ impl StorageServer {
         self.direct.get()
     }
 
-    /// Runs a read on the store, given the last transaction the store held before it ran: on
+    /// Runs a read on the store, given the point to read it as of (the server's read point,
+    /// [`core::DirectReads::read_point`]: what its disk held before the read ran; `f` bounds
+    /// what it reads by it, `Storage::load_at`): on
     /// the caller's task through [`Self::direct_reads`] when the store has a handle and reads
     /// are served (the read neither waits behind the ring's work nor adds to it), else in the
     /// server's task ([`Self::inspect`]). A direct read that met the start of a fill, or
@@ -317,7 +319,7 @@ impl StorageServer {
     ) -> Result<Result<T, ReadError>, Stopped> {
         if let Some(store) = self.direct_reads() {
             let direct = (|| {
-                let at = store.last_transaction()?;
+                let at = store.last_transaction()?.min(self.direct.read_point());
                 let v = f(&*store, at)?;
                 Ok::<_, storage::StorageError>(store.fill_progress()?.is_none().then_some(v))
             })();

@@ -408,7 +408,9 @@ impl<S: Storage + 'static> ServerCore<S> {
     }
 
     /// The store and its staleness, between two inputs: one consistent state, with no commit
-    /// applied halfway; or why it cannot be read now.
+    /// applied halfway; or why it cannot be read now. Read it as of the staleness's
+    /// `last_tid` (`Storage::load_at`, ranges bounded by it): the store may hold newer
+    /// transactions that are not synced yet.
     pub fn read(&mut self, now: Time) -> Result<(&S, Staleness), ReadError> {
         self.begin(now);
         self.pump(now);
@@ -530,6 +532,12 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// Whether reads are served now (no object recovery open, the store not failed).
     pub fn readable(&self) -> bool {
         self.replica.readable()
+    }
+
+    /// The point reads are served as of: the last transaction synced to this server's disk
+    /// (the store may hold newer ones, applied and not yet synced; see `Staleness::last_tid`).
+    pub fn read_point(&self) -> storage::Tid {
+        self.replica.synced_tid()
     }
 
     /// The store, the core dropped (a crash in the simulator keeps the disk).

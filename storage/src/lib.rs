@@ -99,6 +99,17 @@ pub trait Storage: Send + Sync {
     /// Up to `n` stored revisions of `oid`, newest first. Packed revisions are absent.
     fn history(&self, oid: &Oid, n: usize) -> Result<Vec<Revision>>;
 
+    /// The revision of `oid` current as of `at`: [`Self::load`] unless the current revision
+    /// is newer than `at`, then [`Self::load_before`] `at.next()`. A server reads this way at
+    /// the point its store has synced, so that no reader sees a transaction a machine crash
+    /// could take back.
+    fn load_at(&self, oid: &Oid, at: Tid) -> Result<Option<Revision>> {
+        match self.load(oid)? {
+            Some(r) if r.tid > at => self.load_before(oid, at.next()),
+            other => Ok(other),
+        }
+    }
+
     /// Transactions with a tid in `range` (inclusive bounds), streamed in `direction`.
     /// Each item holds one whole transaction; memory does not grow with the range.
     /// [`StorageError::HistoryTruncated`] if the range starts at or before a non-zero horizon.

@@ -40,6 +40,12 @@ impl Tid {
     pub fn to_be_bytes(self) -> [u8; 8] {
         self.0.to_be_bytes()
     }
+
+    /// The tid right after this one (`MAX` stays `MAX`): `load_before(oid, at.next())` reads
+    /// the revision current as of `at`.
+    pub fn next(self) -> Tid {
+        Tid(self.0.saturating_add(1))
+    }
 }
 
 impl fmt::Display for Tid {

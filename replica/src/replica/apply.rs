@@ -159,11 +159,12 @@ impl<S: Storage> Replica<S> {
             .filter(|o| !is_reserved(o))
             .collect();
         let client = txn.records.iter().find_map(|r| client_of_oid(&r.oid));
-        self.out.push_back(Output::Invalidate(Invalidation {
+        // Told once synced (`sync.rs`).
+        self.unsynced_invalidations.push_back(Invalidation {
             tid: txn.tid,
             oids,
             client,
-        }));
+        });
         Ok(())
     }
 }

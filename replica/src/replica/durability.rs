@@ -72,9 +72,10 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn release_acks(&mut self) {
-        // Durable on a majority, and here: this server applied it (so it was delivered here).
-        // Reports can come straight from the backups, ahead of our own delivery.
-        let durable = self.majority_applied().min(self.last);
+        // Durable on a majority, and here: this server synced it (so it was delivered here,
+        // and its own reads, served as of `synced`, show it to the committer). Reports can
+        // come straight from the backups, ahead of our own delivery.
+        let durable = self.majority_applied().min(self.synced);
         if self.role.primary().is_some() && durable > self.durable_announced {
             self.durable_announced = durable;
             self.out.push_back(Output::Durable(durable));

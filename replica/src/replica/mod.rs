@@ -470,6 +470,9 @@ pub struct Replica<S: Storage> {
     /// Syncs asked of the shell and not yet done: (id, the last tid applied when asked).
     syncs: VecDeque<(u64, Tid)>,
     next_sync_id: u64,
+    /// Invalidations of applied transactions not yet synced: they go out as `synced` passes
+    /// them, so that no client is told of a transaction a machine crash could take back.
+    unsynced_invalidations: VecDeque<Invalidation>,
     /// The highest tid announced as [`Output::Durable`], across the server's terms as
     /// primary (what it announces never goes back).
     durable_announced: Tid,
@@ -513,6 +516,7 @@ impl<S: Storage> Replica<S> {
             applied_dirty: false,
             synced: Tid::ZERO,
             syncs: VecDeque::new(),
+            unsynced_invalidations: VecDeque::new(),
             next_sync_id: 1,
             durable_announced: Tid::ZERO,
             client_cache: BTreeMap::new(),
@@ -669,7 +673,8 @@ impl<S: Storage> Replica<S> {
     pub fn staleness(&self) -> Staleness {
         Staleness {
             role: self.role(),
-            last_tid: self.last,
+            // Reads are served as of what the disk holds (see `Staleness::last_tid`).
+            last_tid: self.synced,
             primary_last_known: self.primary_last_known.max(self.last),
             last_commit_at: self.last_commit_at,
             in_primary_component: self.view.as_ref().is_some_and(|v| v.primary_component),

@@ -590,7 +590,7 @@ async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Result<(), Zeo
         let o = oid.clone();
         let (answer, at) = face
             .server
-            .read_fast(move |store, at| Ok((load_before_in(store, &o, before), at)))
+            .read_fast(move |store, at| Ok((load_before_in(store, &o, before, at), at)))
             .await
             .map_err(|_| ZeoError::storage("server stopped"))??;
         let v = answer??;
@@ -609,13 +609,19 @@ async fn load_before(face: &Arc<ZeoFace>, n: u64, call: &Call) -> Result<(), Zeo
     Err(ZeoError::storage("the object keeps changing"))
 }
 
-/// `loadBefore` on one state of the store: `(data, start, end or None)`, `None` when the
-/// object has no revision before `before`, `POSKeyError` when it does not exist.
-fn load_before_in(store: &dyn Storage, oid: &Oid, before: Tid) -> Result<Answer, StorageError> {
-    let Some(current) = store.load(oid)? else {
+/// `loadBefore` on the store as of `at` (the server's read point: newer transactions may be
+/// applied and not yet synced): `(data, start, end or None)`, `None` when the object has no
+/// revision before `before`, `POSKeyError` when it does not exist.
+fn load_before_in(
+    store: &dyn Storage,
+    oid: &Oid,
+    before: Tid,
+    at: Tid,
+) -> Result<Answer, StorageError> {
+    let Some(current) = store.load_at(oid, at)? else {
         return Ok(Err(ZeoError::pos_key(oid)));
     };
-    let rev = revision_before(store, oid, before)?;
+    let rev = revision_before(store, oid, before.min(at.next()))?;
     let Some(rev) = rev else {
         return Ok(if current.data.is_none() {
             Err(ZeoError::pos_key(oid))
@@ -633,7 +639,11 @@ fn load_before_in(store: &dyn Storage, oid: &Oid, before: Tid) -> Result<Answer,
         let mut n = 8;
         loop {
             let h = store.history(oid, n)?;
-            let next = h.iter().filter(|r| r.tid > rev.tid).map(|r| r.tid).min();
+            let next = h
+                .iter()
+                .filter(|r| r.tid > rev.tid && r.tid <= at)
+                .map(|r| r.tid)
+                .min();
             let complete = h.len() < n || h.last().is_some_and(|r| r.tid <= rev.tid);
             if complete {
                 break match next {
@@ -810,8 +820,8 @@ async fn read_call(face: &Arc<ZeoFace>, iterators: &Arc<Mutex<Iterators>>, call:
         "getTid" => {
             let oid = oid_arg(args.first())?;
             face.server
-                .inspect(move |store, _| {
-                    Ok(match store.load(&oid)? {
+                .inspect(move |store, st| {
+                    Ok(match store.load_at(&oid, st.last_tid)? {
                         Some(r) if r.data.is_some() => Ok(bin(&to_zeo(r.tid))),
                         _ => Err(ZeoError::pos_key(&oid)),
                     })
@@ -827,8 +837,10 @@ async fn read_call(face: &Arc<ZeoFace>, iterators: &Arc<Mutex<Iterators>>, call:
                 .unwrap_or(1)
                 .clamp(1, 10_000);
             face.server
-                .inspect(move |store, _| {
-                    let revs = store.history(&oid, size as usize)?;
+                .inspect(move |store, st| {
+                    // As of the read point: revisions not yet synced stay unseen.
+                    let mut revs = store.history(&oid, size as usize)?;
+                    revs.retain(|r| r.tid <= st.last_tid);
                     if revs.is_empty() {
                         return Ok(Err(ZeoError::pos_key(&oid)));
                     }
@@ -1635,5 +1647,51 @@ impl ZeoFace {
         )
         .await;
         Ok(c.tid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::{MemOptions, MemStorage, Transaction};
+
+    fn put(tid: u64, v: &str) -> Transaction {
+        Transaction {
+            tid: Tid(tid),
+            meta: TxnMeta::default(),
+            records: vec![Record {
+                oid: Oid::from_u64(1),
+                data: Some(Bytes::from(v.to_string())),
+                expected_serial: None,
+            }],
+        }
+    }
+
+    /// `loadBefore` as of the read point: a revision past it (applied, not synced) is
+    /// neither returned nor named as the end of the one that is current as of that point.
+    #[test]
+    fn load_before_does_not_show_what_is_past_the_read_point() {
+        let s = MemStorage::new(MemOptions::default());
+        for (t, v) in [(10, "a"), (20, "b"), (30, "c")] {
+            s.commit(&put(t, v)).unwrap();
+        }
+        let ans = |before: u64, at: u64| {
+            load_before_in(&s, &Oid::from_u64(1), Tid(before), Tid(at))
+                .unwrap()
+                .unwrap()
+        };
+        let rev = |data: &str, start: u64, end: Option<u64>| {
+            Value::Array(vec![
+                Value::Binary(data.as_bytes().to_vec()),
+                bin(&to_zeo(Tid(start))),
+                end.map_or(Value::Nil, |e| bin(&to_zeo(Tid(e)))),
+            ])
+        };
+        // Read point 20: "b" is current, whatever 30 wrote.
+        assert_eq!(ans(u64::MAX, 20), rev("b", 20, None));
+        assert_eq!(ans(20, 20), rev("a", 10, Some(20)));
+        // Read point 30: everything.
+        assert_eq!(ans(u64::MAX, 30), rev("c", 30, None));
+        assert_eq!(ans(30, 30), rev("b", 20, Some(30)));
     }
 }

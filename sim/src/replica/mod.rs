@@ -95,6 +95,10 @@ pub struct ReplicaOptions {
     /// Each server's address book (`Output::Peers`) decides whom its datagrams reach, as the
     /// server's driver does (off: every datagram reaches every server).
     pub address_books: bool,
+    /// Stores sync off the ring's task (`ReplicaConfig::defer_syncs`, the server's default):
+    /// a crash takes back what was applied and not yet synced. Drawn per seed, so that the
+    /// sweep covers the in-line path too.
+    pub defer_syncs: bool,
 }
 
 impl ReplicaOptions {
@@ -114,6 +118,7 @@ impl ReplicaOptions {
         o.voter_changes = false;
         o.joiner = false;
         o.remove_spare = false;
+        o.defer_syncs = true;
         o
     }
 
@@ -140,6 +145,7 @@ impl ReplicaOptions {
         // Drawn, so that turning it back on keeps every other draw, but off: see the field.
         let _removal_drawn = spares > 0 && rm.chance(0.3);
         let remove_spare = false;
+        let defer_syncs = Prng::new(seed ^ 0x5_1C5_DEF).chance(0.75);
         let mode = if r.chance(0.25) {
             CommitMode::Async {
                 window: r.pick(&[1, 8, 64]),
@@ -167,6 +173,7 @@ impl ReplicaOptions {
             joiner,
             remove_spare,
             address_books: true,
+            defer_syncs,
         }
     }
 
@@ -207,6 +214,7 @@ impl ReplicaOptions {
         c.recovery = self.recovery;
         c.commit_bytes_max = 64 * 1024;
         c.held_max = 1000;
+        c.defer_syncs = self.defer_syncs;
         c
     }
 }
@@ -1255,8 +1263,9 @@ impl ReplicaCluster {
             return;
         };
         let k = self.client_rng.range(0, self.opts.keyspace - 1);
+        // As of what the server's disk holds, as every production reader reads.
         let tid = st.last_tid;
-        let rev = store.load(&Oid::from_u64(k)).ok().flatten();
+        let rev = store.load_at(&Oid::from_u64(k), tid).ok().flatten();
         // Reading gave the core an input's time: what it has to say goes out now.
         self.drain(i);
         self.totals.reads += 1;

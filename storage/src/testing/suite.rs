@@ -143,6 +143,25 @@ pub fn commit_and_load<H: Harness>(h: &mut H) {
     let all = collect(s.iter(TidRange::ALL, Direction::Forward).unwrap());
     assert_eq!(all.len(), 3);
     assert_eq!(all[0], t1, "iter returns the transaction as committed");
+    // Reads as of a point: the revision current then, whatever came after.
+    assert_eq!(
+        s.load_at(&oid(1), Tid(30)).unwrap(),
+        Some(rev(1, 20, Some("a2")))
+    );
+    assert_eq!(
+        s.load_at(&oid(1), Tid(20)).unwrap(),
+        Some(rev(1, 20, Some("a2")))
+    );
+    assert_eq!(
+        s.load_at(&oid(1), Tid(19)).unwrap(),
+        Some(rev(1, 10, Some("a1")))
+    );
+    assert_eq!(s.load_at(&oid(1), Tid(9)).unwrap(), None);
+    assert_eq!(
+        s.load_at(&oid(2), Tid(29)).unwrap(),
+        Some(rev(2, 10, Some("b1")))
+    );
+    assert_eq!(s.load_at(&oid(3), Tid::MAX).unwrap(), None);
 }
 
 /// A tid that does not increase is refused and writes nothing.
