@@ -411,6 +411,10 @@ weight = 0
         let r = c.replica().unwrap();
         assert!(r.eligible(0));
         assert!(!r.eligible(1));
+        assert!(r.defer_syncs, "applies sync off the ring's task by default");
+        let inline = format!("sync_off_ring = false\n{GOOD}");
+        let r = StandbyConfig::from_toml(&inline).unwrap().replica().unwrap();
+        assert!(!r.defer_syncs);
     }
 
     #[test]
