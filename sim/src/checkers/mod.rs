@@ -95,6 +95,19 @@ pub fn fmt_msg(m: MsgId) -> String {
     format!("{}#{}", m.sender, m.n)
 }
 
+/// Violations one a line (for a failing test's message).
+pub fn fmt_violations(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The command that replays one seed of a mode (`gcs`, `replica`, `groups`) with its trace.
+pub fn replay_command(mode: &str, seed: u64, nodes: usize) -> String {
+    format!("cargo run -p sim --release -- {mode} --seed {seed} --nodes {nodes} --trace")
+}
+
 /// A checker's standalone entry point.
 pub type Checker = fn(&History, &mut Vec<Violation>);
 
