@@ -1,7 +1,8 @@
 //! The groups storm in `cargo test`: group daemons under the seed's swarm faults with a random
 //! workload of sessions (joins, leaves, disconnects, multi-group and private sends), and cuts
 //! fired into state exchanges; group-level virtual synchrony checked on every history. (This
-//! replaced the storm that `gcs/tests/groups.rs` ran on a fixed-delay network.) Longer sweeps:
+//! replaced the storm that `gcs/tests/groups.rs`, now `groups_scripted.rs`, ran on a fixed-delay
+//! network.) Longer sweeps:
 //! `cargo run -p sim --release -- groups --seeds 0..1000 --nodes 5`.
 
 use sim::checkers::{fmt_violations, replay_command};
