@@ -30,7 +30,7 @@
 //! the server between calls.
 
 use bincode::Options;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use replica::voters::VOTERS_MAX;
 use replica::{CommitError, Committed, Epoch, Role, ServerId};
 use serde::de::DeserializeOwned;
@@ -316,36 +316,20 @@ pub enum Response {
     },
 }
 
-/// The bincode settings of every body, fixed here rather than left to bincode's defaults:
-/// integers (lengths and enum tags included) fixed-width little-endian, at most [`FRAME_MAX`]
-/// bytes, nothing after the message. The replica's messages and `gcs::wire` use the same.
+/// The bincode settings of every body (`gcs::bincode_slice::options`, as the replica's
+/// messages and `gcs::wire`), at most [`FRAME_MAX`] bytes.
 fn bincode_options() -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(FRAME_MAX as u64)
-        .reject_trailing_bytes()
+    gcs::bincode_slice::options(FRAME_MAX as u64)
 }
 
 /// The whole frame: length prefix, version, then `(id, msg)`.
 fn encode_frame<T: Serialize>(id: u64, msg: &T) -> Bytes {
-    // No limit on the way out: the reader refuses what is too large, with a typed error.
-    // Without one, encoding cannot fail (memory as the writer, derived impls over sequences
-    // of known length), hence the expects.
-    let options = bincode_options().with_no_limit();
-    let len = options
-        .serialized_size(&(id, msg))
-        .expect("sizing a message without a limit cannot fail") as usize;
-    let mut out = BytesMut::with_capacity(4 + 1 + len);
-    // A body past u32::MAX (never built: commits are bounded far below) gets a length the
-    // reader refuses rather than one that desynchronises it.
-    out.put_u32(u32::try_from(1 + len).unwrap_or(u32::MAX));
-    out.put_u8(VERSION);
-    let mut writer = out.writer();
-    options
-        .serialize_into(&mut writer, &(id, msg))
-        .expect("encoding a message into memory without a limit cannot fail");
-    writer.into_inner().freeze()
+    gcs::bincode_slice::encode_after(&(id, msg), bincode_options(), 4 + 1, |out, len| {
+        // A body past u32::MAX (never built: commits are bounded far below) gets a length the
+        // reader refuses rather than one that desynchronises it.
+        out.put_u32(u32::try_from(1 + len).unwrap_or(u32::MAX));
+        out.put_u8(VERSION);
+    })
 }
 
 /// Decodes a body: the version, then `(id, msg)` with nothing after it.
@@ -385,10 +369,7 @@ pub fn frame_id(body: &[u8]) -> Option<u64> {
 /// go past it is a truncated body, as is one that runs out of bytes.
 fn from_bincode(e: bincode::ErrorKind) -> ProtoError {
     match e {
-        bincode::ErrorKind::SizeLimit => ProtoError::Truncated,
-        bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ProtoError::Truncated
-        }
+        e if gcs::bincode_slice::is_truncation(&e) => ProtoError::Truncated,
         bincode::ErrorKind::InvalidBoolEncoding(b) => ProtoError::BadTag(b),
         // An option's tag, a single byte.
         bincode::ErrorKind::InvalidTagEncoding(t) => {
