@@ -30,7 +30,7 @@
 //! the server between calls.
 
 use bincode::Options;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use replica::voters::VOTERS_MAX;
 use replica::{CommitError, Committed, Epoch, Role, ServerId};
 use serde::de::DeserializeOwned;
@@ -316,36 +316,20 @@ pub enum Response {
     },
 }
 
-/// The bincode settings of every body, fixed here rather than left to bincode's defaults:
-/// integers (lengths and enum tags included) fixed-width little-endian, at most [`FRAME_MAX`]
-/// bytes, nothing after the message. The replica's messages and `gcs::wire` use the same.
+/// The bincode settings of every body (`gcs::bincode_slice::options`, as the replica's
+/// messages and `gcs::wire`), at most [`FRAME_MAX`] bytes.
 fn bincode_options() -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(FRAME_MAX as u64)
-        .reject_trailing_bytes()
+    gcs::bincode_slice::options(FRAME_MAX as u64)
 }
 
 /// The whole frame: length prefix, version, then `(id, msg)`.
 fn encode_frame<T: Serialize>(id: u64, msg: &T) -> Bytes {
-    // No limit on the way out: the reader refuses what is too large, with a typed error.
-    // Without one, encoding cannot fail (memory as the writer, derived impls over sequences
-    // of known length), hence the expects.
-    let options = bincode_options().with_no_limit();
-    let len = options
-        .serialized_size(&(id, msg))
-        .expect("sizing a message without a limit cannot fail") as usize;
-    let mut out = BytesMut::with_capacity(4 + 1 + len);
-    // A body past u32::MAX (never built: commits are bounded far below) gets a length the
-    // reader refuses rather than one that desynchronises it.
-    out.put_u32(u32::try_from(1 + len).unwrap_or(u32::MAX));
-    out.put_u8(VERSION);
-    let mut writer = out.writer();
-    options
-        .serialize_into(&mut writer, &(id, msg))
-        .expect("encoding a message into memory without a limit cannot fail");
-    writer.into_inner().freeze()
+    gcs::bincode_slice::encode_after(&(id, msg), bincode_options(), 4 + 1, |out, len| {
+        // A body past u32::MAX (never built: commits are bounded far below) gets a length the
+        // reader refuses rather than one that desynchronises it.
+        out.put_u32(u32::try_from(1 + len).unwrap_or(u32::MAX));
+        out.put_u8(VERSION);
+    })
 }
 
 /// Decodes a body: the version, then `(id, msg)` with nothing after it.
@@ -385,10 +369,7 @@ pub fn frame_id(body: &[u8]) -> Option<u64> {
 /// go past it is a truncated body, as is one that runs out of bytes.
 fn from_bincode(e: bincode::ErrorKind) -> ProtoError {
     match e {
-        bincode::ErrorKind::SizeLimit => ProtoError::Truncated,
-        bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ProtoError::Truncated
-        }
+        e if gcs::bincode_slice::is_truncation(&e) => ProtoError::Truncated,
         bincode::ErrorKind::InvalidBoolEncoding(b) => ProtoError::BadTag(b),
         // An option's tag, a single byte.
         bincode::ErrorKind::InvalidTagEncoding(t) => {
@@ -1112,127 +1093,6 @@ mod tests {
         want.extend_from_slice(&2u64.to_le_bytes());
         want.push(1);
         assert_eq!(&committed[..], &want[..]);
-    }
-
-    fn with_u64_at(b: &[u8], at: usize, v: u64) -> Vec<u8> {
-        let mut b = b.to_vec();
-        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        b
-    }
-
-    /// Length fields claiming up to 2^64 elements or bytes, in frames of a few dozen bytes:
-    /// refused as truncated, at once, without allocating for the claim (strings and bytes are
-    /// checked against the bytes left before they are read; sequences preallocate at most
-    /// 4 KiB, see `capped`).
-    #[test]
-    // The clock only bounds how long the refusals take.
-    #[allow(clippy::disallowed_methods)]
-    fn lengths_claiming_terabytes_are_refused_quickly() {
-        // Body offsets: version, id, variant, then the fields in order.
-        let fields = 1 + 8 + 4;
-        let meta = 4 * 8; // an empty TxnMeta: three lengths and the time
-        let requests = [
-            (
-                Request::Hello {
-                    token: Bytes::from_static(b"t"),
-                },
-                fields,
-            ),
-            (
-                Request::Commit {
-                    client: 1,
-                    request: 2,
-                    meta: TxnMeta::default(),
-                    records: vec![Record {
-                        oid: Oid::from_u64(3),
-                        data: None,
-                        expected_serial: None,
-                    }],
-                },
-                fields + 16 + meta,
-            ),
-            (
-                Request::ChangeVoters {
-                    add: vec![(1, 1)],
-                    remove: vec![],
-                },
-                fields,
-            ),
-        ];
-        let responses = [
-            (
-                Response::Transactions {
-                    txns: vec![Transaction {
-                        tid: Tid(1),
-                        meta: TxnMeta::default(),
-                        records: vec![],
-                    }],
-                    more: false,
-                },
-                fields,
-            ),
-            // The records of the first transaction (storage's `Vec`, serde's 1 MiB cap).
-            (
-                Response::Transactions {
-                    txns: vec![Transaction::default()],
-                    more: false,
-                },
-                fields + 8 + 8 + meta,
-            ),
-            (Response::Revisions(vec![]), fields),
-            (
-                Response::Invalidation {
-                    tid: Tid(1),
-                    oids: vec![],
-                },
-                fields + 8,
-            ),
-            (Response::Topology { servers: vec![] }, fields),
-            (
-                Response::Error {
-                    kind: ErrorKind::Internal,
-                    message: "m".into(),
-                },
-                fields + 4,
-            ),
-        ];
-        let mut forged_requests = Vec::new();
-        let mut forged_responses = Vec::new();
-        for claim in [1 << 40, 1 << 62, u64::MAX] {
-            for (q, at) in &requests {
-                forged_requests.push(with_u64_at(&q.encode(1)[4..], *at, claim));
-            }
-            for (p, at) in &responses {
-                forged_responses.push(with_u64_at(&p.encode(1)[4..], *at, claim));
-            }
-        }
-        // The claims are where the offsets say: with the count put back, each decodes.
-        for (q, at) in &requests {
-            let b = q.encode(1)[4..].to_vec();
-            let n = u64::from_le_bytes(b[*at..*at + 8].try_into().unwrap());
-            assert_eq!(
-                Request::decode(&with_u64_at(&b, *at, n)),
-                Ok((1, q.clone()))
-            );
-            assert!(n <= 1, "{q:?}: offset {at} holds {n}");
-        }
-        for (p, at) in &responses {
-            let b = p.encode(1)[4..].to_vec();
-            let n = u64::from_le_bytes(b[*at..*at + 8].try_into().unwrap());
-            assert!(n <= 1, "{p:?}: offset {at} holds {n}");
-        }
-        let start = std::time::Instant::now();
-        for _ in 0..100 {
-            for b in &forged_requests {
-                assert_eq!(Request::decode(b), Err(ProtoError::Truncated), "{b:?}");
-            }
-            for b in &forged_responses {
-                assert_eq!(Response::decode(b), Err(ProtoError::Truncated), "{b:?}");
-            }
-        }
-        let took = start.elapsed();
-        // Milliseconds in a debug build; the bound leaves room for a loaded machine.
-        assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
     }
 
     #[test]

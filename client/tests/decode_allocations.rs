@@ -2,61 +2,29 @@
 //! in a body of a few dozen bytes must cost no more than the body, not what it claims. A test
 //! binary of its own, since it counts every allocation of the process (one test, one thread).
 
-use bytes::Bytes;
+mod common;
+
+use common::{requests_with_a_length, with_u64_at, EMPTY_META, FIELDS};
 use standby_client::proto::{ProtoError, Request, Response};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
-use storage::{Oid, Record, Tid, TxnMeta};
+use storage::{Oid, Tid};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-fn with_u64_at(b: &[u8], at: usize, v: u64) -> Vec<u8> {
-    let mut b = b.to_vec();
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    b
-}
-
 #[test]
 fn claims_of_terabytes_allocate_next_to_nothing() {
-    // Body offsets: version, id, variant, then the fields in order.
-    let fields = 1 + 8 + 4;
-    let commit = Request::Commit {
-        client: 1,
-        request: 2,
-        meta: TxnMeta::default(),
-        records: vec![Record {
-            oid: Oid::from_u64(3),
-            data: None,
-            expected_serial: None,
-        }],
-    };
-    let requests = [
-        (
-            Request::Hello {
-                token: Bytes::from_static(b"t"),
-            },
-            fields,
-        ),
-        (commit, fields + 16 + 4 * 8),
-        (
-            Request::ChangeVoters {
-                add: vec![(1, 1)],
-                remove: vec![],
-            },
-            fields,
-        ),
-    ];
     let invalidation = Response::Invalidation {
         tid: Tid(1),
         oids: vec![Oid::from_u64(1)],
     };
     let mut forged = Vec::new();
-    for (q, at) in &requests {
+    for (q, at) in &requests_with_a_length() {
         forged.push((with_u64_at(&q.encode(1)[4..], *at, 1 << 40), true));
     }
     forged.push((
-        with_u64_at(&invalidation.encode(1)[4..], fields + 8, 1 << 40),
+        with_u64_at(&invalidation.encode(1)[4..], FIELDS + 8, 1 << 40),
         false,
     ));
     for (body, is_request) in &forged {
@@ -77,7 +45,7 @@ fn claims_of_terabytes_allocate_next_to_nothing() {
         txns: vec![storage::Transaction::default()],
         more: false,
     };
-    let body = with_u64_at(&txns.encode(1)[4..], fields + 8 + 8 + 4 * 8, 1 << 40);
+    let body = with_u64_at(&txns.encode(1)[4..], FIELDS + 8 + 8 + EMPTY_META, 1 << 40);
     let used = allocated_to_refuse(&body, false);
     println!("transaction records claiming 2^40: {used} bytes allocated");
     assert!(used <= (1 << 20) + (16 << 10), "{used} bytes");

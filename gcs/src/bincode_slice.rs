@@ -7,10 +7,60 @@
 //! claim is refused before anything is allocated for it. (Sequences are bounded by serde,
 //! which preallocates at most 1 MiB whatever their count says.) It also says how many bytes
 //! were left, which bincode's slice reader does not. Every bincode message of the project
-//! decodes this way: gcs control packets, the replica's messages, the client protocol.
+//! decodes this way: gcs control packets, the replica's messages, the client protocol. They
+//! share their settings too ([`options`]), what a refusal that ran out of bytes looks like
+//! ([`is_truncation`]), and the replica's messages and the client's frames their encoder
+//! ([`encode_after`]).
 
 use bincode::Options;
-use serde::Deserialize;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The bincode settings of every message of the project, fixed here rather than left to
+/// bincode's defaults: integers (lengths and enum tags included) fixed-width little-endian, at
+/// most `limit` bytes, nothing after the message.
+pub fn options(limit: u64) -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .with_limit(limit)
+        .reject_trailing_bytes()
+}
+
+/// Encodes `value` with `options` after a header of `head_len` bytes, which `head` writes
+/// knowing the length of the encoded value.
+///
+/// No limit on the way out: the reader refuses what is too large, with a typed error. Without
+/// one, encoding cannot fail (memory as the writer, derived impls over sequences of known
+/// length), hence the expects.
+pub fn encode_after<T: Serialize + ?Sized>(
+    value: &T,
+    options: impl Options + Copy,
+    head_len: usize,
+    head: impl FnOnce(&mut BytesMut, usize),
+) -> Bytes {
+    let options = options.with_no_limit();
+    let len = options
+        .serialized_size(value)
+        .expect("sizing a message without a limit cannot fail") as usize;
+    let mut out = BytesMut::with_capacity(head_len + len);
+    head(&mut out, len);
+    let mut writer = out.writer();
+    options
+        .serialize_into(&mut writer, value)
+        .expect("encoding a message into memory without a limit cannot fail");
+    writer.into_inner().freeze()
+}
+
+/// Whether bincode refused a [`decode`] because the bytes ran out: the limit is the slice's
+/// length, so a field that would go past it is cut short, as is one that reads past the end.
+pub fn is_truncation(e: &bincode::ErrorKind) -> bool {
+    match e {
+        bincode::ErrorKind::SizeLimit => true,
+        bincode::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        _ => false,
+    }
+}
 
 /// Decodes one `T` from the front of `bytes` with `options` (their limit tightened to
 /// `bytes.len()`), and returns it with the number of bytes left after it.

@@ -234,11 +234,7 @@ pub(crate) enum Packet {
 }
 
 fn bincode_options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(MAX_PACKET_SIZE as u64)
-        .reject_trailing_bytes()
+    crate::bincode_slice::options(MAX_PACKET_SIZE as u64)
 }
 
 fn put_header(buf: &mut BytesMut, kind: Kind, from: ProcId) {
@@ -510,13 +506,8 @@ fn control<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
     match crate::bincode_slice::decode(body, bincode_options()) {
         Ok((v, 0)) => Ok(v),
         Ok(_) => Err(WireError::Malformed("bytes after a control packet")),
-        Err(e) => match *e {
-            bincode::ErrorKind::SizeLimit => Err(WireError::Truncated),
-            bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(WireError::Truncated)
-            }
-            _ => Err(WireError::Malformed("control packet encoding")),
-        },
+        Err(e) if crate::bincode_slice::is_truncation(&e) => Err(WireError::Truncated),
+        Err(_) => Err(WireError::Malformed("control packet encoding")),
     }
 }
 

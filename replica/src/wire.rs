@@ -17,7 +17,7 @@
 use crate::config::ServerId;
 use crate::election::{Epoch, EpochStart, MemberState, LINEAGE_MAX};
 use bincode::Options;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 use storage::{Oid, Revision, Tid, Transaction};
 
@@ -182,35 +182,21 @@ pub const WIRE_VERSION: u8 = 2;
 /// a `max_message_size` above `u32::MAX`).
 pub const MSG_LEN_MAX: usize = u32::MAX as usize;
 
-/// The bincode settings of every message, fixed here rather than left to bincode's defaults:
-/// integers (lengths and enum tags included) fixed-width little-endian, at most
-/// [`MSG_LEN_MAX`] bytes, nothing after the message. The same settings as `gcs::wire`'s
-/// control packets, with the limit of a ring message instead of a datagram's.
+/// The bincode settings of every message (`gcs::bincode_slice::options`), at most
+/// [`MSG_LEN_MAX`] bytes: the same settings as `gcs::wire`'s control packets, with the limit of
+/// a ring message instead of a datagram's.
 fn bincode_options() -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(MSG_LEN_MAX as u64)
-        .reject_trailing_bytes()
+    gcs::bincode_slice::options(MSG_LEN_MAX as u64)
 }
 
 impl Msg {
     /// Encodes the message.
     pub fn encode(&self) -> Bytes {
-        // No limit on the way out: a message too large for the ring is refused by gcs, with a
-        // typed error, when it is multicast. Without one, encoding cannot fail (memory as the
-        // writer, derived impls over sequences of known length), hence the expects.
-        let options = bincode_options().with_no_limit();
-        let len = options
-            .serialized_size(self)
-            .expect("sizing a message without a limit cannot fail");
-        let mut out = BytesMut::with_capacity(1 + len as usize);
-        out.put_u8(WIRE_VERSION);
-        let mut writer = out.writer();
-        options
-            .serialize_into(&mut writer, self)
-            .expect("encoding a message into memory without a limit cannot fail");
-        writer.into_inner().freeze()
+        // A message too large for the ring is refused by gcs, with a typed error, when it is
+        // multicast.
+        gcs::bincode_slice::encode_after(self, bincode_options(), 1, |out, _| {
+            out.put_u8(WIRE_VERSION);
+        })
     }
 
     /// Decodes a message.
@@ -316,10 +302,7 @@ impl Msg {
 /// would go past it is a truncated message, as is one that runs out of bytes.
 fn from_bincode(e: bincode::ErrorKind) -> WireError {
     match e {
-        bincode::ErrorKind::SizeLimit => WireError::Truncated,
-        bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            WireError::Truncated
-        }
+        e if gcs::bincode_slice::is_truncation(&e) => WireError::Truncated,
         bincode::ErrorKind::InvalidBoolEncoding(b) => WireError::BadTag(b),
         // An option's tag, a single byte.
         bincode::ErrorKind::InvalidTagEncoding(t) => {

@@ -35,6 +35,11 @@ pub fn run_options(options: Options, trace: Option<Tracer>) -> Report {
         c.set_trace(t);
     }
     c.plan_swarm();
+    checked(options, c)
+}
+
+/// Runs `c` to its end and checks the history.
+fn checked(options: Options, c: Cluster) -> Report {
     let (history, totals, digest) = c.run();
     let violations = check_all(&history);
     Report {
@@ -58,14 +63,5 @@ pub fn run_script(
     let mut c = Cluster::new(options.clone());
     c.plan_manual(calm_from, end);
     script(&mut c);
-    let (history, totals, digest) = c.run();
-    let violations = check_all(&history);
-    Report {
-        options,
-        sim_time: history.end,
-        totals,
-        violations,
-        digest,
-        history,
-    }
+    checked(options, c)
 }

@@ -1,21 +1,20 @@
 //! The groups storm in `cargo test`: group daemons under the seed's swarm faults with a random
 //! workload of sessions (joins, leaves, disconnects, multi-group and private sends), and cuts
 //! fired into state exchanges; group-level virtual synchrony checked on every history. (This
-//! replaced the storm that `gcs/tests/groups.rs` ran on a fixed-delay network.) Longer sweeps:
+//! replaced the storm that `gcs/tests/groups.rs`, now `groups_scripted.rs`, ran on a fixed-delay
+//! network.) Longer sweeps:
 //! `cargo run -p sim --release -- groups --seeds 0..1000 --nodes 5`.
 
+use sim::checkers::{fmt_violations, replay_command};
 use sim::groups::{run_groups_seed, GroupTotals, GroupsReport};
 
 fn assert_clean(seed: u64, nodes: usize) -> GroupsReport {
     let r = run_groups_seed(seed, nodes, None);
     assert!(
         r.violations.is_empty(),
-        "seed {seed} ({nodes} nodes) violated: {}\nreplay: cargo run -p sim --release -- groups --seed {seed} --nodes {nodes} --trace",
-        r.violations
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        "seed {seed} ({nodes} nodes) violated: {}\nreplay: {}",
+        fmt_violations(&r.violations),
+        replay_command("groups", seed, nodes)
     );
     r
 }

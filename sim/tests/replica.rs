@@ -4,6 +4,7 @@
 
 use gcs::Time;
 use replica::{CommitMode, Role};
+use sim::checkers::{fmt_violations, replay_command};
 use sim::faults::Action;
 use sim::replica::history::REvent;
 use sim::replica::{
@@ -15,15 +16,7 @@ fn secs(s: f64) -> Time {
 }
 
 fn clean(r: &ReplicaReport) {
-    assert!(
-        r.violations.is_empty(),
-        "{}",
-        r.violations
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert!(r.violations.is_empty(), "{}", fmt_violations(&r.violations));
 }
 
 fn sweep(seeds: std::ops::Range<u64>, servers: usize) {
@@ -34,8 +27,9 @@ fn sweep(seeds: std::ops::Range<u64>, servers: usize) {
         acked += r.totals.acked;
         if !r.violations.is_empty() {
             failed.push(format!(
-                "seed {s}: {} (replay: cargo run -p sim --release -- replica --seed {s} --nodes {servers} --trace)",
-                r.violations[0]
+                "seed {s}: {} (replay: {})",
+                r.violations[0],
+                replay_command("replica", s, servers)
             ));
         }
     }

@@ -3,6 +3,7 @@
 //! EVS checker runs on the history.
 
 use gcs::{ProcId, Time, ViewKind};
+use sim::checkers::fmt_violations;
 use sim::cluster::Action;
 use sim::history::Event;
 use sim::options::{NetParams, Options};
@@ -33,15 +34,7 @@ fn links(n: usize, groups: &[&[usize]]) -> Vec<Vec<bool>> {
 }
 
 fn clean(r: &Report) {
-    assert!(
-        r.violations.is_empty(),
-        "{}",
-        r.violations
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert!(r.violations.is_empty(), "{}", fmt_violations(&r.violations));
 }
 
 /// The regular views a process installed, as member counts.

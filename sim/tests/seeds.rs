@@ -2,6 +2,7 @@
 //! partitions, crashes and pauses, then a calm phase; every EVS checker on every history.
 //! Longer sweeps: `cargo run -p sim --release -- gcs --seeds 0..10000 --nodes 5`.
 
+use sim::checkers::{fmt_violations, replay_command};
 use sim::history::Event;
 use sim::run::run_seed;
 
@@ -9,12 +10,9 @@ fn assert_clean(seed: u64, nodes: usize) -> sim::run::Report {
     let r = run_seed(seed, nodes, None);
     assert!(
         r.violations.is_empty(),
-        "seed {seed} ({nodes} nodes) violated: {}\nreplay: cargo run -p sim --release -- gcs --seed {seed} --nodes {nodes} --trace",
-        r.violations
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        "seed {seed} ({nodes} nodes) violated: {}\nreplay: {}",
+        fmt_violations(&r.violations),
+        replay_command("gcs", seed, nodes)
     );
     r
 }

@@ -8,7 +8,7 @@
 //! prints every seed's run digest and verdict, to compare two builds seed by seed.
 
 use clap::{Args, Parser, Subcommand};
-use sim::checkers::Violation;
+use sim::checkers::{replay_command, Violation};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -255,9 +255,7 @@ fn sweep_seeds(
             for v in r.violations.iter().skip(1).take(4) {
                 println!("    also: {v}");
             }
-            println!(
-                "    replay: cargo run -p sim --release -- {name} --seed {s} --nodes {nodes} --trace"
-            );
+            println!("    replay: {}", replay_command(name, s, nodes));
         }
     };
     let threads = if trace { 1 } else { sweep.threads.max(1) };

@@ -95,6 +95,19 @@ pub fn fmt_msg(m: MsgId) -> String {
     format!("{}#{}", m.sender, m.n)
 }
 
+/// Violations one a line (for a failing test's message).
+pub fn fmt_violations(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The command that replays one seed of a mode (`gcs`, `replica`, `groups`) with its trace.
+pub fn replay_command(mode: &str, seed: u64, nodes: usize) -> String {
+    format!("cargo run -p sim --release -- {mode} --seed {seed} --nodes {nodes} --trace")
+}
+
 /// A checker's standalone entry point.
 pub type Checker = fn(&History, &mut Vec<Violation>);
 
@@ -574,12 +587,17 @@ pub(crate) mod fixture {
             self.view(q, seq, ViewKind::Regular, members)
         }
 
-        /// Regular view `seq` installed by each of `members`.
-        pub(crate) fn reg_all(&mut self, seq: u64, members: &[u32]) -> &mut Self {
+        /// View `seq` of `kind` installed by each of `members`.
+        fn view_all(&mut self, seq: u64, kind: ViewKind, members: &[u32]) -> &mut Self {
             for &q in members {
-                self.reg(q, seq, members);
+                self.view(q, seq, kind, members);
             }
             self
+        }
+
+        /// Regular view `seq` installed by each of `members`.
+        pub(crate) fn reg_all(&mut self, seq: u64, members: &[u32]) -> &mut Self {
+            self.view_all(seq, ViewKind::Regular, members)
         }
 
         /// Transitional view leading to ring `seq`, installed by `q`.
@@ -589,15 +607,11 @@ pub(crate) mod fixture {
 
         /// Transitional view leading to ring `seq`, installed by each of `members`.
         pub(crate) fn trans_all(&mut self, seq: u64, members: &[u32]) -> &mut Self {
-            for &q in members {
-                self.trans(q, seq, members);
-            }
-            self
+            self.view_all(seq, ViewKind::Transitional, members)
         }
 
         pub(crate) fn send(&mut self, q: u32, n: u64, service: Service) -> &mut Self {
-            let msg = msg(q, n);
-            self.push(q, |at| Event::Sent { msg, service, at })
+            self.send_as(q, (q, n), service)
         }
 
         /// A `Sent` event for message `(s, n)` in the log of `q` (a forgery unless `q == s`).
@@ -617,12 +631,21 @@ pub(crate) mod fixture {
             (s, n): (u32, u64),
             service: Service,
         ) -> &mut Self {
-            let msg = msg(s, n);
+            self.delivered(q, msg(s, n), service, true)
+        }
+
+        fn delivered(
+            &mut self,
+            q: u32,
+            msg: MsgId,
+            service: Service,
+            payload_ok: bool,
+        ) -> &mut Self {
             self.push(q, |at| Event::Delivered {
                 msg,
                 service,
                 at,
-                payload_ok: true,
+                payload_ok,
             })
         }
 
@@ -651,13 +674,7 @@ pub(crate) mod fixture {
             (s, n): (u32, u64),
             service: Service,
         ) -> &mut Self {
-            let msg = msg(s, n);
-            self.push(q, |at| Event::Delivered {
-                msg,
-                service,
-                at,
-                payload_ok: false,
-            })
+            self.delivered(q, msg(s, n), service, false)
         }
 
         pub(crate) fn crash(&mut self, q: u32) -> &mut Self {

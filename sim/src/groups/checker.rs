@@ -1,5 +1,6 @@
-//! Group-level virtual synchrony, judged on a [`GroupHistory`] (the consistency checker the
-//! groups storm of `gcs/tests/groups.rs` had, reporting [`Violation`]s instead of panicking):
+//! Group-level virtual synchrony, judged on a [`GroupHistory`], reporting [`Violation`]s: the
+//! one checker of the groups storm and of the scripted scenarios of
+//! `sim/tests/groups_scripted.rs`.
 //!
 //! | property                 | what must hold                                                  |
 //! |--------------------------|-----------------------------------------------------------------|

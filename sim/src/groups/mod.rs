@@ -6,8 +6,8 @@
 //! state exchange, so that exchanges are abandoned (a random cut rarely lands inside one).
 //!
 //! Every session's events are recorded in a [`GroupHistory`]; [`checker`] judges group-level
-//! virtual synchrony on it. This mode replaced the random storm that `gcs/tests/groups.rs` ran
-//! on a hand-written fixed-delay network.
+//! virtual synchrony on it. This mode replaced the random storm that `gcs/tests/groups.rs` (now
+//! `sim/tests/groups_scripted.rs`) ran on a hand-written fixed-delay network.
 
 pub mod checker;
 
@@ -200,7 +200,8 @@ impl GroupsCluster {
         world::drain(self, host);
     }
 
-    /// One random step of the workload (as the storm of `gcs/tests/groups.rs` did it).
+    /// One random step of the workload (as the storm of `gcs/tests/groups.rs`, now
+    /// `sim/tests/groups_scripted.rs`, did it).
     fn act(&mut self) {
         let n = self.daemons.len() as u64;
         if self.live.is_empty() {

@@ -141,6 +141,26 @@ fn final_store(h: &mut RHistory, server: ServerId) -> &mut FinalStore {
     h.finals.get_mut(&server).expect("a final store")
 }
 
+/// Every loss report becomes a disk wipe of its server at the same time: nobody is left to
+/// report the loss.
+fn wiped_instead_of_lost(h: &mut RHistory) {
+    for e in &mut h.events {
+        if let REvent::Lost { at, server, .. } = e {
+            *e = REvent::Wiped {
+                at: *at,
+                server: *server,
+            };
+        }
+    }
+}
+
+/// The final primary (s0) recovered by objects: t1 is below its horizon and no longer held.
+fn recovered_past_t1(h: &mut RHistory) {
+    let p = final_store(h, S0);
+    p.horizon = Tid(1);
+    p.txns.remove(&Tid(1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Good histories
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +222,15 @@ fn good(mode: CommitMode) -> RHistory {
 
 fn good_sync() -> RHistory {
     good(CommitMode::Sync)
+}
+
+/// [`good_sync`] with `events` added.
+fn good_sync_with(events: impl IntoIterator<Item = REvent>) -> RHistory {
+    let mut h = good_sync();
+    for e in events {
+        add(&mut h, e);
+    }
+    h
 }
 
 /// An async failover on top of [`good`]: s0 acknowledges `unreplicated` commits (c10r1,
@@ -319,52 +348,19 @@ fn every_checker_of_the_table_passes_the_good_history_on_its_own() {
 fn every_checker_of_the_table_reports_under_its_own_name() {
     // One bad history per checker, in table order.
     let bad: [RHistory; 10] = [
-        {
-            let mut h = good_sync();
-            add(&mut h, becomes_primary(10, S1, 1));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, elected(45, 3, 7, &[3]));
-            add(&mut h, elected(50, 4, 8, &[4]));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, ack(31, S1, 3, 1, 2, 1));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, role(40, S1, Role::ReadOnly, None, 0, false));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, applied(35, S2, 2, 999));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, ack(35, S0, 3, 1, 3, 1));
-            h
-        },
+        good_sync_with([becomes_primary(10, S1, 1)]),
+        good_sync_with([elected(45, 3, 7, &[3]), elected(50, 4, 8, &[4])]),
+        good_sync_with([ack(31, S1, 3, 1, 2, 1)]),
+        good_sync_with([role(40, S1, Role::ReadOnly, None, 0, false)]),
+        good_sync_with([applied(35, S2, 2, 999)]),
+        good_sync_with([ack(35, S0, 3, 1, 3, 1)]),
         {
             let mut h = good_sync();
             hold(&mut h, &SERVERS, 3, 103, Some((1, 1)));
             h
         },
-        {
-            let mut h = good_sync();
-            add(&mut h, read(40, S1, 1));
-            h
-        },
-        {
-            let mut h = good_sync();
-            add(&mut h, failed(40, 3, 1, "server stopped: disk full"));
-            h
-        },
+        good_sync_with([read(40, S1, 1)]),
+        good_sync_with([failed(40, 3, 1, "server stopped: disk full")]),
         {
             let mut h = good_sync();
             final_store(&mut h, S2).running = false;
@@ -386,16 +382,14 @@ fn every_checker_of_the_table_reports_under_its_own_name() {
 
 #[test]
 fn single_primary_flags_two_servers_primary_of_the_same_epoch() {
-    let mut h = good_sync();
-    add(&mut h, becomes_primary(12, S1, 1));
+    let h = good_sync_with([becomes_primary(12, S1, 1)]);
     let out = assert_flags(&h, single_primary, "single_primary");
     assert!(out.iter().any(|v| procs(v) == vec![S0, S1]), "{out:#?}");
 }
 
 #[test]
 fn single_primary_flags_a_primary_outside_a_primary_component() {
-    let mut h = good_sync();
-    add(&mut h, role(40, S0, Role::Primary, Some((S0, 2)), 2, false));
+    let h = good_sync_with([role(40, S0, Role::Primary, Some((S0, 2)), 2, false)]);
     assert_flags(&h, single_primary, "single_primary");
 }
 
@@ -417,8 +411,7 @@ fn single_primary_accepts_successive_primaries_of_distinct_epochs() {
 fn single_primary_ignores_a_primary_role_naming_another_server() {
     // A server that (wrongly or not) reports role Primary while naming s0 as the primary is
     // not counted as a primary start of its own.
-    let mut h = good_sync();
-    add(&mut h, role(12, S1, Role::Primary, Some((S0, 1)), 1, true));
+    let h = good_sync_with([role(12, S1, Role::Primary, Some((S0, 1)), 1, true)]);
     assert_passes(&h, single_primary);
 }
 
@@ -450,9 +443,7 @@ fn elected_by(
 #[test]
 fn disjoint_primaries_flags_two_disjoint_components_electing_at_once() {
     // Seven servers: {3, 4} elect under the old voters while {5, 6} elect under the new.
-    let mut h = good_sync();
-    add(&mut h, elected(45, 3, 5, &[3, 4]));
-    add(&mut h, elected(50, 5, 6, &[5, 6]));
+    let h = good_sync_with([elected(45, 3, 5, &[3, 4]), elected(50, 5, 6, &[5, 6])]);
     let out = assert_flags(&h, disjoint_primaries, "disjoint_primaries");
     assert!(out.iter().any(|v| procs(v) == vec![3, 5]), "{out:#?}");
 }
@@ -461,9 +452,10 @@ fn disjoint_primaries_flags_two_disjoint_components_electing_at_once() {
 fn disjoint_primaries_flags_components_that_share_only_a_server_without_a_vote() {
     // s6 is a read replica (or a spare) in both views: it carries no vote, so {3, 4} and
     // {5} are disjoint majorities as far as the election goes.
-    let mut h = good_sync();
-    add(&mut h, elected_by(45, 3, 5, &[3, 4, 6], &[3, 4]));
-    add(&mut h, elected_by(50, 5, 6, &[5, 6], &[5]));
+    let h = good_sync_with([
+        elected_by(45, 3, 5, &[3, 4, 6], &[3, 4]),
+        elected_by(50, 5, 6, &[5, 6], &[5]),
+    ]);
     let out = assert_flags(&h, disjoint_primaries, "disjoint_primaries");
     assert!(out.iter().any(|v| procs(v) == vec![3, 5]), "{out:#?}");
 }
@@ -489,9 +481,7 @@ fn disjoint_primaries_accepts_disjoint_components_one_after_the_other() {
 #[test]
 fn disjoint_primaries_accepts_overlapping_primaries_that_share_a_server() {
     // The old primary has not yet seen the partition; the new component shares s4 with its.
-    let mut h = good_sync();
-    add(&mut h, elected(45, 3, 5, &[3, 4, 5]));
-    add(&mut h, elected(50, 4, 6, &[4, 5]));
+    let h = good_sync_with([elected(45, 3, 5, &[3, 4, 5]), elected(50, 4, 6, &[4, 5])]);
     assert_passes(&h, disjoint_primaries);
 }
 
@@ -501,23 +491,20 @@ fn disjoint_primaries_accepts_overlapping_primaries_that_share_a_server() {
 
 #[test]
 fn acks_from_primary_flags_an_ack_from_a_server_never_primary_of_that_epoch() {
-    let mut h = good_sync();
-    add(&mut h, ack(31, S1, 3, 1, 2, 1));
+    let h = good_sync_with([ack(31, S1, 3, 1, 2, 1)]);
     let out = assert_flags(&h, acks_from_primary, "acks_from_primary");
     assert_eq!(procs(&out[0]), vec![S1]);
 }
 
 #[test]
 fn acks_from_primary_flags_an_ack_naming_an_epoch_its_server_never_led() {
-    let mut h = good_sync();
-    add(&mut h, ack(35, S0, 3, 1, 3, 2));
+    let h = good_sync_with([ack(35, S0, 3, 1, 3, 2)]);
     assert_flags(&h, acks_from_primary, "acks_from_primary");
 }
 
 #[test]
 fn acks_from_primary_flags_an_ack_before_its_server_became_primary() {
-    let mut h = good_sync();
-    add(&mut h, ack(8, S0, 3, 1, 1, 1));
+    let h = good_sync_with([ack(8, S0, 3, 1, 1, 1)]);
     assert_flags(&h, acks_from_primary, "acks_from_primary");
 }
 
@@ -548,41 +535,39 @@ fn acks_from_primary_accepts_acks_from_the_primary_of_each_epoch() {
 
 #[test]
 fn epochs_grow_flags_a_promise_going_down() {
-    let mut h = good_sync();
-    add(&mut h, role(40, S1, Role::ReadOnly, None, 0, false));
+    let h = good_sync_with([role(40, S1, Role::ReadOnly, None, 0, false)]);
     let out = assert_flags(&h, epochs_grow, "epochs_grow");
     assert_eq!(procs(&out[0]), vec![S1]);
 }
 
 #[test]
 fn epochs_grow_accepts_a_lower_promise_after_a_disk_wipe() {
-    let mut h = good_sync();
-    add(&mut h, wiped(40, S1));
-    add(&mut h, role(41, S1, Role::Syncing, None, 0, true));
+    let h = good_sync_with([wiped(40, S1), role(41, S1, Role::Syncing, None, 0, true)]);
     assert_passes(&h, epochs_grow);
 }
 
 #[test]
 fn epochs_grow_flags_a_server_leading_an_older_epoch_again() {
-    let mut h = good_sync();
-    add(&mut h, becomes_primary(40, S0, 3));
-    add(&mut h, role(50, S0, Role::Primary, Some((S0, 2)), 3, true));
+    let h = good_sync_with([
+        becomes_primary(40, S0, 3),
+        role(50, S0, Role::Primary, Some((S0, 2)), 3, true),
+    ]);
     let out = assert_flags(&h, epochs_grow, "epochs_grow");
     assert!(out.iter().all(|v| procs(v) == vec![S0]));
 }
 
 #[test]
 fn epochs_grow_flags_a_server_leading_the_same_epoch_twice() {
-    let mut h = good_sync();
-    add(&mut h, becomes_primary(40, S0, 1));
+    let h = good_sync_with([becomes_primary(40, S0, 1)]);
     assert_flags(&h, epochs_grow, "epochs_grow");
 }
 
 #[test]
 fn epochs_grow_accepts_a_server_leading_successively_higher_epochs() {
-    let mut h = good_sync();
-    add(&mut h, role(40, S0, Role::Syncing, None, 2, true));
-    add(&mut h, becomes_primary(41, S0, 2));
+    let h = good_sync_with([
+        role(40, S0, Role::Syncing, None, 2, true),
+        becomes_primary(41, S0, 2),
+    ]);
     assert_passes(&h, epochs_grow);
 }
 
@@ -626,21 +611,13 @@ fn prefix_agreement_accepts_a_tid_the_lineage_lacks_once_reported_lost() {
 #[test]
 fn prefix_agreement_accepts_a_tid_the_lineage_lacks_once_its_server_was_wiped() {
     let mut h = failover(1, 1);
-    for e in &mut h.events {
-        if let REvent::Lost { at, server, .. } = e {
-            *e = REvent::Wiped {
-                at: *at,
-                server: *server,
-            };
-        }
-    }
+    wiped_instead_of_lost(&mut h);
     assert_passes(&h, prefix_agreement);
 }
 
 #[test]
 fn prefix_agreement_flags_a_tid_applied_beyond_the_final_primarys_last() {
-    let mut h = good_sync();
-    add(&mut h, applied(35, S2, 3, 103));
+    let h = good_sync_with([applied(35, S2, 3, 103)]);
     assert_flags(&h, prefix_agreement, "prefix_agreement");
 }
 
@@ -648,9 +625,7 @@ fn prefix_agreement_flags_a_tid_applied_beyond_the_final_primarys_last() {
 fn prefix_agreement_skips_tids_at_or_below_the_lineage_horizon() {
     // The final primary recovered by objects: t1 is below its horizon and no longer held.
     let mut h = good_sync();
-    let p = final_store(&mut h, S0);
-    p.horizon = Tid(1);
-    p.txns.remove(&Tid(1));
+    recovered_past_t1(&mut h);
     assert_passes(&h, prefix_agreement);
 }
 
@@ -660,9 +635,7 @@ fn prefix_agreement_skips_tids_at_or_below_the_lineage_horizon() {
 
 #[test]
 fn acked_durable_sync_flags_an_acked_tid_missing_from_the_final_primary() {
-    let mut h = good_sync();
-    add(&mut h, applied(35, S0, 3, 103));
-    add(&mut h, ack(35, S0, 3, 1, 3, 1));
+    let h = good_sync_with([applied(35, S0, 3, 103), ack(35, S0, 3, 1, 3, 1)]);
     let out = assert_flags(&h, acked_durable, "acked_durable");
     assert_eq!(procs(&out[0]), vec![S0, S0]);
 }
@@ -701,14 +674,7 @@ fn acked_durable_async_accepts_a_lost_acked_tid_with_a_report() {
 #[test]
 fn acked_durable_async_accepts_a_lost_acked_tid_whose_server_was_wiped_after_the_ack() {
     let mut h = failover(1, 1);
-    for e in &mut h.events {
-        if let REvent::Lost { at, server, .. } = e {
-            *e = REvent::Wiped {
-                at: *at,
-                server: *server,
-            };
-        }
-    }
+    wiped_instead_of_lost(&mut h);
     assert_passes(&h, acked_durable);
 }
 
@@ -741,9 +707,7 @@ fn acked_durable_async_flags_losses_above_the_window_times_primary_changes() {
 #[test]
 fn acked_durable_ignores_acks_at_or_below_the_lineage_horizon() {
     let mut h = good_sync();
-    let p = final_store(&mut h, S0);
-    p.horizon = Tid(1);
-    p.txns.remove(&Tid(1));
+    recovered_past_t1(&mut h);
     assert_passes(&h, acked_durable);
 }
 
@@ -762,8 +726,7 @@ fn idempotent_once_flags_a_key_applied_at_two_tids() {
 #[test]
 fn idempotent_once_flags_an_ack_naming_another_tid_than_the_key_was_applied_at() {
     // A retry of c2r1 answered with t1, while c2r1 was applied as t2.
-    let mut h = good_sync();
-    add(&mut h, ack(36, S0, 2, 1, 1, 1));
+    let h = good_sync_with([ack(36, S0, 2, 1, 1, 1)]);
     let out = assert_flags(&h, idempotent_once, "idempotent_once");
     let expected = format!("c2r1 acknowledged as {} but applied as {}", Tid(1), Tid(2));
     assert_eq!(out[0].detail, expected);
@@ -796,40 +759,32 @@ fn idempotent_once_accepts_transactions_without_a_key() {
 
 #[test]
 fn reads_monotone_flags_a_read_going_backwards_at_one_server() {
-    let mut h = good_sync();
-    add(&mut h, read(40, S1, 1));
+    let h = good_sync_with([read(40, S1, 1)]);
     let out = assert_flags(&h, reads_monotone, "reads_monotone");
     assert_eq!(procs(&out[0]), vec![S1]);
 }
 
 #[test]
 fn reads_monotone_accepts_a_read_going_backwards_after_a_lost_report() {
-    let mut h = good_sync();
-    add(&mut h, lost(38, S1, &[2]));
-    add(&mut h, read(40, S1, 1));
+    let h = good_sync_with([lost(38, S1, &[2]), read(40, S1, 1)]);
     assert_passes(&h, reads_monotone);
 }
 
 #[test]
 fn reads_monotone_accepts_a_read_going_backwards_after_a_disk_wipe() {
-    let mut h = good_sync();
-    add(&mut h, wiped(38, S1));
-    add(&mut h, read(40, S1, 0));
+    let h = good_sync_with([wiped(38, S1), read(40, S1, 0)]);
     assert_passes(&h, reads_monotone);
 }
 
 #[test]
 fn reads_monotone_does_not_excuse_a_loss_reported_by_another_server() {
-    let mut h = good_sync();
-    add(&mut h, lost(38, S2, &[2]));
-    add(&mut h, read(40, S1, 1));
+    let h = good_sync_with([lost(38, S2, &[2]), read(40, S1, 1)]);
     assert_flags(&h, reads_monotone, "reads_monotone");
 }
 
 #[test]
 fn reads_monotone_accepts_reads_at_different_servers_seeing_different_tids() {
-    let mut h = good_sync();
-    add(&mut h, read(40, S0, 1));
+    let h = good_sync_with([read(40, S0, 1)]);
     assert_passes(&h, reads_monotone);
 }
 
@@ -839,8 +794,7 @@ fn reads_monotone_accepts_reads_at_different_servers_seeing_different_tids() {
 
 #[test]
 fn client_errors_flags_a_final_error_other_than_a_conflict() {
-    let mut h = good_sync();
-    add(&mut h, failed(40, 3, 1, "server stopped: disk full"));
+    let h = good_sync_with([failed(40, 3, 1, "server stopped: disk full")]);
     assert_flags(&h, client_errors, "client_errors");
 }
 
@@ -964,14 +918,7 @@ fn convergence_accepts_no_ack_after_calm_without_any_client_activity() {
 #[test]
 fn idempotent_once_async_accepts_a_reapplied_retry_of_an_ack_lost_to_a_disk_wipe() {
     let mut h = failover(1, 1);
-    for e in &mut h.events {
-        if let REvent::Lost { at, server, .. } = e {
-            *e = REvent::Wiped {
-                at: *at,
-                server: *server,
-            };
-        }
-    }
+    wiped_instead_of_lost(&mut h);
     assert_passes(&h, acked_durable);
     assert_passes(&h, idempotent_once);
 }

@@ -1,19 +1,23 @@
 //! The named groups layer on a perfect in-process network (fixed delay, virtual time) with
-//! partitions, heals and crashes; a group-level consistency checker over hand-written scenarios
-//! and scripted runs. The random storm (seeded faults, interrupted exchanges, many seeds) is
-//! the simulator's `groups` mode: `sim/src/groups/`, `sim/tests/groups.rs`.
+//! partitions, heals and crashes: hand-written scenarios and scripted runs, each judged by the
+//! groups mode's checker (`sim::groups::checker`). The random storm (seeded faults, interrupted
+//! exchanges, many seeds) is the simulator's `groups` mode: `sim/src/groups/`,
+//! `sim/tests/groups.rs`. (These scenarios were `gcs/tests/groups.rs`, with a copy of the
+//! checker of their own.)
 
 use bytes::Bytes;
 use gcs::groups::{MAX_DESTINATIONS, MAX_GROUP_NAME};
 use gcs::{
-    Config, Daemon, DaemonOutput, Dest, GroupError, GroupView, GroupViewId, Limits, MemberId,
-    ProcId, Reason, Service, SessionEvent, SessionId, Time, ViewKind,
+    Config, Daemon, DaemonOutput, Dest, GroupError, GroupView, Limits, MemberId, ProcId, Reason,
+    Service, SessionEvent, SessionId, Time, ViewKind,
 };
+use sim::checkers::{fmt_violations, Violation};
+use sim::groups::{checker, GroupHistory, SessionKey};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A session: its daemon slot and its id there.
+/// A session: its daemon slot and its id there (on the daemon's current run).
 type S = (usize, SessionId);
 
 struct Net {
@@ -24,7 +28,8 @@ struct Net {
     wire: VecDeque<(Time, usize, usize, Bytes)>,
     /// Datagrams between daemons on different sides are dropped.
     side: Vec<u8>,
-    events: BTreeMap<S, Vec<SessionEvent>>,
+    /// Every session's events, under the daemon run that served it.
+    events: BTreeMap<SessionKey, Vec<SessionEvent>>,
     cfg: Config,
     limits: Limits,
 }
@@ -66,6 +71,19 @@ impl Net {
         self.daemons[i].as_mut().expect("daemon up")
     }
 
+    /// Where the events of session `sid` of daemon `i`'s current run are filed.
+    fn key(&self, (i, sid): S) -> SessionKey {
+        SessionKey {
+            daemon: ProcId::new(i as u32, self.incarnations[i]),
+            sid: sid.0,
+        }
+    }
+
+    /// The events of `s`.
+    fn events(&self, s: S) -> &[SessionEvent] {
+        &self.events[&self.key(s)]
+    }
+
     fn drain(&mut self, i: usize) {
         let n = self.daemons.len();
         let at = self.now.saturating_add(DELAY);
@@ -84,7 +102,8 @@ impl Net {
                     bytes,
                 } => self.wire.push_back((at, i, j as usize, bytes)),
                 DaemonOutput::Session { sid, event } => {
-                    self.events.entry((i, sid)).or_default().push(event)
+                    let key = self.key((i, sid));
+                    self.events.entry(key).or_default().push(event)
                 }
                 DaemonOutput::DaemonView(_) => {}
             }
@@ -162,15 +181,8 @@ impl Net {
     }
 
     fn restart(&mut self, i: usize) {
-        // The new incarnation numbers its sessions from scratch: file the old incarnation's
-        // sessions under a key of their own (node + 1000 * incarnation) so the checker never
-        // mistakes a new session for an old one with the same number.
-        let old: Vec<S> = self.events.keys().filter(|k| k.0 == i).copied().collect();
-        for k in old {
-            let evs = self.events.remove(&k).expect("listed");
-            let retired = (i + 1000 * self.incarnations[i] as usize, k.1);
-            self.events.insert(retired, evs);
-        }
+        // The new incarnation numbers its sessions from scratch; their events are filed under
+        // the new run, apart from the old one's.
         self.incarnations[i] += 1;
         let me = ProcId::new(i as u32, self.incarnations[i]);
         self.daemons[i] =
@@ -181,7 +193,8 @@ impl Net {
     fn connect(&mut self, i: usize, name: &str) -> S {
         let now = self.now;
         let sid = self.d(i).connect(now, name).unwrap();
-        self.events.entry((i, sid)).or_default();
+        let key = self.key((i, sid));
+        self.events.entry(key).or_default();
         (i, sid)
     }
 
@@ -217,7 +230,7 @@ impl Net {
 
     /// The views of `group` delivered to `s`.
     fn views(&self, s: S, group: &str) -> Vec<Arc<GroupView>> {
-        self.events[&s]
+        self.events(s)
             .iter()
             .filter_map(|e| match e {
                 SessionEvent::Membership(v) if v.group == group => Some(v.clone()),
@@ -228,7 +241,7 @@ impl Net {
 
     /// The payloads delivered to `s`.
     fn msgs(&self, s: S) -> Vec<String> {
-        self.events[&s]
+        self.events(s)
             .iter()
             .filter_map(|e| match e {
                 SessionEvent::Message { payload, .. } => {
@@ -241,7 +254,7 @@ impl Net {
 
     /// A compact trace of `s`: views of `group` and messages, in delivery order.
     fn trace(&self, s: S, group: &str) -> Vec<String> {
-        self.events[&s]
+        self.events(s)
             .iter()
             .filter_map(|e| match e {
                 SessionEvent::Membership(v) if v.group == group => Some(format!(
@@ -266,6 +279,28 @@ fn booted(n: usize) -> Net {
     let mut net = Net::new(n);
     net.ms(500);
     net
+}
+
+/// Three daemons, with a session `p{i}` on daemon `i` each, all members of `g`.
+fn p0_p1_p2_in_g() -> (Net, Vec<S>) {
+    let mut net = booted(3);
+    let s: Vec<S> = (0..3).map(|i| net.connect(i, &format!("p{i}"))).collect();
+    for &x in &s {
+        net.join(x, "g");
+    }
+    net.ms(100);
+    (net, s)
+}
+
+/// Three daemons, with sessions `a` on daemon 0 and `b` on daemon 1, both members of `g`.
+fn a_and_b_in_g() -> (Net, S, S) {
+    let mut net = booted(3);
+    let a = net.connect(0, "a");
+    let b = net.connect(1, "b");
+    net.join(a, "g");
+    net.join(b, "g");
+    net.ms(100);
+    (net, a, b)
 }
 
 // ------------------------------------------------------------------ basic semantics
@@ -319,7 +354,8 @@ fn join_leave_and_disconnect_are_seen_in_the_same_order_by_every_member() {
     }
     // b left: it got its self-leave and m1, not m2 or m3.
     assert_eq!(net.msgs(b), ["m1"]);
-    assert!(net.events[&b]
+    assert!(net
+        .events(b)
         .iter()
         .any(|e| matches!(e, SessionEvent::SelfLeave { group } if group == "g")));
     // View ids increase and every copy of an id has the same members.
@@ -364,7 +400,8 @@ fn open_groups_private_groups_self_delivery_and_multi_group_send() {
         groups,
         service,
         ..
-    } = net.events[&b]
+    } = net
+        .events(b)
         .iter()
         .find(|e| matches!(e, SessionEvent::Message { payload, .. } if &payload[..] == b"both"))
         .unwrap()
@@ -433,12 +470,7 @@ fn a_session_can_leave_and_join_again_and_names_are_reusable_after_disconnect() 
 
 #[test]
 fn a_partition_gives_transitional_then_regular_views_and_a_heal_merges() {
-    let mut net = booted(3);
-    let s: Vec<S> = (0..3).map(|i| net.connect(i, &format!("p{i}"))).collect();
-    for &x in &s {
-        net.join(x, "g");
-    }
-    net.ms(100);
+    let (mut net, s) = p0_p1_p2_in_g();
     let before: Vec<usize> = s.iter().map(|&x| net.views(x, "g").len()).collect();
     net.partition(&[&[0, 1], &[2]]);
     net.settle();
@@ -487,12 +519,7 @@ fn a_partition_gives_transitional_then_regular_views_and_a_heal_merges() {
 
 #[test]
 fn messages_sent_during_the_state_exchange_come_after_the_merge_view_everywhere() {
-    let mut net = booted(3);
-    let s: Vec<S> = (0..3).map(|i| net.connect(i, &format!("p{i}"))).collect();
-    for &x in &s {
-        net.join(x, "g");
-    }
-    net.ms(100);
+    let (mut net, s) = p0_p1_p2_in_g();
     net.partition(&[&[0], &[1, 2]]);
     net.settle();
     net.heal();
@@ -536,12 +563,7 @@ fn messages_sent_during_the_state_exchange_come_after_the_merge_view_everywhere(
 #[test]
 fn an_exchange_interrupted_by_a_partition_keeps_lineages_apart_until_the_next_one() {
     for delay_us in (0..200).map(|k| k * 10) {
-        let mut net = booted(3);
-        let a = net.connect(0, "a");
-        let b = net.connect(1, "b");
-        net.join(a, "g");
-        net.join(b, "g");
-        net.ms(100);
+        let (mut net, _a, b) = a_and_b_in_g();
         net.partition(&[&[0], &[1, 2]]);
         net.settle();
         net.heal();
@@ -581,12 +603,7 @@ fn an_exchange_interrupted_by_a_partition_keeps_lineages_apart_until_the_next_on
 
 #[test]
 fn a_crashed_daemon_takes_its_members_out_and_a_restart_brings_new_ones() {
-    let mut net = booted(3);
-    let s: Vec<S> = (0..3).map(|i| net.connect(i, &format!("p{i}"))).collect();
-    for &x in &s {
-        net.join(x, "g");
-    }
-    net.ms(100);
+    let (mut net, s) = p0_p1_p2_in_g();
     net.crash(2);
     net.settle();
     for &x in &s[..2] {
@@ -609,12 +626,7 @@ fn a_crashed_daemon_takes_its_members_out_and_a_restart_brings_new_ones() {
 
 #[test]
 fn groups_that_lose_nobody_see_no_view_change() {
-    let mut net = booted(3);
-    let a = net.connect(0, "a");
-    let b = net.connect(1, "b");
-    net.join(a, "g");
-    net.join(b, "g");
-    net.ms(100);
+    let (mut net, a, b) = a_and_b_in_g();
     let n = net.views(a, "g").len();
     net.crash(2);
     net.settle();
@@ -712,7 +724,8 @@ fn limits_are_typed_errors() {
     ));
     net.ms(2000);
     // The 16 MiB message arrived whole (a is in h).
-    let got = net.events[&(0, a)]
+    let got = net
+        .events((0, a))
         .iter()
         .find_map(|e| match e {
             SessionEvent::Message { payload, .. } => Some(payload.len()),
@@ -724,91 +737,24 @@ fn limits_are_typed_errors() {
 
 // ------------------------------------------------------------------ consistency checker
 
-/// Group-level virtual synchrony over everything `net` recorded:
-/// - view ids of a group increase at every session;
-/// - the same (group, view id) has the same members and kind everywhere, and contains the
-///   sessions that receive it;
-/// - two sessions that install the same two consecutive views of a group delivered the same
-///   messages to that group between them, in the same order;
-/// - any two sessions deliver their common messages in the same order.
+/// What the groups mode's checker finds in everything `net` recorded; `finals`: the sessions
+/// alive at the end with the groups each is in, whose last views must agree.
+fn group_violations(net: &Net, finals: Vec<(SessionKey, BTreeSet<String>)>) -> Vec<Violation> {
+    checker::check_all(&GroupHistory {
+        sessions: net.events.clone(),
+        finals,
+        ..GroupHistory::default()
+    })
+}
+
+/// Group-level virtual synchrony over everything `net` recorded (`sim::groups::checker`):
+/// view ids increase at every session; one (group, view id) has the same members and kind
+/// everywhere and contains the sessions that receive it; sessions that install the same two
+/// consecutive views of a group delivered the same messages to it in between, in the same
+/// order; any two sessions deliver their common messages in the same order.
 fn check_groups(net: &Net) {
-    let mut by_id: BTreeMap<(String, GroupViewId), (Vec<MemberId>, ViewKind)> = BTreeMap::new();
-    let mut between: BTreeMap<(String, GroupViewId, GroupViewId), (S, Vec<Bytes>)> =
-        BTreeMap::new();
-    let mut orders: Vec<(S, Vec<Bytes>)> = Vec::new();
-    for (&s, events) in &net.events {
-        let mut current: BTreeMap<String, (GroupViewId, Vec<Bytes>)> = BTreeMap::new();
-        let mut order = Vec::new();
-        for e in events {
-            match e {
-                SessionEvent::Membership(v) => {
-                    let key = (v.group.clone(), v.id);
-                    match by_id.get(&key) {
-                        Some((m, k)) => assert!(
-                            *m == v.members && *k == v.kind,
-                            "view {:?} of {} differs at {s:?}: {:?} vs {m:?}",
-                            v.id,
-                            v.group,
-                            v.members
-                        ),
-                        None => {
-                            by_id.insert(key, (v.members.clone(), v.kind));
-                        }
-                    }
-                    assert!(
-                        v.members.iter().any(|m| m.session == s.1 .0),
-                        "{s:?} got a view it is not in"
-                    );
-                    if let Some((prev, msgs)) = current.remove(&v.group) {
-                        assert!(
-                            prev < v.id,
-                            "{s:?}: view ids of {} go back: {prev:?} then {:?} ({:?} {:?})",
-                            v.group,
-                            v.id,
-                            v.kind,
-                            v.members
-                        );
-                        let k = (v.group.clone(), prev, v.id);
-                        match between.get(&k) {
-                            Some((other, m)) => assert!(
-                                *m == msgs,
-                                "{s:?} and {other:?} delivered different messages to {} between {prev:?} and {:?}",
-                                v.group,
-                                v.id
-                            ),
-                            None => {
-                                between.insert(k, (s, msgs));
-                            }
-                        }
-                    }
-                    current.insert(v.group.clone(), (v.id, Vec::new()));
-                }
-                SessionEvent::SelfLeave { group } => {
-                    current.remove(group);
-                }
-                SessionEvent::Message {
-                    groups, payload, ..
-                } => {
-                    order.push(payload.clone());
-                    for g in groups.iter() {
-                        if let Some((_, msgs)) = current.get_mut(g) {
-                            msgs.push(payload.clone());
-                        }
-                    }
-                }
-            }
-        }
-        orders.push((s, order));
-    }
-    for (i, (s, a)) in orders.iter().enumerate() {
-        let sa: BTreeSet<&Bytes> = a.iter().collect();
-        for (t, b) in &orders[i + 1..] {
-            let sb: BTreeSet<&Bytes> = b.iter().collect();
-            let a2: Vec<_> = a.iter().filter(|m| sb.contains(m)).collect();
-            let b2: Vec<_> = b.iter().filter(|m| sa.contains(m)).collect();
-            assert_eq!(a2, b2, "{s:?} and {t:?} disagree on the order");
-        }
-    }
+    let v = group_violations(net, Vec::new());
+    assert!(v.is_empty(), "{}", fmt_violations(&v));
 }
 
 /// xorshift64*, for reproducible random workloads.
@@ -902,22 +848,13 @@ impl Workload {
         }
     }
 
-    /// After the final heal every live session sees the same last view of each group it is in.
-    fn check_final_views(&self, net: &Net, seed: u64) {
-        let mut last: BTreeMap<&str, BTreeSet<GroupViewId>> = BTreeMap::new();
-        for (s, _, joined) in &self.live {
-            for g in joined {
-                let v = net.views(*s, g).pop().expect("a member has a view");
-                last.entry(g).or_default().insert(v.id);
-            }
-        }
-        for (g, ids) in last {
-            assert_eq!(
-                ids.len(),
-                1,
-                "seed {seed}: final views of {g} differ: {ids:?}"
-            );
-        }
+    /// The live sessions and the groups each is in: after the final heal each must see the
+    /// same last view of each of its groups as the others.
+    fn finals(&self, net: &Net) -> Vec<(SessionKey, BTreeSet<String>)> {
+        self.live
+            .iter()
+            .map(|(s, _, joined)| (net.key(*s), joined.iter().map(|g| g.to_string()).collect()))
+            .collect()
     }
 }
 
@@ -975,8 +912,8 @@ fn scripted_run(seed: u64) {
     net.heal();
     net.settle();
     print_stats(&net, seed);
-    check_groups(&net);
-    w.check_final_views(&net, seed);
+    let v = group_violations(&net, w.finals(&net));
+    assert!(v.is_empty(), "seed {seed}: {}", fmt_violations(&v));
     let delivered: usize = net.events.values().map(|e| e.len()).sum();
     assert!(delivered > 2000, "seed {seed}: only {delivered} events");
 }
