@@ -413,7 +413,10 @@ weight = 0
         assert!(!r.eligible(1));
         assert!(r.defer_syncs, "applies sync off the ring's task by default");
         let inline = format!("sync_off_ring = false\n{GOOD}");
-        let r = StandbyConfig::from_toml(&inline).unwrap().replica().unwrap();
+        let r = StandbyConfig::from_toml(&inline)
+            .unwrap()
+            .replica()
+            .unwrap();
         assert!(!r.defer_syncs);
     }
 

@@ -219,6 +219,11 @@ enum Cmd {
         /// Concurrent clients.
         #[arg(long, default_value_t = 16)]
         clients: u64,
+        /// Processes (the servers of a local cluster) whose CPU time over the measured window
+        /// is added to the load generator's own, to print CPU microseconds per commit: a
+        /// figure that holds still on a noisy machine where throughput does not.
+        #[arg(long, value_delimiter = ',')]
+        cpu_pids: Vec<u32>,
     },
     /// Make a cluster key (servers) and a client token (clients) in DIR.
     Keygen {
@@ -562,7 +567,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             clients,
             events,
         } => workload(&cli, *seconds, *clients, events).await,
-        Cmd::Bench { seconds, clients } => bench(&cli, *seconds, *clients).await,
+        Cmd::Bench {
+            seconds,
+            clients,
+            cpu_pids,
+        } => bench(&cli, *seconds, *clients, cpu_pids).await,
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
 }
@@ -802,11 +811,39 @@ async fn workload(cli: &Cli, seconds: u64, clients: u64, events: &[String]) -> R
     }
 }
 
-async fn bench(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
+/// CPU time of every thread of process `pid` so far, from `/proc/PID/task/*/schedstat`
+/// (nanoseconds on a CPU; threads that ended are not counted, the load generator's and the
+/// servers' threads live as long as the run).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut sum = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        sum += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
+/// CPU time of the listed processes and of this one: (theirs, ours), nanoseconds.
+fn cpu_sample(pids: &[u32]) -> Option<(u64, u64)> {
+    let theirs = pids.iter().map(|p| cpu_ns(*p)).sum::<Option<u64>>()?;
+    Some((theirs, cpu_ns(std::process::id())?))
+}
+
+async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Result<(), String> {
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs(seconds);
     let base = fresh_id()?;
     let t0 = tokio::time::Instant::now();
+    // CPU over exactly the measured window.
+    let pids = cpu_pids.to_vec();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(t0 + warmup).await;
+        let a = cpu_sample(&pids);
+        tokio::time::sleep_until(t0 + warmup + window).await;
+        let b = cpu_sample(&pids);
+        a.zip(b)
+            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+    });
     let mut tasks = Vec::new();
     for k in 0..clients {
         let mut c = connect(cli, base.wrapping_add(k)).await?;
@@ -861,6 +898,22 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64) -> Result<(), String> {
         pct(0.999),
         lat.last().copied().unwrap_or(0) as f64 / 1e3
     );
+    let cpu = cpu.await.map_err(|e| e.to_string())?;
+    match cpu {
+        Some((servers, ours)) if !lat.is_empty() => {
+            let per = |ns: u64| ns as f64 / 1e3 / lat.len() as f64;
+            println!(
+                "bench: {clients} clients, cpu {:.1} us per commit ({:.1} in {} processes, {:.1} in the load generator; {:.2} CPUs busy)",
+                per(servers + ours),
+                per(servers),
+                cpu_pids.len(),
+                per(ours),
+                (servers + ours) as f64 / 1e9 / window.as_secs_f64(),
+            );
+        }
+        _ if !cpu_pids.is_empty() => println!("bench: cpu not measured (a process is gone)"),
+        _ => {}
+    }
     Ok(())
 }
 
