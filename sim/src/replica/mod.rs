@@ -356,6 +356,9 @@ pub struct RTotals {
     pub membership_changes_done: u64,
     /// See [`Self::membership_changes`].
     pub membership_changes_refused: u64,
+    /// Removed servers that stopped on learning of their removal (`ServerCore::is_removed`),
+    /// as `standby-server` exits then.
+    pub removed_exits: u64,
 }
 
 /// A simulated storage cluster.
@@ -636,12 +639,16 @@ impl ReplicaCluster {
 
     fn finish(&mut self) {
         // The cluster's address book as the primary (else any running server) has it.
-        let book: Option<Vec<u32>> = self
+        let judge = self
             .servers
             .iter()
             .filter_map(|s| s.core.as_ref())
-            .max_by_key(|c| c.replica().role() == Role::Primary)
-            .map(|c| c.address_book());
+            .max_by_key(|c| c.replica().role() == Role::Primary);
+        let book: Option<Vec<u32>> = judge.map(|c| c.address_book());
+        let removed: Vec<u32> = judge
+            .and_then(|c| c.membership())
+            .map(|m| m.removed.clone())
+            .unwrap_or_default();
         for (i, s) in self.servers.iter().enumerate() {
             let store: &MemStorage = match (&s.core, &s.disk) {
                 (Some(c), _) => c.store(),
@@ -654,6 +661,7 @@ impl ReplicaCluster {
                 last: store.last_transaction().unwrap_or_default(),
                 horizon: store.horizon().unwrap_or_default(),
                 outside: book.as_ref().is_some_and(|b| !b.contains(&(i as u32))),
+                removed: removed.contains(&(i as u32)),
                 ..FinalStore::default()
             };
             let range = if f.horizon == Tid::ZERO {
@@ -1014,6 +1022,14 @@ impl ReplicaCluster {
             }
             ServerEvent::NeedCheckpoint { donor } => {
                 self.tr(|| format!("{now:?} s{i} needs a checkpoint from s{donor}"));
+            }
+            ServerEvent::Membership(_) if self.core(i).is_removed() => {
+                // The membership names this server removed: the core has left the ring for
+                // good, and the process exits (`standby-server` does, with status 0: its
+                // supervisor does not start it again).
+                self.tr(|| format!("{now:?} s{i} was removed from the cluster: exits"));
+                self.totals.removed_exits += 1;
+                self.w.at(now, Action::Crash(i));
             }
             ServerEvent::Claim(_) | ServerEvent::Durable(_) | ServerEvent::Membership(_) => {}
         }
