@@ -7,7 +7,10 @@
 //! An answer without an outcome (retry, busy, down, a closed connection, a silent server) makes
 //! the target a suspect and forgets the primary, and the same request (same client id and
 //! request number) is sent again: the servers apply it at most once. A final answer (a
-//! conflict, an invalid or stale request) ends it. A commit ends the suspicions.
+//! conflict, an invalid or stale request) ends it. A commit ends the suspicions, and so do
+//! [`FORGIVE_AFTER`] answers in a row from servers that know no primary: those may be cut off
+//! for good (one partitioned alone, one removed from the cluster that never heard of it), while
+//! a suspect may long since be back.
 
 use replica::{CommitError, ServerId};
 use std::collections::BTreeSet;
@@ -16,6 +19,14 @@ use std::time::Duration;
 /// How long to pause before the next attempt when no server could say where the primary is
 /// (an election is under way) or an attempt ended without an outcome.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// "No primary known" answers in a row after which the suspects are tried again: about two
+/// seconds of [`RETRY_PAUSE`]s, longer than an election after a lost primary takes (so that a
+/// frozen primary is not asked again while the others elect), short enough that clients left
+/// with only a server cut off for good find the rest of the cluster. Simulator seed 3402: a
+/// replica removed while cut off, the only server its clients did not suspect, held them
+/// after the partition healed.
+pub const FORGIVE_AFTER: u32 = 200;
 
 /// What an attempt's answer says, for the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +74,8 @@ pub struct CommitRetry<T: Copy + Ord> {
     primary: Option<T>,
     suspects: BTreeSet<T>,
     turn: usize,
+    /// "No primary known" answers in a row ([`FORGIVE_AFTER`]).
+    unknowing: u32,
 }
 
 impl<T: Copy + Ord> CommitRetry<T> {
@@ -72,6 +85,7 @@ impl<T: Copy + Ord> CommitRetry<T> {
             primary: None,
             suspects: BTreeSet::new(),
             turn,
+            unknowing: 0,
         }
     }
 
@@ -114,6 +128,9 @@ impl<T: Copy + Ord> CommitRetry<T> {
 
     /// The answer of the attempt sent to `target`.
     pub fn on_answer(&mut self, target: T, answer: Answer<T>) -> Verdict {
+        if !matches!(answer, Answer::NotPrimary(None)) {
+            self.unknowing = 0;
+        }
         match answer {
             Answer::Committed => {
                 self.primary = Some(target);
@@ -125,10 +142,16 @@ impl<T: Copy + Ord> CommitRetry<T> {
                 Verdict::Retry(Duration::ZERO)
             }
             Answer::NotPrimary(None) => {
-                // It knows no primary (cut off, or removed from the cluster): others first,
-                // as for a server that failed, or every client whose other servers once
-                // timed out would ask only it, forever.
+                // It knows no primary: an election is under way, or it is cut off. Not a
+                // suspect (during an election every live server answers so, and suspecting
+                // them all sent clients back to a frozen primary: 1,050 ms SIGSTOP failovers
+                // against 806), but past `FORGIVE_AFTER` in a row the suspects are tried again.
                 self.primary = None;
+                self.unknowing += 1;
+                if self.unknowing >= FORGIVE_AFTER {
+                    self.unknowing = 0;
+                    self.suspects.clear();
+                }
                 Verdict::Retry(RETRY_PAUSE)
             }
             Answer::Final => Verdict::Done,
@@ -144,6 +167,37 @@ impl<T: Copy + Ord> CommitRetry<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clients whose other servers all timed out once, left with one server cut off for good,
+    /// try the others again after `FORGIVE_AFTER` answers of "no primary known" in a row, and
+    /// not before.
+    #[test]
+    fn suspects_are_tried_again_after_a_run_of_no_primary_answers() {
+        let servers = [0u32, 1, 2];
+        let mut r = CommitRetry::new(0);
+        r.on_answer(0, Answer::Unknown);
+        r.on_answer(1, Answer::Unknown);
+        for _ in 0..FORGIVE_AFTER - 1 {
+            assert_eq!(r.next(&servers), Some(2));
+            assert_eq!(
+                r.on_answer(2, Answer::NotPrimary(None)),
+                Verdict::Retry(RETRY_PAUSE)
+            );
+        }
+        assert_eq!(r.next(&servers), Some(2));
+        r.on_answer(2, Answer::NotPrimary(None));
+        let tried: BTreeSet<u32> = (0..3).filter_map(|_| r.next(&servers)).collect();
+        assert_eq!(tried.len(), 3, "every server in turn again: {tried:?}");
+        // A run broken by another answer starts over.
+        let mut r = CommitRetry::new(0);
+        r.on_answer(0, Answer::Unknown);
+        for _ in 0..FORGIVE_AFTER - 1 {
+            r.on_answer(1, Answer::NotPrimary(None));
+        }
+        r.on_answer(2, Answer::Unknown);
+        r.on_answer(1, Answer::NotPrimary(None));
+        assert!(r.is_suspect(0) && r.is_suspect(2));
+    }
 
     #[test]
     fn follows_redirects_and_tries_suspects_last() {

@@ -62,7 +62,9 @@
 //! incarnation of a node makes members fail the older one at once instead of waiting for the
 //! consensus timeout; a process alone waits one join timeout before forming a ring of one; a
 //! change of the gather sets restarts the consensus timeout; another ring's announcement starts
-//! a merge only once answered (see `on_merge_detect`), and another ring's data never does.
+//! a merge only once answered (see `on_merge_detect`), and another ring's data never does; a
+//! daemon removed from the cluster (`Node::set_removed`) is failed as soon as anyone names it,
+//! and its control packets are ignored.
 
 use crate::node::{Commit, Dest, Gather, Node, Output, Passed, Recovery, State};
 use crate::ring::Ring;
@@ -101,6 +103,7 @@ impl Node {
             not_before,
         };
         fail_superseded(&mut g, self.me);
+        fail_removed(&mut g, &self.removed);
         self.state = State::Gather(g);
         self.send_join();
         self.timers
@@ -168,6 +171,7 @@ impl Node {
             }
         }
         changed |= fail_superseded(g, me);
+        changed |= fail_removed(g, &self.removed);
         if changed {
             g.consensus = BTreeSet::from([me]);
             // The sets changed, so every agreement so far is void: give the others a whole
@@ -188,6 +192,25 @@ impl Node {
         if changed {
             self.send_join();
         }
+        self.check_consensus();
+    }
+
+    /// In gather, the removed daemons were just set (see `Node::set_removed`): those named
+    /// are failed now, and the round starts over with the new sets.
+    pub(crate) fn fail_removed_now(&mut self) {
+        let me = self.me;
+        let State::Gather(g) = &mut self.state else {
+            return;
+        };
+        if !fail_removed(g, &self.removed) {
+            return;
+        }
+        g.consensus = BTreeSet::from([me]);
+        self.timers.set(
+            Timer::Consensus,
+            self.now.saturating_add(self.cfg.consensus_timeout),
+        );
+        self.send_join();
         self.check_consensus();
     }
 
@@ -309,7 +332,9 @@ impl Node {
     }
 
     pub(crate) fn on_commit_token(&mut self, _from: ProcId, ct: CommitToken) {
-        if ct.members.binary_search(&self.me).is_err() {
+        if ct.members.binary_search(&self.me).is_err()
+            || ct.members.iter().any(|p| self.removed.contains(&p.node))
+        {
             self.stats.ignored += 1;
             return;
         }
@@ -563,6 +588,18 @@ impl Node {
             self.now.saturating_add(self.cfg.merge_detect_interval),
         );
     }
+}
+
+/// A daemon removed from the cluster is given up on as soon as anyone names it (see
+/// `Node::set_removed`).
+fn fail_removed(g: &mut Gather, removed: &BTreeSet<crate::NodeId>) -> bool {
+    let mut changed = false;
+    for p in &g.proc_set {
+        if removed.contains(&p.node) {
+            changed |= g.fail_set.insert(*p);
+        }
+    }
+    changed
 }
 
 /// A node seen with a newer incarnation has restarted: its older incarnation is gone.

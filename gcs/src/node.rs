@@ -224,6 +224,8 @@ pub struct Node {
     /// it has had in all.
     pub(crate) last_visit: Option<Time>,
     pub(crate) visits: u64,
+    /// Daemons removed from the cluster (see [`Node::set_removed`]): never members again.
+    pub(crate) removed: BTreeSet<NodeId>,
 }
 
 impl Node {
@@ -250,6 +252,7 @@ impl Node {
             stats: Stats::default(),
             last_visit: None,
             visits: 0,
+            removed: BTreeSet::new(),
         };
         node.enter_gather("boot", BTreeSet::new());
         Ok(node)
@@ -291,6 +294,34 @@ impl Node {
     /// after a pause may be one the others already gave up on.
     pub fn last_token_visit(&self) -> Option<(Time, u64)> {
         self.last_visit.map(|t| (t, self.visits))
+    }
+
+    /// The daemons removed from the cluster while running (a storage server's
+    /// `standby remove-replica`), replacing the previous set; this node's own id is ignored.
+    ///
+    /// The driver already refuses their datagrams, but a daemon whose address book is stale
+    /// (cut off while the removal was made) still hears a removed daemon that keeps running,
+    /// and names it in its joins. Those who refuse it never hear its joins, so they give up on
+    /// it only a consensus timeout later, while the removed daemon gives up on them: the
+    /// stale daemon, hearing both, rings with the removed one, and the rounds with the others
+    /// never agree. So a removed daemon is given up on at once wherever it appears (its joins,
+    /// announcements and tokens are ignored, and a gather puts it in the fail set as soon as
+    /// anyone names it): the joins of those who know carry it as failed, and a stale daemon
+    /// that merges them rings with them.
+    pub fn set_removed(&mut self, now: Time, removed: impl IntoIterator<Item = NodeId>) {
+        self.advance(now);
+        let me = self.me.node;
+        let removed: BTreeSet<NodeId> = removed.into_iter().filter(|n| *n != me).collect();
+        if removed == self.removed {
+            return;
+        }
+        self.removed = removed;
+        // A round under way fails them now. A ring that counts one loses its token at its hop
+        // (its tokens are ignored, and the driver no longer sends to it) and gathers then:
+        // not at once, which would also cut short the commit that removed it, before the
+        // majority's acknowledgements reach the primary.
+        self.fail_removed_now();
+        self.check_invariants();
     }
 
     /// Bytes waiting in the send queue.
@@ -366,6 +397,13 @@ impl Node {
         };
         if from == self.me {
             // Our own multicast looped back: we stored it when we sent it.
+            return;
+        }
+        if self.removed.contains(&from.node) && !matches!(packet, Packet::Data(_)) {
+            // A removed daemon is never a member again (see `set_removed`). Its data is still
+            // taken: a packet it sent in a ring we share, relayed by a member that answers a
+            // retransmission request, is one the others deliver too.
+            self.stats.ignored += 1;
             return;
         }
         match packet {
@@ -914,14 +952,14 @@ mod forged_input_tests {
     use std::time::Duration;
 
     /// Two nodes on a lossless network; time moves in 1 ms steps.
-    struct Pair {
-        nodes: [Node; 2],
-        now: Time,
+    pub(super) struct Pair {
+        pub(super) nodes: [Node; 2],
+        pub(super) now: Time,
         delivered: [Vec<Bytes>; 2],
     }
 
     impl Pair {
-        fn new() -> Pair {
+        pub(super) fn new() -> Pair {
             let mut p = Pair {
                 nodes: [1, 2].map(|n| {
                     Node::new(Config::default(), ProcId::new(n, 1), Time::ZERO).expect("config")
@@ -937,7 +975,7 @@ mod forged_input_tests {
             p
         }
 
-        fn step(&mut self) {
+        pub(super) fn step(&mut self) {
             self.now = self.now.saturating_add(Duration::from_millis(1));
             for _ in 0..100 {
                 let mut wire = Vec::new();
@@ -962,7 +1000,7 @@ mod forged_input_tests {
             }
         }
 
-        fn run_until(&mut self, done: impl Fn(&Pair) -> bool) {
+        pub(super) fn run_until(&mut self, done: impl Fn(&Pair) -> bool) {
             for _ in 0..20_000 {
                 if done(self) {
                     return;
@@ -973,7 +1011,7 @@ mod forged_input_tests {
         }
 
         /// The two still order and deliver a new message.
-        fn still_orders(&mut self, tag: &'static [u8]) {
+        pub(super) fn still_orders(&mut self, tag: &'static [u8]) {
             self.nodes[0]
                 .multicast(self.now, Service::Agreed, Bytes::from_static(tag))
                 .expect("queued");
@@ -1060,5 +1098,73 @@ mod forged_input_tests {
         assert!(crate::wire::decode(encode_control(from, &Packet::Join(join))).is_err());
         let ok = encode_control(from, &Packet::Token(token(1, 1)));
         assert!(crate::wire::decode(ok).is_ok());
+    }
+}
+
+/// `Node::set_removed`: a daemon removed from the cluster is never a member again.
+#[cfg(test)]
+mod removed_tests {
+    use super::forged_input_tests::Pair;
+    use super::*;
+    use crate::wire::{encode_control, Join, MergeDetect, Packet};
+
+    fn fail_set(n: &Node) -> Vec<ProcId> {
+        match &n.state {
+            State::Gather(g) => g.fail_set.iter().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Node 2 has not heard of the removal of node 9, which it names in its join; node 1 has,
+    /// and fails 9 at once instead of waiting a consensus timeout for a join it will never
+    /// hear: its own join carries 9 as failed, for node 2 to take. Without this a daemon whose
+    /// book missed the removal, hearing the removed one, rings with it and never with the
+    /// others (seed 2180 of the replica swarm with removals on).
+    #[test]
+    fn a_removed_daemon_named_in_a_join_is_failed_at_once() {
+        let mut p = Pair::new();
+        let now = p.now;
+        p.nodes[0].set_removed(now, [9, 1]);
+        let removed = ProcId::new(9, 1);
+        let (me, from) = (p.nodes[0].me, p.nodes[1].me);
+        let join = Join {
+            proc_set: vec![me, from, removed],
+            fail_set: Vec::new(),
+            ring_seq: p.nodes[0].ring_seq_max,
+        };
+        p.nodes[0].handle_packet(now, encode_control(from, &Packet::Join(join)));
+        assert_eq!(p.nodes[0].phase(), Phase::Gather);
+        assert_eq!(fail_set(&p.nodes[0]), vec![removed]);
+        let joins: Vec<Join> = std::iter::from_fn(|| p.nodes[0].poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit { bytes, .. } => match crate::wire::decode(bytes) {
+                    Ok((_, Packet::Join(j))) => Some(j),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert!(
+            joins.last().is_some_and(|j| j.fail_set == vec![removed]),
+            "{joins:?}"
+        );
+        // The removed daemon's own packets are ignored; the two form a ring without it.
+        let ignored = p.nodes[0].stats.ignored;
+        let announce = MergeDetect {
+            ring: RingId {
+                seq: 1,
+                rep: removed,
+            },
+            answer: true,
+        };
+        p.nodes[0].handle_packet(now, encode_control(removed, &Packet::MergeDetect(announce)));
+        assert_eq!(p.nodes[0].stats.ignored, ignored + 1);
+        p.run_until(|p| {
+            p.nodes.iter().all(|n| {
+                n.phase() == Phase::Operational
+                    && n.view().is_some_and(|v| v.members == vec![me, from])
+            })
+        });
+        p.still_orders(b"after the removal");
     }
 }

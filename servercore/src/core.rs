@@ -256,6 +256,9 @@ pub struct ServerCore<S: Storage + 'static> {
     /// The last token visit at which this server knew it was current (see
     /// [`Self::staleness`]).
     current_at: Option<Time>,
+    /// The membership object it applied names this server removed: it has left the ring
+    /// for good (see [`Self::is_removed`]).
+    removed: bool,
 }
 
 impl<S: Storage + 'static> ServerCore<S> {
@@ -285,17 +288,33 @@ impl<S: Storage + 'static> ServerCore<S> {
             membership: None,
             lapsed: None,
             current_at: None,
+            removed: false,
         };
         // The address book and topology the store holds, before the first datagram.
         core.reload_membership();
         core
     }
 
-    /// The store failed: the node is no longer fed, so the others see this server leave. (A
-    /// replica that went `Down` stays down: the process starts over on a fresh open.)
+    /// The store failed, or this server was removed from the cluster: the node is no longer
+    /// fed, so the others see this server leave. (A replica that went `Down` stays down: the
+    /// process starts over on a fresh open; a removed server never comes back.)
     fn left_ring(&self) -> bool {
-        self.replica.role() == Role::Down
+        self.removed || self.replica.role() == Role::Down
     }
+
+    /// Whether this server was removed from the cluster (`standby remove-replica`): once its
+    /// store holds a membership object naming it removed, it takes no more part in the ring
+    /// (no datagram, no timer), reads as `Down` with the reason in [`ServerStatus`], and its
+    /// shell should stop (`standby-server` exits). The others refuse it anyway; a removed
+    /// server that stayed up would be heard by a server whose address book missed the
+    /// removal, and keep it out of the others' ring (see `gcs::Node::set_removed`).
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Why a removed server is down.
+    const REMOVED: &'static str =
+        "this server was removed from the cluster (standby remove-replica): it no longer takes part";
 
     /// How long a primary goes on claiming to be primary without having the token: half the
     /// token timeout (see [`Self::check_claim`]).
@@ -446,7 +465,10 @@ impl<S: Storage + 'static> ServerCore<S> {
                 .staleness()
                 .last_commit_at
                 .map(|t| now.since(t)),
-            down_reason: self.replica.down_reason().map(str::to_string),
+            down_reason: match self.replica.down_reason() {
+                Some(r) => Some(r.to_string()),
+                None => self.removed.then(|| Self::REMOVED.to_string()),
+            },
             voters: {
                 let (c, t) = self.replica.voters();
                 (c.clone(), t)
@@ -519,6 +541,12 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
+    /// The membership its store holds (added and removed servers; `None` before it was
+    /// first read).
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
     /// The replica (for status and tests).
     pub fn replica(&self) -> &Replica<S> {
         &self.replica
@@ -574,12 +602,9 @@ impl<S: Storage + 'static> ServerCore<S> {
             return;
         }
         let me = self.replica.id();
-        if m.is_removed(me) {
-            tracing::error!(
-                server = me,
-                "this server was removed from the cluster: the others ignore it"
-            );
-        }
+        // The node gives up on removed daemons at once wherever they appear, so that a server
+        // whose book is stale cannot ring with one (see `gcs::Node::set_removed`).
+        self.node.set_removed(self.now, m.removed.iter().copied());
         tracing::info!(server = me, added = ?m.added.iter().map(|a| a.id).collect::<Vec<_>>(), removed = ?m.removed, "membership");
         let added: Vec<(ServerId, String)> =
             m.added.iter().map(|a| (a.id, a.name.clone())).collect();
@@ -590,7 +615,13 @@ impl<S: Storage + 'static> ServerCore<S> {
         });
         self.out
             .push_back(Output::Event(ServerEvent::Membership(m.clone())));
+        let removed = m.is_removed(me);
         self.membership = Some(m);
+        if removed && !self.removed {
+            tracing::error!(server = me, "{}", Self::REMOVED);
+            self.removed = true;
+            self.stop_taking_part();
+        }
     }
 
     /// Turns a membership change into a commit of the membership object, checked against the
@@ -827,6 +858,12 @@ impl<S: Storage + 'static> ServerCore<S> {
             reason = self.replica.down_reason().unwrap_or("unknown"),
             "store failed: this server leaves the ring"
         );
+        self.stop_taking_part();
+    }
+
+    /// What leaving the ring drops: what the replica was still to see, what it was still to
+    /// send, and the checkpoint transfers under way.
+    fn stop_taking_part(&mut self) {
         self.for_replica.clear();
         self.unsent.clear();
         if let Some(o) = self.outgoing.take() {
@@ -841,6 +878,9 @@ impl<S: Storage + 'static> ServerCore<S> {
     /// read-only nor down (it may still be applying or catching up: its lag in transactions
     /// says how far).
     fn replica_current(&self) -> bool {
+        if self.removed {
+            return false;
+        }
         let st = self.replica.staleness();
         st.in_primary_component && !matches!(st.role, Role::ReadOnly | Role::Down)
     }
@@ -867,6 +907,10 @@ impl<S: Storage + 'static> ServerCore<S> {
         let mut st = self.replica.staleness();
         if self.lapsed.is_some() {
             st.role = Role::Syncing;
+        }
+        if self.removed {
+            st.role = Role::Down;
+            st.in_primary_component = false;
         }
         st.behind_for = if self.replica_current() && self.token_recent(now) {
             Some(std::time::Duration::ZERO)

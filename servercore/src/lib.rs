@@ -39,7 +39,9 @@
 //!
 //! - A replica that goes `Down` (its store failed) gets its node fed nothing more, so the other
 //!   servers see it leave and elect without it; `standby-server` then exits 75 for its
-//!   supervisor.
+//!   supervisor. A server that applies the membership object naming it removed leaves the ring
+//!   the same way, for good (`ServerCore::is_removed`; `standby-server` exits 0), and the
+//!   others' nodes fail it at once in every membership round (see [`membership`]).
 //! - A primary claims to be primary (status, `/primary`, the role pushed to clients) only while
 //!   its node had the token within half the token timeout; the others need a whole token
 //!   timeout and a membership round to elect someone else, so two claims never overlap. After

@@ -20,6 +20,17 @@
 //! off) still accepts the newcomer's authenticated datagrams (the driver learns its address),
 //! so it rings with it and catches up on the change. It also tells the replica its non-voting
 //! members (`Replica::set_read_replicas`) and updates the topology pushed to clients.
+//!
+//! A removal also goes to the gcs node (`gcs::Node::set_removed`), which gives up on a removed
+//! daemon as soon as anyone names it in a membership round. A server whose book missed the
+//! removal (it was cut off) still hears the removed one if that one stayed up; without this,
+//! the two kept forming a ring of their own while the others' rounds waited for a daemon they
+//! refuse, and the stale server never rejoined. Now it takes the others' fail set, rings with
+//! them, and learns the removal by the normal catch-up. And the removed server itself, once it
+//! applies the object naming it removed, leaves the ring for good (`ServerCore::is_removed`):
+//! it reads as down with the reason, and `standby-server` exits. One cut off while it was
+//! removed never hears of it (every member refuses it): it stays up alone, read-only and ever
+//! more stale, until its operator stops it.
 
 use bytes::Bytes;
 use replica::{ReplicaConfig, ServerId, VoterConfig};

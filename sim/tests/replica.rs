@@ -359,3 +359,83 @@ fn a_server_that_missed_a_replica_add_rejoins() {
         "the addition was carried out"
     );
 }
+
+/// Links for a partition of `n` servers into `groups` (a server in no group is alone).
+fn split(n: usize, groups: &[&[usize]]) -> Vec<Vec<bool>> {
+    let side = |s: usize| groups.iter().position(|g| g.contains(&s)).unwrap_or(n + s);
+    (0..n)
+        .map(|a| (0..n).map(|b| side(a) == side(b)).collect())
+        .collect()
+}
+
+/// Five servers, s4 a spare without a vote, removed (`standby remove-replica`) through s1 at
+/// 3 s while `cut` is cut off from the others; the network heals at 5 s.
+fn removal_run(cut: &[usize]) -> ReplicaReport {
+    let mut o = ReplicaOptions::calm(11, 5);
+    o.spares = 1;
+    run_replica_script(o, secs(5.0), secs(10.0), |c| {
+        let others: Vec<usize> = (0..5).filter(|s| !cut.contains(s)).collect();
+        c.at(secs(2.0), Action::SetLinks(split(5, &[cut, &others])));
+        c.at(
+            secs(3.0),
+            Action::Membership {
+                via: 1,
+                server: 4,
+                add: false,
+            },
+        );
+        c.at(secs(5.0), Action::SetLinks(vec![vec![true; 5]; 5]));
+    })
+}
+
+/// Seeds 2180, 3108 and 3832 of the swarm with removals on: s0 is cut off while the spare s4
+/// is removed, so s0's address book still lists s4. Here s4 is cut off with s0 and never
+/// hears of its removal either: it keeps running, and only s0 hears it (the others refuse
+/// it, and do not send to it). s0 named s4 in its joins, the others failed s4 only a
+/// consensus timeout later, s4 failed them likewise, and s0 kept forming a ring with s4
+/// alone: it never rejoined (nor caught up, nor reported its async tail). The others' nodes
+/// now fail a removed daemon as soon as anyone names it; s0 takes their fail set, rings with
+/// them, applies the removal and refuses s4 too.
+#[test]
+fn a_server_cut_off_with_a_removed_replica_rejoins_the_others() {
+    let r = removal_run(&[0, 4]);
+    clean(&r);
+    assert_eq!(r.totals.membership_changes_done, 1, "the removal was made");
+    assert!(r.history.finals[&4].removed);
+    // s4 never learned: it stays up, alone and outside the cluster.
+    assert_eq!(r.totals.removed_exits, 0);
+    assert!(r.history.finals[&4].running && r.history.finals[&4].outside);
+    // s0 rejoined: the convergence checker (clean above) has it at the primary's last tid.
+    assert!(r.history.finals[&0].running && !r.history.finals[&0].outside);
+}
+
+/// Seed 2180's own run: s0 alone is cut off while s4 is removed; s4 applies its removal. A
+/// removed server that stays up is heard by s0, whose book still lists it: it now leaves the
+/// ring for good instead, and its process exits (as `standby-server` does), so s0 rejoins.
+#[test]
+fn a_removed_replica_that_learns_of_its_removal_stops() {
+    let r = removal_run(&[0]);
+    clean(&r);
+    assert_eq!(r.totals.membership_changes_done, 1, "the removal was made");
+    assert_eq!(r.totals.removed_exits, 1, "s4 stopped once");
+    let f = &r.history.finals[&4];
+    assert!(!f.running && f.outside && f.removed, "{f:?}");
+    let stopped = r.history.events.iter().any(
+        |e| matches!(e, REvent::Stopped { at, server: 4 } if *at > secs(3.0) && *at < secs(5.0)),
+    );
+    assert!(stopped, "s4 stopped before the network healed");
+}
+
+/// Seed 4945 of the swarm, found by the first sweep with the fix above: the primary s1 applies
+/// the removal of s3 while the others, recovering, do not yet; its node then ignored every
+/// packet naming s3 as its sender, also s3's data that the others relay when asked to
+/// retransmit, so s1 never filled the hole and the ring stalled with the token still going
+/// round. A removed daemon's data is taken (it was ordered in a ring the members share); only
+/// its control packets are ignored.
+#[test]
+fn a_server_that_applied_a_removal_still_takes_the_removed_members_relayed_data() {
+    let r = run_replica_seed(4945, 5, None);
+    assert!(r.options.remove_spare && r.options.address_books);
+    clean(&r);
+    assert_eq!(r.totals.membership_changes_done, 1, "the removal was made");
+}

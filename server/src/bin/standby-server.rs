@@ -6,12 +6,13 @@
 //! SIGTERM. Logs (`RUST_LOG`, default `info`) have one line for every view change, election,
 //! role change, swap, recovery and checkpoint.
 //!
-//! Exit status: 0 after SIGINT or SIGTERM; 75 when the store failed (disk full, an I/O error,
-//! a corrupt value met while running; the server left the ring at once and lingered
-//! `--store-failure-exit-after` seconds with `/health` saying why): a supervisor restarts it,
-//! and it rejoins and catches up once the store works again; 78 when the store is corrupt at
-//! start-up: restarting does not help, rebuild it with `--rebuild`; 1 for anything else
-//! (configuration, ports).
+//! Exit status: 0 after SIGINT or SIGTERM, or once this server learns that it was removed from
+//! the cluster (`standby remove-replica`: it left the ring for good, and would at every start);
+//! 75 when the store failed (disk full, an I/O error, a corrupt value met while running; the
+//! server left the ring at once and lingered `--store-failure-exit-after` seconds with
+//! `/health` saying why): a supervisor restarts it, and it rejoins and catches up once the store
+//! works again; 78 when the store is corrupt at start-up: restarting does not help, rebuild it
+//! with `--rebuild`; 1 for anything else (configuration, ports).
 
 use clap::Parser;
 use gcs::net::Security;
@@ -307,10 +308,16 @@ async fn run(args: Args) -> Result<(), Failure> {
     };
     let store_failed = Arc::new(tokio::sync::Notify::new());
     let failed = store_failed.clone();
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let was_removed = removed.clone();
+    let my_id = args.id;
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             if matches!(&e, ServerEvent::Role(r) if r.role == replica::Role::Down) {
                 failed.notify_one();
+            }
+            if matches!(&e, ServerEvent::Membership(m) if m.is_removed(my_id)) {
+                was_removed.notify_one();
             }
             if let Some(z) = &zeo_events {
                 // In order and never dropped: the face holds commits' answers on them.
@@ -410,6 +417,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = removed.notified() => {
+            tracing::error!(
+                "this server was removed from the cluster (standby remove-replica): it left the ring for good; exiting with status 0"
+            );
+        }
         _ = store_failed.notified() => {
             let reason = match server.status().await {
                 Ok(st) => st.down_reason.unwrap_or_default(),

@@ -133,6 +133,7 @@ fn main() -> ExitCode {
                     t.membership_changes,
                     t.membership_changes_done,
                     t.membership_changes_refused,
+                    t.removed_exits,
                 ],
                 digest: r.digest,
             }
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
             "replicas added or removed (asked)",
             "carried out",
             "refused",
+            "removed servers stopped",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)

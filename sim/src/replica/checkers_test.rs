@@ -616,6 +616,31 @@ fn prefix_agreement_accepts_a_tid_the_lineage_lacks_once_its_server_was_wiped() 
 }
 
 #[test]
+fn prefix_agreement_does_not_judge_a_server_removed_from_the_cluster() {
+    // s2 applied t2 with other content, then was removed while cut off: it never rejoins to
+    // report the loss, and its store is no longer the cluster's.
+    let mut h = good_sync();
+    for e in &mut h.events {
+        if let REvent::Applied {
+            server: S2,
+            tid: Tid(2),
+            digest,
+            ..
+        } = e
+        {
+            *digest = 999;
+        }
+    }
+    let f = final_store(&mut h, S2);
+    f.outside = true;
+    f.removed = true;
+    assert_passes(&h, prefix_agreement);
+    // Outside the book alone (a replica never added) is still judged.
+    final_store(&mut h, S2).removed = false;
+    assert_flags(&h, prefix_agreement, "prefix_agreement");
+}
+
+#[test]
 fn prefix_agreement_flags_a_tid_applied_beyond_the_final_primarys_last() {
     let h = good_sync_with([applied(35, S2, 3, 103)]);
     assert_flags(&h, prefix_agreement, "prefix_agreement");

@@ -129,6 +129,9 @@ pub struct FinalStore {
     /// Outside the cluster at the end (removed from the address book, or never added): not
     /// expected to run or converge.
     pub outside: bool,
+    /// Removed from the cluster, as the final primary's membership says (see
+    /// `prefix_agreement`).
+    pub removed: bool,
 }
 
 /// Everything the checkers read.

@@ -16,7 +16,7 @@
 //! policy (`standby_client::retry`) and read through `ServerCore::read`, the production read
 //! path; an operator changes voters in about half the seeds, and adds a spare that starts
 //! outside the others' configuration files to the address book (`ServerCore::membership_change`,
-//! as `standby add-replica` does; removals are off, see `ReplicaOptions::remove_spare`); each
+//! as `standby add-replica` does) and may remove it again (`standby remove-replica`); each
 //! server's address book (`Output::Peers`) decides whom its datagrams reach. What a run records is in [`history`] (roles, applies, acknowledgements, reads,
 //! losses, final stores); the properties judged on it are in [`checkers`], tested on hand-made
 //! histories in `checkers_test.rs`.
@@ -86,11 +86,16 @@ pub struct ReplicaOptions {
     /// it; every ring member is a member now.)
     pub joiner: bool,
     /// An operator removes the spare from the cluster (`standby remove-replica`) in the storm.
-    /// Off in the swarm for now: it finds a liveness bug not fixed yet. A server cut off
-    /// while the spare is removed keeps the spare in its address book; the removed spare, still
-    /// running, and that server hear each other while the others refuse the spare, so the
-    /// server's joins never agree with theirs and it never rejoins (its async tail then stays
-    /// unreported). Sweep 0..5000 with it on: seeds 2119, 2180, 3108, 3200, 3228 fail.
+    /// (The first sweep with it on failed seeds 1805, 1828, 2180, 3108, 3228, 3682, 3832. A
+    /// server cut off while the spare was removed kept the spare in its address book; the
+    /// removed spare, still running, and that server heard each other while the others
+    /// refused the spare, so the server kept forming a ring with the spare alone and never
+    /// rejoined (its async tail stayed unreported); seed 3228 was the mirror case, a server
+    /// holding a removal the others lost. Now the gcs nodes fail a removed daemon as soon as
+    /// anyone names it (`gcs::Node::set_removed`), and a removed server that applies its
+    /// removal leaves the ring and exits (`ServerCore::is_removed`; seed 1828, where it went
+    /// on applying a tail that was later lost). One cut off while it was removed never learns
+    /// it: its store is no longer judged (seed 3682, see `prefix_agreement`).)
     pub remove_spare: bool,
     /// Each server's address book (`Output::Peers`) decides whom its datagrams reach, as the
     /// server's driver does (off: every datagram reaches every server).
@@ -142,9 +147,7 @@ impl ReplicaOptions {
         // Address-book changes, from a stream of their own too.
         let mut rm = Prng::new(seed ^ 0xADD2_E550);
         let joiner = spares > 0 && rm.chance(0.5);
-        // Drawn, so that turning it back on keeps every other draw, but off: see the field.
-        let _removal_drawn = spares > 0 && rm.chance(0.3);
-        let remove_spare = false;
+        let remove_spare = spares > 0 && rm.chance(0.3);
         let defer_syncs = Prng::new(seed ^ 0x5_1C5_DEF).chance(0.75);
         let mode = if r.chance(0.25) {
             CommitMode::Async {
@@ -364,6 +367,9 @@ pub struct RTotals {
     pub membership_changes_done: u64,
     /// See [`Self::membership_changes`].
     pub membership_changes_refused: u64,
+    /// Removed servers that stopped on learning of their removal (`ServerCore::is_removed`),
+    /// as `standby-server` exits then.
+    pub removed_exits: u64,
 }
 
 /// A simulated storage cluster.
@@ -644,12 +650,16 @@ impl ReplicaCluster {
 
     fn finish(&mut self) {
         // The cluster's address book as the primary (else any running server) has it.
-        let book: Option<Vec<u32>> = self
+        let judge = self
             .servers
             .iter()
             .filter_map(|s| s.core.as_ref())
-            .max_by_key(|c| c.replica().role() == Role::Primary)
-            .map(|c| c.address_book());
+            .max_by_key(|c| c.replica().role() == Role::Primary);
+        let book: Option<Vec<u32>> = judge.map(|c| c.address_book());
+        let removed: Vec<u32> = judge
+            .and_then(|c| c.membership())
+            .map(|m| m.removed.clone())
+            .unwrap_or_default();
         for (i, s) in self.servers.iter().enumerate() {
             let store: &MemStorage = match (&s.core, &s.disk) {
                 (Some(c), _) => c.store(),
@@ -662,6 +672,7 @@ impl ReplicaCluster {
                 last: store.last_transaction().unwrap_or_default(),
                 horizon: store.horizon().unwrap_or_default(),
                 outside: book.as_ref().is_some_and(|b| !b.contains(&(i as u32))),
+                removed: removed.contains(&(i as u32)),
                 ..FinalStore::default()
             };
             let range = if f.horizon == Tid::ZERO {
@@ -1022,6 +1033,14 @@ impl ReplicaCluster {
             }
             ServerEvent::NeedCheckpoint { donor } => {
                 self.tr(|| format!("{now:?} s{i} needs a checkpoint from s{donor}"));
+            }
+            ServerEvent::Membership(_) if self.core(i).is_removed() => {
+                // The membership names this server removed: the core has left the ring for
+                // good, and the process exits (`standby-server` does, with status 0: its
+                // supervisor does not start it again).
+                self.tr(|| format!("{now:?} s{i} was removed from the cluster: exits"));
+                self.totals.removed_exits += 1;
+                self.w.at(now, Action::Crash(i));
             }
             ServerEvent::Claim(_) | ServerEvent::Durable(_) | ServerEvent::Membership(_) => {}
         }

@@ -6,7 +6,7 @@
 //! | `disjoint_primaries`  | two primaries acting at the same time were elected by components that share a server (voters change in the mix) |
 //! | `acks_from_primary`   | every acknowledged commit came from a server that was primary of its epoch in a primary component |
 //! | `epochs_grow`         | a server's promise never goes down; its own primary epochs strictly grow |
-//! | `prefix_agreement`    | what each server applied (less what it reported lost) is in the final primary lineage, with the same content |
+//! | `prefix_agreement`    | what each server applied (less what it reported lost) is in the final primary lineage, with the same content (a server removed from the cluster is not judged) |
 //! | `acked_durable`       | sync: every acknowledged commit is in the final lineage; async: at most the window per primary change is lost, and every loss is reported |
 //! | `idempotent_once`     | each idempotency key is applied at most once, with the tid its acks named |
 //! | `reads_monotone`      | reads at one server never go backwards (apart from reported losses) |

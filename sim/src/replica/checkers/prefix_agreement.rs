@@ -8,6 +8,13 @@ pub fn prefix_agreement(h: &RHistory, out: &mut Vec<Violation>) {
         return; // convergence reports it
     };
     for (s, applied) in applied_by_server(h) {
+        if h.finals.get(&s).is_some_and(|f| f.removed) {
+            // A removed server took its store out of the cluster, and nobody reconciles it
+            // any more: one that applies its removal stops at once, but one cut off while it
+            // was removed never hears of it (every member refuses it), so a tail it applied
+            // from a primary that lost it is never reported there.
+            continue;
+        }
         for (tid, d) in applied {
             if tid <= l.horizon || tid > l.last {
                 if tid > l.last {
