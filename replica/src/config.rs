@@ -89,9 +89,12 @@ pub struct ReplicaConfig {
     /// gcs message, whose limit must be larger).
     pub commit_bytes_max: usize,
     /// Apply delivered commits without waiting for the disk and sync them off the ring's task
-    /// ([`crate::Output::Sync`], see `replica/src/replica/sync.rs`): on by default. Reads and
-    /// invalidations still only show what is synced; off, every apply syncs in the task
-    /// that passes the token.
+    /// ([`crate::Output::Sync`], see `replica/src/replica/sync.rs`). Reads and invalidations
+    /// only show what is synced either way. Off by default: on this project's 2-vCPU
+    /// benchmark machine the hand-over to the sync thread and back cost more than the fsync
+    /// it keeps off the ring's task (1 / 16 / 64 clients, three runs each: 1,128-1,225 /
+    /// 6,084-7,770 / 9,241-11,335 commits/s on, 1,182-1,407 / 7,218-7,834 / 9,609-10,313
+    /// off, and more CPU per commit on; BENCHMARKS.md).
     pub defer_syncs: bool,
 }
 
@@ -118,7 +121,7 @@ impl ReplicaConfig {
             recovery: RecoveryPolicy::default(),
             held_max: 10_000,
             commit_bytes_max: 16 << 20,
-            defer_syncs: true,
+            defer_syncs: false,
         }
     }
 

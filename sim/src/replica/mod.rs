@@ -100,9 +100,9 @@ pub struct ReplicaOptions {
     /// Each server's address book (`Output::Peers`) decides whom its datagrams reach, as the
     /// server's driver does (off: every datagram reaches every server).
     pub address_books: bool,
-    /// Stores sync off the ring's task (`ReplicaConfig::defer_syncs`, the server's default):
-    /// a crash takes back what was applied and not yet synced. Drawn per seed, so that the
-    /// sweep covers the in-line path too.
+    /// Stores sync off the ring's task (`ReplicaConfig::defer_syncs`, the server's
+    /// `sync_off_ring`): a crash takes back what was applied and not yet synced. Drawn per
+    /// seed, half and half, so that the sweep covers both paths.
     pub defer_syncs: bool,
 }
 
@@ -123,7 +123,7 @@ impl ReplicaOptions {
         o.voter_changes = false;
         o.joiner = false;
         o.remove_spare = false;
-        o.defer_syncs = true;
+        o.defer_syncs = false;
         o
     }
 
@@ -148,7 +148,7 @@ impl ReplicaOptions {
         let mut rm = Prng::new(seed ^ 0xADD2_E550);
         let joiner = spares > 0 && rm.chance(0.5);
         let remove_spare = spares > 0 && rm.chance(0.3);
-        let defer_syncs = Prng::new(seed ^ 0x5_1C5_DEF).chance(0.75);
+        let defer_syncs = Prng::new(seed ^ 0x5_1C5_DEF).chance(0.5);
         let mode = if r.chance(0.25) {
             CommitMode::Async {
                 window: r.pick(&[1, 8, 64]),
