@@ -225,6 +225,26 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         cpu_pids: Vec<u32>,
     },
+    /// Read throughput: `--objects` objects of 1 KiB written first, then clients loading them
+    /// from `--servers` servers (the primary first, then the others by id), each client held
+    /// to one server so that every load reaches it.
+    BenchReads {
+        /// Measured seconds (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent clients, spread over the servers.
+        #[arg(long, default_value_t = 16)]
+        clients: u64,
+        /// How many servers serve the loads.
+        #[arg(long, default_value_t = 1)]
+        servers: usize,
+        /// Objects to read.
+        #[arg(long, default_value_t = 10_000)]
+        objects: u64,
+        /// Processes whose CPU time is counted with the load generator's (see `bench`).
+        #[arg(long, value_delimiter = ',')]
+        cpu_pids: Vec<u32>,
+    },
     /// Make a cluster key (servers) and a client token (clients) in DIR.
     Keygen {
         /// Where to write cluster.key and client.token.
@@ -572,6 +592,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             clients,
             cpu_pids,
         } => bench(&cli, *seconds, *clients, cpu_pids).await,
+        Cmd::BenchReads {
+            seconds,
+            clients,
+            servers,
+            objects,
+            cpu_pids,
+        } => bench_reads(&cli, *seconds, *clients, *servers, *objects, cpu_pids).await,
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
 }
@@ -913,6 +940,141 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
         }
         _ if !cpu_pids.is_empty() => println!("bench: cpu not measured (a process is gone)"),
         _ => {}
+    }
+    Ok(())
+}
+
+/// `bench-reads`: loads of objects spread over `servers` servers (the primary first, then the
+/// others by id), each client held to one of them (`ReadFrom::Server`, so the client library's
+/// cache is not used: every load reaches a server). The objects are written first.
+async fn bench_reads(
+    cli: &Cli,
+    seconds: u64,
+    clients: u64,
+    servers: usize,
+    objects: u64,
+    cpu_pids: &[u32],
+) -> Result<(), String> {
+    let base = fresh_id()?;
+    let mut c = connect(cli, base).await?;
+    let st = c.refresh().await.map_err(|e| e.to_string())?;
+    let Some((primary, _)) = st.primary else {
+        return Err("no primary".into());
+    };
+    let mut order: Vec<u32> = vec![primary];
+    order.extend(st.servers.iter().map(|s| s.id).filter(|i| *i != primary));
+    if servers == 0 || servers > order.len() {
+        return Err(format!("--servers must be 1..={}", order.len()));
+    }
+    order.truncate(servers);
+    // The objects: 1 KiB each, 100 to a commit; then every target must have applied them.
+    let key = |n: u64| Oid::new(Bytes::from(format!("r/{n:08}").into_bytes())).expect("short key");
+    let mut last = storage::Tid::ZERO;
+    for chunk in (0..objects).collect::<Vec<_>>().chunks(100) {
+        let mut t = c.begin();
+        for n in chunk {
+            t.store(key(*n), Some(Bytes::from(vec![b'r'; 1024])), None);
+        }
+        last = c
+            .commit(t, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?
+            .tid;
+    }
+    let started = tokio::time::Instant::now();
+    'wait: loop {
+        let all = c.status_all().await;
+        if order.iter().all(|id| {
+            all.iter()
+                .any(|s| s.as_ref().is_ok_and(|s| s.id == *id && s.last_tid >= last))
+        }) {
+            break 'wait;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the servers did not apply the objects within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warmup = Duration::from_secs(2);
+    let window = Duration::from_secs(seconds);
+    let t0 = tokio::time::Instant::now();
+    let pids = cpu_pids.to_vec();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(t0 + warmup).await;
+        let a = cpu_sample(&pids);
+        tokio::time::sleep_until(t0 + warmup + window).await;
+        let b = cpu_sample(&pids);
+        a.zip(b)
+            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+    });
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mut c = connect(cli, base.wrapping_add(1 + k)).await?;
+        let target = order[k as usize % order.len()];
+        tasks.push(tokio::spawn(async move {
+            let from = ReadFrom::Server {
+                id: target,
+                max_lag: None,
+                max_staleness: None,
+            };
+            // A fixed stride through the objects (no random source needed, no two clients
+            // in step).
+            let mut n = k.wrapping_mul(7919) % objects.max(1);
+            let mut lat: Vec<u32> = Vec::new();
+            let mut failed = 0u64;
+            loop {
+                let start = tokio::time::Instant::now();
+                if start.duration_since(t0) >= warmup + window {
+                    break;
+                }
+                n = (n + 104_729) % objects.max(1);
+                let r = c.load(key(n), from).await;
+                if start.duration_since(t0) >= warmup {
+                    match r {
+                        Ok((Some(_), _)) => lat.push(start.elapsed().as_micros() as u32),
+                        _ => failed += 1,
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.map_err(|e| e.to_string())?;
+        lat.extend(l);
+        failed += f;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i] as f64 / 1e3
+    };
+    let names: Vec<String> = order.iter().map(|i| format!("s{i}")).collect();
+    println!(
+        "bench-reads: {clients} clients on {} ({}), {objects} objects of 1 KiB, {:.0} loads/s over {seconds} s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, failed {failed}",
+        servers,
+        names.join(" "),
+        lat.len() as f64 / window.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0) as f64 / 1e3
+    );
+    if let Some((theirs, ours)) = cpu.await.map_err(|e| e.to_string())? {
+        if !lat.is_empty() {
+            let per = |ns: u64| ns as f64 / 1e3 / lat.len() as f64;
+            println!(
+                "bench-reads: cpu {:.1} us per load ({:.1} in {} processes, {:.1} in the load generator)",
+                per(theirs + ours),
+                per(theirs),
+                cpu_pids.len(),
+                per(ours)
+            );
+        }
     }
     Ok(())
 }
