@@ -631,7 +631,14 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
 
     fn poll_output(&mut self) -> Option<CoreOutput<ServerEvent>> {
         loop {
-            let o = self.core.poll_output()?;
+            let o = self.core.poll_output();
+            // The replica applies delivered commits in its poll, so the read point moves
+            // here too: published before the events that tell readers of what it covers (a
+            // ZEO connection told of a tid reads again until the point reaches it).
+            self.direct
+                .point
+                .store(self.core.read_point().0, Ordering::Release);
+            let o = o?;
             match o {
                 Output::Transmit { dest, bytes } => {
                     return Some(CoreOutput::Transmit { dest, bytes })
