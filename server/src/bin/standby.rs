@@ -856,6 +856,47 @@ fn cpu_sample(pids: &[u32]) -> Option<(u64, u64)> {
     Some((theirs, cpu_ns(std::process::id())?))
 }
 
+/// CPU time of `pids` and of this process over `[start, start + window]` (see [`cpu_sample`]):
+/// (theirs, ours) in nanoseconds, `None` if a process is gone.
+fn cpu_over_window(
+    start: tokio::time::Instant,
+    window: Duration,
+    pids: Vec<u32>,
+) -> tokio::task::JoinHandle<Option<(u64, u64)>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(start).await;
+        let a = cpu_sample(&pids);
+        tokio::time::sleep_until(start + window).await;
+        let b = cpu_sample(&pids);
+        a.zip(b)
+            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+    })
+}
+
+/// The benchmark clients' latencies (microseconds), sorted, and their failures summed.
+async fn gather_latencies(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>,
+) -> Result<(Vec<u32>, u64), String> {
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.map_err(|e| e.to_string())?;
+        lat.extend(l);
+        failed += f;
+    }
+    lat.sort_unstable();
+    Ok((lat, failed))
+}
+
+/// Percentile `p` of sorted latencies in microseconds, in milliseconds (0 when empty).
+fn percentile_ms(lat: &[u32], p: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+    lat[i] as f64 / 1e3
+}
+
 async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Result<(), String> {
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs(seconds);
@@ -863,14 +904,7 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
     let t0 = tokio::time::Instant::now();
     // CPU over exactly the measured window.
     let pids = cpu_pids.to_vec();
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(t0 + warmup).await;
-        let a = cpu_sample(&pids);
-        tokio::time::sleep_until(t0 + warmup + window).await;
-        let b = cpu_sample(&pids);
-        a.zip(b)
-            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
-    });
+    let cpu = cpu_over_window(t0 + warmup, window, pids);
     let mut tasks = Vec::new();
     for k in 0..clients {
         let mut c = connect(cli, base.wrapping_add(k)).await?;
@@ -902,21 +936,8 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
             (lat, failed)
         }));
     }
-    let mut lat = Vec::new();
-    let mut failed = 0;
-    for t in tasks {
-        let (l, f) = t.await.map_err(|e| e.to_string())?;
-        lat.extend(l);
-        failed += f;
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        lat[i] as f64 / 1e3
-    };
+    let (lat, failed) = gather_latencies(tasks).await?;
+    let pct = |p: f64| percentile_ms(&lat, p);
     println!(
         "bench: {clients} clients, {:.0} commits/s over {seconds} s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, failed {failed}",
         lat.len() as f64 / window.as_secs_f64(),
@@ -999,14 +1020,7 @@ async fn bench_reads(
     let window = Duration::from_secs(seconds);
     let t0 = tokio::time::Instant::now();
     let pids = cpu_pids.to_vec();
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(t0 + warmup).await;
-        let a = cpu_sample(&pids);
-        tokio::time::sleep_until(t0 + warmup + window).await;
-        let b = cpu_sample(&pids);
-        a.zip(b)
-            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
-    });
+    let cpu = cpu_over_window(t0 + warmup, window, pids);
     let mut tasks = Vec::new();
     for k in 0..clients {
         let mut c = connect(cli, base.wrapping_add(1 + k)).await?;
@@ -1039,21 +1053,8 @@ async fn bench_reads(
             (lat, failed)
         }));
     }
-    let mut lat = Vec::new();
-    let mut failed = 0;
-    for t in tasks {
-        let (l, f) = t.await.map_err(|e| e.to_string())?;
-        lat.extend(l);
-        failed += f;
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        lat[i] as f64 / 1e3
-    };
+    let (lat, failed) = gather_latencies(tasks).await?;
+    let pct = |p: f64| percentile_ms(&lat, p);
     let names: Vec<String> = order.iter().map(|i| format!("s{i}")).collect();
     println!(
         "bench-reads: {clients} clients on {} ({}), {objects} objects of 1 KiB, {:.0} loads/s over {seconds} s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, failed {failed}",
