@@ -6,8 +6,8 @@
 //! # Limits
 //!
 //! `LengthDelimitedCodec` reserves the length a peer announces as soon as it has read the
-//! head, before the bytes arrive: a peer that announces 17 MiB and sends nothing makes the
-//! reader hold 17 MiB. So:
+//! head, before the bytes arrive: a peer that announces 25 MiB and sends nothing makes the
+//! reader hold 25 MiB. So:
 //!
 //! - [`FrameCodec::lazy`] never reserves: it hands the buffer to the inner codec only once the
 //!   whole frame is there, and otherwise only checks the announced length against its limit.

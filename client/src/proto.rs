@@ -40,8 +40,9 @@ use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
 /// Protocol version spoken by this build. 2: serde and bincode (`bincode_options`); 1 was
 /// encoded by hand.
 pub const VERSION: u8 = 2;
-/// The largest frame accepted (a commit of up to 16 MiB of data, with room for its framing).
-pub const FRAME_MAX: usize = 17 << 20;
+/// The largest frame accepted: a commit of up to the replica's default `commit_bytes_max`
+/// (24 MiB, so a 16 MiB value fits), or an answer carrying one, with room for its framing.
+pub const FRAME_MAX: usize = 25 << 20;
 /// The largest frame accepted before a connection has said Hello: a Hello and its token fit
 /// many times over, and a stranger cannot make the server hold large buffers.
 pub const HELLO_FRAME_MAX: usize = 4096;

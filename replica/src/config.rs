@@ -3,6 +3,7 @@
 //! the primary-component rule and the election are computed from it independently by each.
 
 use gcs::NodeId;
+use storage::TxnMeta;
 
 /// A storage server's identity: the id of the gcs daemon it runs (one server per daemon).
 pub type ServerId = NodeId;
@@ -85,8 +86,12 @@ pub struct ReplicaConfig {
     pub recovery: RecoveryPolicy,
     /// Requests held while no primary is known (elections, swaps) before new ones are refused.
     pub held_max: usize,
-    /// The largest transaction accepted, in bytes of data and metadata (it travels as one
-    /// gcs message, whose limit must be larger).
+    /// The largest transaction accepted, in bytes as [`txn_wire_bytes`] counts them (an
+    /// upper bound of its encoding). It travels as one gcs message, and a recovery chunk
+    /// carries up to `recovery.chunk_bytes` plus one such transaction, so the node's
+    /// `max_message_size` must hold both ([`Self::check_message_limit`]). Default 24 MiB: a
+    /// 16 MiB value commits with room to spare, and with the default 256 KiB chunks every
+    /// message fits the ring's default 32 MiB.
     pub commit_bytes_max: usize,
     /// Apply delivered commits without waiting for the disk and sync them off the ring's task
     /// ([`crate::Output::Sync`], see `replica/src/replica/sync.rs`). Reads and invalidations
@@ -110,6 +115,40 @@ pub enum ConfigError {
     /// A remote server was given a vote.
     #[error("remote server {0} has a weight: remote groups never vote")]
     RemoteWeight(ServerId),
+    /// The largest transaction would not fit one ring message with a recovery chunk.
+    #[error(
+        "the largest transaction ({commit} bytes) plus a recovery chunk ({chunk} bytes) and \
+         {slack} bytes of envelope exceed the ring's max_message_size ({message} bytes)",
+        slack = MESSAGE_SLACK
+    )]
+    CommitTooLargeForRing {
+        /// `commit_bytes_max`.
+        commit: usize,
+        /// `recovery.chunk_bytes`.
+        chunk: usize,
+        /// The node's `max_message_size`.
+        message: usize,
+    },
+}
+
+/// Room a ring message keeps beyond the transactions it carries: the replica message's own
+/// fields and the server's envelope.
+pub const MESSAGE_SLACK: usize = 64 << 10;
+
+/// An upper bound of the bytes a transaction takes in a replica message (fixed-width
+/// lengths, tags and tids counted whole): what `commit_bytes_max` and the recovery chunk
+/// size are measured in.
+pub fn txn_wire_bytes<'a>(
+    meta: &TxnMeta,
+    records: impl IntoIterator<Item = &'a storage::Record>,
+) -> usize {
+    96 + meta.user.len()
+        + meta.description.len()
+        + meta.extension.len()
+        + records
+            .into_iter()
+            .map(|r| 40 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len()))
+            .sum::<usize>()
 }
 
 impl ReplicaConfig {
@@ -120,7 +159,7 @@ impl ReplicaConfig {
             mode,
             recovery: RecoveryPolicy::default(),
             held_max: 10_000,
-            commit_bytes_max: 16 << 20,
+            commit_bytes_max: 24 << 20,
             defer_syncs: false,
         }
     }
@@ -152,6 +191,25 @@ impl ReplicaConfig {
         }
         if self.weight_total() == 0 {
             return Err(ConfigError::NoVoters);
+        }
+        Ok(())
+    }
+
+    /// Checks that every message the replica sends fits a ring message of
+    /// `max_message_size` bytes: the largest commit, and a recovery chunk (which may end
+    /// with one such commit past its nominal size).
+    pub fn check_message_limit(&self, max_message_size: usize) -> Result<(), ConfigError> {
+        let chunk = self.recovery.chunk_bytes;
+        let need = self
+            .commit_bytes_max
+            .saturating_add(chunk)
+            .saturating_add(MESSAGE_SLACK);
+        if need > max_message_size {
+            return Err(ConfigError::CommitTooLargeForRing {
+                commit: self.commit_bytes_max,
+                chunk,
+                message: max_message_size,
+            });
         }
         Ok(())
     }
@@ -277,6 +335,28 @@ mod tests {
         c.servers[3].weight = 1;
         assert_eq!(c.validate(), Err(ConfigError::RemoteWeight(9)));
         assert_eq!(cfg(&[0, 0]).validate(), Err(ConfigError::NoVoters));
+    }
+
+    #[test]
+    fn the_largest_commit_and_a_chunk_must_fit_a_ring_message() {
+        let c = cfg(&[1, 1, 1]);
+        let ring_default = gcs::Config::default().max_message_size;
+        assert_eq!(c.check_message_limit(ring_default), Ok(()));
+        assert_eq!(
+            c.check_message_limit(16 << 20),
+            Err(ConfigError::CommitTooLargeForRing {
+                commit: 24 << 20,
+                chunk: 256 * 1024,
+                message: 16 << 20
+            })
+        );
+        // A 16 MiB value fits the default limit, with its transaction's overhead.
+        let rec = storage::Record {
+            oid: storage::Oid::from_u64(1),
+            data: Some(bytes::Bytes::from(vec![0u8; 16 << 20])),
+            expected_serial: None,
+        };
+        assert!(txn_wire_bytes(&TxnMeta::default(), [&rec]) <= c.commit_bytes_max);
     }
 
     proptest::proptest! {

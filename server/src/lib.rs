@@ -141,6 +141,8 @@ impl StorageServer {
             }
         };
         opts.replica.validate()?;
+        opts.replica
+            .check_message_limit(opts.cluster.protocol().max_message_size)?;
         let configured = membership::Configured {
             daemons: opts
                 .cluster

@@ -325,12 +325,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let mut t = c.begin();
     t.store(Oid::from_u64(9), Some(Bytes::from_static(b"ok")), None);
     c.commit(t, Duration::from_secs(5)).await.unwrap();
-    // An oversized transaction is refused as invalid, and nothing is applied.
+    // A transaction over `commit_bytes_max` is refused as invalid, and nothing is applied.
     let before = c.last_transaction().await.unwrap();
     let mut t = c.begin();
     t.store(
         Oid::from_u64(10),
-        Some(Bytes::from(vec![0u8; 16 << 20])),
+        Some(Bytes::from(vec![0u8; (24 << 20) + 1])),
         None,
     );
     assert!(matches!(
@@ -338,6 +338,22 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         Err(ClientError::Commit(replica::CommitError::Invalid(_)))
     ));
     assert_eq!(c.last_transaction().await.unwrap(), before);
+    // A value of 16 MiB commits, and loads back whole.
+    let big = Bytes::from(
+        (0..16u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut t = c.begin();
+    t.store(Oid::from_u64(11), Some(big.clone()), None);
+    let done = c.commit(t, Duration::from_secs(10)).await.unwrap();
+    let (rev, _) = c.load(Oid::from_u64(11), ReadFrom::Primary).await.unwrap();
+    let rev = rev.unwrap();
+    assert_eq!(rev.tid, done.tid);
+    assert!(
+        rev.data.unwrap() == big,
+        "the 16 MiB value came back changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

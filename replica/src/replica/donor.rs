@@ -38,13 +38,9 @@ impl<S: Storage> Replica<S> {
                     while size < chunk_bytes {
                         let Some(t) = it.next() else { break };
                         let t = t?;
-                        size += 64
-                            + t.records
-                                .iter()
-                                .map(|r| {
-                                    r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len())
-                                })
-                                .sum::<usize>();
+                        // Within `commit_bytes_max` each (the primary refused larger ones),
+                        // so a chunk fits a ring message (`check_message_limit`).
+                        size += 8 + crate::config::txn_wire_bytes(&t.meta, &t.records);
                         let p = prev;
                         prev = t.tid;
                         txns.push((p, t));
@@ -67,7 +63,7 @@ impl<S: Storage> Replica<S> {
                         let Some(r) = it.next() else { break };
                         let r = r?;
                         size +=
-                            32 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len());
+                            48 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len());
                         revisions.push(r);
                     }
                     let done = it.peek().is_none();

@@ -223,13 +223,7 @@ impl<S: Storage> Replica<S> {
         }
         // Every replica must be able to apply what the primary sends: refuse here what a
         // store would refuse there.
-        let size: usize = c.meta.user.len()
-            + c.meta.description.len()
-            + c.meta.extension.len()
-            + c.records
-                .iter()
-                .map(|r| 16 + r.oid.as_bytes().len() + r.data.as_ref().map_or(0, |d| d.len()))
-                .sum::<usize>();
+        let size = crate::config::txn_wire_bytes(&c.meta, &c.records);
         if size > self.cfg.commit_bytes_max {
             let max = self.cfg.commit_bytes_max;
             self.reply(

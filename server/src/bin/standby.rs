@@ -210,8 +210,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         events: Vec<String>,
     },
-    /// Closed-loop write benchmark: each client keeps one commit of a new 100-byte key in
-    /// flight; prints commits/s and latency percentiles over the measured window.
+    /// Closed-loop write benchmark: each client keeps one commit of a new key in flight;
+    /// prints commits/s (and MB/s of values) and latency percentiles over the measured window.
     Bench {
         /// Measured seconds (after a 2 s warm-up).
         #[arg(long, default_value_t = 20)]
@@ -219,6 +219,9 @@ enum Cmd {
         /// Concurrent clients.
         #[arg(long, default_value_t = 16)]
         clients: u64,
+        /// Bytes of each value (pseudo-random, so that nothing compresses them away).
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
         /// Processes (the servers of a local cluster) whose CPU time over the measured window
         /// is added to the load generator's own, to print CPU microseconds per commit: a
         /// figure that holds still on a noisy machine where throughput does not.
@@ -590,8 +593,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Bench {
             seconds,
             clients,
+            value_bytes,
             cpu_pids,
-        } => bench(&cli, *seconds, *clients, cpu_pids).await,
+        } => bench(&cli, *seconds, *clients, *value_bytes, cpu_pids).await,
         Cmd::BenchReads {
             seconds,
             clients,
@@ -897,7 +901,13 @@ fn percentile_ms(lat: &[u32], p: f64) -> f64 {
     lat[i] as f64 / 1e3
 }
 
-async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Result<(), String> {
+async fn bench(
+    cli: &Cli,
+    seconds: u64,
+    clients: u64,
+    value_bytes: usize,
+    cpu_pids: &[u32],
+) -> Result<(), String> {
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs(seconds);
     let base = fresh_id()?;
@@ -908,6 +918,7 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
     let mut tasks = Vec::new();
     for k in 0..clients {
         let mut c = connect(cli, base.wrapping_add(k)).await?;
+        let value = noise(value_bytes, base.wrapping_add(k));
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::new();
             let mut failed = 0u64;
@@ -922,7 +933,7 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
                 let key = format!("b/{base:x}/{k}/{n}");
                 t.store(
                     Oid::new(Bytes::from(key.into_bytes())).expect("short key"),
-                    Some(Bytes::from(vec![b'v'; 100])),
+                    Some(value.clone()),
                     None,
                 );
                 let r = c.commit(t, Duration::from_secs(30)).await;
@@ -938,9 +949,17 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
     }
     let (lat, failed) = gather_latencies(tasks).await?;
     let pct = |p: f64| percentile_ms(&lat, p);
+    let rate = lat.len() as f64 / window.as_secs_f64();
+    let size = if value_bytes == 100 {
+        String::new()
+    } else {
+        format!(
+            ", values of {value_bytes} bytes: {:.1} MB/s",
+            rate * value_bytes as f64 / 1e6
+        )
+    };
     println!(
-        "bench: {clients} clients, {:.0} commits/s over {seconds} s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, failed {failed}",
-        lat.len() as f64 / window.as_secs_f64(),
+        "bench: {clients} clients, {rate:.0} commits/s over {seconds} s{size}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, failed {failed}",
         pct(0.5),
         pct(0.99),
         pct(0.999),
@@ -963,6 +982,20 @@ async fn bench(cli: &Cli, seconds: u64, clients: u64, cpu_pids: &[u32]) -> Resul
         _ => {}
     }
     Ok(())
+}
+
+/// `len` pseudo-random bytes (xorshift from `seed`): values that no store compresses.
+fn noise(len: usize, seed: u64) -> Bytes {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
 }
 
 /// `bench-reads`: loads of objects spread over `servers` servers (the primary first, then the
@@ -1155,6 +1188,14 @@ mod tests {
                 "1,2",
             ][..],
             &["standby", "bench", "--clients", "4", "--cpu-pids", "1,2,3"],
+            &[
+                "standby",
+                "bench",
+                "--clients",
+                "1",
+                "--value-bytes",
+                "16777216",
+            ],
         ] {
             assert!(super::Cli::try_parse_from(args).is_ok(), "{args:?}");
         }

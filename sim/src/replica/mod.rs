@@ -432,6 +432,8 @@ impl ReplicaCluster {
     pub fn new(opts: ReplicaOptions) -> ReplicaCluster {
         let cfg = opts.config();
         cfg.validate().expect("simulator configuration is valid");
+        cfg.check_message_limit(opts.base.gcs.max_message_size)
+            .expect("the simulator's commits fit its ring's messages");
         let mut root = Prng::new(opts.base.seed ^ 0x5E7A_11CA);
         let n = opts.base.nodes;
         let mut history = RHistory::new(opts.mode);
