@@ -360,6 +360,7 @@ impl Cluster {
         let opts = CoreOptions {
             checkpoints: true,
             checkpoint_chunk: 64,
+            checkpoint_queued_max: 128,
             check_invariants: true,
         };
         self.servers[i].disk_lost = false;

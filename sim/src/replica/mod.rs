@@ -167,7 +167,10 @@ impl ReplicaOptions {
             recovery: RecoveryPolicy {
                 fast_after: r.pick(&[5, 50, 100_000]),
                 checkpoint_after: r.pick(&[20, 1_000_000]),
-                chunk_bytes: r.pick(&[512, 16 * 1024]),
+                // Chunks of a few transactions each, or of many. Sizes count each
+                // transaction's encoding overhead (`replica::config::txn_wire_bytes`): 1 KiB
+                // holds about as many as 512 bytes did when only data was counted.
+                chunk_bytes: r.pick(&[1024, 16 * 1024]),
                 chunks_per_request: r.pick(&[1, 4]),
             },
             swaps: true,
@@ -767,6 +770,7 @@ impl ReplicaCluster {
                 let opts = CoreOptions {
                     checkpoints: true,
                     checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
+                    checkpoint_queued_max: 2 * SIM_CHECKPOINT_CHUNK,
                     check_invariants: true,
                 };
                 let configured = self.configured(i);
