@@ -25,12 +25,22 @@ pub use servercore::checkpoint::{CkptMsg, Manifest};
 /// The largest file a received checkpoint may hold (RocksDB's files are far smaller).
 pub const CHECKPOINT_FILE_MAX: u64 = 1 << 40;
 
-/// Donor, [`CheckpointCommand::Make`](servercore::checkpoint::CheckpointCommand::Make): writes
-/// a checkpoint of `store` into `dir` (`Storage::checkpoint`: for RocksDB, hard links and a copy
-/// of the live WAL) and lists its files.
-pub fn make<S: storage::Storage + ?Sized>(store: &S, dir: &Path) -> Result<Manifest, String> {
+/// Donor, [`CheckpointCommand::Make`](servercore::checkpoint::CheckpointCommand::Make), first
+/// half, which needs the store: writes a checkpoint of `store` into `dir`
+/// (`Storage::checkpoint`: for RocksDB, hard links and a copy of the live WAL) and returns the
+/// last transaction it holds. The second half is [`manifest`].
+pub fn make_files<S: storage::Storage + ?Sized>(
+    store: &S,
+    dir: &Path,
+) -> Result<storage::Tid, String> {
     let _ = fs::remove_dir_all(dir);
-    let tid = store.checkpoint(dir).map_err(|e| e.to_string())?;
+    store.checkpoint(dir).map_err(|e| e.to_string())
+}
+
+/// Donor, second half of a checkpoint's making: the length and checksum of every file in
+/// `dir`. It reads every byte (seconds for a store of gigabytes), so the shell runs it off
+/// the ring's task.
+pub fn manifest(dir: &Path, tid: storage::Tid) -> Result<Manifest, String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok())

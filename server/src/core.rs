@@ -75,6 +75,24 @@ pub enum ServerRequest {
         /// The answer.
         reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
+    /// A checkpoint's manifest, listed and checksummed off the server's task (see
+    /// [`ServerShell`]'s checkpoint work); not for applications.
+    CheckpointMade {
+        /// The transfer.
+        id: u64,
+        /// The manifest, or why there is none.
+        made: Result<servercore::checkpoint::Manifest, String>,
+    },
+    /// A received checkpoint's files, checked against its manifest and synced off the
+    /// server's task; not for applications.
+    CheckpointVerified {
+        /// The transfer.
+        id: u64,
+        /// What the donor announced.
+        manifest: servercore::checkpoint::Manifest,
+        /// `Err`: a file is missing, of another length or checksum, or could not be synced.
+        verified: Result<(), String>,
+    },
     /// The shell's own sync thread reports a store sync (see [`SyncWorker`]); not for
     /// applications.
     StoreSynced {
@@ -97,14 +115,62 @@ pub struct SyncWorker {
     completions: Option<std::sync::mpsc::Sender<tokio::sync::mpsc::Sender<ServerRequest>>>,
 }
 
-/// Gives the sync thread the server's request channel ([`ServerShell::take_sync_handoff`]).
-pub struct SyncHandoff(Option<std::sync::mpsc::Sender<tokio::sync::mpsc::Sender<ServerRequest>>>);
+/// Gives the sync thread and the checkpoint work the server's request channel
+/// ([`ServerShell::take_sync_handoff`]).
+pub struct SyncHandoff {
+    sync: Option<std::sync::mpsc::Sender<tokio::sync::mpsc::Sender<ServerRequest>>>,
+    reports: Reports,
+}
+
+/// Where work done off the server's task reports, once the driver runs.
+type Reports = Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<ServerRequest>>>;
 
 impl SyncHandoff {
-    /// From now on the sync thread reports through `requests` (until then it reports nothing).
+    /// From now on the sync thread and checkpoint work report through `requests` (until
+    /// then the sync thread reports nothing, and checkpoint work runs in the server's task).
     pub fn reports_to(self, requests: tokio::sync::mpsc::Sender<ServerRequest>) {
-        if let Some(c) = self.0 {
+        let _ = self.reports.set(requests.clone());
+        if let Some(c) = self.sync {
             let _ = c.send(requests);
+        }
+    }
+}
+
+/// Checkpoint work that reads every byte of a store (seconds for gigabytes), done on a
+/// thread of its own: in the server's task it held the token that long, the ring re-formed
+/// without this server, the transfer was abandoned, and a 5 GiB bootstrap started over
+/// forever (`scripts/bench-catchup`).
+#[derive(Clone)]
+enum CheckpointWork {
+    /// Donor: list and checksum the files of a checkpoint made in `dir`.
+    Manifest {
+        id: u64,
+        dir: PathBuf,
+        tid: storage::Tid,
+    },
+    /// Recipient: check and sync the files received into `dir`.
+    Verify {
+        id: u64,
+        dir: PathBuf,
+        manifest: servercore::checkpoint::Manifest,
+    },
+}
+
+impl CheckpointWork {
+    fn run(self) -> ServerRequest {
+        match self {
+            CheckpointWork::Manifest { id, dir, tid } => ServerRequest::CheckpointMade {
+                id,
+                made: checkpoint::manifest(&dir, tid),
+            },
+            CheckpointWork::Verify { id, dir, manifest } => {
+                let verified = checkpoint::verify(&dir, &manifest.files);
+                ServerRequest::CheckpointVerified {
+                    id,
+                    manifest,
+                    verified,
+                }
+            }
         }
     }
 }
@@ -341,6 +407,8 @@ pub struct ServerShell<S: Storage + 'static> {
     next_req: u64,
     /// The time of the last input (reports of executed commands carry it).
     now: Time,
+    /// The driver's request channel, for work done off this task.
+    reports: Reports,
 }
 
 impl<S: Storage + 'static> ServerShell<S> {
@@ -377,6 +445,7 @@ impl<S: Storage + 'static> ServerShell<S> {
             waiting: BTreeMap::new(),
             next_req: 1,
             now: Time::ZERO,
+            reports: Reports::default(),
         }
     }
 
@@ -388,7 +457,31 @@ impl<S: Storage + 'static> ServerShell<S> {
     /// Where the sync thread will send its reports, to be given the driver's request channel
     /// once the driver runs (`driver::spawn` returns it): see [`SyncHandoff::reports_to`].
     pub fn take_sync_handoff(&mut self) -> SyncHandoff {
-        SyncHandoff(self.sync.as_mut().and_then(|w| w.completions.take()))
+        SyncHandoff {
+            sync: self.sync.as_mut().and_then(|w| w.completions.take()),
+            reports: self.reports.clone(),
+        }
+    }
+
+    /// Runs `work` on a thread of its own that reports through the request channel, or here
+    /// if there is no channel yet or no thread.
+    fn off_task(&mut self, work: CheckpointWork) {
+        if let Some(requests) = self.reports.get().cloned() {
+            let w = work.clone();
+            let spawned = std::thread::Builder::new()
+                .name("standby-ckpt".into())
+                .spawn(move || {
+                    let _ = requests.blocking_send(w.run());
+                });
+            match spawned {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for checkpoint work: done in the server's task")
+                }
+            }
+        }
+        let report = work.run();
+        let _ = self.handle_request(self.now, report);
     }
 
     /// Syncs the store: on the sync thread if the store has a handle for it, else here.
@@ -446,10 +539,13 @@ impl<S: Storage + 'static> ServerShell<S> {
         match c {
             CheckpointCommand::Make { id, to: _ } => {
                 let made = match self.dir("outgoing", id) {
-                    Some(dir) => checkpoint::make(self.core.store(), &dir),
+                    Some(dir) => checkpoint::make_files(self.core.store(), &dir).map(|t| (dir, t)),
                     None => Err("no data directory".to_string()),
                 };
-                self.core.checkpoint_made(now, id, made);
+                match made {
+                    Ok((dir, tid)) => self.off_task(CheckpointWork::Manifest { id, dir, tid }),
+                    Err(e) => self.core.checkpoint_made(now, id, Err(e)),
+                }
             }
             CheckpointCommand::Read {
                 id,
@@ -498,7 +594,14 @@ impl<S: Storage + 'static> ServerShell<S> {
                 id,
                 donor: _,
                 manifest,
-            } => self.install(id, &manifest),
+            } => match self.dir("incoming", id) {
+                Some(dir) => self.off_task(CheckpointWork::Verify { id, dir, manifest }),
+                None => {
+                    let _ = self
+                        .core
+                        .checkpoint_ready(now, id, Err("no data directory".into()));
+                }
+            },
             CheckpointCommand::Abandon { id } => {
                 if let Some(dir) = self.dir("incoming", id) {
                     let _ = std::fs::remove_dir_all(dir);
@@ -508,12 +611,21 @@ impl<S: Storage + 'static> ServerShell<S> {
     }
 
     /// Verifies the side directory, moves it into place, opens it and hands it to the core.
-    fn install(&mut self, id: u64, manifest: &servercore::checkpoint::Manifest) {
+    fn install(
+        &mut self,
+        id: u64,
+        manifest: &servercore::checkpoint::Manifest,
+        verified: Result<(), String>,
+    ) {
         let now = self.now;
+        if self.core.installing_transfer() != Some(id) {
+            // Abandoned while its files were checked (its directory is gone or going).
+            return;
+        }
         let promoted = (|| {
+            verified?;
             let ck = self.ckpt.as_ref().ok_or("no data directory")?;
             let dir = ck.data.join(format!("incoming-{id}"));
-            checkpoint::verify(&dir, &manifest.files)?;
             {
                 // Opened in the side directory only to check it, then closed again.
                 let probe = (ck.open)(&dir).map_err(|e| e.to_string())?;
@@ -611,6 +723,12 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 let id = self.wait(reply);
                 self.core.voter_change(now, id, &add, &remove);
             }
+            ServerRequest::CheckpointMade { id, made } => self.core.checkpoint_made(now, id, made),
+            ServerRequest::CheckpointVerified {
+                id,
+                manifest,
+                verified,
+            } => self.install(id, &manifest, verified),
             ServerRequest::StoreSynced {
                 id,
                 generation,

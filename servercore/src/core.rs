@@ -1300,6 +1300,14 @@ impl<S: Storage + 'static> ServerCore<S> {
         }
     }
 
+    /// Recipient: the transfer whose files the shell is checking and installing, if any.
+    pub fn installing_transfer(&self) -> Option<u64> {
+        self.incoming
+            .as_ref()
+            .filter(|i| i.installing.is_some())
+            .map(|i| i.id)
+    }
+
     /// Recipient: the shell could not prepare or write transfer `id`: it is abandoned (the
     /// replica asks again at its next election).
     pub fn transfer_failed(&mut self, now: Time, id: u64, reason: &str) {
