@@ -296,6 +296,7 @@ impl Cluster {
             accelerated_window: 4,
             max_message_size: 16 * 1024,
             send_queue_max_bytes: 16 * 1024,
+            send_queue_max_delay: Duration::from_millis(20),
             recv_window_max: 256,
             rtr_max: 64,
         };

@@ -43,6 +43,12 @@ pub struct Config {
     pub max_message_size: usize,
     /// Bytes of application messages waiting to be ordered before `multicast` refuses more.
     pub send_queue_max_bytes: usize,
+    /// How long the send queue may take to drain, at the rate the ring has been taking this
+    /// daemon's messages while it had a backlog, before `multicast` refuses more (`QueueFull`:
+    /// the driver holds the sender's request, so it waits). A sender on a saturated ring
+    /// feels it before its messages wait seconds in the queue. The bound never falls below
+    /// what one token visit may send (`personal_window` full packets). Zero: bytes only.
+    pub send_queue_max_delay: Duration,
     /// How far (in packets) a member accepts sequence numbers beyond what it has contiguously;
     /// senders stay within half of it, so it also bounds a member's receive buffer.
     pub recv_window_max: u64,
@@ -69,6 +75,7 @@ impl Default for Config {
             accelerated_window: 16,
             max_message_size: 32 * 1024 * 1024,
             send_queue_max_bytes: 32 * 1024 * 1024,
+            send_queue_max_delay: Duration::from_millis(100),
             recv_window_max: 16 * 1024,
             rtr_max: 256,
         }

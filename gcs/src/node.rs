@@ -224,6 +224,11 @@ pub struct Node {
     /// it has had in all.
     pub(crate) last_visit: Option<Time>,
     pub(crate) visits: u64,
+    /// The visit before the last one.
+    prev_visit: Option<Time>,
+    /// Bytes per second the ring took from our send queue at visits that left a backlog
+    /// (smoothed; 0 until measured): the time bound of the queue (`send_queue_max_delay`).
+    drain_rate: u64,
     /// Daemons removed from the cluster (see [`Node::set_removed`]): never members again.
     pub(crate) removed: BTreeSet<NodeId>,
 }
@@ -252,6 +257,8 @@ impl Node {
             stats: Stats::default(),
             last_visit: None,
             visits: 0,
+            prev_visit: None,
+            drain_rate: 0,
             removed: BTreeSet::new(),
         };
         node.enter_gather("boot", BTreeSet::new());
@@ -373,7 +380,7 @@ impl Node {
             });
         }
         let queued = self.send_queue.bytes();
-        if queued > 0 && queued + payload.len() > self.cfg.send_queue_max_bytes {
+        if queued > 0 && queued + payload.len() > self.send_queue_bound() {
             return Err(SubmitError::QueueFull { queued });
         }
         self.send_queue.push(service, payload);
@@ -382,6 +389,43 @@ impl Node {
             self.timers.set(Timer::TokenHold, self.now);
         }
         Ok(())
+    }
+
+    /// The most bytes the send queue takes now: `send_queue_max_bytes`, or less when the
+    /// ring's measured drain rate would take longer than `send_queue_max_delay` to send them.
+    pub fn send_queue_bound(&self) -> usize {
+        let by_bytes = self.cfg.send_queue_max_bytes;
+        if self.cfg.send_queue_max_delay.is_zero() {
+            return by_bytes;
+        }
+        // Until a visit has measured the rate, what one visit may send: a first burst must
+        // not fill the whole queue before anything is known.
+        let one_visit = self.cfg.personal_window as usize * self.cfg.max_packet_size;
+        let by_time = (self.drain_rate as u128 * self.cfg.send_queue_max_delay.as_micros()
+            / 1_000_000)
+            .min(usize::MAX as u128) as usize;
+        by_time.max(one_visit).min(by_bytes)
+    }
+
+    /// After originating at a visit: a visit that left a backlog sent all the ring allowed,
+    /// so the bytes it took over the time since the previous visit measure the drain rate.
+    fn measure_drain(&mut self, queued_before: usize) {
+        let queued_after = self.send_queue.bytes();
+        let (Some(prev), true) = (self.prev_visit, queued_after > 0) else {
+            return;
+        };
+        let dt = self.now.since(prev).as_micros();
+        if dt == 0 || queued_before <= queued_after {
+            return;
+        }
+        let sample =
+            ((queued_before - queued_after) as u128 * 1_000_000 / dt).min(u64::MAX as u128) as u64;
+        self.drain_rate = if self.drain_rate == 0 {
+            sample
+        } else {
+            // Smoothed over about eight visits.
+            self.drain_rate - self.drain_rate / 8 + sample / 8
+        };
     }
 
     /// A datagram arrived. Malformed or foreign datagrams are counted and dropped.
@@ -657,7 +701,9 @@ impl Node {
 
     /// Processes the token at our visit: retransmit, originate, update, pass, deliver.
     pub(crate) fn token_visit(&mut self, mut token: Token) {
+        self.prev_visit = self.last_visit;
         self.last_visit = Some(self.now);
+        let queued_before = self.send_queue.bytes();
         self.visits += 1;
         if let State::Recovery(rec) = &mut self.state {
             // Recovery is complete once, on two consecutive visits, nobody had old packets left
@@ -781,6 +827,9 @@ impl Node {
             frames.push(frame);
         }
         let originated = frames.len() as u32;
+        if !recovering {
+            self.measure_drain(queued_before);
+        }
         ring.my_fcc = sent + originated;
         token.fcc = fcc_others.saturating_add(sent).saturating_add(originated);
         let backlog_now = if recovering {

@@ -845,9 +845,11 @@ mod tests {
 
     #[test]
     fn a_full_send_queue_refuses_sends_but_never_loses_a_disconnect() {
-        // A 64 MiB queue: the halving fill below then leaves less room than a disconnect needs.
+        // A 64 MiB queue bounded by bytes alone: the halving fill below then leaves less room
+        // than a disconnect needs (the time bound, before any ring, would leave other room).
         let cfg = Config {
             send_queue_max_bytes: 64 << 20,
+            send_queue_max_delay: Duration::ZERO,
             ..Config::default()
         };
         let mut d = Daemon::new(cfg, Limits::default(), ProcId::new(0, 1), Time::ZERO).unwrap();

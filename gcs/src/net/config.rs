@@ -26,6 +26,7 @@
 //! accelerated_window = 16
 //! max_message_size = 33554432
 //! send_queue_max_bytes = 67108864
+//! send_queue_max_delay_ms = 100
 //!
 //! [socket]                # optional
 //! recv_buffer = 8388608   # SO_RCVBUF bytes
@@ -82,6 +83,8 @@ pub struct ProtocolSection {
     pub max_message_size: Option<usize>,
     /// See `Config::send_queue_max_bytes`.
     pub send_queue_max_bytes: Option<usize>,
+    /// See `Config::send_queue_max_delay` (0: bytes only).
+    pub send_queue_max_delay_ms: Option<u64>,
 }
 
 /// Socket options.
@@ -233,6 +236,7 @@ impl ClusterConfig {
             accelerated_window: p.accelerated_window.unwrap_or(d.accelerated_window),
             max_message_size: p.max_message_size.unwrap_or(d.max_message_size),
             send_queue_max_bytes: p.send_queue_max_bytes.unwrap_or(d.send_queue_max_bytes),
+            send_queue_max_delay: ms(p.send_queue_max_delay_ms, d.send_queue_max_delay),
             ..d
         }
     }
