@@ -46,8 +46,9 @@ pub struct Config {
     /// How long the send queue may take to drain, at the rate the ring has been taking this
     /// daemon's messages while it had a backlog, before `multicast` refuses more (`QueueFull`:
     /// the driver holds the sender's request, so it waits). A sender on a saturated ring
-    /// feels it before its messages wait seconds in the queue. The bound never falls below
-    /// what one token visit may send (`personal_window` full packets). Zero: bytes only.
+    /// feels it before its messages wait seconds in the queue. A message is taken while the
+    /// queue is below the bound, so one message may pass it; the bound never falls below what
+    /// one token visit may send (`personal_window` full packets). Zero: bytes only.
     pub send_queue_max_delay: Duration,
     /// How far (in packets) a member accepts sequence numbers beyond what it has contiguously;
     /// senders stay within half of it, so it also bounds a member's receive buffer.

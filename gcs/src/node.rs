@@ -380,7 +380,13 @@ impl Node {
             });
         }
         let queued = self.send_queue.bytes();
-        if queued > 0 && queued + payload.len() > self.send_queue_bound() {
+        // Bytes bound the memory: a message that would pass them waits. The time bound says
+        // whether there is room at all: a message goes in while the queue is below it, so a
+        // large one is not kept out for ever by small ones queued before it.
+        if queued > 0
+            && (queued + payload.len() > self.cfg.send_queue_max_bytes
+                || queued >= self.send_queue_time_bound())
+        {
             return Err(SubmitError::QueueFull { queued });
         }
         self.send_queue.push(service, payload);
@@ -391,12 +397,13 @@ impl Node {
         Ok(())
     }
 
-    /// The most bytes the send queue takes now: `send_queue_max_bytes`, or less when the
-    /// ring's measured drain rate would take longer than `send_queue_max_delay` to send them.
-    pub fn send_queue_bound(&self) -> usize {
+    /// The bytes of send queue the ring's measured drain rate sends within
+    /// `send_queue_max_delay` (at most `send_queue_max_bytes`): `multicast` takes a message
+    /// only while the queue holds less.
+    pub fn send_queue_time_bound(&self) -> usize {
         let by_bytes = self.cfg.send_queue_max_bytes;
         if self.cfg.send_queue_max_delay.is_zero() {
-            return by_bytes;
+            return usize::MAX;
         }
         // Until a visit has measured the rate, what one visit may send: a first burst must
         // not fill the whole queue before anything is known.
