@@ -454,8 +454,9 @@ impl<S: Storage + 'static> ServerShell<S> {
         self.direct.clone()
     }
 
-    /// Where the sync thread will send its reports, to be given the driver's request channel
-    /// once the driver runs (`driver::spawn` returns it): see [`SyncHandoff::reports_to`].
+    /// Where the sync thread and checkpoint work will send their reports, to be given the
+    /// driver's request channel once the driver runs (`driver::spawn` returns it): see
+    /// [`SyncHandoff::reports_to`].
     pub fn take_sync_handoff(&mut self) -> SyncHandoff {
         SyncHandoff {
             sync: self.sync.as_mut().and_then(|w| w.completions.take()),
