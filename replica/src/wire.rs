@@ -867,5 +867,53 @@ mod tests {
             b[p] = v;
             let _ = Msg::decode(&b);
         }
+
+        /// `txn_wire_bytes` is what the primary's size check and the donor's chunks count, and
+        /// `ReplicaConfig::check_message_limit` relies on it being an upper bound of the
+        /// encoding: a commit, and a chunk of transactions, never take more on the wire than
+        /// it says plus the message's own fields.
+        #[test]
+        fn txn_wire_bytes_bounds_the_encoding(
+            records in proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 1..40),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+                    proptest::option::of(any::<u64>()),
+                ),
+                0..40,
+            ),
+            user in proptest::collection::vec(any::<u8>(), 0..50),
+            n in 1usize..5,
+        ) {
+            let txn = |t: u64| Transaction {
+                tid: Tid(t),
+                meta: TxnMeta {
+                    user: Bytes::from(user.clone()),
+                    description: Bytes::from_static(b"d"),
+                    extension: Bytes::new(),
+                    time: u64::MAX,
+                },
+                records: records
+                    .iter()
+                    .map(|(oid, data, serial)| Record {
+                        oid: Oid::new(Bytes::from(oid.clone())).unwrap(),
+                        data: data.clone().map(Bytes::from),
+                        expected_serial: serial.map(Tid),
+                    })
+                    .collect(),
+            };
+            let bound = |t: &Transaction| crate::config::txn_wire_bytes(&t.meta, &t.records);
+            let one = txn(u64::MAX);
+            let commit = Msg::Commit { epoch: Epoch(u64::MAX), prev: Tid(u64::MAX), txn: one.clone() };
+            prop_assert!(commit.encode().len() <= bound(&one) + 64);
+            let txns: Vec<(Tid, Transaction)> = (0..n as u64).map(|i| (Tid(i), txn(i + 1))).collect();
+            let counted: usize = txns.iter().map(|(_, t)| 8 + bound(t)).sum();
+            let chunk = Msg::Chunk {
+                to: u32::MAX,
+                fetch_id: u64::MAX,
+                body: ChunkBody::Txns { txns, done: true },
+            };
+            prop_assert!(chunk.encode().len() <= counted + 64);
+        }
     }
 }
