@@ -12,6 +12,11 @@
             object per transaction, and the time of ClientStorage.tpc_vote (one round trip:
             the server takes the locks and checks) and ClientStorage.tpc_finish (one round
             trip: the server makes the transaction durable) is taken per commit
+    loads   what one cold load costs a stock client: N objects of 100 bytes are written, then
+            a fresh ClientStorage (empty cache) loads each once with ClientStorage.load, one
+            round trip each, as an application activating ghosts one at a time does; prints
+            loads/s and the CPU per load of the client process (all its threads, its asyncio
+            I/O thread included) and of the server processes given by --pids
 
 Nothing here starts or stops a server.
 """
@@ -284,6 +289,59 @@ def cmd_phases(args):
     print(f"  the rest (client side, stores, tpc_begin): {stats(rest)}")
 
 
+def proc_cpu_s(pids):
+    """CPU seconds (user + system) of the given processes, all their threads."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tck
+
+
+def cmd_loads(args):
+    import transaction
+    import ZODB
+    from persistent.mapping import PersistentMapping
+    from ZEO.ClientStorage import ClientStorage
+
+    tm = transaction.TransactionManager(explicit=False)
+    db = ZODB.DB(ClientStorage(args.addrs, args.storage, wait=True, wait_timeout=WAIT_TIMEOUT))
+    conn = db.open(transaction_manager=tm)
+    objs = []
+    for start in range(0, args.objects, 1000):
+        with tm:
+            batch = [PersistentMapping(d=os.urandom(40).hex()) for _ in range(min(1000, args.objects - start))]
+            conn.root()[f"loads-{start}"] = batch
+            objs.extend(batch)
+    oids = [o._p_oid for o in objs]
+    conn.close()
+    db.close()
+
+    storage = ClientStorage(args.addrs, args.storage, wait=True, wait_timeout=WAIT_TIMEOUT)
+    try:
+        rounds = []
+        for _ in range(args.rounds):
+            storage._cache.clear()
+            server0 = proc_cpu_s(args.pids)
+            cpu0, thread0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+            for oid in oids:
+                storage.load(oid)
+            wall = time.perf_counter() - t0
+            cpu, thread = time.process_time() - cpu0, time.thread_time() - thread0
+            server = proc_cpu_s(args.pids) - server0
+            rounds.append((wall, cpu, thread, server))
+    finally:
+        storage.close()
+    n = len(oids)
+    print(f"{args.label}: {n} cold loads, one client, ClientStorage.load one at a time")
+    for wall, cpu, thread, server in rounds:
+        print(f"  {n / wall:,.0f} loads/s: {1e6 * wall / n:.1f} us per load; CPU per load: client"
+              f" process {1e6 * cpu / n:.1f} us (application thread {1e6 * thread / n:.1f} us),"
+              f" servers {1e6 * server / n:.1f} us")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -306,9 +364,16 @@ def main():
     ph.add_argument("--storage", default="1")
     ph.add_argument("--seconds", type=float, default=6)
     ph.add_argument("--label", default="")
+    ld = sub.add_parser("loads")
+    ld.add_argument("--addrs", type=addrs, required=True)
+    ld.add_argument("--storage", default="1")
+    ld.add_argument("--objects", type=int, default=10000)
+    ld.add_argument("--rounds", type=int, default=3)
+    ld.add_argument("--pids", type=lambda t: [int(x) for x in t.split(",") if x], default=[])
+    ld.add_argument("--label", default="")
     args = p.parse_args()
     return {"write": cmd_write, "check": cmd_check, "ratios": cmd_ratios,
-            "phases": cmd_phases}[args.cmd](args) or 0
+            "phases": cmd_phases, "loads": cmd_loads}[args.cmd](args) or 0
 
 
 if __name__ == "__main__":
