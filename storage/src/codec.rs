@@ -30,13 +30,17 @@ pub(crate) const MAGIC: &[u8] = b"standby-storage";
 pub(crate) enum Kind {
     TxnHeader = 1,
     TxnRecord = 2,
-    Current = 3,
-    History = 4,
+    // 3 and 4 were layout 1's current revisions and history entries.
     Lost = 5,
     MetaState = 6,
     Format = 7,
     Replication = 8,
+    Revision = 9,
 }
+
+/// The on-disk layout, stored after the magic in the format marker (absent = layout 1: the
+/// `current` and `history` column families, replaced in layout 2 by `revisions`).
+pub(crate) const LAYOUT: u32 = 2;
 
 pub(crate) struct Writer {
     buf: Vec<u8>,
@@ -296,112 +300,6 @@ pub(crate) fn decode_record(v: &[u8], what: &dyn Fn() -> String) -> Result<Recor
     })
 }
 
-pub(crate) fn encode_current(tid: Tid, data: &Option<Bytes>) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Current, data.as_ref().map_or(0, |d| d.len()) + 16);
-    w.u64(tid.0);
-    w.opt_data(data);
-    w.finish()
-}
-
-/// A current revision whose state is record `idx` of its transaction (key `tid ++ idx` in
-/// `txn`): large states are written once, not twice.
-pub(crate) fn encode_current_ref(tid: Tid, idx: u32) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Current, 13);
-    w.u64(tid.0);
-    w.u8(CURRENT_REF);
-    w.u32(idx);
-    w.finish()
-}
-
-/// Data flag of a current value that refers to its transaction's record.
-const CURRENT_REF: u8 = 2;
-
-/// A current revision: its tid and where its state is (inline, or a record of the
-/// transaction at that tid).
-pub(crate) fn decode_current(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, HistoryValue)> {
-    let mut r = Reader::open(Kind::Current, v, what)?;
-    let tid = Tid(r.u64()?);
-    let state = match r.buf.first() {
-        Some(&CURRENT_REF) => {
-            r.u8()?;
-            HistoryValue::Ref(r.u32()?)
-        }
-        _ => HistoryValue::Inline(r.opt_data()?),
-    };
-    r.finish()?;
-    Ok((tid, state))
-}
-
-/// The tid of a current revision and whether it holds a state (`false`: a deletion). Checks
-/// the whole value like [`decode_current`] but does not copy the state.
-pub(crate) fn decode_current_head(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, bool)> {
-    let mut r = Reader::open(Kind::Current, v, what)?;
-    let tid = Tid(r.u64()?);
-    let live = match r.u8()? {
-        0 => false,
-        1 => {
-            let n = r.u32()? as usize;
-            r.take(n)?;
-            true
-        }
-        CURRENT_REF => {
-            r.u32()?;
-            true
-        }
-        f => {
-            return Err(StorageError::corrupt(format!(
-                "{}: bad data flag {f}",
-                what()
-            )))
-        }
-    };
-    r.finish()?;
-    Ok((tid, live))
-}
-
-/// Where a revision's state lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum HistoryValue {
-    /// In the transaction's record number `idx` (key `tid ++ idx`).
-    Ref(u32),
-    /// Inline: a revision received by a fast-recovery fill, whose transaction is absent.
-    Inline(Option<Bytes>),
-}
-
-impl HistoryValue {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        match self {
-            HistoryValue::Ref(idx) => {
-                let mut w = Writer::new(Kind::History, 5);
-                w.u8(0);
-                w.u32(*idx);
-                w.finish()
-            }
-            HistoryValue::Inline(data) => {
-                let mut w = Writer::new(Kind::History, data.as_ref().map_or(0, |d| d.len()) + 8);
-                w.u8(1);
-                w.opt_data(data);
-                w.finish()
-            }
-        }
-    }
-    pub(crate) fn decode(v: &[u8], what: &dyn Fn() -> String) -> Result<HistoryValue> {
-        let mut r = Reader::open(Kind::History, v, what)?;
-        let hv = match r.u8()? {
-            0 => HistoryValue::Ref(r.u32()?),
-            1 => HistoryValue::Inline(r.opt_data()?),
-            t => {
-                return Err(StorageError::corrupt(format!(
-                    "{}: bad history tag {t}",
-                    what()
-                )))
-            }
-        };
-        r.finish()?;
-        Ok(hv)
-    }
-}
-
 pub(crate) fn encode_lost(truncated_after: Tid, txn: &Transaction) -> Vec<u8> {
     let size: usize = txn
         .records
@@ -537,20 +435,133 @@ pub(crate) fn decode_replication(v: &[u8]) -> Result<Bytes> {
 }
 
 pub(crate) fn encode_format() -> Vec<u8> {
-    let mut w = Writer::new(Kind::Format, MAGIC.len() + 4);
+    let mut w = Writer::new(Kind::Format, MAGIC.len() + 8);
     w.bytes(MAGIC);
+    w.u32(LAYOUT);
     w.finish()
 }
 
+/// Checks the format marker: a standby store, in the layout this build reads.
 pub(crate) fn check_format(v: &[u8]) -> Result<()> {
     let what = || "format marker".to_string();
     let mut r = Reader::open(Kind::Format, v, &what)?;
     let magic = r.bytes()?;
-    r.finish()?;
     if magic != MAGIC {
         return Err(StorageError::corrupt("format marker: not a standby store"));
     }
+    let found = if r.buf.is_empty() { 1 } else { r.u32()? };
+    r.finish()?;
+    if found != LAYOUT {
+        return Err(StorageError::OldLayout {
+            found,
+            reads: LAYOUT,
+        });
+    }
     Ok(())
+}
+
+/// A revision in the `revisions` column family: where its state is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RevValue {
+    /// A committed state over [`crate::rocks`]'s inline limit: record `idx` of the
+    /// transaction (key `tid ++ idx` in `txn`), written once.
+    Ref(u32),
+    /// A committed small state or a deletion, copied here so that a load is one read; it is
+    /// also record `idx` of its transaction (which a pack deletes with it).
+    Logged(u32, Option<Bytes>),
+    /// A revision received by a fast-recovery fill: its transaction is not stored.
+    Filled(Option<Bytes>),
+}
+
+impl RevValue {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            RevValue::Ref(idx) => {
+                let mut w = Writer::new(Kind::Revision, 5);
+                w.u8(0);
+                w.u32(*idx);
+                w.finish()
+            }
+            RevValue::Logged(idx, data) => {
+                let mut w = Writer::new(Kind::Revision, data.as_ref().map_or(0, |d| d.len()) + 12);
+                w.u8(1);
+                w.u32(*idx);
+                w.opt_data(data);
+                w.finish()
+            }
+            RevValue::Filled(data) => {
+                let mut w = Writer::new(Kind::Revision, data.as_ref().map_or(0, |d| d.len()) + 8);
+                w.u8(2);
+                w.opt_data(data);
+                w.finish()
+            }
+        }
+    }
+
+    pub(crate) fn decode(v: &[u8], what: &dyn Fn() -> String) -> Result<RevValue> {
+        let mut r = Reader::open(Kind::Revision, v, what)?;
+        let rv = match r.u8()? {
+            0 => RevValue::Ref(r.u32()?),
+            1 => RevValue::Logged(r.u32()?, r.opt_data()?),
+            2 => RevValue::Filled(r.opt_data()?),
+            t => {
+                return Err(StorageError::corrupt(format!(
+                    "{}: bad revision tag {t}",
+                    what()
+                )))
+            }
+        };
+        r.finish()?;
+        Ok(rv)
+    }
+
+    /// Whether the revision holds a state (`false`: a deletion). Checks the whole value
+    /// like [`RevValue::decode`] but does not copy the state.
+    pub(crate) fn decode_live(v: &[u8], what: &dyn Fn() -> String) -> Result<bool> {
+        let mut r = Reader::open(Kind::Revision, v, what)?;
+        let tag = r.u8()?;
+        let live = match tag {
+            0 => {
+                r.u32()?;
+                true
+            }
+            1 | 2 => {
+                if tag == 1 {
+                    r.u32()?;
+                }
+                match r.u8()? {
+                    0 => false,
+                    1 => {
+                        let n = r.u32()? as usize;
+                        r.take(n)?;
+                        true
+                    }
+                    f => {
+                        return Err(StorageError::corrupt(format!(
+                            "{}: bad data flag {f}",
+                            what()
+                        )))
+                    }
+                }
+            }
+            t => {
+                return Err(StorageError::corrupt(format!(
+                    "{}: bad revision tag {t}",
+                    what()
+                )))
+            }
+        };
+        r.finish()?;
+        Ok(live)
+    }
+
+    /// The record of the revision's transaction, if one is stored.
+    pub(crate) fn record_idx(&self) -> Option<u32> {
+        match self {
+            RevValue::Ref(idx) | RevValue::Logged(idx, _) => Some(*idx),
+            RevValue::Filled(_) => None,
+        }
+    }
 }
 
 /// Keys. Big-endian throughout, so that byte order is tid order.
@@ -583,40 +594,89 @@ pub(crate) mod keys {
         Ok((Tid(u64::from_be_bytes(t)), u32::from_be_bytes(i)))
     }
 
-    /// `history` column family: `oid length (u16) ++ oid ++ tid (8)`. The length prefix keeps
-    /// each oid's revisions contiguous and sorted by tid.
-    pub(crate) fn history(oid: &Oid, tid: Tid) -> Vec<u8> {
-        let o = oid.as_bytes();
-        let mut k = Vec::with_capacity(o.len() + 10);
-        k.extend_from_slice(&(o.len() as u16).to_be_bytes());
-        k.extend_from_slice(o);
-        k.extend_from_slice(&tid.to_be_bytes());
+    /// `revisions` column family: the oid, escaped so that byte order is oid order and no
+    /// oid's keys are a prefix of another's (`0x00` becomes `0x00 0x01`, then `0x00 0x00`
+    /// ends it), then the tid inverted (`!tid`, 8 bytes): an object's revisions are
+    /// contiguous, newest first, so its current revision is the first key of its prefix.
+    pub(crate) fn rev(oid: &Oid, tid: Tid) -> Vec<u8> {
+        let mut k = rev_prefix(oid);
+        k.extend_from_slice(&(!tid.0).to_be_bytes());
         k
     }
 
-    /// The oid prefix of `history` keys.
-    pub(crate) fn history_prefix(oid: &Oid) -> Vec<u8> {
+    /// The keys of every revision of `oid` start with this.
+    pub(crate) fn rev_prefix(oid: &Oid) -> Vec<u8> {
         let o = oid.as_bytes();
-        let mut k = Vec::with_capacity(o.len() + 2);
-        k.extend_from_slice(&(o.len() as u16).to_be_bytes());
-        k.extend_from_slice(o);
+        let mut k = Vec::with_capacity(o.len() + 12);
+        for &b in o {
+            k.push(b);
+            if b == 0 {
+                k.push(1);
+            }
+        }
+        k.extend_from_slice(&[0, 0]);
         k
     }
 
-    pub(crate) fn parse_history(k: &[u8]) -> Result<(Oid, Tid)> {
+    /// A key after every revision of the object whose prefix is `prefix` and before the
+    /// next object's (tid 0 is never stored, so no revision has the inverted tid `!0`).
+    pub(crate) fn rev_past(prefix: &[u8]) -> Vec<u8> {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(&[0xFF; 8]);
+        k
+    }
+
+    /// The length of the escaped-oid prefix of a `revisions` key (through its `0x00 0x00`).
+    fn rev_prefix_len(k: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i + 1 < k.len() {
+            match (k[i], k[i + 1]) {
+                (0, 0) => return Some(i + 2),
+                (0, _) => i += 2,
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// RocksDB's prefix extractor of `revisions`: the escaped oid (the whole key if it has
+    /// no prefix, which `rev_in_domain` keeps RocksDB from asking).
+    pub(crate) fn rev_prefix_of(k: &[u8]) -> &[u8] {
+        &k[..rev_prefix_len(k).unwrap_or(k.len())]
+    }
+
+    /// Whether a key has an escaped-oid prefix (every key the store writes has).
+    pub(crate) fn rev_in_domain(k: &[u8]) -> bool {
+        rev_prefix_len(k).is_some()
+    }
+
+    /// The oid and tid of a `revisions` key, and the length of its oid prefix.
+    pub(crate) fn parse_rev(k: &[u8]) -> Result<(Oid, Tid, usize)> {
         let bad =
-            || StorageError::corrupt(format!("history key of {} bytes is malformed", k.len()));
-        if k.len() < 10 {
-            return Err(bad());
+            || StorageError::corrupt(format!("revision key of {} bytes is malformed", k.len()));
+        let mut oid = Vec::with_capacity(k.len().saturating_sub(10));
+        let mut i = 0;
+        loop {
+            match (k.get(i), k.get(i + 1)) {
+                (Some(0), Some(0)) => break,
+                (Some(0), Some(1)) => {
+                    oid.push(0);
+                    i += 2;
+                }
+                (Some(0), _) | (None, _) => return Err(bad()),
+                (Some(&b), _) => {
+                    oid.push(b);
+                    i += 1;
+                }
+            }
         }
-        let n = u16::from_be_bytes([k[0], k[1]]) as usize;
-        if k.len() != n + 10 {
-            return Err(bad());
-        }
-        let oid = Oid::new(bytes::Bytes::copy_from_slice(&k[2..2 + n])).map_err(|_| bad())?;
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&k[2 + n..]);
-        Ok((oid, Tid(u64::from_be_bytes(t))))
+        let prefix = i + 2;
+        let t: [u8; 8] = k
+            .get(prefix..)
+            .and_then(|t| t.try_into().ok())
+            .ok_or_else(bad)?;
+        let oid = Oid::new(bytes::Bytes::from(oid)).map_err(|_| bad())?;
+        Ok((oid, Tid(!u64::from_be_bytes(t)), prefix))
     }
 
     /// `lost` column family: archive sequence number (8).
@@ -634,90 +694,82 @@ pub(crate) mod keys {
 mod tests {
     use super::*;
 
+    fn revision_values() -> Vec<RevValue> {
+        vec![
+            RevValue::Ref(3),
+            RevValue::Logged(1, None),
+            RevValue::Logged(2, Some(Bytes::new())),
+            RevValue::Logged(4, Some(Bytes::from_static(b"hello"))),
+            RevValue::Filled(None),
+            RevValue::Filled(Some(Bytes::from_static(b"state"))),
+        ]
+    }
+
     #[test]
     fn frame_round_trip_and_corruption() {
-        let v = encode_current(Tid(7), &Some(Bytes::from_static(b"hello")));
         let what = || "test".to_string();
-        assert_eq!(
-            decode_current(&v, &what).unwrap(),
-            (
-                Tid(7),
-                HistoryValue::Inline(Some(Bytes::from_static(b"hello")))
-            )
-        );
-        // Every single-bit flip is detected.
-        for i in 0..v.len() * 8 {
-            let mut w = v.clone();
-            w[i / 8] ^= 1 << (i % 8);
+        for rv in revision_values() {
+            let v = rv.encode();
+            assert_eq!(RevValue::decode(&v, &what).unwrap(), rv);
+            let live = !matches!(rv, RevValue::Logged(_, None) | RevValue::Filled(None));
+            assert_eq!(RevValue::decode_live(&v, &what).unwrap(), live);
+            // Every single-bit flip is detected.
+            for i in 0..v.len() * 8 {
+                let mut w = v.clone();
+                w[i / 8] ^= 1 << (i % 8);
+                assert!(matches!(
+                    RevValue::decode(&w, &what),
+                    Err(StorageError::Corrupt { .. })
+                ));
+                assert!(RevValue::decode_live(&w, &what).is_err());
+            }
+            // Every truncation is detected.
+            for n in 0..v.len() {
+                assert!(matches!(
+                    RevValue::decode(&v[..n], &what),
+                    Err(StorageError::Corrupt { .. })
+                ));
+                assert!(RevValue::decode_live(&v[..n], &what).is_err());
+            }
+            // A value of another kind is refused.
             assert!(matches!(
-                decode_current(&w, &what),
+                decode_record(&v, &what),
                 Err(StorageError::Corrupt { .. })
             ));
         }
-        // Every truncation is detected.
-        for n in 0..v.len() {
-            assert!(matches!(
-                decode_current(&v[..n], &what),
-                Err(StorageError::Corrupt { .. })
-            ));
-        }
-        // A value of another kind is refused.
-        assert!(matches!(
-            HistoryValue::decode(&v, &what),
-            Err(StorageError::Corrupt { .. })
-        ));
     }
 
     #[test]
     fn wrong_version_is_named() {
-        let mut v = encode_current(Tid(7), &None);
+        let mut v = RevValue::Filled(None).encode();
         v[0] = 9;
         let n = v.len();
         let crc = crc32fast::hash(&v[..n - 4]);
         v[n - 4..].copy_from_slice(&crc.to_be_bytes());
-        let err = decode_current(&v, &|| "x".into()).unwrap_err();
+        let err = RevValue::decode(&v, &|| "x".into()).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
     }
 
     #[test]
-    fn current_ref_round_trip_and_corruption() {
-        let what = || "test".to_string();
-        let v = encode_current_ref(Tid(11), 3);
-        assert_eq!(
-            decode_current(&v, &what).unwrap(),
-            (Tid(11), HistoryValue::Ref(3))
-        );
-        assert_eq!(decode_current_head(&v, &what).unwrap(), (Tid(11), true));
-        for n in 0..v.len() {
-            assert!(decode_current(&v[..n], &what).is_err());
-            assert!(decode_current_head(&v[..n], &what).is_err());
-        }
-        for i in 0..v.len() * 8 {
-            let mut w = v.clone();
-            w[i / 8] ^= 1 << (i % 8);
-            assert!(decode_current(&w, &what).is_err());
-        }
-    }
-
-    #[test]
-    fn current_head_matches_current() {
-        let what = || "test".to_string();
-        for data in [None, Some(Bytes::new()), Some(Bytes::from_static(b"state"))] {
-            let v = encode_current(Tid(9), &data);
-            assert_eq!(
-                decode_current_head(&v, &what).unwrap(),
-                (Tid(9), data.is_some())
-            );
-            for n in 0..v.len() {
-                assert!(decode_current_head(&v[..n], &what).is_err());
-            }
-            let mut w = v.clone();
-            w[10] ^= 0x80;
-            assert!(matches!(
-                decode_current_head(&w, &what),
-                Err(StorageError::Corrupt { .. })
-            ));
-        }
+    fn format_marker_names_the_layout() {
+        check_format(&encode_format()).unwrap();
+        // Layout 1's marker: the magic alone.
+        let mut w = Writer::new(Kind::Format, MAGIC.len() + 4);
+        w.bytes(MAGIC);
+        assert!(matches!(
+            check_format(&w.finish()),
+            Err(StorageError::OldLayout {
+                found: 1,
+                reads: LAYOUT
+            })
+        ));
+        let mut w = Writer::new(Kind::Format, MAGIC.len() + 8);
+        w.bytes(b"something else");
+        w.u32(LAYOUT);
+        assert!(matches!(
+            check_format(&w.finish()),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -787,11 +839,49 @@ mod tests {
         assert!(keys::txn(Tid(1), 5) < keys::txn(Tid(2), 0));
         assert!(keys::txn(Tid(255), 0) < keys::txn(Tid(256), 0));
         assert_eq!(keys::parse_txn(&keys::txn(Tid(9), 3)).unwrap(), (Tid(9), 3));
-        let o = Oid::new(&b"ab"[..]).unwrap();
-        assert!(keys::history(&o, Tid(1)) < keys::history(&o, Tid(2)));
-        assert_eq!(
-            keys::parse_history(&keys::history(&o, Tid(4))).unwrap(),
-            (o, Tid(4))
-        );
+    }
+
+    proptest::proptest! {
+        /// Revision keys sort by oid (byte order), then newest first, whatever the oids'
+        /// lengths and zero bytes; an oid's keys all start with its prefix and no other
+        /// oid's do; the key parses back.
+        #[test]
+        fn revision_keys_sort_by_oid_then_newest_first(
+            a in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 2, 0xFF]), 0..6),
+            b in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 2, 0xFF]), 0..6),
+            ta in 1u64..u64::MAX,
+            tb in 1u64..u64::MAX,
+        ) {
+            let (oa, ob) = (Oid::new(a.clone()).unwrap(), Oid::new(b.clone()).unwrap());
+            let (ka, kb) = (keys::rev(&oa, Tid(ta)), keys::rev(&ob, Tid(tb)));
+            let expected = a.cmp(&b).then(tb.cmp(&ta));
+            proptest::prop_assert_eq!(ka.cmp(&kb), expected);
+            let pa = keys::rev_prefix(&oa);
+            proptest::prop_assert!(ka.starts_with(&pa));
+            proptest::prop_assert_eq!(kb.starts_with(&pa), a == b);
+            proptest::prop_assert!(ka < keys::rev_past(&pa));
+            proptest::prop_assert_eq!(kb < keys::rev_past(&pa), b <= a);
+            let (o, t, n) = keys::parse_rev(&ka).unwrap();
+            proptest::prop_assert_eq!((o, t, n), (oa, Tid(ta), pa.len()));
+            proptest::prop_assert_eq!(keys::rev_prefix_of(&ka), &pa[..]);
+            proptest::prop_assert_eq!(keys::rev_prefix_of(&pa), &pa[..]);
+            proptest::prop_assert!(keys::rev_in_domain(&ka));
+        }
+    }
+
+    #[test]
+    fn malformed_revision_keys_are_corrupt() {
+        for k in [
+            &b""[..],
+            b"\x00",
+            b"ab\x00\x02",
+            b"ab\x00\x00",
+            b"ab\x00\x00\x01",
+        ] {
+            assert!(matches!(
+                keys::parse_rev(k),
+                Err(StorageError::Corrupt { .. })
+            ));
+        }
     }
 }

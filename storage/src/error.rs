@@ -117,6 +117,19 @@ pub enum StorageError {
     /// The backend does not support this operation.
     #[error("unsupported by this backend: {0}")]
     Unsupported(&'static str),
+    /// The store was written in another on-disk layout than the one this build reads. A
+    /// replica's store is rebuilt from the cluster: empty its data directory and the server
+    /// bootstraps again from a checkpoint.
+    #[error(
+        "store written in layout {found}, this build reads layout {reads}: empty the data \
+         directory and restart, the server then copies a checkpoint from the cluster"
+    )]
+    OldLayout {
+        /// The layout the store was written in.
+        found: u32,
+        /// The layout this build reads and writes.
+        reads: u32,
+    },
 }
 
 impl StorageError {

@@ -4,8 +4,7 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `txn` | `tid (8) ++ idx (4)`; idx 0 = header, idx i+1 = record i | `TxnHeader` / record |
-//! | `current` | oid | `tid ++ state` (the newest revision), or `tid ++ Ref(idx)` for a large state |
-//! | `history` | `len (2) ++ oid ++ tid (8)` | `Ref(idx)` into `txn`, or an inline state |
+//! | `revisions` | escaped oid ++ `!tid (8)`: an object's revisions newest first | `Ref(idx)` into `txn` (large state), `Logged(idx, state)` (small state or deletion, also in `txn`), `Filled(state)` (from a fill) |
 //! | `lost` | archive seq (8) | truncated-after tid ++ whole transaction |
 //! | `meta` | `format`, `state`, `replication` | format marker; `MetaState`; replication state |
 //!
@@ -22,13 +21,12 @@ use bytes::Bytes;
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBRawIteratorWithThreadMode,
-    Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::{
-    check_format, decode_current, decode_current_head, decode_lost, decode_record,
-    decode_replication, encode_current, encode_current_ref, encode_format, encode_lost,
-    encode_record, encode_replication, keys, HistoryValue, MetaState, TxnHeader,
+    check_format, decode_lost, decode_record, decode_replication, encode_format, encode_lost,
+    encode_record, encode_replication, keys, MetaState, RevValue, TxnHeader, LAYOUT,
 };
 use crate::error::{Result, StorageError};
 use crate::mem::{
@@ -42,21 +40,22 @@ use crate::types::{
 use crate::{FastRecovery, LostIter, Storage, TxnIter};
 
 const CF_TXN: &str = "txn";
-const CF_CURRENT: &str = "current";
-const CF_HISTORY: &str = "history";
+const CF_REVISIONS: &str = "revisions";
 const CF_LOST: &str = "lost";
 const CF_META: &str = "meta";
-const CFS: [&str; 5] = [CF_TXN, CF_CURRENT, CF_HISTORY, CF_LOST, CF_META];
+const CFS: [&str; 4] = [CF_TXN, CF_REVISIONS, CF_LOST, CF_META];
+/// The column families of layout 1, which `revisions` replaced.
+const LAYOUT_1_CFS: [&str; 2] = ["current", "history"];
 
 /// Deletes per write batch when packing (a batch ends between two objects, so one with a
 /// long history may exceed it).
 const PACK_BATCH_OPS: usize = 16 * 1024;
 /// Read-ahead for scans (`iter`, `fast_recovery`, `pack`).
 const SCAN_READAHEAD: usize = 4 << 20;
-/// States up to this size are copied into the current revision (a load is one read);
-/// larger ones are only in the transaction's record, which the current revision names:
-/// every byte written costs a copy, a checksum and a compression, twice over with the log.
-const CURRENT_INLINE_MAX: usize = 512;
+/// States up to this size are copied into their revision (a load is one read); larger ones
+/// are only in the transaction's record, which the revision names: every byte written
+/// costs a copy, a checksum and a compression, twice over with the log.
+const REVISION_INLINE_MAX: usize = 512;
 
 /// Options of [`RocksStorage`].
 #[derive(Clone, Debug)]
@@ -181,6 +180,16 @@ impl RocksStorage {
     /// same way.
     pub fn open(path: impl AsRef<Path>, opts: RocksOptions) -> Result<RocksStorage> {
         let path = path.as_ref().to_path_buf();
+        // A store of layout 1 has column families this build does not open: say so, rather
+        // than RocksDB's "column families not opened".
+        if let Ok(names) = DB::list_cf(&Options::default(), &path) {
+            if names.iter().any(|n| LAYOUT_1_CFS.contains(&n.as_str())) {
+                return Err(StorageError::OldLayout {
+                    found: 1,
+                    reads: LAYOUT,
+                });
+            }
+        }
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -197,12 +206,31 @@ impl RocksStorage {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_block_size(32 << 10);
+        // `revisions` is read by seeks within one object's prefix (every commit reads the
+        // current revision of each object it writes, most often a new one): the escaped oid
+        // is the prefix RocksDB filters on, in the memtable and in every table file, so a
+        // seek skips the files that do not hold the object instead of reading a block of
+        // each. Scans of the whole family say so (`total_order_seek`).
+        let mut rev_table = BlockBasedOptions::default();
+        rev_table.set_block_cache(&cache);
+        rev_table.set_block_size(32 << 10);
+        rev_table.set_bloom_filter(10.0, false);
+        rev_table.set_whole_key_filtering(false);
         let cfs = CFS.map(|name| {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(opts.write_buffer_bytes.max(1 << 20));
-            if name == CF_TXN || name == CF_CURRENT {
+            if name == CF_TXN || name == CF_REVISIONS {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if name == CF_REVISIONS {
+                o.set_block_based_table_factory(&rev_table);
+                o.set_prefix_extractor(SliceTransform::create(
+                    "standby-oid-prefix",
+                    keys::rev_prefix_of,
+                    Some(keys::rev_in_domain),
+                ));
+                o.set_memtable_prefix_bloom_ratio(0.1);
             }
             ColumnFamilyDescriptor::new(name, o)
         });
@@ -237,10 +265,9 @@ impl RocksStorage {
     pub fn verify(&self) -> Result<u64> {
         let mut keys = 0u64;
         for name in CFS {
-            let mut r = ReadOptions::default();
+            let mut r = Self::scan_opts();
             r.set_verify_checksums(true);
             r.fill_cache(false);
-            r.set_readahead_size(SCAN_READAHEAD);
             let mut it = self.db.raw_iterator_cf_opt(self.cf(name)?, r);
             it.seek_to_first();
             while it.valid() {
@@ -263,6 +290,17 @@ impl RocksStorage {
         for t in self.iter(range, Direction::Forward)? {
             t?;
         }
+        let snap = self.db.snapshot();
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::scan_opts());
+        it.seek_to_first();
+        while let Some((k, v)) = it.item() {
+            let (oid, tid, _) = keys::parse_rev(k)?;
+            let rv = RevValue::decode(v, &|| format!("revision of {oid} at {tid}"))?;
+            self.resolve_value(&snap, &oid, tid, rv)?;
+            it.next();
+        }
+        it.status().map_err(rocks_err)?;
+        drop(it);
         if self.fill_progress()?.is_none() {
             for r in self.fast_recovery(Tid::ZERO, None)?.revisions {
                 r?;
@@ -335,9 +373,12 @@ impl RocksStorage {
         w
     }
 
+    /// Read options of a scan: read-ahead, and the whole key order (`revisions` has a prefix
+    /// extractor, under which a seek may otherwise stay within one object).
     fn scan_opts() -> ReadOptions {
         let mut r = ReadOptions::default();
         r.set_readahead_size(SCAN_READAHEAD);
+        r.set_total_order_seek(true);
         r
     }
 
@@ -350,62 +391,62 @@ impl RocksStorage {
         MetaState::decode(&v)
     }
 
-    /// Counts the objects whose current revision holds a state: one scan of `current`.
+    /// Counts the objects whose current revision holds a state: one scan of `revisions`,
+    /// the first key of each object.
     fn count_objects(&self) -> Result<u64> {
         let mut it = self
             .db
-            .raw_iterator_cf_opt(self.cf(CF_CURRENT)?, Self::scan_opts());
+            .raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::scan_opts());
         it.seek_to_first();
         let mut n = 0u64;
         while let Some((k, v)) = it.item() {
-            let what = || match Oid::new(Bytes::copy_from_slice(k)) {
-                Ok(oid) => format!("current revision of {oid}"),
-                Err(_) => format!("current revision under a key of {} bytes", k.len()),
-            };
-            if decode_current_head(v, &what)?.1 {
+            let (oid, tid, plen) = keys::parse_rev(k)?;
+            if RevValue::decode_live(v, &|| format!("revision of {oid} at {tid}"))? {
                 n += 1;
             }
-            it.next();
+            let past = keys::rev_past(&k[..plen]);
+            it.seek(past);
         }
         it.status().map_err(rocks_err)?;
         Ok(n)
     }
 
+    /// Read options for an iterator over one object's revisions: it stays within `prefix`
+    /// (filtered by the prefix blooms) and stops at its end.
+    fn object_opts(prefix: &[u8]) -> ReadOptions {
+        let mut r = ReadOptions::default();
+        r.set_prefix_same_as_start(true);
+        r.set_iterate_upper_bound(keys::rev_past(prefix));
+        r
+    }
+
     /// The serial of `oid` and whether its current revision holds a state; `(Tid::ZERO,
     /// false)` if it has none. Does not copy the state.
     fn current_head(&self, oid: &Oid) -> Result<(Tid, bool)> {
-        let v = self
+        let prefix = keys::rev_prefix(oid);
+        let mut it = self
             .db
-            .get_pinned_cf(self.cf(CF_CURRENT)?, oid.as_bytes())
-            .map_err(rocks_err)?;
-        match v {
-            None => Ok((Tid::ZERO, false)),
-            Some(v) => decode_current_head(&v, &|| format!("current revision of {oid}")),
-        }
+            .raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
+        it.seek(&prefix);
+        let head = match it.item() {
+            Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
+                let tid = keys::parse_rev(k)?.1;
+                let live = RevValue::decode_live(v, &|| format!("revision of {oid} at {tid}"))?;
+                (tid, live)
+            }
+            _ => (Tid::ZERO, false),
+        };
+        it.status().map_err(rocks_err)?;
+        Ok(head)
     }
 
     fn current_of(&self, oid: &Oid) -> Result<Option<(Tid, Option<Bytes>)>> {
-        let what = || format!("current revision of {oid}");
-        let v = self
-            .db
-            .get_pinned_cf(self.cf(CF_CURRENT)?, oid.as_bytes())
-            .map_err(rocks_err)?;
-        let Some(v) = v else { return Ok(None) };
-        match decode_current(&v, &what)? {
-            (tid, HistoryValue::Inline(data)) => Ok(Some((tid, data))),
-            (_, HistoryValue::Ref(_)) => {
-                // The state is a record of its transaction: read both at one snapshot, so
-                // that a pack or truncation between the two reads cannot split them.
-                drop(v);
-                let snap = self.db.snapshot();
-                let v = snap
-                    .get_pinned_cf(self.cf(CF_CURRENT)?, oid.as_bytes())
-                    .map_err(rocks_err)?;
-                let Some(v) = v else { return Ok(None) };
-                let (tid, state) = decode_current(&v, &what)?;
-                Ok(Some((tid, self.resolve_value(&snap, oid, tid, state)?)))
-            }
-        }
+        // The revision and, for a large state, its record are read at one snapshot, so that
+        // a pack or truncation between the two reads cannot split them.
+        let snap = self.db.snapshot();
+        Ok(self
+            .revision_at_or_before(&snap, oid, Tid::MAX)?
+            .map(|r| (r.tid, r.data)))
     }
 
     fn write_batch(&self, batch: WriteBatch, sync: bool) -> Result<()> {
@@ -615,8 +656,7 @@ impl RocksStorage {
     }
 
     fn put_txn(&self, b: &mut WriteBatch, txn: &Transaction) -> Result<()> {
-        let (txn_cf, cur_cf, hist_cf) =
-            (self.cf(CF_TXN)?, self.cf(CF_CURRENT)?, self.cf(CF_HISTORY)?);
+        let (txn_cf, rev_cf) = (self.cf(CF_TXN)?, self.cf(CF_REVISIONS)?);
         b.put_cf(
             txn_cf,
             keys::txn(txn.tid, keys::HEADER_IDX),
@@ -629,18 +669,12 @@ impl RocksStorage {
                 keys::txn(txn.tid, idx),
                 encode_record(&r.oid, &r.data),
             );
-            match &r.data {
-                // Written once: the current revision refers to the record.
-                Some(d) if d.len() > CURRENT_INLINE_MAX => {
-                    b.put_cf(cur_cf, r.oid.as_bytes(), encode_current_ref(txn.tid, idx))
-                }
-                _ => b.put_cf(cur_cf, r.oid.as_bytes(), encode_current(txn.tid, &r.data)),
-            }
-            b.put_cf(
-                hist_cf,
-                keys::history(&r.oid, txn.tid),
-                HistoryValue::Ref(idx).encode(),
-            );
+            let rev = match &r.data {
+                // Written once: the revision refers to the record.
+                Some(d) if d.len() > REVISION_INLINE_MAX => RevValue::Ref(idx),
+                _ => RevValue::Logged(idx, r.data.clone()),
+            };
+            b.put_cf(rev_cf, keys::rev(&r.oid, txn.tid), rev.encode());
         }
         Ok(())
     }
@@ -673,7 +707,7 @@ impl RocksStorage {
         }
     }
 
-    /// The state a history entry points to.
+    /// The state the revision value `value` of `oid` at `tid` holds or points to.
     fn resolve(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
@@ -681,23 +715,23 @@ impl RocksStorage {
         tid: Tid,
         value: &[u8],
     ) -> Result<Option<Bytes>> {
-        let what = || format!("history entry of {oid} at {tid}");
-        let value = HistoryValue::decode(value, &what)?;
+        let what = || format!("revision of {oid} at {tid}");
+        let value = RevValue::decode(value, &what)?;
         self.resolve_value(snap, oid, tid, value)
     }
 
-    /// The state a history entry or current revision of `oid` at `tid` points to.
+    /// The state a revision of `oid` at `tid` holds or points to.
     fn resolve_value(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         oid: &Oid,
         tid: Tid,
-        value: HistoryValue,
+        value: RevValue,
     ) -> Result<Option<Bytes>> {
         let what = || format!("revision of {oid} at {tid}");
         match value {
-            HistoryValue::Inline(d) => Ok(d),
-            HistoryValue::Ref(idx) => {
+            RevValue::Logged(_, d) | RevValue::Filled(d) => Ok(d),
+            RevValue::Ref(idx) => {
                 let v = snap
                     .get_pinned_cf(self.cf(CF_TXN)?, keys::txn(tid, idx))
                     .map_err(rocks_err)?
@@ -720,19 +754,20 @@ impl RocksStorage {
         }
     }
 
-    /// The newest revision of `oid` with tid `<= at`, from `history`.
+    /// The newest revision of `oid` with tid `<= at`: the first key at or after
+    /// `rev(oid, at)`, the tid being inverted.
     fn revision_at_or_before(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         oid: &Oid,
         at: Tid,
     ) -> Result<Option<Revision>> {
-        let prefix = keys::history_prefix(oid);
-        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_HISTORY)?, ReadOptions::default());
-        it.seek_for_prev(keys::history(oid, at));
+        let prefix = keys::rev_prefix(oid);
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
+        it.seek(keys::rev(oid, at));
         let found = match it.item() {
             Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
-                let (_, tid) = keys::parse_history(k)?;
+                let (_, tid, _) = keys::parse_rev(k)?;
                 let data = self.resolve(snap, oid, tid, v)?;
                 Some(Revision {
                     oid: oid.clone(),
@@ -747,22 +782,30 @@ impl RocksStorage {
     }
 }
 
-/// Revisions of one object older than the pack bound, met by the pack scan: tid, `history`
-/// key, value.
-type OldRevisions = Vec<(Tid, Vec<u8>, HistoryValue)>;
+/// Revisions of one object older than the pack bound, met by the pack scan, newest first:
+/// `revisions` key, tid, and the record of its transaction if one is stored.
+type OldRevisions = Vec<(Vec<u8>, Tid, Option<u32>)>;
 
 /// A pack under way: the batch being filled and the state the written batches lead to.
 struct PackRun {
-    bound: Tid,
     batch: WriteBatch,
     meta: MetaState,
     stats: PackStats,
 }
 
+/// The object the pack scan is in: its oid, whether its current revision holds a state,
+/// whether it has a revision at or after the bound, and its revisions before it.
+struct PackObject {
+    oid: Oid,
+    live: bool,
+    newer: bool,
+    old: OldRevisions,
+}
+
 impl RocksStorage {
-    /// `pack_gc` (and so `pack`) under the writer lock: one scan of `history`, one object
-    /// at a time, deletions written in batches of about [`PACK_BATCH_OPS`] cut between
-    /// objects.
+    /// `pack_gc` (and so `pack`) under the writer lock: one scan of `revisions`, one object
+    /// at a time (newest revision first), deletions written in batches of about
+    /// [`PACK_BATCH_OPS`] cut between objects.
     fn pack_locked(
         &self,
         w: &mut WriterState,
@@ -784,7 +827,6 @@ impl RocksStorage {
         // it only makes answers stricter); every batch that removes objects carries the new
         // object count.
         let mut run = PackRun {
-            bound,
             batch: WriteBatch::default(),
             stats: PackStats {
                 horizon: meta.horizon,
@@ -795,42 +837,47 @@ impl RocksStorage {
         // The iterator reads the store as it was before the first batch.
         let mut it = self
             .db
-            .raw_iterator_cf_opt(self.cf(CF_HISTORY)?, Self::scan_opts());
+            .raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::scan_opts());
         it.seek_to_first();
-        let mut old: OldRevisions = Vec::new();
-        // The object being scanned, and whether it has a revision at or after the bound.
-        let mut object: Option<(Oid, bool)> = None;
+        let mut object: Option<PackObject> = None;
         loop {
             let item = match it.item() {
                 Some((k, v)) => {
-                    let (oid, tid) = keys::parse_history(k)?;
+                    let (oid, tid, _) = keys::parse_rev(k)?;
                     Some((oid, tid, k.to_vec(), v))
                 }
                 None => None,
             };
-            let same = matches!((&item, &object), (Some((o, ..)), Some((p, _))) if o == p);
+            let same = matches!((&item, &object), (Some((o, ..)), Some(p)) if *o == p.oid);
             if !same {
-                if let Some((oid, newer)) = object.take() {
-                    let gc = unreachable.contains(&oid);
-                    self.pack_object(&mut run, &oid, &mut old, newer, gc)?;
+                if let Some(done) = object.take() {
+                    let gc = unreachable.contains(&done.oid);
+                    self.pack_object(&mut run, done, gc)?;
                     if run.batch.len() >= PACK_BATCH_OPS {
                         let full = std::mem::take(&mut run.batch);
                         self.pack_flush(w, full, &run.meta)?;
                     }
                 }
-                old.clear();
             }
             let Some((oid, tid, key, v)) = item else {
                 break;
             };
-            if tid < bound {
-                let hv = HistoryValue::decode(v, &|| format!("history entry of {oid} at {tid}"))?;
-                old.push((tid, key, hv));
-            }
-            let newer = tid >= bound;
-            match object.as_mut() {
-                Some(o) => o.1 |= newer,
-                None => object = Some((oid, newer)),
+            let what = || format!("revision of {oid} at {tid}");
+            let o = match object.as_mut() {
+                Some(o) => o,
+                // The first key of an object is its current revision.
+                None => object.insert(PackObject {
+                    live: RevValue::decode_live(v, &what)?,
+                    oid: oid.clone(),
+                    newer: false,
+                    old: Vec::new(),
+                }),
+            };
+            if tid >= bound {
+                o.newer = true;
+            } else {
+                let idx = RevValue::decode(v, &what)?.record_idx();
+                o.old.push((key, tid, idx));
             }
             it.next();
         }
@@ -839,41 +886,21 @@ impl RocksStorage {
         Ok(run.stats)
     }
 
-    /// The pack of one object, whose revisions older than the bound are `old` (oldest
-    /// first) and which has a newer one if `newer`: removed whole if `gc` and its current
-    /// revision is older than the bound, else all but the newest of `old`.
-    fn pack_object(
-        &self,
-        run: &mut PackRun,
-        oid: &Oid,
-        old: &mut OldRevisions,
-        newer: bool,
-        gc: bool,
-    ) -> Result<()> {
-        let (txn_cf, hist_cf) = (self.cf(CF_TXN)?, self.cf(CF_HISTORY)?);
-        let mut whole = false;
-        if gc {
-            let (serial, live) = self.current_head(oid)?;
-            if serial != Tid::ZERO && serial < run.bound {
-                let newest = if newer { None } else { old.last().map(|r| r.0) };
-                if newest != Some(serial) {
-                    return Err(StorageError::corrupt(format!(
-                        "current revision of {oid} is at {serial}, its newest history entry is not"
-                    )));
-                }
-                run.batch.delete_cf(self.cf(CF_CURRENT)?, oid.as_bytes());
-                run.meta.objects = recount(run.meta.objects, live, false);
-                run.stats.objects_removed += 1;
-                whole = true;
-            }
-        }
-        if !whole {
+    /// The pack of one object: removed whole if `gc` and its current revision is older
+    /// than the bound, else every revision before the bound but the newest of them.
+    fn pack_object(&self, run: &mut PackRun, mut o: PackObject, gc: bool) -> Result<()> {
+        let (txn_cf, rev_cf) = (self.cf(CF_TXN)?, self.cf(CF_REVISIONS)?);
+        let whole = gc && !o.newer && !o.old.is_empty();
+        if whole {
+            run.meta.objects = recount(run.meta.objects, o.live, false);
+            run.stats.objects_removed += 1;
+        } else if !o.old.is_empty() {
             // Keep the newest revision before the bound.
-            old.pop();
+            o.old.remove(0);
         }
-        for (tid, key, hv) in old.drain(..) {
-            run.batch.delete_cf(hist_cf, key);
-            if let HistoryValue::Ref(idx) = hv {
+        for (key, tid, idx) in o.old {
+            run.batch.delete_cf(rev_cf, key);
+            if let Some(idx) = idx {
                 run.batch.delete_cf(txn_cf, keys::txn(tid, idx));
             }
             run.stats.revisions_removed += 1;
@@ -1045,25 +1072,34 @@ struct RocksFastIter<'a> {
 impl RocksFastIter<'_> {
     fn step(&mut self) -> Result<Option<Revision>> {
         while let Some((k, v)) = self.it.item() {
-            let oid = Oid::new(Bytes::copy_from_slice(k))
-                .map_err(|_| StorageError::corrupt(format!("current key of {} bytes", k.len())))?;
-            // Peek at the tid before decoding the whole value: unchanged objects are
-            // skipped without copying their state (the checksum is checked when yielded).
-            if v.len() >= 10
-                && u64::from_be_bytes(v[2..10].try_into().unwrap_or([0; 8])) <= self.since.0
-            {
-                self.it.next();
-                continue;
-            }
-            let (tid, state) = decode_current(v, &|| format!("current revision of {oid}"))?;
-            self.it.next();
-            if tid > self.since {
+            // The first key of an object is its current revision; the tid is in the key,
+            // so unchanged objects are skipped without decoding their state.
+            let (oid, tid, plen) = keys::parse_rev(k)?;
+            let state = if tid > self.since {
+                Some(RevValue::decode(v, &|| {
+                    format!("revision of {oid} at {tid}")
+                })?)
+            } else {
+                None
+            };
+            let past = keys::rev_past(&k[..plen]);
+            skip_object(&mut self.it, &past);
+            if let Some(state) = state {
                 let data = self.store.resolve_value(&self.snap, &oid, tid, state)?;
                 return Ok(Some(Revision { oid, tid, data }));
             }
         }
         self.it.status().map_err(rocks_err)?;
         Ok(None)
+    }
+}
+
+/// Moves `it` from an object's revision to the next object's first: a step, then a seek
+/// if the object has more revisions (most objects of a scan have few).
+fn skip_object(it: &mut DBRawIteratorWithThreadMode<'_, DB>, past: &[u8]) {
+    it.next();
+    if it.key().is_some_and(|k| k < past) {
+        it.seek(past);
     }
 }
 
@@ -1149,23 +1185,23 @@ impl Storage for RocksStorage {
 
     fn history(&self, oid: &Oid, n: usize) -> Result<Vec<Revision>> {
         let snap = self.db.snapshot();
-        let prefix = keys::history_prefix(oid);
-        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_HISTORY)?, ReadOptions::default());
-        it.seek_for_prev(keys::history(oid, Tid::MAX));
+        let prefix = keys::rev_prefix(oid);
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
+        it.seek(&prefix);
         let mut out = Vec::new();
         while out.len() < n {
             let Some((k, v)) = it.item() else { break };
             if !(k.starts_with(&prefix) && k.len() == prefix.len() + 8) {
                 break;
             }
-            let (_, tid) = keys::parse_history(k)?;
+            let (_, tid, _) = keys::parse_rev(k)?;
             let data = self.resolve(&snap, oid, tid, v)?;
             out.push(Revision {
                 oid: oid.clone(),
                 tid,
                 data,
             });
-            it.prev();
+            it.next();
         }
         it.status().map_err(rocks_err)?;
         Ok(out)
@@ -1217,16 +1253,11 @@ impl Storage for RocksStorage {
         let snap = self.db.snapshot();
         let mut opts = Self::scan_opts();
         opts.set_snapshot(&snap);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_CURRENT)?, opts);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, opts);
         drop(w);
         match after {
             None => it.seek_to_first(),
-            Some(a) => {
-                it.seek(a.as_bytes());
-                if it.key() == Some(a.as_bytes()) {
-                    it.next();
-                }
-            }
+            Some(a) => it.seek(keys::rev_past(&keys::rev_prefix(a))),
         }
         Ok(FastRecovery {
             consistent_at,
@@ -1245,11 +1276,7 @@ impl Storage for RocksStorage {
             for r in revisions {
                 check_fill_revision(r, w.meta.last)?;
             }
-            let (cur_cf, hist_cf, meta_cf) = (
-                self.cf(CF_CURRENT)?,
-                self.cf(CF_HISTORY)?,
-                self.cf(CF_META)?,
-            );
+            let (rev_cf, meta_cf) = (self.cf(CF_REVISIONS)?, self.cf(CF_META)?);
             let mut meta = w.meta.clone();
             let (mut last_oid, mut tid_max) = meta.fill.clone().unwrap_or_default();
             let mut current: BTreeMap<&Oid, (Tid, bool)> = BTreeMap::new();
@@ -1260,14 +1287,13 @@ impl Storage for RocksStorage {
                     None => self.current_head(&r.oid)?,
                 };
                 if r.tid >= cur {
-                    b.put_cf(cur_cf, r.oid.as_bytes(), encode_current(r.tid, &r.data));
                     current.insert(&r.oid, (r.tid, r.data.is_some()));
                     meta.objects = recount(meta.objects, was, r.data.is_some());
                 }
                 b.put_cf(
-                    hist_cf,
-                    keys::history(&r.oid, r.tid),
-                    HistoryValue::Inline(r.data.clone()).encode(),
+                    rev_cf,
+                    keys::rev(&r.oid, r.tid),
+                    RevValue::Filled(r.data.clone()).encode(),
                 );
                 last_oid = last_oid.max(r.oid.clone());
                 tid_max = tid_max.max(r.tid);
@@ -1306,10 +1332,9 @@ impl Storage for RocksStorage {
                 return Ok(Vec::new());
             }
             check_horizon(w.meta.horizon, tid)?;
-            let (txn_cf, cur_cf, hist_cf, lost_cf, meta_cf) = (
+            let (txn_cf, rev_cf, lost_cf, meta_cf) = (
                 self.cf(CF_TXN)?,
-                self.cf(CF_CURRENT)?,
-                self.cf(CF_HISTORY)?,
+                self.cf(CF_REVISIONS)?,
                 self.cf(CF_LOST)?,
                 self.cf(CF_META)?,
             );
@@ -1326,7 +1351,7 @@ impl Storage for RocksStorage {
                 b.delete_cf(txn_cf, keys::txn(t, keys::HEADER_IDX));
                 for (idx, r) in &records {
                     b.delete_cf(txn_cf, keys::txn(t, *idx));
-                    b.delete_cf(hist_cf, keys::history(&r.oid, t));
+                    b.delete_cf(rev_cf, keys::rev(&r.oid, t));
                     touched.insert(r.oid.clone());
                 }
                 let txn = Transaction {
@@ -1343,21 +1368,15 @@ impl Storage for RocksStorage {
                 removed.push(t);
             }
             it.status().map_err(rocks_err)?;
-            // The current revision of every touched object goes back to its newest
-            // revision at or before `tid` (read from the state before this batch).
+            // The current revision of every touched object becomes its newest revision at
+            // or before `tid` by the deletions alone; the object count follows (both read
+            // from the state before this batch).
             let snap = self.db.snapshot();
             for oid in &touched {
                 let (_, was) = self.current_head(oid)?;
-                let is = match self.revision_at_or_before(&snap, oid, tid)? {
-                    Some(r) => {
-                        b.put_cf(cur_cf, oid.as_bytes(), encode_current(r.tid, &r.data));
-                        r.data.is_some()
-                    }
-                    None => {
-                        b.delete_cf(cur_cf, oid.as_bytes());
-                        false
-                    }
-                };
+                let is = self
+                    .revision_at_or_before(&snap, oid, tid)?
+                    .is_some_and(|r| r.data.is_some());
                 meta.objects = recount(meta.objects, was, is);
             }
             drop(snap);

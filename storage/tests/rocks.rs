@@ -22,8 +22,40 @@ fn opts(sync: bool) -> RocksOptions {
 }
 
 fn raw_db(path: &std::path::Path) -> rocksdb::DB {
-    let cfs = ["txn", "current", "history", "lost", "meta"];
+    let cfs = ["txn", "revisions", "lost", "meta"];
     rocksdb::DB::open_cf(&rocksdb::Options::default(), path, cfs).unwrap()
+}
+
+/// The escaped oid that starts every key of its revisions (`0x00` becomes `0x00 0x01`,
+/// `0x00 0x00` ends it), as the store writes it.
+fn rev_prefix(o: &Oid) -> Vec<u8> {
+    let mut k = Vec::new();
+    for &b in o.as_bytes() {
+        k.push(b);
+        if b == 0 {
+            k.push(1);
+        }
+    }
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// The `revisions` key of `o` at `tid`: its prefix, then the tid inverted.
+fn rev_key(o: &Oid, tid: u64) -> Vec<u8> {
+    let mut k = rev_prefix(o);
+    k.extend_from_slice(&(!tid).to_be_bytes());
+    k
+}
+
+/// The oid of a `revisions` key.
+fn rev_oid(k: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while !(k[i] == 0 && k[i + 1] == 0) {
+        out.push(k[i]);
+        i += if k[i] == 0 { 2 } else { 1 };
+    }
+    out
 }
 
 #[test]
@@ -33,6 +65,8 @@ fn corrupt_values_give_clear_errors() {
     s.commit(&txn(1, &[(1, Some("hello")), (2, Some("world"))]))
         .unwrap();
     s.commit(&txn(2, &[(1, Some("again"))])).unwrap();
+    let big = "b".repeat(2000);
+    s.commit(&txn(3, &[(3, Some(&big))])).unwrap();
     s.set_replication_state(b"epoch 3").unwrap();
     drop(s);
     {
@@ -43,18 +77,20 @@ fn corrupt_values_give_clear_errors() {
         v[4] ^= 0x01;
         db.put_cf(meta, b"replication", v).unwrap();
         // Flip a byte of oid 1's current revision.
-        let cur = db.cf_handle("current").unwrap();
-        let mut v = db.get_cf(cur, oid(1).as_bytes()).unwrap().unwrap();
+        let revs = db.cf_handle("revisions").unwrap();
+        let k1 = rev_key(&oid(1), 2);
+        let mut v = db.get_cf(revs, &k1).unwrap().unwrap();
         let n = v.len();
         v[n - 6] ^= 0x40;
-        db.put_cf(cur, oid(1).as_bytes(), v).unwrap();
+        db.put_cf(revs, &k1, v).unwrap();
         // Truncate oid 2's current revision.
-        let v = db.get_cf(cur, oid(2).as_bytes()).unwrap().unwrap();
-        db.put_cf(cur, oid(2).as_bytes(), &v[..v.len() - 3])
-            .unwrap();
-        // Replace record 1 of transaction 1 with a value of another format version.
+        let k2 = rev_key(&oid(2), 1);
+        let v = db.get_cf(revs, &k2).unwrap().unwrap();
+        db.put_cf(revs, &k2, &v[..v.len() - 3]).unwrap();
+        // Replace record 1 of transaction 3 (oid 3's large state, which its revision names)
+        // with a value of another format version.
         let txn_cf = db.cf_handle("txn").unwrap();
-        let mut key = 1u64.to_be_bytes().to_vec();
+        let mut key = 3u64.to_be_bytes().to_vec();
         key.extend_from_slice(&1u32.to_be_bytes());
         let mut v = db.get_cf(txn_cf, &key).unwrap().unwrap();
         v[0] = 42;
@@ -71,11 +107,13 @@ fn corrupt_values_give_clear_errors() {
     );
     let e = s.load(&oid(2)).unwrap_err();
     assert!(matches!(&e, StorageError::Corrupt { .. }), "{e}");
-    let e = s.load_before(&oid(1), Tid(2)).unwrap_err();
+    let e = s.load(&oid(3)).unwrap_err();
     assert!(
         matches!(&e, StorageError::Corrupt { what } if what.contains("format version 42")),
         "{e}"
     );
+    let e = s.history(&oid(1), 1).unwrap_err();
+    assert!(matches!(&e, StorageError::Corrupt { .. }), "{e}");
     let r: Result<Vec<_>, _> = s.iter(TidRange::ALL, Direction::Forward).unwrap().collect();
     assert!(matches!(r, Err(StorageError::Corrupt { .. })));
     let r: Result<Vec<_>, _> = s.iter(TidRange::ALL, Direction::Reverse).unwrap().collect();
@@ -92,7 +130,11 @@ fn corrupt_values_give_clear_errors() {
         "{e}"
     );
     // Readable data stays readable.
-    assert_eq!(s.history(&oid(1), 1).unwrap()[0].tid, Tid(2));
+    assert_eq!(
+        s.load_before(&oid(1), Tid(2)).unwrap().unwrap().data,
+        Some(Bytes::from_static(b"hello"))
+    );
+    assert!(s.verify().is_err(), "verify reads every revision");
     // A new replication state replaces the corrupt one.
     s.set_replication_state(b"epoch 4").unwrap();
     assert_eq!(
@@ -108,13 +150,9 @@ fn foreign_store_is_refused() {
         let mut o = rocksdb::Options::default();
         o.create_if_missing(true);
         o.create_missing_column_families(true);
-        let db = rocksdb::DB::open_cf(
-            &o,
-            dir.path(),
-            ["txn", "current", "history", "lost", "meta"],
-        )
-        .unwrap();
-        db.put_cf(db.cf_handle("current").unwrap(), b"x", b"not ours")
+        let db =
+            rocksdb::DB::open_cf(&o, dir.path(), ["txn", "revisions", "lost", "meta"]).unwrap();
+        db.put_cf(db.cf_handle("revisions").unwrap(), b"x", b"not ours")
             .unwrap();
     }
     let e = RocksStorage::open(dir.path(), opts(true)).unwrap_err();
@@ -128,6 +166,36 @@ fn foreign_store_is_refused() {
         rocksdb::DB::open_cf(&o, dir.path(), ["other"]).unwrap();
     }
     assert!(RocksStorage::open(dir.path(), opts(true)).is_err());
+}
+
+/// A store written in layout 1 (before `revisions` replaced `current` and `history`) is
+/// refused at open with an error that says what to do, and is left as it was.
+#[test]
+fn a_store_of_layout_1_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        rocksdb::DB::open_cf(
+            &o,
+            dir.path(),
+            ["txn", "current", "history", "lost", "meta"],
+        )
+        .unwrap();
+    }
+    let e = RocksStorage::open(dir.path(), opts(true)).unwrap_err();
+    assert!(
+        matches!(e, StorageError::OldLayout { found: 1, reads: 2 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("empty the data directory"), "{e}");
+    let mut names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["current", "default", "history", "lost", "meta", "txn"]
+    );
 }
 
 #[test]
@@ -454,7 +522,7 @@ fn shown(s: &dyn Storage) -> Shown {
     }
 }
 
-/// The oids named by the records in `txn`, the keys of `history` and `current`, read raw.
+/// The oids named by the records in `txn` and by the keys of `revisions`, read raw.
 fn raw_oids(path: &std::path::Path) -> std::collections::BTreeSet<Vec<u8>> {
     let db = raw_db(path);
     let mut out = std::collections::BTreeSet::new();
@@ -470,27 +538,18 @@ fn raw_oids(path: &std::path::Path) -> std::collections::BTreeSet<Vec<u8>> {
     }
     for (k, _) in db
         .iterator_cf(
-            db.cf_handle("history").unwrap(),
+            db.cf_handle("revisions").unwrap(),
             rocksdb::IteratorMode::Start,
         )
         .map(Result::unwrap)
     {
-        out.insert(k[2..k.len() - 8].to_vec());
-    }
-    for (k, _) in db
-        .iterator_cf(
-            db.cf_handle("current").unwrap(),
-            rocksdb::IteratorMode::Start,
-        )
-        .map(Result::unwrap)
-    {
-        out.insert(k.to_vec());
+        out.insert(rev_oid(&k));
     }
     out
 }
 
-/// A pack large enough to take several write batches removes, on disk, every record,
-/// history entry and current revision of the collected objects, and ends in the same
+/// A pack large enough to take several write batches removes, on disk, every record and
+/// revision of the collected objects, and ends in the same
 /// store as the in-memory backend.
 #[test]
 fn pack_gc_over_several_batches_matches_memory_and_frees_the_records() {
@@ -529,7 +588,7 @@ fn pack_gc_over_several_batches_matches_memory_and_frees_the_records() {
     }
 }
 
-/// A pack that fails part-way (here on a corrupt history entry met late in the scan)
+/// A pack that fails part-way (here on a corrupt revision met late in the scan)
 /// leaves a consistent store: the batches written before hold whole objects and the
 /// matching object count. Once the entry is repaired, the same call finishes the job.
 #[test]
@@ -543,16 +602,14 @@ fn pack_gc_failing_part_way_leaves_a_consistent_store_and_can_be_repeated() {
     gc_build(&after_pack);
     after_pack.pack_gc(GC_BEFORE, &gc_list()).unwrap();
     drop(s);
-    // Corrupt the oldest history entry of the last object collected (the scan meets it
-    // after the first batch).
+    // Corrupt the oldest revision of the last object collected (the scan meets it after
+    // the first batch).
     let corrupt = GC_OBJECTS - 2;
     let last = oid(corrupt);
-    let mut key = (last.as_bytes().len() as u16).to_be_bytes().to_vec();
-    key.extend_from_slice(last.as_bytes());
-    key.extend_from_slice(&1u64.to_be_bytes());
+    let key = rev_key(&last, 1);
     let good = {
         let db = raw_db(dir.path());
-        let cf = db.cf_handle("history").unwrap();
+        let cf = db.cf_handle("revisions").unwrap();
         let good = db.get_cf(cf, &key).unwrap().unwrap();
         let mut bad = good.clone();
         bad[2] ^= 0xff;
@@ -589,7 +646,7 @@ fn pack_gc_failing_part_way_leaves_a_consistent_store_and_can_be_repeated() {
     drop(s);
     {
         let db = raw_db(dir.path());
-        db.put_cf(db.cf_handle("history").unwrap(), &key, good)
+        db.put_cf(db.cf_handle("revisions").unwrap(), &key, good)
             .unwrap();
     }
     let s = RocksStorage::open(dir.path(), opts(false)).unwrap();
@@ -647,4 +704,67 @@ fn a_store_without_the_object_count_is_counted_at_open() {
     assert_eq!(meta_len(dir.path()), meta_len(fresh.path()));
     let s = RocksStorage::open(dir.path(), opts(true)).unwrap();
     assert_eq!(s.object_count().unwrap(), 3);
+}
+
+/// Reads answered from table files (the memtables flushed by a checkpoint) and from the
+/// memtable together agree with the in-memory backend: the prefix filters of `revisions`
+/// never hide a revision from a seek, and scans see every object.
+#[test]
+fn reads_from_table_files_match_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStorage::open(dir.path().join("s"), opts(false)).unwrap();
+    let m = storage::MemStorage::default();
+    gc_build(&s);
+    gc_build(&m);
+    // Flushes the memtables to table files.
+    s.checkpoint(&dir.path().join("cp")).unwrap();
+    // More revisions in the memtable on top of the files, new and old objects.
+    for t in GC_TXNS + 6..GC_TXNS + 9 {
+        let tx = txn(t, &[(t % 50, Some("later")), (5000 + t, Some("new"))]);
+        s.commit(&tx).unwrap();
+        m.commit(&tx).unwrap();
+    }
+    let recovered = |st: &dyn Storage, since: Tid, after: Option<&Oid>| {
+        st.fast_recovery(since, after)
+            .unwrap()
+            .revisions
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let check = |label: &str| {
+        assert_eq!(shown(&s), shown(&m), "{label}");
+        for since in [Tid::ZERO, Tid(GC_TXNS), Tid(GC_TXNS + 6)] {
+            for after in [None, Some(oid(17)), Some(oid(599))] {
+                assert_eq!(
+                    recovered(&s, since, after.as_ref()),
+                    recovered(&m, since, after.as_ref()),
+                    "{label}: fast recovery since {since} after {after:?}"
+                );
+            }
+        }
+        for o in [0, 1, 17, 49, 5000 + GC_TXNS + 7, 9999] {
+            for t in [1, GC_TXNS, GC_TXNS + 6, GC_TXNS + 9] {
+                let (a, b) = (
+                    s.load_before(&oid(o), Tid(t)),
+                    m.load_before(&oid(o), Tid(t)),
+                );
+                assert_eq!(
+                    format!("{a:?}"),
+                    format!("{b:?}"),
+                    "{label}: {o} before {t}"
+                );
+            }
+        }
+    };
+    check("after the flush");
+    assert_eq!(
+        s.pack_gc(GC_BEFORE, &gc_list()).unwrap(),
+        m.pack_gc(GC_BEFORE, &gc_list()).unwrap()
+    );
+    check("after a pack");
+    let path = s.path().to_path_buf();
+    drop(s);
+    let s = RocksStorage::open(path, opts(false)).unwrap();
+    assert_eq!(shown(&s), shown(&m), "reopened");
+    s.verify().unwrap();
 }
