@@ -294,8 +294,11 @@ def proc_cpu_s(pids):
     tck = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # 0 (a stopped server) or gone: counts nothing
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / tck
 

@@ -452,7 +452,7 @@ pub(crate) fn check_format(v: &[u8]) -> Result<()> {
     let found = if r.buf.is_empty() { 1 } else { r.u32()? };
     r.finish()?;
     if found != LAYOUT {
-        return Err(StorageError::OldLayout {
+        return Err(StorageError::Layout {
             found,
             reads: LAYOUT,
         });
@@ -758,7 +758,7 @@ mod tests {
         w.bytes(MAGIC);
         assert!(matches!(
             check_format(&w.finish()),
-            Err(StorageError::OldLayout {
+            Err(StorageError::Layout {
                 found: 1,
                 reads: LAYOUT
             })
@@ -849,8 +849,8 @@ mod tests {
         fn revision_keys_sort_by_oid_then_newest_first(
             a in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 2, 0xFF]), 0..6),
             b in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 2, 0xFF]), 0..6),
-            ta in 1u64..u64::MAX,
-            tb in 1u64..u64::MAX,
+            ta in 1u64..=u64::MAX,
+            tb in 1u64..=u64::MAX,
         ) {
             let (oa, ob) = (Oid::new(a.clone()).unwrap(), Oid::new(b.clone()).unwrap());
             let (ka, kb) = (keys::rev(&oa, Tid(ta)), keys::rev(&ob, Tid(tb)));
@@ -877,6 +877,8 @@ mod tests {
             b"ab\x00\x02",
             b"ab\x00\x00",
             b"ab\x00\x00\x01",
+            // One byte past a revision key.
+            b"ab\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09",
         ] {
             assert!(matches!(
                 keys::parse_rev(k),

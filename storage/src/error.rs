@@ -117,14 +117,11 @@ pub enum StorageError {
     /// The backend does not support this operation.
     #[error("unsupported by this backend: {0}")]
     Unsupported(&'static str),
-    /// The store was written in another on-disk layout than the one this build reads. A
-    /// replica's store is rebuilt from the cluster: empty its data directory and the server
-    /// bootstraps again from a checkpoint.
-    #[error(
-        "store written in layout {found}, this build reads layout {reads}: empty the data \
-         directory and restart, the server then copies a checkpoint from the cluster"
-    )]
-    OldLayout {
+    /// The store was written in another on-disk layout than the one this build reads and
+    /// writes (an older one, or a newer build's). Nothing was changed; a server's store is
+    /// rebuilt from the cluster (`standby-server --rebuild`).
+    #[error("store written in layout {found}, this build reads layout {reads}")]
+    Layout {
         /// The layout the store was written in.
         found: u32,
         /// The layout this build reads and writes.

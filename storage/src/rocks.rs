@@ -50,7 +50,7 @@ const LAYOUT_1_CFS: [&str; 2] = ["current", "history"];
 /// Deletes per write batch when packing (a batch ends between two objects, so one with a
 /// long history may exceed it).
 const PACK_BATCH_OPS: usize = 16 * 1024;
-/// Read-ahead for scans (`iter`, `fast_recovery`, `pack`).
+/// Read-ahead for scans (`iter`, `fast_recovery`, `pack`, `verify`, the object count).
 const SCAN_READAHEAD: usize = 4 << 20;
 /// States up to this size are copied into their revision (a load is one read); larger ones
 /// are only in the transaction's record, which the revision names: every byte written
@@ -184,7 +184,7 @@ impl RocksStorage {
         // than RocksDB's "column families not opened".
         if let Ok(names) = DB::list_cf(&Options::default(), &path) {
             if names.iter().any(|n| LAYOUT_1_CFS.contains(&n.as_str())) {
-                return Err(StorageError::OldLayout {
+                return Err(StorageError::Layout {
                     found: 1,
                     reads: LAYOUT,
                 });
@@ -225,6 +225,8 @@ impl RocksStorage {
             }
             if name == CF_REVISIONS {
                 o.set_block_based_table_factory(&rev_table);
+                // RocksDB matches the filters of table files to the extractor by this name:
+                // it must change with the key encoding.
                 o.set_prefix_extractor(SliceTransform::create(
                     "standby-oid-prefix",
                     keys::rev_prefix_of,
@@ -259,8 +261,8 @@ impl RocksStorage {
     }
 
     /// Reads the whole store and checks it: every block of every table against its checksum
-    /// (RocksDB's), then every transaction record and every current revision through the
-    /// decoders (this crate's format checks). Returns how many keys were read. Costs a full
+    /// (RocksDB's), then every transaction record and every revision through the decoders
+    /// (this crate's format checks) with the log record it names. Returns how many keys were read. Costs a full
     /// read of the store: for `standby-server --verify`, not for every start.
     pub fn verify(&self) -> Result<u64> {
         let mut keys = 0u64;
@@ -290,22 +292,30 @@ impl RocksStorage {
         for t in self.iter(range, Direction::Forward)? {
             t?;
         }
+        // Every revision, and the log record each names: a `Ref`'s state must be there, a
+        // `Logged` copy must match its record (a pack deletes the record it names).
         let snap = self.db.snapshot();
-        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::scan_opts());
+        let mut r = Self::scan_opts();
+        r.set_verify_checksums(true);
+        r.fill_cache(false);
+        let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, r);
         it.seek_to_first();
         while let Some((k, v)) = it.item() {
             let (oid, tid, _) = keys::parse_rev(k)?;
             let rv = RevValue::decode(v, &|| format!("revision of {oid} at {tid}"))?;
-            self.resolve_value(&snap, &oid, tid, rv)?;
+            if let RevValue::Logged(idx, data) = &rv {
+                let logged = self.resolve_value(&snap, &oid, tid, RevValue::Ref(*idx))?;
+                if &logged != data {
+                    return Err(StorageError::corrupt(format!(
+                        "revision of {oid} at {tid}: its copy differs from record {idx}"
+                    )));
+                }
+            } else {
+                self.resolve_value(&snap, &oid, tid, rv)?;
+            }
             it.next();
         }
         it.status().map_err(rocks_err)?;
-        drop(it);
-        if self.fill_progress()?.is_none() {
-            for r in self.fast_recovery(Tid::ZERO, None)?.revisions {
-                r?;
-            }
-        }
         Ok(keys)
     }
 
@@ -340,7 +350,9 @@ impl RocksStorage {
             None => {
                 // A new store, unless something is already there.
                 for name in CFS {
-                    let mut it = self.db.raw_iterator_cf(self.cf(name)?);
+                    let mut it = self
+                        .db
+                        .raw_iterator_cf_opt(self.cf(name)?, Self::scan_opts());
                     it.seek_to_first();
                     if it.valid() {
                         return Err(StorageError::corrupt(format!(
@@ -405,7 +417,7 @@ impl RocksStorage {
                 n += 1;
             }
             let past = keys::rev_past(&k[..plen]);
-            it.seek(past);
+            skip_object(&mut it, &past);
         }
         it.status().map_err(rocks_err)?;
         Ok(n)
@@ -428,21 +440,38 @@ impl RocksStorage {
             .db
             .raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
         it.seek(&prefix);
-        let head = match it.item() {
-            Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
-                let tid = keys::parse_rev(k)?.1;
+        let head = match object_item(&it, &prefix)? {
+            Some((tid, v)) => {
                 let live = RevValue::decode_live(v, &|| format!("revision of {oid} at {tid}"))?;
                 (tid, live)
             }
-            _ => (Tid::ZERO, false),
+            None => (Tid::ZERO, false),
         };
         it.status().map_err(rocks_err)?;
         Ok(head)
     }
 
     fn current_of(&self, oid: &Oid) -> Result<Option<(Tid, Option<Bytes>)>> {
-        // The revision and, for a large state, its record are read at one snapshot, so that
-        // a pack or truncation between the two reads cannot split them.
+        let prefix = keys::rev_prefix(oid);
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
+        it.seek(&prefix);
+        let found = match object_item(&it, &prefix)? {
+            None => None,
+            Some((tid, v)) => match RevValue::decode(v, &|| format!("revision of {oid} at {tid}"))?
+            {
+                RevValue::Logged(_, d) | RevValue::Filled(d) => Some((tid, d)),
+                // The state is a record of its transaction: read both at one snapshot, so
+                // that a pack or truncation between the two reads cannot split them.
+                RevValue::Ref(_) => None,
+            },
+        };
+        it.status().map_err(rocks_err)?;
+        drop(it);
+        if found.is_some() {
+            return Ok(found);
+        }
         let snap = self.db.snapshot();
         Ok(self
             .revision_at_or_before(&snap, oid, Tid::MAX)?
@@ -765,9 +794,8 @@ impl RocksStorage {
         let prefix = keys::rev_prefix(oid);
         let mut it = snap.raw_iterator_cf_opt(self.cf(CF_REVISIONS)?, Self::object_opts(&prefix));
         it.seek(keys::rev(oid, at));
-        let found = match it.item() {
-            Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
-                let (_, tid, _) = keys::parse_rev(k)?;
+        let found = match object_item(&it, &prefix)? {
+            Some((tid, v)) => {
                 let data = self.resolve(snap, oid, tid, v)?;
                 Some(Revision {
                     oid: oid.clone(),
@@ -1094,6 +1122,28 @@ impl RocksFastIter<'_> {
     }
 }
 
+/// The tid and value under `it` if it is a revision of the object whose prefix is `prefix`;
+/// `None` past its last. A key under the prefix that is not a revision key is `Corrupt`, not
+/// "no revision" (which a commit's serial check would take for a new object).
+fn object_item<'a>(
+    it: &'a DBRawIteratorWithThreadMode<'_, DB>,
+    prefix: &[u8],
+) -> Result<Option<(Tid, &'a [u8])>> {
+    match it.item() {
+        Some((k, v)) if k.starts_with(prefix) => {
+            let (_, tid, n) = keys::parse_rev(k)?;
+            if n != prefix.len() {
+                return Err(StorageError::corrupt(format!(
+                    "revision key of {} bytes under another oid's prefix",
+                    k.len()
+                )));
+            }
+            Ok(Some((tid, v)))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Moves `it` from an object's revision to the next object's first: a step, then a seek
 /// if the object has more revisions (most objects of a scan have few).
 fn skip_object(it: &mut DBRawIteratorWithThreadMode<'_, DB>, past: &[u8]) {
@@ -1190,11 +1240,9 @@ impl Storage for RocksStorage {
         it.seek(&prefix);
         let mut out = Vec::new();
         while out.len() < n {
-            let Some((k, v)) = it.item() else { break };
-            if !(k.starts_with(&prefix) && k.len() == prefix.len() + 8) {
+            let Some((tid, v)) = object_item(&it, &prefix)? else {
                 break;
-            }
-            let (_, tid, _) = keys::parse_rev(k)?;
+            };
             let data = self.resolve(&snap, oid, tid, v)?;
             out.push(Revision {
                 oid: oid.clone(),

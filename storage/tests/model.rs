@@ -106,12 +106,20 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Oids of 1 to 4 bytes, with zero bytes, each a byte-prefix of others ("o", "o\0",
+/// "o\0\0", "o\x03", "o\0\x04", ...): a layout that keys by oid must keep their revisions apart
+/// and in oid order.
 fn oid(o: u8) -> Oid {
-    Oid::new(vec![b'o', o]).unwrap()
+    let mut v = vec![b'o'];
+    v.extend(std::iter::repeat_n(0, (o % 3) as usize));
+    if o >= 3 {
+        v.push(o);
+    }
+    Oid::new(v).unwrap()
 }
 
-/// A state: a third of them larger than what a backend copies into its current revision
-/// (RocksDB keeps those only in the transaction's record), so every operation meets both.
+/// A state: a third of them larger than what a backend copies into its revision (RocksDB
+/// keeps those only in the transaction's record), so every operation meets both.
 fn data(v: Option<u8>) -> Option<Bytes> {
     v.map(|v| {
         let n = if v % 3 == 0 {

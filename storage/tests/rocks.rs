@@ -186,10 +186,10 @@ fn a_store_of_layout_1_is_refused_with_what_to_do() {
     }
     let e = RocksStorage::open(dir.path(), opts(true)).unwrap_err();
     assert!(
-        matches!(e, StorageError::OldLayout { found: 1, reads: 2 }),
+        matches!(e, StorageError::Layout { found: 1, reads: 2 }),
         "{e}"
     );
-    assert!(e.to_string().contains("empty the data directory"), "{e}");
+    assert!(e.to_string().contains("layout 1"), "{e}");
     let mut names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
     names.sort();
     assert_eq!(

@@ -86,12 +86,17 @@ impl From<String> for Failure {
 /// A store error at start-up, with the status that tells a supervisor what to do.
 fn store_failure(data: &std::path::Path, args: &Args, e: &storage::StorageError) -> Failure {
     match e {
-        storage::StorageError::Corrupt { .. } => Failure {
+        // Neither opens again by itself: a supervisor must not restart in a loop.
+        storage::StorageError::Corrupt { .. } | storage::StorageError::Layout { .. } => Failure {
             code: EXIT_STORE_CORRUPT,
             message: format!(
-                "the store in {} is corrupt: {e}\n  rebuild it from the other servers with:\n  \
+                "the store in {} {}: {e}\n  rebuild it from the other servers with:\n  \
                  standby-server --config {} --id {} --data {} --rebuild",
                 data.display(),
+                match e {
+                    storage::StorageError::Layout { .. } => "is in another layout",
+                    _ => "is corrupt",
+                },
                 args.config.display(),
                 args.id,
                 data.display()
