@@ -621,7 +621,15 @@ fn load_before_in(
     let Some(current) = store.load_at(oid, at)? else {
         return Ok(Err(ZeoError::pos_key(oid)));
     };
-    let rev = revision_before(store, oid, before.min(at.next()))?;
+    let before = before.min(at.next());
+    // The newest revision as of `at` is the newest before `before` when it is older: the
+    // usual question (a client asking as of its snapshot for an object unchanged since)
+    // costs one read, not two.
+    let rev = if current.tid < before {
+        Some(current.clone())
+    } else {
+        revision_before(store, oid, before)?
+    };
     let Some(rev) = rev else {
         return Ok(if current.data.is_none() {
             Err(ZeoError::pos_key(oid))
