@@ -11,8 +11,8 @@
 //! 75 when the store failed (disk full, an I/O error, a corrupt value met while running; the
 //! server left the ring at once and lingered `--store-failure-exit-after` seconds with
 //! `/health` saying why): a supervisor restarts it, and it rejoins and catches up once the store
-//! works again; 78 when the store is corrupt at start-up: restarting does not help, rebuild it
-//! with `--rebuild`; 1 for anything else (configuration, ports).
+//! works again; 78 when the store is corrupt at start-up or in another storage layout:
+//! restarting does not help, rebuild it with `--rebuild`; 1 for anything else (configuration, ports).
 
 use clap::Parser;
 use gcs::net::Security;
