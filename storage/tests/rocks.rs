@@ -733,7 +733,7 @@ fn reads_from_table_files_match_memory() {
     };
     let check = |label: &str| {
         assert_eq!(shown(&s), shown(&m), "{label}");
-        for since in [Tid::ZERO, Tid(GC_TXNS), Tid(GC_TXNS + 6)] {
+        for since in [Tid::ZERO, Tid(GC_TXNS), Tid(GC_TXNS + 6), Tid(GC_TXNS + 10)] {
             for after in [None, Some(oid(17)), Some(oid(599))] {
                 assert_eq!(
                     recovered(&s, since, after.as_ref()),
@@ -743,7 +743,14 @@ fn reads_from_table_files_match_memory() {
             }
         }
         for o in [0, 1, 17, 49, 5000 + GC_TXNS + 7, 9999] {
-            for t in [1, GC_TXNS, GC_TXNS + 6, GC_TXNS + 9] {
+            for t in [
+                1,
+                GC_TXNS,
+                GC_TXNS + 6,
+                GC_TXNS + 9,
+                GC_TXNS + 11,
+                GC_TXNS + 13,
+            ] {
                 let (a, b) = (
                     s.load_before(&oid(o), Tid(t)),
                     m.load_before(&oid(o), Tid(t)),
@@ -757,6 +764,15 @@ fn reads_from_table_files_match_memory() {
         }
     };
     check("after the flush");
+    // A second flush, then more on top: one object's revisions in two table files and the
+    // memtable.
+    s.checkpoint(&dir.path().join("cp2")).unwrap();
+    for t in GC_TXNS + 9..GC_TXNS + 12 {
+        let tx = txn(t, &[(t % 50, Some("latest")), (17, None)]);
+        s.commit(&tx).unwrap();
+        m.commit(&tx).unwrap();
+    }
+    check("after a second flush");
     assert_eq!(
         s.pack_gc(GC_BEFORE, &gc_list()).unwrap(),
         m.pack_gc(GC_BEFORE, &gc_list()).unwrap()
