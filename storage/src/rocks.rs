@@ -890,22 +890,18 @@ impl RocksStorage {
             let Some((oid, tid, key, v)) = item else {
                 break;
             };
-            let what = || format!("revision of {oid} at {tid}");
-            let o = match object.as_mut() {
-                Some(o) => o,
+            let rv = RevValue::decode(v, &|| format!("revision of {oid} at {tid}"))?;
+            let o = object.get_or_insert_with(|| PackObject {
                 // The first key of an object is its current revision.
-                None => object.insert(PackObject {
-                    live: RevValue::decode_live(v, &what)?,
-                    oid: oid.clone(),
-                    newer: false,
-                    old: Vec::new(),
-                }),
-            };
+                live: !matches!(rv, RevValue::Logged(_, None) | RevValue::Filled(None)),
+                oid,
+                newer: false,
+                old: Vec::new(),
+            });
             if tid >= bound {
                 o.newer = true;
             } else {
-                let idx = RevValue::decode(v, &what)?.record_idx();
-                o.old.push((key, tid, idx));
+                o.old.push((key, tid, rv.record_idx()));
             }
             it.next();
         }
@@ -916,17 +912,16 @@ impl RocksStorage {
 
     /// The pack of one object: removed whole if `gc` and its current revision is older
     /// than the bound, else every revision before the bound but the newest of them.
-    fn pack_object(&self, run: &mut PackRun, mut o: PackObject, gc: bool) -> Result<()> {
+    fn pack_object(&self, run: &mut PackRun, o: PackObject, gc: bool) -> Result<()> {
         let (txn_cf, rev_cf) = (self.cf(CF_TXN)?, self.cf(CF_REVISIONS)?);
         let whole = gc && !o.newer && !o.old.is_empty();
         if whole {
             run.meta.objects = recount(run.meta.objects, o.live, false);
             run.stats.objects_removed += 1;
-        } else if !o.old.is_empty() {
-            // Keep the newest revision before the bound.
-            o.old.remove(0);
         }
-        for (key, tid, idx) in o.old {
+        // Unless the object goes whole, the newest revision before the bound (the first of
+        // `old`, newest first) stays.
+        for (key, tid, idx) in o.old.into_iter().skip(usize::from(!whole)) {
             run.batch.delete_cf(rev_cf, key);
             if let Some(idx) = idx {
                 run.batch.delete_cf(txn_cf, keys::txn(tid, idx));

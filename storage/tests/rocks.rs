@@ -143,15 +143,19 @@ fn corrupt_values_give_clear_errors() {
     );
 }
 
+/// A RocksDB database in `path` with the column families `cfs`, made without the store.
+fn raw_db_with(path: &std::path::Path, cfs: &[&str]) -> rocksdb::DB {
+    let mut o = rocksdb::Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    rocksdb::DB::open_cf(&o, path, cfs).unwrap()
+}
+
 #[test]
 fn foreign_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut o = rocksdb::Options::default();
-        o.create_if_missing(true);
-        o.create_missing_column_families(true);
-        let db =
-            rocksdb::DB::open_cf(&o, dir.path(), ["txn", "revisions", "lost", "meta"]).unwrap();
+        let db = raw_db_with(dir.path(), &["txn", "revisions", "lost", "meta"]);
         db.put_cf(db.cf_handle("revisions").unwrap(), b"x", b"not ours")
             .unwrap();
     }
@@ -159,12 +163,7 @@ fn foreign_store_is_refused() {
     assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
     // A database with other column families does not open either.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut o = rocksdb::Options::default();
-        o.create_if_missing(true);
-        o.create_missing_column_families(true);
-        rocksdb::DB::open_cf(&o, dir.path(), ["other"]).unwrap();
-    }
+    drop(raw_db_with(dir.path(), &["other"]));
     assert!(RocksStorage::open(dir.path(), opts(true)).is_err());
 }
 
@@ -173,17 +172,10 @@ fn foreign_store_is_refused() {
 #[test]
 fn a_store_of_layout_1_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut o = rocksdb::Options::default();
-        o.create_if_missing(true);
-        o.create_missing_column_families(true);
-        rocksdb::DB::open_cf(
-            &o,
-            dir.path(),
-            ["txn", "current", "history", "lost", "meta"],
-        )
-        .unwrap();
-    }
+    drop(raw_db_with(
+        dir.path(),
+        &["txn", "current", "history", "lost", "meta"],
+    ));
     let e = RocksStorage::open(dir.path(), opts(true)).unwrap_err();
     assert!(
         matches!(e, StorageError::Layout { found: 1, reads: 2 }),
