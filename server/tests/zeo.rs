@@ -561,4 +561,27 @@ async fn a_client_that_leaves_right_after_register_is_counted_as_stranded() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(stranded(&c), before);
     assert!(c.faces[p].metrics().contains("standby_zeo_stranded_total"));
+    // Nor is one that the server closes right after register, because it stopped being the
+    // primary (a swap here; a partition in `tests/zodb/faults.py`): that client moves on.
+    let mut z = Zeo::connect(c.writable[p]).await.unwrap();
+    z.call("register", vec![Value::from("1"), Value::Boolean(false)])
+        .await
+        .unwrap();
+    let to = ((p + 1) % 3) as u32;
+    c.servers[p].swap(to).await.unwrap().expect("swap accepted");
+    let mut buf = [0u8; 64];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), z.s.read(&mut buf))
+            .await
+            .expect("closed by the old primary in time");
+        if matches!(n, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stranded(&c),
+        before,
+        "a connection the server closed is not stranded"
+    );
 }

@@ -192,7 +192,10 @@ async fn connection(
         face.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, reason = %why, "ZEO connection closed");
     }
-    if session.registered && session.calls_after_register == 0 {
+    // Closed by this server (a role change, a client that does not read, shutdown), not by
+    // the client: a client that registered just before is not stranded, only moved.
+    let closed_here = *closed_rx.borrow() || stop.as_ref().is_some_and(|s| *s.borrow());
+    if session.registered && session.calls_after_register == 0 && !closed_here {
         // A stock client asks for `get_info` (or its invalidations) right after `register`;
         // one that hangs up instead found this server's last tid older than its cache
         // ("Server behind client") and refuses this server until it passes that tid.
