@@ -360,8 +360,6 @@ impl Cluster {
         };
         let opts = CoreOptions {
             checkpoints: true,
-            checkpoint_chunk: 64,
-            checkpoint_queued_max: 128,
             check_invariants: true,
         };
         self.servers[i].disk_lost = false;
@@ -428,11 +426,9 @@ impl Cluster {
                 Output::Checkpoint(c) => {
                     let id = match &c {
                         CheckpointCommand::Make { id, .. }
-                        | CheckpointCommand::Read { id, .. }
                         | CheckpointCommand::Discard { id }
                         | CheckpointCommand::Prepare { id, .. }
-                        | CheckpointCommand::Write { id, .. }
-                        | CheckpointCommand::Install { id, .. }
+                        | CheckpointCommand::Fetch { id, .. }
                         | CheckpointCommand::Abandon { id } => *id,
                     };
                     if !self.known_ids.contains(&id) {
@@ -590,19 +586,24 @@ impl Cluster {
                 donor: inp.id(),
                 id,
             },
-            1 => CkptMsg::Chunk {
-                to,
-                id,
-                name: file_name(inp),
-                offset: inp.counter(),
-                data: inp.blob(255),
-            },
-            2 => {
+            1 | 2 => {
                 let tid = Tid(inp.counter());
                 let files = (0..inp.byte() % 3)
                     .map(|_| (file_name(inp), inp.counter(), inp.u16().into()))
                     .collect();
-                CkptMsg::Done { to, id, tid, files }
+                // A source naming the sender (as the honest shell writes it) or any bytes.
+                let source = if kind % 4 == 1 {
+                    Bytes::from(format!("s{sender}"))
+                } else {
+                    inp.blob(16)
+                };
+                CkptMsg::Offer {
+                    to,
+                    id,
+                    tid,
+                    files,
+                    source,
+                }
             }
             _ => CkptMsg::Failed {
                 to,
@@ -720,27 +721,11 @@ impl Cluster {
                             .collect(),
                     }),
                 };
-                core.checkpoint_made(now, id, made);
-            }
-            CheckpointCommand::Read {
-                id, offset, len, ..
-            } => {
-                let read = match how {
-                    Answer::Honest => self
-                        .files_out
-                        .get(&(i, id))
-                        .and_then(|f| {
-                            let start = usize::try_from(offset).ok()?;
-                            f.get(start..start.checked_add(len)?)
-                        })
-                        .map(Bytes::copy_from_slice)
-                        .ok_or_else(|| "fuzz: read past the end".to_string()),
-                    Answer::Fail => Err(failed()),
-                    Answer::Wrong => Ok(inp.blob(255)),
+                let source = match how {
+                    Answer::Wrong => inp.blob(16),
+                    _ => Bytes::from(format!("s{i}")),
                 };
-                if let Some(core) = self.core(i) {
-                    core.chunk_read(now, id, read);
-                }
+                core.checkpoint_made(now, id, made.map(|m| (m, source)));
             }
             CheckpointCommand::Discard { id } => {
                 self.files_out.remove(&(i, id));
@@ -755,43 +740,47 @@ impl Cluster {
                     self.files_in.insert((i, id), Vec::new());
                 }
             },
-            CheckpointCommand::Write {
-                id, offset, data, ..
+            CheckpointCommand::Fetch {
+                id,
+                donor,
+                manifest,
+                source,
             } => {
-                // The offset comes from the ring: bounded as a file system bounds a file.
-                let end = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| o.checked_add(data.len()))
-                    .filter(|e| *e <= SIDE_FILE_MAX);
-                let fail = match (self.files_in.get_mut(&(i, id)), end, how) {
-                    (Some(f), Some(end), Answer::Honest | Answer::Wrong) => {
-                        if f.len() < end {
-                            f.resize(end, 0);
-                        }
-                        f[end - data.len()..end].copy_from_slice(&data);
-                        None
-                    }
-                    (None, _, _) => Some("fuzz: no side file"),
-                    (_, None, _) => Some("fuzz: chunk beyond the file size limit"),
-                    (_, _, Answer::Fail) => Some("fuzz: write failed"),
-                };
-                if let (Some(why), Some(core)) = (fail, self.servers[i].core.as_mut()) {
-                    core.transfer_failed(now, id, why);
-                }
-            }
-            CheckpointCommand::Install { id, manifest, .. } => {
-                let file = self.files_in.remove(&(i, id)).unwrap_or_default();
-                let snap = self.underneath.remove(&(i as u32, id));
+                // The honest shell fetches from the server its source names, if that one
+                // still serves the transfer; the file then goes into the side directory.
+                let d = donor as usize;
+                let served = (source == format!("s{d}").as_bytes())
+                    .then(|| self.files_out.get(&(d, id)).cloned())
+                    .flatten();
+                let have_side = self.files_in.contains_key(&(i, id));
                 let ready = match how {
-                    Answer::Honest => match (&manifest.files[..], snap) {
-                        ([(_, len, _)], Some(snap)) if file.len() as u64 == *len => Ok(snap),
-                        _ => Err("fuzz: files do not match the manifest".to_string()),
+                    Answer::Honest => match (served, have_side) {
+                        (Some(file), true) if file.len() <= SIDE_FILE_MAX => {
+                            if let Some(core) = self.core(d) {
+                                core.checkpoint_served(now, id);
+                            }
+                            self.drain(d);
+                            self.files_in.remove(&(i, id));
+                            let snap = self.underneath.remove(&(i as u32, id));
+                            Some(match (&manifest.files[..], snap) {
+                                ([(_, len, _)], Some(snap)) if file.len() as u64 == *len => {
+                                    Ok(snap)
+                                }
+                                _ => Err("fuzz: files do not match the manifest".to_string()),
+                            })
+                        }
+                        _ => None,
                     },
-                    Answer::Fail => Err(failed()),
-                    Answer::Wrong => Ok(self.some_store(inp)),
+                    Answer::Fail => None,
+                    Answer::Wrong => Some(Ok(self.some_store(inp))),
                 };
                 if let Some(core) = self.core(i) {
-                    let _ = core.checkpoint_ready(now, id, ready);
+                    match ready {
+                        Some(ready) => {
+                            let _ = core.checkpoint_ready(now, id, ready);
+                        }
+                        None => core.transfer_failed(now, id, &failed()),
+                    }
                 }
             }
             CheckpointCommand::Abandon { id } => {
@@ -830,13 +819,12 @@ impl Cluster {
                     })
                     .ok_or_else(|| "fuzz".to_string());
                 if let Some(core) = self.core(i) {
-                    core.checkpoint_made(now, id, made);
+                    core.checkpoint_made(now, id, made.map(|m| (m, Bytes::from(format!("s{i}")))));
                 }
             }
             1 => {
-                let read = ok.then(|| inp.blob(255)).ok_or_else(|| "fuzz".to_string());
                 if let Some(core) = self.core(i) {
-                    core.chunk_read(now, id, read);
+                    core.checkpoint_served(now, id);
                 }
             }
             2 => {

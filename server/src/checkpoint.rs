@@ -1,9 +1,9 @@
 //! The files of a checkpoint transfer (the protocol is `servercore::checkpoint`'s) and the
 //! layout of a server's data directory.
 //!
-//! - The donor writes a checkpoint of its store into `<data>/outgoing-<id>` and reads its files
-//!   chunk by chunk as the core asks.
-//! - The recipient writes the chunks into the side directory `<data>/incoming-<id>`, checks
+//! - The donor writes a checkpoint of its store into `<data>/outgoing-<id>` and serves its files
+//!   to the recipient ([`crate::transfer`]).
+//! - The recipient fetches them into the side directory `<data>/incoming-<id>`, checks
 //!   every length and checksum, opens the store there to check its last transaction, closes
 //!   it, renames the directory to `store-<n>`, points `<data>/CURRENT` at it (write, fsync,
 //!   rename), and only then opens it for good and hands it to the replica. The old store is
@@ -15,9 +15,8 @@
 //! or empty store means the store was lost, and the server refuses to start rather than begin
 //! again empty. Stores set aside by `standby-server --rebuild` are kept as `corrupt-<n>`.
 
-use bytes::Bytes;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use servercore::checkpoint::{CkptMsg, Manifest};
@@ -56,19 +55,6 @@ pub fn manifest(dir: &Path, tid: storage::Tid) -> Result<Manifest, String> {
     Ok(Manifest { tid, files })
 }
 
-/// Donor, [`CheckpointCommand::Read`](servercore::checkpoint::CheckpointCommand::Read): `len`
-/// bytes of file `name` in `dir` at `offset`.
-pub fn read_chunk(dir: &Path, name: &str, offset: u64, len: usize) -> Result<Bytes, String> {
-    let mut buf = vec![0u8; len];
-    fs::File::open(dir.join(name))
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(offset))?;
-            f.read_exact(&mut buf)
-        })
-        .map_err(|e| format!("{name}: {e}"))?;
-    Ok(Bytes::from(buf))
-}
-
 fn file_crc(p: &Path) -> io::Result<(u64, u32)> {
     let mut f = fs::File::open(p)?;
     let mut h = crc32fast::Hasher::new();
@@ -90,25 +76,6 @@ fn file_crc(p: &Path) -> io::Result<(u64, u32)> {
 pub fn prepare(dir: &Path) -> io::Result<()> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)
-}
-
-/// Recipient, [`CheckpointCommand::Write`](servercore::checkpoint::CheckpointCommand::Write):
-/// writes a chunk into the side directory (the name was checked when the message was decoded).
-pub fn write_chunk(dir: &Path, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
-    // The offset comes from the ring: a member cannot make this server write a sparse file of
-    // any size it likes.
-    if offset.saturating_add(data.len() as u64) > CHECKPOINT_FILE_MAX {
-        return Err(io::Error::other(format!(
-            "{name}: a chunk at {offset} lies beyond {CHECKPOINT_FILE_MAX} bytes"
-        )));
-    }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(dir.join(name))?;
-    f.seek(SeekFrom::Start(offset))?;
-    f.write_all(data)
 }
 
 /// Recipient: checks every file of the side directory against the donor's list and syncs
@@ -141,6 +108,31 @@ pub fn verify(dir: &Path, files: &[(String, u64, u32)]) -> Result<(), String> {
             .map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
+}
+
+/// At start: removes what checkpoint transfers of an earlier run left (`outgoing-*`,
+/// `incoming-*`). A transfer is bound to the processes at both ends, so none survives a
+/// restart, and a donor's leftover holds hard links to table files the live store has since
+/// dropped (as much disk as the store). Returns how many it removed.
+pub fn remove_transfer_leftovers(data: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    let entries = match fs::read_dir(data) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with("outgoing-") || name.starts_with("incoming-"))
+            && e.file_type()?.is_dir()
+        {
+            fs::remove_dir_all(e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// The data directory's layout: `CURRENT` names the live store directory.
@@ -294,6 +286,30 @@ mod tests {
         let (fresh, _) = live_store_dir(d.path()).unwrap();
         assert!(fresh.join(REBUILD_MARK).exists());
         assert_eq!(check_live_store(&fresh), None);
+    }
+
+    #[test]
+    fn transfer_leftovers_are_removed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        for keep in ["store-0", "replaced-1", "corrupt-2"] {
+            fs::create_dir_all(d.path().join(keep)).unwrap();
+        }
+        fs::write(d.path().join("CURRENT"), b"store-0").unwrap();
+        for gone in ["outgoing-7", "incoming-9"] {
+            fs::create_dir_all(d.path().join(gone)).unwrap();
+            fs::write(d.path().join(gone).join("000001.sst"), b"x").unwrap();
+        }
+        assert_eq!(remove_transfer_leftovers(d.path()).unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["CURRENT", "corrupt-2", "replaced-1", "store-0"]);
+        assert_eq!(
+            remove_transfer_leftovers(&d.path().join("none")).unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::checkpoint;
 use crate::membership::{Configured, MembershipChange};
+use crate::transfer;
 use gcs::net::driver::{Core, CoreOutput};
 use gcs::Time;
 use replica::{
@@ -83,8 +84,16 @@ pub enum ServerRequest {
         /// The manifest, or why there is none.
         made: Result<servercore::checkpoint::Manifest, String>,
     },
-    /// A received checkpoint's files, checked against its manifest and synced off the
-    /// server's task; not for applications.
+    /// A donor's serving thread ended: every file sent once (`Ok`), or cancelled or failed;
+    /// not for applications.
+    CheckpointServed {
+        /// The transfer.
+        id: u64,
+        /// `Err`: why it stopped.
+        result: Result<(), String>,
+    },
+    /// A checkpoint's files, fetched from the donor, checked against its manifest and synced
+    /// off the server's task; not for applications.
     CheckpointVerified {
         /// The transfer.
         id: u64,
@@ -148,11 +157,13 @@ enum CheckpointWork {
         dir: PathBuf,
         tid: storage::Tid,
     },
-    /// Recipient: check and sync the files received into `dir`.
-    Verify {
+    /// Recipient: fetch the files from the donor into `dir`, then check and sync them.
+    Fetch {
         id: u64,
         dir: PathBuf,
         manifest: servercore::checkpoint::Manifest,
+        source: transfer::Source,
+        cancel: transfer::Cancel,
     },
 }
 
@@ -163,8 +174,28 @@ impl CheckpointWork {
                 id,
                 made: checkpoint::manifest(&dir, tid),
             },
-            CheckpointWork::Verify { id, dir, manifest } => {
-                let verified = checkpoint::verify(&dir, &manifest.files);
+            CheckpointWork::Fetch {
+                id,
+                dir,
+                manifest,
+                source,
+                cancel,
+            } => {
+                // A shell thread, not a core: the clock only times the fetch for the log.
+                #[allow(clippy::disallowed_methods)]
+                let t = std::time::Instant::now();
+                let verified = transfer::fetch(&source, id, &dir, &manifest.files, &cancel)
+                    .and_then(|bytes| {
+                        let secs = t.elapsed().as_secs_f64();
+                        tracing::info!(
+                            id,
+                            bytes,
+                            secs,
+                            mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9),
+                            "checkpoint files fetched"
+                        );
+                        checkpoint::verify(&dir, &manifest.files)
+                    });
                 ServerRequest::CheckpointVerified {
                     id,
                     manifest,
@@ -356,6 +387,9 @@ pub struct CheckpointSupport<S> {
     pub data: PathBuf,
     /// Opens a store directory.
     pub open: OpenStore<S>,
+    /// Where a donor listens for the recipient's fetch (an ephemeral port on it): the
+    /// server's ring address, which every other server reaches.
+    pub listen_ip: std::net::IpAddr,
 }
 
 /// The store's read handle ([`Storage::read_handle`]) for readers outside the server's task,
@@ -403,6 +437,9 @@ pub struct ServerShell<S: Storage + 'static> {
     /// The store a sync is for: one more at each checkpoint install.
     store_generation: u64,
     ckpt: Option<CheckpointSupport<S>>,
+    /// Donor: the transfers being served, and how to stop each; recipient: the fetches.
+    serving: BTreeMap<u64, transfer::Cancel>,
+    fetching: BTreeMap<u64, transfer::Cancel>,
     waiting: BTreeMap<ReqId, oneshot::Sender<Result<Committed, CommitError>>>,
     next_req: u64,
     /// The time of the last input (reports of executed commands carry it).
@@ -442,6 +479,8 @@ impl<S: Storage + 'static> ServerShell<S> {
             sync,
             store_generation: 0,
             ckpt,
+            serving: BTreeMap::new(),
+            fetching: BTreeMap::new(),
             waiting: BTreeMap::new(),
             next_req: 1,
             now: Time::ZERO,
@@ -483,6 +522,55 @@ impl<S: Storage + 'static> ServerShell<S> {
         }
         let report = work.run();
         let _ = self.handle_request(self.now, report);
+    }
+
+    /// Runs `work` on a thread of its own that reports through the request channel; false if
+    /// there is no channel yet or no thread (work that waits on the network never runs in the
+    /// server's task).
+    fn off_task_only(&mut self, work: CheckpointWork) -> bool {
+        let Some(requests) = self.reports.get().cloned() else {
+            return false;
+        };
+        std::thread::Builder::new()
+            .name("standby-ckpt".into())
+            .spawn(move || {
+                let _ = requests.blocking_send(work.run());
+            })
+            .map_err(|e| tracing::warn!(error = %e, "no thread for a checkpoint transfer"))
+            .is_ok()
+    }
+
+    /// Donor: the checkpoint of transfer `id` was made and listed; serve its files on a
+    /// thread of its own, and offer them.
+    fn checkpoint_listed(
+        &mut self,
+        id: u64,
+        made: Result<servercore::checkpoint::Manifest, String>,
+    ) {
+        let now = self.now;
+        let offered = made.and_then(|manifest| {
+            let ck = self.ckpt.as_ref().ok_or("no data directory")?;
+            let requests = self
+                .reports
+                .get()
+                .cloned()
+                .ok_or("no report channel to serve a checkpoint from")?;
+            let (listener, source) = transfer::listen(ck.listen_ip)?;
+            let dir = ck.data.join(format!("outgoing-{id}"));
+            let cancel = transfer::Cancel::default();
+            let (files, src, stop) = (manifest.files.clone(), source.clone(), cancel.clone());
+            std::thread::Builder::new()
+                .name("standby-ckpt-serve".into())
+                .spawn(move || {
+                    let result = transfer::serve(listener, &src, id, &dir, &files, &stop);
+                    let _ = requests.blocking_send(ServerRequest::CheckpointServed { id, result });
+                })
+                .map_err(|e| format!("no thread to serve a checkpoint: {e}"))?;
+            self.serving.insert(id, cancel);
+            tracing::info!(id, addr = %source.addr, "serving a checkpoint");
+            Ok((manifest, bytes::Bytes::from(source.encode())))
+        });
+        self.core.checkpoint_made(now, id, offered);
     }
 
     /// Syncs the store: on the sync thread if the store has a handle for it, else here.
@@ -548,19 +636,10 @@ impl<S: Storage + 'static> ServerShell<S> {
                     Err(e) => self.core.checkpoint_made(now, id, Err(e)),
                 }
             }
-            CheckpointCommand::Read {
-                id,
-                name,
-                offset,
-                len,
-            } => {
-                let read = match self.dir("outgoing", id) {
-                    Some(dir) => checkpoint::read_chunk(&dir, &name, offset, len),
-                    None => Err("no data directory".to_string()),
-                };
-                self.core.chunk_read(now, id, read);
-            }
             CheckpointCommand::Discard { id } => {
+                if let Some(cancel) = self.serving.remove(&id) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
                 if let Some(dir) = self.dir("outgoing", id) {
                     let _ = std::fs::remove_dir_all(dir);
                 }
@@ -575,35 +654,52 @@ impl<S: Storage + 'static> ServerShell<S> {
                     self.core.transfer_failed(now, id, &reason);
                 }
             }
-            CheckpointCommand::Write {
-                id,
-                name,
-                offset,
-                data,
-            } => {
-                let r = match self.dir("incoming", id) {
-                    Some(dir) => checkpoint::write_chunk(&dir, &name, offset, &data)
-                        .map_err(|e| e.to_string()),
-                    None => Err("no data directory".to_string()),
-                };
-                if let Err(e) = r {
-                    let reason = format!("cannot write checkpoint chunk: {e}");
-                    self.core.transfer_failed(now, id, &reason);
-                }
-            }
-            CheckpointCommand::Install {
+            CheckpointCommand::Fetch {
                 id,
                 donor: _,
                 manifest,
-            } => match self.dir("incoming", id) {
-                Some(dir) => self.off_task(CheckpointWork::Verify { id, dir, manifest }),
-                None => {
-                    let _ = self
-                        .core
-                        .checkpoint_ready(now, id, Err("no data directory".into()));
+                source,
+            } => {
+                let fetch = (|| {
+                    let source = transfer::Source::decode(&source)
+                        .ok_or_else(|| "a malformed checkpoint source".to_string())?;
+                    if let Some((name, len, _)) = manifest
+                        .files
+                        .iter()
+                        .find(|f| f.1 > checkpoint::CHECKPOINT_FILE_MAX)
+                    {
+                        return Err(format!("{name}: {len} bytes offered"));
+                    }
+                    let dir = self.dir("incoming", id).ok_or("no data directory")?;
+                    Ok((source, dir))
+                })();
+                match fetch {
+                    Ok((source, dir)) => {
+                        let cancel = transfer::Cancel::default();
+                        self.fetching.insert(id, cancel.clone());
+                        let work = CheckpointWork::Fetch {
+                            id,
+                            dir,
+                            manifest,
+                            source,
+                            cancel,
+                        };
+                        if !self.off_task_only(work) {
+                            self.fetching.remove(&id);
+                            self.core.transfer_failed(
+                                now,
+                                id,
+                                "no thread to fetch a checkpoint on",
+                            );
+                        }
+                    }
+                    Err(e) => self.core.transfer_failed(now, id, &e),
                 }
-            },
+            }
             CheckpointCommand::Abandon { id } => {
+                if let Some(cancel) = self.fetching.remove(&id) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
                 if let Some(dir) = self.dir("incoming", id) {
                     let _ = std::fs::remove_dir_all(dir);
                 }
@@ -724,12 +820,25 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
                 let id = self.wait(reply);
                 self.core.voter_change(now, id, &add, &remove);
             }
-            ServerRequest::CheckpointMade { id, made } => self.core.checkpoint_made(now, id, made),
+            ServerRequest::CheckpointMade { id, made } => self.checkpoint_listed(id, made),
+            ServerRequest::CheckpointServed { id, result } => {
+                if self.serving.remove(&id).is_some() {
+                    match result {
+                        Ok(()) => self.core.checkpoint_served(now, id),
+                        // Discarded by the core if it was not cancelled: the recipient asks
+                        // again.
+                        Err(e) => tracing::warn!(id, error = %e, "checkpoint no longer served"),
+                    }
+                }
+            }
             ServerRequest::CheckpointVerified {
                 id,
                 manifest,
                 verified,
-            } => self.install(id, &manifest, verified),
+            } => {
+                self.fetching.remove(&id);
+                self.install(id, &manifest, verified)
+            }
             ServerRequest::StoreSynced {
                 id,
                 generation,

@@ -29,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod front;
 pub mod tls;
+pub mod transfer;
 pub mod zeo;
 
 pub use crate::core::{
@@ -119,6 +120,14 @@ impl StorageServer {
         let (store, ckpt) = match source {
             StoreSource::Open(s) => (s, None),
             StoreSource::DataDir { data, open } => {
+                let removed = checkpoint::remove_transfer_leftovers(&data)
+                    .map_err(storage::StorageError::from)?;
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed the checkpoint transfers of an earlier run"
+                    );
+                }
                 let (dir, new) =
                     checkpoint::live_store_dir(&data).map_err(storage::StorageError::from)?;
                 if !new {
@@ -137,7 +146,20 @@ impl StorageServer {
                     after_disk_loss = true;
                     rebuild_mark = Some(mark);
                 }
-                (store, Some(CheckpointSupport { data, open }))
+                // A donor serves checkpoint files on its ring address (which every other
+                // server reaches), on a port of the moment.
+                let listen_ip = opts
+                    .cluster
+                    .daemons
+                    .iter()
+                    .find(|d| d.id == opts.id)
+                    .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |d| d.addr.ip());
+                let ckpt = CheckpointSupport {
+                    data,
+                    open,
+                    listen_ip,
+                };
+                (store, Some(ckpt))
             }
         };
         opts.replica.validate()?;

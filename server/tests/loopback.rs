@@ -274,6 +274,24 @@ async fn a_wiped_replica_is_rebuilt_from_a_checkpoint() {
         dirs[victim].path().join("replaced-0").exists(),
         "the old store kept aside"
     );
+    // The files went point to point; once they were received whole, the donor stopped
+    // serving and removed its copy, and the recipient's side directory became the store.
+    let leftovers = || {
+        dirs.iter()
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("outgoing-") || n.starts_with("incoming-"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leftovers().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "transfer directories left: {:?}",
+            leftovers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (rev, _) = servers[victim]
         .load(Oid::from_u64(7))
         .await

@@ -161,33 +161,14 @@ pub enum Output {
 }
 
 /// How a core is set up beyond its node and replica.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CoreOptions {
     /// The shell executes checkpoint commands (the server has a data directory). Without,
     /// this server neither sends nor receives checkpoints.
     pub checkpoints: bool,
-    /// Bytes of file data per checkpoint chunk.
-    pub checkpoint_chunk: usize,
-    /// Bytes the node's send queue may hold before the next checkpoint chunk waits. What
-    /// this server sends (a primary's commits) queues behind the chunks there, and every
-    /// chunk on the ring slows its rotation: with the node's whole queue (32 MiB) open to
-    /// chunks, a 1.8 GiB bootstrap went at 33 MB/s while the cluster's commits fell from
-    /// 9,186/s to 122/s; with one chunk, 124 MB/s and 2,310/s (`scripts/bench-catchup`).
-    pub checkpoint_queued_max: usize,
     /// Check the replica's invariants after every input even in a release build (the
     /// simulator does; debug builds always do).
     pub check_invariants: bool,
-}
-
-impl Default for CoreOptions {
-    fn default() -> CoreOptions {
-        CoreOptions {
-            checkpoints: false,
-            checkpoint_chunk: checkpoint::CHUNK,
-            checkpoint_queued_max: checkpoint::CHUNK,
-            check_invariants: false,
-        }
-    }
 }
 
 /// A node output held back for the replica (see `ServerCore::feed_replica`).
@@ -203,28 +184,18 @@ struct Outgoing {
     /// of this transfer.
     to_proc: gcs::ProcId,
     id: u64,
-    /// `None` until the shell reports the checkpoint made.
-    manifest: Option<Manifest>,
-    /// The next file to read, and where in it.
-    file: usize,
-    offset: u64,
-    /// A read asked of the shell and not reported yet: `(file, offset, len)`.
-    reading: Option<(usize, u64, usize)>,
-    /// A message the node's send queue had no room for.
-    pending: Option<CkptMsg>,
-    done_sent: bool,
+    /// The offer went out: the shell serves the files until it reports them sent.
+    offered: bool,
 }
 
 /// The recipient's side of a checkpoint transfer.
 struct Incoming {
     id: u64,
     donor: ServerId,
-    /// The donor's process, once known (from the view at the request, else from its first
-    /// message): a restarted donor (a newer incarnation) will never finish this transfer.
+    /// The donor's process, once known (from the view at the request, else from its offer):
+    /// a restarted donor (a newer incarnation) will never serve this transfer.
     donor_proc: Option<gcs::ProcId>,
-    /// Bytes received so far (for the log).
-    received: u64,
-    /// `Install` was asked of the shell, for a checkpoint announced to end at this tid.
+    /// `Fetch` was asked of the shell, for a checkpoint offered to end at this tid.
     installing: Option<storage::Tid>,
 }
 
@@ -849,7 +820,6 @@ impl<S: Storage + 'static> ServerCore<S> {
                 replica::Output::Sync { id } => self.out.push_back(Output::SyncStore { id }),
             }
         }
-        self.feed_outgoing(now);
     }
 
     /// The store failed. A member that stays in the ring with a failed store freezes the
@@ -1020,7 +990,6 @@ impl<S: Storage + 'static> ServerCore<S> {
             id,
             donor,
             donor_proc,
-            received: 0,
             installing: None,
         });
         self.command(CheckpointCommand::Prepare { id, donor });
@@ -1065,57 +1034,43 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.pump(now);
     }
 
-    /// Donor: the shell made the checkpoint of transfer `id` (or could not).
-    pub fn checkpoint_made(&mut self, now: Time, id: u64, made: Result<Manifest, String>) {
+    /// Donor: the shell made the checkpoint of transfer `id` and serves it from `source`
+    /// (or could not): the offer goes to the recipient.
+    pub fn checkpoint_made(&mut self, now: Time, id: u64, made: Result<(Manifest, Bytes), String>) {
         self.now = now;
-        let Some(o) = self
-            .outgoing
-            .as_mut()
-            .filter(|o| o.id == id && o.manifest.is_none())
-        else {
+        let Some(o) = self.outgoing.as_mut().filter(|o| o.id == id && !o.offered) else {
+            // Abandoned meanwhile: the shell serves nothing for a discarded transfer.
             return;
         };
         match made {
-            Ok(m) => {
-                tracing::info!(to = o.to, id, files = m.files.len(), tid = %m.tid, "sending a checkpoint");
-                o.manifest = Some(m);
-            }
-            Err(reason) => self.outgoing_failed(now, reason),
-        }
-        self.feed_outgoing(now);
-        self.pump(now);
-    }
-
-    /// Donor: the shell read the chunk asked by [`CheckpointCommand::Read`] (or could not).
-    pub fn chunk_read(&mut self, now: Time, id: u64, read: Result<Bytes, String>) {
-        self.now = now;
-        let Some(o) = self.outgoing.as_mut().filter(|o| o.id == id) else {
-            return;
-        };
-        let Some((file, offset, len)) = o.reading.take() else {
-            return;
-        };
-        match read {
-            Ok(data) if data.len() == len => {
-                let name = o.manifest.as_ref().expect("reading after made").files[file]
-                    .0
-                    .clone();
-                o.offset = offset + len as u64;
-                o.pending = Some(CkptMsg::Chunk {
+            Ok((m, source)) if source.len() <= checkpoint::SOURCE_MAX => {
+                tracing::info!(to = o.to, id, files = m.files.len(), tid = %m.tid, "offering a checkpoint");
+                o.offered = true;
+                let offer = CkptMsg::Offer {
                     to: o.to,
                     id,
-                    name,
-                    offset,
-                    data,
-                });
+                    tid: m.tid,
+                    files: m.files,
+                    source,
+                };
+                self.send_ckpt(now, &offer);
             }
-            Ok(data) => self.outgoing_failed(
+            Ok((_, source)) => self.outgoing_failed(
                 now,
-                format!("read {} bytes of a chunk of {len}", data.len()),
+                format!("a checkpoint source of {} bytes", source.len()),
             ),
             Err(reason) => self.outgoing_failed(now, reason),
         }
-        self.feed_outgoing(now);
+        self.pump(now);
+    }
+
+    /// Donor: the shell sent every file of transfer `id` once: it is discarded.
+    pub fn checkpoint_served(&mut self, now: Time, id: u64) {
+        self.now = now;
+        if let Some(o) = self.outgoing.take_if(|o| o.id == id && o.offered) {
+            tracing::info!(to = o.to, id, "checkpoint served");
+            self.command(CheckpointCommand::Discard { id });
+        }
         self.pump(now);
     }
 
@@ -1123,7 +1078,7 @@ impl<S: Storage + 'static> ServerCore<S> {
         let Some(o) = self.outgoing.take() else {
             return;
         };
-        tracing::error!(to = o.to, id = o.id, %reason, "cannot send a checkpoint");
+        tracing::error!(to = o.to, id = o.id, %reason, "cannot offer a checkpoint");
         self.command(CheckpointCommand::Discard { id: o.id });
         let f = CkptMsg::Failed {
             to: o.to,
@@ -1133,84 +1088,9 @@ impl<S: Storage + 'static> ServerCore<S> {
         self.send_ckpt(now, &f);
     }
 
-    /// Queues checkpoint chunks while the node's send queue holds less than
-    /// `checkpoint_queued_max` (the server's own messages never wait behind more than that
-    /// and a chunk): one chunk is read ahead at most, so a large checkpoint never sits in
-    /// memory.
-    fn feed_outgoing(&mut self, now: Time) {
-        let chunk = self.opts.checkpoint_chunk.max(1);
-        loop {
-            let Some(o) = self.outgoing.as_mut() else {
-                return;
-            };
-            if o.reading.is_some() || self.node.queued_bytes() >= self.opts.checkpoint_queued_max {
-                return;
-            }
-            let Some(m) = o.manifest.as_ref() else {
-                return;
-            };
-            let msg = match o.pending.take() {
-                Some(msg) => msg,
-                None if o.file < m.files.len() => {
-                    let (name, len, _) = &m.files[o.file];
-                    if o.offset >= *len {
-                        o.file += 1;
-                        o.offset = 0;
-                        continue;
-                    }
-                    let want = chunk.min((len - o.offset) as usize);
-                    o.reading = Some((o.file, o.offset, want));
-                    let c = CheckpointCommand::Read {
-                        id: o.id,
-                        name: name.clone(),
-                        offset: o.offset,
-                        len: want,
-                    };
-                    self.command(c);
-                    return;
-                }
-                None if !o.done_sent => {
-                    o.done_sent = true;
-                    CkptMsg::Done {
-                        to: o.to,
-                        id: o.id,
-                        tid: m.tid,
-                        files: m.files.clone(),
-                    }
-                }
-                None => {
-                    let (to, id) = (o.to, o.id);
-                    self.outgoing = None;
-                    tracing::info!(to, id, "checkpoint sent");
-                    self.command(CheckpointCommand::Discard { id });
-                    return;
-                }
-            };
-            if !self.unsent.is_empty() {
-                o.pending = Some(msg);
-                return;
-            }
-            let sealed = envelope::seal(Channel::Checkpoint, &msg.encode());
-            match self.node.multicast(now, Service::Agreed, sealed) {
-                Ok(()) => {}
-                Err(SubmitError::QueueFull { .. }) => {
-                    if let Some(o) = self.outgoing.as_mut() {
-                        o.pending = Some(msg);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let reason = format!("checkpoint chunk refused by the node: {e}");
-                    self.outgoing_failed(now, reason);
-                    return;
-                }
-            }
-        }
-    }
-
     /// A checkpoint message `sender` multicast. Requests count only from the server they name,
-    /// and a transfer's chunks and end only from its donor: another member cannot feed a
-    /// recovering server files of its own.
+    /// and a transfer's offer only from its donor: another member cannot feed a recovering
+    /// server files of its own.
     fn on_checkpoint_msg(&mut self, now: Time, sender_proc: gcs::ProcId, payload: &[u8]) {
         let sender = sender_proc.node;
         let me = self.replica.id();
@@ -1226,6 +1106,11 @@ impl<S: Storage + 'static> ServerCore<S> {
         };
         match m {
             CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
+                // The same recipient asking again gave up on what it was offered (a broken
+                // connection, a failed check): that offer ends here.
+                if let Some(o) = self.outgoing.take_if(|o| o.to_proc == sender_proc) {
+                    self.command(CheckpointCommand::Discard { id: o.id });
+                }
                 let refused = if self.outgoing.is_some() {
                     Some("a transfer is already under way")
                 } else if !self.opts.checkpoints {
@@ -1246,46 +1131,29 @@ impl<S: Storage + 'static> ServerCore<S> {
                     to: from,
                     to_proc: sender_proc,
                     id,
-                    manifest: None,
-                    file: 0,
-                    offset: 0,
-                    reading: None,
-                    pending: None,
-                    done_sent: false,
+                    offered: false,
                 });
                 self.command(CheckpointCommand::Make { id, to: from });
             }
-            CkptMsg::Chunk {
+            CkptMsg::Offer {
                 to,
                 id,
-                name,
-                offset,
-                data,
+                tid,
+                files,
+                source,
             } if to == me => {
-                let Some(inc) = self.incoming.as_mut().filter(|i| ours(i, id)) else {
-                    return;
-                };
-                inc.donor_proc.get_or_insert(sender_proc);
-                inc.received += data.len() as u64;
-                self.command(CheckpointCommand::Write {
-                    id,
-                    name,
-                    offset,
-                    data,
-                });
-            }
-            CkptMsg::Done { to, id, tid, files } if to == me => {
                 let Some(inc) = self.incoming.as_mut().filter(|i| ours(i, id)) else {
                     return;
                 };
                 inc.donor_proc.get_or_insert(sender_proc);
                 inc.installing = Some(tid);
                 let donor = inc.donor;
-                tracing::info!(server = me, donor, id, bytes = inc.received, %tid, "checkpoint received");
-                self.command(CheckpointCommand::Install {
+                tracing::info!(server = me, donor, id, files = files.len(), %tid, "checkpoint offered: fetching it");
+                self.command(CheckpointCommand::Fetch {
                     id,
                     donor,
                     manifest: Manifest { tid, files },
+                    source,
                 });
             }
             CkptMsg::Failed { to, id, reason } if to == me => {
@@ -1308,8 +1176,8 @@ impl<S: Storage + 'static> ServerCore<S> {
             .map(|i| i.id)
     }
 
-    /// Recipient: the shell could not prepare or write transfer `id`: it is abandoned (the
-    /// replica asks again at its next election).
+    /// Recipient: the shell could not prepare or fetch transfer `id`: it is abandoned, and
+    /// asked again shortly.
     pub fn transfer_failed(&mut self, now: Time, id: u64, reason: &str) {
         self.now = now;
         if let Some(i) = self.incoming.take_if(|i| i.id == id) {
@@ -1351,7 +1219,6 @@ impl<S: Storage + 'static> ServerCore<S> {
             Ok(()) => tracing::info!(
                 server = self.replica.id(),
                 donor = inc.donor,
-                bytes = inc.received,
                 "checkpoint installed"
             ),
             Err(e) => {

@@ -28,11 +28,12 @@
 //! ([`ServerCore::handle_timeout`]), requests that carry an id and are answered later by
 //! `Reply { id }` (commit, membership change, voter change), calls answered at once (swap,
 //! readdress, read, status), and the reports of checkpoint commands (`checkpoint_made`,
-//! `chunk_read`, `checkpoint_ready`, `transfer_failed`). Outputs ([`Output`]): datagrams, a
+//! `checkpoint_served`, `checkpoint_ready`, `transfer_failed`). Outputs ([`Output`]): datagrams, a
 //! new address book (`Peers`), events for the application ([`ServerEvent`]: role, claim,
 //! invalidation, durable point, loss, a needed checkpoint, membership), replies by id, and
-//! checkpoint commands ([`checkpoint::CheckpointCommand`]: make, read, discard on the donor;
-//! prepare, write, install, abandon on the recipient). [`open_replica`] is how a server starts
+//! checkpoint commands ([`checkpoint::CheckpointCommand`]: make and discard on the donor;
+//! prepare, fetch and abandon on the recipient; the files go between the shells, not
+//! through the ring). [`open_replica`] is how a server starts
 //! over its store; a store that cannot take a synced write is refused before anything else.
 //!
 //! # What the core adds to the replica under faults

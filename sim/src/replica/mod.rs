@@ -5,8 +5,10 @@
 //! simulator. This file is the [`App`] of the `replica` mode: it starts and stops servers
 //! over their disks, runs the clients and the operator, and records the history. A crash
 //! drops the core (memory) and keeps the store (disk). This file is the core's second shell: it executes the core's checkpoint commands
-//! over simulated files (the checkpoint's content travels underneath as a store snapshot; its
-//! files, chunks, checksums and messages are real).
+//! over simulated files and a simulated point-to-point fetch (the checkpoint's content travels
+//! underneath as a store snapshot; its file, checksum and messages are real; the fetch takes
+//! time in proportion to the file, fails if the donor crashed, restarted or discarded the
+//! transfer, or if either direction between the two is cut when it ends).
 //!
 //! Around the core it plays the rest of a server's world. A server whose store failed is
 //! started again a second later, as a supervisor does after `standby-server` exits with 75;
@@ -47,11 +49,9 @@ use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidR
 
 type Core = servercore::ServerCore<MemStorage>;
 
-/// Bytes per checkpoint chunk in the simulator (small, so that transfers take many).
-const SIM_CHECKPOINT_CHUNK: usize = 1024;
-
-/// The largest simulated checkpoint file (what the simulator makes is at most 1 MiB).
-const SIM_CHECKPOINT_FILE_MAX: usize = 64 << 20;
+/// How fast a simulated checkpoint fetch goes (bytes per millisecond): a store of 16,384
+/// transactions (1 MiB) takes about 100 ms, long enough for faults to fall inside.
+const SIM_FETCH_BYTES_PER_MS: u64 = 10 * 1024;
 
 /// The options of one replica run.
 #[derive(Clone, Debug)]
@@ -271,6 +271,15 @@ pub enum Ev {
         incarnation: u64,
         id: u64,
     },
+    /// A checkpoint fetch (`CheckpointCommand::Fetch`) ends, unless the recipient restarted
+    /// since or abandoned it.
+    Fetched {
+        server: usize,
+        incarnation: u64,
+        id: u64,
+        donor: usize,
+        manifest: Manifest,
+    },
 }
 
 /// A change an operator asked for, followed until answered.
@@ -390,9 +399,9 @@ pub struct ReplicaCluster {
     req_owner: BTreeMap<ReqId, (usize, u64, u64)>,
     history: RHistory,
     totals: RTotals,
-    /// Simulated checkpoint files, by (server, transfer id): a donor's `outgoing` file, a
-    /// recipient's `incoming` one.
-    outgoing_files: BTreeMap<(usize, u64), Bytes>,
+    /// Simulated checkpoint files, by (server, transfer id): a donor's `outgoing` file and
+    /// the incarnation that serves it; a recipient's `incoming` side directory.
+    outgoing_files: BTreeMap<(usize, u64), (Bytes, u64)>,
     incoming_files: BTreeMap<(usize, u64), Vec<u8>>,
     /// What a checkpoint holds, by (recipient, transfer id): the donor's store as it was made.
     underneath: BTreeMap<(usize, u64), MemStorage>,
@@ -769,8 +778,6 @@ impl ReplicaCluster {
                     .expect("simulator configuration is valid");
                 let opts = CoreOptions {
                     checkpoints: true,
-                    checkpoint_chunk: SIM_CHECKPOINT_CHUNK,
-                    checkpoint_queued_max: 2 * SIM_CHECKPOINT_CHUNK,
                     check_invariants: true,
                 };
                 let configured = self.configured(i);
@@ -1060,40 +1067,28 @@ impl ReplicaCluster {
         match c {
             CheckpointCommand::Make { id, to } => {
                 let snap = self.core(i).store().snapshot();
+                let incarnation = self.w.incarnation(i);
                 let made = snap
                     .last_transaction()
                     .map_err(|e| e.to_string())
                     .map(|tid| {
                         // The file's bytes stand for the store's: 64 per transaction (the
-                        // simulator's tids count them), so that big stores take many chunks and
-                        // the node's send queue pushes back.
+                        // simulator's tids count them), so that big stores take longer to
+                        // fetch.
                         let len = 1 + (tid.0 as usize).min(1 << 14) * 64;
                         let bytes: Bytes = (0..len).map(|k| (k as u64 ^ id) as u8).collect();
                         let crc = crc32fast::hash(&bytes);
-                        self.outgoing_files.insert((i, id), bytes);
-                        Manifest {
+                        self.outgoing_files.insert((i, id), (bytes, incarnation));
+                        let m = Manifest {
                             tid,
                             files: vec![("checkpoint".to_string(), len as u64, crc)],
-                        }
+                        };
+                        (m, Bytes::from(format!("s{i}")))
                     });
                 if made.is_ok() {
                     self.underneath.insert((to as usize, id), snap);
                 }
                 self.core(i).checkpoint_made(now, id, made);
-            }
-            CheckpointCommand::Read {
-                id,
-                name: _,
-                offset,
-                len,
-            } => {
-                let read = self
-                    .outgoing_files
-                    .get(&(i, id))
-                    .and_then(|f| f.get(offset as usize..offset as usize + len))
-                    .map(Bytes::copy_from_slice)
-                    .ok_or_else(|| "simulated read past the end".to_string());
-                self.core(i).chunk_read(now, id, read);
             }
             CheckpointCommand::Discard { id } => {
                 self.outgoing_files.remove(&(i, id));
@@ -1101,57 +1096,88 @@ impl ReplicaCluster {
             CheckpointCommand::Prepare { id, donor: _ } => {
                 self.incoming_files.insert((i, id), Vec::new());
             }
-            CheckpointCommand::Write {
+            CheckpointCommand::Fetch {
                 id,
-                name: _,
-                offset,
-                data,
-            } => {
-                // The offset comes from the ring: bounded as a file system bounds a file.
-                let end = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| o.checked_add(data.len()))
-                    .filter(|e| *e <= SIM_CHECKPOINT_FILE_MAX);
-                match (self.incoming_files.get_mut(&(i, id)), end) {
-                    (Some(f), Some(end)) => {
-                        if f.len() < end {
-                            f.resize(end, 0);
-                        }
-                        f[end - data.len()..end].copy_from_slice(&data);
-                    }
-                    (None, _) => self.core(i).transfer_failed(now, id, "no side file"),
-                    (Some(_), None) => {
-                        self.core(i)
-                            .transfer_failed(now, id, "chunk beyond the file size limit")
-                    }
-                }
-            }
-            CheckpointCommand::Install {
-                id,
-                donor: _,
+                donor,
                 manifest,
+                source,
             } => {
-                let file = self.incoming_files.remove(&(i, id)).unwrap_or_default();
-                let snap = self.underneath.remove(&(i, id));
-                let ready = match (&manifest.files[..], snap) {
-                    ([(_, len, crc)], Some(snap))
-                        if file.len() as u64 == *len && crc32fast::hash(&file) == *crc =>
-                    {
-                        Ok(snap)
-                    }
-                    _ => Err("checkpoint files do not match the manifest".to_string()),
-                };
-                if ready.is_ok() {
-                    self.totals.checkpoints += 1;
+                // The source is the donor shell's own: here it names the donor, and must be
+                // the one the offer's sender is.
+                if source != format!("s{donor}").as_bytes() {
+                    self.core(i)
+                        .transfer_failed(now, id, "a source of another server");
+                    return;
                 }
-                let r = self.core(i).checkpoint_ready(now, id, ready);
-                self.tr(|| format!("{now:?} s{i} checkpoint {id} installed: {r:?}"));
+                let len: u64 = manifest.files.iter().map(|f| f.1).sum();
+                let d = Duration::from_millis(1 + len / SIM_FETCH_BYTES_PER_MS);
+                let incarnation = self.w.incarnation(i);
+                self.schedule(
+                    now.saturating_add(d),
+                    Ev::Fetched {
+                        server: i,
+                        incarnation,
+                        id,
+                        donor: donor as usize,
+                        manifest,
+                    },
+                );
             }
             CheckpointCommand::Abandon { id } => {
                 self.incoming_files.remove(&(i, id));
                 self.underneath.remove(&(i, id));
             }
         }
+    }
+
+    /// A checkpoint fetch ends: the files arrived if the donor still serves them (the same
+    /// incarnation, not discarded, not paused) and both directions between the two are up;
+    /// then they are checked against the manifest and installed, as the server's shell does.
+    fn fetched(&mut self, i: usize, incarnation: u64, id: u64, donor: usize, manifest: Manifest) {
+        let now = self.w.now;
+        if self.w.incarnation(i) != incarnation
+            || self.servers[i].core.is_none()
+            || !self.incoming_files.contains_key(&(i, id))
+        {
+            return;
+        }
+        let served = self
+            .outgoing_files
+            .get(&(donor, id))
+            .filter(|(_, inc)| {
+                *inc == self.w.incarnation(donor)
+                    && self.servers[donor].core.is_some()
+                    && !self.w.paused(donor)
+            })
+            .map(|(bytes, _)| bytes.clone())
+            .filter(|_| self.w.net.links[donor][i] && self.w.net.links[i][donor]);
+        let Some(file) = served else {
+            self.tr(|| format!("{now:?} s{i} checkpoint fetch {id} from s{donor} failed"));
+            self.incoming_files.remove(&(i, id));
+            self.core(i)
+                .transfer_failed(now, id, "the donor stopped serving the checkpoint");
+            self.drain(i);
+            return;
+        };
+        // Sent once: the donor's shell reports it.
+        self.core(donor).checkpoint_served(now, id);
+        self.drain(donor);
+        self.incoming_files.remove(&(i, id));
+        let snap = self.underneath.remove(&(i, id));
+        let ready = match (&manifest.files[..], snap) {
+            ([(_, len, crc)], Some(snap))
+                if file.len() as u64 == *len && crc32fast::hash(&file) == *crc =>
+            {
+                Ok(snap)
+            }
+            _ => Err("checkpoint files do not match the manifest".to_string()),
+        };
+        if ready.is_ok() {
+            self.totals.checkpoints += 1;
+        }
+        let r = self.core(i).checkpoint_ready(now, id, ready);
+        self.tr(|| format!("{now:?} s{i} checkpoint {id} installed: {r:?}"));
+        self.drain(i);
     }
 
     /// The configured servers (addresses are never used: the simulated network routes by
@@ -1660,6 +1686,13 @@ impl App for ReplicaCluster {
                 incarnation,
                 id,
             } => self.synced(server, incarnation, id),
+            Ev::Fetched {
+                server,
+                incarnation,
+                id,
+                donor,
+                manifest,
+            } => self.fetched(server, incarnation, id, donor, manifest),
         }
     }
 }
@@ -1729,15 +1762,15 @@ fn finish_run(options: ReplicaOptions, c: ReplicaCluster) -> ReplicaReport {
     }
 }
 
-/// One trace line for a checkpoint command (chunk data left out).
+/// One trace line for a checkpoint command.
 fn command_line(c: &CheckpointCommand) -> String {
     match c {
-        CheckpointCommand::Write {
-            id, offset, data, ..
-        } => format!("write {id} at {offset} ({} bytes)", data.len()),
-        CheckpointCommand::Install { id, manifest, .. } => {
-            format!("install {id} (tid {})", manifest.tid)
-        }
+        CheckpointCommand::Fetch {
+            id,
+            donor,
+            manifest,
+            ..
+        } => format!("fetch {id} from s{donor} (tid {})", manifest.tid),
         other => format!("{other:?}"),
     }
 }
