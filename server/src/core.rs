@@ -184,8 +184,10 @@ impl CheckpointWork {
                 // A shell thread, not a core: the clock only times the fetch for the log.
                 #[allow(clippy::disallowed_methods)]
                 let t = std::time::Instant::now();
-                let verified = transfer::fetch(&source, id, &dir, &manifest.files, &cancel)
-                    .and_then(|bytes| {
+                transfer::yield_to_the_ring();
+                // Checked and synced file by file as they arrive.
+                let verified =
+                    transfer::fetch(&source, id, &dir, &manifest.files, &cancel).map(|bytes| {
                         let secs = t.elapsed().as_secs_f64();
                         tracing::info!(
                             id,
@@ -194,7 +196,6 @@ impl CheckpointWork {
                             mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9),
                             "checkpoint files fetched"
                         );
-                        checkpoint::verify(&dir, &manifest.files)
                     });
                 ServerRequest::CheckpointVerified {
                     id,
@@ -562,6 +563,7 @@ impl<S: Storage + 'static> ServerShell<S> {
             std::thread::Builder::new()
                 .name("standby-ckpt-serve".into())
                 .spawn(move || {
+                    transfer::yield_to_the_ring();
                     let result = transfer::serve(listener, &src, id, &dir, &files, &stop);
                     let _ = requests.blocking_send(ServerRequest::CheckpointServed { id, result });
                 })

@@ -245,7 +245,9 @@ fn send_files(
 }
 
 /// Recipient: fetches the files of transfer `id` from `source` into `dir` (which exists and
-/// is empty); the caller then checks them against the manifest ([`crate::checkpoint::verify`]).
+/// is empty), checks each one's length and CRC-32 against the manifest as it arrives, and
+/// syncs every file and the directory. Reading them back to check them took a fifth of a
+/// 2.8 GiB bootstrap.
 pub fn fetch(
     source: &Source,
     id: u64,
@@ -268,8 +270,9 @@ pub fn fetch(
         let mut got = 0u64;
         // The frame being read from, and where its unread bytes start.
         let (mut start, mut end) = (0usize, 0usize);
-        for (name, len, _) in files {
+        for (name, len, crc) in files {
             let mut f = fs::File::create(dir.join(name))?;
+            let mut h = crc32fast::Hasher::new();
             let mut left = *len;
             while left > 0 {
                 if start == end {
@@ -282,14 +285,23 @@ pub fn fetch(
                 }
                 let n = (end - start).min(left as usize);
                 f.write_all(&buf[start..start + n])?;
+                h.update(&buf[start..start + n]);
                 start += n;
                 left -= n as u64;
                 got += n as u64;
             }
+            let c = h.finalize();
+            if c != *crc {
+                return Err(io::Error::other(format!(
+                    "{name}: crc {c:08x}, announced {crc:08x}"
+                )));
+            }
+            f.sync_all()?;
         }
         if start != end {
             return Err(io::Error::other("the donor sent more than its manifest"));
         }
+        fs::File::open(dir)?.sync_all()?;
         let mut ack = ACK.to_vec();
         sealer.send(&mut w, FROM_RECIPIENT, 1, &mut ack)?;
         Ok(got)
@@ -299,6 +311,20 @@ pub fn fetch(
 
 /// A donor's serving thread for one transfer: set the flag to stop it.
 pub type Cancel = Arc<AtomicBool>;
+
+/// Lowers the calling thread's scheduling priority (nice 10), for the threads that move a
+/// checkpoint: the ring's task must not wait behind a bulk copy, or its token times out. On 2
+/// vCPUs under 16 committing clients, a 2.8 GiB bootstrap saw three view changes at nice 0
+/// and one at nice 10 (one run each; the commit rate meanwhile fell by two thirds in both).
+pub fn yield_to_the_ring() {
+    // A failure (another OS, no permission) leaves the priority as it was: only slower for
+    // the others.
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let _ = rustix::process::setpriority_process(Some(tid), 10);
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -343,6 +369,32 @@ mod tests {
         assert_eq!(got, files.iter().map(|f| f.1).sum::<u64>());
         donor.join().unwrap().expect("served once");
         crate::checkpoint::verify(to.path(), &files).expect("the files as listed");
+    }
+
+    #[test]
+    fn a_file_that_does_not_match_its_manifest_is_refused() {
+        let from = tempfile::tempdir().unwrap();
+        let files = files_in(from.path(), &[("a", 10), ("b", 3 * FRAME / 2)]);
+        // The donor serves what its directory holds; the manifest says otherwise of `b`.
+        let mut said = files.clone();
+        said[1].2 ^= 1;
+        let (l, source) = listen("127.0.0.1".parse().unwrap()).unwrap();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (dir, fs2, c2, s2) = (
+            from.path().to_path_buf(),
+            files.clone(),
+            cancel.clone(),
+            source.clone(),
+        );
+        let donor = std::thread::spawn(move || serve(l, &s2, 3, &dir, &fs2, &c2));
+        let to = tempfile::tempdir().unwrap();
+        let e = fetch(&source, 3, to.path(), &said, &AtomicBool::new(false)).unwrap_err();
+        assert!(e.contains("b: crc"), "{e}");
+        cancel.store(true, Ordering::Relaxed);
+        assert!(
+            donor.join().unwrap().is_err(),
+            "no acknowledgement: not served"
+        );
     }
 
     #[test]
