@@ -313,9 +313,9 @@ pub fn fetch(
 pub type Cancel = Arc<AtomicBool>;
 
 /// Lowers the calling thread's scheduling priority (nice 10), for the threads that move a
-/// checkpoint: the ring's task must not wait behind a bulk copy, or its token times out. On 2
-/// vCPUs under 16 committing clients, a 2.8 GiB bootstrap saw three view changes at nice 0
-/// and one at nice 10 (one run each; the commit rate meanwhile fell by two thirds in both).
+/// checkpoint: the ring's task must not wait behind a bulk copy, or its token times out. (On
+/// 2 vCPUs under 16 committing clients it did not give the commits their rate back: they fell
+/// by two thirds during a 2.8 GiB bootstrap either way; BENCHMARKS.md.)
 pub fn yield_to_the_ring() {
     // A failure (another OS, no permission) leaves the priority as it was: only slower for
     // the others.

@@ -244,6 +244,14 @@ enum Cmd {
         /// Objects to read.
         #[arg(long, default_value_t = 10_000)]
         objects: u64,
+        /// The objects are already there (an earlier `--write-only` run with the same
+        /// `--objects`): read without writing them, e.g. from disk after the servers
+        /// restarted with the page cache dropped.
+        #[arg(long, conflicts_with = "write_only")]
+        written: bool,
+        /// Only write the objects and wait until the servers applied them.
+        #[arg(long)]
+        write_only: bool,
         /// Processes whose CPU time is counted with the load generator's (see `bench`).
         #[arg(long, value_delimiter = ',')]
         cpu_pids: Vec<u32>,
@@ -601,8 +609,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             clients,
             spread,
             objects,
+            written,
+            write_only,
             cpu_pids,
-        } => bench_reads(&cli, *seconds, *clients, *spread, *objects, cpu_pids).await,
+        } => {
+            let phase = match (*written, *write_only) {
+                (true, _) => ReadPhase::ReadOnly,
+                (_, true) => ReadPhase::WriteOnly,
+                _ => ReadPhase::Both,
+            };
+            bench_reads(&cli, *seconds, *clients, *spread, *objects, phase, cpu_pids).await
+        }
         Cmd::Catchup { timeout } => catchup(&cli, *timeout).await,
     }
 }
@@ -998,15 +1015,25 @@ fn noise(len: usize, seed: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// What `bench-reads` does: write the objects, read them, or both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadPhase {
+    Both,
+    WriteOnly,
+    ReadOnly,
+}
+
 /// `bench-reads`: loads of objects spread over `servers` servers (the primary first, then the
 /// others by id), each client held to one of them (`ReadFrom::Server`, so the client library's
-/// cache is not used: every load reaches a server). The objects are written first.
+/// cache is not used: every load reaches a server). The objects are written first (unless
+/// `phase` says they are there already).
 async fn bench_reads(
     cli: &Cli,
     seconds: u64,
     clients: u64,
     servers: usize,
     objects: u64,
+    phase: ReadPhase,
     cpu_pids: &[u32],
 ) -> Result<(), String> {
     let base = fresh_id()?;
@@ -1024,7 +1051,12 @@ async fn bench_reads(
     // The objects: 1 KiB each, 100 to a commit; then every target must have applied them.
     let key = |n: u64| Oid::new(Bytes::from(format!("r/{n:08}").into_bytes())).expect("short key");
     let mut last = storage::Tid::ZERO;
-    for chunk in (0..objects).collect::<Vec<_>>().chunks(100) {
+    let to_write = if phase == ReadPhase::ReadOnly {
+        0
+    } else {
+        objects
+    };
+    for chunk in (0..to_write).collect::<Vec<_>>().chunks(100) {
         let mut t = c.begin();
         for n in chunk {
             t.store(key(*n), Some(Bytes::from(vec![b'r'; 1024])), None);
@@ -1048,6 +1080,12 @@ async fn bench_reads(
             return Err("the servers did not apply the objects within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if phase == ReadPhase::WriteOnly {
+        println!(
+            "bench-reads: {objects} objects of 1 KiB written and applied on {servers} servers"
+        );
+        return Ok(());
     }
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs(seconds);
@@ -1187,6 +1225,8 @@ mod tests {
                 "--cpu-pids",
                 "1,2",
             ][..],
+            &["standby", "bench-reads", "--objects", "9", "--write-only"],
+            &["standby", "bench-reads", "--objects", "9", "--written"],
             &["standby", "bench", "--clients", "4", "--cpu-pids", "1,2,3"],
             &[
                 "standby",
@@ -1199,5 +1239,10 @@ mod tests {
         ] {
             assert!(super::Cli::try_parse_from(args).is_ok(), "{args:?}");
         }
+        let both = ["standby", "bench-reads", "--written", "--write-only"];
+        assert!(
+            super::Cli::try_parse_from(both).is_err(),
+            "one phase or both"
+        );
     }
 }
