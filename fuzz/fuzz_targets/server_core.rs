@@ -824,7 +824,12 @@ impl Cluster {
             }
             1 => {
                 if let Some(core) = self.core(i) {
-                    core.checkpoint_served(now, id);
+                    if ok {
+                        core.checkpoint_served(now, id);
+                    } else {
+                        let _ = core.awaits_checkpoint(id);
+                        core.serving_failed(now, id, "fuzz".to_string());
+                    }
                 }
             }
             2 => {

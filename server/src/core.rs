@@ -549,6 +549,10 @@ impl<S: Storage + 'static> ServerShell<S> {
         made: Result<servercore::checkpoint::Manifest, String>,
     ) {
         let now = self.now;
+        if !self.core.awaits_checkpoint(id) {
+            // Discarded while it was listed: nothing to serve (its directory is gone).
+            return;
+        }
         let offered = made.and_then(|manifest| {
             let ck = self.ckpt.as_ref().ok_or("no data directory")?;
             let requests = self
@@ -721,8 +725,13 @@ impl<S: Storage + 'static> ServerShell<S> {
             // Abandoned while its files were checked (its directory is gone or going).
             return;
         }
+        if let Err(e) = verified {
+            // Not fetched (the donor unreachable, a broken connection, a checksum): asked
+            // again shortly.
+            self.core.transfer_failed(now, id, &e);
+            return;
+        }
         let promoted = (|| {
-            verified?;
             let ck = self.ckpt.as_ref().ok_or("no data directory")?;
             let dir = ck.data.join(format!("incoming-{id}"));
             {
@@ -824,12 +833,11 @@ impl<S: Storage + 'static> Core for ServerShell<S> {
             }
             ServerRequest::CheckpointMade { id, made } => self.checkpoint_listed(id, made),
             ServerRequest::CheckpointServed { id, result } => {
+                // Still in the map: not cancelled by a discard, so the core is told.
                 if self.serving.remove(&id).is_some() {
                     match result {
                         Ok(()) => self.core.checkpoint_served(now, id),
-                        // Discarded by the core if it was not cancelled: the recipient asks
-                        // again.
-                        Err(e) => tracing::warn!(id, error = %e, "checkpoint no longer served"),
+                        Err(e) => self.core.serving_failed(now, id, e),
                     }
                 }
             }

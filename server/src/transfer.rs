@@ -13,8 +13,11 @@
 //!   recipient noticing. The recipient writes the files, then acknowledges with a sealed
 //!   frame of its own, and the donor reports the checkpoint served.
 //! - Each side checks its cancel flag between frames and bounds every read and write in time,
-//!   so an abandoned transfer ends on both sides; a connection that fails the hello is dropped
-//!   and the donor waits for another.
+//!   so an abandoned transfer ends on both sides. A connection that fails the hello (a small
+//!   frame, read within [`HELLO_TIMEOUT`]) is dropped and the donor waits for another, up to
+//!   [`SERVE_TIMEOUT`]; the first one that passes it is the only one: whatever becomes of it
+//!   ends the serving (the recipient asks again, for a new transfer and key), so a key never
+//!   seals two streams.
 //!
 //! Why a connection of its own and not the ring (BENCHMARKS.md, "Large values, catch-up and
 //! bootstrap"): through the ring every member received and decrypted every chunk, and chunks
@@ -38,6 +41,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a recipient waits for the donor to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a donor waits for a connection that proves it holds the key.
+pub const SERVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection has to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often an idle donor looks at its cancel flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
@@ -121,18 +130,20 @@ impl Sealer {
         w.write_all(buf)
     }
 
-    /// Reads one frame into `buf` and opens it; the plaintext is `buf[..n]`.
+    /// Reads one frame of at most `max` plaintext bytes into `buf` and opens it; the
+    /// plaintext is `buf[..n]`.
     fn recv(
         &self,
         r: &mut impl Read,
         dir: u8,
         counter: u64,
+        max: usize,
         buf: &mut Vec<u8>,
     ) -> io::Result<usize> {
         let mut len = [0u8; 4];
         r.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
-        if !(TAG_LEN..=FRAME + TAG_LEN).contains(&len) {
+        if !(TAG_LEN..=max + TAG_LEN).contains(&len) {
             return Err(io::Error::other(format!("a frame of {len} bytes")));
         }
         buf.resize(len, 0);
@@ -149,7 +160,7 @@ impl Sealer {
     }
 }
 
-/// Donor: a listener for transfer `id`, and the source to offer.
+/// Donor: a listener for one transfer, and the source to offer.
 pub fn listen(ip: IpAddr) -> Result<(TcpListener, Source), String> {
     let mut key = [0u8; 32];
     SystemRandom::new()
@@ -161,8 +172,10 @@ pub fn listen(ip: IpAddr) -> Result<(TcpListener, Source), String> {
     Ok((l, Source { addr, key }))
 }
 
-/// Donor: serves the files of transfer `id` in `dir` until one recipient received them all
-/// (`Ok`) or `cancel` is set (`Err`). A connection that fails is dropped and another awaited.
+/// Donor: serves the files of transfer `id` in `dir` to the first connection that proves it
+/// holds the key: `Ok` once it acknowledged them all; `Err` if that connection failed, none
+/// came within [`SERVE_TIMEOUT`], or `cancel` was set. A connection that fails the hello is
+/// dropped and another awaited.
 pub fn serve(
     listener: TcpListener,
     source: &Source,
@@ -172,31 +185,52 @@ pub fn serve(
     cancel: &AtomicBool,
 ) -> Result<(), String> {
     let sealer = Sealer::new(&source.key, id);
+    // The serving thread of a shell, not a core: the clock bounds its wait for the
+    // recipient, and it sleeps between looks at its cancel flag.
+    #[allow(clippy::disallowed_methods)]
+    let deadline = std::time::Instant::now() + SERVE_TIMEOUT;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err("cancelled".into());
         }
+        #[allow(clippy::disallowed_methods)]
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no recipient within {SERVE_TIMEOUT:?}"));
+        }
         let (conn, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The serving thread of a shell, not a core: it waits for the recipient and
-                // looks at its cancel flag between waits.
                 #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(ACCEPT_POLL);
                 continue;
             }
             Err(e) => return Err(format!("accept: {e}")),
         };
-        match send_files(conn, &sealer, dir, files, cancel) {
+        if let Err(e) = hello(&conn, &sealer) {
+            tracing::warn!(id, %peer, error = %e, "a checkpoint connection without the key");
+            continue;
+        }
+        return match send_files(conn, &sealer, dir, files, cancel) {
             Ok(bytes) => {
                 tracing::info!(id, %peer, bytes, "checkpoint files sent");
-                return Ok(());
+                Ok(())
             }
-            Err(e) => {
-                tracing::warn!(id, %peer, error = %e, "checkpoint fetch failed on the donor's side")
-            }
-        }
+            Err(e) => Err(format!("sending to {peer}: {e}")),
+        };
     }
+}
+
+/// Donor: reads the recipient's hello (one small frame, within [`HELLO_TIMEOUT`]) and checks
+/// it.
+fn hello(conn: &TcpStream, sealer: &Sealer) -> io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(HELLO.len() + TAG_LEN);
+    let n = sealer.recv(&mut &*conn, FROM_RECIPIENT, 0, HELLO.len(), &mut buf)?;
+    if &buf[..n] != HELLO {
+        return Err(io::Error::other("not a checkpoint fetch"));
+    }
+    Ok(())
 }
 
 fn send_files(
@@ -206,17 +240,12 @@ fn send_files(
     files: &[(String, u64, u32)],
     cancel: &AtomicBool,
 ) -> io::Result<u64> {
-    conn.set_nonblocking(false)?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut r = conn.try_clone()?;
     let mut w = io::BufWriter::with_capacity(FRAME + 64, conn);
     let mut buf = Vec::with_capacity(FRAME + TAG_LEN);
-    let n = sealer.recv(&mut r, FROM_RECIPIENT, 0, &mut buf)?;
-    if &buf[..n] != HELLO {
-        return Err(io::Error::other("not a checkpoint fetch"));
-    }
     let mut counter = 0u64;
     let mut sent = 0u64;
     for (name, len, _) in files {
@@ -226,7 +255,7 @@ fn send_files(
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::other("cancelled"));
             }
-            let n = (left as usize).min(FRAME);
+            let n = left.min(FRAME as u64) as usize;
             buf.clear();
             buf.resize(n, 0);
             f.read_exact(&mut buf)?;
@@ -237,7 +266,7 @@ fn send_files(
         }
     }
     w.flush()?;
-    let n = sealer.recv(&mut r, FROM_RECIPIENT, 1, &mut buf)?;
+    let n = sealer.recv(&mut r, FROM_RECIPIENT, 1, ACK.len(), &mut buf)?;
     if &buf[..n] != ACK {
         return Err(io::Error::other("no acknowledgement"));
     }
@@ -279,11 +308,11 @@ pub fn fetch(
                     if cancel.load(Ordering::Relaxed) {
                         return Err(io::Error::other("cancelled"));
                     }
-                    end = sealer.recv(&mut r, FROM_DONOR, counter, &mut buf)?;
+                    end = sealer.recv(&mut r, FROM_DONOR, counter, FRAME, &mut buf)?;
                     start = 0;
                     counter += 1;
                 }
-                let n = (end - start).min(left as usize);
+                let n = ((end - start) as u64).min(left) as usize;
                 f.write_all(&buf[start..start + n])?;
                 h.update(&buf[start..start + n]);
                 start += n;
@@ -390,11 +419,14 @@ mod tests {
         let to = tempfile::tempdir().unwrap();
         let e = fetch(&source, 3, to.path(), &said, &AtomicBool::new(false)).unwrap_err();
         assert!(e.contains("b: crc"), "{e}");
-        cancel.store(true, Ordering::Relaxed);
+        // The connection that passed the hello was the only one: no acknowledgement, so the
+        // donor stops serving by itself (the recipient asks again, for a new transfer).
+        let served = donor.join().unwrap();
         assert!(
-            donor.join().unwrap().is_err(),
-            "no acknowledgement: not served"
+            served.as_ref().is_err_and(|e| e.contains("sending to")),
+            "{served:?}"
         );
+        assert!(!cancel.load(Ordering::Relaxed));
     }
 
     #[test]

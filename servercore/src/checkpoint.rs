@@ -18,12 +18,15 @@
 //!   the live store and open it ([`CheckpointCommand::Fetch`]); the shell reports the opened
 //!   store, and the core hands it to the replica.
 //! - The donor serves until its shell reports every file sent once
-//!   ([`crate::ServerCore::checkpoint_served`]), the recipient asks again (a new request from
-//!   the same process replaces the offer) or leaves the view.
+//!   ([`crate::ServerCore::checkpoint_served`]) or that it stopped serving
+//!   ([`crate::ServerCore::serving_failed`]: no recipient in time, a failed connection; the
+//!   recipient is told), or until the recipient asks again, of it or of another donor (any
+//!   request from the same process ends the offer), or leaves the view.
 //! - An offer counts only from the donor the recipient asked, a request only from the server
 //!   it names: another member cannot feed a recovering server files of its own.
-//! - Anything wrong (the donor gone, a broken connection, a checksum, a donor that cannot make
-//!   checkpoints) abandons the attempt; the recipient asks again shortly.
+//! - Anything wrong (the donor gone, a broken connection, a checksum, a store that does not
+//!   open, a donor that cannot make checkpoints) abandons the attempt, and the recipient asks
+//!   again shortly (`transfer_failed`, or `checkpoint_ready` with an error).
 //! - A transfer is bound to the processes (gcs incarnations) of its donor and recipient, not
 //!   to their server ids: a regular view without either ends it, since a peer that restarted
 //!   between two views is there under a newer incarnation and knows nothing of the transfer.
@@ -253,8 +256,8 @@ pub enum CheckpointCommand {
     },
     /// Recipient: fetch the files of transfer `id` from `source` into the side directory,
     /// check them against the manifest and the checkpoint's last transaction, make it the
-    /// live store, open it, and report it with `ServerCore::checkpoint_ready` (or a failure
-    /// to fetch with `ServerCore::transfer_failed`).
+    /// live store, open it, and report it with `ServerCore::checkpoint_ready`; report files
+    /// that could not be fetched or did not match with `ServerCore::transfer_failed`.
     Fetch {
         /// Transfer id.
         id: u64,

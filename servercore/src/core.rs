@@ -208,9 +208,10 @@ pub struct ServerCore<S: Storage + 'static> {
     outgoing: Option<Outgoing>,
     incoming: Option<Incoming>,
     next_ckpt_id: u64,
-    /// A checkpoint transfer that failed (the donor was busy with another, or a file could not
-    /// be written) is asked again at this time, from this donor, while the replica still
-    /// waits for one: the replica sets no timers, and would otherwise wait for the next view.
+    /// A checkpoint transfer that failed (the donor was busy with another or stopped serving
+    /// it, the files could not be fetched, checked or installed) is asked again at this time,
+    /// from this donor, while the replica still waits for one: the replica sets no timers,
+    /// and would otherwise wait for the next view.
     checkpoint_retry: Option<(Time, ServerId)>,
     node: Node,
     replica: Replica<S>,
@@ -1039,7 +1040,7 @@ impl<S: Storage + 'static> ServerCore<S> {
     pub fn checkpoint_made(&mut self, now: Time, id: u64, made: Result<(Manifest, Bytes), String>) {
         self.now = now;
         let Some(o) = self.outgoing.as_mut().filter(|o| o.id == id && !o.offered) else {
-            // Abandoned meanwhile: the shell serves nothing for a discarded transfer.
+            // Discarded meanwhile (a shell checks `awaits_checkpoint` before it serves).
             return;
         };
         match made {
@@ -1060,6 +1061,25 @@ impl<S: Storage + 'static> ServerCore<S> {
                 format!("a checkpoint source of {} bytes", source.len()),
             ),
             Err(reason) => self.outgoing_failed(now, reason),
+        }
+        self.pump(now);
+    }
+
+    /// Donor: whether transfer `id` waits for the shell's `checkpoint_made` (a shell starts
+    /// serving only then: a transfer discarded meanwhile has nothing to serve).
+    pub fn awaits_checkpoint(&self, id: u64) -> bool {
+        self.outgoing
+            .as_ref()
+            .is_some_and(|o| o.id == id && !o.offered)
+    }
+
+    /// Donor: the shell stopped serving transfer `id` without sending it whole (no recipient
+    /// came in time, a connection failed, an accept error): it is discarded and the recipient
+    /// told, which then asks again.
+    pub fn serving_failed(&mut self, now: Time, id: u64, reason: String) {
+        self.now = now;
+        if self.outgoing.as_ref().is_some_and(|o| o.id == id) {
+            self.outgoing_failed(now, reason);
         }
         self.pump(now);
     }
@@ -1104,13 +1124,18 @@ impl<S: Storage + 'static> ServerCore<S> {
                 && i.donor_proc.is_none_or(|p| p == sender_proc)
                 && i.installing.is_none()
         };
-        match m {
-            CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
-                // The same recipient asking again gave up on what it was offered (a broken
-                // connection, a failed check): that offer ends here.
+        // A recipient asking again, of this donor or another one, gave up on what it was
+        // offered here (a broken connection, a failed check, a view that named another
+        // donor): that offer ends.
+        if let CkptMsg::Request { from, .. } = &m {
+            if *from == sender {
                 if let Some(o) = self.outgoing.take_if(|o| o.to_proc == sender_proc) {
                     self.command(CheckpointCommand::Discard { id: o.id });
                 }
+            }
+        }
+        match m {
+            CkptMsg::Request { from, donor, id } if donor == me && from == sender => {
                 let refused = if self.outgoing.is_some() {
                     Some("a transfer is already under way")
                 } else if !self.opts.checkpoints {
@@ -1222,8 +1247,9 @@ impl<S: Storage + 'static> ServerCore<S> {
                 "checkpoint installed"
             ),
             Err(e) => {
-                tracing::error!(error = %e, "checkpoint refused");
+                tracing::error!(error = %e, "checkpoint refused: asking again shortly");
                 self.command(CheckpointCommand::Abandon { id });
+                self.checkpoint_retry = Some((now.saturating_add(CHECKPOINT_RETRY), inc.donor));
             }
         }
         self.pump(now);
