@@ -602,7 +602,7 @@ impl Cluster {
                     id,
                     tid,
                     files,
-                    source,
+                    source: servercore::checkpoint::Source(source),
                 }
             }
             _ => CkptMsg::Failed {
@@ -749,7 +749,7 @@ impl Cluster {
                 // The honest shell fetches from the server its source names, if that one
                 // still serves the transfer; the file then goes into the side directory.
                 let d = donor as usize;
-                let served = (source == format!("s{d}").as_bytes())
+                let served = (source.0 == format!("s{d}").as_bytes())
                     .then(|| self.files_out.get(&(d, id)).cloned())
                     .flatten();
                 let have_side = self.files_in.contains_key(&(i, id));

@@ -667,7 +667,7 @@ impl<S: Storage + 'static> ServerShell<S> {
                 source,
             } => {
                 let fetch = (|| {
-                    let source = transfer::Source::decode(&source)
+                    let source = transfer::Source::decode(&source.0)
                         .ok_or_else(|| "a malformed checkpoint source".to_string())?;
                     if let Some((name, len, _)) = manifest
                         .files

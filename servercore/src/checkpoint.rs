@@ -40,6 +40,17 @@ use storage::Tid;
 /// The most bytes an offer's `source` may hold.
 pub const SOURCE_MAX: usize = 1024;
 
+/// Where and how to fetch a checkpoint, as the donor's shell wrote it: opaque to the core, and
+/// never printed whole (`standby-server`'s holds the transfer's key).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Source(pub Bytes);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source({} bytes)", self.0.len())
+    }
+}
+
 /// A checkpoint-transfer message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CkptMsg {
@@ -63,7 +74,7 @@ pub enum CkptMsg {
         /// `(name, length, crc32)` of every file.
         files: Vec<(String, u64, u32)>,
         /// Where and how to fetch the files: the donor shell's, relayed as they are.
-        source: Bytes,
+        source: Source,
     },
     /// The donor cannot make a checkpoint.
     Failed {
@@ -140,8 +151,8 @@ impl CkptMsg {
                     b.put_u64(*len);
                     b.put_u32(*crc);
                 }
-                b.put_u16(source.len() as u16);
-                b.put_slice(source);
+                b.put_u16(source.0.len() as u16);
+                b.put_slice(&source.0);
             }
             CkptMsg::Failed { to, id, reason } => {
                 b.put_u8(4);
@@ -194,7 +205,7 @@ impl CkptMsg {
                 if r.len() < k || k > SOURCE_MAX {
                     return None;
                 }
-                let source = Bytes::copy_from_slice(&r[..k]);
+                let source = Source(Bytes::copy_from_slice(&r[..k]));
                 r.advance(k);
                 CkptMsg::Offer {
                     to,
@@ -266,7 +277,7 @@ pub enum CheckpointCommand {
         /// What the donor offers.
         manifest: Manifest,
         /// Where to fetch it, as the donor's shell wrote it.
-        source: Bytes,
+        source: Source,
     },
     /// Recipient: transfer `id` was abandoned: stop fetching and remove its side directory.
     /// Nothing to report.
@@ -309,7 +320,7 @@ mod tests {
                 id: 9,
                 tid: Tid(5),
                 files: vec![("CURRENT".into(), 16, 0xdead_beef)],
-                source: Bytes::from_static(b"127.0.0.1:9 key"),
+                source: Source(Bytes::from_static(b"127.0.0.1:9 key")),
             },
             CkptMsg::Failed {
                 to: 1,
@@ -329,12 +340,24 @@ mod tests {
             id: 9,
             tid: Tid(5),
             files: vec![("../etc".into(), 1, 0)],
-            source: Bytes::new(),
+            source: Source::default(),
         };
         assert_eq!(
             CkptMsg::decode(&evil.encode()),
             None,
             "path escapes refused"
+        );
+        let offer = CkptMsg::Offer {
+            to: 1,
+            id: 9,
+            tid: Tid(5),
+            files: vec![],
+            source: Source(Bytes::from_static(b"addr and secret key")),
+        };
+        let shown = format!("{offer:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("19 bytes"),
+            "{shown}"
         );
     }
 }

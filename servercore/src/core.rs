@@ -1052,7 +1052,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                     id,
                     tid: m.tid,
                     files: m.files,
-                    source,
+                    source: checkpoint::Source(source),
                 };
                 self.send_ckpt(now, &offer);
             }

@@ -1104,7 +1104,7 @@ impl ReplicaCluster {
             } => {
                 // The source is the donor shell's own: here it names the donor, and must be
                 // the one the offer's sender is.
-                if source != format!("s{donor}").as_bytes() {
+                if source.0 != format!("s{donor}").as_bytes() {
                     self.core(i)
                         .transfer_failed(now, id, "a source of another server");
                     return;
