@@ -31,7 +31,7 @@ use servercore::checkpoint::{CheckpointCommand, CkptMsg, Manifest};
 use servercore::envelope::{self, Channel};
 use servercore::membership::{AddedServer, Configured, MembershipChange};
 use servercore::{CoreOptions, Output};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 use storage::{MemOptions, MemStorage, Oid, Record, Storage, Tid, TxnMeta};
@@ -65,7 +65,7 @@ const TIMER_ROUNDS: usize = 4;
 const HISTORY: usize = 32;
 /// Checkpoint transfer ids kept for forged messages and reports.
 const KNOWN_IDS: usize = 16;
-/// Bytes a simulated checkpoint side file may grow to.
+/// The largest simulated checkpoint file a recipient takes (an honest donor makes far smaller).
 const SIDE_FILE_MAX: usize = 64 * 1024;
 
 /// The input, read front to back; an exhausted input reads as zeros.
@@ -235,7 +235,7 @@ struct Cluster {
     /// The checkpoint shell: files made by donors, side files of recipients, and the store
     /// each made checkpoint stands for (by recipient id and transfer id).
     files_out: BTreeMap<(usize, u64), Bytes>,
-    files_in: BTreeMap<(usize, u64), Vec<u8>>,
+    files_in: BTreeSet<(usize, u64)>,
     underneath: BTreeMap<(u32, u64), MemStorage>,
 }
 
@@ -321,7 +321,7 @@ impl Cluster {
             known_ids: Vec::new(),
             history: VecDeque::new(),
             files_out: BTreeMap::new(),
-            files_in: BTreeMap::new(),
+            files_in: BTreeSet::new(),
             underneath: BTreeMap::new(),
         };
         for i in 0..SERVERS {
@@ -381,7 +381,7 @@ impl Cluster {
         }
         self.servers[i].commands.clear();
         self.files_out.retain(|k, _| k.0 != i);
-        self.files_in.retain(|k, _| k.0 != i);
+        self.files_in.retain(|k| k.0 != i);
         self.underneath.retain(|k, _| k.0 != i as u32);
     }
 
@@ -737,7 +737,7 @@ impl Cluster {
                     }
                 }
                 _ => {
-                    self.files_in.insert((i, id), Vec::new());
+                    self.files_in.insert((i, id));
                 }
             },
             CheckpointCommand::Fetch {
@@ -752,7 +752,7 @@ impl Cluster {
                 let served = (source.0 == format!("s{d}").as_bytes())
                     .then(|| self.files_out.get(&(d, id)).cloned())
                     .flatten();
-                let have_side = self.files_in.contains_key(&(i, id));
+                let have_side = self.files_in.contains(&(i, id));
                 let ready = match how {
                     Answer::Honest => match (served, have_side) {
                         (Some(file), true) if file.len() <= SIDE_FILE_MAX => {

@@ -78,38 +78,6 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)
 }
 
-/// Recipient: checks every file of the side directory against the donor's list and syncs
-/// them; the extra files a broken earlier attempt may have left are refused too.
-pub fn verify(dir: &Path, files: &[(String, u64, u32)]) -> Result<(), String> {
-    // Empty files travel as their entry in the list only.
-    for (name, len, _) in files {
-        let p = dir.join(name);
-        if *len == 0 && !p.exists() {
-            fs::File::create(&p).map_err(|e| format!("{name}: {e}"))?;
-        }
-    }
-    let present = fs::read_dir(dir).map_err(|e| e.to_string())?.count();
-    if present != files.len() {
-        return Err(format!(
-            "{present} files received, {} announced",
-            files.len()
-        ));
-    }
-    for (name, len, crc) in files {
-        let p = dir.join(name);
-        let (l, c) = file_crc(&p).map_err(|e| format!("{name}: {e}"))?;
-        if (l, c) != (*len, *crc) {
-            return Err(format!(
-                "{name}: {l} bytes crc {c:08x}, announced {len} bytes crc {crc:08x}"
-            ));
-        }
-        fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// At start: removes what checkpoint transfers of an earlier run left (`outgoing-*`,
 /// `incoming-*`). A transfer is bound to the processes at both ends, so none survives a
 /// restart, and a donor's leftover holds hard links to table files the live store has since

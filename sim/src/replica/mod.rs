@@ -43,7 +43,7 @@ use servercore::checkpoint::{CheckpointCommand, Manifest};
 use servercore::membership::Configured;
 use servercore::{CoreOptions, Output, ServerEvent};
 use standby_client::retry::{Answer, CommitRetry, Verdict};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use storage::{Direction, MemOptions, MemStorage, Oid, Record, Storage, Tid, TidRange, TxnMeta};
 
@@ -400,9 +400,9 @@ pub struct ReplicaCluster {
     history: RHistory,
     totals: RTotals,
     /// Simulated checkpoint files, by (server, transfer id): a donor's `outgoing` file and
-    /// the incarnation that serves it; a recipient's `incoming` side directory.
+    /// the incarnation that serves it; the recipients' `incoming` side directories.
     outgoing_files: BTreeMap<(usize, u64), (Bytes, u64)>,
-    incoming_files: BTreeMap<(usize, u64), Vec<u8>>,
+    incoming_files: BTreeSet<(usize, u64)>,
     /// What a checkpoint holds, by (recipient, transfer id): the donor's store as it was made.
     underneath: BTreeMap<(usize, u64), MemStorage>,
     /// Voter changes asked, and which attempt a request id belongs to.
@@ -486,7 +486,7 @@ impl ReplicaCluster {
             history,
             totals: RTotals::default(),
             outgoing_files: BTreeMap::new(),
-            incoming_files: BTreeMap::new(),
+            incoming_files: BTreeSet::new(),
             underneath: BTreeMap::new(),
             voter_ops: Vec::new(),
             op_reqs: BTreeMap::new(),
@@ -734,7 +734,7 @@ impl ReplicaCluster {
             server: i as u32,
         });
         self.outgoing_files.retain(|k, _| k.0 != i);
-        self.incoming_files.retain(|k, _| k.0 != i);
+        self.incoming_files.retain(|k| k.0 != i);
         self.underneath.retain(|k, _| k.0 != i);
         let store = core.into_store();
         store.crash();
@@ -1094,7 +1094,7 @@ impl ReplicaCluster {
                 self.outgoing_files.remove(&(i, id));
             }
             CheckpointCommand::Prepare { id, donor: _ } => {
-                self.incoming_files.insert((i, id), Vec::new());
+                self.incoming_files.insert((i, id));
             }
             CheckpointCommand::Fetch {
                 id,
@@ -1137,7 +1137,7 @@ impl ReplicaCluster {
         let now = self.w.now;
         if self.w.incarnation(i) != incarnation
             || self.servers[i].core.is_none()
-            || !self.incoming_files.contains_key(&(i, id))
+            || !self.incoming_files.contains(&(i, id))
         {
             return;
         }
