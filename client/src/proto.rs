@@ -714,6 +714,7 @@ mod tests {
                 description: Bytes::from_static(b"/app/save"),
                 extension: Bytes::from(vec![0x7d; 16]),
                 time: 1_700_000_000,
+                request: None,
             },
             records: vec![Record {
                 oid: Oid::from_u64(1),
@@ -773,6 +774,7 @@ mod tests {
                 description,
                 extension,
                 time,
+                request: None,
             },
         )
     }

@@ -1096,6 +1096,7 @@ fn commit_request(inp: &mut Input) -> CommitRequest {
         description: inp.blob(8),
         extension: inp.blob(8),
         time: inp.counter(),
+        request: None,
     };
     CommitRequest {
         client,

@@ -23,9 +23,10 @@
 //! # Reserved objects
 //!
 //! Oids starting with [`RESERVED_OID_PREFIX`] (`0xFF`) are never a client's. The lineage
-//! ([`lineage_oid`]), the idempotency record of each client ([`client_oid`]) and the voter
-//! configuration ([`voters_oid`]) are written only by the replica, in the same transaction as
-//! the change they record. The others belong to the shell, which keeps clients from writing
+//! ([`lineage_oid`]), the client table ([`client_table_oid`], see [`clients`]) and the voter
+//! configuration ([`voters_oid`]) are written only by the replica; so were the idempotency
+//! records of the format before keys lived in transaction headers ([`client_oid`], still
+//! read). The others belong to the shell, which keeps clients from writing
 //! them: the membership of read replicas ([`membership_oid`]), the ZEO oid mark
 //! ([`zeo_oids_oid`]), ZEO pack orders ([`zeo_pack_oid`]; every server runs
 //! `Storage::pack_gc` as it applies one) and ZEO undo backpointers.
@@ -42,7 +43,7 @@
 //! | every history is a prefix of the lineage, apart from reported losses | the epoch fence at delivery (`on_commit`), `apply(prev, …)`, `common_prefix` and truncation | `prefix_agreement` |
 //! | sync: no acknowledged commit lost | `release_acks` (delivered in the regular view, applied here, a majority's `Applied` of the current epoch) | `acked_durable` |
 //! | async: loss bounded by the window, and reported | `async_window_open`, `truncate`, `install_checkpoint` | `acked_durable` |
-//! | a retried commit is applied once | the client record and the in-flight keys in `primary_commit` | `idempotent_once` |
+//! | a retried commit is applied once | the client table (keys from transaction headers, [`clients`]) and the in-flight keys in `primary_commit` | `idempotent_once` |
 //! | reads never go backwards | the store is only applied to; losses are reported before reads see them | `reads_monotone` |
 //! | clients see no errors but conflicts | redirects, holds, `Retry` | `client_errors` |
 //! | after healing: one primary, everyone at its last tid | an election in every regular view, recovery | `convergence` |
@@ -62,6 +63,7 @@
 /// computed: no cluster gets near it (2^62 commits at ten million a second take 14,000 years).
 pub const COUNTER_MAX: u64 = 1 << 62;
 
+pub mod clients;
 pub mod config;
 pub mod election;
 mod replica;
@@ -69,6 +71,7 @@ mod types;
 pub mod voters;
 pub mod wire;
 
+pub use clients::{client_table_oid, read_client_table, ClientTable};
 pub use config::{
     CommitMode, ConfigError, GroupKind, RecoveryPolicy, ReplicaConfig, ServerId, ServerSpec,
 };

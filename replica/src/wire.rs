@@ -82,6 +82,10 @@ pub enum ChunkBody {
         revisions: Vec<Revision>,
         /// The object stream is exhausted.
         done: bool,
+        /// With the last chunk (`done`): the donor's client table as of `consistent_at`
+        /// ([`crate::ClientTable::encode`]), which the recipient writes as the fill finishes:
+        /// its store holds no log before that point to rebuild it from.
+        clients: Option<Bytes>,
     },
     /// The donor cannot serve the range: its history starts after `horizon`.
     Unavailable {
@@ -176,7 +180,7 @@ pub enum Msg {
 
 /// Format version, first byte of every message: a server refuses messages of another format.
 /// 2: serde and bincode (`bincode_options`); 1 was encoded by hand.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest message a server reads, in bytes: the largest payload the ring carries (gcs refuses
 /// a `max_message_size` above `u32::MAX`).
@@ -273,7 +277,12 @@ impl Msg {
                     lineage,
                     revisions,
                     done: _,
+                    clients,
                 } => {
+                    if let Some(c) = clients {
+                        crate::ClientTable::decode(c)
+                            .map_err(|_| WireError::Invalid("malformed client table"))?;
+                    }
                     check_tid(*consistent_at)?;
                     check_lineage(lineage)?;
                     for r in revisions {
@@ -365,6 +374,7 @@ mod tests {
                 description: Bytes::new(),
                 extension: Bytes::from_static(b"x"),
                 time: 7,
+                request: None,
             },
             records: vec![
                 Record {
@@ -465,7 +475,8 @@ mod tests {
                         tid: Tid(10),
                         data: None,
                     }],
-                    done: false,
+                    done: true,
+                    clients: Some(crate::ClientTable::default().encode()),
                 },
             },
             Msg::Chunk {
@@ -561,6 +572,7 @@ mod tests {
                     description: Bytes::new(),
                     extension: Bytes::from_static(b"xy"),
                     time: 7,
+                    request: None,
                 },
                 records: vec![
                     Record {
@@ -590,6 +602,7 @@ mod tests {
             bytes(b""),                        // meta.description
             bytes(b"xy"),                      // meta.extension
             u64le(7),                          // meta.time
+            vec![0],                           // meta.request: None
             u64le(2),                          // records
             bytes(&oid_1),                     // oid
             [&[1][..], &bytes(b"v")].concat(), // data: Some
@@ -642,7 +655,8 @@ mod tests {
         .encode();
         // Offsets: the version byte, then the variant (u32), then the fields in order.
         let user_len = 1 + 4 + 8 + 8 + 8; // Commit: epoch, prev, txn.tid, then meta.user
-        let records = user_len + 8 + 1 + 8 + 8 + 1 + 8; // user, description, extension, time
+                                          // user, description, extension, time, request (None)
+        let records = user_len + 8 + 1 + 8 + 8 + 1 + 8 + 1;
         let first_oid_len = records + 8;
         let tids = 1 + 4 + 4 + 8; // Lost: server, truncated_after, then tids
         let txns = 1 + 4 + 4 + 8 + 4; // Chunk: to, fetch_id, body variant, then txns
@@ -819,6 +833,7 @@ mod tests {
                     description: Bytes::from_static(b"/app/save"),
                     extension: Bytes::from(vec![0x7d; 16]),
                     time: 1_700_000_000,
+                    request: None,
                 },
                 records: (0..4)
                     .map(|i| Record {
@@ -892,6 +907,7 @@ mod tests {
                     description: Bytes::from_static(b"d"),
                     extension: Bytes::new(),
                     time: u64::MAX,
+                    request: None,
                 },
                 records: records
                     .iter()

@@ -933,3 +933,102 @@ fn a_voter_configuration_in_a_lost_async_tail_is_lost_with_it() {
     }
     assert_eq!(b.r(0).last_tid(), b.r(1).last_tid());
 }
+
+/// Idempotency keys live in transaction headers and the client table (`replica::clients`),
+/// not in objects. A server restarted after the last table was written rebuilds it from
+/// that table and the log after it: a retry of a request committed on either side of the
+/// table gets its first outcome, an older one is refused as stale.
+#[test]
+fn a_restarted_primary_rebuilds_the_client_table_from_the_last_table_and_the_log() {
+    let mut c = cfg(3, CommitMode::Sync);
+    c.client_table_every = 3;
+    let mut b = Bus::with(c.clone());
+    b.view(&[0, 1, 2]);
+    b.commit(0, 1, put(8, 1, 50, "early", None));
+    let early = b.reply(1).clone().unwrap().tid;
+    let mut tids = Vec::new();
+    for k in 1..=7u64 {
+        b.commit(0, 100 + k, put(7, k, k, &format!("v{k}"), None));
+        tids.push(b.reply(100 + k).clone().unwrap().tid);
+    }
+    assert!(b.r(0).stats().client_tables >= 2, "tables written");
+    assert_eq!(
+        b.r(0).store().load(&client_oid(7)).unwrap(),
+        None,
+        "no client record object"
+    );
+    // Every server restarts; s0 is elected again.
+    for i in 0..3 {
+        let store = b.servers[i].take().unwrap().into_store();
+        b.servers[i] = Some(Replica::new(c.clone(), i as u32, store).unwrap());
+    }
+    b.view(&[0, 1, 2]);
+    assert_eq!(b.r(0).role(), Role::Primary);
+    let last = b.r(0).last_tid();
+    b.commit(0, 201, put(7, 7, 7, "v7", None));
+    b.commit(0, 202, put(8, 1, 50, "early", None));
+    b.commit(0, 203, put(7, 5, 5, "v5", None));
+    let again = b.reply(201).clone().expect("answered");
+    assert!(again.duplicate);
+    assert_eq!(again.tid, tids[6]);
+    let again = b.reply(202).clone().expect("answered");
+    assert!(again.duplicate);
+    assert_eq!(again.tid, early);
+    assert!(matches!(
+        b.reply(203),
+        Err(CommitError::Stale {
+            request: 5,
+            last: 7
+        })
+    ));
+    assert_eq!(b.r(0).last_tid(), last, "nothing applied twice");
+}
+
+/// A server filled by objects holds no log before its consistency point: the donor sends its
+/// client table as of that point with the last chunk, and the server writes it as the fill
+/// finishes. Commits that land while the fill runs move that point past the epoch's first
+/// transaction (which holds a table), so only the donor's table knows them. Made primary by
+/// a swap, the filled server answers a retry of such a commit with the first outcome.
+/// (Without the table from the donor the retry is applied a second time.)
+#[test]
+fn an_object_fill_brings_the_client_table_to_a_future_primary() {
+    let mut c = cfg(3, CommitMode::Sync);
+    c.recovery.fast_after = 1; // far behind: recover by objects
+    c.recovery.chunk_bytes = 64; // a few objects a chunk
+    c.recovery.chunks_per_request = 1;
+    let mut b = Bus::with(c);
+    b.view(&[0, 1]);
+    for k in 1..=20u64 {
+        b.commit(0, k, put(9, k, k, &format!("v{k}"), None));
+    }
+    b.install(&[0, 1, 2]);
+    let started = b.run_until(|b| b.r(2).store().fill_progress().unwrap().is_some());
+    assert!(started, "s2 never started filling");
+    // Delivered between two chunks: the rest of the fill is consistent past it.
+    b.commit(0, 101, put(7, 1, 101, "during", None));
+    let during = b.reply(101).clone().unwrap().tid;
+    assert!(b.r(2).stats().recoveries_fast >= 1, "s2 filled by objects");
+    assert_eq!(b.r(2).last_tid(), b.r(0).last_tid());
+    assert!(
+        b.r(2).store().load(&Oid::from_u64(101)).unwrap().is_some(),
+        "the commit reached s2"
+    );
+    assert_eq!(
+        b.r(2).client_table().get(7),
+        Some((during, 1)),
+        "the table came with the fill"
+    );
+    b.servers[1]
+        .as_mut()
+        .unwrap()
+        .request_swap(now(), 2)
+        .expect("accepted");
+    b.run();
+    assert_eq!(b.r(2).role(), Role::Primary);
+    let last = b.r(2).last_tid();
+    b.commit(2, 200, put(7, 1, 101, "during", None));
+    let again = b.reply(200).clone().expect("answered");
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.tid, during);
+    assert_eq!(b.r(2).last_tid(), last, "nothing applied twice");
+}

@@ -643,6 +643,7 @@ impl<S: Storage + 'static> ServerCore<S> {
                 description: Bytes::from(description),
                 extension: Bytes::new(),
                 time: 0,
+                request: None,
             },
             records: vec![storage::Record {
                 oid: replica::membership_oid(),

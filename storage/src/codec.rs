@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
-use crate::types::{Oid, Record, Tid, Transaction, TxnMeta, OID_LEN_MAX};
+use crate::types::{Oid, Record, RequestKey, Tid, Transaction, TxnMeta, OID_LEN_MAX};
 
 /// Version of the value format. Bump on any incompatible change.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -206,6 +206,12 @@ pub(crate) fn txn_digest(txn: &Transaction) -> u32 {
         h.update(f);
     }
     h.update(&txn.meta.time.to_be_bytes());
+    // Only when present: the digests of transactions written before keys existed hold.
+    if let Some(k) = txn.meta.request {
+        h.update(&[1]);
+        h.update(&k.client.to_be_bytes());
+        h.update(&k.request.to_be_bytes());
+    }
     h.update(&(txn.records.len() as u64).to_be_bytes());
     for r in &txn.records {
         h.update(&(r.oid.as_bytes().len() as u64).to_be_bytes());
@@ -244,7 +250,33 @@ fn read_meta(r: &mut Reader<'_>) -> Result<TxnMeta> {
         description: r.bytes()?,
         extension: r.bytes()?,
         time: r.u64()?,
+        request: None,
     })
+}
+
+/// A request key goes last in its frame, and only when there is one: frames written before
+/// keys existed end without it and still decode.
+fn write_request(w: &mut Writer, k: Option<RequestKey>) {
+    if let Some(k) = k {
+        w.u8(1);
+        w.u64(k.client);
+        w.u64(k.request);
+    }
+}
+
+fn read_request(r: &mut Reader<'_>) -> Result<Option<RequestKey>> {
+    if r.at_end() {
+        return Ok(None);
+    }
+    match r.u8()? {
+        1 => Ok(Some(RequestKey {
+            client: r.u64()?,
+            request: r.u64()?,
+        })),
+        t => Err(StorageError::corrupt(format!(
+            "unknown request key tag {t}"
+        ))),
+    }
 }
 
 impl TxnHeader {
@@ -264,13 +296,15 @@ impl TxnHeader {
         write_meta(&mut w, m);
         w.u32(self.record_count);
         w.u32(self.digest);
+        write_request(&mut w, m.request);
         w.finish()
     }
     pub(crate) fn decode(v: &[u8], what: &dyn Fn() -> String) -> Result<TxnHeader> {
         let mut r = Reader::open(Kind::TxnHeader, v, what)?;
-        let meta = read_meta(&mut r)?;
+        let mut meta = read_meta(&mut r)?;
         let record_count = r.u32()?;
         let digest = r.u32()?;
+        meta.request = read_request(&mut r)?;
         r.finish()?;
         Ok(TxnHeader {
             meta,
@@ -315,6 +349,7 @@ pub(crate) fn encode_lost(truncated_after: Tid, txn: &Transaction) -> Vec<u8> {
         w.bytes(rec.oid.as_bytes());
         w.opt_data(&rec.data);
     }
+    write_request(&mut w, txn.meta.request);
     w.finish()
 }
 
@@ -322,7 +357,7 @@ pub(crate) fn decode_lost(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, T
     let mut r = Reader::open(Kind::Lost, v, what)?;
     let truncated_after = Tid(r.u64()?);
     let tid = Tid(r.u64()?);
-    let meta = read_meta(&mut r)?;
+    let mut meta = read_meta(&mut r)?;
     let n = r.u32()?;
     let mut records = Vec::new();
     for _ in 0..n {
@@ -334,6 +369,7 @@ pub(crate) fn decode_lost(v: &[u8], what: &dyn Fn() -> String) -> Result<(Tid, T
             expected_serial: None,
         });
     }
+    meta.request = read_request(&mut r)?;
     r.finish()?;
     Ok((truncated_after, Transaction { tid, meta, records }))
 }
@@ -737,6 +773,44 @@ mod tests {
                 Err(StorageError::Corrupt { .. })
             ));
         }
+    }
+
+    #[test]
+    fn headers_without_a_request_key_are_those_of_before_keys() {
+        let what = || "test".to_string();
+        let mut h = TxnHeader {
+            meta: TxnMeta {
+                user: Bytes::from_static(b"u"),
+                description: Bytes::from_static(b"d"),
+                extension: Bytes::from_static(b"x"),
+                time: 7,
+                request: None,
+            },
+            record_count: 2,
+            digest: 9,
+        };
+        // The frame written before keys existed: meta, count, digest.
+        let mut w = Writer::new(Kind::TxnHeader, 64);
+        write_meta(&mut w, &h.meta);
+        w.u32(2);
+        w.u32(9);
+        let old = w.finish();
+        assert_eq!(h.encode(), old);
+        assert_eq!(TxnHeader::decode(&old, &what).unwrap(), h);
+        h.meta.request = Some(RequestKey {
+            client: 3,
+            request: u64::MAX,
+        });
+        let new = h.encode();
+        assert_eq!(TxnHeader::decode(&new, &what).unwrap(), h);
+        // A damaged tag is refused, not taken for another key.
+        let mut bad = new.clone();
+        let tag = old.len() - 4;
+        bad[tag] = 2;
+        let n = bad.len();
+        let crc = crc32fast::hash(&bad[..n - 4]);
+        bad[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        assert!(TxnHeader::decode(&bad, &what).is_err());
     }
 
     #[test]

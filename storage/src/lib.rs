@@ -50,8 +50,8 @@ pub use mem::{MemOptions, MemStorage};
 pub use rocks::{RocksOptions, RocksStorage};
 pub use types::{
     validate_txn, ApplyOutcome, Direction, FillProgress, LostTransaction, Oid, PackStats, Record,
-    Revision, Tid, TidRange, Transaction, TxnMeta, DATA_LEN_MAX, META_LEN_MAX, OID_LEN_MAX,
-    RECORDS_MAX,
+    RequestKey, Revision, Tid, TidRange, Transaction, TxnMeta, DATA_LEN_MAX, META_LEN_MAX,
+    OID_LEN_MAX, RECORDS_MAX,
 };
 
 /// A stream of transactions, read lazily.

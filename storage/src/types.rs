@@ -132,6 +132,21 @@ pub struct TxnMeta {
     pub extension: Bytes,
     /// Commit time, as chosen by the writer (the storage never reads a clock).
     pub time: u64,
+    /// The idempotency key of the client request that wrote this transaction, if a client's.
+    /// The store keeps it in the transaction's header and never interprets it: the
+    /// replication layer rebuilds from the log which requests it has committed.
+    pub request: Option<RequestKey>,
+}
+
+/// A client request's idempotency key: the client, and its request number (increasing per
+/// client). A retried request carries the same key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct RequestKey {
+    /// The client.
+    pub client: u64,
+    /// Its request number.
+    pub request: u64,
 }
 
 /// One change in a transaction.
@@ -347,6 +362,7 @@ mod serde_tests {
                 description: Bytes::new(),
                 extension: Bytes::from_static(b"x"),
                 time: 3,
+                request: None,
             },
             records: vec![
                 Record {

@@ -139,6 +139,7 @@ fn txn(tid: Tid, recs: Vec<Record>) -> Transaction {
             description: Bytes::from(format!("{}", tid.0)),
             extension: Bytes::new(),
             time: tid.0,
+            request: None,
         },
         records: recs,
     }

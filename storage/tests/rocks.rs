@@ -283,6 +283,7 @@ fn crash_txn(tid: u64) -> Transaction {
             description: Bytes::from(format!("commit {tid}")),
             extension: Bytes::new(),
             time: tid,
+            request: None,
         },
         records: (0..RECORDS)
             .map(|i| Record {
@@ -454,6 +455,7 @@ fn gc_txn(t: u64) -> Transaction {
             description: Bytes::from(format!("txn {t}")),
             extension: Bytes::new(),
             time: t,
+            request: None,
         },
         records: objects
             .into_iter()

@@ -116,7 +116,7 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn after_apply(&mut self, now: Time, txn: &Transaction) -> Result<(), StorageError> {
         self.stats.applied += 1;
-        self.note_client_records(txn);
+        self.note_clients(txn)?;
         self.last_commit_at = Some(now);
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
             self.after_store_change()?;
@@ -131,6 +131,13 @@ impl<S: Storage> Replica<S> {
                     // A pack only removes what no answer needs any more: one that fails
                     // leaves a correct store with more history, so it does not stop the
                     // server.
+                    // Never past the newest client table: a rebuild reads the log after it
+                    // (the primary writes one just before each pack order).
+                    let table_tid = self
+                        .store
+                        .load(&client_table_oid())?
+                        .map_or(Tid::ZERO, |r| r.tid);
+                    let before = before.min(table_tid);
                     match self.store.pack_gc(before, &oids) {
                         Ok(st) => tracing::info!(
                             server = self.me,
@@ -158,7 +165,11 @@ impl<S: Storage> Replica<S> {
             .map(|r| r.oid.clone())
             .filter(|o| !is_reserved(o))
             .collect();
-        let client = txn.records.iter().find_map(|r| client_of_oid(&r.oid));
+        let client = txn
+            .meta
+            .request
+            .map(|k| k.client)
+            .or_else(|| txn.records.iter().find_map(|r| client_of_oid(&r.oid)));
         // Told once synced (`sync.rs`).
         self.unsynced_invalidations.push_back(Invalidation {
             tid: txn.tid,

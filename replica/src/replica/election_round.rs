@@ -207,12 +207,18 @@ impl<S: Storage> Replica<S> {
                 description: Bytes::from(format!("epoch {} starts", el.epoch.0)),
                 extension: Bytes::new(),
                 time: 0,
+                request: None,
             },
-            records: vec![Record {
-                oid: lineage_oid(),
-                data: Some(encode_lineage(&lineage)),
-                expected_serial: None,
-            }],
+            // Each epoch starts with a client table: a rebuild never reads log of an
+            // earlier epoch.
+            records: vec![
+                Record {
+                    oid: lineage_oid(),
+                    data: Some(encode_lineage(&lineage)),
+                    expected_serial: None,
+                },
+                self.client_table_record(),
+            ],
         };
         // Its own vote counts what its disk holds (`sync.rs`).
         self.applied.insert(self.me, self.synced);

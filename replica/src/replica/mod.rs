@@ -35,6 +35,7 @@
 //! `apply`, `durability`, `primary`, `swap`, `voter_change`, `donor`, `recipient`, `role`
 //! (the role and its own state), and `invariants` (checked between inputs when the shell asks, as the simulator does).
 
+use crate::clients::{client_table_oid, read_client_table, ClientTable};
 use crate::config::{CommitMode, ReplicaConfig, ServerId};
 use crate::election::LINEAGE_MAX;
 use crate::election::{
@@ -51,8 +52,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use gcs::{ProcId, Service, Time, View, ViewKind};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use storage::{
-    ApplyOutcome, Direction, Oid, Record, Revision, Storage, StorageError, Tid, TidRange,
-    Transaction, TxnMeta,
+    ApplyOutcome, Direction, Oid, Record, RequestKey, Revision, Storage, StorageError, Tid,
+    TidRange, Transaction, TxnMeta,
 };
 
 mod apply;
@@ -89,9 +90,6 @@ pub fn client_request(data: Option<&[u8]>) -> u64 {
         .unwrap_or(0)
 }
 
-/// Client records cached at most (the cache starts over beyond).
-const CLIENT_CACHE_MAX: usize = 100_000;
-
 /// The first bytes of a direct datagram between replicas ([`Output::Direct`]): never the
 /// start of a gcs packet (whose magic is `SB`).
 pub(crate) const DIRECT_PREFIX: [u8; 2] = [0xD1, 0x7E];
@@ -105,8 +103,9 @@ pub fn lineage_oid() -> Oid {
     Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'e'])).expect("short oid")
 }
 
-/// The object recording a client's last committed request number (written in the same
-/// transaction as the request's writes: the idempotency record).
+/// The object that recorded a client's last committed request number in the format before
+/// idempotency keys moved into transaction headers (written in the same transaction as the
+/// request's writes). Read still, never written: see [`crate::clients`].
 pub fn client_oid(client: u64) -> Oid {
     let mut b = BytesMut::with_capacity(10);
     b.put_u8(RESERVED_OID_PREFIX);
@@ -139,12 +138,13 @@ pub fn zeo_pack_oid() -> Oid {
     Oid::new(Bytes::from_static(&[RESERVED_OID_PREFIX, b'z', b'p'])).expect("short oid")
 }
 
-/// Reserved oids the replica itself writes (the lineage, client records, the voters): commit requests
+/// Reserved oids the replica itself writes (the lineage, the client table and the client
+/// records of the format before it, the voters): commit requests
 /// may not. The other reserved oids belong to the shell.
 fn is_replica_owned(oid: &Oid) -> bool {
     matches!(
         oid.as_bytes(),
-        [RESERVED_OID_PREFIX, b'e' | b'c' | b'v', ..]
+        [RESERVED_OID_PREFIX, b'e' | b'c' | b'v' | b't', ..]
     )
 }
 
@@ -431,6 +431,8 @@ pub struct ReplicaStats {
     /// Open object fills started over because the new primary's history parted from the
     /// one they came from.
     pub fills_restarted: u64,
+    /// Client tables written as primary (see [`crate::clients`]).
+    pub client_tables: u64,
     /// Transactions moved to the lost archive.
     pub lost: u64,
 }
@@ -476,11 +478,11 @@ pub struct Replica<S: Storage> {
     /// The highest tid announced as [`Output::Durable`], across the server's terms as
     /// primary (what it announces never goes back).
     durable_announced: Tid,
-    /// Client records as the store has them (tid, last request; `None`: no record), so that
-    /// the primary's idempotency check does not read the store for every commit. Filled on
-    /// reads and on every write of a client record; cleared whenever the store changes
-    /// otherwise (fill, truncation, checkpoint, start).
-    client_cache: BTreeMap<u64, Option<(Tid, u64)>>,
+    /// Each client's last committed request, as of `last` (see [`crate::clients`]).
+    clients: ClientTable,
+    /// The client table the donor of an object fill sent with its last chunk (the table as
+    /// of the fill's consistency point): written into the store as the fill finishes.
+    fill_clients: Option<Bytes>,
     last_commit_at: Option<Time>,
     primary_last_known: Tid,
     next_fetch_id: u64,
@@ -519,7 +521,8 @@ impl<S: Storage> Replica<S> {
             unsynced_invalidations: VecDeque::new(),
             next_sync_id: 1,
             durable_announced: Tid::ZERO,
-            client_cache: BTreeMap::new(),
+            clients: ClientTable::default(),
+            fill_clients: None,
             last_commit_at: None,
             primary_last_known: Tid::ZERO,
             next_fetch_id: 1,
@@ -555,8 +558,9 @@ impl<S: Storage> Replica<S> {
     fn after_store_change(&mut self) -> Result<(), StorageError> {
         self.lineage = read_lineage(&self.store)?;
         self.reload_voters()?;
-        // The store may have changed under the cache (a fill, a truncation, another store).
-        self.client_cache.clear();
+        // A fill, a truncation or another store: the table is rebuilt from the newest one
+        // written and the log after it (a new epoch's first transaction holds one: cheap).
+        self.clients = read_client_table(&self.store, self.last)?;
         self.out.push_back(Output::MembershipChanged);
         Ok(())
     }
@@ -601,6 +605,12 @@ impl<S: Storage> Replica<S> {
     /// The store, for reads.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Each client's last committed request, as of [`Self::last_tid`] (see
+    /// [`crate::clients`]).
+    pub fn client_table(&self) -> &ClientTable {
+        &self.clients
     }
 
     /// Servers added to (or removed from) the configuration while running (the shell's

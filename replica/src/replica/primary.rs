@@ -5,12 +5,13 @@
 //! 1. The client sends `CommitRequest { client, request, records (with expected serials) }`
 //!    to any server. A server that is not primary redirects it (`NotPrimary { primary }`) or,
 //!    while an election or swap settles, holds it.
-//! 2. The primary checks the idempotency key: its record for that client (read through a cache
-//!    that applied transactions move forward and any other change of the store clears), or an
-//!    in-flight commit with the same key; either way a retry gets the first outcome. Then the
+//! 2. The primary checks the idempotency key: the client's last committed request in the
+//!    client table (`crate::clients`: every server keeps it from the keys in transaction
+//!    headers), or an in-flight commit with the same key; either way a retry gets the first
+//!    outcome. Then the
 //!    reserved oids and the sizes (`validate_txn`), then conflicts against the newest serial,
 //!    in-flight commits first, then the store.
-//! 3. It assigns `tid = last assigned + 1`, adds the client's record to the transaction, and
+//! 3. It assigns `tid = last assigned + 1`, puts the key in the transaction's header, and
 //!    multicasts `Commit { epoch, prev, txn }`: AGREED in sync mode (the majority's `Applied`
 //!    reports prove more than SAFE would, two rotations sooner), SAFE in async mode.
 //! 4. Every server, the primary included, applies it at delivery (`apply.rs`), durably and in
@@ -19,7 +20,7 @@
 //! 5. **Sync mode** (the default): the primary answers once the commit was delivered in its
 //!    regular view, applied durably by the primary itself, and reported durable by servers
 //!    holding a majority of the vote weight. A commit delivered only in a transitional view is
-//!    answered `Retry`: its outcome is unknown, and the retry finds the client record. So an
+//!    answered `Retry`: its outcome is unknown, and the retry finds the key in the table. So an
 //!    acknowledged commit is on a majority of disks, and every later primary is elected by a
 //!    majority that includes one of them with the newest epoch: it is lost only if a majority
 //!    of disks is. **Async mode**: the primary commits locally (`Storage::commit`), answers at
@@ -71,50 +72,100 @@ impl<S: Storage> Replica<S> {
         if !self.async_window_open() {
             return self.hold(req, c);
         }
+        let mut last_assigned = last_assigned;
+        if c.records.iter().any(|r| r.oid == zeo_pack_oid()) {
+            // The table goes just before a pack order, whose apply clamps its bound to the
+            // table's tid: the pack then removes what the caller asked for and keeps the log
+            // a rebuild of the table reads.
+            if let Err(e) = self.write_client_table() {
+                return self.fail(e);
+            }
+            if let Some(p) = self.role.primary() {
+                last_assigned = p.last_assigned;
+            }
+        }
         if let Err(e) = self.primary_commit(req, c, last_assigned) {
             self.fail(e);
         }
     }
 
-    /// The tid and request number of `client`'s record in the store (its last committed
-    /// request), from the cache of client records when it has it.
+    /// The tid and request number of `client`'s last committed request: from the client
+    /// table, else from a client record of the format before keys lived in transaction
+    /// headers (noted in the table once read).
     pub(super) fn client_last(&mut self, client: u64) -> Result<Option<(Tid, u64)>, StorageError> {
-        if let Some(v) = self.client_cache.get(&client) {
-            return Ok(*v);
+        if let Some(v) = self.clients.get(client) {
+            return Ok(Some(v));
         }
-        let v = self
-            .store
-            .load(&client_oid(client))?
-            .map(|rev| (rev.tid, client_request(rev.data.as_deref())));
-        self.cache_client(client, v);
-        Ok(v)
+        let Some(rev) = self.store.load(&client_oid(client))? else {
+            return Ok(None);
+        };
+        let request = client_request(rev.data.as_deref());
+        self.clients.note(client, rev.tid, request);
+        Ok(Some((rev.tid, request)))
     }
 
-    pub(super) fn cache_client(&mut self, client: u64, v: Option<(Tid, u64)>) {
-        if self.client_cache.len() >= CLIENT_CACHE_MAX {
-            self.client_cache.clear();
-        }
-        self.client_cache.insert(client, v);
+    /// A transaction was written to the store (or found there already): the client table
+    /// follows it.
+    pub(super) fn note_clients(&mut self, txn: &Transaction) -> Result<(), StorageError> {
+        self.clients.note_txn(txn)?;
+        Ok(())
     }
 
-    /// A transaction was written to the store (or found there already): a cached client
-    /// record it rewrites is the store's now, unless the cache holds a newer one (an old
-    /// transaction delivered again is applied as already present and must not take the cache
-    /// back). A client not cached stays so (the store may hold a newer record than this).
-    pub(super) fn note_client_records(&mut self, txn: &Transaction) {
-        for r in &txn.records {
-            if let Some(client) = client_of_oid(&r.oid) {
-                let older = match self.client_cache.get(&client) {
-                    Some(Some((tid, _))) => *tid < txn.tid,
-                    Some(None) => true,
-                    None => false,
-                };
-                if older {
-                    let v = Some((txn.tid, client_request(r.data.as_deref())));
-                    self.client_cache.insert(client, v);
-                }
+    /// Sends the client table as of the next tid, in a transaction of its own: what the
+    /// primary applied, the keys of the commits it sent and has not applied yet (each
+    /// ordered before the table), at most `client_table_max` clients.
+    pub(super) fn write_client_table(&mut self) -> Result<(), StorageError> {
+        let Some(p) = self.role.primary_mut() else {
+            return Ok(());
+        };
+        p.commits_since_table = 0;
+        let tid = p.last_assigned.next();
+        let txn = Transaction {
+            tid,
+            meta: TxnMeta {
+                user: Bytes::from_static(b"standby"),
+                description: Bytes::from_static(b"client table"),
+                ..TxnMeta::default()
+            },
+            records: vec![self.client_table_record()],
+        };
+        self.stats.client_tables += 1;
+        self.primary_send(txn, None)
+    }
+
+    /// The client table as of the next tid this primary assigns, as a record.
+    pub(super) fn client_table_record(&self) -> Record {
+        let mut table = self.clients.clone();
+        for (&(client, request), &tid) in &self.in_flight.keys {
+            if tid > self.last {
+                table.note(client, tid, request);
             }
         }
+        table.prune(self.cfg.client_table_max);
+        Record {
+            oid: client_table_oid(),
+            data: Some(table.encode()),
+            expected_serial: None,
+        }
+    }
+
+    /// After a client's commit: writes the table once enough commits went by since the last
+    /// one (at least `client_table_every`, and at least as many as the table has clients, so
+    /// that it costs a bounded number of bytes per commit).
+    fn count_commit_for_table(&mut self) -> Result<(), StorageError> {
+        let every = self
+            .cfg
+            .client_table_every
+            .max(self.clients.len() as u64)
+            .max(1);
+        let Some(p) = self.role.primary_mut() else {
+            return Ok(());
+        };
+        p.commits_since_table += 1;
+        if p.commits_since_table >= every {
+            self.write_client_table()?;
+        }
+        Ok(())
     }
 
     /// A commit request reaches the working primary, whose last assigned tid is
@@ -234,7 +285,7 @@ impl<S: Storage> Replica<S> {
             );
             return Ok(());
         }
-        let mut records: Vec<Record> = c
+        let records: Vec<Record> = c
             .records
             .into_iter()
             .map(|r| Record {
@@ -243,14 +294,15 @@ impl<S: Storage> Replica<S> {
             })
             .collect();
         let oids: Vec<Oid> = records.iter().map(|r| r.oid.clone()).collect();
-        records.push(Record {
-            oid: client_oid(c.client),
-            data: Some(Bytes::copy_from_slice(&c.request.to_be_bytes())),
-            expected_serial: None,
-        });
         let txn = Transaction {
             tid,
-            meta: c.meta,
+            meta: TxnMeta {
+                request: Some(RequestKey {
+                    client: c.client,
+                    request: c.request,
+                }),
+                ..c.meta
+            },
             records,
         };
         if let Err(e) = storage::validate_txn(&txn) {
@@ -274,7 +326,8 @@ impl<S: Storage> Replica<S> {
                 delivered_at: None,
             },
         );
-        self.primary_send(txn, Some(req))
+        self.primary_send(txn, Some(req))?;
+        self.count_commit_for_table()
     }
 
     /// Sends a transaction as primary: async mode commits it locally first and answers. Only
@@ -287,7 +340,7 @@ impl<S: Storage> Replica<S> {
         let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
         if let CommitMode::Async { .. } = self.cfg.mode {
             self.store.commit(&txn)?;
-            self.note_client_records(&txn);
+            self.note_clients(&txn)?;
             self.last = txn.tid;
             if txn.records.iter().any(|r| r.oid == lineage_oid()) {
                 // The epoch marker: the store's lineage now names this epoch.

@@ -81,9 +81,13 @@ impl<S: Storage> Replica<S> {
                     lineage,
                     revisions,
                     done: d,
+                    clients,
                 },
                 RecoveryStep::Objects { .. },
             ) => {
+                if d {
+                    self.fill_clients = clients;
+                }
                 if self.durable.fill_since.is_none() {
                     self.durable.fill_since = Some(consistent_at);
                     self.durable.fill_lineage = lineage;
@@ -136,6 +140,20 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn finish_fill(&mut self, at: Tid) -> Result<(), StorageError> {
         let at = at.max(self.last);
+        // The client table as of the consistency point (the donor's, with its last chunk):
+        // the store holds no log before it to rebuild the table from.
+        match self.fill_clients.take() {
+            Some(table) => self.store.fill(&[Revision {
+                oid: client_table_oid(),
+                tid: at,
+                data: Some(table),
+            }])?,
+            None => tracing::warn!(
+                server = self.me,
+                at = %at,
+                "object fill finished without the donor's client table"
+            ),
+        }
         self.store.fill_finish(at)?;
         self.durable.fill_since = None;
         self.durable.fill_lineage.clear();

@@ -91,6 +91,8 @@ pub(super) struct PrimaryState {
     pub(super) voter_change: Option<VoterChange>,
     /// Its own vote grew: answers may be due (see `sync.rs`).
     pub(super) acks_due: bool,
+    /// Client commits sent since it last wrote the client table (`crate::clients`).
+    pub(super) commits_since_table: u64,
 }
 
 impl PrimaryState {
@@ -101,6 +103,7 @@ impl PrimaryState {
             stopping: false,
             voter_change: None,
             acks_due: false,
+            commits_since_table: 0,
         }
     }
 

@@ -296,6 +296,7 @@ impl<S: Storage> Replica<S> {
                 description: Bytes::from(format!("voters {config}")),
                 extension: Bytes::new(),
                 time: 0,
+                request: None,
             },
             records: vec![Record {
                 oid: voters_oid(),

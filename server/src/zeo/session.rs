@@ -1241,6 +1241,7 @@ impl TxnTask {
                         ),
                         extension: ext,
                         time: 0,
+                        request: None,
                     },
                     tid,
                     stores: BTreeMap::new(),

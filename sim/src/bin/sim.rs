@@ -134,6 +134,8 @@ fn main() -> ExitCode {
                     t.membership_changes_done,
                     t.membership_changes_refused,
                     t.removed_exits,
+                    t.recoveries_fast,
+                    t.client_tables,
                 ],
                 digest: r.digest,
             }
@@ -171,6 +173,8 @@ fn main() -> ExitCode {
             "carried out",
             "refused",
             "removed servers stopped",
+            "object recoveries (servers running at the end)",
+            "client tables written (servers running at the end)",
         ]
     };
     sweep_seeds(name, &sweep, labels, run)

@@ -104,6 +104,10 @@ pub struct ReplicaOptions {
     /// `sync_off_ring`): a crash takes back what was applied and not yet synced. Drawn per
     /// seed, half and half, so that the sweep covers both paths.
     pub defer_syncs: bool,
+    /// How many client commits apart the primary writes the client table
+    /// (`ReplicaConfig::client_table_every`): drawn small in most seeds, so that tables are
+    /// written, rebuilt from and sent with fills many times per run.
+    pub client_table_every: u64,
 }
 
 impl ReplicaOptions {
@@ -149,6 +153,7 @@ impl ReplicaOptions {
         let joiner = spares > 0 && rm.chance(0.5);
         let remove_spare = spares > 0 && rm.chance(0.3);
         let defer_syncs = Prng::new(seed ^ 0x5_1C5_DEF).chance(0.5);
+        let client_table_every = Prng::new(seed ^ 0xC11E_7AB1).pick(&[2, 8, 64, 1_000]);
         let mode = if r.chance(0.25) {
             CommitMode::Async {
                 window: r.pick(&[1, 8, 64]),
@@ -180,6 +185,7 @@ impl ReplicaOptions {
             remove_spare,
             address_books: true,
             defer_syncs,
+            client_table_every,
         }
     }
 
@@ -221,6 +227,7 @@ impl ReplicaOptions {
         c.commit_bytes_max = 64 * 1024;
         c.held_max = 1000;
         c.defer_syncs = self.defer_syncs;
+        c.client_table_every = self.client_table_every;
         c
     }
 }
@@ -364,6 +371,8 @@ pub struct RTotals {
     /// Open object fills started over from a donor of another history (servers running at
     /// the end).
     pub fills_restarted: u64,
+    /// Client tables written by primaries (servers running at the end).
+    pub client_tables: u64,
     /// Servers that left the ring because their store failed.
     pub store_failures: u64,
     /// Voter changes asked, carried out (answered with the new voters' tid), and refused
@@ -430,13 +439,9 @@ pub fn txn_digest(t: &storage::Transaction) -> u64 {
     h
 }
 
-/// The idempotency key a transaction carries, if any.
+/// The idempotency key a transaction carries in its header, if any.
 pub fn txn_key(t: &storage::Transaction) -> Option<(u64, u64)> {
-    t.records.iter().find_map(|r| {
-        let client = replica::client_of_oid(&r.oid)?;
-        r.data.as_ref()?;
-        Some((client, replica::client_request(r.data.as_deref())))
-    })
+    t.meta.request.map(|k| (k.client, k.request))
 }
 
 impl ReplicaCluster {
@@ -700,8 +705,20 @@ impl ReplicaCluster {
                 }
             }
             let mut h = DIGEST_START;
+            // The client table as a restart would rebuild it from this store, and as the
+            // running server holds it: both the same function of the history everywhere.
+            // Its object is left out: a server filled by objects holds it at its fill
+            // point, with the content the donor's had there (`replica::clients`).
+            let rebuilt = replica::read_client_table(store, f.last).unwrap_or_default();
+            h = fnv(h, &rebuilt.encode());
+            let held = s.core.as_ref().map(|c| c.replica().client_table().encode());
+            h = fnv(h, held.as_deref().unwrap_or(&rebuilt.encode()));
+            let table_oid = replica::client_table_oid();
             if let Ok(fr) = store.fast_recovery(Tid::ZERO, None) {
                 for r in fr.revisions.flatten() {
+                    if r.oid == table_oid {
+                        continue;
+                    }
                     h = fnv(h, r.oid.as_bytes());
                     h = fnv(h, &r.tid.0.to_le_bytes());
                     if let Some(d) = &r.data {
@@ -719,6 +736,7 @@ impl ReplicaCluster {
                 self.totals.recoveries_full += st.recoveries_full;
                 self.totals.recoveries_fast += st.recoveries_fast;
                 self.totals.fills_restarted += st.fills_restarted;
+                self.totals.client_tables += st.client_tables;
             }
         }
     }

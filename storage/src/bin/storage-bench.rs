@@ -72,6 +72,7 @@ fn txn(tid: u64, oids: impl Iterator<Item = u64>, data: &Bytes) -> Transaction {
             description: Bytes::new(),
             extension: Bytes::new(),
             time: tid,
+            request: None,
         },
         records: oids
             .map(|o| Record {

@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::types::{
-    ApplyOutcome, Direction, Oid, PackStats, Record, Revision, Tid, TidRange, Transaction, TxnMeta,
+    ApplyOutcome, Direction, Oid, PackStats, Record, RequestKey, Revision, Tid, TidRange,
+    Transaction, TxnMeta,
 };
 use crate::Storage;
 
@@ -38,6 +39,7 @@ pub fn txn(tid: u64, records: &[(u64, Option<&str>)]) -> Transaction {
             description: Bytes::from(format!("txn {tid}")),
             extension: Bytes::new(),
             time: tid * 10,
+            request: None,
         },
         records: records
             .iter()
@@ -95,6 +97,41 @@ pub fn run_all<H: Harness>(h: &mut H) {
     restart_keeps_durable_writes(h);
     replication_state_slot(h);
     concurrent_commits(h);
+    request_keys_are_kept(h);
+}
+
+/// A transaction's request key (`TxnMeta::request`) is kept with it: by `commit` and
+/// `apply`, across a restart, in iteration, and in the lost archive; it is part of what
+/// makes two transactions the same for `apply`.
+pub fn request_keys_are_kept<H: Harness>(h: &mut H) {
+    let keyed = |tid: u64, client: u64, request: u64, recs: &[(u64, Option<&str>)]| {
+        let mut t = txn(tid, recs);
+        t.meta.request = Some(RequestKey { client, request });
+        t
+    };
+    let s = h.fresh();
+    let t1 = keyed(1, 7, 1, &[(1, Some("a1"))]);
+    let t2 = txn(2, &[(2, Some("b2"))]);
+    let t3 = keyed(3, u64::MAX, u64::MAX, &[(1, Some("a3"))]);
+    s.commit(&t1).unwrap();
+    assert_eq!(s.apply(Tid(1), &t2).unwrap(), ApplyOutcome::Applied);
+    assert_eq!(s.apply(Tid(2), &t3).unwrap(), ApplyOutcome::Applied);
+    s.sync().unwrap();
+    let s = h.restart(s);
+    let all = collect(s.iter(TidRange::ALL, Direction::Forward).unwrap());
+    assert_eq!(all, vec![t1.clone(), t2.clone(), t3.clone()]);
+    assert_eq!(s.apply(Tid(2), &t3).unwrap(), ApplyOutcome::AlreadyPresent);
+    let other_key = keyed(3, u64::MAX, 5, &[(1, Some("a3"))]);
+    assert!(
+        s.apply(Tid(2), &other_key).is_err(),
+        "a different key is a different transaction"
+    );
+    s.truncate_after(Tid(1)).unwrap();
+    let lost = collect(s.lost_transactions().unwrap());
+    assert_eq!(
+        lost.into_iter().map(|l| l.txn).collect::<Vec<_>>(),
+        vec![t2, t3]
+    );
 }
 
 /// A new store is empty.
