@@ -37,9 +37,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use storage::{Oid, Record, Revision, Tid, Transaction, TxnMeta};
 
-/// Protocol version spoken by this build. 2: serde and bincode (`bincode_options`); 1 was
-/// encoded by hand.
-pub const VERSION: u8 = 2;
+/// Protocol version spoken by this build. 3: transaction metadata carries the request key
+/// (`TxnMeta::request`); 2: serde and bincode (`bincode_options`); 1 was encoded by hand.
+pub const VERSION: u8 = 3;
 /// The largest frame accepted: a commit of up to the replica's default `commit_bytes_max`
 /// (24 MiB, so a 16 MiB value fits), or an answer carrying one, with room for its framing.
 pub const FRAME_MAX: usize = 25 << 20;

@@ -42,11 +42,29 @@ const TABLE_VERSION: u8 = 1;
 /// Bytes per encoded entry: client, tid, request.
 const ENTRY_BYTES: usize = 24;
 
+/// The bytes a table of `clients` clients takes encoded.
+pub fn encoded_len(clients: usize) -> usize {
+    clients.saturating_mul(ENTRY_BYTES).saturating_add(1)
+}
+
 /// Each client's last committed request: client -> (tid, request).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientTable {
     last: BTreeMap<u64, (Tid, u64)>,
+    /// The last transaction it reflects: one at or below it is noted already. (An async
+    /// primary commits its transactions, and notes them, before the ring delivers them back
+    /// to it; a table it wrote must not take it back when delivered.)
+    at: Tid,
 }
+
+/// Two tables are equal when they hold the same clients, whatever point they were noted to.
+impl PartialEq for ClientTable {
+    fn eq(&self, other: &ClientTable) -> bool {
+        self.last == other.last
+    }
+}
+
+impl Eq for ClientTable {}
 
 impl ClientTable {
     /// The tid and request number of `client`'s last committed request, if known.
@@ -77,10 +95,14 @@ impl ClientTable {
     /// then its key (and any client record of the format before keys) is noted. Returns
     /// whether it held a table.
     pub fn note_txn(&mut self, txn: &Transaction) -> Result<bool, StorageError> {
+        if txn.tid <= self.at {
+            return Ok(false);
+        }
+        self.at = txn.tid;
         let mut replaced = false;
         for r in &txn.records {
             if r.oid == client_table_oid() {
-                *self = ClientTable::decode(r.data.as_deref().unwrap_or_default())?;
+                self.last = ClientTable::decode(r.data.as_deref().unwrap_or_default())?.last;
                 replaced = true;
             }
         }
@@ -142,7 +164,10 @@ impl ClientTable {
             .chunks_exact(ENTRY_BYTES)
             .map(|e| (u64_at(e, 0), (Tid(u64_at(e, 1)), u64_at(e, 2))))
             .collect();
-        Ok(ClientTable { last })
+        Ok(ClientTable {
+            last,
+            at: Tid::ZERO,
+        })
     }
 }
 
@@ -169,6 +194,7 @@ pub fn read_client_table<S: Storage + ?Sized>(
             table.note_txn(&txn?)?;
         }
     }
+    table.at = at;
     Ok(table)
 }
 
@@ -226,6 +252,28 @@ mod tests {
         };
         assert!(t.note_txn(&txn).unwrap());
         assert_eq!(t, written);
+    }
+
+    #[test]
+    fn a_transaction_noted_already_changes_nothing() {
+        // An async primary notes its commits as it makes them; its own table, delivered back
+        // after them, must not take them back.
+        let mut written = ClientTable::default();
+        written.note(4, Tid(2), 1);
+        let table_txn = Transaction {
+            tid: Tid(3),
+            meta: TxnMeta::default(),
+            records: vec![Record {
+                oid: client_table_oid(),
+                data: Some(written.encode()),
+                expected_serial: None,
+            }],
+        };
+        let mut t = ClientTable::default();
+        assert!(t.note_txn(&table_txn).unwrap());
+        t.note_txn(&keyed(4, 4, 2)).unwrap();
+        assert!(!t.note_txn(&table_txn).unwrap());
+        assert_eq!(t.get(4), Some((Tid(4), 2)));
     }
 
     #[test]

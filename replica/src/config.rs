@@ -125,8 +125,9 @@ pub enum ConfigError {
     RemoteWeight(ServerId),
     /// The largest transaction would not fit one ring message with a recovery chunk.
     #[error(
-        "the largest transaction ({commit} bytes) plus a recovery chunk ({chunk} bytes) and \
-         {slack} bytes of envelope exceed the ring's max_message_size ({message} bytes)",
+        "the largest transaction ({commit} bytes) plus a recovery chunk ({chunk} bytes), the \
+         largest client table ({table} bytes) and {slack} bytes of envelope exceed the ring's \
+         max_message_size ({message} bytes)",
         slack = MESSAGE_SLACK
     )]
     CommitTooLargeForRing {
@@ -134,6 +135,9 @@ pub enum ConfigError {
         commit: usize,
         /// `recovery.chunk_bytes`.
         chunk: usize,
+        /// The encoded size of a table of `client_table_max` clients (the last chunk of an
+        /// object fill carries one).
+        table: usize,
         /// The node's `max_message_size`.
         message: usize,
     },
@@ -210,14 +214,17 @@ impl ReplicaConfig {
     /// with one such commit past its nominal size).
     pub fn check_message_limit(&self, max_message_size: usize) -> Result<(), ConfigError> {
         let chunk = self.recovery.chunk_bytes;
+        let table = crate::clients::encoded_len(self.client_table_max);
         let need = self
             .commit_bytes_max
             .saturating_add(chunk)
+            .saturating_add(table)
             .saturating_add(MESSAGE_SLACK);
         if need > max_message_size {
             return Err(ConfigError::CommitTooLargeForRing {
                 commit: self.commit_bytes_max,
                 chunk,
+                table,
                 message: max_message_size,
             });
         }
@@ -357,6 +364,7 @@ mod tests {
             Err(ConfigError::CommitTooLargeForRing {
                 commit: 24 << 20,
                 chunk: 256 * 1024,
+                table: 2_400_001,
                 message: 16 << 20
             })
         );

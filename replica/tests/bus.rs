@@ -1032,3 +1032,37 @@ fn an_object_fill_brings_the_client_table_to_a_future_primary() {
     assert_eq!(again.tid, during);
     assert_eq!(b.r(2).last_tid(), last, "nothing applied twice");
 }
+
+/// An async primary commits, and notes in its client table, before the ring delivers its
+/// transactions back to it. Its own table transaction, delivered after later commits were
+/// noted, must not take them back: a retry of such a commit still gets its first outcome.
+#[test]
+fn an_async_primary_s_own_table_delivered_late_keeps_later_keys() {
+    let mut c = cfg(3, CommitMode::Async { window: 8 });
+    c.client_table_every = 2;
+    let mut b = Bus::with(c);
+    b.view(&[0, 1, 2]);
+    let s0 = |b: &mut Bus, req: u64, c: CommitRequest| {
+        b.servers[0]
+            .as_mut()
+            .unwrap()
+            .handle_commit(now(), ReqId(req), c)
+    };
+    s0(&mut b, 1, put(1, 1, 10, "a", None));
+    // The second commit is followed by a table.
+    s0(&mut b, 2, put(2, 1, 11, "b", None));
+    s0(&mut b, 3, put(1, 2, 12, "c", None));
+    b.drain(0);
+    let first = b.reply(3).clone().unwrap();
+    assert!(b.r(0).stats().client_tables >= 1);
+    // Deliver until the table would have taken the third commit back (it does not: then
+    // until the end).
+    b.run_until(|b| {
+        b.r(0).client_table().get(1).map(|(t, _)| t) != Some(first.tid) || b.wire.is_empty()
+    });
+    s0(&mut b, 4, put(1, 2, 12, "c", None));
+    b.run();
+    let again = b.reply(4).clone().expect("answered");
+    assert!(again.duplicate, "the retry was applied again: {again:?}");
+    assert_eq!(again.tid, first.tid);
+}

@@ -55,24 +55,8 @@ impl<S: Storage> Replica<S> {
             FetchReq::Objects { since, after_oid } => {
                 let fr = self.store.fast_recovery(since, after_oid.as_ref())?;
                 let consistent_at = fr.consistent_at;
-                // The client table as of that point goes with the last chunk: the recipient
-                // will hold no log before it.
-                let clients = if consistent_at == self.last {
-                    self.clients.encode()
-                } else {
-                    match read_client_table(&self.store, consistent_at) {
-                        Ok(t) => t.encode(),
-                        Err(StorageError::HistoryTruncated { horizon }) => {
-                            bodies.push(ChunkBody::Unavailable { horizon });
-                            Bytes::new()
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
                 let mut it = fr.revisions.peekable();
-                while bodies.len() < chunks as usize
-                    && !matches!(bodies.last(), Some(ChunkBody::Unavailable { .. }))
-                {
+                while bodies.len() < chunks as usize {
                     let mut revisions = Vec::new();
                     let mut size = 0;
                     while size < chunk_bytes {
@@ -83,12 +67,26 @@ impl<S: Storage> Replica<S> {
                         revisions.push(r);
                     }
                     let done = it.peek().is_none();
+                    // The client table as of that point goes with the last chunk: the
+                    // recipient will hold no log before it.
+                    let clients = match done {
+                        false => None,
+                        true if consistent_at == self.last => Some(self.clients.encode()),
+                        true => match read_client_table(&self.store, consistent_at) {
+                            Ok(t) => Some(t.encode()),
+                            Err(StorageError::HistoryTruncated { horizon }) => {
+                                bodies.push(ChunkBody::Unavailable { horizon });
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    };
                     bodies.push(ChunkBody::Objects {
                         consistent_at,
                         lineage: self.lineage.clone(),
                         revisions,
                         done,
-                        clients: done.then(|| clients.clone()),
+                        clients,
                     });
                     if done {
                         break;
