@@ -116,6 +116,13 @@ pub trait Storage: Send + Sync {
     /// Records come with `expected_serial: None`.
     fn iter(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>>;
 
+    /// The transactions the store's log holds with a tid in `range`, in increasing order,
+    /// whatever the horizon. Below the horizon that is what this store applied itself
+    /// before a fill moved the horizon past it (headers always, records until a pack removed
+    /// them), not a history to read objects from: it is for reporting what a parted history
+    /// loses when no truncation can reach back that far.
+    fn iter_logged(&self, range: TidRange) -> Result<TxnIter<'_>>;
+
     /// Commits a new transaction. Fails with [`StorageError::NonIncreasingTid`] unless
     /// `txn.tid` is greater than [`Self::last_transaction`], and with
     /// [`StorageError::Conflict`] (naming the first such record's oid) if a record's

@@ -501,6 +501,24 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl MemStorage {
+    /// Transactions in `range` that the log holds, without the horizon's check.
+    fn iter_unchecked(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>> {
+        let (lo, hi) = range.bounds();
+        Ok(Box::new(MemTxnIter {
+            store: self,
+            next: if lo <= hi {
+                Some(match direction {
+                    Direction::Forward => lo,
+                    Direction::Reverse => hi,
+                })
+            } else {
+                None
+            },
+            lo,
+            hi,
+            direction,
+        }))
+    }
     /// An empty store.
     pub fn new(opts: MemOptions) -> MemStorage {
         MemStorage {
@@ -651,21 +669,11 @@ impl Storage for MemStorage {
     fn iter(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>> {
         let horizon = lock(&self.inner).live.meta.horizon;
         iter_is_truncated(horizon, &range)?;
-        let (lo, hi) = range.bounds();
-        Ok(Box::new(MemTxnIter {
-            store: self,
-            next: if lo <= hi {
-                Some(match direction {
-                    Direction::Forward => lo,
-                    Direction::Reverse => hi,
-                })
-            } else {
-                None
-            },
-            lo,
-            hi,
-            direction,
-        }))
+        self.iter_unchecked(range, direction)
+    }
+
+    fn iter_logged(&self, range: TidRange) -> Result<TxnIter<'_>> {
+        self.iter_unchecked(range, Direction::Forward)
     }
 
     fn commit(&self, txn: &Transaction) -> Result<()> {

@@ -831,6 +831,24 @@ struct PackObject {
 }
 
 impl RocksStorage {
+    /// Transactions in `range` that the log holds, without the horizon's check.
+    fn iter_unchecked(&self, range: TidRange, direction: Direction) -> Result<TxnIter<'_>> {
+        let (lo, hi) = range.bounds();
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_TXN)?, Self::scan_opts());
+        match direction {
+            Direction::Forward => it.seek(keys::txn(lo, keys::HEADER_IDX)),
+            Direction::Reverse => it.seek_for_prev(keys::txn(hi, u32::MAX)),
+        }
+        Ok(Box::new(RocksTxnIter {
+            it,
+            lo,
+            hi,
+            direction,
+            done: lo > hi,
+        }))
+    }
     /// `pack_gc` (and so `pack`) under the writer lock: one scan of `revisions`, one object
     /// at a time (newest revision first), deletions written in batches of about
     /// [`PACK_BATCH_OPS`] cut between objects.
@@ -1255,22 +1273,13 @@ impl Storage for RocksStorage {
         // against and its implicit snapshot agree.
         let w = lock(&self.writer);
         iter_is_truncated(w.meta.horizon, &range)?;
-        let (lo, hi) = range.bounds();
-        let mut it = self
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_TXN)?, Self::scan_opts());
+        let it = self.iter_unchecked(range, direction);
         drop(w);
-        match direction {
-            Direction::Forward => it.seek(keys::txn(lo, keys::HEADER_IDX)),
-            Direction::Reverse => it.seek_for_prev(keys::txn(hi, u32::MAX)),
-        }
-        Ok(Box::new(RocksTxnIter {
-            it,
-            lo,
-            hi,
-            direction,
-            done: lo > hi,
-        }))
+        it
+    }
+
+    fn iter_logged(&self, range: TidRange) -> Result<TxnIter<'_>> {
+        self.iter_unchecked(range, Direction::Forward)
     }
 
     fn commit(&self, txn: &Transaction) -> Result<()> {

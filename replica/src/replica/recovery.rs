@@ -149,13 +149,14 @@ impl<S: Storage> Replica<S> {
         // discarded with it: report it lost like a truncation would.
         let new_last = store.last_transaction()?;
         let new_lineage = read_lineage(&store)?;
-        let keep = common_prefix(&self.lineage, self.last, &new_lineage, new_last)
-            .unwrap_or(Tid::ZERO)
-            .max(self.store.horizon()?);
+        let keep =
+            common_prefix(&self.lineage, self.last, &new_lineage, new_last).unwrap_or(Tid::ZERO);
         if keep < self.last {
             let mut tids = Vec::new();
             let mut oids = BTreeSet::new();
-            if let Ok(it) = self.store.iter(TidRange::after(keep), Direction::Forward) {
+            // From the log, the horizon aside: a fill may have moved it past transactions
+            // this server applied itself on a history the lineage no longer holds.
+            if let Ok(it) = self.store.iter_logged(TidRange::after(keep)) {
                 for t in it {
                     let t = t?;
                     tids.push(t.tid);

@@ -98,6 +98,35 @@ pub fn run_all<H: Harness>(h: &mut H) {
     replication_state_slot(h);
     concurrent_commits(h);
     request_keys_are_kept(h);
+    the_log_below_the_horizon_is_listed(h);
+}
+
+/// `iter_logged` lists what the log holds whatever the horizon: what a store applied itself
+/// before a fill moved its horizon past it, then what it applied after.
+pub fn the_log_below_the_horizon_is_listed<H: Harness>(h: &mut H) {
+    let s = h.fresh();
+    s.commit(&txn(1, &[(1, Some("a1"))])).unwrap();
+    s.commit(&txn(2, &[(2, Some("b2"))])).unwrap();
+    // A donor's objects, consistent at 5: the horizon moves to 5.
+    s.fill(&[rev(3, 4, Some("c4"))]).unwrap();
+    s.fill_finish(Tid(5)).unwrap();
+    assert_eq!(s.horizon().unwrap(), Tid(5));
+    assert!(matches!(
+        s.iter(TidRange::after(Tid(1)), Direction::Forward),
+        Err(StorageError::HistoryTruncated { .. })
+    ));
+    s.commit(&txn(6, &[(1, Some("a6"))])).unwrap();
+    let s = h.restart(s);
+    let logged = collect(s.iter_logged(TidRange::after(Tid(1))).unwrap());
+    assert_eq!(
+        logged,
+        vec![txn(2, &[(2, Some("b2"))]), txn(6, &[(1, Some("a6"))])]
+    );
+    let all = collect(s.iter_logged(TidRange::ALL).unwrap());
+    assert_eq!(
+        all.iter().map(|t| t.tid.0).collect::<Vec<_>>(),
+        vec![1, 2, 6]
+    );
 }
 
 /// A transaction's request key (`TxnMeta::request`) is kept with it: by `commit` and
