@@ -8,8 +8,8 @@ use storage::{Oid, Record, TxnMeta};
 /// Body offsets: version, id, variant, then the fields in order.
 pub(crate) const FIELDS: usize = 1 + 8 + 4;
 
-/// An empty `TxnMeta`: three lengths and the time.
-pub(crate) const EMPTY_META: usize = 4 * 8;
+/// An empty `TxnMeta`: three lengths, the time and the request key's tag (none).
+pub(crate) const EMPTY_META: usize = 4 * 8 + 1;
 
 /// `b` with the eight bytes at `at` (a length or a count) replaced by `v`.
 pub(crate) fn with_u64_at(b: &[u8], at: usize, v: u64) -> Vec<u8> {
