@@ -19,7 +19,9 @@
 //!    the configuration they report, the greatest `(epoch of last transaction, last tid)`,
 //!    then the sitting primary, then the lowest id. `choose_donor` ranks the same way over the
 //!    voters of either set (a leaving voter may hold more, and the new primary catches up
-//!    from it first). `next_epoch` is one above every promise and every epoch in any state.
+//!    from it first); none while a voter with an open object fill holds, in its own log,
+//!    more than every member that may carry the history (the view waits rather than drop
+//!    it). `next_epoch` is one above every promise and every epoch in any state.
 //!    A server that lost its disk (`Replica::after_disk_loss`) has no vote until it has caught
 //!    up.
 //! 4. **Promise.** Each member writes the epoch durably (the store's replication-state slot),
@@ -86,7 +88,8 @@ impl<S: Storage> Replica<S> {
         let (Some(p), Some(donor)) = (choose_primary(&states), choose_donor(&states)) else {
             tracing::warn!(
                 server = self.me,
-                "primary component without an eligible member"
+                "primary component without an eligible member, or a voter with an open fill \
+                 holds more than every member that may carry the history: waiting"
             );
             return Ok(());
         };
