@@ -112,11 +112,24 @@ pub fn choose_donor(states: &[MemberState]) -> Option<ServerId> {
         .iter()
         .filter(|s| may_carry(s))
         .max_by_key(|s| rank(s))?;
+    (!open_fill_ahead(states, best)).then_some(best.server)
+}
+
+/// Whether a voter with an open fill holds, in its own log, more than every member that may
+/// carry the history: then [`choose_donor`] chooses none and the view waits.
+pub fn waits_for_an_open_fill(states: &[MemberState]) -> bool {
+    states
+        .iter()
+        .filter(|s| may_carry(s))
+        .max_by_key(|s| rank(s))
+        .is_some_and(|best| open_fill_ahead(states, best))
+}
+
+fn open_fill_ahead(states: &[MemberState], best: &MemberState) -> bool {
     let history = |s: &MemberState| (s.last_epoch(), s.last_tid);
-    let open_fill_ahead = states.iter().any(|s| {
-        !s.consistent && s.voter && s.config.votes(s.server) && history(s) > history(best)
-    });
-    (!open_fill_ahead).then_some(best.server)
+    states
+        .iter()
+        .any(|s| !s.consistent && s.voter && s.config.votes(s.server) && history(s) > history(best))
 }
 
 /// Whether the members whose states these are form a primary component: the servers that

@@ -1066,3 +1066,45 @@ fn an_async_primary_s_own_table_delivered_late_keeps_later_keys() {
     assert!(again.duplicate, "the retry was applied again: {again:?}");
     assert_eq!(again.tid, first.tid);
 }
+
+/// A voter that restarts with an object fill open reports the epochs its own log reaches,
+/// not the donor's lineage its store already holds as a filled object: otherwise it would
+/// look ahead of a member that holds everything its log does, and no view could elect while
+/// it is there (`choose_donor` waits for a filling voter that is really ahead).
+#[test]
+fn a_voter_restarted_mid_fill_does_not_look_ahead_of_what_it_holds() {
+    let mut c = cfg(3, CommitMode::Sync);
+    c.recovery.fast_after = 1; // far behind: recover by objects
+    c.recovery.chunk_bytes = 64; // a few objects a chunk
+    c.recovery.chunks_per_request = 1;
+    let mut b = Bus::with(c.clone());
+    b.view(&[0, 1, 2]);
+    b.view(&[0, 1]);
+    for k in 1..=20u64 {
+        b.commit(0, k, put(9, k, k, &format!("v{k}"), None));
+    }
+    let s2_last = b.r(2).last_tid();
+    // s1 is away; s0 is elected again and s2 fills from it. A commit lands during the fill,
+    // so that it ends with transactions filled after its objects (the lineage object, which
+    // sorts last, is filled by then).
+    b.install(&[0, 2]);
+    let started = b.run_until(|b| b.r(2).store().fill_progress().unwrap().is_some());
+    assert!(started, "s2 never started filling");
+    b.servers[0]
+        .as_mut()
+        .unwrap()
+        .handle_commit(now(), ReqId(100), put(7, 1, 100, "during", None));
+    let lineage_filled = b.run_until(|b| {
+        let s = b.r(2).store();
+        s.fill_progress().unwrap().is_some()
+            && s.load(&replica::lineage_oid()).unwrap().is_some_and(|r| r.tid > s2_last)
+    });
+    assert!(lineage_filled, "s2 finished its fill before the lineage came");
+    b.wire.clear();
+    // s2 restarts with its fill open; s0 is gone.
+    let store = b.servers[2].take().unwrap().into_store();
+    b.servers[2] = Some(Replica::new(c.clone(), 2, store).unwrap());
+    b.servers[0] = None;
+    b.view(&[1, 2]);
+    assert_eq!(b.r(1).role(), Role::Primary, "s1 holds everything s2's log does");
+}

@@ -86,11 +86,19 @@ impl<S: Storage> Replica<S> {
             }
         }
         let (Some(p), Some(donor)) = (choose_primary(&states), choose_donor(&states)) else {
-            tracing::warn!(
-                server = self.me,
-                "primary component without an eligible member, or a voter with an open fill \
-                 holds more than every member that may carry the history: waiting"
-            );
+            if crate::election::waits_for_an_open_fill(&states) {
+                tracing::warn!(
+                    server = self.me,
+                    "a voter with an open object fill holds more than every member that may \
+                     carry the history: no election until its donor, or a member holding as \
+                     much, is back"
+                );
+            } else {
+                tracing::warn!(
+                    server = self.me,
+                    "primary component without an eligible member"
+                );
+            }
             return Ok(());
         };
         let epoch = next_epoch(&states);

@@ -149,8 +149,12 @@ impl<S: Storage> Replica<S> {
         // discarded with it: report it lost like a truncation would.
         let new_last = store.last_transaction()?;
         let new_lineage = read_lineage(&store)?;
-        let keep =
-            common_prefix(&self.lineage, self.last, &new_lineage, new_last).unwrap_or(Tid::ZERO);
+        // Where the histories part; if the lineages share no entry (more than `LINEAGE_MAX`
+        // epochs apart), that point is unknown and the report starts at the horizon.
+        let keep = match common_prefix(&self.lineage, self.last, &new_lineage, new_last) {
+            Some(c) => c,
+            None => self.store.horizon()?,
+        };
         if keep < self.last {
             let mut tids = Vec::new();
             let mut oids = BTreeSet::new();

@@ -77,11 +77,25 @@ impl<S: Storage> Replica<S> {
             primary_component,
         });
         let fill_open = self.durable.fill_since.is_some();
+        // With a fill open, what it holds is its own log up to `last`. After a restart its
+        // lineage object may be the donor's (filled), newer than that log: report only the
+        // epochs that log reaches (an epoch based at `b` starts after tid `b`), so that the
+        // election does not take it for more than it holds (`choose_donor`).
+        let lineage = if fill_open {
+            let last = self.last;
+            self.lineage
+                .iter()
+                .filter(|e| e.base < last)
+                .cloned()
+                .collect()
+        } else {
+            self.lineage.clone()
+        };
         let state = MemberState {
             server: self.me,
             promised: self.durable.promised,
             last_tid: self.last,
-            lineage: self.lineage.clone(),
+            lineage,
             primary_in: was_primary_in,
             consistent: !fill_open,
             voter: self.durable.voter,
