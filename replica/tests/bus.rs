@@ -1097,14 +1097,23 @@ fn a_voter_restarted_mid_fill_does_not_look_ahead_of_what_it_holds() {
     let lineage_filled = b.run_until(|b| {
         let s = b.r(2).store();
         s.fill_progress().unwrap().is_some()
-            && s.load(&replica::lineage_oid()).unwrap().is_some_and(|r| r.tid > s2_last)
+            && s.load(&replica::lineage_oid())
+                .unwrap()
+                .is_some_and(|r| r.tid > s2_last)
     });
-    assert!(lineage_filled, "s2 finished its fill before the lineage came");
+    assert!(
+        lineage_filled,
+        "s2 finished its fill before the lineage came"
+    );
     b.wire.clear();
     // s2 restarts with its fill open; s0 is gone.
     let store = b.servers[2].take().unwrap().into_store();
     b.servers[2] = Some(Replica::new(c.clone(), 2, store).unwrap());
     b.servers[0] = None;
     b.view(&[1, 2]);
-    assert_eq!(b.r(1).role(), Role::Primary, "s1 holds everything s2's log does");
+    assert_eq!(
+        b.r(1).role(),
+        Role::Primary,
+        "s1 holds everything s2's log does"
+    );
 }
