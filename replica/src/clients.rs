@@ -215,6 +215,22 @@ mod tests {
         }
     }
 
+    /// A table holding client 4 (request 1 at tid 2), and a transaction at `tid` writing it.
+    fn table_at(tid: u64) -> (ClientTable, Transaction) {
+        let mut written = ClientTable::default();
+        written.note(4, Tid(2), 1);
+        let txn = Transaction {
+            tid: Tid(tid),
+            meta: TxnMeta::default(),
+            records: vec![Record {
+                oid: client_table_oid(),
+                data: Some(written.encode()),
+                expected_serial: None,
+            }],
+        };
+        (written, txn)
+    }
+
     #[test]
     fn notes_keys_and_old_client_records_and_keeps_the_newest() {
         let mut t = ClientTable::default();
@@ -237,19 +253,9 @@ mod tests {
 
     #[test]
     fn a_written_table_replaces_the_one_in_memory() {
-        let mut written = ClientTable::default();
-        written.note(4, Tid(2), 1);
+        let (written, txn) = table_at(3);
         let mut t = ClientTable::default();
         t.note(9, Tid(1), 1);
-        let txn = Transaction {
-            tid: Tid(3),
-            meta: TxnMeta::default(),
-            records: vec![Record {
-                oid: client_table_oid(),
-                data: Some(written.encode()),
-                expected_serial: None,
-            }],
-        };
         assert!(t.note_txn(&txn).unwrap());
         assert_eq!(t, written);
     }
@@ -258,17 +264,7 @@ mod tests {
     fn a_transaction_noted_already_changes_nothing() {
         // An async primary notes its commits as it makes them; its own table, delivered back
         // after them, must not take them back.
-        let mut written = ClientTable::default();
-        written.note(4, Tid(2), 1);
-        let table_txn = Transaction {
-            tid: Tid(3),
-            meta: TxnMeta::default(),
-            records: vec![Record {
-                oid: client_table_oid(),
-                data: Some(written.encode()),
-                expected_serial: None,
-            }],
-        };
+        let (_, table_txn) = table_at(3);
         let mut t = ClientTable::default();
         assert!(t.note_txn(&table_txn).unwrap());
         t.note_txn(&keyed(4, 4, 2)).unwrap();
