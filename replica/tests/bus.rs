@@ -190,6 +190,16 @@ impl Bus {
         self.run();
     }
 
+    /// Asks server `at` for a planned swap to `to` (accepted) and runs until quiet.
+    fn swap(&mut self, at: u32, to: u32) {
+        self.servers[at as usize]
+            .as_mut()
+            .expect("running")
+            .request_swap(now(), to)
+            .expect("accepted");
+        self.run();
+    }
+
     fn reply(&self, req: u64) -> &Result<Committed, CommitError> {
         &self
             .replies
@@ -446,12 +456,7 @@ fn a_planned_swap_hands_over_without_failing_a_request() {
     b.view(&[0, 1, 2]);
     let e1 = b.r(0).primary().unwrap().1;
     b.commit(0, 1, put(7, 1, 1, "a", None));
-    b.servers[1]
-        .as_mut()
-        .unwrap()
-        .request_swap(now(), 2)
-        .expect("accepted");
-    b.run();
+    b.swap(1, 2);
     assert_eq!(b.r(2).role(), Role::Primary);
     assert_eq!(b.r(0).role(), Role::Backup);
     let (p, e2) = b.r(0).primary().unwrap();
@@ -1018,12 +1023,7 @@ fn an_object_fill_brings_the_client_table_to_a_future_primary() {
         Some((during, 1)),
         "the table came with the fill"
     );
-    b.servers[1]
-        .as_mut()
-        .unwrap()
-        .request_swap(now(), 2)
-        .expect("accepted");
-    b.run();
+    b.swap(1, 2);
     assert_eq!(b.r(2).role(), Role::Primary);
     let last = b.r(2).last_tid();
     b.commit(2, 200, put(7, 1, 101, "during", None));
