@@ -116,7 +116,7 @@ impl<S: Storage> Replica<S> {
 
     pub(super) fn after_apply(&mut self, now: Time, txn: &Transaction) -> Result<(), StorageError> {
         self.stats.applied += 1;
-        self.note_clients(txn)?;
+        self.clients.note_txn(txn)?;
         self.last_commit_at = Some(now);
         if txn.records.iter().any(|r| r.oid == lineage_oid()) {
             self.after_store_change()?;

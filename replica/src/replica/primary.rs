@@ -104,13 +104,6 @@ impl<S: Storage> Replica<S> {
         Ok(Some((rev.tid, request)))
     }
 
-    /// A transaction was written to the store (or found there already): the client table
-    /// follows it.
-    pub(super) fn note_clients(&mut self, txn: &Transaction) -> Result<(), StorageError> {
-        self.clients.note_txn(txn)?;
-        Ok(())
-    }
-
     /// Sends the client table as of the next tid, in a transaction of its own: what the
     /// primary applied, the keys of the commits it sent and has not applied yet (each
     /// ordered before the table), at most `client_table_max` clients.
@@ -340,7 +333,7 @@ impl<S: Storage> Replica<S> {
         let epoch = self.primary.map(|(_, e)| e).unwrap_or_default();
         if let CommitMode::Async { .. } = self.cfg.mode {
             self.store.commit(&txn)?;
-            self.note_clients(&txn)?;
+            self.clients.note_txn(&txn)?;
             self.last = txn.tid;
             if txn.records.iter().any(|r| r.oid == lineage_oid()) {
                 // The epoch marker: the store's lineage now names this epoch.
